@@ -1,0 +1,1 @@
+//! Tidewire: WebSocket on tokio.
