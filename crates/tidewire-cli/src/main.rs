@@ -1,1 +1,40 @@
-fn main() {}
+//! The `tidewire` command. Glue only: parse arguments, build configuration, call a library.
+
+mod echo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Tidewire: a WebSocket stack and real-time hub.
+#[derive(Debug, Parser)]
+#[command(name = "tidewire", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bare echo server: sends every text and binary message back to its sender.
+    ///
+    /// The testee for the Autobahn TestSuite and the peer benchmarks. Pings are answered,
+    /// close handshakes completed, protocol violations closed with the RFC's code.
+    Echo(echo::EchoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Echo(args) => echo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidewire: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

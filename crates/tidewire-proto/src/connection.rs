@@ -585,6 +585,13 @@ impl Connection {
         }
     }
 
+    /// Gives up on the close handshake (a timer expired, the application is shutting down):
+    /// the connection becomes [`State::Closed`] at once. A close frame already queued is
+    /// still transmitted; nothing is received any more.
+    pub fn abandon(&mut self) {
+        self.state = State::Closed;
+    }
+
     /// Drops the output buffer's allocation if nothing is queued, so that an idle
     /// connection holds no buffer.
     pub fn shrink_idle(&mut self) {

@@ -1,1 +1,47 @@
-//! Tidewire: WebSocket on tokio.
+//! Tidewire: a fast, conformant WebSocket (RFC 6455) server and client on tokio.
+//!
+//! ```no_run
+//! # async fn run() -> tidewire::Result<()> {
+//! // Server: accept on any AsyncRead + AsyncWrite.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//! let (tcp, _) = listener.accept().await?;
+//! let mut ws = tidewire::accept(tcp).await?;
+//! while let Some(msg) = ws.recv().await {
+//!     let msg = msg?;
+//!     if msg.is_data() {
+//!         ws.send(msg).await?;
+//!     }
+//! }
+//! // Client.
+//! let (mut ws, _response) = tidewire::connect("ws://127.0.0.1:9001/").await?;
+//! ws.send(tidewire::Message::text("hello")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The protocol itself lives in the sans-I/O crate [`tidewire_proto`], re-exported as
+//! [`proto`]; this crate drives it over tokio.
+
+#![warn(missing_docs)]
+
+mod accept;
+mod connect;
+mod error;
+mod stream;
+mod transport;
+#[cfg(feature = "upgrade")]
+pub mod upgrade;
+
+pub use accept::{accept, Reject, Response, ServerBuilder};
+pub use connect::{connect, ClientBuilder, WsUrl};
+pub use error::{Error, Result};
+pub use stream::{Heartbeat, Options, WebSocketStream};
+pub use transport::MaybeTlsStream;
+#[cfg(feature = "tls")]
+pub use transport::{
+    client_config_with_roots, default_client_config, root_store_from_pem, server_config_from_pem,
+};
+
+pub use tidewire_proto as proto;
+pub use tidewire_proto::{CloseCode, CloseFrame, Config, Limits, Message, Role, Utf8Bytes};
+#[cfg(feature = "tls")]
+pub use {rustls, tokio_rustls};

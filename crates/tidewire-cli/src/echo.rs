@@ -1,0 +1,104 @@
+//! `tidewire echo`: a bare echo server.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tidewire::{Limits, Message, Options, ServerBuilder};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on (IP:PORT). Port 0 picks a free port; the address is printed.
+    #[arg(long, default_value = "127.0.0.1:9001", value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// Largest frame payload accepted, in bytes. Bigger frames are closed with 1009.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    max_frame_size: usize,
+
+    /// Largest message accepted after reassembly, in bytes. Bigger messages: close 1009.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    max_message_size: usize,
+
+    /// Worker threads. 1 runs everything on the current thread (best when the server is
+    /// pinned to one core, as in the benchmarks); 0 means one per core.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    threads: usize,
+
+    /// Seconds a client may take to finish its opening handshake (answered with 408).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    handshake_timeout: u64,
+
+    /// Subprotocols to accept, most preferred first (comma-separated). The first one the
+    /// client also offers is selected.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    protocols: Vec<String>,
+}
+
+pub fn run(args: EchoArgs) -> Result<()> {
+    let mut rt = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if args.threads > 1 {
+            b.worker_threads(args.threads);
+        }
+        b
+    };
+    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: EchoArgs) -> Result<()> {
+    let limits = Limits::default()
+        .max_frame_size(args.max_frame_size)
+        .max_message_size(args.max_message_size);
+    let options = Options::default()
+        .limits(limits)
+        .handshake_timeout(Duration::from_secs(args.handshake_timeout));
+    let builder = ServerBuilder::new().options(options).protocols(args.protocols);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let local = listener.local_addr()?;
+    println!("tidewire echo listening on ws://{local}/");
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let mut ws = match builder.accept(tcp).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    tracing::debug!(%peer, "handshake failed: {e}");
+                    return;
+                }
+            };
+            while let Some(msg) = ws.recv().await {
+                match msg {
+                    Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                        // Queued, not flushed: echoes of everything that arrived together
+                        // leave together when the stream next waits for input.
+                        if ws.feed(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,236 @@
+//! The client side: `ws://` and `wss://` URLs, TCP, TLS (rustls) and the opening handshake.
+
+use crate::error::{Error, Kind, Result};
+use crate::stream::{Options, WebSocketStream};
+use crate::transport::MaybeTlsStream;
+use bytes::{Buf, BytesMut};
+use tidewire_proto::handshake::client::{parse_response, write_request, ClientRequest};
+use tidewire_proto::handshake::{generate_key, HandshakeError};
+use tidewire_proto::Role;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsUrl {
+    /// True for `wss://`.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port (default 80 or 443).
+    pub port: u16,
+    /// Path and query, at least "/".
+    pub path_and_query: String,
+}
+
+impl WsUrl {
+    /// Parses a URL. Accepts `ws`, `wss`, and `http`/`https` as their aliases.
+    pub fn parse(url: &str) -> Result<WsUrl> {
+        let bad = |m: &str| Error::new(Kind::Url(format!("{m}: {url}")));
+        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("ws") | Some("http") => false,
+            Some("wss") | Some("https") => true,
+            Some(_) => return Err(bad("scheme must be ws:// or wss://")),
+            None => return Err(bad("missing scheme (ws:// or wss://)")),
+        };
+        let host = uri.host().ok_or_else(|| bad("missing host"))?;
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path_and_query =
+            uri.path_and_query().map(|p| p.as_str()).filter(|p| !p.is_empty()).unwrap_or("/");
+        let path_and_query = if path_and_query.starts_with('/') {
+            path_and_query.to_owned()
+        } else {
+            format!("/{path_and_query}")
+        };
+        Ok(WsUrl { tls, host, port, path_and_query })
+    }
+
+    /// The `Host` header value: the host, with the port when it is not the default.
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Connects to a `ws://` or `wss://` URL with default settings.
+pub async fn connect(
+    url: &str,
+) -> Result<(WebSocketStream<MaybeTlsStream<TcpStream>>, http::Response<()>)> {
+    ClientBuilder::new(url).connect().await
+}
+
+/// Builds a client connection.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    options: Options,
+    protocols: Vec<String>,
+    headers: http::HeaderMap,
+    origin: Option<String>,
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl ClientBuilder {
+    /// A client for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientBuilder {
+            url: url.into(),
+            options: Options::default(),
+            protocols: Vec::new(),
+            headers: http::HeaderMap::new(),
+            origin: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Sets stream options (limits, heartbeat, timeouts).
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the protocol configuration (limits, auto-pong, fragmentation).
+    pub fn config(mut self, config: tidewire_proto::Config) -> Self {
+        self.options.config = config;
+        self
+    }
+
+    /// Subprotocols to offer, most preferred first (`Sec-WebSocket-Protocol`).
+    pub fn protocols<I, T>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.protocols = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a request header (cookies, authorization).
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Sets the `Origin` header.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Uses this rustls configuration for `wss://` (custom roots, client certificates).
+    /// Default: the webpki root certificates.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Opens TCP (and TLS for `wss://`) and runs the handshake.
+    pub async fn connect(
+        &self,
+    ) -> Result<(WebSocketStream<MaybeTlsStream<TcpStream>>, http::Response<()>)> {
+        let url = WsUrl::parse(&self.url)?;
+        let timeout = self.options.handshake_timeout;
+        let fut = async {
+            let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+            tcp.set_nodelay(true)?;
+            let io = if url.tls {
+                #[cfg(feature = "tls")]
+                {
+                    crate::transport::tls_connect(tcp, &url.host, self.tls.clone()).await?
+                }
+                #[cfg(not(feature = "tls"))]
+                {
+                    return Err(Error::new(Kind::Url("wss:// needs the `tls` feature".into())));
+                }
+            } else {
+                MaybeTlsStream::Plain(tcp)
+            };
+            self.handshake(io, &url).await
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(Kind::Timeout("handshake"))),
+        }
+    }
+
+    /// Runs the handshake over a transport the caller opened (for tests, proxies, Unix
+    /// sockets). The URL supplies the Host header and the path.
+    pub async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: S,
+    ) -> Result<(WebSocketStream<S>, http::Response<()>)> {
+        let url = WsUrl::parse(&self.url)?;
+        self.handshake(io, &url).await
+    }
+
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut io: S,
+        url: &WsUrl,
+    ) -> Result<(WebSocketStream<S>, http::Response<()>)> {
+        let key = generate_key(rand::random());
+        let host = url.host_header();
+        let req = ClientRequest {
+            host: &host,
+            path_and_query: &url.path_and_query,
+            key: &key,
+            protocols: &self.protocols,
+            extensions: None,
+            origin: self.origin.as_deref(),
+            headers: &self.headers,
+        };
+        let mut out = Vec::with_capacity(512);
+        write_request(&req, &mut out);
+        io.write_all(&out).await?;
+        io.flush().await?;
+        let limits = self.options.config.limits;
+        let mut buf = BytesMut::with_capacity(1024);
+        let (resp, consumed) = loop {
+            if let Some(r) = parse_response(&buf, &key, &self.protocols, &limits)? {
+                break r;
+            }
+            buf.reserve(1024);
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(HandshakeError::ConnectionClosed.into());
+            }
+        };
+        if !resp.extensions.is_empty() {
+            // §9.1: the server may only answer with extensions the client offered; we
+            // offered none.
+            return Err(HandshakeError::UnofferedExtension.into());
+        }
+        buf.advance(consumed);
+        let ws = WebSocketStream::from_raw(io, Role::Client, self.options, buf);
+        Ok((ws, resp.response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = WsUrl::parse("ws://example.com/chat?x=1").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()), (false, "example.com", 80, "/chat?x=1"));
+        let u = WsUrl::parse("wss://[::1]:9443").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()), (true, "::1", 9443, "/"));
+        assert_eq!(u.host_header(), "[::1]:9443");
+        assert!(WsUrl::parse("ftp://x/").is_err());
+        assert!(WsUrl::parse("not a url").is_err());
+        assert!(WsUrl::parse("127.0.0.1:80").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! The one error type of the async layer.
+//!
+//! Opaque on purpose: match on the predicates ([`Error::is_closed`], [`Error::is_timeout`],
+//! [`Error::close_code`], ...) rather than on text. `Display` is for people and may change.
+
+use std::fmt;
+use std::io;
+use tidewire_proto::handshake::HandshakeError;
+use tidewire_proto::{CloseCode, ProtocolError, UsageError};
+
+/// An error from a WebSocket connection or handshake.
+pub struct Error {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    Io(io::Error),
+    Protocol(ProtocolError),
+    Handshake(HandshakeError),
+    Usage(UsageError),
+    /// The connection is closed; nothing more can be sent or received.
+    Closed,
+    /// A timer expired: handshake, close handshake or heartbeat.
+    Timeout(&'static str),
+    /// The URL given to `connect` is not a usable ws:// or wss:// URL.
+    Url(String),
+    /// The TLS layer failed.
+    #[cfg(feature = "tls")]
+    Tls(io::Error),
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error { kind }
+    }
+
+    pub(crate) fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// The connection was already closed (send or receive after the end).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.kind, Kind::Closed)
+    }
+
+    /// A handshake, close or heartbeat timer expired.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout(_))
+    }
+
+    /// The peer broke the protocol after the handshake.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.kind, Kind::Protocol(_))
+    }
+
+    /// The opening handshake failed.
+    pub fn is_handshake(&self) -> bool {
+        matches!(self.kind, Kind::Handshake(_))
+    }
+
+    /// The transport failed.
+    pub fn is_io(&self) -> bool {
+        matches!(self.kind, Kind::Io(_))
+    }
+
+    /// The protocol violation, if that is what this is.
+    pub fn protocol_error(&self) -> Option<ProtocolError> {
+        match self.kind {
+            Kind::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The handshake failure, if that is what this is.
+    pub fn handshake_error(&self) -> Option<&HandshakeError> {
+        match &self.kind {
+            Kind::Handshake(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The close code this error put (or would put) on the wire, if any.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self.kind {
+            Kind::Protocol(e) => Some(e.close_code()),
+            Kind::Timeout(_) | Kind::Io(_) => Some(CloseCode::ABNORMAL),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.kind, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Io(e) => write!(f, "I/O error: {e}"),
+            Kind::Protocol(e) => write!(f, "protocol error: {e} (close code {})", e.close_code()),
+            Kind::Handshake(e) => write!(f, "handshake failed: {e}"),
+            Kind::Usage(e) => write!(f, "{e}"),
+            Kind::Closed => f.write_str("connection closed"),
+            Kind::Timeout(what) => write!(f, "{what} timed out"),
+            Kind::Url(msg) => write!(f, "invalid URL: {msg}"),
+            #[cfg(feature = "tls")]
+            Kind::Tls(e) => write!(f, "TLS error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            Kind::Io(e) => Some(e),
+            Kind::Protocol(e) => Some(e),
+            Kind::Handshake(e) => Some(e),
+            Kind::Usage(e) => Some(e),
+            #[cfg(feature = "tls")]
+            Kind::Tls(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::new(Kind::Io(e))
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Error::new(Kind::Protocol(e))
+    }
+}
+
+impl From<HandshakeError> for Error {
+    fn from(e: HandshakeError) -> Self {
+        Error::new(Kind::Handshake(e))
+    }
+}
+
+impl From<UsageError> for Error {
+    fn from(e: UsageError) -> Self {
+        Error::new(Kind::Usage(e))
+    }
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,218 @@
+//! Serving WebSocket upgrades from hyper, and from axum with the `axum` feature.
+//!
+//! The request was already parsed by hyper, so only the header checks of RFC 6455 §4.2.1
+//! run here (the same ones as [`accept`](crate::accept)), followed by hyper's upgrade
+//! mechanism. Refusals carry the same statuses and reasons as the standalone server.
+
+use crate::accept::ServerBuilder;
+use crate::error::{Error, Result};
+use crate::stream::{Options, WebSocketStream};
+use bytes::BytesMut;
+use hyper_util::rt::TokioIo;
+use tidewire_proto::handshake::server::{select_subprotocol, validate_headers, write_response};
+use tidewire_proto::handshake::HandshakeError;
+use tidewire_proto::Role;
+
+/// The transport of an upgraded hyper connection.
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// An accepted upgrade whose 101 response has not been sent yet. Return the response
+/// to hyper, then await [`PendingUpgrade::finish`] (typically in a spawned task).
+#[derive(Debug)]
+pub struct PendingUpgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    options: Options,
+    protocol: Option<String>,
+}
+
+impl PendingUpgrade {
+    /// The subprotocol selected, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// Waits for hyper to hand over the connection.
+    pub async fn finish(self) -> Result<WebSocketStream<Upgraded>> {
+        let upgraded = self
+            .on_upgrade
+            .await
+            .map_err(|e| Error::from(std::io::Error::other(e)))?;
+        Ok(WebSocketStream::from_raw(
+            TokioIo::new(upgraded),
+            Role::Server,
+            self.options,
+            BytesMut::new(),
+        ))
+    }
+}
+
+/// Validates a WebSocket upgrade request served by hyper and prepares the 101 response.
+/// Send the response, then await [`PendingUpgrade::finish`]. On error, answer with
+/// `err.status()` and `err.reason()` (and `Sec-WebSocket-Version: 13` with 426).
+pub fn upgrade<B>(
+    req: &mut http::Request<B>,
+    server: &ServerBuilder,
+) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
+    let view = http::Request::from_parts(head_of(req.method(), req.uri(), req.version(), req.headers()), ());
+    let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    prepare(&view, on_upgrade, server)
+}
+
+/// [`upgrade`] on request parts, as an axum extractor sees them.
+pub fn upgrade_parts(
+    parts: &mut http::request::Parts,
+    server: &ServerBuilder,
+) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
+    let view = http::Request::from_parts(head_of(&parts.method, &parts.uri, parts.version, &parts.headers), ());
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    prepare(&view, on_upgrade, server)
+}
+
+fn head_of(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.version_mut() = version;
+    *req.headers_mut() = headers.clone();
+    req.into_parts().0
+}
+
+fn prepare(
+    request: &http::Request<()>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    server: &ServerBuilder,
+) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
+    if request.method() != http::Method::GET {
+        return Err(HandshakeError::MethodNotAllowed);
+    }
+    if request.version() != http::Version::HTTP_11 {
+        return Err(HandshakeError::UnsupportedHttpVersion);
+    }
+    let fields = validate_headers(request.headers())?;
+    if !server.origin_allowed(fields.origin.as_deref(), request) {
+        return Err(HandshakeError::OriginNotAllowed);
+    }
+    // Without hyper's upgrade handle the connection cannot be taken over (HTTP/2, or a
+    // server that does not support upgrades).
+    let on_upgrade = on_upgrade.ok_or(HandshakeError::UnsupportedHttpVersion)?;
+    let supported: Vec<&str> = server.protocol_list().iter().map(String::as_str).collect();
+    let protocol = select_subprotocol(&fields.protocols, &supported).map(str::to_owned);
+    // The same writer as the standalone server, parsed back into an http::Response, so
+    // both paths send identical headers.
+    let mut raw = Vec::new();
+    write_response(&fields.key, protocol.as_deref(), None, &http::HeaderMap::new(), &mut raw);
+    let mut response = http::Response::new(());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let _ = parsed.parse(&raw);
+    for h in parsed.headers.iter() {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_bytes(h.value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    let pending = PendingUpgrade { on_upgrade, options: server.stream_options(), protocol };
+    Ok((response, pending))
+}
+
+#[cfg(feature = "axum")]
+pub use self::axum_support::{WebSocketUpgrade, WebSocketUpgradeRejection};
+
+#[cfg(feature = "axum")]
+mod axum_support {
+    use super::*;
+    use axum::extract::FromRequestParts;
+    use axum::response::{IntoResponse, Response};
+
+    /// An axum extractor for WebSocket upgrades, driven by Tidewire's protocol core.
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use tidewire::upgrade::WebSocketUpgrade;
+    /// let app: Router = Router::new().route("/ws", get(|ws: WebSocketUpgrade| async move {
+    ///     ws.on_upgrade(|mut socket| async move {
+    ///         while let Some(Ok(msg)) = socket.recv().await {
+    ///             if msg.is_data() && socket.send(msg).await.is_err() { break; }
+    ///         }
+    ///     })
+    /// }));
+    /// ```
+    #[derive(Debug)]
+    pub struct WebSocketUpgrade {
+        parts: http::request::Parts,
+        server: ServerBuilder,
+    }
+
+    /// Why an upgrade was refused: answered with the status and a one-line reason.
+    #[derive(Debug)]
+    pub struct WebSocketUpgradeRejection(pub HandshakeError);
+
+    impl IntoResponse for WebSocketUpgradeRejection {
+        fn into_response(self) -> Response {
+            let mut resp = (self.0.status(), format!("{}\n", self.0.reason())).into_response();
+            if self.0.status() == http::StatusCode::UPGRADE_REQUIRED {
+                resp.headers_mut().insert(
+                    "sec-websocket-version",
+                    http::HeaderValue::from_static("13"),
+                );
+            }
+            resp
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+        type Rejection = WebSocketUpgradeRejection;
+
+        async fn from_request_parts(
+            parts: &mut http::request::Parts,
+            _state: &S,
+        ) -> std::result::Result<Self, Self::Rejection> {
+            if parts.method != http::Method::GET {
+                return Err(WebSocketUpgradeRejection(HandshakeError::MethodNotAllowed));
+            }
+            validate_headers(&parts.headers).map_err(WebSocketUpgradeRejection)?;
+            let mut own = head_of(&parts.method, &parts.uri, parts.version, &parts.headers);
+            if let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+                own.extensions.insert(on);
+            }
+            Ok(WebSocketUpgrade { parts: own, server: ServerBuilder::new() })
+        }
+    }
+
+    impl WebSocketUpgrade {
+        /// Uses this server configuration (subprotocols, origin check, options).
+        pub fn server(mut self, server: ServerBuilder) -> Self {
+            self.server = server;
+            self
+        }
+
+        /// Answers 101 and runs `callback` with the socket once hyper hands it over.
+        /// A request the server configuration refuses (origin) gets its error status.
+        pub fn on_upgrade<F, Fut>(mut self, callback: F) -> Response
+        where
+            F: FnOnce(WebSocketStream<Upgraded>) -> Fut + Send + 'static,
+            Fut: std::future::Future<Output = ()> + Send + 'static,
+        {
+            match upgrade_parts(&mut self.parts, &self.server) {
+                Ok((resp, pending)) => {
+                    tokio::spawn(async move {
+                        match pending.finish().await {
+                            Ok(ws) => callback(ws).await,
+                            Err(e) => tracing::debug!("upgrade failed: {e}"),
+                        }
+                    });
+                    resp.map(|()| axum::body::Body::empty())
+                }
+                Err(e) => WebSocketUpgradeRejection(e).into_response(),
+            }
+        }
+    }
+}
