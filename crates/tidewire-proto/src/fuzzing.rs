@@ -1,7 +1,10 @@
 //! Entry points for the cargo-fuzz targets (`fuzz/`). Each target is one line calling a
 //! function here, so the harness is type-checked with the crate.
 
-use crate::{Config, Connection, FrameHeader, Message};
+use crate::handshake::{
+    format_extensions, parse_extensions, parse_request, parse_response, write_response,
+};
+use crate::{Config, Connection, FrameHeader, Limits, Message};
 use bytes::BytesMut;
 
 /// Frame header parsing: never panics; a parsed header re-encodes to the same bytes.
@@ -26,6 +29,54 @@ pub fn server_connection(data: &[u8]) {
     assert_eq!(whole, pieces);
 }
 
+/// The server's handshake parser on arbitrary bytes: never panics; a shorter prefix of an
+/// accepted head is "need more"; the extensions it parsed format and parse back the same;
+/// and the 101 written for the request passes the client's checks.
+pub fn handshake_request(data: &[u8]) {
+    let limits = Limits::default();
+    let Ok(Some((req, len))) = parse_request(data, &limits) else {
+        return;
+    };
+    assert!(len <= data.len());
+    let cut = data.first().map_or(0, |&b| b as usize % len);
+    assert!(matches!(parse_request(&data[..cut], &limits), Ok(None)));
+
+    let text = format_extensions(&req.extensions);
+    assert_eq!(
+        parse_extensions(std::iter::once(text.as_bytes())).as_ref(),
+        Ok(&req.extensions)
+    );
+
+    let protocol = req.protocols.first().map(String::as_str);
+    let mut answer = Vec::new();
+    write_response(
+        &req.key,
+        protocol,
+        Some(&text),
+        &http::HeaderMap::new(),
+        &mut answer,
+    );
+    match parse_response(&answer, &req.key, &req.protocols, &limits) {
+        Ok(Some((resp, n))) => {
+            assert_eq!(n, answer.len());
+            assert_eq!(resp.protocol.as_deref(), protocol);
+            assert_eq!(resp.extensions, req.extensions);
+        }
+        other => panic!("our own 101 was refused: {other:?}"),
+    }
+}
+
+/// The client's handshake parser on arbitrary bytes: never panics, and a subprotocol it
+/// accepts is one that was offered.
+pub fn handshake_response(data: &[u8]) {
+    let offered = ["chat".to_string(), "superchat".to_string()];
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    if let Ok(Some((resp, len))) = parse_response(data, key, &offered, &Limits::default()) {
+        assert!(len <= data.len());
+        assert!(resp.protocol.map_or(true, |p| offered.contains(&p)));
+    }
+}
+
 fn run(input: &[u8], step: usize) -> (Vec<Message>, Option<crate::ProtocolError>) {
     let config = Config::default().limits(crate::Limits::default().max_message_size(1 << 16));
     let mut conn = Connection::server(config);
@@ -42,4 +93,26 @@ fn run(input: &[u8], step: usize) -> (Vec<Message>, Option<crate::ProtocolError>
         }
     }
     (out, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_targets_on_seeds() {
+        let request = b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\n\
+            Sec-WebSocket-Extensions: a; b=\"1\"; c, d\r\n\r\nrest";
+        let response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+            Sec-WebSocket-Protocol: chat\r\n\r\n";
+        for input in [&request[..], response] {
+            for end in 0..=input.len() {
+                handshake_request(&input[..end]);
+                handshake_response(&input[..end]);
+            }
+        }
+    }
 }
