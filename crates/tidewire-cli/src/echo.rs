@@ -46,7 +46,10 @@ pub fn run(args: EchoArgs) -> Result<()> {
         }
         b
     };
-    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    let rt = rt
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(serve(args))
 }
 
@@ -57,7 +60,9 @@ async fn serve(args: EchoArgs) -> Result<()> {
     let options = Options::default()
         .limits(limits)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout));
-    let builder = ServerBuilder::new().options(options).protocols(args.protocols);
+    let builder = ServerBuilder::new()
+        .options(options)
+        .protocols(args.protocols);
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;

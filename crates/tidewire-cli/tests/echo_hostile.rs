@@ -28,10 +28,18 @@ fn start(extra: &[&str]) -> Server {
         .spawn()
         .expect("spawn tidewire echo");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     // "tidewire echo listening on ws://127.0.0.1:PORT/"
-    let addr = line.trim().trim_start_matches("tidewire echo listening on ws://").trim_end_matches('/');
-    Server { addr: addr.parse().expect(&line), child }
+    let addr = line
+        .trim()
+        .trim_start_matches("tidewire echo listening on ws://")
+        .trim_end_matches('/');
+    Server {
+        addr: addr.parse().expect(&line),
+        child,
+    }
 }
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -59,7 +67,11 @@ fn read_head(s: &mut TcpStream) -> (u16, String) {
         head.push(b[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, head)
 }
 
@@ -129,7 +141,12 @@ fn expect_close(s: &mut TcpStream, code: u16) {
         match read_frame(s) {
             Some((8, p)) => {
                 assert!(p.len() >= 2, "close without code");
-                assert_eq!(u16::from_be_bytes([p[0], p[1]]), code, "reason: {}", String::from_utf8_lossy(&p[2..]));
+                assert_eq!(
+                    u16::from_be_bytes([p[0], p[1]]),
+                    code,
+                    "reason: {}",
+                    String::from_utf8_lossy(&p[2..])
+                );
                 break;
             }
             Some((op, _)) => assert!(op == 1 || op == 2 || op == 10, "unexpected opcode {op}"),
@@ -137,7 +154,10 @@ fn expect_close(s: &mut TcpStream, code: u16) {
         }
     }
     let mut rest = [0u8; 16];
-    assert!(matches!(s.read(&mut rest), Ok(0) | Err(_)), "server must close TCP after close");
+    assert!(
+        matches!(s.read(&mut rest), Ok(0) | Err(_)),
+        "server must close TCP after close"
+    );
 }
 
 /// A well-behaved client round trip.
@@ -170,10 +190,17 @@ fn bad_handshakes_get_http_errors() {
     s.write_all(req.as_bytes()).unwrap();
     let (got, head) = read_head(&mut s);
     assert_eq!(got, 426);
-    assert!(head.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{head}"
+    );
     // A head over the size limit: 431.
     let mut s = connect(srv.addr);
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let _ = s.write_all(big.as_bytes());
     assert_eq!(read_head(&mut s).0, 431);
     good_roundtrip(srv.addr, "still serving");
@@ -188,21 +215,32 @@ fn protocol_violations_get_the_right_close_codes() {
     expect_close(&mut s, 1002);
     // Invalid UTF-8 in text: 1007, even before the frame is complete (fail fast).
     let mut s = upgraded(srv.addr);
-    let f = masked(1, &[b'a'; 100].iter().copied().chain([0xff]).chain([b'b'; 100]).collect::<Vec<_>>());
+    let f = masked(
+        1,
+        &[b'a'; 100]
+            .iter()
+            .copied()
+            .chain([0xff])
+            .chain([b'b'; 100])
+            .collect::<Vec<_>>(),
+    );
     s.write_all(&f[..f.len() - 50]).unwrap();
     expect_close(&mut s, 1007);
     // A claimed 2^63-byte frame (top bit set): 1002, without waiting for any payload.
     let mut s = upgraded(srv.addr);
-    s.write_all(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]).unwrap();
+    s.write_all(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
+        .unwrap();
     expect_close(&mut s, 1002);
     // A claimed 2^62-byte frame: over the limit, 1009 from the header alone.
     let mut s = upgraded(srv.addr);
-    s.write_all(&[0x82, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]).unwrap();
+    s.write_all(&[0x82, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
+        .unwrap();
     expect_close(&mut s, 1009);
     // A fragmented message growing past --max-message-size: 1009.
     let mut s = upgraded(srv.addr);
     let chunk = vec![7u8; 600_000];
-    s.write_all(&frame(false, 2, &chunk, Some([1, 2, 3, 4]))).unwrap();
+    s.write_all(&frame(false, 2, &chunk, Some([1, 2, 3, 4])))
+        .unwrap();
     let _ = s.write_all(&frame(true, 0, &chunk, Some([1, 2, 3, 4])));
     expect_close(&mut s, 1009);
     // Reserved opcode and RSV bits: 1002.
@@ -232,14 +270,20 @@ fn stalled_and_garbage_clients_do_not_block_good_ones() {
     }
     // Another one floods garbage after a valid handshake.
     let mut flooder = upgraded(srv.addr);
-    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let _ = flooder.write_all(&garbage);
     // Good clients are served meanwhile, promptly.
     let t = Instant::now();
     for i in 0..20 {
         good_roundtrip(srv.addr, &format!("hello {i}"));
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "good clients slowed: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "good clients slowed: {:?}",
+        t.elapsed()
+    );
     // The staller gets 408 once the handshake timeout passes.
     let (status, head) = read_head(&mut staller);
     assert_eq!(status, 408, "{head}");

@@ -39,13 +39,15 @@ async fn case_count(base: &str) -> Result<u32, Box<dyn std::error::Error>> {
 }
 
 async fn run_case(url: &str) -> tidewire::Result<()> {
-    let limits = Limits::default().max_frame_size(64 << 20).max_message_size(64 << 20);
+    let limits = Limits::default()
+        .max_frame_size(64 << 20)
+        .max_message_size(64 << 20);
     let options = Options::default().limits(limits);
     let (mut ws, _) = ClientBuilder::new(url).options(options).connect().await?;
     while let Some(msg) = ws.recv().await {
-        match msg? {
-            m @ (Message::Text(_) | Message::Binary(_)) => ws.feed(m).await?,
-            _ => {}
+        let msg = msg?;
+        if msg.is_data() {
+            ws.feed(msg).await?;
         }
     }
     Ok(())

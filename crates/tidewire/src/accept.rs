@@ -29,7 +29,10 @@ pub struct Reject {
 impl Reject {
     /// A refusal with a status and a reason.
     pub fn new(status: http::StatusCode, reason: impl Into<String>) -> Self {
-        Reject { status, reason: reason.into() }
+        Reject {
+            status,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -101,7 +104,9 @@ impl ServerBuilder {
     }
 
     pub(crate) fn origin_allowed(&self, origin: Option<&str>, req: &http::Request<()>) -> bool {
-        self.origin_check.as_ref().is_none_or(|check| check(origin, req))
+        self.origin_check
+            .as_ref()
+            .map_or(true, |check| check(origin, req))
     }
 
     pub(crate) fn protocol_list(&self) -> &[String] {
@@ -146,7 +151,12 @@ impl ServerBuilder {
             }
             Ok(Err(ReadError::Io(e))) => return Err(e.into()),
             Err(_) => {
-                reject(&mut io, http::StatusCode::REQUEST_TIMEOUT, "handshake timed out").await;
+                reject(
+                    &mut io,
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    "handshake timed out",
+                )
+                .await;
                 return Err(Error::new(Kind::Timeout("handshake")));
             }
         };
@@ -168,12 +178,23 @@ impl ServerBuilder {
             if !req.protocols.iter().any(|o| o == p) {
                 // The application picked a protocol the client never offered: the client
                 // would fail the connection (§4.1), so refuse here with a clear status.
-                reject(&mut io, http::StatusCode::INTERNAL_SERVER_ERROR, "server chose a subprotocol the client did not offer").await;
+                reject(
+                    &mut io,
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "server chose a subprotocol the client did not offer",
+                )
+                .await;
                 return Err(HandshakeError::Rejected(500).into());
             }
         }
         let mut out = Vec::with_capacity(256);
-        write_response(&req.key, response.protocol.as_deref(), None, &response.headers, &mut out);
+        write_response(
+            &req.key,
+            response.protocol.as_deref(),
+            None,
+            &response.headers,
+            &mut out,
+        );
         io.write_all(&out).await?;
         io.flush().await?;
         buf.advance(consumed);
@@ -194,10 +215,12 @@ async fn read_request<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limits: &tidewire_proto::Limits,
 ) -> std::result::Result<(ServerRequest, usize), ReadError> {
-    let mut scanned = 0;
+    let mut scanned: usize = 0;
     loop {
         let start = scanned.saturating_sub(3);
-        if buf[start..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= limits.max_handshake_size {
+        if buf[start..].windows(4).any(|w| w == b"\r\n\r\n")
+            || buf.len() >= limits.max_handshake_size
+        {
             match parse_request(buf, limits) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}

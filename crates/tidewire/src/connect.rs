@@ -38,21 +38,36 @@ impl WsUrl {
         if host.is_empty() {
             return Err(bad("missing host"));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path_and_query =
-            uri.path_and_query().map(|p| p.as_str()).filter(|p| !p.is_empty()).unwrap_or("/");
+        let path_and_query = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
         let path_and_query = if path_and_query.starts_with('/') {
             path_and_query.to_owned()
         } else {
             format!("/{path_and_query}")
         };
-        Ok(WsUrl { tls, host, port, path_and_query })
+        Ok(WsUrl {
+            tls,
+            host,
+            port,
+            path_and_query,
+        })
     }
 
     /// The `Host` header value: the host, with the port when it is not the default.
     pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         let default = if self.tls { 443 } else { 80 };
         if self.port == default {
             host
@@ -65,7 +80,10 @@ impl WsUrl {
 /// Connects to a `ws://` or `wss://` URL with default settings.
 pub async fn connect(
     url: &str,
-) -> Result<(WebSocketStream<MaybeTlsStream<TcpStream>>, http::Response<()>)> {
+) -> Result<(
+    WebSocketStream<MaybeTlsStream<TcpStream>>,
+    http::Response<()>,
+)> {
     ClientBuilder::new(url).connect().await
 }
 
@@ -140,7 +158,10 @@ impl ClientBuilder {
     /// Opens TCP (and TLS for `wss://`) and runs the handshake.
     pub async fn connect(
         &self,
-    ) -> Result<(WebSocketStream<MaybeTlsStream<TcpStream>>, http::Response<()>)> {
+    ) -> Result<(
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        http::Response<()>,
+    )> {
         let url = WsUrl::parse(&self.url)?;
         let timeout = self.options.handshake_timeout;
         let fut = async {
@@ -153,7 +174,9 @@ impl ClientBuilder {
                 }
                 #[cfg(not(feature = "tls"))]
                 {
-                    return Err(Error::new(Kind::Url("wss:// needs the `tls` feature".into())));
+                    return Err(Error::new(Kind::Url(
+                        "wss:// needs the `tls` feature".into(),
+                    )));
                 }
             } else {
                 MaybeTlsStream::Plain(tcp)
@@ -225,9 +248,15 @@ mod tests {
     #[test]
     fn parses_urls() {
         let u = WsUrl::parse("ws://example.com/chat?x=1").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()), (false, "example.com", 80, "/chat?x=1"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()),
+            (false, "example.com", 80, "/chat?x=1")
+        );
         let u = WsUrl::parse("wss://[::1]:9443").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()), (true, "::1", 9443, "/"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path_and_query.as_str()),
+            (true, "::1", 9443, "/")
+        );
         assert_eq!(u.host_header(), "[::1]:9443");
         assert!(WsUrl::parse("ftp://x/").is_err());
         assert!(WsUrl::parse("not a url").is_err());

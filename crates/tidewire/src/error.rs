@@ -35,10 +35,6 @@ impl Error {
         Error { kind }
     }
 
-    pub(crate) fn kind(&self) -> &Kind {
-        &self.kind
-    }
-
     /// The connection was already closed (send or receive after the end).
     pub fn is_closed(&self) -> bool {
         matches!(self.kind, Kind::Closed)

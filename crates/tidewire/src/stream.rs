@@ -17,7 +17,7 @@ use crate::error::{Error, Kind, Result};
 use bytes::BytesMut;
 use futures_core::Stream;
 use futures_sink::Sink;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -132,11 +132,14 @@ pub struct WebSocketStream<S> {
     close_timer: Option<Pin<Box<Sleep>>>,
     pending_error: Option<Error>,
     ended: bool,
+    skip_drain: bool,
 }
 
 impl<S> std::fmt::Debug for WebSocketStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebSocketStream").field("conn", &self.conn).finish_non_exhaustive()
+        f.debug_struct("WebSocketStream")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
     }
 }
 
@@ -165,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             close_timer: None,
             pending_error: None,
             ended: false,
+            skip_drain: false,
         }
     }
 
@@ -227,9 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         let timeout = self.options.close_timeout;
         let wait = async {
             while let Some(r) = self.recv().await {
-                if let Err(e) = r {
-                    return Err(e);
-                }
+                r?;
             }
             Ok(())
         };
@@ -293,7 +295,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
 
     /// Heartbeat tick: ping a quiet peer, give up on a silent one.
     fn poll_heartbeat(&mut self, cx: &mut Context<'_>) {
-        let Some(hb) = self.heartbeat.as_mut() else { return };
+        let Some(hb) = self.heartbeat.as_mut() else {
+            return;
+        };
         while hb.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             if hb.seen_since_tick {
@@ -311,20 +315,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             if quiet + Duration::from_millis(1) >= hb.settings.interval && !self.conn.close_sent() {
                 let _ = self.conn.send_ping(bytes::Bytes::from_static(b"tidewire"));
             }
-            let next = hb.settings.interval.min(hb.settings.timeout.saturating_sub(quiet));
-            hb.timer.as_mut().reset(now + next.max(Duration::from_millis(1)));
+            let next = hb
+                .settings
+                .interval
+                .min(hb.settings.timeout.saturating_sub(quiet));
+            hb.timer
+                .as_mut()
+                .reset(now + next.max(Duration::from_millis(1)));
         }
     }
 
-    /// Enters teardown without waiting for the peer's close frame.
+    /// Enters teardown without waiting for the peer's close frame, nor for its end of
+    /// stream: the peer is presumed gone.
     fn force_closed(&mut self) {
         self.teardown = Teardown::Flush;
+        self.skip_drain = true;
         self.conn.abandon();
     }
 
     fn close_timer(&mut self) -> &mut Pin<Box<Sleep>> {
         let timeout = self.options.close_timeout;
-        self.close_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+        self.close_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
     }
 
     /// Flush, shut down in RFC order, drain. Always finishes (errors end it early).
@@ -355,7 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
                     self.teardown = Teardown::Drain;
                 }
                 Teardown::Drain => {
-                    if self.read_eof {
+                    if self.read_eof || self.skip_drain {
                         if self.conn.role() == Role::Client {
                             let _ = Pin::new(&mut self.io).poll_shutdown(cx);
                         }
@@ -470,7 +482,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocketStream<S> {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
         if this.conn.state() == State::Open {
-            let _ = this.conn.close(Some(CloseFrame::new(CloseCode::NORMAL, "")));
+            let _ = this
+                .conn
+                .close(Some(CloseFrame::new(CloseCode::NORMAL, "")));
         }
         this.poll_flush_inner(cx)
     }

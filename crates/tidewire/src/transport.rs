@@ -27,16 +27,28 @@ macro_rules! delegate {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTlsStream<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
@@ -77,14 +89,19 @@ pub fn client_config_with_roots(roots: rustls::RootCertStore) -> rustls::ClientC
 pub fn root_store_from_pem(pem: &[u8]) -> io::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
-        roots.add(cert?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        roots
+            .add(cert?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
     Ok(roots)
 }
 
 /// A rustls server configuration from PEM certificate chain and private key.
 #[cfg(feature = "tls")]
-pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<std::sync::Arc<rustls::ServerConfig>> {
+pub fn server_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> io::Result<std::sync::Arc<rustls::ServerConfig>> {
     let certs = rustls_pemfile::certs(&mut &cert_pem[..]).collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut &key_pem[..])?
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no private key in PEM"))?;
@@ -107,6 +124,9 @@ pub(crate) async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|_| Error::new(Kind::Url(format!("invalid TLS server name: {host}"))))?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    let tls = connector.connect(name, io).await.map_err(|e| Error::new(Kind::Tls(e)))?;
+    let tls = connector
+        .connect(name, io)
+        .await
+        .map_err(|e| Error::new(Kind::Tls(e)))?;
     Ok(MaybeTlsStream::Rustls(Box::new(tls)))
 }

@@ -53,7 +53,10 @@ pub fn upgrade<B>(
     req: &mut http::Request<B>,
     server: &ServerBuilder,
 ) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
-    let view = http::Request::from_parts(head_of(req.method(), req.uri(), req.version(), req.headers()), ());
+    let view = http::Request::from_parts(
+        head_of(req.method(), req.uri(), req.version(), req.headers()),
+        (),
+    );
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     prepare(&view, on_upgrade, server)
 }
@@ -63,7 +66,10 @@ pub fn upgrade_parts(
     parts: &mut http::request::Parts,
     server: &ServerBuilder,
 ) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
-    let view = http::Request::from_parts(head_of(&parts.method, &parts.uri, parts.version, &parts.headers), ());
+    let view = http::Request::from_parts(
+        head_of(&parts.method, &parts.uri, parts.version, &parts.headers),
+        (),
+    );
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     prepare(&view, on_upgrade, server)
 }
@@ -105,7 +111,13 @@ fn prepare(
     // The same writer as the standalone server, parsed back into an http::Response, so
     // both paths send identical headers.
     let mut raw = Vec::new();
-    write_response(&fields.key, protocol.as_deref(), None, &http::HeaderMap::new(), &mut raw);
+    write_response(
+        &fields.key,
+        protocol.as_deref(),
+        None,
+        &http::HeaderMap::new(),
+        &mut raw,
+    );
     let mut response = http::Response::new(());
     *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -119,7 +131,11 @@ fn prepare(
             response.headers_mut().append(name, value);
         }
     }
-    let pending = PendingUpgrade { on_upgrade, options: server.stream_options(), protocol };
+    let pending = PendingUpgrade {
+        on_upgrade,
+        options: server.stream_options(),
+        protocol,
+    };
     Ok((response, pending))
 }
 
@@ -183,7 +199,10 @@ mod axum_support {
             if let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
                 own.extensions.insert(on);
             }
-            Ok(WebSocketUpgrade { parts: own, server: ServerBuilder::new() })
+            Ok(WebSocketUpgrade {
+                parts: own,
+                server: ServerBuilder::new(),
+            })
         }
     }
 

@@ -3,13 +3,19 @@
 
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
-use tidewire::{ClientBuilder, CloseCode, CloseFrame, Message, Options, ServerBuilder, WebSocketStream};
+use tidewire::{
+    ClientBuilder, CloseCode, CloseFrame, Message, Options, ServerBuilder, WebSocketStream,
+};
 use tokio::io::DuplexStream;
 
 async fn pair_with(
     server: ServerBuilder,
     client: ClientBuilder,
-) -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>, http::Response<()>) {
+) -> (
+    WebSocketStream<DuplexStream>,
+    WebSocketStream<DuplexStream>,
+    http::Response<()>,
+) {
     let (a, b) = tokio::io::duplex(1 << 20);
     let server_task = tokio::spawn(async move { server.accept(a).await });
     let (c, resp) = client.connect_on(b).await.expect("client handshake");
@@ -60,9 +66,17 @@ async fn server_initiated_close_completes_on_both_sides() {
         }
         got
     });
-    s.close(Some(CloseFrame::new(CloseCode(4001), "bye"))).await.unwrap();
-    assert_eq!(client.await.unwrap(), Some(CloseFrame::new(CloseCode(4001), "bye")));
-    assert_eq!(s.connection().close_received(), Some(&Some(CloseFrame::new(CloseCode(4001), ""))));
+    s.close(Some(CloseFrame::new(CloseCode(4001), "bye")))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.await.unwrap(),
+        Some(CloseFrame::new(CloseCode(4001), "bye"))
+    );
+    assert_eq!(
+        s.connection().close_received(),
+        Some(&Some(CloseFrame::new(CloseCode(4001), "")))
+    );
     // After the end, sending is an error that says so.
     assert!(s.send(Message::text("late")).await.unwrap_err().is_closed());
 }
@@ -116,14 +130,21 @@ async fn batched_messages_arrive_in_order() {
     }
     s.flush().await.unwrap();
     for i in 0..1000 {
-        assert_eq!(c.recv().await.unwrap().unwrap(), Message::text(format!("{i}")));
+        assert_eq!(
+            c.recv().await.unwrap().unwrap(),
+            Message::text(format!("{i}"))
+        );
     }
 }
 
 #[tokio::test]
 async fn heartbeat_pings_a_quiet_peer_and_drops_a_silent_one() {
     let opts = Options::default().heartbeat(Duration::from_millis(50), Duration::from_millis(300));
-    let (mut s, mut c, _) = pair_with(ServerBuilder::new().options(opts), ClientBuilder::new("ws://t/")).await;
+    let (mut s, mut c, _) = pair_with(
+        ServerBuilder::new().options(opts),
+        ClientBuilder::new("ws://t/"),
+    )
+    .await;
     // The client reads (and so answers pings): the server keeps the connection.
     let client = tokio::spawn(async move {
         let mut pings = 0;

@@ -107,6 +107,14 @@ pub enum HandshakeError {
     /// The server selected a subprotocol the client did not offer (§4.1 item 6). Client
     /// side only. 502.
     UnofferedProtocol,
+    /// The server accepted an extension the client did not offer (§9.1). Client side
+    /// only. 502.
+    UnofferedExtension,
+    /// The peer closed the connection before the handshake was complete. 400.
+    ConnectionClosed,
+    /// The application refused the request with this HTTP status (an auth hook, a
+    /// policy). The status is what was answered.
+    Rejected(u16),
 }
 
 impl HandshakeError {
@@ -120,8 +128,12 @@ impl HandshakeError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             OriginNotAllowed => StatusCode::FORBIDDEN,
-            Status(..) | InvalidAccept | UnofferedProtocol => StatusCode::BAD_GATEWAY,
-            MalformedHttp
+            Status(..) | InvalidAccept | UnofferedProtocol | UnofferedExtension => {
+                StatusCode::BAD_GATEWAY
+            }
+            Rejected(code) => StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST),
+            ConnectionClosed
+            | MalformedHttp
             | UnsupportedHttpVersion
             | InvalidHost
             | InvalidUpgrade
@@ -158,6 +170,9 @@ impl HandshakeError {
             Status(..) => "server did not switch protocols",
             InvalidAccept => "missing or wrong Sec-WebSocket-Accept",
             UnofferedProtocol => "server selected a subprotocol that was not offered",
+            UnofferedExtension => "server accepted an extension that was not offered",
+            ConnectionClosed => "connection closed during the handshake",
+            Rejected(_) => "handshake refused by the application",
         }
     }
 }
@@ -171,6 +186,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::Status(code, reason) => {
                 write!(f, "{}: HTTP {code} {reason}", self.reason())
             }
+            HandshakeError::Rejected(code) => write!(f, "{}: HTTP {code}", self.reason()),
             _ => f.write_str(self.reason()),
         }
     }

@@ -69,7 +69,7 @@ pub fn parse_request(
         .parse()
         .map_err(|_| HandshakeError::MalformedHttp)?;
     let headers = header_map(parsed.headers)?;
-    let fields = validate(&headers)?;
+    let fields = validate_headers(&headers)?;
 
     let mut request = http::Request::new(());
     *request.method_mut() = Method::GET;
@@ -88,18 +88,26 @@ pub fn parse_request(
     )))
 }
 
-/// What [`validate`] extracts from the header fields.
-struct Fields {
-    key: String,
-    protocols: Vec<String>,
-    extensions: Vec<Extension>,
-    origin: Option<String>,
+/// What [`validate_headers`] extracts from the header fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFields {
+    /// `Sec-WebSocket-Key`, validated.
+    pub key: String,
+    /// Offered subprotocols, in the client's order of preference.
+    pub protocols: Vec<String>,
+    /// Offered extensions.
+    pub extensions: Vec<Extension>,
+    /// The `Origin` header, if any.
+    pub origin: Option<String>,
 }
 
 /// The header checks of §4.2.1, in the order of its items, except that the version comes
 /// before the key: a client of another protocol version gets 426 and the version list
 /// (§4.2.2) even if its other fields differ.
-fn validate(headers: &HeaderMap) -> Result<Fields, HandshakeError> {
+///
+/// Public for servers whose HTTP layer parsed the request already (hyper, axum): the
+/// method and version are theirs to check.
+pub fn validate_headers(headers: &HeaderMap) -> Result<RequestFields, HandshakeError> {
     // §4.2.1 item 2: "A |Host| header field containing the server's authority."
     // RFC 9112 §3.2: a request with more than one Host gets 400.
     if !matches!(single_value(headers, &HOST), Ok(Some(_))) {
@@ -163,7 +171,7 @@ fn validate(headers: &HeaderMap) -> Result<Fields, HandshakeError> {
         _ => return Err(HandshakeError::InvalidOrigin),
     };
 
-    Ok(Fields {
+    Ok(RequestFields {
         key,
         protocols,
         extensions,
