@@ -27,7 +27,7 @@ for arg in "$@"; do
     --self-test) SELF_TEST=1 ;;
     --no-build) BUILD=0 ;;
     --compression) PEER_FLAGS+=(--compression) ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -217,9 +217,11 @@ run_pair() {
     if [ "$wrc" -eq 2 ]; then
       wait "$spid" 2>/dev/null
       echo "    server exited (status $?) before accepting on 127.0.0.1:$port"
+      BG_PIDS=()
     else
       echo "    server did not accept on 127.0.0.1:$port within ${PORT_TIMEOUT} s"
       kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+      BG_PIDS=()
     fi
     show_tail "$slog"
     result "$peer" "$dir" FAIL
@@ -234,6 +236,7 @@ run_pair() {
   rc=$?
   t1=$(date +%s%N)
   kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+  BG_PIDS=()   # one server at a time; forget it so the trap never kills a reused pid
   local ms=$(((t1 - t0) / 1000000))
   printf '    client exit %s after %d.%02d s\n' "$rc" "$((ms / 1000))" "$((ms % 1000 / 10))"
   if [ "$rc" -eq 0 ]; then
