@@ -27,7 +27,7 @@ for arg in "$@"; do
     --self-test) SELF_TEST=1 ;;
     --no-build) BUILD=0 ;;
     --compression) PEER_FLAGS+=(--compression) ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
