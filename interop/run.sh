@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# Interop tests: Tidewire against Python `websockets` and Node `ws` (see interop/README.md).
+#
+#   interop/run.sh               build tidewire (release), then run the 4 pairs:
+#                                  python/node client -> `tidewire echo`,
+#                                  tidewire interop_client -> python/node echo server
+#   interop/run.sh --self-test   no Tidewire at all: python client -> node server and
+#                                  node client -> python server (proves the scenario code)
+# Options: --no-build      use the existing target/release binaries
+#          --compression   pass --compression to the Python/Node peers (permessage-deflate)
+# Env:     INTEROP_CLIENT_TIMEOUT (120 s), INTEROP_BUILD_TIMEOUT (1800 s),
+#          INTEROP_SETUP_TIMEOUT (600 s), INTEROP_LOG_DIR (interop/.logs)
+#
+# Prints `interop: <peer> <direction> PASS|FAIL` per pair, then `N passed, M failed`;
+# exits non-zero if anything failed. Installs its own Python venv and node_modules.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+cd "$ROOT"
+
+SELF_TEST=0
+BUILD=1
+PEER_FLAGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --self-test) SELF_TEST=1 ;;
+    --no-build) BUILD=0 ;;
+    --compression) PEER_FLAGS+=(--compression) ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+CLIENT_TIMEOUT="${INTEROP_CLIENT_TIMEOUT:-120}"
+SERVER_TIMEOUT="$((CLIENT_TIMEOUT + 60))"   # a server never outlives its pair by much
+BUILD_TIMEOUT="${INTEROP_BUILD_TIMEOUT:-1800}"
+SETUP_TIMEOUT="${INTEROP_SETUP_TIMEOUT:-600}"
+PORT_TIMEOUT=15
+LOG_DIR="${INTEROP_LOG_DIR:-$HERE/.logs}"
+mkdir -p "$LOG_DIR"
+
+VENV="$HERE/.venv"
+VPY="$VENV/bin/python"
+NODE_DIR="$HERE/node"
+TIDEWIRE_BIN="$ROOT/target/release/tidewire"
+INTEROP_CLIENT_BIN="$ROOT/target/release/examples/interop_client"
+
+PASSED=0
+FAILED=0
+BG_PIDS=()
+declare -A UNAVAILABLE=()   # component -> reason
+
+cleanup() {
+  local pid
+  for pid in "${BG_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${BG_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  BG_PIDS=()
+}
+trap cleanup EXIT
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
+
+log() { echo "run.sh: $*"; }
+
+show_tail() { # file [lines]
+  [ -s "$1" ] || return 0
+  echo "    --- last lines of $1 ---"
+  tail -n "${2:-25}" "$1" | sed 's/^/    | /'
+}
+
+hash_of() { sha256sum "$@" | sha256sum | cut -c1-64; }
+
+# ---------------------------------------------------------------- setup
+
+setup_python() {
+  local logf="$LOG_DIR/setup-python.log" stamp="$VENV/.interop-stamp" want
+  want="$(hash_of "$HERE/requirements.txt")"
+  if [ -x "$VPY" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+     && "$VPY" -c 'import websockets' 2>/dev/null; then
+    log "python: venv up to date (websockets $("$VPY" -c 'import websockets; print(websockets.__version__)'))"
+    return 0
+  fi
+  local py=""
+  for cand in "${INTEROP_PYTHON:-}" python3.11 python3; do
+    if [ -n "$cand" ] && command -v "$cand" >/dev/null 2>&1; then py="$cand"; break; fi
+  done
+  if [ -z "$py" ]; then UNAVAILABLE[python]="no python3 found"; return 1; fi
+  log "python: installing websockets into $VENV (log: $logf)"
+  {
+    { [ -x "$VPY" ] || timeout "$SETUP_TIMEOUT" "$py" -m venv "$VENV"; } &&
+      timeout "$SETUP_TIMEOUT" "$VPY" -m pip install --disable-pip-version-check -q \
+        -r "$HERE/requirements.txt" &&
+      "$VPY" -c 'import websockets'
+  } >"$logf" 2>&1
+  if [ $? -ne 0 ]; then
+    UNAVAILABLE[python]="venv setup failed (see $logf)"
+    show_tail "$logf"
+    return 1
+  fi
+  echo "$want" >"$stamp"
+  log "python: websockets $("$VPY" -c 'import websockets; print(websockets.__version__)') installed"
+}
+
+setup_node() {
+  local logf="$LOG_DIR/setup-node.log" stamp="$NODE_DIR/node_modules/.interop-stamp" want
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    UNAVAILABLE[node]="node/npm not found"; return 1
+  fi
+  want="$(hash_of "$NODE_DIR/package.json" "$NODE_DIR/package-lock.json")"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && [ -f "$NODE_DIR/node_modules/ws/package.json" ]; then
+    log "node: node_modules up to date (node $(node --version))"
+    return 0
+  fi
+  log "node: npm ci in $NODE_DIR (log: $logf)"
+  if ! (cd "$NODE_DIR" && timeout "$SETUP_TIMEOUT" npm ci --no-audit --no-fund) >"$logf" 2>&1; then
+    UNAVAILABLE[node]="npm ci failed (see $logf)"
+    show_tail "$logf"
+    return 1
+  fi
+  echo "$want" >"$stamp"
+  log "node: ws $(node -p "require('$NODE_DIR/node_modules/ws/package.json').version") installed (node $(node --version))"
+}
+
+build_tidewire() {
+  local logf
+  logf="$LOG_DIR/build-cli.log"
+  log "building tidewire-cli (release, log: $logf)"
+  if ! timeout "$BUILD_TIMEOUT" cargo build --release -p tidewire-cli >"$logf" 2>&1; then
+    UNAVAILABLE[tidewire-server]="cargo build --release -p tidewire-cli failed"
+    show_tail "$logf" 30
+  elif [ ! -x "$TIDEWIRE_BIN" ]; then
+    UNAVAILABLE[tidewire-server]="$TIDEWIRE_BIN missing after build"
+  fi
+  logf="$LOG_DIR/build-interop-client.log"
+  log "building interop_client example (release, log: $logf)"
+  if ! timeout "$BUILD_TIMEOUT" cargo build --release -p tidewire --example interop_client >"$logf" 2>&1; then
+    UNAVAILABLE[tidewire-client]="cargo build --release -p tidewire --example interop_client failed"
+    show_tail "$logf" 30
+  elif [ ! -x "$INTEROP_CLIENT_BIN" ]; then
+    UNAVAILABLE[tidewire-client]="$INTEROP_CLIENT_BIN missing after build"
+  fi
+}
+
+check_prebuilt() {
+  [ -x "$TIDEWIRE_BIN" ] || UNAVAILABLE[tidewire-server]="$TIDEWIRE_BIN missing (--no-build)"
+  [ -x "$INTEROP_CLIENT_BIN" ] || UNAVAILABLE[tidewire-client]="$INTEROP_CLIENT_BIN missing (--no-build)"
+}
+
+# ---------------------------------------------------------------- helpers
+
+free_port() {
+  local py="$VPY"
+  [ -x "$py" ] || py=python3
+  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port pid: 0 once something accepts on 127.0.0.1:port, 1 on timeout, 2 if pid exited
+  local port="$1" pid="$2" i
+  for ((i = 0; i < PORT_TIMEOUT * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || return 2
+    sleep 0.1
+  done
+  return 1
+}
+
+# server_cmd KIND PORT / client_cmd KIND URL fill CMD with the command line.
+server_cmd() {
+  case "$1" in
+    tidewire) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2") ;;
+    python) CMD=("$VPY" "$HERE/py_server.py" --port "$2" "${PEER_FLAGS[@]}") ;;
+    node) CMD=(node "$NODE_DIR/server.mjs" --port "$2" "${PEER_FLAGS[@]}") ;;
+  esac
+}
+client_cmd() {
+  case "$1" in
+    tidewire) CMD=("$INTEROP_CLIENT_BIN" "$2") ;;
+    python) CMD=("$VPY" "$HERE/py_client.py" "$2" "${PEER_FLAGS[@]}") ;;
+    node) CMD=(node "$NODE_DIR/client.mjs" "$2" "${PEER_FLAGS[@]}") ;;
+  esac
+}
+
+result() { # peer direction PASS|FAIL
+  echo "interop: $1 $2 $3"
+  if [ "$3" = PASS ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); fi
+}
+
+# run_pair PEER DIRECTION CLIENT_KIND SERVER_KIND
+run_pair() {
+  local peer="$1" dir="$2" ck="$3" sk="$4"
+  local cneed="$ck" sneed="$sk" tag="${peer}_${dir//[^a-z]/-}"
+  [ "$ck" = tidewire ] && cneed=tidewire-client
+  [ "$sk" = tidewire ] && sneed=tidewire-server
+  local need
+  for need in "$sneed" "$cneed"; do
+    if [ -n "${UNAVAILABLE[$need]:-}" ]; then
+      echo "--- $peer $dir: skipped, $need unavailable: ${UNAVAILABLE[$need]}"
+      result "$peer" "$dir" FAIL
+      return
+    fi
+  done
+
+  local port slog="$LOG_DIR/$tag.server.log" clog="$LOG_DIR/$tag.client.log"
+  port="$(free_port)"
+  server_cmd "$sk" "$port"
+  echo "--- $peer $dir: server: ${CMD[*]}"
+  timeout "$SERVER_TIMEOUT" "${CMD[@]}" >"$slog" 2>&1 &
+  local spid=$!
+  BG_PIDS+=("$spid")
+  local wrc=0
+  wait_port "$port" "$spid" || wrc=$?
+  if [ "$wrc" -ne 0 ]; then
+    if [ "$wrc" -eq 2 ]; then
+      wait "$spid" 2>/dev/null
+      echo "    server exited (status $?) before accepting on 127.0.0.1:$port"
+      BG_PIDS=()
+    else
+      echo "    server did not accept on 127.0.0.1:$port within ${PORT_TIMEOUT} s"
+      kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+      BG_PIDS=()
+    fi
+    show_tail "$slog"
+    result "$peer" "$dir" FAIL
+    return
+  fi
+
+  client_cmd "$ck" "ws://127.0.0.1:$port"
+  echo "--- $peer $dir: client: ${CMD[*]}"
+  local t0 t1 rc
+  t0=$(date +%s%N)
+  timeout "$CLIENT_TIMEOUT" "${CMD[@]}" </dev/null >"$clog" 2>&1
+  rc=$?
+  t1=$(date +%s%N)
+  kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+  BG_PIDS=()   # one server at a time; forget it so the trap never kills a reused pid
+  local ms=$(((t1 - t0) / 1000000))
+  printf '    client exit %s after %d.%02d s\n' "$rc" "$((ms / 1000))" "$((ms % 1000 / 10))"
+  if [ "$rc" -eq 0 ]; then
+    result "$peer" "$dir" PASS
+  else
+    [ "$rc" -eq 124 ] && echo "    client timed out after ${CLIENT_TIMEOUT} s"
+    show_tail "$clog" 40
+    show_tail "$slog" 15
+    result "$peer" "$dir" FAIL
+  fi
+}
+
+# ---------------------------------------------------------------- main
+
+START=$(date +%s)
+setup_python
+setup_node
+
+if [ "$SELF_TEST" -eq 1 ]; then
+  log "self-test: the Python and Node peers against each other (no Tidewire)"
+  run_pair python "client->node" python node
+  run_pair node "client->python" node python
+else
+  if [ "$BUILD" -eq 1 ]; then build_tidewire; else check_prebuilt; fi
+  run_pair python "client->tidewire" python tidewire
+  run_pair node "client->tidewire" node tidewire
+  run_pair python "tidewire->server" tidewire python
+  run_pair node "tidewire->server" tidewire node
+fi
+
+log "logs in $LOG_DIR; total $(( $(date +%s) - START )) s"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
