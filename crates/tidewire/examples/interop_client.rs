@@ -217,7 +217,7 @@ impl Run {
 
 /// The next text or binary message, skipping control messages.
 async fn next_data(
-    ws: &mut tidewire::WebSocketStream<tidewire::MaybeTlsStream>,
+    ws: &mut tidewire::WebSocketStream<tidewire::MaybeTlsStream<tokio::net::TcpStream>>,
     what: &str,
 ) -> Result<Message, String> {
     loop {
