@@ -68,7 +68,10 @@ fn binary_payload(n: usize) -> Vec<u8> {
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
 }
 
 fn describe(msg: &Message) -> String {
@@ -76,7 +79,11 @@ fn describe(msg: &Message) -> String {
     match msg {
         Message::Text(t) => {
             let s: &str = t;
-            format!("text({} bytes) {:?}...", s.len(), s.chars().take(24).collect::<String>())
+            format!(
+                "text({} bytes) {:?}...",
+                s.len(),
+                s.chars().take(24).collect::<String>()
+            )
         }
         Message::Binary(b) => format!("binary({} bytes)", b.len()),
         Message::Ping(p) => format!("ping({} bytes)", p.len()),
@@ -129,10 +136,16 @@ impl Run {
                     .map_err(|e| format!("connect to {}: {e}", self.url))
             })
             .await?;
-        ok(format_args!("connected to {} (tidewire, no extensions)", self.url), t0);
+        ok(
+            format_args!("connected to {} (tidewire, no extensions)", self.url),
+            t0,
+        );
 
         for (kind, make) in [
-            ("text", (|n| Sent::Text(text_payload(n))) as fn(usize) -> Sent),
+            (
+                "text",
+                (|n| Sent::Text(text_payload(n))) as fn(usize) -> Sent,
+            ),
             ("binary", |n| Sent::Binary(binary_payload(n))),
         ] {
             for n in SIZES {
@@ -144,7 +157,9 @@ impl Run {
                         Sent::Text(s) => Message::text(s.clone()),
                         Sent::Binary(b) => Message::binary(b.clone()),
                     };
-                    ws.send(msg).await.map_err(|e| format!("{what}: send: {e}"))?;
+                    ws.send(msg)
+                        .await
+                        .map_err(|e| format!("{what}: send: {e}"))?;
                     let got = next_data(&mut ws, &what).await?;
                     check_echo(&what, &sent, &got)
                 })
@@ -175,14 +190,20 @@ impl Run {
         })
         .await?;
         let hex: String = PING_PAYLOAD.iter().map(|b| format!("{b:02x}")).collect();
-        ok(format_args!("ping {hex} answered by pong with same payload"), t0);
+        ok(
+            format_args!("ping {hex} answered by pong with same payload"),
+            t0,
+        );
 
         // Close: send our close frame, expect the peer's close frame with the same
         // code, then the end of the stream (the library finishes the handshake).
         let t0 = Instant::now();
         let code = self
             .step("close", async {
-                let frame = CloseFrame { code: CloseCode(CLOSE_CODE), reason: CLOSE_REASON.into() };
+                let frame = CloseFrame {
+                    code: CloseCode(CLOSE_CODE),
+                    reason: CLOSE_REASON.into(),
+                };
                 ws.send(Message::Close(Some(frame)))
                     .await
                     .map_err(|e| format!("close: send: {e}"))?;
@@ -208,7 +229,9 @@ impl Run {
             })
             .await?;
         if code != CLOSE_CODE {
-            return Err(format!("close: expected code {CLOSE_CODE} back, got {code}"));
+            return Err(format!(
+                "close: expected code {CLOSE_CODE} back, got {code}"
+            ));
         }
         ok(format_args!("close {code} handshake completed"), t0);
         Ok(())
@@ -237,7 +260,12 @@ fn check_echo(what: &str, sent: &Sent, got: &Message) -> Result<(), String> {
             (s.as_bytes(), t.as_bytes())
         }
         (Sent::Binary(s), Message::Binary(b)) => (s.as_slice(), &b[..]),
-        _ => return Err(format!("{what}: echo has the wrong type: {}", describe(got))),
+        _ => {
+            return Err(format!(
+                "{what}: echo has the wrong type: {}",
+                describe(got)
+            ))
+        }
     };
     if a != b {
         return Err(format!(
@@ -283,7 +311,10 @@ async fn main() -> ExitCode {
     let t0 = Instant::now();
     match (Run { url, step_timeout }).run().await {
         Ok(()) => {
-            println!("done: scenario passed in {:.2} s", t0.elapsed().as_secs_f64());
+            println!(
+                "done: scenario passed in {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
