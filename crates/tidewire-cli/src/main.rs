@@ -1,6 +1,7 @@
 //! The `tidewire` command. Glue only: parse arguments, build configuration, call a library.
 
 mod echo;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,6 +21,12 @@ enum Command {
     /// The testee for the Autobahn TestSuite and the peer benchmarks. Pings are answered,
     /// close handshakes completed, protocol violations closed with the RFC's code.
     Echo(echo::EchoArgs),
+    /// The real-time hub: raw rooms at ws://HOST/rooms/NAME, a demo page at /, /healthz.
+    ///
+    /// Runs on embedded defaults (127.0.0.1:8080, in-memory). Every option can also be set
+    /// with a TIDEWIRE_* environment variable. SIGINT or SIGTERM closes every WebSocket with
+    /// 1001 and exits 0.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Echo(args) => echo::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,102 @@
+//! `tidewire serve` as a process: raw-room broadcast among three clients, the demo page,
+//! /healthz, 404, and graceful shutdown on SIGTERM (close 1001, exit 0).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use tidewire::{CloseCode, Message};
+
+fn start() -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tidewire serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect(&line);
+    (child, addr.parse().unwrap())
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn rooms_broadcast_pages_and_graceful_shutdown() {
+    let (mut child, addr) = start();
+    assert!(http_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+    let page = http_get(addr, "/");
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("new WebSocket"));
+    let missing = http_get(addr, "/nope");
+    assert!(
+        missing.starts_with("HTTP/1.1 404") && missing.contains("no route for /nope"),
+        "{missing}"
+    );
+
+    let url = format!("ws://{addr}/rooms/lobby");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(tidewire::connect(&url).await.unwrap().0);
+    }
+    let (mut other_room, _) = tidewire::connect(&format!("ws://{addr}/rooms/elsewhere"))
+        .await
+        .unwrap();
+    clients[0]
+        .send(Message::text("hello from 0"))
+        .await
+        .unwrap();
+    for c in clients.iter_mut().skip(1) {
+        assert_eq!(
+            c.recv().await.unwrap().unwrap(),
+            Message::text("hello from 0")
+        );
+    }
+    clients[2]
+        .send(Message::binary(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    for c in clients.iter_mut().take(2) {
+        assert_eq!(
+            c.recv().await.unwrap().unwrap(),
+            Message::binary(vec![1, 2, 3])
+        );
+    }
+    // Nothing leaked into the other room.
+    let quiet =
+        tokio::time::timeout(std::time::Duration::from_millis(200), other_room.recv()).await;
+    assert!(quiet.is_err(), "other room got {quiet:?}");
+
+    // SIGTERM: every client gets 1001, the process exits 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for c in clients.iter_mut().chain(std::iter::once(&mut other_room)) {
+        let mut code = None;
+        while let Some(Ok(m)) = c.recv().await {
+            if let Message::Close(Some(f)) = m {
+                code = Some(f.code);
+            }
+        }
+        assert_eq!(code, Some(CloseCode::GOING_AWAY));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
