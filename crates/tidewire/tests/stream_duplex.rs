@@ -189,3 +189,36 @@ async fn origin_check_refuses_with_403() {
     assert!(err.to_string().contains("403"), "{err}");
     assert!(st.await.unwrap().is_err());
 }
+
+#[tokio::test]
+async fn recv_is_cancellation_safe_in_select() {
+    // A timer that fires constantly cancels recv() mid-message; nothing may be lost or
+    // duplicated, including messages split across many small writes.
+    let (mut s, mut c) = pair().await;
+    let sender = tokio::spawn(async move {
+        for i in 0..2000u32 {
+            c.send(Message::binary(i.to_be_bytes().repeat(300))).await.unwrap();
+        }
+        c.close(None).await.unwrap();
+    });
+    let mut next = 0u32;
+    let mut ticks = 0u32;
+    let mut interval = tokio::time::interval(Duration::from_micros(50));
+    loop {
+        tokio::select! {
+            m = s.recv() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(b, bytes::Bytes::from(next.to_be_bytes().repeat(300)));
+                    next += 1;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("{e}"),
+                None => break,
+            },
+            _ = interval.tick() => ticks += 1,
+        }
+    }
+    assert_eq!(next, 2000);
+    assert!(ticks > 0);
+    sender.await.unwrap();
+}
