@@ -159,8 +159,8 @@ for s in "${PRESENT[@]}"; do
     PROBED+=("$s")
     stop_server
   else
-    log "SKIPPING $s: '$(server_cmd "$s" "$ADDR")' did not start listening within 10 s" \
-        "(see $OUT/server-$s.log)"
+    log "SKIPPING $s: '$(server_cmd "$s" "$ADDR")' did not start listening (it exited, or" \
+        "10 s passed; see $OUT/server-$s.log). Ratios use the first server that runs."
   fi
 done
 PRESENT=("${PROBED[@]}")

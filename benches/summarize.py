@@ -39,6 +39,7 @@ for key, rs in groups.items():
         "util": med([r["server_cpu_util"] for r in rs]),
         "lg": med([r["loadgen_cpu_util"] for r in rs]),
         "err": sum(r["errors_total"] for r in rs),
+        "ss": med([r["server_echoes_by_ss"] / r["msgs"] if r.get("server_echoes_by_ss") and r["msgs"] else None for r in rs]),
     }
 
 def fmt(v, nd=0):
@@ -58,8 +59,8 @@ if loads and max(loads) > 1.5:
           f"the pinned cores, so absolute numbers are depressed and ratios are less reliable.\n")
 print(f"Ratios (×) are relative to **{baseline}**; values are medians of "
       f"{max((r['n'] for r in rows.values()), default=0)} round(s).\n")
-print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | loadgen CPU % | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | loadgen CPU % | count check | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for size, conns in cases:
     b = rows.get((size, conns, baseline), {})
     for s in servers:
@@ -69,7 +70,7 @@ for size, conns in cases:
         print(f"| {s} | {size} | {conns} | {fmt(r['rate'])}{ratio(r['rate'], b.get('rate'))} | {fmt(r['mbps'], 2)} "
               f"| {fmt(r['p50'], 1)}{ratio(r['p50'], b.get('p50'))} | {fmt(r['p99'], 1)}{ratio(r['p99'], b.get('p99'))} "
               f"| {fmt(r['cpu'], 2)}{ratio(r['cpu'], b.get('cpu'))} "
-              f"| {fmt(r['util'] * 100 if r['util'] is not None else None)} | {fmt(r['lg'] * 100 if r['lg'] is not None else None)} | {r['err']} |")
+              f"| {fmt(r['util'] * 100 if r['util'] is not None else None)} | {fmt(r['lg'] * 100 if r['lg'] is not None else None)} | {fmt(r['ss'], 3)} | {r['err']} |")
 if idle:
     b = idle.get(baseline, {}).get("kb_per_conn")
     print("\n| server | idle conns | RSS before KB | RSS after KB | KB per idle conn |")

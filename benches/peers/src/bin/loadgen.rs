@@ -575,6 +575,47 @@ fn self_cpu_ns() -> u64 {
     proc_cpu_ns(std::process::id()).unwrap_or(0)
 }
 
+/// Sum of `bytes_sent` over the established TCP sockets whose LOCAL port is `port`
+/// (i.e. the server's side of every connection), from `ss -tin` (kernel tcp_info).
+/// A server-side, kernel-counted view of the echo traffic, independent of our frame
+/// parser and of the server's code. Runs `ss` on a blocking thread; None if unavailable.
+/// A snapshot is accepted only if it shows exactly `expect` sockets (netlink dumps can
+/// come back short on a busy host); up to 3 tries.
+async fn server_bytes_sent(port: u16, expect: u64) -> Option<u64> {
+    for _ in 0..3 {
+        match ss_once(port).await {
+            Some((n, total)) if n == expect => return Some(total),
+            _ => {}
+        }
+    }
+    None
+}
+
+async fn ss_once(port: u16) -> Option<(u64, u64)> {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("ss")
+            .args(["-tinH", "state", "established", &format!("( sport = :{port} )")])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut total = 0u64;
+        let mut n = 0u64;
+        for tok in text.split_whitespace() {
+            if let Some(v) = tok.strip_prefix("bytes_sent:") {
+                total += v.parse::<u64>().ok()?;
+                n += 1;
+            }
+        }
+        Some((n, total))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 fn vm_rss_kb(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     for l in s.lines() {
@@ -607,15 +648,21 @@ async fn load(o: Arc<Opts>) -> Result<()> {
     let connect_secs = t_start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
 
+    // kernel-side server byte count (taken just before the window opens / after it closes)
+    let sent0 = if o.server_pid.is_some() { server_bytes_sent(o.port, sh.connected.load(Ordering::Relaxed)).await } else { None };
     let cpu0 = o.server_pid.map(proc_cpu_ns).transpose()?;
     let self0 = self_cpu_ns();
     let t0 = Instant::now();
     sh.phase.store(PH_MEASURE, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(o.duration)).await;
+    // End snapshot just BEFORE the window closes (after STOP, connections start closing
+    // and leave ESTABLISHED); the start snapshot was also taken just before its boundary.
+    let sent1 = if o.server_pid.is_some() { server_bytes_sent(o.port, sh.connected.load(Ordering::Relaxed)).await } else { None };
     sh.phase.store(PH_STOP, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = o.server_pid.map(proc_cpu_ns).transpose()?;
+
     let self1 = self_cpu_ns();
 
     let mut hist = new_hist();
@@ -641,6 +688,13 @@ async fn load(o: Arc<Opts>) -> Result<()> {
     let server_util = server_cpu_ns.map(|c| c as f64 / 1e9 / window);
     let self_util = (self1.saturating_sub(self0)) as f64 / 1e9 / window;
     let err_total: u64 = errors.values().sum();
+    // What one echo costs the server in written bytes: payload + unmasked frame header.
+    let echo_wire = o.size as u64 + if o.raw { 0 } else if o.size < 126 { 2 } else if o.size <= 0xFFFF { 4 } else { 10 };
+    let server_tx = match (sent0, sent1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let server_echoes = server_tx.map(|b| b as f64 / echo_wire as f64);
 
     if o.json {
         let errs: Vec<String> = errors.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
@@ -653,6 +707,7 @@ async fn load(o: Arc<Opts>) -> Result<()> {
              \"threads\":{},\"warmup_s\":{},\"window_s\":{:.4},\"connect_s\":{:.4},\"connected\":{},\"msgs\":{},\"msgs_per_s\":{:.2},\
              \"mb_per_s\":{:.4},\"lat_us\":{{\"min\":{:.2},\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"p999\":{:.2},\"max\":{:.2},\"mean\":{:.2}}},\
              \"server_pid\":{},\"server_cpu_ms\":{},\"server_cpu_us_per_msg\":{},\"server_cpu_util\":{},\"loadgen_cpu_util\":{:.4},\
+             \"server_tx_bytes\":{},\"server_echoes_by_ss\":{},\
              \"errors_total\":{},\"errors\":{{{}}}}}",
             if o.raw { "raw" } else { "ws" }, o.host, o.port, o.conns, o.inflight, o.size,
             if o.raw { "raw" } else if o.text { "text" } else { "binary" },
@@ -660,6 +715,7 @@ async fn load(o: Arc<Opts>) -> Result<()> {
             hist.min() as f64 / 1000.0, us(0.5), us(0.9), us(0.99), us(0.999), hist.max() as f64 / 1000.0, hist.mean() / 1000.0,
             o.server_pid.map(|p| p.to_string()).unwrap_or("null".into()),
             num(server_cpu_ns.map(|c| c as f64 / 1e6)), num(cpu_per_msg), num(server_util), self_util,
+            server_tx.map(|b| b.to_string()).unwrap_or("null".into()), num(server_echoes),
             err_total, errs.join(",")
         );
     } else {
@@ -670,6 +726,9 @@ async fn load(o: Arc<Opts>) -> Result<()> {
         println!("latency us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}", us(0.5), us(0.9), us(0.99), us(0.999), hist.max() as f64 / 1000.0);
         if let (Some(c), Some(u), Some(pm)) = (server_cpu_ns, server_util, cpu_per_msg) {
             println!("server cpu  {:.1} ms over window ({:.0}% of a core), {:.3} us/msg", c as f64 / 1e6, u * 100.0, pm);
+        }
+        if let Some(e) = server_echoes {
+            println!("server tx   {:.0} echoes by the kernel's per-socket bytes_sent (ss) ({:.4}x the client's count)", e, if msgs == 0 { 0.0 } else { e / msgs as f64 });
         }
         println!("loadgen cpu {:.0}% of a core", self_util * 100.0);
         println!("errors      {} {:?}", err_total, errors);
