@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Side-by-side WebSocket echo comparison: Tidewire vs peer libraries vs a raw TCP floor.
+# See benches/README.md. Every load targets 127.0.0.1 and is bounded in time.
+#
+# Environment knobs (defaults in brackets):
+#   ROUNDS [3]        rounds; servers are interleaved inside each round
+#   DURATION [5]      measured seconds per run      WARMUP [1]  warm-up seconds per run
+#   SIZES ["20 1024 16384 65536"]                   CONNS [100] connections per run
+#   BIG_CONNS [1000]  extra 20-byte run at this many connections (0 = skip)
+#   INFLIGHT [1]      messages outstanding per connection
+#   IDLE_CONNS [1000] idle-memory probe per server in round 1 (0 = skip)
+#   SERVERS ["tidewire tokio-tungstenite fastwebsockets tokio-websockets raw-tcp"]
+#   SERVER_CPU [0] / LOADGEN_CPU [1]   cores for taskset
+#   TIDEWIRE_BIN [target/release/tidewire]   SKIP_BUILD [0]   PORT_BASE [19300]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+SIZES=${SIZES:-"20 1024 16384 65536"}
+CONNS=${CONNS:-100}
+BIG_CONNS=${BIG_CONNS:-1000}
+INFLIGHT=${INFLIGHT:-1}
+IDLE_CONNS=${IDLE_CONNS:-1000}
+SERVERS=${SERVERS:-"tidewire tokio-tungstenite fastwebsockets tokio-websockets raw-tcp"}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+TIDEWIRE_BIN=${TIDEWIRE_BIN:-$ROOT/target/release/tidewire}
+PORT_BASE=${PORT_BASE:-19300}
+PEERS_TARGET=${CARGO_TARGET_DIR_PEERS:-$ROOT/benches/peers/target}
+PEERS_BIN=$PEERS_TARGET/release
+LOADGEN=$PEERS_BIN/loadgen
+
+log() { echo "[compare] $*" >&2; }
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---------------------------------------------------------------- build
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "building peers + loadgen (release, CARGO_TARGET_DIR=$PEERS_TARGET)"
+  (cd benches/peers && CARGO_TARGET_DIR="$PEERS_TARGET" cargo build --release --locked -q)
+  if [[ " $SERVERS " == *" tidewire "* ]]; then
+    log "building tidewire (cargo build --release -p tidewire-cli)"
+    if ! cargo build --release -p tidewire-cli -q; then
+      log "WARNING: tidewire-cli failed to build; tidewire will be skipped"
+    fi
+  fi
+fi
+
+# ---------------------------------------------------------------- servers
+server_cmd() { # NAME ADDR -> prints the command line, or nothing if unavailable
+  case "$1" in
+    tidewire)          [[ -x "$TIDEWIRE_BIN" ]] && echo "$TIDEWIRE_BIN echo --listen $2" ;;
+    tokio-tungstenite) echo "$PEERS_BIN/echo-tungstenite --listen $2" ;;
+    fastwebsockets)    echo "$PEERS_BIN/echo-fastwebsockets --listen $2" ;;
+    tokio-websockets)  echo "$PEERS_BIN/echo-tokio-websockets --listen $2" ;;
+    raw-tcp)           echo "$PEERS_BIN/echo-raw --listen $2" ;;
+    *) log "unknown server $1"; return 1 ;;
+  esac
+}
+
+PRESENT=()
+for s in $SERVERS; do
+  if [[ -n "$(server_cmd "$s" 127.0.0.1:0 || true)" ]]; then
+    PRESENT+=("$s")
+  else
+    log "SKIPPING $s: $TIDEWIRE_BIN not found (build it with 'cargo build --release -p tidewire-cli';" \
+        "it must accept 'echo --listen ADDR'). Ratios will be computed against the first server present."
+  fi
+done
+[[ ${#PRESENT[@]} -gt 0 ]] || { log "no servers to run"; exit 1; }
+BASELINE=${PRESENT[0]}
+log "servers: ${PRESENT[*]} (ratio baseline: $BASELINE)"
+
+RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/benches/results/$RUN_ID
+mkdir -p "$OUT"
+RAW=$OUT/runs.jsonl
+: > "$RAW"
+{
+  echo "run_id: $RUN_ID"
+  echo "git: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "uname: $(uname -srm)"
+  echo "cpus: $(nproc); model: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "loadavg at start: $(cat /proc/loadavg)"
+  echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SIZES='$SIZES' CONNS=$CONNS BIG_CONNS=$BIG_CONNS INFLIGHT=$INFLIGHT"
+  echo "SERVER_CPU=$SERVER_CPU LOADGEN_CPU=$LOADGEN_CPU servers: ${PRESENT[*]}"
+} > "$OUT/env.txt"
+
+SERVER_PID=
+PORT=$PORT_BASE
+stop_server() {
+  if [[ -n "$SERVER_PID" ]]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+trap stop_server EXIT INT TERM
+
+start_server() { # NAME -> sets SERVER_PID, ADDR
+  PORT=$((PORT + 1))
+  ADDR=127.0.0.1:$PORT
+  local cmd
+  cmd=$(server_cmd "$1" "$ADDR")
+  # shellcheck disable=SC2086
+  taskset -c "$SERVER_CPU" $cmd >>"$OUT/server-$1.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  log "ERROR: $1 did not start listening on $ADDR (see $OUT/server-$1.log)"
+  stop_server
+  return 1
+}
+
+run_one() { # NAME SIZE CONNS ROUND
+  local name=$1 size=$2 conns=$3 round=$4 url mode=()
+  start_server "$name" || return 0
+  url=ws://$ADDR
+  [[ "$name" == raw-tcp ]] && mode=(--raw)
+  local json
+  if json=$(timeout "$(awk "BEGIN{print int($DURATION + $WARMUP + 60)}")" taskset -c "$LOADGEN_CPU" "$LOADGEN" --url "$url" "${mode[@]}" \
+      --conns "$conns" --inflight "$INFLIGHT" --size "$size" --duration "$DURATION" --warmup "$WARMUP" \
+      --binary --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
+    echo "$json" | jq -c --arg s "$name" --argjson r "$round" --arg la "$(cut -d' ' -f1 /proc/loadavg)" \
+      '. + {server:$s, round:$r, loadavg1:($la|tonumber)}' >> "$RAW"
+    log "round $round $name size=$size conns=$conns: $(echo "$json" | jq -r '"\(.msgs_per_s|floor) msg/s p50 \(.lat_us.p50)us p99 \(.lat_us.p99)us cpu \(.server_cpu_us_per_msg)us/msg errors \(.errors_total)"')"
+  else
+    log "round $round $name size=$size conns=$conns: loadgen FAILED (see $OUT/loadgen.log)"
+  fi
+  stop_server
+}
+
+idle_one() { # NAME
+  local name=$1
+  [[ "$name" == raw-tcp || "$IDLE_CONNS" == 0 ]] && return 0
+  start_server "$name" || return 0
+  local json
+  if json=$(timeout 120 taskset -c "$LOADGEN_CPU" "$LOADGEN" --url "ws://$ADDR" --connections "$IDLE_CONNS" --hold 1 \
+      --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
+    echo "$json" | jq -c --arg s "$name" '. + {server:$s}' >> "$OUT/idle.jsonl"
+    log "idle $name: $(echo "$json" | jq -r '"\(.open) conns, \(.kb_per_conn) KB/conn"')"
+  else
+    log "idle $name: FAILED"
+  fi
+  stop_server
+}
+
+# Probe: a server that is listed but does not come up (e.g. a tidewire binary without
+# the `echo` subcommand yet) is dropped here, with a message, instead of failing every run.
+PROBED=()
+for s in "${PRESENT[@]}"; do
+  if start_server "$s" 2>/dev/null; then
+    PROBED+=("$s")
+    stop_server
+  else
+    log "SKIPPING $s: '$(server_cmd "$s" "$ADDR")' did not start listening (it exited, or" \
+        "10 s passed; see $OUT/server-$s.log). Ratios use the first server that runs."
+  fi
+done
+PRESENT=("${PROBED[@]}")
+[[ ${#PRESENT[@]} -gt 0 ]] || { log "no servers came up"; exit 1; }
+BASELINE=${PRESENT[0]}
+log "running: ${PRESENT[*]} (ratio baseline: $BASELINE)"
+sed -i "s/^SERVER_CPU=.*/& running: ${PRESENT[*]}/" "$OUT/env.txt"
+
+CASES=()
+for size in $SIZES; do CASES+=("$size:$CONNS"); done
+[[ "$BIG_CONNS" != 0 ]] && CASES+=("20:$BIG_CONNS")
+
+for round in $(seq 1 "$ROUNDS"); do
+  log "=== round $round/$ROUNDS"
+  for c in "${CASES[@]}"; do
+    for s in "${PRESENT[@]}"; do
+      run_one "$s" "${c%%:*}" "${c##*:}" "$round"
+    done
+  done
+  if [[ $round == 1 ]]; then
+    for s in "${PRESENT[@]}"; do idle_one "$s"; done
+  fi
+done
+
+python3 "$ROOT/benches/summarize.py" "$OUT" "$BASELINE" "${PRESENT[@]}" | tee "$OUT/table.md"
+log "results in $OUT"

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Turn benches/results/RUN/runs.jsonl (+ idle.jsonl) into the markdown table.
+
+usage: summarize.py RESULTS_DIR BASELINE SERVER...
+Medians are taken over rounds; ratios are each server's median over the baseline's.
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+out, baseline, servers = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+runs = [json.loads(l) for l in (out / "runs.jsonl").read_text().splitlines() if l.strip()]
+idle = {}
+if (out / "idle.jsonl").exists():
+    for l in (out / "idle.jsonl").read_text().splitlines():
+        if l.strip():
+            j = json.loads(l)
+            idle[j["server"]] = j
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+groups = {}
+for r in runs:
+    groups.setdefault((r["size"], r["conns"], r["server"]), []).append(r)
+
+cases = sorted({(s, c) for (s, c, _) in groups}, key=lambda k: (k[1], k[0]))
+rows = {}
+for key, rs in groups.items():
+    rows[key] = {
+        "n": len(rs),
+        "rate": med([r["msgs_per_s"] for r in rs]),
+        "mbps": med([r["mb_per_s"] for r in rs]),
+        "p50": med([r["lat_us"]["p50"] for r in rs]),
+        "p99": med([r["lat_us"]["p99"] for r in rs]),
+        "cpu": med([r["server_cpu_us_per_msg"] for r in rs]),
+        "util": med([r["server_cpu_util"] for r in rs]),
+        "lg": med([r["loadgen_cpu_util"] for r in rs]),
+        "err": sum(r["errors_total"] for r in rs),
+        "ss": med([r["server_echoes_by_ss"] / r["msgs"] if r.get("server_echoes_by_ss") and r["msgs"] else None for r in rs]),
+    }
+
+def fmt(v, nd=0):
+    if v is None:
+        return "—"
+    return f"{v:,.{nd}f}"
+
+def ratio(v, b):
+    if v is None or b in (None, 0):
+        return ""
+    return f" ({v / b:.2f}×)"
+
+loads = [r.get("loadavg1") for r in runs if r.get("loadavg1") is not None]
+if loads and max(loads) > 1.5:
+    print(f"> **Noisy host:** 1-minute load average reached {max(loads):.1f} during the runs "
+          f"(2 cores; the server and loadgen alone account for ~2). Other processes competed for "
+          f"the pinned cores, so absolute numbers are depressed and ratios are less reliable.\n")
+print(f"Ratios (×) are relative to **{baseline}**; values are medians of "
+      f"{max((r['n'] for r in rows.values()), default=0)} round(s).\n")
+print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | loadgen CPU % | count check | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for size, conns in cases:
+    b = rows.get((size, conns, baseline), {})
+    for s in servers:
+        r = rows.get((size, conns, s))
+        if not r:
+            continue
+        print(f"| {s} | {size} | {conns} | {fmt(r['rate'])}{ratio(r['rate'], b.get('rate'))} | {fmt(r['mbps'], 2)} "
+              f"| {fmt(r['p50'], 1)}{ratio(r['p50'], b.get('p50'))} | {fmt(r['p99'], 1)}{ratio(r['p99'], b.get('p99'))} "
+              f"| {fmt(r['cpu'], 2)}{ratio(r['cpu'], b.get('cpu'))} "
+              f"| {fmt(r['util'] * 100 if r['util'] is not None else None)} | {fmt(r['lg'] * 100 if r['lg'] is not None else None)} | {fmt(r['ss'], 3)} | {r['err']} |")
+if idle:
+    b = idle.get(baseline, {}).get("kb_per_conn")
+    print("\n| server | idle conns | RSS before KB | RSS after KB | KB per idle conn |")
+    print("|---|---:|---:|---:|---:|")
+    for s in servers:
+        j = idle.get(s)
+        if j:
+            print(f"| {s} | {j['open']} | {j['rss_before_kb']:,} | {j['rss_after_kb']:,} | {fmt(j['kb_per_conn'], 1)}{ratio(j['kb_per_conn'], b)} |")
