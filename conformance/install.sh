@@ -33,6 +33,7 @@ site_dir() { echo "$PREFIX/lib/python2.7/site-packages"; }
 
 check() {
   [[ -x $PY2 && -x $PREFIX/bin/wstest && -f $STAMP ]] || return 1
+  [[ -d $(site_dir)/wsaccel && -d $(site_dir)/autobahntestsuite ]] || return 1
   [[ "$(cat "$STAMP")" == "$STAMP_VALUE" ]] || return 1
   "$PY2" -c 'import wsaccel, autobahntestsuite, twisted' 2>/dev/null || return 1
   "$PREFIX/bin/wstest" --help >/dev/null 2>&1 || return 1
@@ -98,7 +99,12 @@ SITE=$(site_dir)
 # which the namespace package `zope` needs).
 PY2_SITE=$("$PY2" -c 'import site; print(site.getsitepackages()[0])')
 mkdir -p "$PY2_SITE" "$SITE"
-echo "import site; site.addsitedir('$SITE')" > "$PY2_SITE/autobahn-prefix.pth"
+if [[ $PREFIX == /opt/autobahn ]]; then
+  PTH="$PY2_SITE/autobahn-prefix.pth"
+else
+  PTH="$PY2_SITE/autobahn-prefix-$(printf '%s' "$PREFIX" | md5sum | cut -c1-8).pth"
+fi
+echo "import site; site.addsitedir('$SITE')" > "$PTH"
 
 if ! python3 -m pip --version >/dev/null 2>&1; then
   log "apt-get install python3-pip (to fetch the pip wheels for python2.7)"
@@ -106,20 +112,21 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
 fi
 
 BOOT="$PREFIX/bootstrap"
-if ! "$PY2" -c 'import pip, setuptools, wheel' 2>/dev/null; then
+if [[ ! -f $SITE/pip/__init__.py || ! -f $SITE/setuptools/__init__.py || ! -f $SITE/wheel/__init__.py ]]; then
   log "bootstrapping pip for python2.7"
   mkdir -p "$BOOT"
   python3 -m pip download -q --no-deps --python-version 2.7 --only-binary=:all: \
     --platform any -d "$BOOT" pip==20.3.4 setuptools==44.1.1 wheel==0.37.1 \
     || die "could not download the pip/setuptools/wheel wheels with python3's pip"
   "$PY2" "$BOOT"/pip-20.3.4-py2.py3-none-any.whl/pip install -q --no-warn-script-location --no-python-version-warning \
-    --prefix "$PREFIX" --no-index "$BOOT"/*.whl || die "pip bootstrap failed"
+    --ignore-installed --prefix "$PREFIX" --no-index "$BOOT"/*.whl || die "pip bootstrap failed"
 fi
 
-PIP=("$PY2" -m pip)
+PIP=(env PYTHONPATH="$SITE" "$PY2" -m pip)   # this prefix's pip first
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS=ignore
-log "pip install ${#PKGS[@]} packages into $PREFIX (a few minutes the first time)"
-"${PIP[@]}" install -q --no-warn-script-location --no-python-version-warning --prefix "$PREFIX" "${PKGS[@]}" \
+log "pip install ${#PKGS[@]} packages into $PREFIX (about 40 s the first time)"
+"${PIP[@]}" install -q --no-warn-script-location --no-python-version-warning --ignore-installed \
+  --prefix "$PREFIX" "${PKGS[@]}" \
   || die "pip install of the Autobahn TestSuite failed"
 
 echo "$STAMP_VALUE" > "$STAMP"
