@@ -32,7 +32,7 @@ use std::io::IoSlice;
 
 /// Payloads up to this size are copied next to their header into one buffer, so that many
 /// small frames leave in one write. Larger unmasked payloads are queued by reference.
-const COALESCE_MAX: usize = 16 * 1024;
+const COALESCE_MAX: usize = 4 * 1024;
 
 /// Where the connection is in the close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +152,15 @@ impl Connection {
     /// The protocol error that failed the connection, if any.
     pub fn error(&self) -> Option<ProtocolError> {
         self.error
+    }
+
+    /// Payload bytes of the frame being received that are not in a buffer of `buffered`
+    /// bytes yet: a hint for how much to read next (0 between frames).
+    pub fn payload_remaining(&self, buffered: usize) -> usize {
+        match self.header {
+            Some(h) => (h.payload_len as usize).saturating_sub(buffered),
+            None => 0,
+        }
     }
 
     /// True when the connection is closed and everything queued has been transmitted:

@@ -116,8 +116,10 @@ enum Teardown {
     Done,
 }
 
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer growth step: what one read asks for between frames.
+const READ_CHUNK: usize = 64 * 1024;
+/// Largest single reservation for the rest of a big frame.
+const MAX_READ: usize = 4 << 20;
 
 /// A WebSocket connection over `S`: a [`Stream`] of incoming [`Message`]s and a [`Sink`] of
 /// outgoing ones. Split it into two halves for two tasks with [`WebSocketStream::split`].
@@ -287,8 +289,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
 
     /// Reads more bytes into the read buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
+        // Between frames read a chunk; inside a big frame make room for the rest of it, so
+        // that a large payload arrives in few reads.
+        if self.read_buf.capacity() == 0 {
+            self.read_buf = pool::take();
+        }
+        let want = READ_CHUNK.max(
+            self.conn
+                .payload_remaining(self.read_buf.len())
+                .min(MAX_READ),
+        );
+        if self.read_buf.capacity() - self.read_buf.len() < want / 2 {
+            self.read_buf.reserve(want);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
     }
@@ -393,6 +405,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     }
 }
 
+/// Read buffers of idle connections go back to a small per-thread pool and are borrowed
+/// again when bytes arrive, so that an idle connection holds no buffer and a busy one does
+/// not allocate on every wakeup.
+mod pool {
+    use super::READ_CHUNK;
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    const POOL_MAX: usize = 64;
+
+    thread_local! {
+        static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> BytesMut {
+        POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    pub(super) fn give(mut buf: BytesMut) {
+        // Only ordinary read buffers; one grown for a big frame is freed instead.
+        if buf.capacity() < READ_CHUNK / 2 || buf.capacity() > 2 * READ_CHUNK {
+            return;
+        }
+        buf.clear();
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(buf);
+            }
+        });
+    }
+}
+
 fn usage(e: UsageError) -> Error {
     match e {
         UsageError::SendAfterClose => Error::new(Kind::Closed),
@@ -456,7 +501,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketStream<S> {
                     this.ended = true;
                     return Poll::Ready(Some(Err(e.into())));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Nothing buffered: an idle connection holds no read buffer.
+                    if this.read_buf.is_empty() && this.read_buf.capacity() > 0 {
+                        pool::give(std::mem::take(&mut this.read_buf));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

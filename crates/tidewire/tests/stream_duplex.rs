@@ -197,7 +197,9 @@ async fn recv_is_cancellation_safe_in_select() {
     let (mut s, mut c) = pair().await;
     let sender = tokio::spawn(async move {
         for i in 0..2000u32 {
-            c.send(Message::binary(i.to_be_bytes().repeat(300))).await.unwrap();
+            c.send(Message::binary(i.to_be_bytes().repeat(300)))
+                .await
+                .unwrap();
         }
         c.close(None).await.unwrap();
     });
