@@ -34,6 +34,61 @@ pub struct EchoArgs {
     /// client also offers is selected.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     protocols: Vec<String>,
+
+    #[command(flatten)]
+    compression: CompressionArgs,
+}
+
+/// permessage-deflate options, shared by the commands that serve WebSocket.
+#[derive(Debug, Args)]
+pub struct CompressionArgs {
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it (browsers do).
+    #[arg(long)]
+    pub compression: bool,
+
+    /// zlib level for outgoing messages, 0 (store) to 9 (smallest).
+    #[arg(long, default_value_t = 1, value_name = "0-9",
+          value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub compression_level: u32,
+
+    /// Messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub compression_threshold: usize,
+
+    /// Compress every outgoing message with a fresh context: no compressor held per
+    /// connection, and a broadcast is compressed once for all its receivers.
+    #[arg(long)]
+    pub server_no_context_takeover: bool,
+
+    /// Require clients to compress every message with a fresh context: no decompressor
+    /// held per connection.
+    #[arg(long)]
+    pub client_no_context_takeover: bool,
+
+    /// Largest window (LZ77, 2^N bytes) for what the server compresses.
+    #[arg(long, default_value_t = 15, value_name = "8-15",
+          value_parser = clap::value_parser!(u8).range(8..=15))]
+    pub server_max_window_bits: u8,
+
+    /// Largest window clients may compress with, when they let the server choose.
+    #[arg(long, default_value_t = 15, value_name = "8-15",
+          value_parser = clap::value_parser!(u8).range(8..=15))]
+    pub client_max_window_bits: u8,
+}
+
+impl CompressionArgs {
+    /// The deflate policy, or `None` when compression is off.
+    pub fn policy(&self) -> Option<tidewire::DeflateConfig> {
+        self.compression.then(|| {
+            tidewire::DeflateConfig::default()
+                .level(self.compression_level)
+                .threshold(self.compression_threshold)
+                .server_no_context_takeover(self.server_no_context_takeover)
+                .client_no_context_takeover(self.client_no_context_takeover)
+                .server_max_window_bits(self.server_max_window_bits)
+                .client_max_window_bits(self.client_max_window_bits)
+        })
+    }
 }
 
 pub fn run(args: EchoArgs) -> Result<()> {
@@ -62,7 +117,8 @@ async fn serve(args: EchoArgs) -> Result<()> {
         .handshake_timeout(Duration::from_secs(args.handshake_timeout));
     let builder = ServerBuilder::new()
         .options(options)
-        .protocols(args.protocols);
+        .protocols(args.protocols)
+        .compression(args.compression.policy());
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;

@@ -66,6 +66,9 @@ pub struct Config {
     pub max_outgoing_frame_size: usize,
     /// Limits on what the peer can make us hold.
     pub limits: Limits,
+    /// permessage-deflate (RFC 7692): the server's policy or the client's offer. Default
+    /// `None` (off). Negotiated in the handshake; the connection gets the outcome.
+    pub compression: Option<crate::DeflateConfig>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             auto_pong: true,
             max_outgoing_frame_size: usize::MAX,
             limits: Limits::default(),
+            compression: None,
         }
     }
 }
@@ -87,6 +91,11 @@ impl Config {
     /// Sets [`Config::max_outgoing_frame_size`] (at least 1).
     pub fn max_outgoing_frame_size(mut self, bytes: usize) -> Self {
         self.max_outgoing_frame_size = bytes.max(1);
+        self
+    }
+    /// Sets [`Config::compression`].
+    pub fn compression(mut self, compression: Option<crate::DeflateConfig>) -> Self {
+        self.compression = compression;
         self
     }
     /// Sets [`Config::limits`].

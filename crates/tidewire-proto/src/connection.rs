@@ -20,6 +20,7 @@
 
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
+use crate::deflate::{Deflate, DeflateParams};
 use crate::error::{ProtocolError, UsageError};
 use crate::frame::{FrameHeader, Opcode, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
@@ -53,6 +54,9 @@ pub type MaskSource = Box<dyn FnMut() -> [u8; 4] + Send + Sync>;
 
 struct Fragmented {
     opcode: Opcode,
+    /// Whether the message is compressed (RSV1 on its first frame, RFC 7692 §6.1); then
+    /// `buf` holds the compressed bytes until the last frame.
+    compressed: bool,
     buf: BytesMut,
 }
 
@@ -79,6 +83,7 @@ pub struct Connection {
     mask_source: Option<MaskSource>,
     close_sent: bool,
     sending_fragmented: bool,
+    deflate: Option<Deflate>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -120,7 +125,20 @@ impl Connection {
             mask_source,
             close_sent: false,
             sending_fragmented: false,
+            deflate: None,
         }
+    }
+
+    /// Turns on permessage-deflate with the parameters agreed in the handshake. Call it
+    /// before any frame is exchanged.
+    pub fn with_deflate(mut self, params: DeflateParams, config: &crate::DeflateConfig) -> Self {
+        self.deflate = Some(Deflate::new(self.role, params, config));
+        self
+    }
+
+    /// Whether permessage-deflate is on.
+    pub fn deflate(&self) -> Option<&Deflate> {
+        self.deflate.as_ref()
     }
 
     /// Client or server.
@@ -227,11 +245,13 @@ impl Connection {
                         buf.advance(len);
                         self.header = Some(h);
                         self.processed = 0;
+                        // Compressed text is validated after inflating, not on the wire.
                         self.validating = match h.opcode {
-                            Opcode::Text => true,
-                            Opcode::Continuation => {
-                                matches!(&self.fragmented, Some(f) if f.opcode == Opcode::Text)
-                            }
+                            Opcode::Text => !h.rsv1,
+                            Opcode::Continuation => matches!(
+                                &self.fragmented,
+                                Some(f) if f.opcode == Opcode::Text && !f.compressed
+                            ),
                             _ => false,
                         };
                         h
@@ -273,7 +293,10 @@ impl Connection {
     /// Checks that need the connection's state (§5.1, §5.2, §5.4) and the limits.
     fn check_header(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
         // §5.2: "MUST be 0 unless an extension is negotiated that defines meanings".
-        if h.rsv1 || h.rsv2 || h.rsv3 {
+        // RFC 7692 §6: with permessage-deflate, RSV1 marks the first frame of a compressed
+        // message; on continuation and control frames it stays an error.
+        let rsv1_ok = self.deflate.is_some() && matches!(h.opcode, Opcode::Text | Opcode::Binary);
+        if (h.rsv1 && !rsv1_ok) || h.rsv2 || h.rsv3 {
             return Err(ProtocolError::ReservedBitsSet);
         }
         // §5.1: "a server MUST close the connection upon receiving a frame that is not
@@ -317,12 +340,16 @@ impl Connection {
         match h.opcode {
             Opcode::Text | Opcode::Binary => {
                 if h.fin {
+                    if h.rsv1 {
+                        return self.inflate_message(h.opcode, &payload).map(Some);
+                    }
                     return Ok(Some(self.finish_message(h.opcode, payload)));
                 }
                 let mut buf = BytesMut::with_capacity(payload.len().max(64) * 2);
                 buf.extend_from_slice(&payload);
                 self.fragmented = Some(Fragmented {
                     opcode: h.opcode,
+                    compressed: h.rsv1,
                     buf,
                 });
                 Ok(None)
@@ -339,6 +366,9 @@ impl Connection {
                 let Some(frag) = self.fragmented.take() else {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
+                if frag.compressed {
+                    return self.inflate_message(frag.opcode, &frag.buf).map(Some);
+                }
                 Ok(Some(self.finish_message(frag.opcode, frag.buf.freeze())))
             }
             Opcode::Ping => {
@@ -346,7 +376,7 @@ impl Connection {
                 // response, unless it already received a Close frame." We also stop once our
                 // own close is out: nothing may follow it.
                 if self.config.auto_pong && !self.close_sent {
-                    self.queue_frame(Opcode::Pong, true, &payload);
+                    self.queue_frame(Opcode::Pong, true, false, &payload);
                 }
                 Ok(Some(Message::Ping(payload)))
             }
@@ -364,6 +394,25 @@ impl Connection {
                 Ok(Some(Message::Close(frame)))
             }
         }
+    }
+
+    /// Inflates a compressed message (RFC 7692 §6.2) within the message size limit, then
+    /// validates text.
+    fn inflate_message(
+        &mut self,
+        opcode: Opcode,
+        compressed: &[u8],
+    ) -> Result<Message, ProtocolError> {
+        let limit = self.config.limits.max_message_size;
+        let Some(deflate) = self.deflate.as_mut() else {
+            return Err(ProtocolError::ReservedBitsSet);
+        };
+        let data = Bytes::from(deflate.decompress(compressed, limit)?);
+        if opcode == Opcode::Text {
+            let text = Utf8Bytes::try_from_bytes(data).map_err(|_| ProtocolError::InvalidUtf8)?;
+            return Ok(Message::Text(text));
+        }
+        Ok(Message::Binary(data))
     }
 
     fn finish_message(&mut self, opcode: Opcode, payload: Bytes) -> Message {
@@ -388,6 +437,57 @@ impl Connection {
             Message::Pong(p) => self.send_pong(p),
             Message::Close(frame) => self.close(frame),
         }
+    }
+
+    /// Queues a message without compressing it, even where permessage-deflate is on
+    /// (already-compressed data, or latency-sensitive small messages).
+    pub fn send_uncompressed(&mut self, msg: Message) -> Result<(), UsageError> {
+        match msg {
+            Message::Text(t) => self.send_data_with(Opcode::Text, t.into_bytes(), false),
+            Message::Binary(b) => self.send_data_with(Opcode::Binary, b, false),
+            other => self.send(other),
+        }
+    }
+
+    /// Queues a message prepared once for many connections (a broadcast): its frame bytes,
+    /// and with permessage-deflate without server context takeover its compressed frame
+    /// bytes, are encoded once and shared by every connection that sends it.
+    pub fn send_prepared(&mut self, msg: &PreparedMessage) -> Result<(), UsageError> {
+        if self.close_sent {
+            return Err(UsageError::SendAfterClose);
+        }
+        if self.sending_fragmented {
+            return Err(UsageError::InvalidFragment);
+        }
+        let fits = msg.payload.len() <= self.config.max_outgoing_frame_size;
+        if self.role == Role::Client || !fits {
+            // Clients mask every frame: nothing to share.
+            return self.send_data(msg.opcode, msg.payload.clone());
+        }
+        if let Some(d) = &self.deflate {
+            if d.should_compress(msg.payload.len()) {
+                match d.shared_window() {
+                    Some(window) => {
+                        let level = d.level();
+                        let frame = msg.compressed_frame(window, level);
+                        self.queue_encoded(frame);
+                        return Ok(());
+                    }
+                    None => return self.send_data(msg.opcode, msg.payload.clone()),
+                }
+            }
+        }
+        let frame = msg.plain_frame();
+        self.queue_encoded(frame);
+        Ok(())
+    }
+
+    fn queue_encoded(&mut self, frame: Bytes) {
+        self.out_len += frame.len();
+        if !self.staging.is_empty() {
+            self.out.push_back(self.staging.split().freeze());
+        }
+        self.out.push_back(frame);
     }
 
     /// Queues a text message.
@@ -431,7 +531,7 @@ impl Connection {
             return Err(UsageError::InvalidFragment);
         }
         self.sending_fragmented = !fin;
-        self.queue_frame(opcode, fin, &payload.into());
+        self.queue_frame(opcode, fin, false, &payload.into());
         Ok(())
     }
 
@@ -455,25 +555,43 @@ impl Connection {
     }
 
     fn send_data(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), UsageError> {
+        self.send_data_with(opcode, payload, true)
+    }
+
+    fn send_data_with(
+        &mut self,
+        opcode: Opcode,
+        payload: Bytes,
+        compress: bool,
+    ) -> Result<(), UsageError> {
         if self.close_sent {
             return Err(UsageError::SendAfterClose);
         }
         if self.sending_fragmented {
             return Err(UsageError::InvalidFragment);
         }
+        let (payload, rsv1) = match self.deflate.as_mut() {
+            Some(d) if compress && d.should_compress(payload.len()) => {
+                (Bytes::from(d.compress(&payload)), true)
+            }
+            _ => (payload, false),
+        };
         let max = self.config.max_outgoing_frame_size;
         if payload.len() <= max {
-            self.queue_frame(opcode, true, &payload);
+            self.queue_frame(opcode, true, rsv1, &payload);
             return Ok(());
         }
+        // RFC 7692 §6.1: RSV1 on the first frame of a compressed message only.
         let mut rest = payload;
         let mut op = opcode;
+        let mut first_rsv1 = rsv1;
         while rest.len() > max {
             let piece = rest.split_to(max);
-            self.queue_frame(op, false, &piece);
+            self.queue_frame(op, false, first_rsv1, &piece);
             op = Opcode::Continuation;
+            first_rsv1 = false;
         }
-        self.queue_frame(op, true, &rest);
+        self.queue_frame(op, true, first_rsv1, &rest);
         Ok(())
     }
 
@@ -484,21 +602,21 @@ impl Connection {
         if payload.len() > 125 {
             return Err(UsageError::ControlPayloadTooLong);
         }
-        self.queue_frame(opcode, true, &payload);
+        self.queue_frame(opcode, true, false, &payload);
         Ok(())
     }
 
     fn queue_close(&mut self, frame: Option<&CloseFrame>) {
         let payload = frame.map(CloseFrame::encode).unwrap_or_default();
-        self.queue_frame(Opcode::Close, true, &payload);
+        self.queue_frame(Opcode::Close, true, false, &payload);
         self.close_sent = true;
     }
 
-    fn queue_frame(&mut self, opcode: Opcode, fin: bool, payload: &Bytes) {
+    fn queue_frame(&mut self, opcode: Opcode, fin: bool, rsv1: bool, payload: &Bytes) {
         let mask = self.mask_source.as_mut().map(|f| f());
         let header = FrameHeader {
             fin,
-            rsv1: false,
+            rsv1,
             rsv2: false,
             rsv3: false,
             opcode,
@@ -629,4 +747,64 @@ fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame>, ProtocolErr
             }))
         }
     }
+}
+
+/// A text or binary message encoded once for many connections (see
+/// [`Connection::send_prepared`]): the server frame, and compressed server frames per window
+/// size, are built on first use and shared as `Bytes`.
+#[derive(Debug)]
+pub struct PreparedMessage {
+    opcode: Opcode,
+    payload: Bytes,
+    plain: std::sync::OnceLock<Bytes>,
+    /// Compressed frames for windows 9..=15.
+    compressed: [std::sync::OnceLock<Bytes>; 7],
+}
+
+impl PreparedMessage {
+    /// Prepares a text or binary message; control messages are not broadcast.
+    pub fn new(msg: Message) -> Option<Self> {
+        let (opcode, payload) = match msg {
+            Message::Text(t) => (Opcode::Text, t.into_bytes()),
+            Message::Binary(b) => (Opcode::Binary, b),
+            _ => return None,
+        };
+        Some(PreparedMessage {
+            opcode,
+            payload,
+            plain: std::sync::OnceLock::new(),
+            compressed: Default::default(),
+        })
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    fn plain_frame(&self) -> Bytes {
+        self.plain
+            .get_or_init(|| encode_server_frame(self.opcode, false, &self.payload))
+            .clone()
+    }
+
+    fn compressed_frame(&self, window: u8, level: u32) -> Bytes {
+        let slot = &self.compressed[(window.clamp(9, 15) - 9) as usize];
+        slot.get_or_init(|| {
+            let c = crate::deflate::compress_fresh(&self.payload, window, level);
+            encode_server_frame(self.opcode, true, &c)
+        })
+        .clone()
+    }
+}
+
+fn encode_server_frame(opcode: Opcode, rsv1: bool, payload: &[u8]) -> Bytes {
+    let mut h = FrameHeader::new(opcode, payload.len() as u64, None);
+    h.rsv1 = rsv1;
+    let mut hb = [0u8; MAX_HEADER_LEN];
+    let n = h.encode(&mut hb);
+    let mut buf = BytesMut::with_capacity(n + payload.len());
+    buf.put_slice(&hb[..n]);
+    buf.put_slice(payload);
+    buf.freeze()
 }

@@ -16,6 +16,7 @@
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -29,7 +30,8 @@ pub mod fuzzing;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, Limits};
-pub use connection::{Connection, State};
+pub use connection::{Connection, PreparedMessage, State};
+pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, UsageError};
 pub use frame::{FrameHeader, Opcode};
 pub use message::{Message, Utf8Bytes};

@@ -43,7 +43,14 @@ async fn run_case(url: &str) -> tidewire::Result<()> {
         .max_frame_size(64 << 20)
         .max_message_size(64 << 20);
     let options = Options::default().limits(limits);
-    let (mut ws, _) = ClientBuilder::new(url).options(options).connect().await?;
+    // Offer permessage-deflate on every case: the 12.* and 13.* cases use it, the others
+    // are answered without it.
+    let offer = Some(tidewire::DeflateConfig::default().threshold(0));
+    let (mut ws, _) = ClientBuilder::new(url)
+        .options(options)
+        .compression(offer)
+        .connect()
+        .await?;
     while let Some(msg) = ws.recv().await {
         let msg = msg?;
         if msg.is_data() {

@@ -109,6 +109,29 @@ impl ServerBuilder {
             .map_or(true, |check| check(origin, req))
     }
 
+    /// The permessage-deflate outcome for a client's offers under our policy, and the
+    /// response header that says so.
+    pub(crate) fn negotiate_deflate(
+        &self,
+        offers: &[tidewire_proto::handshake::Extension],
+    ) -> (Option<tidewire_proto::DeflateParams>, Option<String>) {
+        let Some(policy) = self.options.config.compression else {
+            return (None, None);
+        };
+        match tidewire_proto::deflate::negotiate(offers, &policy) {
+            Some((params, client_window)) => {
+                (Some(params), Some(params.response_header(client_window)))
+            }
+            None => (None, None),
+        }
+    }
+
+    /// Turns permessage-deflate on with this policy (`None`: off, the default).
+    pub fn compression(mut self, policy: Option<tidewire_proto::DeflateConfig>) -> Self {
+        self.options.config.compression = policy;
+        self
+    }
+
     pub(crate) fn protocol_list(&self) -> &[String] {
         &self.protocols
     }
@@ -187,18 +210,20 @@ impl ServerBuilder {
                 return Err(HandshakeError::Rejected(500).into());
             }
         }
+        let (deflate, ext_header) = self.negotiate_deflate(&req.extensions);
         let mut out = Vec::with_capacity(256);
         write_response(
             &req.key,
             response.protocol.as_deref(),
-            None,
+            ext_header.as_deref(),
             &response.headers,
             &mut out,
         );
         io.write_all(&out).await?;
         io.flush().await?;
         buf.advance(consumed);
-        let ws = WebSocketStream::from_raw(io, Role::Server, self.options, buf);
+        let ws =
+            WebSocketStream::from_raw_with_deflate(io, Role::Server, self.options, buf, deflate);
         Ok((ws, req.request))
     }
 }

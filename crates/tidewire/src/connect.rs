@@ -125,6 +125,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Offers permessage-deflate with these parameters (`None`: no offer, the default).
+    pub fn compression(mut self, offer: Option<tidewire_proto::DeflateConfig>) -> Self {
+        self.options.config.compression = offer;
+        self
+    }
+
     /// Subprotocols to offer, most preferred first (`Sec-WebSocket-Protocol`).
     pub fn protocols<I, T>(mut self, protocols: I) -> Self
     where
@@ -206,12 +212,14 @@ impl ClientBuilder {
     ) -> Result<(WebSocketStream<S>, http::Response<()>)> {
         let key = generate_key(rand::random());
         let host = url.host_header();
+        let compression = self.options.config.compression;
+        let offer = compression.map(|c| tidewire_proto::deflate::offer(&c));
         let req = ClientRequest {
             host: &host,
             path_and_query: &url.path_and_query,
             key: &key,
             protocols: &self.protocols,
-            extensions: None,
+            extensions: offer.as_deref(),
             origin: self.origin.as_deref(),
             headers: &self.headers,
         };
@@ -230,13 +238,15 @@ impl ClientBuilder {
                 return Err(HandshakeError::ConnectionClosed.into());
             }
         };
-        if !resp.extensions.is_empty() {
-            // §9.1: the server may only answer with extensions the client offered; we
-            // offered none.
-            return Err(HandshakeError::UnofferedExtension.into());
-        }
+        // §9.1: the server may only answer with extensions the client offered.
+        let deflate = match compression {
+            Some(c) => tidewire_proto::deflate::accept_response(&resp.extensions, &c)?,
+            None if resp.extensions.is_empty() => None,
+            None => return Err(HandshakeError::UnofferedExtension.into()),
+        };
         buf.advance(consumed);
-        let ws = WebSocketStream::from_raw(io, Role::Client, self.options, buf);
+        let ws =
+            WebSocketStream::from_raw_with_deflate(io, Role::Client, self.options, buf, deflate);
         Ok((ws, resp.response))
     }
 }

@@ -42,6 +42,8 @@ pub use transport::{
 };
 
 pub use tidewire_proto as proto;
-pub use tidewire_proto::{CloseCode, CloseFrame, Config, Limits, Message, Role, Utf8Bytes};
+pub use tidewire_proto::{
+    CloseCode, CloseFrame, Config, DeflateConfig, Limits, Message, PreparedMessage, Role, Utf8Bytes,
+};
 #[cfg(feature = "tls")]
 pub use {rustls, tokio_rustls};

@@ -149,10 +149,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// Wraps a transport whose opening handshake is complete. `leftover` holds bytes read
     /// past the end of the handshake; they belong to the WebSocket stream.
     pub fn from_raw(io: S, role: Role, options: Options, leftover: BytesMut) -> Self {
-        let conn = match role {
+        Self::from_raw_with_deflate(io, role, options, leftover, None)
+    }
+
+    /// As [`WebSocketStream::from_raw`], with the permessage-deflate parameters agreed in
+    /// the handshake (the policy/offer is `options.config.compression`).
+    pub fn from_raw_with_deflate(
+        io: S,
+        role: Role,
+        options: Options,
+        leftover: BytesMut,
+        deflate: Option<tidewire_proto::DeflateParams>,
+    ) -> Self {
+        let mut conn = match role {
             Role::Server => Connection::server(options.config),
             Role::Client => Connection::client(options.config, Box::new(rand::random::<[u8; 4]>)),
         };
+        if let Some(params) = deflate {
+            let config = options.config.compression.unwrap_or_default();
+            conn = conn.with_deflate(params, &config);
+        }
         let heartbeat = options.heartbeat.map(|settings| HeartbeatState {
             settings,
             timer: Box::pin(tokio::time::sleep(settings.interval)),
@@ -208,6 +224,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             return Err(Error::new(Kind::Closed));
         }
         self.conn.send(msg).map_err(usage)
+    }
+
+    /// Queues a message that is never compressed, even with permessage-deflate on.
+    pub fn queue_uncompressed(&mut self, msg: Message) -> Result<()> {
+        if self.ended {
+            return Err(Error::new(Kind::Closed));
+        }
+        self.conn.send_uncompressed(msg).map_err(usage)
+    }
+
+    /// Queues a message prepared once for many connections (its frame, and its compressed
+    /// frame where that can be shared, are encoded once). See
+    /// [`tidewire_proto::PreparedMessage`].
+    pub fn queue_prepared(&mut self, msg: &tidewire_proto::PreparedMessage) -> Result<()> {
+        if self.ended {
+            return Err(Error::new(Kind::Closed));
+        }
+        self.conn.send_prepared(msg).map_err(usage)
+    }
+
+    /// The permessage-deflate parameters in force, if it was negotiated.
+    pub fn compression(&self) -> Option<&tidewire_proto::deflate::Deflate> {
+        self.conn.deflate()
     }
 
     /// Queues a message, first waiting for the transport if the queue is over

@@ -23,6 +23,7 @@ pub struct PendingUpgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
     options: Options,
     protocol: Option<String>,
+    deflate: Option<tidewire_proto::DeflateParams>,
 }
 
 impl PendingUpgrade {
@@ -37,11 +38,12 @@ impl PendingUpgrade {
             .on_upgrade
             .await
             .map_err(|e| Error::from(std::io::Error::other(e)))?;
-        Ok(WebSocketStream::from_raw(
+        Ok(WebSocketStream::from_raw_with_deflate(
             TokioIo::new(upgraded),
             Role::Server,
             self.options,
             BytesMut::new(),
+            self.deflate,
         ))
     }
 }
@@ -110,11 +112,12 @@ fn prepare(
     let protocol = select_subprotocol(&fields.protocols, &supported).map(str::to_owned);
     // The same writer as the standalone server, parsed back into an http::Response, so
     // both paths send identical headers.
+    let (deflate, ext_header) = server.negotiate_deflate(&fields.extensions);
     let mut raw = Vec::new();
     write_response(
         &fields.key,
         protocol.as_deref(),
-        None,
+        ext_header.as_deref(),
         &http::HeaderMap::new(),
         &mut raw,
     );
@@ -135,6 +138,7 @@ fn prepare(
         on_upgrade,
         options: server.stream_options(),
         protocol,
+        deflate,
     };
     Ok((response, pending))
 }

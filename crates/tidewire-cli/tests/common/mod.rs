@@ -1,0 +1,169 @@
+//! Helpers shared by the tests that drive a real `tidewire` process over raw sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tidewire echo");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "tidewire echo listening on ws://127.0.0.1:PORT/"
+    let addr = line
+        .trim()
+        .trim_start_matches("tidewire echo listening on ws://")
+        .trim_end_matches('/');
+    Server {
+        addr: addr.parse().expect(&line),
+        child,
+    }
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+pub fn request(extra: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads an HTTP response head; returns the status code and the whole head.
+pub fn read_head(s: &mut TcpStream) -> (u16, String) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+pub fn upgraded(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(request("").as_bytes()).unwrap();
+    let (status, head) = read_head(&mut s);
+    assert_eq!(status, 101, "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+/// A frame with raw control over fin, opcode, mask and the length field.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![(fin as u8) << 7 | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xffff => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            f.extend_from_slice(&k);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(true, opcode, payload, Some([0x11, 0x22, 0x33, 0x44]))
+}
+
+/// Reads one unmasked server frame: (opcode, payload). None at end of stream.
+pub fn read_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    Some((h[0] & 0x0f, p))
+}
+
+/// Expects a close frame with `code`, then the end of the stream.
+pub fn expect_close(s: &mut TcpStream, code: u16) {
+    loop {
+        match read_frame(s) {
+            Some((8, p)) => {
+                assert!(p.len() >= 2, "close without code");
+                assert_eq!(
+                    u16::from_be_bytes([p[0], p[1]]),
+                    code,
+                    "reason: {}",
+                    String::from_utf8_lossy(&p[2..])
+                );
+                break;
+            }
+            Some((op, _)) => assert!(op == 1 || op == 2 || op == 10, "unexpected opcode {op}"),
+            None => panic!("stream ended without close frame {code}"),
+        }
+    }
+    let mut rest = [0u8; 16];
+    assert!(
+        matches!(s.read(&mut rest), Ok(0) | Err(_)),
+        "server must close TCP after close"
+    );
+}
+
+/// A well-behaved client round trip.
+pub fn good_roundtrip(addr: SocketAddr, text: &str) {
+    let mut s = upgraded(addr);
+    s.write_all(&masked(1, text.as_bytes())).unwrap();
+    assert_eq!(read_frame(&mut s), Some((1, text.as_bytes().to_vec())));
+    s.write_all(&masked(8, &1000u16.to_be_bytes())).unwrap();
+    expect_close(&mut s, 1000);
+}
