@@ -29,7 +29,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(frame_header server_connection client_connection)
+targets=(frame_header server_connection client_connection inflate server_connection_deflate)
 build_args=(--fuzz-dir "$fuzz_dir")
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
     build_args+=(--target-dir "$CARGO_TARGET_DIR/fuzz")

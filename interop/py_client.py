@@ -70,6 +70,8 @@ async def run(url: str, compression: bool, timeout: float) -> None:
         step(f"connected to {url} (websockets {websockets.__version__}, extensions: {ext})", t0)
         if not compression and ext != "none":
             raise ScenarioError(f"server negotiated extensions {ext!r} although none were offered")
+        if compression and "permessage-deflate" not in ext:
+            raise ScenarioError(f"permessage-deflate was offered but not negotiated (extensions: {ext})")
 
         for n in scenario.SIZES:
             await echo_step(ws, "text", scenario.text_payload(n), timeout)

@@ -7,7 +7,8 @@
 #   interop/run.sh --self-test   no Tidewire at all: python client -> node server and
 #                                  node client -> python server (proves the scenario code)
 # Options: --no-build      use the existing target/release binaries
-#          --compression   pass --compression to the Python/Node peers (permessage-deflate)
+#          --compression   permessage-deflate on every side (peers, tidewire echo, interop_client);
+#                          each client checks that it was negotiated
 # Env:     INTEROP_CLIENT_TIMEOUT (120 s), INTEROP_BUILD_TIMEOUT (1800 s),
 #          INTEROP_SETUP_TIMEOUT (600 s), INTEROP_LOG_DIR (interop/.logs)
 #
@@ -171,14 +172,14 @@ wait_port() { # port pid: 0 once something accepts on 127.0.0.1:port, 1 on timeo
 # server_cmd KIND PORT / client_cmd KIND URL fill CMD with the command line.
 server_cmd() {
   case "$1" in
-    tidewire) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2") ;;
+    tidewire) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2" "${PEER_FLAGS[@]}") ;;
     python) CMD=("$VPY" "$HERE/py_server.py" --port "$2" "${PEER_FLAGS[@]}") ;;
     node) CMD=(node "$NODE_DIR/server.mjs" --port "$2" "${PEER_FLAGS[@]}") ;;
   esac
 }
 client_cmd() {
   case "$1" in
-    tidewire) CMD=("$INTEROP_CLIENT_BIN" "$2") ;;
+    tidewire) CMD=("$INTEROP_CLIENT_BIN" "$2" "${PEER_FLAGS[@]}") ;;
     python) CMD=("$VPY" "$HERE/py_client.py" "$2" "${PEER_FLAGS[@]}") ;;
     node) CMD=(node "$NODE_DIR/client.mjs" "$2" "${PEER_FLAGS[@]}") ;;
   esac

@@ -121,6 +121,9 @@ async function run() {
   if (!compression && ext !== 'none') {
     throw new ScenarioError(`server negotiated extensions ${ext} although none were offered`);
   }
+  if (compression && !ext.includes('permessage-deflate')) {
+    throw new ScenarioError(`permessage-deflate was offered but not negotiated (extensions: ${ext})`);
+  }
 
   for (const n of S.SIZES) await echoStep(c, 'text', S.textPayload(n));
   for (const n of S.SIZES) await echoStep(c, 'binary', S.binaryPayload(n));

@@ -41,6 +41,11 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
 
+    /// Turn permessage-deflate off. It is on by default, without server context takeover,
+    /// so a broadcast is compressed once for every member that negotiated it.
+    #[arg(long, env = "TIDEWIRE_NO_COMPRESSION")]
+    no_compression: bool,
+
     /// Largest message accepted from a client, in bytes (bigger: close 1009).
     #[arg(long, env = "TIDEWIRE_MAX_MESSAGE_SIZE", default_value_t = 1 << 20, value_name = "BYTES")]
     max_message_size: usize,
@@ -54,6 +59,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.ping_interval = Duration::from_secs(args.ping_interval);
     config.idle_timeout = Duration::from_secs(args.idle_timeout);
     config.max_message_size = args.max_message_size;
+    if args.no_compression {
+        config.compression = None;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

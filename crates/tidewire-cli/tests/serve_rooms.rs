@@ -51,8 +51,19 @@ async fn rooms_broadcast_pages_and_graceful_shutdown() {
 
     let url = format!("ws://{addr}/rooms/lobby");
     let mut clients = Vec::new();
-    for _ in 0..3 {
-        clients.push(tidewire::connect(&url).await.unwrap().0);
+    // One member without compression, two with (the hub compresses once for both).
+    for offer in [
+        None,
+        Some(tidewire::DeflateConfig::default()),
+        Some(tidewire::DeflateConfig::default()),
+    ] {
+        let (ws, _) = tidewire::ClientBuilder::new(&url)
+            .compression(offer)
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(ws.compression().is_some(), offer.is_some());
+        clients.push(ws);
     }
     let (mut other_room, _) = tidewire::connect(&format!("ws://{addr}/rooms/elsewhere"))
         .await

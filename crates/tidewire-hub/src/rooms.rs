@@ -1,17 +1,18 @@
 //! Raw rooms: named broadcast groups of WebSocket connections.
 //!
-//! Each room is a bounded `tokio::sync::broadcast` channel: a message is stored once and
-//! every member's task writes the same `Bytes` to its socket. A member that falls more than
+//! Each room is a bounded `tokio::sync::broadcast` channel of prepared messages: a message
+//! is framed (and, for members without server context takeover, compressed) once, and every
+//! member's task queues the same `Bytes` on its socket. A member that falls more than
 //! `capacity` messages behind is a slow consumer and is disconnected (close 1008 with the
 //! reason), so it can never slow the others or grow the server's memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use tidewire::Message;
+use std::sync::{Arc, Mutex};
+use tidewire::PreparedMessage;
 use tokio::sync::broadcast;
 
 /// A message in a room, with the connection id of its sender.
-pub type RoomMessage = (u64, Message);
+pub type RoomMessage = (u64, Arc<PreparedMessage>);
 
 /// All rooms of a server.
 #[derive(Debug)]
@@ -75,9 +76,10 @@ mod tests {
         let rooms = Rooms::new(4);
         let (tx, mut a) = rooms.join("lobby");
         let (_, mut b) = rooms.join("lobby");
-        tx.send((1, Message::text("hi"))).unwrap();
-        assert_eq!(a.recv().await.unwrap().1, Message::text("hi"));
-        assert_eq!(b.recv().await.unwrap().1, Message::text("hi"));
+        let msg = Arc::new(PreparedMessage::new(tidewire::Message::text("hi")).unwrap());
+        tx.send((1, msg)).unwrap();
+        assert_eq!(a.recv().await.unwrap().1.payload().as_ref(), b"hi");
+        assert_eq!(b.recv().await.unwrap().1.payload().as_ref(), b"hi");
         drop((a, b));
         rooms.leave("lobby");
         assert!(rooms.is_empty());

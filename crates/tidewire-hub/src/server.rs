@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidewire::upgrade::WebSocketUpgrade;
-use tidewire::{CloseCode, CloseFrame, Options, ServerBuilder};
+use tidewire::{CloseCode, CloseFrame, DeflateConfig, Options, PreparedMessage, ServerBuilder};
 use tokio::sync::{broadcast, watch};
 
 /// Settings of the hub.
@@ -33,6 +33,9 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// Largest message accepted from a client. Default 1 MiB.
     pub max_message_size: usize,
+    /// permessage-deflate policy, `None` for off. Default on, without server context
+    /// takeover, so that a room message is compressed once for all members.
+    pub compression: Option<DeflateConfig>,
 }
 
 impl Default for HubConfig {
@@ -44,6 +47,7 @@ impl Default for HubConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_message_size: 1 << 20,
+            compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
         }
     }
 }
@@ -113,11 +117,12 @@ async fn room_member(
     loop {
         tokio::select! {
             msg = ws.recv() => match msg {
-                Some(Ok(m)) if m.is_data() => {
-                    // No receivers besides ourselves is fine: the room may be empty.
-                    let _ = tx.send((id, m));
+                Some(Ok(m)) => {
+                    if let Some(prepared) = PreparedMessage::new(m) {
+                        // No receivers besides ourselves is fine: the room may be empty.
+                        let _ = tx.send((id, Arc::new(prepared)));
+                    }
                 }
-                Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     tracing::debug!(id, %room, "connection ended: {e}");
                     break;
@@ -126,7 +131,7 @@ async fn room_member(
             },
             got = rx.recv() => match got {
                 Ok((from, m)) => {
-                    if (from != id || echo) && ws.feed(m).await.is_err() {
+                    if (from != id || echo) && ws.queue_prepared(&m).is_err() {
                         break;
                     }
                 }
@@ -166,7 +171,9 @@ pub async fn serve(
         .heartbeat(config.ping_interval, config.idle_timeout);
     let hub = Arc::new(Hub {
         rooms: Rooms::new(config.room_buffer),
-        server: ServerBuilder::new().options(options),
+        server: ServerBuilder::new()
+            .options(options)
+            .compression(config.compression),
         config,
         next_id: AtomicU64::new(1),
         active: AtomicUsize::new(0),

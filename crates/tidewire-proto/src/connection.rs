@@ -307,14 +307,28 @@ impl Connection {
             _ => {}
         }
         let limits = &self.config.limits;
-        if h.payload_len > limits.max_frame_size as u64 {
+        // Limits count data, not deflate overhead: a compressed frame may carry the
+        // worst-case expansion of a limit-sized message (incompressible data grows a little).
+        let compressed = match h.opcode {
+            Opcode::Continuation => matches!(&self.fragmented, Some(f) if f.compressed),
+            _ => h.rsv1,
+        };
+        let bound = |n: usize| {
+            let n = n as u64;
+            if compressed {
+                crate::deflate::compressed_bound(n)
+            } else {
+                n
+            }
+        };
+        if h.payload_len > bound(limits.max_frame_size) {
             return Err(ProtocolError::FrameTooLarge);
         }
         match h.opcode {
             Opcode::Continuation => match &self.fragmented {
                 None => return Err(ProtocolError::UnexpectedContinuation),
                 Some(f) => {
-                    if f.buf.len() as u64 + h.payload_len > limits.max_message_size as u64 {
+                    if f.buf.len() as u64 + h.payload_len > bound(limits.max_message_size) {
                         return Err(ProtocolError::MessageTooLarge);
                     }
                 }
@@ -323,7 +337,7 @@ impl Connection {
                 if self.fragmented.is_some() {
                     return Err(ProtocolError::ExpectedContinuation);
                 }
-                if h.payload_len > limits.max_message_size as u64 {
+                if h.payload_len > bound(limits.max_message_size) {
                     return Err(ProtocolError::MessageTooLarge);
                 }
             }

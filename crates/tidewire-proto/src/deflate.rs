@@ -289,6 +289,14 @@ thread_local! {
 
 const CACHE_MAX: usize = 4;
 
+/// The most a `n`-byte message can grow to when deflated by any peer: zlib's conservative
+/// `deflateBound` (valid for every window and memLevel; small memLevels emit many small
+/// stored blocks), plus the sync-flush marker. The wire allowance for compressed frames, so
+/// that limits count data rather than deflate overhead.
+pub fn compressed_bound(n: u64) -> u64 {
+    n + (n >> 5) + (n >> 7) + (n >> 11) + 7 + 16
+}
+
 /// Compresses one message with a fresh context: the deflate payload without the tail.
 /// Used for broadcasts (compress once, send to many) and by connections without context
 /// takeover. `window` must be 9–15.

@@ -178,3 +178,69 @@ mod tests {
         }
     }
 }
+
+/// The inflate path: arbitrary bytes as a compressed message, under a small limit, with
+/// and without context takeover: never panics, never produces more than the limit. Then
+/// a round trip: the same bytes compressed and inflated come back unchanged.
+pub fn inflate(data: &[u8]) {
+    use crate::deflate::{Deflate, DeflateConfig, DeflateParams};
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let params = DeflateParams {
+        server_no_context_takeover: first & 1 == 1,
+        client_no_context_takeover: first & 2 == 2,
+        server_max_window_bits: 8 + (first >> 2 & 7),
+        client_max_window_bits: 8 + (first >> 5 & 7),
+    };
+    let config = DeflateConfig::default().threshold(0);
+    let limit = 1 << 16;
+    let mut server = Deflate::new(Role::Server, params, &config);
+    if let Ok(out) = server.decompress(input, limit) {
+        assert!(out.len() <= limit);
+    }
+    let mut client = Deflate::new(Role::Client, params, &config);
+    let mut server = Deflate::new(Role::Server, params, &config);
+    if client.should_compress(input.len()) {
+        for _ in 0..2 {
+            let z = client.compress(input);
+            let back = server
+                .decompress(&z, input.len())
+                .expect("own output inflates");
+            assert_eq!(back, input);
+        }
+    }
+}
+
+/// A server connection with permessage-deflate negotiated, fed arbitrary bytes: never
+/// panics, and splitting the input does not change the outcome.
+pub fn server_connection_deflate(data: &[u8]) {
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let run = |step: usize| {
+        let params = crate::DeflateParams {
+            server_no_context_takeover: false,
+            client_no_context_takeover: first & 1 == 1,
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+        };
+        let config = Config::default().limits(Limits::default().max_message_size(1 << 16));
+        let mut conn =
+            Connection::server(config).with_deflate(params, &crate::DeflateConfig::default());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(step.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match conn.receive(&mut buf) {
+                    Ok(Some(m)) => out.push(m),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    };
+    assert_eq!(run(input.len()), run((first >> 1) as usize));
+}

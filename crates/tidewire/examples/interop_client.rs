@@ -107,6 +107,7 @@ enum Sent {
 struct Run {
     url: String,
     step_timeout: Duration,
+    compression: bool,
 }
 
 impl Run {
@@ -131,13 +132,26 @@ impl Run {
             .step("connect", async {
                 ClientBuilder::new(self.url.as_str())
                     .config(config)
+                    .compression(self.compression.then(tidewire::DeflateConfig::default))
                     .connect()
                     .await
                     .map_err(|e| format!("connect to {}: {e}", self.url))
             })
             .await?;
+        let negotiated = ws.compression().is_some();
+        if negotiated != self.compression {
+            return Err(format!(
+                "permessage-deflate offered: {}, negotiated: {negotiated}",
+                self.compression
+            ));
+        }
+        let ext = if negotiated {
+            "permessage-deflate"
+        } else {
+            "no extensions"
+        };
         ok(
-            format_args!("connected to {} (tidewire, no extensions)", self.url),
+            format_args!("connected to {} (tidewire, {ext})", self.url),
             t0,
         );
 
@@ -283,6 +297,7 @@ async fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut url = None;
     let mut step_timeout = DEFAULT_STEP_TIMEOUT;
+    let mut compression = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--step-timeout" => match args.next().and_then(|s| s.parse().ok()) {
@@ -292,8 +307,9 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            "--compression" => compression = true,
             "-h" | "--help" => {
-                println!("usage: interop_client URL [--step-timeout SECONDS]");
+                println!("usage: interop_client URL [--compression] [--step-timeout SECONDS]");
                 return ExitCode::SUCCESS;
             }
             _ if url.is_none() && !arg.starts_with('-') => url = Some(arg),
@@ -309,7 +325,14 @@ async fn main() -> ExitCode {
     };
 
     let t0 = Instant::now();
-    match (Run { url, step_timeout }).run().await {
+    match (Run {
+        url,
+        step_timeout,
+        compression,
+    })
+    .run()
+    .await
+    {
         Ok(()) => {
             println!(
                 "done: scenario passed in {:.2} s",
