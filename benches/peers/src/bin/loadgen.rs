@@ -768,10 +768,10 @@ async fn drive(
                 let mut done = 0usize;
                 let mut done_wire = 0usize;
                 if o.raw {
-                    let payload = &wl.plain[0];
                     let mut n = buf.len();
                     // verify and consume
                     while n > 0 {
+                        let payload = &wl.plain[(recv_i + done) % k];
                         let take = (o.size - raw_pending).min(n);
                         if buf[..take] != payload[raw_pending..raw_pending + take] {
                             return Err("mismatch");
