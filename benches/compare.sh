@@ -9,9 +9,14 @@
 #   BIG_CONNS [1000]  extra 20-byte run at this many connections (0 = skip)
 #   INFLIGHT [1]      messages outstanding per connection
 #   IDLE_CONNS [1000] idle-memory probe per server in round 1 (0 = skip)
-#   SERVERS ["tidewire tokio-tungstenite fastwebsockets tokio-websockets raw-tcp"]
+#   SERVERS ["tidewire tokio-tungstenite fastwebsockets tokio-websockets node-ws python-websockets raw-tcp"]
 #   SERVER_CPU [0] / LOADGEN_CPU [1]   cores for taskset
 #   TIDEWIRE_BIN [target/release/tidewire]   SKIP_BUILD [0]   PORT_BASE [19300]
+#   PAYLOAD [alpha]   loadgen --payload: alpha (same a..z bytes every message) or json
+#   COMPRESSION [0]   1 = permessage-deflate mode: only servers that support it
+#                     [SERVERS default "tidewire node-ws python-websockets"], loadgen
+#                     --compression with the json payload, idle probe = KB per compressed
+#                     connection (one IDLE_SIZE [2048] B compressed message each)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +29,17 @@ CONNS=${CONNS:-100}
 BIG_CONNS=${BIG_CONNS:-1000}
 INFLIGHT=${INFLIGHT:-1}
 IDLE_CONNS=${IDLE_CONNS:-1000}
-SERVERS=${SERVERS:-"tidewire tokio-tungstenite fastwebsockets tokio-websockets raw-tcp"}
+COMPRESSION=${COMPRESSION:-0}
+if [[ "$COMPRESSION" == 1 ]]; then
+  SERVERS=${SERVERS:-"tidewire node-ws python-websockets"}
+  PAYLOAD=${PAYLOAD:-json}
+else
+  SERVERS=${SERVERS:-"tidewire tokio-tungstenite fastwebsockets tokio-websockets node-ws python-websockets raw-tcp"}
+  PAYLOAD=${PAYLOAD:-alpha}
+fi
+IDLE_SIZE=${IDLE_SIZE:-2048}
+NODE_DIR=$ROOT/benches/peers-node
+PY_DIR=$ROOT/benches/peers-python
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 TIDEWIRE_BIN=${TIDEWIRE_BIN:-$ROOT/target/release/tidewire}
@@ -48,26 +63,69 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     fi
   fi
 fi
+# Node / Python peers: installed on first use (npm ci from the committed lock file; a venv
+# with the pinned requirements). Offline-safe afterwards; SKIP_BUILD does not skip these.
+if [[ " $SERVERS " == *" node-ws "* && ! -d "$NODE_DIR/node_modules/ws" ]]; then
+  log "installing node-ws peer (npm ci in $NODE_DIR)"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --silent) || log "WARNING: npm ci failed; node-ws will be skipped"
+fi
+if [[ " $SERVERS " == *" python-websockets "* && ! -x "$PY_DIR/.venv/bin/python" ]]; then
+  log "installing python-websockets peer (venv in $PY_DIR/.venv)"
+  (python3 -m venv "$PY_DIR/.venv" && "$PY_DIR/.venv/bin/pip" install -q -r "$PY_DIR/requirements.txt") \
+    || { log "WARNING: venv/pip failed; python-websockets will be skipped"; rm -rf "$PY_DIR/.venv"; }
+fi
 
 # ---------------------------------------------------------------- servers
+ZFLAG=
+[[ "$COMPRESSION" == 1 ]] && ZFLAG=--compression
 server_cmd() { # NAME ADDR -> prints the command line, or nothing if unavailable
   case "$1" in
-    tidewire)          [[ -x "$TIDEWIRE_BIN" ]] && echo "$TIDEWIRE_BIN echo --listen $2" ;;
+    tidewire)          [[ -x "$TIDEWIRE_BIN" ]] && echo "$TIDEWIRE_BIN echo --listen $2 $ZFLAG" ;;
     tokio-tungstenite) echo "$PEERS_BIN/echo-tungstenite --listen $2" ;;
     fastwebsockets)    echo "$PEERS_BIN/echo-fastwebsockets --listen $2" ;;
     tokio-websockets)  echo "$PEERS_BIN/echo-tokio-websockets --listen $2" ;;
+    node-ws)           [[ -d "$NODE_DIR/node_modules/ws" ]] && echo "node $NODE_DIR/echo.mjs --port ${2##*:} $ZFLAG" ;;
+    python-websockets) [[ -x "$PY_DIR/.venv/bin/python" ]] && echo "$PY_DIR/.venv/bin/python $PY_DIR/echo.py --port ${2##*:} $ZFLAG" ;;
     raw-tcp)           echo "$PEERS_BIN/echo-raw --listen $2" ;;
     *) log "unknown server $1"; return 1 ;;
   esac
 }
 
+# Which servers can do permessage-deflate (COMPRESSION=1). The Rust peers cannot:
+# tokio-tungstenite/tungstenite 0.30.0 (the newest on crates.io) have no deflate feature,
+# fastwebsockets 0.10 and tokio-websockets 0.13 have no compression support at all.
+supports_compression() { # NAME -> 0 if it can run in COMPRESSION=1 mode, else prints why
+  case "$1" in
+    node-ws|python-websockets) return 0 ;;
+    tidewire)
+      if [[ ! -x "$TIDEWIRE_BIN" ]]; then echo "$TIDEWIRE_BIN not found (cargo build --release -p tidewire-cli)"; return 1; fi
+      # timeout: a build whose 'echo' ignores --help would otherwise start serving here
+      if timeout 5 "$TIDEWIRE_BIN" echo --help 2>&1 | grep -q -- --compression; then return 0; fi
+      echo "'$TIDEWIRE_BIN echo --help' does not mention --compression (not implemented in this build yet)"; return 1 ;;
+    tokio-tungstenite) echo "tokio-tungstenite 0.30 / tungstenite 0.30 (newest on crates.io) have no permessage-deflate (no 'deflate' feature)"; return 1 ;;
+    fastwebsockets)    echo "fastwebsockets 0.10 has no permessage-deflate support"; return 1 ;;
+    tokio-websockets)  echo "tokio-websockets 0.13 has no permessage-deflate support"; return 1 ;;
+    raw-tcp)           echo "raw TCP has no WebSocket extensions"; return 1 ;;
+    *) echo "unknown server"; return 1 ;;
+  esac
+}
+
 PRESENT=()
 for s in $SERVERS; do
+  if [[ "$COMPRESSION" == 1 ]] && ! why=$(supports_compression "$s"); then
+    log "SKIPPING $s in COMPRESSION=1 mode: $why"
+    continue
+  fi
   if [[ -n "$(server_cmd "$s" 127.0.0.1:0 || true)" ]]; then
     PRESENT+=("$s")
   else
-    log "SKIPPING $s: $TIDEWIRE_BIN not found (build it with 'cargo build --release -p tidewire-cli';" \
-        "it must accept 'echo --listen ADDR'). Ratios will be computed against the first server present."
+    case "$s" in
+      tidewire) log "SKIPPING $s: $TIDEWIRE_BIN not found (build it with 'cargo build --release -p tidewire-cli';" \
+                    "it must accept 'echo --listen ADDR'). Ratios will be computed against the first server present." ;;
+      node-ws)  log "SKIPPING $s: $NODE_DIR/node_modules missing (run 'npm ci' there; Node >= 18)" ;;
+      python-websockets) log "SKIPPING $s: $PY_DIR/.venv missing (python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)" ;;
+      *) log "SKIPPING $s: not available" ;;
+    esac
   fi
 done
 [[ ${#PRESENT[@]} -gt 0 ]] || { log "no servers to run"; exit 1; }
@@ -86,6 +144,9 @@ RAW=$OUT/runs.jsonl
   echo "cpus: $(nproc); model: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "loadavg at start: $(cat /proc/loadavg)"
   echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SIZES='$SIZES' CONNS=$CONNS BIG_CONNS=$BIG_CONNS INFLIGHT=$INFLIGHT"
+  echo "COMPRESSION=$COMPRESSION PAYLOAD=$PAYLOAD IDLE_SIZE=$IDLE_SIZE"
+  echo "node: $(node --version 2>/dev/null || echo none) ws: $(jq -r .version "$NODE_DIR/node_modules/ws/package.json" 2>/dev/null || echo none)"
+  echo "python-websockets: $("$PY_DIR/.venv/bin/python" -c 'import sys, websockets; print(websockets.__version__, "on Python", sys.version.split()[0])' 2>/dev/null || echo none)"
   echo "SERVER_CPU=$SERVER_CPU LOADGEN_CPU=$LOADGEN_CPU servers: ${PRESENT[*]}"
 } > "$OUT/env.txt"
 
@@ -123,13 +184,15 @@ run_one() { # NAME SIZE CONNS ROUND
   start_server "$name" || return 0
   url=ws://$ADDR
   [[ "$name" == raw-tcp ]] && mode=(--raw)
+  [[ "$COMPRESSION" == 1 ]] && mode+=(--compression)
+  mode+=(--payload "$PAYLOAD")
   local json
   if json=$(timeout "$(awk "BEGIN{print int($DURATION + $WARMUP + 60)}")" taskset -c "$LOADGEN_CPU" "$LOADGEN" --url "$url" "${mode[@]}" \
       --conns "$conns" --inflight "$INFLIGHT" --size "$size" --duration "$DURATION" --warmup "$WARMUP" \
       --binary --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
     echo "$json" | jq -c --arg s "$name" --argjson r "$round" --arg la "$(cut -d' ' -f1 /proc/loadavg)" \
       '. + {server:$s, round:$r, loadavg1:($la|tonumber)}' >> "$RAW"
-    log "round $round $name size=$size conns=$conns: $(echo "$json" | jq -r '"\(.msgs_per_s|floor) msg/s p50 \(.lat_us.p50)us p99 \(.lat_us.p99)us cpu \(.server_cpu_us_per_msg)us/msg errors \(.errors_total)"')"
+    log "round $round $name size=$size conns=$conns: $(echo "$json" | jq -r '"\(.msgs_per_s|floor) msg/s p50 \(.lat_us.p50)us p99 \(.lat_us.p99)us cpu \(.server_cpu_us_per_msg)us/msg wire \(.tx_wire_bytes_per_msg|floor)/\(.rx_wire_bytes_per_msg|floor)B errors \(.errors_total)"')"
   else
     log "round $round $name size=$size conns=$conns: loadgen FAILED (see $OUT/loadgen.log)"
   fi
@@ -140,11 +203,12 @@ idle_one() { # NAME
   local name=$1
   [[ "$name" == raw-tcp || "$IDLE_CONNS" == 0 ]] && return 0
   start_server "$name" || return 0
-  local json
+  local json zidle=()
+  [[ "$COMPRESSION" == 1 ]] && zidle=(--compression --size "$IDLE_SIZE")
   if json=$(timeout 120 taskset -c "$LOADGEN_CPU" "$LOADGEN" --url "ws://$ADDR" --connections "$IDLE_CONNS" --hold 1 \
-      --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
+      "${zidle[@]}" --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
     echo "$json" | jq -c --arg s "$name" '. + {server:$s}' >> "$OUT/idle.jsonl"
-    log "idle $name: $(echo "$json" | jq -r '"\(.open) conns, \(.kb_per_conn) KB/conn"')"
+    log "idle $name: $(echo "$json" | jq -r '"\(.open) conns, \(.kb_per_conn) KB/conn, compression \(.compression), \(.compressed_replies) replies compressed"')"
   else
     log "idle $name: FAILED"
   fi

@@ -39,6 +39,11 @@ for key, rs in groups.items():
         "util": med([r["server_cpu_util"] for r in rs]),
         "lg": med([r["loadgen_cpu_util"] for r in rs]),
         "err": sum(r["errors_total"] for r in rs),
+        "txw": med([r.get("tx_wire_bytes_per_msg") for r in rs]),
+        "rxw": med([r.get("rx_wire_bytes_per_msg") for r in rs]),
+        "z": any(r.get("compression") for r in rs),
+        "pmd": next((r.get("pmd") for r in rs if r.get("pmd")), None),
+        "payload": next((r.get("payload") for r in rs if r.get("payload")), None),
         "ss": med([r["server_echoes_by_ss"] / r["msgs"] if r.get("server_echoes_by_ss") and r["msgs"] else None for r in rs]),
     }
 
@@ -57,10 +62,18 @@ if loads and max(loads) > 1.5:
     print(f"> **Noisy host:** 1-minute load average reached {max(loads):.1f} during the runs "
           f"(2 cores; the server and loadgen alone account for ~2). Other processes competed for "
           f"the pinned cores, so absolute numbers are depressed and ratios are less reliable.\n")
+compressed = any(r["z"] for r in rows.values())
+payloads = sorted({r["payload"] for r in rows.values() if r["payload"]})
 print(f"Ratios (×) are relative to **{baseline}**; values are medians of "
-      f"{max((r['n'] for r in rows.values()), default=0)} round(s).\n")
-print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | loadgen CPU % | count check | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      f"{max((r['n'] for r in rows.values()), default=0)} round(s). Payload: {', '.join(payloads) or 'alpha'}"
+      + (" (deterministic JSON-like records, varied per message)" if "json" in payloads else "")
+      + (". **permessage-deflate** on; negotiated: "
+         + "; ".join(sorted({f"{k[2]}: `{r['pmd']}`" for k, r in rows.items() if r["pmd"]}))
+         + ". wire B/msg = bytes per message on the wire (frame header + compressed payload), client→server / server→client."
+         if compressed else "") + "\n")
+extra_h = " wire B/msg c→s / s→c |" if compressed else ""
+print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | loadgen CPU % |" + extra_h + " count check | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if compressed else "") + "---:|---:|")
 for size, conns in cases:
     b = rows.get((size, conns, baseline), {})
     for s in servers:
@@ -70,12 +83,23 @@ for size, conns in cases:
         print(f"| {s} | {size} | {conns} | {fmt(r['rate'])}{ratio(r['rate'], b.get('rate'))} | {fmt(r['mbps'], 2)} "
               f"| {fmt(r['p50'], 1)}{ratio(r['p50'], b.get('p50'))} | {fmt(r['p99'], 1)}{ratio(r['p99'], b.get('p99'))} "
               f"| {fmt(r['cpu'], 2)}{ratio(r['cpu'], b.get('cpu'))} "
-              f"| {fmt(r['util'] * 100 if r['util'] is not None else None)} | {fmt(r['lg'] * 100 if r['lg'] is not None else None)} | {fmt(r['ss'], 3)} | {r['err']} |")
+              f"| {fmt(r['util'] * 100 if r['util'] is not None else None)} | {fmt(r['lg'] * 100 if r['lg'] is not None else None)} |"
+              + (f" {fmt(r['txw'], 0)} / {fmt(r['rxw'], 0)} |" if compressed else "")
+              + f" {fmt(r['ss'], 3)} | {r['err']} |")
 if idle:
     b = idle.get(baseline, {}).get("kb_per_conn")
-    print("\n| server | idle conns | RSS before KB | RSS after KB | KB per idle conn |")
-    print("|---|---:|---:|---:|---:|")
+    zidle = any(j.get("compression") for j in idle.values())
+    if zidle:
+        sz = next(j.get("msg_size") for j in idle.values())
+        print(f"\nIdle memory with permessage-deflate: each connection negotiated compression and echoed ONE "
+              f"{sz} B compressible message (so the server's compressor and decompressor exist), then idled.")
+        print("\n| server | compressed conns | replies compressed | RSS before KB | RSS after KB | KB per compressed conn |")
+        print("|---|---:|---:|---:|---:|---:|")
+    else:
+        print("\n| server | idle conns | RSS before KB | RSS after KB | KB per idle conn |")
+        print("|---|---:|---:|---:|---:|")
     for s in servers:
         j = idle.get(s)
         if j:
-            print(f"| {s} | {j['open']} | {j['rss_before_kb']:,} | {j['rss_after_kb']:,} | {fmt(j['kb_per_conn'], 1)}{ratio(j['kb_per_conn'], b)} |")
+            mid = f" {j.get('compressed_replies', 0)} |" if zidle else ""
+            print(f"| {s} | {j['open']} |{mid} {j['rss_before_kb']:,} | {j['rss_after_kb']:,} | {fmt(j['kb_per_conn'], 1)}{ratio(j['kb_per_conn'], b)} |")

@@ -12,6 +12,13 @@
 //!
 //! Idle mode (--connections N --hold SECS): VmRSS of --server-pid before and after
 //! opening N WebSocket connections -> KB per idle connection.
+//!
+//! Compression (--compression): permessage-deflate (RFC 7692) is offered in the
+//! handshake; the negotiated parameters are honoured. Client messages are raw deflate
+//! (zlib-rs via flate2, Z_SYNC_FLUSH, trailing 00 00 ff ff stripped, RSV1 set); server
+//! messages with RSV1 are inflated (tail appended) with one decompressor per connection,
+//! then compared byte for byte. The payloads are deterministic JSON-like records that
+//! vary from message to message (--payload json, the default with --compression).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -25,6 +32,7 @@ use hdrhistogram::Histogram;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 const HELP: &str = "\
 loadgen: closed-loop WebSocket / raw-TCP echo load generator (no WebSocket library inside)
@@ -33,8 +41,10 @@ USAGE:
   loadgen --url ws://127.0.0.1:PORT [--conns 100] [--inflight 1] [--size 20]
           [--duration 10] [--warmup 2] [--binary|--text] [--raw]
           [--server-pid PID] [--threads 1] [--json]
+          [--compression [--compression-optional]] [--payload alpha|json]
   loadgen --url ws://127.0.0.1:PORT --connections N --hold SECS --server-pid PID [--json]
-  loadgen --url ws://127.0.0.1:PORT --selftest
+          [--compression [--size 2048]]
+  loadgen --url ws://127.0.0.1:PORT --selftest [--compression]
 
 OPTIONS:
   --url URL          ws://HOST:PORT[/PATH] (for --raw, the host:port is used)
@@ -51,7 +61,19 @@ OPTIONS:
   --connections N    idle mode: open N WebSocket connections (one echo each), hold them
   --hold SECS        idle mode: seconds to hold them before reading VmRSS (default 2)
   --selftest         conformance smoke test of the server: text, binary, fragmented,
-                     ping->pong, 1 MiB message, close handshake
+                     ping->pong, 1 MiB message, close handshake (+ compressed cases
+                     with --compression)
+  --compression      offer permessage-deflate (with client_max_window_bits); fail if
+                     the server declines. Messages are sent compressed (RSV1) within
+                     the negotiated client_max_window_bits / client_no_context_takeover
+                     (window 8: sent uncompressed, zlib cannot deflate with 8); replies
+                     with RSV1 are inflated and checked byte for byte
+  --compression-optional  with --compression: run uncompressed if the server declines
+  --payload KIND     alpha: the same a..z bytes in every message (default without
+                     --compression); json: deterministic JSON-like records
+                     ({\"id\":..,\"price\":..,\"symbol\":..}) that vary per message,
+                     cut to --size (default with --compression). In idle mode the
+                     one message per connection is --size bytes of this payload
 ";
 
 #[derive(Clone)]
@@ -72,6 +94,10 @@ struct Opts {
     idle: Option<usize>,
     hold: f64,
     selftest: bool,
+    compression: bool,
+    compression_optional: bool,
+    json_payload: bool,
+    size_given: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -92,7 +118,12 @@ fn parse_args() -> Result<Opts> {
         idle: None,
         hold: 2.0,
         selftest: false,
+        compression: false,
+        compression_optional: false,
+        json_payload: false,
+        size_given: false,
     };
+    let mut payload_kind: Option<String> = None;
     let mut url = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -101,7 +132,10 @@ fn parse_args() -> Result<Opts> {
             "--url" => url = Some(val()?),
             "--conns" => o.conns = val()?.parse()?,
             "--inflight" => o.inflight = val()?.parse()?,
-            "--size" => o.size = val()?.parse()?,
+            "--size" => {
+                o.size = val()?.parse()?;
+                o.size_given = true;
+            }
             "--duration" => o.duration = val()?.parse()?,
             "--warmup" => o.warmup = val()?.parse()?,
             "--server-pid" => o.server_pid = Some(val()?.parse()?),
@@ -113,6 +147,9 @@ fn parse_args() -> Result<Opts> {
             "--raw" => o.raw = true,
             "--json" => o.json = true,
             "--selftest" => o.selftest = true,
+            "--compression" => o.compression = true,
+            "--compression-optional" => o.compression_optional = true,
+            "--payload" => payload_kind = Some(val()?),
             "-h" | "--help" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -135,6 +172,18 @@ fn parse_args() -> Result<Opts> {
     o.host = h.trim_start_matches('[').trim_end_matches(']').to_string();
     o.port = p.parse()?;
     o.path = path.to_string();
+    o.json_payload = match payload_kind.as_deref() {
+        None => o.compression,
+        Some("json") => true,
+        Some("alpha") => false,
+        Some(k) => bail!("--payload must be alpha or json, not {k}"),
+    };
+    if o.compression && o.raw {
+        bail!("--compression and --raw exclude each other");
+    }
+    if o.compression_optional && !o.compression {
+        bail!("--compression-optional needs --compression");
+    }
     if o.conns == 0 || o.inflight == 0 || o.threads == 0 {
         bail!("--conns, --inflight and --threads must be >= 1");
     }
@@ -172,8 +221,13 @@ fn rand_u64() -> u64 {
 
 /// Build one masked client frame.
 fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame_rsv1(fin, false, opcode, payload)
+}
+
+/// Build one masked client frame, RSV1 ("compressed", RFC 7692) set if `rsv1`.
+fn client_frame_rsv1(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 14);
-    f.push(if fin { 0x80 } else { 0 } | opcode);
+    f.push(if fin { 0x80 } else { 0 } | if rsv1 { 0x40 } else { 0 } | opcode);
     let n = payload.len();
     if n < 126 {
         f.push(0x80 | n as u8);
@@ -193,19 +247,29 @@ fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// One parsed server frame (servers must not mask, RFC 6455 §5.1).
 struct Frame {
     fin: bool,
+    /// RSV1: "this message is compressed" (only legal when permessage-deflate was
+    /// negotiated, and only on the first frame of a data message).
+    rsv1: bool,
     opcode: u8,
     payload: BytesMut,
+    /// header + payload bytes this frame took on the wire
+    wire_len: usize,
 }
 
-/// Take one complete frame off the front of `buf`, if there is one.
-fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>> {
+/// Take one complete frame off the front of `buf`, if there is one. `deflate`: whether
+/// permessage-deflate was negotiated (RSV1 allowed on data frames).
+fn parse_frame_ext(buf: &mut BytesMut, deflate: bool) -> Result<Option<Frame>> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         bail!("protocol: RSV bits set without an extension");
+    }
+    if rsv1 && b0 & 0x0F != OP_TEXT && b0 & 0x0F != OP_BIN {
+        bail!("protocol: RSV1 on a non-first or control frame");
     }
     if b1 & 0x80 != 0 {
         bail!("protocol: server frame is masked");
@@ -235,26 +299,245 @@ fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>> {
     }
     buf.advance(hlen);
     let payload = buf.split_to(len as usize);
-    Ok(Some(Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, payload }))
+    Ok(Some(Frame { fin: b0 & 0x80 != 0, rsv1, opcode: b0 & 0x0F, payload, wire_len: total }))
 }
 
-/// TCP connect (TCP_NODELAY) and, unless raw, the HTTP/1.1 upgrade. Returns the stream
-/// and any bytes the server sent after the 101 response.
-async fn connect(o: &Opts, raw: bool) -> std::result::Result<(TcpStream, BytesMut), (&'static str, anyhow::Error)> {
+// ---------------------------------------------------------------------------------------
+// permessage-deflate (RFC 7692)
+// ---------------------------------------------------------------------------------------
+
+/// What the server's 101 response agreed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pmd {
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    client_max_window_bits: Option<u8>,
+}
+
+impl Pmd {
+    /// Window we compress with (15 if the server set no limit).
+    fn client_bits(&self) -> u8 {
+        self.client_max_window_bits.unwrap_or(15)
+    }
+    /// zlib cannot produce a raw deflate stream with an 8-bit window (it silently uses 9),
+    /// so with client_max_window_bits=8 we send uncompressed messages (RFC 7692 allows it).
+    fn client_compresses(&self) -> bool {
+        self.client_bits() > 8
+    }
+    fn describe(&self) -> String {
+        let mut v = vec!["permessage-deflate".to_string()];
+        if self.server_no_context_takeover {
+            v.push("server_no_context_takeover".into());
+        }
+        if self.client_no_context_takeover {
+            v.push("client_no_context_takeover".into());
+        }
+        if let Some(b) = self.server_max_window_bits {
+            v.push(format!("server_max_window_bits={b}"));
+        }
+        if let Some(b) = self.client_max_window_bits {
+            v.push(format!("client_max_window_bits={b}"));
+        }
+        v.join("; ")
+    }
+}
+
+/// Parse the (joined) Sec-WebSocket-Extensions response value. We offered exactly one
+/// permessage-deflate with a bare client_max_window_bits, so anything else is an error.
+fn parse_pmd_response(v: &str) -> Result<Pmd> {
+    let exts: Vec<&str> = v.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    if exts.len() != 1 {
+        bail!("server accepted {} extensions ({v:?}); we offered one", exts.len());
+    }
+    let mut parts = exts[0].split(';').map(str::trim);
+    let name = parts.next().unwrap_or("");
+    if !name.eq_ignore_ascii_case("permessage-deflate") {
+        bail!("server accepted extension {name:?}, which we did not offer");
+    }
+    let mut p = Pmd { server_no_context_takeover: false, client_no_context_takeover: false, server_max_window_bits: None, client_max_window_bits: None };
+    let mut seen = std::collections::HashSet::new();
+    for param in parts.filter(|x| !x.is_empty()) {
+        let (k, val) = match param.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"'))),
+            None => (param.to_ascii_lowercase(), None),
+        };
+        if !seen.insert(k.clone()) {
+            bail!("duplicate permessage-deflate parameter {k}");
+        }
+        let bits = |val: Option<&str>| -> Result<u8> {
+            let b: u8 = val.ok_or_else(|| anyhow!("{k} needs a value in a response"))?.parse().map_err(|_| anyhow!("bad {k} value {val:?}"))?;
+            if !(8..=15).contains(&b) {
+                bail!("{k}={b} outside 8..=15");
+            }
+            Ok(b)
+        };
+        match k.as_str() {
+            "server_no_context_takeover" if val.is_none() => p.server_no_context_takeover = true,
+            "client_no_context_takeover" if val.is_none() => p.client_no_context_takeover = true,
+            "server_max_window_bits" => p.server_max_window_bits = Some(bits(val)?),
+            "client_max_window_bits" => p.client_max_window_bits = Some(bits(val)?),
+            _ => bail!("unexpected permessage-deflate parameter {param:?}"),
+        }
+    }
+    Ok(p)
+}
+
+const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Client-side compressor for one connection (one message at a time).
+struct Deflater {
+    c: Compress,
+    no_context_takeover: bool,
+}
+
+impl Deflater {
+    fn new(p: &Pmd) -> Self {
+        Deflater {
+            c: Compress::new_with_window_bits(Compression::default(), false, p.client_bits().max(9)),
+            no_context_takeover: p.client_no_context_takeover,
+        }
+    }
+    /// Raw deflate of one message, Z_SYNC_FLUSH, trailing 00 00 ff ff removed.
+    fn compress(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 64);
+        let mut inp = data;
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.len().max(1024));
+            }
+            let before = self.c.total_in();
+            self.c.compress_vec(inp, &mut out, FlushCompress::Sync)?;
+            inp = &inp[(self.c.total_in() - before) as usize..];
+            if inp.is_empty() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if !out.ends_with(&DEFLATE_TAIL) {
+            bail!("deflate output does not end with 00 00 ff ff");
+        }
+        out.truncate(out.len() - 4);
+        if self.no_context_takeover {
+            self.c.reset();
+        }
+        Ok(out)
+    }
+}
+
+/// Client-side decompressor for one connection.
+struct Inflater {
+    d: Decompress,
+    no_context_takeover: bool,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    fn new(p: &Pmd) -> Self {
+        Inflater { d: Decompress::new(false), no_context_takeover: p.server_no_context_takeover, out: Vec::new() }
+    }
+    /// Inflate one message given as its frames' payloads; the 00 00 ff ff tail is appended
+    /// here. Fails if the output would exceed `limit` bytes.
+    fn inflate(&mut self, parts: &[&[u8]], limit: usize) -> Result<&[u8]> {
+        self.out.clear();
+        let mut ended = false;
+        for part in parts.iter().copied().chain(std::iter::once(&DEFLATE_TAIL[..])) {
+            let mut inp = part;
+            while !ended {
+                if self.out.capacity() - self.out.len() < 256 {
+                    if self.out.len() > limit {
+                        bail!("inflated message exceeds {limit} bytes");
+                    }
+                    self.out.reserve(self.out.len().max(4096));
+                }
+                let (in0, out0) = (self.d.total_in(), self.out.len());
+                let st = self.d.decompress_vec(inp, &mut self.out, FlushDecompress::Sync)?;
+                inp = &inp[(self.d.total_in() - in0) as usize..];
+                if st == Status::StreamEnd {
+                    // BFINAL block: the rest of the message must be empty; the next one
+                    // starts a new stream.
+                    ended = true;
+                    break;
+                }
+                let spare = self.out.len() < self.out.capacity();
+                if inp.is_empty() && spare {
+                    break;
+                }
+                if self.d.total_in() == in0 && self.out.len() == out0 && spare {
+                    bail!("inflate made no progress");
+                }
+            }
+        }
+        if self.out.len() > limit {
+            bail!("inflated message exceeds {limit} bytes");
+        }
+        if ended || self.no_context_takeover {
+            self.d.reset(false);
+        }
+        Ok(&self.out)
+    }
+}
+
+/// Deterministic, realistically compressible payload: JSON-like market-data records
+/// whose numbers vary with `seed` (message number) and position, cut to `size` bytes.
+fn json_payload(size: usize, seed: u64) -> Vec<u8> {
+    const SYMS: [&str; 8] = ["ABC", "XYZ", "MSFT", "AAPL", "GOOG", "TSLA", "NVDA", "AMZN"];
+    const VENUES: [&str; 4] = ["XNAS", "XNYS", "BATS", "ARCX"];
+    let mut out = Vec::with_capacity(size + 160);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut k = 0u64;
+    out.push(b'[');
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let price = 10_000 + (x % 90_000);
+        let rec = format!(
+            "{{\"id\":{},\"price\":{}.{:02},\"qty\":{},\"side\":\"{}\",\"symbol\":\"{}\",\"venue\":\"{}\",\"ts\":{}}},",
+            seed * 1000 + k,
+            price / 100,
+            price % 100,
+            1 + (x >> 20) % 500,
+            if (x >> 40) & 1 == 0 { "buy" } else { "sell" },
+            SYMS[((x >> 8) % 8) as usize],
+            VENUES[((x >> 30) % 4) as usize],
+            1_700_000_000_000u64 + seed * 37 + k * 3,
+        );
+        out.extend_from_slice(rec.as_bytes());
+        k += 1;
+    }
+    out.truncate(size);
+    out
+}
+
+/// TCP connect (TCP_NODELAY) and, unless raw, the HTTP/1.1 upgrade. Returns the stream,
+/// any bytes the server sent after the 101 response, and the negotiated
+/// permessage-deflate parameters (None: not offered, or declined with
+/// --compression-optional; declined without it is the error kind "no_deflate").
+type Conn = (TcpStream, BytesMut, Option<Pmd>);
+async fn connect(o: &Opts, raw: bool) -> std::result::Result<Conn, (&'static str, anyhow::Error)> {
     let s = TcpStream::connect((o.host.as_str(), o.port))
         .await
         .map_err(|e| ("connect", e.into()))?;
     s.set_nodelay(true).map_err(|e| ("connect", e.into()))?;
     let mut buf = BytesMut::with_capacity(o.size.max(4096) * 2 + 64);
     if raw {
-        return Ok((s, buf));
+        return Ok((s, buf, None));
     }
     let mut s = s;
-    handshake(&mut s, o, &mut buf).await.map_err(|e| ("handshake", e))?;
-    Ok((s, buf))
+    let pmd = handshake(&mut s, o, &mut buf).await.map_err(|e| ("handshake", e))?;
+    if o.compression && pmd.is_none() && !o.compression_optional {
+        return Err((
+            "no_deflate",
+            anyhow!(
+                "server declined permessage-deflate (no Sec-WebSocket-Extensions in its 101 response); \
+                 pass --compression-optional to run uncompressed anyway"
+            ),
+        ));
+    }
+    Ok((s, buf, pmd))
 }
 
-async fn handshake(s: &mut TcpStream, o: &Opts, buf: &mut BytesMut) -> Result<()> {
+async fn handshake(s: &mut TcpStream, o: &Opts, buf: &mut BytesMut) -> Result<Option<Pmd>> {
     let key_bytes: [u8; 16] = {
         let a = rand_u64().to_ne_bytes();
         let b = rand_u64().to_ne_bytes();
@@ -267,8 +550,11 @@ async fn handshake(s: &mut TcpStream, o: &Opts, buf: &mut BytesMut) -> Result<()
     let host = if o.host.contains(':') { format!("[{}]:{}", o.host, o.port) } else { format!("{}:{}", o.host, o.port) };
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        o.path, host, key
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+        o.path,
+        host,
+        key,
+        if o.compression { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" }
     );
     s.write_all(req.as_bytes()).await?;
     let end = loop {
@@ -296,6 +582,7 @@ async fn handshake(s: &mut TcpStream, o: &Opts, buf: &mut BytesMut) -> Result<()
     h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     let want = base64::engine::general_purpose::STANDARD.encode(h.finalize());
     let (mut up, mut conn, mut accept) = (false, false, false);
+    let mut exts: Vec<String> = Vec::new();
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
@@ -303,6 +590,7 @@ async fn handshake(s: &mut TcpStream, o: &Opts, buf: &mut BytesMut) -> Result<()
                 "upgrade" => up = v.eq_ignore_ascii_case("websocket"),
                 "connection" => conn = v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")),
                 "sec-websocket-accept" => accept = v == want,
+                "sec-websocket-extensions" => exts.push(v.to_string()),
                 _ => {}
             }
         }
@@ -310,7 +598,14 @@ async fn handshake(s: &mut TcpStream, o: &Opts, buf: &mut BytesMut) -> Result<()
     if !(up && conn && accept) {
         bail!("bad 101 headers (upgrade={up} connection={conn} accept-ok={accept})");
     }
-    Ok(())
+    let exts = exts.join(", ");
+    if exts.trim().is_empty() {
+        return Ok(None);
+    }
+    if !o.compression {
+        bail!("server answered Sec-WebSocket-Extensions: {exts} although none was offered");
+    }
+    Ok(Some(parse_pmd_response(&exts).with_context(|| format!("Sec-WebSocket-Extensions: {exts}"))?))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -332,7 +627,48 @@ struct ConnResult {
     hist: Histogram<u64>,
     msgs: u64,
     bytes: u64,
+    /// wire bytes (frame headers + possibly compressed payloads) of the measured echoes
+    rx_wire: u64,
     errors: BTreeMap<&'static str, u64>,
+}
+
+/// The messages every connection sends, in this order, cyclically: plaintexts and the
+/// masked client frames (compressed when permessage-deflate is on). Shared by all
+/// connections and built once, so the generator spends no CPU compressing per message.
+///
+/// With context takeover a compressed frame refers back to earlier messages of the same
+/// connection. Frame 0 was compressed from a fresh context, so it refers to nothing
+/// before itself, and frame i refers only to frames 0..i-1, which every connection has
+/// sent just before it in the same order: replaying the cycle from the start (and again
+/// after wrapping) is a valid RFC 7692 stream for the server's decompressor. The cycle is
+/// long enough (>= 128 KiB of plaintext) that a message never repeats inside the 32 KiB
+/// LZ77 window, so neither side compresses against an identical earlier copy.
+struct Workload {
+    plain: Vec<Vec<u8>>,
+    wire: Vec<Vec<u8>>,
+    pmd: Option<Pmd>,
+}
+
+fn build_workload(o: &Opts, pmd: Option<Pmd>) -> Result<Workload> {
+    let op = if o.text { OP_TEXT } else { OP_BIN };
+    let plain: Vec<Vec<u8>> = if o.json_payload {
+        let k = (128 * 1024usize).div_ceil(o.size.max(1)).clamp(16, 8192);
+        (0..k as u64).map(|i| json_payload(o.size, i)).collect()
+    } else {
+        vec![(0..o.size).map(|i| b'a' + (i % 26) as u8).collect()]
+    };
+    let wire = if o.raw {
+        plain.clone()
+    } else {
+        match &pmd {
+            Some(p) if p.client_compresses() => {
+                let mut d = Deflater::new(p);
+                plain.iter().map(|m| Ok(client_frame_rsv1(true, true, op, &d.compress(m)?))).collect::<Result<Vec<_>>>()?
+            }
+            _ => plain.iter().map(|m| client_frame(true, op, m)).collect(),
+        }
+    };
+    Ok(Workload { plain, wire, pmd })
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -340,10 +676,16 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).unwrap()
 }
 
-async fn run_conn(o: Arc<Opts>, sh: Arc<Shared>) -> ConnResult {
-    let mut r = ConnResult { hist: new_hist(), msgs: 0, bytes: 0, errors: BTreeMap::new() };
+async fn run_conn(o: Arc<Opts>, sh: Arc<Shared>, wl: Arc<Workload>) -> ConnResult {
+    let mut r = ConnResult { hist: new_hist(), msgs: 0, bytes: 0, rx_wire: 0, errors: BTreeMap::new() };
     let (s, buf) = match connect(&o, o.raw).await {
-        Ok(x) => x,
+        Ok((s, b, pmd)) if pmd == wl.pmd => (s, b),
+        Ok(_) => {
+            // every connection must negotiate what the probe connection did
+            sh.failed.fetch_add(1, Ordering::Relaxed);
+            *r.errors.entry("negotiation").or_default() += 1;
+            return r;
+        }
         Err((kind, _e)) => {
             sh.failed.fetch_add(1, Ordering::Relaxed);
             *r.errors.entry(kind).or_default() += 1;
@@ -351,7 +693,7 @@ async fn run_conn(o: Arc<Opts>, sh: Arc<Shared>) -> ConnResult {
         }
     };
     sh.connected.fetch_add(1, Ordering::Relaxed);
-    if let Err(kind) = drive(&o, &sh, s, buf, &mut r).await {
+    if let Err(kind) = drive(&o, &sh, s, buf, &mut r, &wl).await {
         *r.errors.entry(kind).or_default() += 1;
     }
     r
@@ -366,19 +708,25 @@ async fn drive(
     mut s: TcpStream,
     mut buf: BytesMut,
     r: &mut ConnResult,
+    wl: &Workload,
 ) -> std::result::Result<(), &'static str> {
-    // The payload is fixed per connection, so the masked frame is built once and the
-    // same bytes are written for every message (a fixed mask key per connection is
-    // valid RFC 6455 framing; the server still unmasks every byte).
-    let payload: Vec<u8> = (0..o.size).map(|i| b'a' + (i % 26) as u8).collect();
-    let wire: Vec<u8> = if o.raw { payload.clone() } else { client_frame(true, if o.text { OP_TEXT } else { OP_BIN }, &payload) };
+    // The payloads and masked frames were built once (see Workload) and the same bytes
+    // are written for every pass of the cycle (a fixed mask key per frame is valid
+    // RFC 6455 framing; the server still unmasks every byte). Echoes come back in order,
+    // so echo n is compared with plaintext n of the cycle.
+    let k = wl.plain.len();
+    let (mut send_i, mut recv_i) = (0usize, 0usize);
+    let deflate = wl.pmd.is_some();
+    let mut infl = wl.pmd.as_ref().map(Inflater::new);
+    let mut zmsg: Vec<u8> = Vec::new(); // compressed fragments of the current message
+    let mut cur_wire = 0usize; // wire bytes of the echo being received
     let want_op = if o.text { OP_TEXT } else { OP_BIN };
 
     let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(o.inflight);
     let mut to_send = o.inflight; // messages we still owe the loop
     let mut woff = 0usize; // bytes of the current message already written
     let mut raw_pending = 0usize; // raw mode: echoed bytes of the current message
-    let mut frag: Option<(u8, usize)> = None; // (opcode, bytes) of a fragmented message
+    let mut frag: Option<(u8, bool, usize)> = None; // (opcode, compressed, bytes) of a fragmented message
     let mut stopping = false;
     // Long-lived futures, created once (select! re-evaluates branch expressions on
     // every iteration, so building timers inside it would cost a timer per message).
@@ -406,6 +754,7 @@ async fn drive(
             break;
         }
         let writing = to_send > 0;
+        let wire = &wl.wire[send_i];
         tokio::select! {
             biased;
             res = rd.read_buf(&mut buf) => {
@@ -417,10 +766,12 @@ async fn drive(
                 let now = Instant::now();
                 let measuring = sh.phase.load(Ordering::Relaxed) == PH_MEASURE;
                 let mut done = 0usize;
+                let mut done_wire = 0usize;
                 if o.raw {
                     let mut n = buf.len();
                     // verify and consume
                     while n > 0 {
+                        let payload = &wl.plain[(recv_i + done) % k];
                         let take = (o.size - raw_pending).min(n);
                         if buf[..take] != payload[raw_pending..raw_pending + take] {
                             return Err("mismatch");
@@ -431,11 +782,12 @@ async fn drive(
                         if raw_pending == o.size {
                             raw_pending = 0;
                             done += 1;
+                            done_wire += o.size;
                         }
                     }
                 } else {
                     loop {
-                        let f = match parse_frame(&mut buf) {
+                        let f = match parse_frame_ext(&mut buf, deflate) {
                             Ok(Some(f)) => f,
                             Ok(None) => break,
                             Err(_) => return Err("protocol"),
@@ -443,24 +795,56 @@ async fn drive(
                         match f.opcode {
                             OP_TEXT | OP_BIN if frag.is_none() => {
                                 if f.opcode != want_op { return Err("mismatch"); }
+                                cur_wire += f.wire_len;
+                                let expect = &wl.plain[(recv_i + done) % k];
                                 if f.fin {
-                                    if f.payload[..] != payload[..] { return Err("mismatch"); }
+                                    let ok = if f.rsv1 {
+                                        match infl.as_mut().unwrap().inflate(&[&f.payload], expect.len()) {
+                                            Ok(d) => d == &expect[..],
+                                            Err(_) => return Err("inflate"),
+                                        }
+                                    } else {
+                                        f.payload[..] == expect[..]
+                                    };
+                                    if !ok { return Err("mismatch"); }
                                     done += 1;
+                                    done_wire += std::mem::take(&mut cur_wire);
+                                } else if f.rsv1 {
+                                    zmsg.clear();
+                                    zmsg.extend_from_slice(&f.payload);
+                                    frag = Some((f.opcode, true, 0));
                                 } else {
-                                    if f.payload[..] != payload[..f.payload.len().min(o.size)] { return Err("mismatch"); }
-                                    frag = Some((f.opcode, f.payload.len()));
+                                    if f.payload[..] != expect[..f.payload.len().min(expect.len())] { return Err("mismatch"); }
+                                    frag = Some((f.opcode, false, f.payload.len()));
                                 }
                             }
                             OP_CONT if frag.is_some() => {
-                                let (op, got) = frag.unwrap();
-                                let end = got + f.payload.len();
-                                if end > o.size || f.payload[..] != payload[got..end] { return Err("mismatch"); }
-                                if f.fin {
-                                    if end != o.size { return Err("mismatch"); }
-                                    frag = None;
-                                    done += 1;
+                                cur_wire += f.wire_len;
+                                let (op, z, got) = frag.unwrap();
+                                let expect = &wl.plain[(recv_i + done) % k];
+                                if z {
+                                    zmsg.extend_from_slice(&f.payload);
+                                    if f.fin {
+                                        match infl.as_mut().unwrap().inflate(&[&zmsg], expect.len()) {
+                                            Ok(d) if d == &expect[..] => {}
+                                            Ok(_) => return Err("mismatch"),
+                                            Err(_) => return Err("inflate"),
+                                        }
+                                        frag = None;
+                                        done += 1;
+                                        done_wire += std::mem::take(&mut cur_wire);
+                                    }
                                 } else {
-                                    frag = Some((op, end));
+                                    let end = got + f.payload.len();
+                                    if end > expect.len() || f.payload[..] != expect[got..end] { return Err("mismatch"); }
+                                    if f.fin {
+                                        if end != expect.len() { return Err("mismatch"); }
+                                        frag = None;
+                                        done += 1;
+                                        done_wire += std::mem::take(&mut cur_wire);
+                                    } else {
+                                        frag = Some((op, false, end));
+                                    }
                                 }
                             }
                             OP_PING => {
@@ -474,6 +858,10 @@ async fn drive(
                             _ => return Err("protocol"),
                         }
                     }
+                }
+                recv_i = (recv_i + done) % k;
+                if measuring {
+                    r.rx_wire += done_wire as u64;
                 }
                 for _ in 0..done {
                     let Some(t0) = sent_at.pop_front() else { return Err("unsolicited") };
@@ -499,6 +887,7 @@ async fn drive(
                         if woff == wire.len() {
                             woff = 0;
                             to_send -= 1;
+                            send_i = (send_i + 1) % k;
                         }
                     }
                 }
@@ -525,7 +914,7 @@ async fn drive(
     }
     let res = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
-            match parse_frame(&mut buf) {
+            match parse_frame_ext(&mut buf, deflate) {
                 Ok(Some(f)) if f.opcode == OP_CLOSE => return Ok(()),
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
@@ -633,10 +1022,21 @@ fn vm_rss_kb(pid: u32) -> Result<u64> {
 async fn load(o: Arc<Opts>) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sh = Arc::new(Shared { phase: AtomicU8::new(PH_WARMUP), stop_rx, connected: AtomicU64::new(0), failed: AtomicU64::new(0) });
+    // One probe connection first: it fails fast with a clear message (server down, bad
+    // handshake, permessage-deflate declined) and tells what the server negotiates.
+    let pmd = if o.raw {
+        None
+    } else {
+        let (s, _, pmd) = connect(&o, false).await.map_err(|(k, e)| anyhow!("probe connection: {k}: {e:#}"))?;
+        drop(s);
+        pmd
+    };
+    let wl = Arc::new(build_workload(&o, pmd)?);
+    let tx_wire_per_msg = wl.wire.iter().map(|w| w.len()).sum::<usize>() as f64 / wl.wire.len() as f64;
     let t_start = Instant::now();
     let mut handles = Vec::with_capacity(o.conns);
     for _ in 0..o.conns {
-        handles.push(tokio::spawn(run_conn(o.clone(), sh.clone())));
+        handles.push(tokio::spawn(run_conn(o.clone(), sh.clone(), wl.clone())));
     }
     // wait until every connection is up (or failed), at most 15 s
     let up_deadline = Instant::now() + Duration::from_secs(15);
@@ -666,13 +1066,14 @@ async fn load(o: Arc<Opts>) -> Result<()> {
     let self1 = self_cpu_ns();
 
     let mut hist = new_hist();
-    let (mut msgs, mut bytes) = (0u64, 0u64);
+    let (mut msgs, mut bytes, mut rx_wire) = (0u64, 0u64, 0u64);
     let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
     for h in handles {
         let r = h.await?;
         hist.add(&r.hist)?;
         msgs += r.msgs;
         bytes += r.bytes;
+        rx_wire += r.rx_wire;
         for (k, v) in r.errors {
             *errors.entry(k).or_default() += v;
         }
@@ -688,13 +1089,20 @@ async fn load(o: Arc<Opts>) -> Result<()> {
     let server_util = server_cpu_ns.map(|c| c as f64 / 1e9 / window);
     let self_util = (self1.saturating_sub(self0)) as f64 / 1e9 / window;
     let err_total: u64 = errors.values().sum();
-    // What one echo costs the server in written bytes: payload + unmasked frame header.
-    let echo_wire = o.size as u64 + if o.raw { 0 } else if o.size < 126 { 2 } else if o.size <= 0xFFFF { 4 } else { 10 };
+    // What one echo costs the server in written bytes: as received by us (headers +
+    // payloads, compressed or not), averaged over the measured echoes; without echoes,
+    // the uncompressed frame size.
+    let echo_wire = if msgs > 0 {
+        rx_wire as f64 / msgs as f64
+    } else {
+        (o.size as u64 + if o.raw { 0 } else if o.size < 126 { 2 } else if o.size <= 0xFFFF { 4 } else { 10 }) as f64
+    };
     let server_tx = match (sent0, sent1) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    let server_echoes = server_tx.map(|b| b as f64 / echo_wire as f64);
+    let server_echoes = server_tx.map(|b| b as f64 / echo_wire);
+    let pmd_desc = wl.pmd.as_ref().map(|p| p.describe());
 
     if o.json {
         let errs: Vec<String> = errors.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
@@ -708,6 +1116,7 @@ async fn load(o: Arc<Opts>) -> Result<()> {
              \"mb_per_s\":{:.4},\"lat_us\":{{\"min\":{:.2},\"p50\":{:.2},\"p90\":{:.2},\"p99\":{:.2},\"p999\":{:.2},\"max\":{:.2},\"mean\":{:.2}}},\
              \"server_pid\":{},\"server_cpu_ms\":{},\"server_cpu_us_per_msg\":{},\"server_cpu_util\":{},\"loadgen_cpu_util\":{:.4},\
              \"server_tx_bytes\":{},\"server_echoes_by_ss\":{},\
+             \"compression\":{},\"pmd\":{},\"payload\":\"{}\",\"cycle_msgs\":{},\"tx_wire_bytes_per_msg\":{:.2},\"rx_wire_bytes_per_msg\":{:.2},\
              \"errors_total\":{},\"errors\":{{{}}}}}",
             if o.raw { "raw" } else { "ws" }, o.host, o.port, o.conns, o.inflight, o.size,
             if o.raw { "raw" } else if o.text { "text" } else { "binary" },
@@ -716,12 +1125,16 @@ async fn load(o: Arc<Opts>) -> Result<()> {
             o.server_pid.map(|p| p.to_string()).unwrap_or("null".into()),
             num(server_cpu_ns.map(|c| c as f64 / 1e6)), num(cpu_per_msg), num(server_util), self_util,
             server_tx.map(|b| b.to_string()).unwrap_or("null".into()), num(server_echoes),
+            wl.pmd.is_some(), pmd_desc.as_ref().map(|d| format!("\"{d}\"")).unwrap_or("null".into()),
+            if o.json_payload { "json" } else { "alpha" }, wl.plain.len(), tx_wire_per_msg, echo_wire,
             err_total, errs.join(",")
         );
     } else {
         println!("target      {}:{}{} ({})", o.host, o.port, if o.raw { "" } else { &o.path }, if o.raw { "raw TCP" } else if o.text { "ws text" } else { "ws binary" });
         println!("load        {} conns x {} inflight, {} B, warmup {} s, window {:.3} s, {} thread(s)", o.conns, o.inflight, o.size, o.warmup, window, o.threads);
         println!("connected   {}/{} in {:.3} s", sh.connected.load(Ordering::Relaxed), o.conns, connect_secs);
+        println!("payload     {} ({} distinct messages in the cycle); {}", if o.json_payload { "json" } else { "alpha" }, wl.plain.len(), pmd_desc.as_deref().unwrap_or("no compression"));
+        println!("wire        {:.1} B/msg client->server, {:.1} B/msg server->client (payload {} B)", tx_wire_per_msg, echo_wire, o.size);
         println!("throughput  {:.0} msgs/s, {:.2} MB/s ({} echoes)", rate, mbps, msgs);
         println!("latency us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}", us(0.5), us(0.9), us(0.99), us(0.999), hist.max() as f64 / 1000.0);
         if let (Some(c), Some(u), Some(pm)) = (server_cpu_ns, server_util, cpu_per_msg) {
@@ -738,23 +1151,52 @@ async fn load(o: Arc<Opts>) -> Result<()> {
 
 async fn idle(o: Arc<Opts>, n: usize) -> Result<()> {
     let pid = o.server_pid.unwrap();
+    // With --compression, each connection sends ONE compressible message (default 2048 B
+    // of the json payload: above ws's 1024 B threshold, so the server compresses its reply
+    // too) and both of the server's deflate contexts exist while the connection idles.
+    let size = if o.compression && !o.size_given { 2048 } else if o.compression || o.size_given { o.size } else { 10 };
+    let expect_pmd = if o.compression {
+        let (s, _, pmd) = connect(&o, false).await.map_err(|(k, e)| anyhow!("probe connection: {k}: {e:#}"))?;
+        drop(s);
+        pmd
+    } else {
+        None
+    };
     let rss0 = vm_rss_kb(pid)?;
     let mut conns = Vec::with_capacity(n);
     let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut compressed_replies = 0u64;
     // open in batches of 256 so the listen backlog never overflows
-    let msg = client_frame(true, OP_BIN, b"idle-check");
     for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
         let mut hs = Vec::new();
-        for _ in chunk {
+        for &i in chunk {
             let o = o.clone();
-            let msg = msg.clone();
+            let expect_pmd = expect_pmd.clone();
             hs.push(tokio::spawn(async move {
-                let (mut s, mut buf) = connect(&o, false).await.map_err(|(k, _)| k)?;
+                let (mut s, mut buf, pmd) = connect(&o, false).await.map_err(|(k, _)| k)?;
+                if pmd != expect_pmd {
+                    return Err("negotiation");
+                }
+                let plain: Vec<u8> = if o.compression { json_payload(size, i as u64) } else { b"idle-check".to_vec() };
+                let msg = match &pmd {
+                    Some(p) if p.client_compresses() => {
+                        let z = Deflater::new(p).compress(&plain).map_err(|_| "deflate")?;
+                        client_frame_rsv1(true, true, OP_BIN, &z)
+                    }
+                    _ => client_frame(true, OP_BIN, &plain),
+                };
                 // one echo so the server-side connection is fully set up and has read once
                 s.write_all(&msg).await.map_err(|_| "io_write")?;
+                let mut infl = pmd.as_ref().map(Inflater::new);
                 loop {
-                    match parse_frame(&mut buf) {
-                        Ok(Some(f)) if f.opcode == OP_BIN && &f.payload[..] == b"idle-check" => break,
+                    match parse_frame_ext(&mut buf, pmd.is_some()) {
+                        Ok(Some(f)) if f.opcode == OP_BIN && f.fin && f.rsv1 => {
+                            match infl.as_mut().unwrap().inflate(&[&f.payload], plain.len()) {
+                                Ok(d) if d == &plain[..] => return Ok::<_, &'static str>((s, true)),
+                                _ => return Err("mismatch"),
+                            }
+                        }
+                        Ok(Some(f)) if f.opcode == OP_BIN && f.fin && f.payload[..] == plain[..] => return Ok((s, false)),
                         Ok(Some(_)) | Err(_) => return Err("protocol"),
                         Ok(None) => {}
                     }
@@ -762,12 +1204,14 @@ async fn idle(o: Arc<Opts>, n: usize) -> Result<()> {
                         return Err("eof");
                     }
                 }
-                Ok::<_, &'static str>(s)
             }));
         }
         for h in hs {
             match h.await? {
-                Ok(s) => conns.push(s),
+                Ok((s, z)) => {
+                    compressed_replies += z as u64;
+                    conns.push(s)
+                }
                 Err(k) => *errors.entry(k).or_default() += 1,
             }
         }
@@ -777,14 +1221,20 @@ async fn idle(o: Arc<Opts>, n: usize) -> Result<()> {
     let open = conns.len();
     let per = if open == 0 { f64::NAN } else { (rss1 as f64 - rss0 as f64) / open as f64 };
     drop(conns);
+    let pmd_desc = expect_pmd.as_ref().map(|p| p.describe());
     if o.json {
         let errs: Vec<String> = errors.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
         println!(
-            "{{\"mode\":\"idle\",\"connections\":{n},\"open\":{open},\"hold_s\":{},\"rss_before_kb\":{rss0},\"rss_after_kb\":{rss1},\"kb_per_conn\":{:.3},\"errors\":{{{}}}}}",
-            o.hold, per, errs.join(",")
+            "{{\"mode\":\"idle\",\"connections\":{n},\"open\":{open},\"hold_s\":{},\"rss_before_kb\":{rss0},\"rss_after_kb\":{rss1},\"kb_per_conn\":{:.3},\
+             \"compression\":{},\"pmd\":{},\"msg_size\":{},\"compressed_replies\":{},\"errors\":{{{}}}}}",
+            o.hold, per, expect_pmd.is_some(), pmd_desc.as_ref().map(|d| format!("\"{d}\"")).unwrap_or("null".into()),
+            if o.compression { size } else { 10 }, compressed_replies, errs.join(",")
         );
     } else {
         println!("idle        {open}/{n} WebSocket connections held {} s", o.hold);
+        if let Some(d) = &pmd_desc {
+            println!("compression {d}; one {size} B json message each, {compressed_replies} replies came back compressed");
+        }
         println!("server rss  {rss0} kB before, {rss1} kB after -> {per:.2} KB per idle connection");
         println!("errors      {errors:?}");
     }
@@ -793,11 +1243,19 @@ async fn idle(o: Arc<Opts>, n: usize) -> Result<()> {
 
 /// Quick conformance smoke test: does the server do what the harness assumes?
 async fn selftest(o: Arc<Opts>) -> Result<()> {
-    let (mut s, mut buf) = connect(&o, false).await.map_err(|(k, e)| anyhow!("{k}: {e}"))?;
-    async fn next(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame> {
+    let (mut s, mut buf, pmd) = connect(&o, false).await.map_err(|(k, e)| anyhow!("{k}: {e:#}"))?;
+    let deflate = pmd.is_some();
+    let mut infl = pmd.as_ref().map(Inflater::new);
+    if o.compression {
+        match &pmd {
+            Some(p) => println!("ok   permessage-deflate negotiated: {}", p.describe()),
+            None => println!("note server declined permessage-deflate (--compression-optional): compressed cases skipped"),
+        }
+    }
+    async fn next(s: &mut TcpStream, buf: &mut BytesMut, deflate: bool) -> Result<Frame> {
         tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                if let Some(f) = parse_frame(buf)? {
+                if let Some(f) = parse_frame_ext(buf, deflate)? {
                     return Ok(f);
                 }
                 if s.read_buf(buf).await? == 0 {
@@ -808,19 +1266,23 @@ async fn selftest(o: Arc<Opts>) -> Result<()> {
         .await
         .map_err(|_| anyhow!("timeout waiting for a frame"))?
     }
-    async fn message(s: &mut TcpStream, buf: &mut BytesMut) -> Result<(u8, Vec<u8>)> {
-        let f = next(s, buf).await?;
-        let (op, mut data) = (f.opcode, f.payload.to_vec());
+    /// Next data message (inflated if it came compressed) and whether it was compressed.
+    async fn message_z(s: &mut TcpStream, buf: &mut BytesMut, infl: &mut Option<Inflater>) -> Result<(u8, Vec<u8>, bool)> {
+        let f = next(s, buf, infl.is_some()).await?;
+        let (op, mut data, z) = (f.opcode, f.payload.to_vec(), f.rsv1);
         let mut fin = f.fin;
         while !fin {
-            let c = next(s, buf).await?;
+            let c = next(s, buf, infl.is_some()).await?;
             if c.opcode != OP_CONT {
                 bail!("expected continuation, got opcode {}", c.opcode);
             }
             data.extend_from_slice(&c.payload);
             fin = c.fin;
         }
-        Ok((op, data))
+        if z {
+            data = infl.as_mut().unwrap().inflate(&[&data], 64 << 20)?.to_vec();
+        }
+        Ok((op, data, z))
     }
     let check = |name: &str, ok: bool, detail: String| {
         println!("{} {name}{}", if ok { "ok  " } else { "FAIL" }, if ok { String::new() } else { format!(": {detail}") });
@@ -829,11 +1291,11 @@ async fn selftest(o: Arc<Opts>) -> Result<()> {
     let mut all = true;
 
     s.write_all(&client_frame(true, OP_TEXT, "héllo".as_bytes())).await?;
-    let (op, d) = message(&mut s, &mut buf).await?;
+    let (op, d, _) = message_z(&mut s, &mut buf, &mut infl).await?;
     all &= check("text echo", op == OP_TEXT && d == "héllo".as_bytes(), format!("op {op} {d:?}"));
 
     s.write_all(&client_frame(true, OP_BIN, &[0, 1, 2, 255])).await?;
-    let (op, d) = message(&mut s, &mut buf).await?;
+    let (op, d, _) = message_z(&mut s, &mut buf, &mut infl).await?;
     all &= check("binary echo", op == OP_BIN && d == [0, 1, 2, 255], format!("op {op} {d:?}"));
 
     let mut w = client_frame(false, OP_TEXT, b"frag");
@@ -841,22 +1303,74 @@ async fn selftest(o: Arc<Opts>) -> Result<()> {
     w.extend(client_frame(false, OP_CONT, b"men"));
     w.extend(client_frame(true, OP_CONT, b"ted"));
     s.write_all(&w).await?;
-    let f = next(&mut s, &mut buf).await?;
+    let f = next(&mut s, &mut buf, deflate).await?;
     all &= check("ping inside fragmented message -> pong", f.opcode == OP_PONG && &f.payload[..] == b"mid", format!("op {}", f.opcode));
-    let (op, d) = message(&mut s, &mut buf).await?;
+    let (op, d, _) = message_z(&mut s, &mut buf, &mut infl).await?;
     all &= check("fragmented message reassembled", op == OP_TEXT && d == b"fragmented", format!("op {op} {:?}", String::from_utf8_lossy(&d)));
 
     let big: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7) as u8).collect();
     s.write_all(&client_frame(true, OP_BIN, &big)).await?;
-    let (op, d) = message(&mut s, &mut buf).await?;
+    let (op, d, _) = message_z(&mut s, &mut buf, &mut infl).await?;
     all &= check("1 MiB binary echo", op == OP_BIN && d == big, format!("op {op} len {}", d.len()));
 
     s.write_all(&client_frame(true, OP_PING, b"p")).await?;
-    let f = next(&mut s, &mut buf).await?;
+    let f = next(&mut s, &mut buf, deflate).await?;
     all &= check("ping -> pong", f.opcode == OP_PONG && &f.payload[..] == b"p", format!("op {}", f.opcode));
 
+    if let Some(p) = &pmd {
+        // Compressed cases, on the same connection (so context takeover is exercised).
+        let mut defl = Deflater::new(p);
+        let zc = p.client_compresses();
+        if !zc {
+            println!("note client_max_window_bits=8: zlib cannot deflate with an 8-bit window, so these are sent uncompressed");
+        }
+        let mut server_compressed = 0;
+        let cases: [(&str, u8, Vec<u8>); 4] = [
+            ("compressed text echo (300 B json)", OP_TEXT, json_payload(300, 1)),
+            ("compressed binary echo (64 KiB json)", OP_BIN, json_payload(65536, 2)),
+            ("compressed echo of the same 64 KiB again (context takeover)", OP_BIN, json_payload(65536, 2)),
+            ("compressed 1 MiB json echo", OP_BIN, json_payload(1 << 20, 3)),
+        ];
+        for (name, op0, plain) in cases {
+            let w = if zc { client_frame_rsv1(true, true, op0, &defl.compress(&plain)?) } else { client_frame(true, op0, &plain) };
+            s.write_all(&w).await?;
+            let (op, d, z) = message_z(&mut s, &mut buf, &mut infl).await?;
+            server_compressed += z as usize;
+            all &= check(name, op == op0 && d == plain, format!("op {op} len {} (want {})", d.len(), plain.len()));
+        }
+        // A compressed message split over three frames: RSV1 on the first frame only.
+        let plain = json_payload(5000, 4);
+        if zc {
+            let z = defl.compress(&plain)?;
+            let (a, b) = (z.len() / 3, 2 * z.len() / 3);
+            let mut w = client_frame_rsv1(false, true, OP_TEXT, &z[..a]);
+            w.extend(client_frame(true, OP_PING, b"zmid"));
+            w.extend(client_frame(false, OP_CONT, &z[a..b]));
+            w.extend(client_frame(true, OP_CONT, &z[b..]));
+            s.write_all(&w).await?;
+            let f = next(&mut s, &mut buf, deflate).await?;
+            all &= check("ping inside compressed fragmented message -> pong", f.opcode == OP_PONG && &f.payload[..] == b"zmid", format!("op {}", f.opcode));
+            let (op, d, z) = message_z(&mut s, &mut buf, &mut infl).await?;
+            server_compressed += z as usize;
+            all &= check("compressed fragmented message (RSV1 on first frame)", op == OP_TEXT && d == plain, format!("op {op} len {}", d.len()));
+        }
+        // An uncompressed message on a deflate connection (RSV1 clear) is legal too.
+        s.write_all(&client_frame(true, OP_BIN, &plain)).await?;
+        let (op, d, z) = message_z(&mut s, &mut buf, &mut infl).await?;
+        server_compressed += z as usize;
+        all &= check("uncompressed message on a deflate connection", op == OP_BIN && d == plain, format!("op {op} len {}", d.len()));
+        // one more compressed message after that, to check both contexts are still in step
+        let plain = json_payload(2048, 5);
+        let w = if zc { client_frame_rsv1(true, true, OP_BIN, &defl.compress(&plain)?) } else { client_frame(true, OP_BIN, &plain) };
+        s.write_all(&w).await?;
+        let (op, d, z) = message_z(&mut s, &mut buf, &mut infl).await?;
+        server_compressed += z as usize;
+        all &= check("compressed echo after an uncompressed one", op == OP_BIN && d == plain, format!("op {op} len {}", d.len()));
+        println!("note {server_compressed} of the server's replies to these came back compressed (RSV1)");
+    }
+
     s.write_all(&client_frame(true, OP_CLOSE, &1000u16.to_be_bytes())).await?;
-    let f = next(&mut s, &mut buf).await?;
+    let f = next(&mut s, &mut buf, deflate).await?;
     all &= check("close answered", f.opcode == OP_CLOSE, format!("op {}", f.opcode));
 
     if !all {
