@@ -35,6 +35,14 @@ pub struct EchoArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     protocols: Vec<String>,
 
+    /// PEM certificate chain: serve wss:// (TLS, rustls). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     compression: CompressionArgs,
 }
@@ -55,10 +63,12 @@ pub struct CompressionArgs {
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub compression_threshold: usize,
 
-    /// Compress every outgoing message with a fresh context: no compressor held per
-    /// connection, and a broadcast is compressed once for all its receivers.
+    /// Keep the compression context between outgoing messages (better ratio for streams of
+    /// similar messages, but about 256 KiB of zlib state per connection). Off by default:
+    /// the server answers server_no_context_takeover, compresses with a per-thread shared
+    /// stream, and holds no compressor per connection.
     #[arg(long)]
-    pub server_no_context_takeover: bool,
+    pub server_context_takeover: bool,
 
     /// Require clients to compress every message with a fresh context: no decompressor
     /// held per connection.
@@ -70,8 +80,9 @@ pub struct CompressionArgs {
           value_parser = clap::value_parser!(u8).range(8..=15))]
     pub server_max_window_bits: u8,
 
-    /// Largest window clients may compress with, when they let the server choose.
-    #[arg(long, default_value_t = 15, value_name = "8-15",
+    /// Largest window clients may compress with, when they let the server choose (browsers
+    /// do). 12 (4 KiB) keeps the per-connection inflate state small; 15 is zlib's maximum.
+    #[arg(long, default_value_t = 12, value_name = "8-15",
           value_parser = clap::value_parser!(u8).range(8..=15))]
     pub client_max_window_bits: u8,
 }
@@ -83,7 +94,7 @@ impl CompressionArgs {
             tidewire::DeflateConfig::default()
                 .level(self.compression_level)
                 .threshold(self.compression_threshold)
-                .server_no_context_takeover(self.server_no_context_takeover)
+                .server_no_context_takeover(!self.server_context_takeover)
                 .client_no_context_takeover(self.client_no_context_takeover)
                 .server_max_window_bits(self.server_max_window_bits)
                 .client_max_window_bits(self.client_max_window_bits)
@@ -119,11 +130,24 @@ async fn serve(args: EchoArgs) -> Result<()> {
         .options(options)
         .protocols(args.protocols)
         .compression(args.compression.policy());
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = std::fs::read(cert)
+                .with_context(|| format!("cannot read {} (--tls-cert)", cert.display()))?;
+            let key_pem = std::fs::read(key)
+                .with_context(|| format!("cannot read {} (--tls-key)", key.display()))?;
+            let config = tidewire::server_config_from_pem(&cert_pem, &key_pem)
+                .context("invalid certificate or key (--tls-cert, --tls-key)")?;
+            Some(tidewire::tokio_rustls::TlsAcceptor::from(config))
+        }
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let local = listener.local_addr()?;
-    println!("tidewire echo listening on ws://{local}/");
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    println!("tidewire echo listening on {scheme}://{local}/");
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -136,30 +160,44 @@ async fn serve(args: EchoArgs) -> Result<()> {
         };
         let _ = tcp.set_nodelay(true);
         let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut ws = match builder.accept(tcp).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    tracing::debug!(%peer, "handshake failed: {e}");
-                    return;
-                }
-            };
-            while let Some(msg) = ws.recv().await {
-                match msg {
-                    Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                        // Queued, not flushed: echoes of everything that arrived together
-                        // leave together when the stream next waits for input.
-                        if ws.feed(m).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                        break;
-                    }
-                }
+            match tls {
+                None => echo(&builder, tcp, peer).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => echo(&builder, stream, peer).await,
+                    Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                },
             }
         });
+    }
+}
+
+async fn echo<S>(builder: &ServerBuilder, io: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut ws = match builder.accept(io).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(%peer, "handshake failed: {e}");
+            return;
+        }
+    };
+    while let Some(msg) = ws.recv().await {
+        match msg {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                // Queued, not flushed: echoes of everything that arrived together leave
+                // together when the stream next waits for input.
+                if ws.feed(m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%peer, "connection ended: {e}");
+                break;
+            }
+        }
     }
 }

@@ -333,13 +333,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         if self.read_buf.capacity() == 0 {
             self.read_buf = pool::take();
         }
-        let want = READ_CHUNK.max(
-            self.conn
-                .payload_remaining(self.read_buf.len())
-                .min(MAX_READ),
-        );
-        if self.read_buf.capacity() - self.read_buf.len() < want / 2 {
-            self.read_buf.reserve(want);
+        let spare = self.read_buf.capacity() - self.read_buf.len();
+        let remaining = self.conn.payload_remaining(self.read_buf.len());
+        if remaining > 0 {
+            // Inside a frame: room for the rest of it (bounded), and no more. Growing a
+            // full buffer by a whole chunk for the last few bytes of a frame would copy it.
+            if spare < remaining.min(MAX_READ) {
+                self.read_buf.reserve(remaining.min(MAX_READ));
+            }
+        } else if spare < READ_CHUNK / 2 {
+            self.read_buf.reserve(READ_CHUNK);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
     }
