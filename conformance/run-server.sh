@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Autobahn fuzzingclient: tests the Tidewire SERVER (`tidewire echo --listen 127.0.0.1:9001`).
+# Autobahn fuzzingclient: tests the Tidewire SERVER (`tidewire echo --listen 127.0.0.1:9001 --compression`).
 # Report: conformance/reports/server/index.html (+ index.json). Exit code: summarize.py's.
 #
 # Options:
@@ -39,7 +39,8 @@ if [[ -z $TESTEE_CMD ]]; then
       || die "cargo build --release -p tidewire-cli failed: the testee (tidewire echo) could not be built"
   fi
   [[ -x $BIN ]] || die "testee binary $BIN not found; build it with: cargo build --release -p tidewire-cli"
-  TESTEE=("$BIN" echo --listen "127.0.0.1:$PORT")
+  # permessage-deflate on, as the 12.* and 13.* cases need; cases 1-10 run without it.
+  TESTEE=("$BIN" echo --listen "127.0.0.1:$PORT" --compression)
 else
   TESTEE=(bash -c "exec $TESTEE_CMD")
 fi
