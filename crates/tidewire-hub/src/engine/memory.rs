@@ -1,0 +1,806 @@
+//! The in-memory engine: every channel of one process behind one lock.
+//!
+//! A channel is its position (epoch, last offset), its history (a deque of the same
+//! `Arc<Event>`s that were broadcast), its presence map and a bounded
+//! `tokio::sync::broadcast` sender. Publishing, and subscribing with a history snapshot,
+//! happen under the same lock, which is what makes recovery gap-free and duplicate-free.
+//!
+//! A channel with no subscriber, no history and no presence is dropped, so memory follows
+//! what is in use; recreating it starts a new epoch. History is trimmed lazily, by count
+//! when publishing and by age whenever the channel is touched, or by [`MemoryEngine::sweep`].
+
+use super::{
+    check_json, ClientInfo, Engine, Error, ErrorKind, Event, EventKind, History, NamespaceConfig,
+    NamespaceOptions, Recovery, StreamPosition, Subscription,
+};
+use bytes::Bytes;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+/// Default for [`MemoryEngine::subscriber_buffer`].
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1024;
+
+/// Channels, history and presence in this process.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    namespaces: NamespaceConfig,
+    channels: Mutex<HashMap<Arc<str>, Channel>>,
+    buffer: usize,
+}
+
+#[derive(Debug)]
+struct Channel {
+    name: Arc<str>,
+    epoch: Arc<str>,
+    offset: u64,
+    /// Consecutive offsets, oldest first, with the time each was published.
+    history: VecDeque<(Instant, Arc<Event>)>,
+    presence: BTreeMap<String, ClientInfo>,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Channel {
+    fn new(name: Arc<str>, buffer: usize) -> Self {
+        Channel {
+            name,
+            epoch: new_epoch(),
+            offset: 0,
+            history: VecDeque::new(),
+            presence: BTreeMap::new(),
+            tx: broadcast::channel(buffer).0,
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.offset,
+            epoch: self.epoch.to_string(),
+        }
+    }
+
+    /// Drops publications beyond the namespace's count, or as old as its TTL.
+    fn trim(&mut self, options: &NamespaceOptions, now: Instant) {
+        while self.history.len() > options.history_size {
+            self.history.pop_front();
+        }
+        while let Some((at, _)) = self.history.front() {
+            if now.saturating_duration_since(*at) < options.history_ttl {
+                break;
+            }
+            self.history.pop_front();
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.tx.receiver_count() == 0 && self.history.is_empty() && self.presence.is_empty()
+    }
+
+    fn broadcast(&self, kind: EventKind) -> Arc<Event> {
+        let event = Arc::new(Event::new(self.name.clone(), kind));
+        // An error only means that nobody is subscribed.
+        let _ = self.tx.send(event.clone());
+        event
+    }
+
+    /// The publications after `since`, if history still has all of them.
+    fn recover(&self, since: &StreamPosition) -> Recovery {
+        if *since.epoch != *self.epoch || since.offset > self.offset {
+            return Recovery::Failed;
+        }
+        let missed = self.offset - since.offset;
+        if missed == 0 {
+            return Recovery::Recovered(Vec::new());
+        }
+        // History holds consecutive offsets ending at `self.offset`.
+        if (self.history.len() as u64) < missed {
+            return Recovery::Failed;
+        }
+        let skip = self.history.len() - missed as usize;
+        Recovery::Recovered(
+            self.history
+                .iter()
+                .skip(skip)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        )
+    }
+
+    fn join(&mut self, client: ClientInfo) {
+        if self.presence.contains_key(&client.client_id) {
+            return;
+        }
+        self.presence
+            .insert(client.client_id.clone(), client.clone());
+        self.broadcast(EventKind::Join(client));
+    }
+
+    fn leave(&mut self, client_id: &str) {
+        if let Some(client) = self.presence.remove(client_id) {
+            self.broadcast(EventKind::Leave(client));
+        }
+    }
+}
+
+/// A new epoch: 64 random bits as 16 hex digits, from the standard library's per-process
+/// random hash keys plus a counter.
+fn new_epoch() -> Arc<str> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    Arc::from(format!("{:016x}", h.finish()))
+}
+
+impl MemoryEngine {
+    /// An engine applying `namespaces`.
+    pub fn new(namespaces: NamespaceConfig) -> Self {
+        MemoryEngine {
+            namespaces,
+            channels: Mutex::new(HashMap::new()),
+            buffer: DEFAULT_SUBSCRIBER_BUFFER,
+        }
+    }
+
+    /// How many events a subscriber may fall behind before it gets [`Error::is_lagged`]
+    /// (and is dropped as a slow consumer by the connection layer). Default 1024; at
+    /// least 1.
+    pub fn subscriber_buffer(mut self, events: usize) -> Self {
+        self.buffer = events.max(1);
+        self
+    }
+
+    /// Number of channels held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no channel is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Trims every channel's history by age and drops the channels left idle. Call it
+    /// now and then (say every few seconds) to bound memory for channels nobody touches.
+    pub fn sweep(&self, now: Instant) {
+        let mut channels = self.lock();
+        channels.retain(|name, ch| match self.namespaces.for_channel(name) {
+            Some(options) => {
+                ch.trim(options, now);
+                !ch.is_idle()
+            }
+            None => false,
+        });
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Channel>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on `channel` (created if `create`, else skipped when absent) after
+    /// trimming its history, then drops the channel if it is left idle.
+    fn with_channel<R>(
+        &self,
+        channel: &str,
+        now: Instant,
+        create: bool,
+        f: impl FnOnce(&mut Channel, &NamespaceOptions) -> R,
+    ) -> Result<Option<R>, Error> {
+        let options = self.namespaces.check(channel)?;
+        let mut channels = self.lock();
+        let ch = match channels.get_mut(channel) {
+            Some(ch) => ch,
+            None if create => {
+                let name: Arc<str> = Arc::from(channel);
+                channels
+                    .entry(name.clone())
+                    .or_insert_with(|| Channel::new(name, self.buffer))
+            }
+            None => return Ok(None),
+        };
+        ch.trim(options, now);
+        let r = f(ch, options);
+        if ch.is_idle() {
+            channels.remove(channel);
+        }
+        Ok(Some(r))
+    }
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        MemoryEngine::new(NamespaceConfig::default())
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn namespaces(&self) -> &NamespaceConfig {
+        &self.namespaces
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        now: Instant,
+    ) -> Result<StreamPosition, Error> {
+        check_json(&data)?;
+        let position = self.with_channel(channel, now, true, |ch, options| {
+            ch.offset += 1;
+            let event = ch.broadcast(EventKind::Publication {
+                offset: ch.offset,
+                epoch: ch.epoch.clone(),
+                data,
+            });
+            ch.history.push_back((now, event));
+            ch.trim(options, now);
+            ch.position()
+        })?;
+        position.ok_or(Error::new(ErrorKind::Closed))
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+        client: ClientInfo,
+        since: Option<StreamPosition>,
+        now: Instant,
+    ) -> Result<Subscription, Error> {
+        let sub = self.with_channel(channel, now, true, |ch, options| {
+            // Snapshot and live receiver under the same lock as `publish`.
+            let recovery = match &since {
+                Some(since) => ch.recover(since),
+                None => Recovery::NotRequested,
+            };
+            let rx = ch.tx.subscribe();
+            let client_id = client.client_id.clone();
+            if options.presence {
+                ch.join(client);
+            }
+            Subscription::new(ch.name.clone(), client_id, ch.position(), recovery, rx)
+        })?;
+        sub.ok_or(Error::new(ErrorKind::Closed))
+    }
+
+    async fn unsubscribe(&self, subscription: Subscription, now: Instant) -> Result<(), Error> {
+        let Subscription {
+            channel,
+            client_id,
+            rx,
+            ..
+        } = subscription;
+        drop(rx);
+        self.with_channel(&channel, now, false, |ch, options| {
+            if options.presence {
+                ch.leave(&client_id);
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn history(&self, channel: &str, limit: usize, now: Instant) -> Result<History, Error> {
+        let history = self.with_channel(channel, now, false, |ch, _| {
+            let skip = ch.history.len().saturating_sub(limit);
+            History {
+                publications: ch
+                    .history
+                    .iter()
+                    .skip(skip)
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+                position: ch.position(),
+            }
+        })?;
+        Ok(history.unwrap_or(History {
+            publications: Vec::new(),
+            position: StreamPosition {
+                offset: 0,
+                epoch: String::new(),
+            },
+        }))
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, Error> {
+        let options = self.namespaces.check(channel)?;
+        if !options.presence {
+            return Err(Error::new(ErrorKind::NotAvailable));
+        }
+        Ok(self
+            .lock()
+            .get(channel)
+            .map(|ch| ch.presence.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn join(&self, channel: &str, client: ClientInfo) -> Result<(), Error> {
+        let options = self.namespaces.check(channel)?;
+        if !options.presence {
+            return Err(Error::new(ErrorKind::NotAvailable));
+        }
+        let mut channels = self.lock();
+        let ch = match channels.get_mut(channel) {
+            Some(ch) => ch,
+            None => {
+                let name: Arc<str> = Arc::from(channel);
+                channels
+                    .entry(name.clone())
+                    .or_insert_with(|| Channel::new(name, self.buffer))
+            }
+        };
+        ch.join(client);
+        Ok(())
+    }
+
+    async fn leave(&self, channel: &str, client_id: &str) -> Result<(), Error> {
+        let options = self.namespaces.check(channel)?;
+        if !options.presence {
+            return Err(Error::new(ErrorKind::NotAvailable));
+        }
+        let mut channels = self.lock();
+        if let Some(ch) = channels.get_mut(channel) {
+            ch.leave(client_id);
+            if ch.is_idle() {
+                channels.remove(channel);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn data(n: u64) -> Bytes {
+        Bytes::from(format!("{{\"n\":{n}}}"))
+    }
+
+    fn offsets(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().filter_map(|e| e.offset()).collect()
+    }
+
+    fn engine(options: NamespaceOptions) -> MemoryEngine {
+        MemoryEngine::new(NamespaceConfig::new().default_namespace(options))
+    }
+
+    #[tokio::test]
+    async fn offsets_strictly_increase_from_one() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let mut epoch = None;
+        for i in 1..=5 {
+            let pos = e.publish("news", data(i), t).await.unwrap();
+            assert_eq!(pos.offset, i);
+            assert_eq!(epoch.get_or_insert(pos.epoch.clone()), &pos.epoch);
+        }
+        let other = e.publish("sport", data(1), t).await.unwrap();
+        assert_eq!(other.offset, 1);
+        assert_ne!(Some(other.epoch), epoch);
+    }
+
+    #[tokio::test]
+    async fn invalid_input_is_refused() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let err = e
+            .publish("news", Bytes::from_static(b"{"), t)
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_data());
+        let err = e.publish("nope:x", data(1), t).await.unwrap_err();
+        assert!(err.is_unknown_namespace());
+        let err = e.history("", 10, t).await.unwrap_err();
+        assert!(err.is_invalid_channel());
+        assert!(e.is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_is_newest_k_oldest_first() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        for i in 1..=10 {
+            e.publish("news", data(i), t).await.unwrap();
+        }
+        let h = e.history("news", 3, t).await.unwrap();
+        assert_eq!(offsets(&h.publications), [8, 9, 10]);
+        assert_eq!(h.position.offset, 10);
+        assert!(h.publications[0].to_json().contains(r#""data":{"n":8}"#));
+        let all = e.history("news", 100, t).await.unwrap();
+        assert_eq!(offsets(&all.publications), (1..=10).collect::<Vec<_>>());
+        let none = e.history("news", 0, t).await.unwrap();
+        assert!(none.publications.is_empty());
+        assert_eq!(none.position, h.position);
+        let missing = e.history("empty", 5, t).await.unwrap();
+        assert_eq!(missing.position.offset, 0);
+        assert!(missing.publications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_trimmed_by_count() {
+        let e = engine(NamespaceOptions::default().history_size(4));
+        let t = Instant::now();
+        for i in 1..=10 {
+            e.publish("news", data(i), t).await.unwrap();
+        }
+        let h = e.history("news", 100, t).await.unwrap();
+        assert_eq!(offsets(&h.publications), [7, 8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn history_trimmed_by_ttl_and_channel_dropped() {
+        let e = engine(NamespaceOptions::default().history_ttl(Duration::from_secs(60)));
+        let t = Instant::now();
+        for i in 1..=3 {
+            e.publish("news", data(i), t + Duration::from_secs(10 * i))
+                .await
+                .unwrap();
+        }
+        // At t+75 s the publication of t+10 s is 65 s old; t+20 s is exactly 55 s old.
+        let h = e
+            .history("news", 100, t + Duration::from_secs(75))
+            .await
+            .unwrap();
+        assert_eq!(offsets(&h.publications), [2, 3]);
+        let h = e
+            .history("news", 100, t + Duration::from_secs(89))
+            .await
+            .unwrap();
+        assert_eq!(offsets(&h.publications), [3]);
+        // Nothing left and nobody subscribed: the channel goes, and comes back anew.
+        let h = e
+            .history("news", 100, t + Duration::from_secs(90))
+            .await
+            .unwrap();
+        assert!(h.publications.is_empty());
+        assert!(e.is_empty());
+        let again = e
+            .publish("news", data(4), t + Duration::from_secs(91))
+            .await
+            .unwrap();
+        assert_eq!(again.offset, 1);
+    }
+
+    #[tokio::test]
+    async fn sweep_trims_and_drops_idle_channels() {
+        let e = engine(NamespaceOptions::default().history_ttl(Duration::from_secs(1)));
+        let t = Instant::now();
+        e.publish("a", data(1), t).await.unwrap();
+        let sub = e
+            .subscribe("b", ClientInfo::new("c"), None, t)
+            .await
+            .unwrap();
+        e.publish("b", data(1), t).await.unwrap();
+        assert_eq!(e.len(), 2);
+        e.sweep(t + Duration::from_secs(5));
+        assert_eq!(e.len(), 1, "b has a subscriber");
+        e.unsubscribe(sub, t + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(e.is_empty());
+    }
+
+    #[tokio::test]
+    async fn subscriber_receives_live_publications() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let mut sub = e
+            .subscribe("news", ClientInfo::new("c"), None, t)
+            .await
+            .unwrap();
+        assert!(!sub.recovered());
+        assert!(matches!(sub.recovery(), Recovery::NotRequested));
+        assert_eq!(sub.position().offset, 0);
+        e.publish("news", data(1), t).await.unwrap();
+        let ev = sub.recv().await.unwrap();
+        assert_eq!(ev.offset(), Some(1));
+        assert_eq!(ev.channel(), "news");
+        assert!(sub.try_recv().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn recovery_succeeds_within_history() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let mut last = None;
+        for i in 1..=5 {
+            last = Some(e.publish("news", data(i), t).await.unwrap());
+        }
+        let last = last.unwrap();
+        let since = StreamPosition {
+            offset: 2,
+            epoch: last.epoch.clone(),
+        };
+        let mut sub = e
+            .subscribe("news", ClientInfo::new("c"), Some(since), t)
+            .await
+            .unwrap();
+        assert!(sub.recovered());
+        assert_eq!(offsets(&sub.take_recovered()), [3, 4, 5]);
+        assert_eq!(sub.position(), &last);
+        // Already up to date: recovered, nothing missed.
+        let sub = e
+            .subscribe("news", ClientInfo::new("d"), Some(last), t)
+            .await
+            .unwrap();
+        assert!(sub.recovered());
+        assert!(matches!(sub.recovery(), Recovery::Recovered(v) if v.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn recovery_fails_on_epoch_mismatch_or_trimmed_history() {
+        let e = engine(NamespaceOptions::default().history_size(3));
+        let t = Instant::now();
+        let mut last = None;
+        for i in 1..=10 {
+            last = Some(e.publish("news", data(i), t).await.unwrap());
+        }
+        let epoch = last.unwrap().epoch;
+        let client = || ClientInfo::new("c");
+        let at = |offset, epoch: &str| {
+            Some(StreamPosition {
+                offset,
+                epoch: epoch.to_owned(),
+            })
+        };
+        let sub = e
+            .subscribe("news", client(), at(8, "other"), t)
+            .await
+            .unwrap();
+        assert!(!sub.recovered());
+        assert!(matches!(sub.recovery(), Recovery::Failed));
+        // History holds 8..=10: from 7 on works, from 6 on does not.
+        let sub = e
+            .subscribe("news", client(), at(7, &epoch), t)
+            .await
+            .unwrap();
+        assert!(sub.recovered());
+        let sub = e
+            .subscribe("news", client(), at(6, &epoch), t)
+            .await
+            .unwrap();
+        assert!(!sub.recovered());
+        // A position from the future.
+        let sub = e
+            .subscribe("news", client(), at(11, &epoch), t)
+            .await
+            .unwrap();
+        assert!(!sub.recovered());
+        // Expired by TTL.
+        let later = t + Duration::from_secs(601);
+        let sub = e
+            .subscribe("news", client(), at(9, &epoch), later)
+            .await
+            .unwrap();
+        assert!(!sub.recovered());
+        assert_eq!(sub.position().offset, 10);
+    }
+
+    #[tokio::test]
+    async fn restarted_engine_has_new_epoch() {
+        let t = Instant::now();
+        let first = MemoryEngine::default();
+        let pos = first.publish("news", data(1), t).await.unwrap();
+        drop(first);
+        let second = MemoryEngine::default();
+        second.publish("news", data(1), t).await.unwrap();
+        let sub = second
+            .subscribe("news", ClientInfo::new("c"), Some(pos), t)
+            .await
+            .unwrap();
+        assert!(!sub.recovered());
+    }
+
+    /// Publishes 1..=N from another task while subscribing with `since` at varying moments:
+    /// the recovered publications followed by the live ones are exactly 1..=N.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_publish_recovery_has_no_gap_or_duplicate() {
+        const N: u64 = 2000;
+        let e = Arc::new(
+            engine(NamespaceOptions::default().history_size(N as usize))
+                .subscriber_buffer(N as usize),
+        );
+        for round in 0..20u64 {
+            let channel = format!("race{round}");
+            let t = Instant::now();
+            let first = e.publish(&channel, data(1), t).await.unwrap();
+            let published = Arc::new(AtomicU64::new(1));
+            let publisher = {
+                let e = e.clone();
+                let channel = channel.clone();
+                let published = published.clone();
+                tokio::spawn(async move {
+                    for i in 2..=N {
+                        e.publish(&channel, data(i), t).await.unwrap();
+                        published.store(i, Ordering::Relaxed);
+                        if i % 16 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            };
+            // Subscribe somewhere in the middle of the publisher's run.
+            while published.load(Ordering::Relaxed) < round * 90 {
+                tokio::task::yield_now().await;
+            }
+            let since = StreamPosition {
+                offset: 1,
+                epoch: first.epoch.clone(),
+            };
+            let mut sub = e
+                .subscribe(&channel, ClientInfo::new("c"), Some(since), t)
+                .await
+                .unwrap();
+            assert!(sub.recovered(), "round {round}");
+            let mut seen = offsets(&sub.take_recovered());
+            assert_eq!(seen.last().copied().unwrap_or(1), sub.position().offset);
+            while seen.last().copied().unwrap_or(1) < N {
+                let ev = sub.recv().await.unwrap();
+                seen.extend(ev.offset());
+            }
+            publisher.await.unwrap();
+            assert!(sub.try_recv().unwrap().is_none());
+            assert_eq!(seen, (2..=N).collect::<Vec<_>>(), "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resume_after_ten_thousand_publications() {
+        const N: u64 = 10_000;
+        let e = engine(NamespaceOptions::default().history_size(N as usize))
+            .subscriber_buffer(N as usize);
+        let t = Instant::now();
+        let mut sub = e
+            .subscribe("feed", ClientInfo::new("c"), None, t)
+            .await
+            .unwrap();
+        for i in 1..=N {
+            e.publish("feed", data(i), t).await.unwrap();
+        }
+        let mut last = None;
+        for i in 1..=4000 {
+            let ev = sub.recv().await.unwrap();
+            assert_eq!(ev.offset(), Some(i));
+            if let EventKind::Publication { offset, epoch, .. } = ev.kind() {
+                last = Some(StreamPosition {
+                    offset: *offset,
+                    epoch: epoch.to_string(),
+                });
+            }
+        }
+        e.unsubscribe(sub, t).await.unwrap();
+        let mut sub = e
+            .subscribe("feed", ClientInfo::new("c"), last, t)
+            .await
+            .unwrap();
+        assert!(sub.recovered());
+        assert_eq!(
+            offsets(&sub.take_recovered()),
+            (4001..=N).collect::<Vec<_>>()
+        );
+        e.publish("feed", data(N + 1), t).await.unwrap();
+        assert_eq!(sub.recv().await.unwrap().offset(), Some(N + 1));
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_gets_lag_error() {
+        let e = MemoryEngine::default().subscriber_buffer(2);
+        let t = Instant::now();
+        let mut slow = e
+            .subscribe("news", ClientInfo::new("c"), None, t)
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            e.publish("news", data(i), t).await.unwrap();
+        }
+        let err = slow.recv().await.unwrap_err();
+        assert!(err.is_lagged());
+        assert_eq!(err.lagged_by(), Some(3));
+        assert!(err.to_string().contains("slow consumer"));
+        let mut slow2 = e
+            .subscribe("news", ClientInfo::new("d"), None, t)
+            .await
+            .unwrap();
+        for i in 6..=9 {
+            e.publish("news", data(i), t).await.unwrap();
+        }
+        assert!(slow2.try_recv().unwrap_err().is_lagged());
+    }
+
+    #[tokio::test]
+    async fn presence_join_leave_events_and_listing() {
+        let config =
+            NamespaceConfig::new().namespace("chat", NamespaceOptions::default().presence(true));
+        let e = MemoryEngine::new(config);
+        let t = Instant::now();
+        let mut ann = ClientInfo::new("c1");
+        ann.user_id = Some("ann".into());
+        let mut a = e
+            .subscribe("chat:lobby", ann.clone(), None, t)
+            .await
+            .unwrap();
+        let b = e
+            .subscribe("chat:lobby", ClientInfo::new("c2"), None, t)
+            .await
+            .unwrap();
+
+        let ev = a.recv().await.unwrap();
+        assert_eq!(ev.kind(), &EventKind::Join(ann.clone()));
+        let ev = a.recv().await.unwrap();
+        assert_eq!(ev.kind(), &EventKind::Join(ClientInfo::new("c2")));
+        assert_eq!(
+            ev.to_json(),
+            r#"{"channel":"chat:lobby","join":{"client_id":"c2"}}"#
+        );
+
+        let members = e.presence("chat:lobby").await.unwrap();
+        assert_eq!(members, [ann.clone(), ClientInfo::new("c2")]);
+
+        e.unsubscribe(b, t).await.unwrap();
+        let ev = a.recv().await.unwrap();
+        assert_eq!(ev.kind(), &EventKind::Leave(ClientInfo::new("c2")));
+        assert_eq!(e.presence("chat:lobby").await.unwrap(), [ann.clone()]);
+
+        // Explicit join/leave; a second join of the same client is not an event.
+        e.join("chat:lobby", ClientInfo::new("c3")).await.unwrap();
+        e.join("chat:lobby", ClientInfo::new("c3")).await.unwrap();
+        e.leave("chat:lobby", "c3").await.unwrap();
+        e.leave("chat:lobby", "c3").await.unwrap();
+        assert!(
+            matches!(a.recv().await.unwrap().kind(), EventKind::Join(c) if c.client_id == "c3")
+        );
+        assert!(
+            matches!(a.recv().await.unwrap().kind(), EventKind::Leave(c) if c.client_id == "c3")
+        );
+        assert!(a.try_recv().unwrap().is_none());
+
+        // No offsets are spent on presence.
+        assert_eq!(e.publish("chat:lobby", data(1), t).await.unwrap().offset, 1);
+
+        e.unsubscribe(a, t).await.unwrap();
+        assert!(e.presence("chat:lobby").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn presence_off_by_default() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let mut sub = e
+            .subscribe("news", ClientInfo::new("c1"), None, t)
+            .await
+            .unwrap();
+        let _other = e
+            .subscribe("news", ClientInfo::new("c2"), None, t)
+            .await
+            .unwrap();
+        assert!(sub.try_recv().unwrap().is_none());
+        assert!(e.presence("news").await.unwrap_err().is_not_available());
+        assert!(e
+            .join("news", ClientInfo::new("c3"))
+            .await
+            .unwrap_err()
+            .is_not_available());
+    }
+
+    #[test]
+    fn epochs_differ() {
+        let a = new_epoch();
+        let b = new_epoch();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn futures_are_send() {
+        fn send<T: Send>(_: T) {}
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        send(e.publish("news", data(1), t));
+        send(e.subscribe("news", ClientInfo::new("c"), None, t));
+        send(e.history("news", 1, t));
+        send(e.presence("news"));
+    }
+}
