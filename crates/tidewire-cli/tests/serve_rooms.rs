@@ -1,29 +1,13 @@
 //! `tidewire serve` as a process: raw-room broadcast among three clients, the demo page,
 //! /healthz, 404, and graceful shutdown on SIGTERM (close 1001, exit 0).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use tidewire::{CloseCode, Message};
+mod common;
 
-fn start() -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tidewire serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .expect(&line);
-    (child, addr.parse().unwrap())
-}
+use common::spawn_serve;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use tidewire::{CloseCode, Message};
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -39,7 +23,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn rooms_broadcast_pages_and_graceful_shutdown() {
-    let (mut child, addr) = start();
+    let (mut child, addr) = spawn_serve(&[]);
     assert!(http_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
     let page = http_get(addr, "/");
     assert!(page.starts_with("HTTP/1.1 200") && page.contains("new WebSocket"));

@@ -6,6 +6,7 @@
 //! channel protocol, history, presence and auth build on the same router; [`engine`] holds
 //! their storage and fan-out (offsets, epochs, history, recovery, presence, namespaces).
 
+mod channels;
 pub mod engine;
 mod rooms;
 mod server;

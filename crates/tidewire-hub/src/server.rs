@@ -1,5 +1,6 @@
 //! The HTTP side of `tidewire serve`: routes, WebSocket endpoints, graceful shutdown.
 
+use crate::engine::{MemoryEngine, NamespaceConfig, NamespaceOptions};
 use crate::rooms::Rooms;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
@@ -61,6 +62,8 @@ pub struct Hub {
     next_id: AtomicU64,
     active: AtomicUsize,
     shutdown: watch::Receiver<bool>,
+    engine: Arc<MemoryEngine>,
+    channel_server: ServerBuilder,
 }
 
 impl Hub {
@@ -78,6 +81,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/rooms/{room}", get(room_upgrade))
+        .route("/ws", get(channel_upgrade))
         .fallback(|uri: Uri| async move {
             (
                 StatusCode::NOT_FOUND,
@@ -99,19 +103,67 @@ async fn room_upgrade(
         )
             .into_response();
     }
+    // Join before the 101 goes out: a message sent to the room right after the client's
+    // handshake completes must reach it. The membership leaves the room when dropped,
+    // whether or not the upgrade completes.
+    let (tx, rx) = hub.rooms.join(&room);
+    let membership = Membership {
+        hub: hub.clone(),
+        room,
+        rx: Some(rx),
+    };
     let hub2 = hub.clone();
     ws.server(hub.server.clone())
-        .on_upgrade(move |socket| room_member(hub2, room, socket))
+        .on_upgrade(move |socket| room_member(hub2, membership, tx, socket))
+}
+
+async fn channel_upgrade(
+    State(hub): State<Arc<Hub>>,
+    ws: WebSocketUpgrade,
+) -> axum::response::Response {
+    let hub2 = hub.clone();
+    ws.server(hub.channel_server.clone())
+        .on_upgrade(move |socket| async move {
+            let id = hub2.next_id.fetch_add(1, Ordering::Relaxed);
+            hub2.active.fetch_add(1, Ordering::Relaxed);
+            let client_id = format!("c-{id:x}");
+            crate::channels::serve_connection(
+                hub2.engine.clone(),
+                client_id,
+                socket,
+                hub2.shutdown.clone(),
+            )
+            .await;
+            hub2.active.fetch_sub(1, Ordering::Relaxed);
+        })
+}
+
+/// A room member's receiver; leaves the room when dropped.
+struct Membership {
+    hub: Arc<Hub>,
+    room: String,
+    rx: Option<broadcast::Receiver<crate::rooms::RoomMessage>>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.hub.rooms.leave(&self.room);
+    }
 }
 
 async fn room_member(
     hub: Arc<Hub>,
-    room: String,
+    mut membership: Membership,
+    tx: broadcast::Sender<crate::rooms::RoomMessage>,
     mut ws: tidewire::WebSocketStream<tidewire::upgrade::Upgraded>,
 ) {
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
     hub.active.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = hub.rooms.join(&room);
+    let room = membership.room.clone();
+    let Some(mut rx) = membership.rx.take() else {
+        return;
+    };
     let mut shutdown = hub.shutdown.clone();
     let echo = hub.config.echo_to_sender;
     loop {
@@ -150,7 +202,7 @@ async fn room_member(
         }
     }
     drop(rx);
-    hub.rooms.leave(&room);
+    drop(membership);
     hub.active.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -169,17 +221,30 @@ pub async fn serve(
     let options = Options::default()
         .limits(limits)
         .heartbeat(config.ping_interval, config.idle_timeout);
+    let namespaces =
+        NamespaceConfig::new().default_namespace(NamespaceOptions::default().presence(true));
+    let server = ServerBuilder::new()
+        .options(options)
+        .compression(config.compression);
     let hub = Arc::new(Hub {
         rooms: Rooms::new(config.room_buffer),
-        server: ServerBuilder::new()
-            .options(options)
-            .compression(config.compression),
+        channel_server: server.clone().protocols(["tidewire.v1"]),
+        server,
+        engine: Arc::new(MemoryEngine::new(namespaces)),
         config,
         next_id: AtomicU64::new(1),
         active: AtomicUsize::new(0),
         shutdown: stop_rx,
     });
-    println!("tidewire serve listening on http://{local}/ (rooms at ws://{local}/rooms/NAME)");
+    println!("tidewire serve listening on http://{local}/ (rooms at ws://{local}/rooms/NAME, channels at ws://{local}/ws)");
+    let sweeper = hub.engine.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            sweeper.sweep(std::time::Instant::now());
+        }
+    });
     let app = router(hub.clone());
     let signal = async move {
         shutdown.await;

@@ -167,3 +167,25 @@ pub fn good_roundtrip(addr: SocketAddr, text: &str) {
     s.write_all(&masked(8, &1000u16.to_be_bytes())).unwrap();
     expect_close(&mut s, 1000);
 }
+
+/// Starts `tidewire serve --listen 127.0.0.1:0 EXTRA...` and returns it with its address.
+pub fn spawn_serve(extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tidewire serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "tidewire serve listening on http://127.0.0.1:PORT/ (...)"
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect(&line);
+    (child, addr.parse().expect(&line))
+}

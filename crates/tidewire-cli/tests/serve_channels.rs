@@ -1,0 +1,200 @@
+//! The tidewire.v1 channel protocol (docs/protocol.md) against a real `tidewire serve`.
+
+mod common;
+
+use common::spawn_serve;
+use serde_json::{json, Value};
+use std::process::Child;
+use tidewire::{ClientBuilder, Message, WebSocketStream};
+
+type Ws = WebSocketStream<tidewire::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Serve(Child, String);
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start() -> Serve {
+    let (child, addr) = spawn_serve(&[]);
+    Serve(child, addr.to_string())
+}
+
+async fn client(addr: &str) -> Ws {
+    let (ws, resp) = ClientBuilder::new(format!("ws://{addr}/ws"))
+        .protocols(["tidewire.v1"])
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "tidewire.v1");
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match ws.recv().await.expect("stream ended").expect("error") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            _ => continue,
+        }
+    }
+}
+
+/// Sends a request and returns its reply, collecting pushed messages seen meanwhile.
+async fn request(ws: &mut Ws, req: Value, pushed: &mut Vec<Value>) -> Value {
+    let id = req["id"].clone();
+    ws.send(Message::text(req.to_string())).await.unwrap();
+    loop {
+        let v = next_json(ws).await;
+        if v.get("id") == Some(&id) {
+            return v;
+        }
+        pushed.push(v);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_publish_history_presence_and_errors() {
+    let srv = start();
+    let (mut a, mut b) = (client(&srv.1).await, client(&srv.1).await);
+    let mut pa = Vec::new();
+    let mut pb = Vec::new();
+    let r = request(
+        &mut a,
+        json!({"id": 1, "op": "subscribe", "channel": "news"}),
+        &mut pa,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = request(
+        &mut b,
+        json!({"id": 1, "op": "subscribe", "channel": "news"}),
+        &mut pb,
+    )
+    .await;
+    assert_eq!(r["ok"], true);
+    for i in 0..3 {
+        let r = request(
+            &mut b,
+            json!({"id": 10 + i, "op": "publish", "channel": "news", "data": {"n": i}}),
+            &mut pb,
+        )
+        .await;
+        assert_eq!(r["result"]["offset"], i + 1, "{r}");
+    }
+    // a receives the three publications in order (and presence joins).
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let v = if let Some(v) = pa.pop() {
+            v
+        } else {
+            next_json(&mut a).await
+        };
+        if v.get("offset").is_some() {
+            got.push(v["data"]["n"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(got, vec![0, 1, 2]);
+    let r = request(
+        &mut a,
+        json!({"id": 20, "op": "history", "channel": "news", "limit": 2}),
+        &mut pa,
+    )
+    .await;
+    let offs: Vec<_> = r["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].clone())
+        .collect();
+    assert_eq!(offs, vec![json!(2), json!(3)]);
+    let r = request(
+        &mut a,
+        json!({"id": 21, "op": "presence", "channel": "news"}),
+        &mut pa,
+    )
+    .await;
+    assert_eq!(r["result"]["clients"].as_array().unwrap().len(), 2, "{r}");
+    // Errors are answered and the connection stays up.
+    a.send(Message::text("{not json")).await.unwrap();
+    let r = next_json(&mut a).await;
+    assert_eq!(r["error"]["code"], 101, "{r}");
+    let r = request(&mut a, json!({"id": 22, "op": "nope"}), &mut pa).await;
+    assert_eq!(r["error"]["code"], 102);
+    let r = request(&mut a, json!({"id": 23, "op": "ping"}), &mut pa).await;
+    assert_eq!(r["ok"], true);
+    let r = request(
+        &mut a,
+        json!({"id": 24, "op": "subscribe", "channel": "nope:x"}),
+        &mut pa,
+    )
+    .await;
+    assert_eq!(r["error"]["code"], 103);
+}
+
+#[tokio::test]
+async fn resume_after_disconnect_without_gap_or_duplicate() {
+    let srv = start();
+    let mut publisher = client(&srv.1).await;
+    let mut sub = client(&srv.1).await;
+    let mut pushed = Vec::new();
+    let r = request(
+        &mut sub,
+        json!({"id": 1, "op": "subscribe", "channel": "feed"}),
+        &mut pushed,
+    )
+    .await;
+    let epoch = r["result"]["epoch"].as_str().unwrap().to_owned();
+    let total = 2000u64;
+    let mut seen = Vec::new();
+    let pubs = tokio::spawn(async move {
+        let mut p = Vec::new();
+        for i in 1..=total {
+            request(
+                &mut publisher,
+                json!({"id": i, "op": "publish", "channel": "feed", "data": i}),
+                &mut p,
+            )
+            .await;
+        }
+        publisher
+    });
+    // Read part of the stream, then drop the connection abruptly (no close frame).
+    while seen.len() < 500 {
+        let v = next_json(&mut sub).await;
+        if let Some(o) = v.get("offset").and_then(Value::as_u64) {
+            seen.push(o);
+        }
+    }
+    drop(sub);
+    let last = *seen.last().unwrap();
+    let mut sub = client(&srv.1).await;
+    let r = request(
+        &mut sub,
+        json!({"id": 2, "op": "subscribe", "channel": "feed", "since": {"offset": last, "epoch": epoch}}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(r["result"]["recovered"], true, "{r}");
+    for p in r["result"]["publications"].as_array().unwrap() {
+        seen.push(p["offset"].as_u64().unwrap());
+    }
+    let _publisher = pubs.await.unwrap();
+    while *seen.last().unwrap() < total {
+        let v = next_json(&mut sub).await;
+        if let Some(o) = v.get("offset").and_then(Value::as_u64) {
+            seen.push(o);
+        }
+    }
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    // A wrong epoch is not recovered.
+    let mut other = client(&srv.1).await;
+    let r = request(
+        &mut other,
+        json!({"id": 3, "op": "subscribe", "channel": "feed", "since": {"offset": 1, "epoch": "old"}}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(r["result"]["recovered"], false, "{r}");
+}
