@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::spawn_serve;
+use common::spawn;
 use serde_json::{json, Value};
 use std::process::Child;
 use tidewire::{ClientBuilder, Message, WebSocketStream};
@@ -18,7 +18,7 @@ impl Drop for Serve {
 }
 
 fn start() -> Serve {
-    let (child, addr) = spawn_serve(&[]);
+    let (child, addr) = spawn("serve", &[]);
     Serve(child, addr.to_string())
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::spawn_serve;
+use common::spawn;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -23,7 +23,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn rooms_broadcast_pages_and_graceful_shutdown() {
-    let (mut child, addr) = spawn_serve(&[]);
+    let (mut child, addr) = spawn("serve", &[]);
     assert!(http_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
     let page = http_get(addr, "/");
     assert!(page.starts_with("HTTP/1.1 200") && page.contains("new WebSocket"));

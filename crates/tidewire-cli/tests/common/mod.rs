@@ -18,27 +18,32 @@ impl Drop for Server {
     }
 }
 
-pub fn start(extra: &[&str]) -> Server {
+/// Starts `tidewire COMMAND --listen 127.0.0.1:0 EXTRA...` and returns it with the address
+/// from the first line it prints ("... listening on SCHEME://HOST:PORT/ ...").
+pub fn spawn(command: &str, extra: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["echo", "--listen", "127.0.0.1:0"])
+        .args([command, "--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("spawn tidewire echo");
+        .expect("spawn tidewire");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    // "tidewire echo listening on ws://127.0.0.1:PORT/"
     let addr = line
-        .trim()
-        .trim_start_matches("tidewire echo listening on ws://")
-        .trim_end_matches('/');
-    Server {
-        addr: addr.parse().expect(&line),
-        child,
-    }
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect(&line);
+    (child, addr.parse().expect(&line))
+}
+
+/// Starts `tidewire echo --listen 127.0.0.1:0 EXTRA...`.
+pub fn start(extra: &[&str]) -> Server {
+    let (child, addr) = spawn("echo", extra);
+    Server { addr, child }
 }
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -166,26 +171,4 @@ pub fn good_roundtrip(addr: SocketAddr, text: &str) {
     assert_eq!(read_frame(&mut s), Some((1, text.as_bytes().to_vec())));
     s.write_all(&masked(8, &1000u16.to_be_bytes())).unwrap();
     expect_close(&mut s, 1000);
-}
-
-/// Starts `tidewire serve --listen 127.0.0.1:0 EXTRA...` and returns it with its address.
-pub fn spawn_serve(extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tidewire serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "tidewire serve listening on http://127.0.0.1:PORT/ (...)"
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .expect(&line);
-    (child, addr.parse().expect(&line))
 }
