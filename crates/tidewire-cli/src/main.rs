@@ -21,24 +21,24 @@ enum Command {
     /// The testee for the Autobahn TestSuite and the peer benchmarks. Pings are answered,
     /// close handshakes completed, protocol violations closed with the RFC's code.
     Echo(echo::EchoArgs),
-    /// The real-time hub: raw rooms at ws://HOST/rooms/NAME, a demo page at /, /healthz.
+    /// The real-time hub: channels at ws://HOST/ws (tidewire.v1), raw rooms at
+    /// ws://HOST/rooms/NAME, demo pages at /, /healthz, /metrics, POST /api/publish.
     ///
-    /// Runs on embedded defaults (127.0.0.1:8080, in-memory). Every option can also be set
-    /// with a TIDEWIRE_* environment variable. SIGINT or SIGTERM closes every WebSocket with
-    /// 1001 and exits 0.
+    /// Runs on embedded defaults (127.0.0.1:8080, in-memory engine, anonymous access, demo
+    /// pages on). --config FILE reads TOML over the defaults; every flag can also be set
+    /// with its TIDEWIRE_* environment variable. SIGINT or SIGTERM closes every WebSocket
+    /// with 1001, drains, and exits 0.
     Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWIRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let result = match cli.command {
-        Command::Echo(args) => echo::run(args),
+        Command::Echo(args) => {
+            init_logging(tidewire_hub::LogFormat::Human);
+            raise_fd_limit();
+            echo::run(args)
+        }
         Command::Serve(args) => serve::run(args),
     };
     match result {
@@ -46,6 +46,37 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tidewire: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr at the level of `TIDEWIRE_LOG` (default info), as text or JSON lines.
+pub(crate) fn init_logging(format: tidewire_hub::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        tidewire_hub::LogFormat::Human => builder.init(),
+        tidewire_hub::LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Raises the open-file limit to its hard limit: every connection is a file descriptor.
+pub(crate) fn raise_fd_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
         }
     }
 }

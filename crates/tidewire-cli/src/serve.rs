@@ -1,45 +1,81 @@
 //! `tidewire serve`: the real-time hub with embedded defaults.
+//!
+//! Settings are layered: the embedded defaults, then `--config FILE` (TOML), then
+//! `TIDEWIRE_*` environment variables and flags (a flag wins over its variable).
 
 use anyhow::{Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
-use tidewire_hub::HubConfig;
+use tidewire_hub::{AuthConfig, HubConfig, LogFormat};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = tidewire_hub::parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "human" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected human or json".into()),
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML configuration file (see docs/configuration.md). Flags and TIDEWIRE_* variables
+    /// override it; it overrides the embedded defaults.
+    #[arg(long, env = "TIDEWIRE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Address to listen on (IP:PORT). Port 0 picks a free port; the address is printed.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "TIDEWIRE_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Log format on stderr: human or json (one object per line). The level is set with
+    /// TIDEWIRE_LOG (e.g. info, debug, tidewire_hub=debug). [default: human]
+    #[arg(long, env = "TIDEWIRE_LOG_FORMAT", value_name = "FORMAT", value_parser = log_format)]
+    log_format: Option<LogFormat>,
+
+    /// Origins allowed to open WebSockets besides the server's own host, comma-separated
+    /// (https://app.example.com), or * for any. Requests without Origin are allowed.
     #[arg(
         long,
-        env = "TIDEWIRE_LISTEN",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
+        env = "TIDEWIRE_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
     )]
-    listen: SocketAddr,
+    allowed_origins: Option<Vec<String>>,
+
+    /// Do not serve the demo pages at /.
+    #[arg(long, env = "TIDEWIRE_NO_DEMO")]
+    no_demo: bool,
 
     /// Also send each raw-room message back to its sender.
     #[arg(long, env = "TIDEWIRE_ECHO_TO_SENDER")]
     echo_to_sender: bool,
 
     /// Messages a room member may fall behind before it is disconnected (close 1008,
-    /// "slow consumer").
-    #[arg(
-        long,
-        env = "TIDEWIRE_ROOM_BUFFER",
-        default_value_t = 1024,
-        value_name = "N"
-    )]
-    room_buffer: usize,
-
-    /// Seconds between server pings to a quiet connection.
-    #[arg(long, env = "TIDEWIRE_PING_INTERVAL", default_value_t = 20, value_name = "SECS",
+    /// "slow consumer"). [default: 1024]
+    #[arg(long, env = "TIDEWIRE_ROOM_BUFFER", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
-    ping_interval: u64,
+    room_buffer: Option<u64>,
 
-    /// Seconds of silence after which a connection is closed (1011, "keepalive timeout").
-    #[arg(long, env = "TIDEWIRE_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    idle_timeout: u64,
+    /// Interval of server pings to a quiet connection (20s, 500ms, 1m; bare numbers are
+    /// seconds). [default: 20s]
+    #[arg(long, env = "TIDEWIRE_PING_INTERVAL", value_name = "DURATION", value_parser = duration)]
+    ping_interval: Option<Duration>,
+
+    /// Silence after which a connection is closed (1011, "keepalive timeout"); longer than
+    /// --ping-interval. [default: 60s]
+    #[arg(long, env = "TIDEWIRE_IDLE_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    idle_timeout: Option<Duration>,
 
     /// Turn permessage-deflate off. It is on by default, without server context takeover,
     /// so a broadcast is compressed once for every member that negotiated it.
@@ -47,21 +83,128 @@ pub struct ServeArgs {
     no_compression: bool,
 
     /// Largest message accepted from a client, in bytes (bigger: close 1009).
-    #[arg(long, env = "TIDEWIRE_MAX_MESSAGE_SIZE", default_value_t = 1 << 20, value_name = "BYTES")]
-    max_message_size: usize,
+    /// [default: 1048576]
+    #[arg(long, env = "TIDEWIRE_MAX_MESSAGE_SIZE", value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(125..))]
+    max_message_size: Option<u64>,
+
+    /// WebSocket connections held at once; further upgrades get 503. [default: 100000]
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Publications per second per connection (token bucket; error 107 on /ws, close 4029
+    /// in rooms), 0 for no limit. [default: 100]
+    #[arg(long, env = "TIDEWIRE_PUBLISH_RATE", value_name = "PER_SEC")]
+    publish_rate: Option<f64>,
+
+    /// Burst of the publish rate limit. [default: 200]
+    #[arg(long, env = "TIDEWIRE_PUBLISH_BURST", value_name = "N")]
+    publish_burst: Option<u32>,
+
+    /// Bytes waiting for a connection's socket before it is closed as a slow consumer.
+    /// [default: 4194304]
+    #[arg(long, env = "TIDEWIRE_SEND_BUFFER", value_name = "BYTES")]
+    send_buffer: Option<usize>,
+
+    /// HS256 secret for connection tokens (at least 32 characters). Turns auth on.
+    #[arg(
+        long,
+        env = "TIDEWIRE_AUTH_HMAC_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    auth_hmac_secret: Option<String>,
+
+    /// RS256 public key (PEM file) for connection tokens. Turns auth on.
+    #[arg(long, env = "TIDEWIRE_AUTH_RSA_PUBLIC_KEY", value_name = "FILE")]
+    auth_rsa_public_key: Option<PathBuf>,
+
+    /// With auth on, accept connections without a token too (no private namespaces).
+    #[arg(long, env = "TIDEWIRE_AUTH_ANONYMOUS")]
+    auth_anonymous: bool,
+
+    /// Key for POST /api/publish (Authorization: apikey KEY; 16 characters or more).
+    #[arg(
+        long,
+        env = "TIDEWIRE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+}
+
+/// The configuration these arguments describe.
+pub fn config(args: &ServeArgs) -> Result<HubConfig> {
+    let mut c = HubConfig::default();
+    if let Some(path) = &args.config {
+        c = c.load_file(path)?;
+    }
+    macro_rules! set {
+        ($field:expr, $value:expr) => {
+            if let Some(v) = $value {
+                $field = v;
+            }
+        };
+    }
+    set!(c.listen, args.listen);
+    set!(c.log_format, args.log_format);
+    set!(c.allowed_origins, args.allowed_origins.clone());
+    set!(c.room_buffer, args.room_buffer.map(|n| n as usize));
+    set!(c.ping_interval, args.ping_interval);
+    set!(c.idle_timeout, args.idle_timeout);
+    set!(
+        c.max_message_size,
+        args.max_message_size.map(|n| n as usize)
+    );
+    set!(c.max_connections, args.max_connections);
+    set!(c.publish_rate, args.publish_rate);
+    set!(c.publish_burst, args.publish_burst);
+    set!(c.send_buffer, args.send_buffer);
+    c.demo &= !args.no_demo;
+    c.echo_to_sender |= args.echo_to_sender;
+    if args.no_compression {
+        c.compression = None;
+    }
+    if c.idle_timeout <= c.ping_interval {
+        anyhow::bail!(
+            "--idle-timeout ({:?}) must be longer than --ping-interval ({:?})",
+            c.idle_timeout,
+            c.ping_interval
+        );
+    }
+    if !(c.publish_rate >= 0.0 && c.publish_rate.is_finite()) {
+        anyhow::bail!("--publish-rate must be a number of publications per second, 0 for none");
+    }
+    if args.auth_hmac_secret.is_some() || args.auth_rsa_public_key.is_some() {
+        let pem =
+            match &args.auth_rsa_public_key {
+                Some(p) => Some(std::fs::read(p).with_context(|| {
+                    format!("--auth-rsa-public-key: cannot read {}", p.display())
+                })?),
+                None => None,
+            };
+        let auth = AuthConfig::new(
+            args.auth_hmac_secret.as_deref(),
+            pem.as_deref(),
+            args.auth_anonymous,
+        )
+        .map_err(|e| anyhow::anyhow!("--auth-hmac-secret/--auth-rsa-public-key: {e}"))?;
+        c.auth = Some(auth);
+    }
+    if let Some(key) = &args.api_key {
+        if key.len() < 16 {
+            anyhow::bail!("--api-key must be at least 16 characters");
+        }
+        c.api_key = Some(key.clone());
+    }
+    Ok(c)
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let mut config = HubConfig::default();
-    config.listen = args.listen;
-    config.echo_to_sender = args.echo_to_sender;
-    config.room_buffer = args.room_buffer;
-    config.ping_interval = Duration::from_secs(args.ping_interval);
-    config.idle_timeout = Duration::from_secs(args.idle_timeout);
-    config.max_message_size = args.max_message_size;
-    if args.no_compression {
-        config.compression = None;
-    }
+    let config = config(&args)?;
+    crate::init_logging(config.log_format);
+    crate::raise_fd_limit();
+    let listen = config.listen;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,7 +212,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     rt.block_on(async move {
         tidewire_hub::serve(config, shutdown_signal())
             .await
-            .with_context(|| format!("cannot serve on {} (--listen)", args.listen))
+            .with_context(|| format!("cannot serve on {listen} (--listen)"))
     })
 }
 

@@ -18,7 +18,7 @@ impl Drop for Serve {
 }
 
 fn start() -> Serve {
-    let (child, addr) = spawn("serve", &[]);
+    let (child, addr) = spawn("serve", &["--publish-rate", "0"]);
     Serve(child, addr.to_string())
 }
 
@@ -134,7 +134,7 @@ async fn subscribe_publish_history_presence_and_errors() {
 }
 
 #[tokio::test]
-async fn resume_after_disconnect_without_gap_or_duplicate() {
+async fn resume_after_forced_disconnects_without_gap_or_duplicate() {
     let srv = start();
     let mut publisher = client(&srv.1).await;
     let mut sub = client(&srv.1).await;
@@ -146,47 +146,53 @@ async fn resume_after_disconnect_without_gap_or_duplicate() {
     )
     .await;
     let epoch = r["result"]["epoch"].as_str().unwrap().to_owned();
-    let total = 2000u64;
-    let mut seen = Vec::new();
+    let total = 10_000u64;
     let pubs = tokio::spawn(async move {
         let mut p = Vec::new();
         for i in 1..=total {
-            request(
+            let r = request(
                 &mut publisher,
                 json!({"id": i, "op": "publish", "channel": "feed", "data": i}),
                 &mut p,
             )
             .await;
+            assert_eq!(r["result"]["offset"], i, "{r}");
         }
         publisher
     });
-    // Read part of the stream, then drop the connection abruptly (no close frame).
-    while seen.len() < 500 {
+    // Read, drop the connection abruptly (no close frame) every 1,500 publications, and
+    // resume from the last offset seen.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut cuts = 0;
+    let mut live = 0;
+    let mut id = 2;
+    while seen.last().copied().unwrap_or(0) < total {
         let v = next_json(&mut sub).await;
-        if let Some(o) = v.get("offset").and_then(Value::as_u64) {
-            seen.push(o);
+        let Some(o) = v.get("offset").and_then(Value::as_u64) else {
+            continue;
+        };
+        seen.push(o);
+        live += 1;
+        if live == 1500 && o < total {
+            live = 0;
+            drop(sub);
+            cuts += 1;
+            sub = client(&srv.1).await;
+            let r = request(
+                &mut sub,
+                json!({"id": id, "op": "subscribe", "channel": "feed", "since": {"offset": o, "epoch": epoch}}),
+                &mut pushed,
+            )
+            .await;
+            id += 1;
+            assert_eq!(r["result"]["recovered"], true, "{r}");
+            for p in r["result"]["publications"].as_array().unwrap() {
+                seen.push(p["offset"].as_u64().unwrap());
+            }
         }
-    }
-    drop(sub);
-    let last = *seen.last().unwrap();
-    let mut sub = client(&srv.1).await;
-    let r = request(
-        &mut sub,
-        json!({"id": 2, "op": "subscribe", "channel": "feed", "since": {"offset": last, "epoch": epoch}}),
-        &mut pushed,
-    )
-    .await;
-    assert_eq!(r["result"]["recovered"], true, "{r}");
-    for p in r["result"]["publications"].as_array().unwrap() {
-        seen.push(p["offset"].as_u64().unwrap());
     }
     let _publisher = pubs.await.unwrap();
-    while *seen.last().unwrap() < total {
-        let v = next_json(&mut sub).await;
-        if let Some(o) = v.get("offset").and_then(Value::as_u64) {
-            seen.push(o);
-        }
-    }
+    assert!(cuts >= 5, "{cuts} cuts");
     assert_eq!(seen, (1..=total).collect::<Vec<_>>());
     // A wrong epoch is not recovered.
     let mut other = client(&srv.1).await;
@@ -197,4 +203,5 @@ async fn resume_after_disconnect_without_gap_or_duplicate() {
     )
     .await;
     assert_eq!(r["result"]["recovered"], false, "{r}");
+    assert_eq!(r["result"]["publications"], json!([]), "{r}");
 }

@@ -3,27 +3,32 @@
 //! One task per connection reads requests and answers each one. Every subscription gets a
 //! small forwarding task that moves the engine's events into the connection's bounded
 //! queue; the connection writes them as prepared messages (serialized and framed once per
-//! event, whatever the number of subscribers). A connection whose queue is full, or whose
-//! subscription lagged behind the engine, is a slow consumer: closed with 4000 so that it
-//! reconnects and resumes with `since`.
+//! event, whatever the number of subscribers). A connection whose queue is full, whose
+//! socket has more than `send_buffer` bytes waiting, or whose subscription lagged behind
+//! the engine, is a slow consumer: closed with 4000 so that it reconnects and resumes with
+//! `since`. It never holds up the other subscribers.
 
-use crate::engine::{ClientInfo, Engine, Event, MemoryEngine, Recovery, StreamPosition};
+use crate::auth::{AuthError, Identity};
+use crate::engine::{ClientInfo, Engine, Event, NamespaceOptions, Recovery, StreamPosition};
+use crate::server::{close_bounded, Admitted, Hub, TokenBucket};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tidewire::upgrade::Upgraded;
 use tidewire::{CloseCode, CloseFrame, Message, WebSocketStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-/// Events a connection may have queued before it counts as a slow consumer.
-const QUEUE: usize = 4096;
+/// How long a connection may take to send `connect` where a token is required.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events written per wake-up at most, so one busy connection cannot starve its replies.
+const BATCH: usize = 64;
 
-enum Out {
-    Event(Arc<Event>),
-    SlowConsumer,
-}
+/// Raised by a subscription's forwarding task when the connection's queue overflowed or
+/// the engine dropped events for it: the connection then closes with 4000.
+type SlowSignal = Arc<tokio::sync::Notify>;
 
 struct Sub {
     stop: oneshot::Sender<()>,
@@ -31,17 +36,28 @@ struct Sub {
 
 /// Error codes of docs/protocol.md.
 mod code {
+    pub const INTERNAL: u32 = 100;
     pub const BAD_REQUEST: u32 = 101;
     pub const UNKNOWN_OP: u32 = 102;
     pub const UNKNOWN_CHANNEL: u32 = 103;
     pub const PERMISSION_DENIED: u32 = 104;
     pub const NOT_SUBSCRIBED: u32 = 105;
     pub const ALREADY_SUBSCRIBED: u32 = 106;
-    pub const INTERNAL: u32 = 100;
+    pub const RATE_LIMITED: u32 = 107;
+    pub const UNAUTHORIZED: u32 = 109;
     pub const NOT_AVAILABLE: u32 = 110;
+    pub const LIMIT_REACHED: u32 = 111;
 }
 
-fn reply_ok(id: &Value, result: String) -> String {
+/// Close codes of docs/protocol.md.
+mod close {
+    pub const SLOW_CONSUMER: u16 = 4000;
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub const UNSUPPORTED_DATA: u16 = 4003;
+    pub const UNAUTHORIZED: u16 = 4008;
+}
+
+fn reply_ok(id: &Value, result: &str) -> String {
     format!("{{\"id\":{id},\"ok\":true,\"result\":{result}}}")
 }
 
@@ -62,10 +78,6 @@ fn engine_error(id: &Value, e: &crate::engine::Error) -> String {
     reply_err(id, code, &e.to_string())
 }
 
-fn position_json(p: &StreamPosition) -> String {
-    json!({"offset": p.offset, "epoch": p.epoch}).to_string()
-}
-
 fn publications_json(events: &[Arc<Event>]) -> String {
     let mut s = String::from("[");
     for (i, e) in events.iter().enumerate() {
@@ -78,49 +90,149 @@ fn publications_json(events: &[Arc<Event>]) -> String {
     s
 }
 
+/// What to do after a request.
+enum Reply {
+    Send(String),
+    /// Send the reply, then close the connection.
+    SendAndClose(String, CloseFrame),
+}
+
+impl From<String> for Reply {
+    fn from(s: String) -> Self {
+        Reply::Send(s)
+    }
+}
+
+fn auth_close(e: &AuthError) -> CloseFrame {
+    let code = if *e == AuthError::Expired {
+        close::TOKEN_EXPIRED
+    } else {
+        close::UNAUTHORIZED
+    };
+    CloseFrame::new(CloseCode(code), format!("unauthorized: {e}"))
+}
+
+/// One `/ws` connection's state.
+struct Conn {
+    hub: Arc<Hub>,
+    client_id: String,
+    identity: Option<Identity>,
+    authenticated: bool,
+    subs: HashMap<String, Sub>,
+    tx: mpsc::Sender<Arc<Event>>,
+    slow: SlowSignal,
+    bucket: TokenBucket,
+}
+
 /// Serves one `/ws` connection until it ends.
 pub(crate) async fn serve_connection(
-    engine: Arc<MemoryEngine>,
-    client_id: String,
+    hub: Arc<Hub>,
+    admitted: Admitted,
     mut ws: WebSocketStream<Upgraded>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Out>(QUEUE);
-    let mut subs: HashMap<String, Sub> = HashMap::new();
+    let _slot = admitted.slot;
+    hub.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Arc<Event>>(hub.config.send_queue);
+    let slow = SlowSignal::default();
+    let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous());
+    let mut conn = Conn {
+        client_id: hub.next_client_id(),
+        authenticated: !required || admitted.identity.is_some(),
+        identity: admitted.identity,
+        subs: HashMap::new(),
+        tx,
+        slow: slow.clone(),
+        bucket: TokenBucket::new(
+            hub.config.publish_rate,
+            hub.config.publish_burst,
+            Instant::now(),
+        ),
+        hub: hub.clone(),
+    };
+    let mut shutdown = hub.shutdown.clone();
+    let metrics = &hub.metrics;
+    let send_buffer = hub.config.send_buffer;
+    let connect_deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+    tokio::pin!(connect_deadline);
+    tracing::debug!(client = %conn.client_id, "connected");
     loop {
         tokio::select! {
             msg = ws.recv() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = handle(&engine, &client_id, &text, &mut subs, &tx).await;
+                    metrics.received(text.len());
+                    let reply = conn.handle(&text).await;
+                    let (reply, close) = match reply {
+                        Reply::Send(r) => (r, None),
+                        Reply::SendAndClose(r, c) => (r, Some(c)),
+                    };
+                    metrics.sent(1, reply.len() as u64);
                     if ws.queue(Message::text(reply)).is_err() {
+                        break;
+                    }
+                    if let Some(frame) = close {
+                        tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
+                        close_bounded(&mut ws, frame).await;
                         break;
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    let frame = CloseFrame::new(CloseCode(4003), "binary frames are not part of tidewire.v1");
-                    let _ = ws.close(Some(frame)).await;
+                    let frame = CloseFrame::new(CloseCode(close::UNSUPPORTED_DATA), "binary frames are not part of tidewire.v1");
+                    close_bounded(&mut ws, frame).await;
                     break;
                 }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
-            },
-            out = rx.recv() => match out {
-                Some(Out::Event(event)) => {
-                    let queued = match event.prepared() {
-                        Some(p) => ws.queue_prepared(p),
-                        None => ws.queue(Message::text(event.to_json())),
-                    };
-                    if queued.is_err() {
-                        break;
-                    }
-                }
-                Some(Out::SlowConsumer) => {
-                    let frame = CloseFrame::new(CloseCode(4000), "slow consumer: resubscribe with since");
-                    let _ = ws.close(Some(frame)).await;
+                Some(Err(e)) => {
+                    tracing::debug!(client = %conn.client_id, "connection ended: {e}");
                     break;
                 }
                 None => break,
             },
+            _ = slow.notified() => {
+                metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = %conn.client_id, "slow consumer disconnected: send queue full");
+                let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
+                close_bounded(&mut ws, frame).await;
+                break;
+            }
+            event = rx.recv() => {
+                let mut next = event;
+                let mut written = 0;
+                let mut failed = false;
+                while let Some(event) = next.take() {
+                    let queued = match event.prepared() {
+                        Some(p) => {
+                            metrics.sent(1, p.payload().len() as u64);
+                            ws.queue_prepared(p)
+                        }
+                        None => ws.queue(Message::text(event.to_json())),
+                    };
+                    if queued.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    written += 1;
+                    if written < BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if failed {
+                    break;
+                }
+                if ws.connection().pending_transmit() > send_buffer {
+                    metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client = %conn.client_id, "slow consumer disconnected: send buffer full");
+                    let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
+                    close_bounded(&mut ws, frame).await;
+                    break;
+                }
+            },
+            _ = &mut connect_deadline, if !conn.authenticated => {
+                let frame = CloseFrame::new(CloseCode(close::UNAUTHORIZED), "unauthorized: no connect with a token within 10 s");
+                close_bounded(&mut ws, frame).await;
+                break;
+            }
             _ = shutdown.changed() => {
                 let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
                 let _ = ws.close(Some(frame)).await;
@@ -128,171 +240,275 @@ pub(crate) async fn serve_connection(
             }
         }
     }
-    for (_, sub) in subs.drain() {
+    for (_, sub) in conn.subs.drain() {
         let _ = sub.stop.send(());
     }
+    tracing::debug!(client = %conn.client_id, "disconnected");
 }
 
-async fn handle(
-    engine: &Arc<MemoryEngine>,
-    client_id: &str,
-    text: &str,
-    subs: &mut HashMap<String, Sub>,
-    tx: &mpsc::Sender<Out>,
-) -> String {
-    let null = Value::Null;
-    let req: Value = match serde_json::from_str(text) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => return reply_err(&null, code::BAD_REQUEST, "not a JSON object"),
-    };
-    let id = req.get("id").cloned().unwrap_or(Value::Null);
-    let Some(op) = req.get("op").and_then(Value::as_str) else {
-        return reply_err(&id, code::BAD_REQUEST, "missing op");
-    };
-    let channel = req.get("channel").and_then(Value::as_str);
-    let need_channel = || channel.ok_or(());
-    let now = Instant::now();
-    match op {
-        "ping" => reply_ok(&id, "{}".into()),
-        "connect" => reply_ok(
-            &id,
-            json!({"client": client_id, "version": "tidewire.v1"}).to_string(),
-        ),
-        "subscribe" => {
-            let Ok(ch) = need_channel() else {
-                return reply_err(&id, code::BAD_REQUEST, "missing channel");
-            };
-            if subs.contains_key(ch) {
-                return reply_err(&id, code::ALREADY_SUBSCRIBED, "already subscribed");
-            }
-            let since = match req.get("since") {
-                None | Some(Value::Null) => None,
-                Some(v) => match serde_json::from_value::<StreamPosition>(v.clone()) {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        return reply_err(&id, code::BAD_REQUEST, "since must be {offset, epoch}")
-                    }
-                },
-            };
-            let asked = since.is_some();
-            let mut sub = match engine
-                .subscribe(ch, ClientInfo::new(client_id), since, now)
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => return engine_error(&id, &e),
-            };
-            let pos = sub.position().clone();
-            let recovered = matches!(sub.recovery(), Recovery::Recovered(_));
-            let publications = sub.take_recovered();
-            let mut result = format!("{{\"offset\":{},\"epoch\":{}", pos.offset, json!(pos.epoch));
-            if asked {
-                result.push_str(&format!(
-                    ",\"recovered\":{recovered},\"publications\":{}",
-                    publications_json(&publications)
-                ));
-            }
-            result.push('}');
-            let (stop, mut stopped) = oneshot::channel();
-            let tx = tx.clone();
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        ev = sub.recv() => match ev {
-                            Ok(ev) => {
-                                if tx.try_send(Out::Event(ev)).is_err() {
-                                    let _ = tx.try_send(Out::SlowConsumer);
-                                    break;
-                                }
-                            }
-                            Err(e) if e.is_lagged() => {
-                                let _ = tx.try_send(Out::SlowConsumer);
-                                break;
-                            }
-                            Err(_) => break,
-                        },
-                    }
-                }
-                let _ = engine.unsubscribe(sub, Instant::now()).await;
-            });
-            subs.insert(ch.to_owned(), Sub { stop });
-            reply_ok(&id, result)
+impl Conn {
+    fn client_info(&self) -> ClientInfo {
+        let mut info = ClientInfo::new(self.client_id.clone());
+        if let Some(id) = &self.identity {
+            info.user_id = Some(id.user.clone());
+            info.info = id.info.clone();
         }
-        "unsubscribe" => {
-            let Ok(ch) = need_channel() else {
-                return reply_err(&id, code::BAD_REQUEST, "missing channel");
-            };
-            match subs.remove(ch) {
+        info
+    }
+
+    /// Checks the channel's namespace and, for a private one, the token's `channels`.
+    fn namespace(&self, id: &Value, ch: &str) -> Result<NamespaceOptions, String> {
+        let Some(ns) = self.hub.engine.namespaces().for_channel(ch) else {
+            return Err(reply_err(id, code::UNKNOWN_CHANNEL, "unknown namespace"));
+        };
+        if ns.private && !self.identity.as_ref().is_some_and(|i| i.may_use(ch)) {
+            return Err(reply_err(
+                id,
+                code::PERMISSION_DENIED,
+                "private channel: the token's channels claim does not allow it",
+            ));
+        }
+        Ok(ns.clone())
+    }
+
+    async fn handle(&mut self, text: &str) -> Reply {
+        let null = Value::Null;
+        let req: Value = match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return reply_err(&null, code::BAD_REQUEST, "not a JSON object").into(),
+            Err(e) => return reply_err(&null, code::BAD_REQUEST, &format!("not JSON: {e}")).into(),
+        };
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        let Some(op) = req.get("op").and_then(Value::as_str) else {
+            return reply_err(&id, code::BAD_REQUEST, "missing op").into();
+        };
+        if op == "connect" {
+            return self.connect(&id, &req);
+        }
+        if op == "ping" {
+            return reply_ok(&id, "{}").into();
+        }
+        if !self.authenticated {
+            let e = AuthError::Missing;
+            let reply = reply_err(&id, code::UNAUTHORIZED, "connect with a token first");
+            return Reply::SendAndClose(reply, auth_close(&e));
+        }
+        let channel = match req.get("channel") {
+            None => None,
+            Some(Value::String(c)) => Some(c.as_str()),
+            Some(_) => return reply_err(&id, code::BAD_REQUEST, "channel must be a string").into(),
+        };
+        let need = matches!(
+            op,
+            "subscribe" | "unsubscribe" | "publish" | "history" | "presence"
+        );
+        let ch = match (channel, need) {
+            (Some(c), true) => c,
+            (None, true) => return reply_err(&id, code::BAD_REQUEST, "missing channel").into(),
+            _ => return reply_err(&id, code::UNKNOWN_OP, &format!("unknown op {op:?}")).into(),
+        };
+        let now = Instant::now();
+        let engine = &self.hub.engine;
+        let reply = match op {
+            "subscribe" => self.subscribe(&id, ch, &req, now).await,
+            "unsubscribe" => match self.subs.remove(ch) {
                 Some(sub) => {
                     let _ = sub.stop.send(());
-                    reply_ok(&id, "{}".into())
+                    reply_ok(&id, "{}")
                 }
                 None => reply_err(&id, code::NOT_SUBSCRIBED, "not subscribed"),
-            }
-        }
-        "publish" => {
-            let Ok(ch) = need_channel() else {
-                return reply_err(&id, code::BAD_REQUEST, "missing channel");
-            };
-            match engine.namespaces().for_channel(ch) {
-                None => return reply_err(&id, code::UNKNOWN_CHANNEL, "unknown namespace"),
-                Some(ns) if !ns.publish => {
+            },
+            "publish" => {
+                let ns = match self.namespace(&id, ch) {
+                    Ok(ns) => ns,
+                    Err(r) => return r.into(),
+                };
+                if !ns.publish {
                     return reply_err(
                         &id,
                         code::PERMISSION_DENIED,
                         "publishing is not allowed in this namespace",
                     )
+                    .into();
                 }
-                Some(_) => {}
+                let Some(data) = req.get("data") else {
+                    return reply_err(&id, code::BAD_REQUEST, "missing data").into();
+                };
+                if !self.bucket.take(now) {
+                    self.hub
+                        .metrics
+                        .rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
+                    let msg = format!(
+                        "rate limited: at most {} publications per second (limits.publish_rate)",
+                        self.hub.config.publish_rate
+                    );
+                    return reply_err(&id, code::RATE_LIMITED, &msg).into();
+                }
+                let data = Bytes::from(data.to_string());
+                match engine.publish(ch, data, now).await {
+                    Ok(p) => {
+                        self.hub.metrics.publish_latency(now.elapsed());
+                        self.hub
+                            .metrics
+                            .publications
+                            .fetch_add(1, Ordering::Relaxed);
+                        reply_ok(
+                            &id,
+                            &json!({"offset": p.offset, "epoch": p.epoch}).to_string(),
+                        )
+                    }
+                    Err(e) => engine_error(&id, &e),
+                }
             }
-            let Some(data) = req.get("data") else {
-                return reply_err(&id, code::BAD_REQUEST, "missing data");
-            };
-            let data = Bytes::from(data.to_string());
-            match engine.publish(ch, data, now).await {
-                Ok(p) => reply_ok(&id, position_json(&p)),
-                Err(e) => engine_error(&id, &e),
-            }
-        }
-        "history" => {
-            let Ok(ch) = need_channel() else {
-                return reply_err(&id, code::BAD_REQUEST, "missing channel");
-            };
-            let limit = req
-                .get("limit")
-                .and_then(Value::as_u64)
-                .unwrap_or(100)
-                .min(10_000) as usize;
-            match engine.history(ch, limit, now).await {
-                Ok(h) => reply_ok(
-                    &id,
-                    format!(
-                        "{{\"offset\":{},\"epoch\":{},\"publications\":{}}}",
-                        h.position.offset,
-                        json!(h.position.epoch),
-                        publications_json(&h.publications)
+            "history" => {
+                if let Err(r) = self.namespace(&id, ch) {
+                    return r.into();
+                }
+                let limit = match req.get("limit") {
+                    None => 100,
+                    Some(v) => match v.as_u64() {
+                        Some(n) => n.min(10_000) as usize,
+                        None => {
+                            return reply_err(
+                                &id,
+                                code::BAD_REQUEST,
+                                "limit must be a non-negative integer",
+                            )
+                            .into()
+                        }
+                    },
+                };
+                match engine.history(ch, limit, now).await {
+                    Ok(h) => reply_ok(
+                        &id,
+                        &format!(
+                            "{{\"offset\":{},\"epoch\":{},\"publications\":{}}}",
+                            h.position.offset,
+                            json!(h.position.epoch),
+                            publications_json(&h.publications)
+                        ),
                     ),
-                ),
-                Err(e) => engine_error(&id, &e),
-            }
-        }
-        "presence" => {
-            let Ok(ch) = need_channel() else {
-                return reply_err(&id, code::BAD_REQUEST, "missing channel");
-            };
-            match engine.presence(ch).await {
-                Ok(clients) => {
-                    let list: Vec<Value> = clients
-                        .iter()
-                        .map(|c| json!({"client": c.client_id, "user": c.user_id, "info": c.info}))
-                        .collect();
-                    reply_ok(&id, json!({"clients": list}).to_string())
+                    Err(e) => engine_error(&id, &e),
                 }
-                Err(e) => engine_error(&id, &e),
             }
+            "presence" => {
+                if let Err(r) = self.namespace(&id, ch) {
+                    return r.into();
+                }
+                match engine.presence(ch).await {
+                    Ok(clients) => reply_ok(&id, &json!({"clients": clients}).to_string()),
+                    Err(e) => engine_error(&id, &e),
+                }
+            }
+            _ => unreachable!("ops needing a channel are listed above"),
+        };
+        reply.into()
+    }
+
+    fn connect(&mut self, id: &Value, req: &Value) -> Reply {
+        let token = match req.get("token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.as_str()),
+            Some(_) => return reply_err(id, code::BAD_REQUEST, "token must be a string").into(),
+        };
+        match (&self.hub.config.auth, token) {
+            (Some(auth), Some(token)) => match auth.verify(token) {
+                Ok(identity) => {
+                    self.identity = Some(identity);
+                    self.authenticated = true;
+                }
+                Err(e) => {
+                    self.hub
+                        .metrics
+                        .auth_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let reply = reply_err(id, code::UNAUTHORIZED, &format!("unauthorized: {e}"));
+                    return Reply::SendAndClose(reply, auth_close(&e));
+                }
+            },
+            (Some(_), None) if !self.authenticated => {
+                self.hub
+                    .metrics
+                    .auth_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let e = AuthError::Missing;
+                let reply = reply_err(id, code::UNAUTHORIZED, &format!("unauthorized: {e}"));
+                return Reply::SendAndClose(reply, auth_close(&e));
+            }
+            _ => {}
         }
-        _ => reply_err(&id, code::UNKNOWN_OP, "unknown op"),
+        let user = self.identity.as_ref().map(|i| i.user.as_str());
+        let result = json!({"client": self.client_id, "user": user, "version": "tidewire.v1"});
+        reply_ok(id, &result.to_string()).into()
+    }
+
+    async fn subscribe(&mut self, id: &Value, ch: &str, req: &Value, now: Instant) -> String {
+        if let Err(r) = self.namespace(id, ch) {
+            return r;
+        }
+        if self.subs.contains_key(ch) {
+            return reply_err(id, code::ALREADY_SUBSCRIBED, "already subscribed");
+        }
+        if self.subs.len() >= self.hub.config.max_subscriptions {
+            let msg = format!(
+                "too many subscriptions: at most {} per connection (limits.max_subscriptions)",
+                self.hub.config.max_subscriptions
+            );
+            return reply_err(id, code::LIMIT_REACHED, &msg);
+        }
+        let since = match req.get("since") {
+            None | Some(Value::Null) => None,
+            Some(v) => match serde_json::from_value::<StreamPosition>(v.clone()) {
+                Ok(p) => Some(p),
+                Err(_) => return reply_err(id, code::BAD_REQUEST, "since must be {offset, epoch}"),
+            },
+        };
+        let asked = since.is_some();
+        let engine = self.hub.engine.clone();
+        let mut sub = match engine.subscribe(ch, self.client_info(), since, now).await {
+            Ok(s) => s,
+            Err(e) => return engine_error(id, &e),
+        };
+        let pos = sub.position().clone();
+        let recovered = matches!(sub.recovery(), Recovery::Recovered(_));
+        let publications = sub.take_recovered();
+        let mut result = format!("{{\"offset\":{},\"epoch\":{}", pos.offset, json!(pos.epoch));
+        if asked {
+            result.push_str(&format!(
+                ",\"recovered\":{recovered},\"publications\":{}",
+                publications_json(&publications)
+            ));
+        }
+        result.push('}');
+        let (stop, mut stopped) = oneshot::channel();
+        let tx = self.tx.clone();
+        let slow = self.slow.clone();
+        let hub = self.hub.clone();
+        hub.subscribers.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    ev = sub.recv() => match ev {
+                        Ok(ev) => {
+                            if tx.try_send(ev).is_err() {
+                                slow.notify_one();
+                                break;
+                            }
+                        }
+                        Err(e) if e.is_lagged() => {
+                            slow.notify_one();
+                            break;
+                        }
+                        Err(_) => break,
+                    },
+                }
+            }
+            let _ = hub.engine.unsubscribe(sub, Instant::now()).await;
+            hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        });
+        self.subs.insert(ch.to_owned(), Sub { stop });
+        reply_ok(id, &result)
     }
 }

@@ -1,16 +1,26 @@
-//! The Tidewire real-time server as a library.
+//! The Tidewire real-time server as a library: what `tidewire serve` runs.
 //!
-//! This first part serves raw rooms: at `ws://HOST/rooms/{room}` every text or binary
-//! message a client sends is broadcast to the other clients in that room, which is all the
-//! plain browser chat of the tutorial needs (`new WebSocket(url)` and `send(text)`). The
-//! channel protocol, history, presence and auth build on the same router; [`engine`] holds
-//! their storage and fan-out (offsets, epochs, history, recovery, presence, namespaces).
+//! - Raw rooms at `ws://HOST/rooms/{room}`: every text or binary message a client sends is
+//!   broadcast to the other clients in the room, which is all the plain browser chat of the
+//!   tutorial needs (`new WebSocket(url)` and `send(text)`).
+//! - The `tidewire.v1` channel protocol at `ws://HOST/ws` (docs/protocol.md): channels with
+//!   offsets and epochs, history, gap-free resume, presence, namespaces, JWT auth, limits.
+//! - `/healthz`, `/metrics` (Prometheus), `POST /api/publish`, the demo pages.
+//!
+//! [`engine`] holds storage and fan-out behind the [`Engine`] trait; [`HubConfig`] is the
+//! configuration, readable from TOML ([`HubConfig::load_file`]).
 
+pub mod auth;
 mod channels;
+mod config;
 pub mod engine;
+mod metrics;
 mod rooms;
 mod server;
 
+pub use auth::{AuthConfig, AuthError, Identity};
+pub use config::{parse_duration, ConfigError};
 pub use engine::{Engine, MemoryEngine, NamespaceConfig, NamespaceOptions};
+pub use metrics::Metrics;
 pub use rooms::Rooms;
-pub use server::{router, serve, Hub, HubConfig};
+pub use server::{router, serve, Hub, HubConfig, LogFormat};

@@ -1,27 +1,51 @@
-//! The HTTP side of `tidewire serve`: routes, WebSocket endpoints, graceful shutdown.
+//! The HTTP side of `tidewire serve`: routes, admission (capacity, origin, token), the
+//! WebSocket endpoints, the HTTP publish API, metrics and graceful shutdown.
 
-use crate::engine::{MemoryEngine, NamespaceConfig, NamespaceOptions};
+use crate::auth::{AuthConfig, AuthError, Identity};
+use crate::engine::{Engine, MemoryEngine, NamespaceConfig, NamespaceOptions};
+use crate::metrics::{Gauges, HandshakeFailure, Metrics};
 use crate::rooms::Rooms;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, Uri};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
+use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tidewire::upgrade::WebSocketUpgrade;
+use std::time::{Duration, Instant};
+use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
 use tidewire::{CloseCode, CloseFrame, DeflateConfig, Options, PreparedMessage, ServerBuilder};
 use tokio::sync::{broadcast, watch};
 
-/// Settings of the hub.
+/// Log output of the `tidewire` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the hub. `Default` is the embedded configuration `tidewire serve` runs with;
+/// [`HubConfig::load_file`] reads a TOML file over it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HubConfig {
     /// Address to listen on. Default 127.0.0.1:8080.
     pub listen: SocketAddr,
+    /// Log output (used by the binary). Default human.
+    pub log_format: LogFormat,
+    /// Origins allowed besides the server's own host (`https://app.example.com`), or `*`
+    /// for any. Requests without `Origin` (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Serve the demo pages at `/`. Default true.
+    pub demo: bool,
     /// Send a room message back to its sender too. Default false.
     pub echo_to_sender: bool,
     /// How many messages a room member may fall behind before it is disconnected as a
@@ -34,21 +58,59 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// Largest message accepted from a client. Default 1 MiB.
     pub max_message_size: usize,
+    /// WebSocket connections held at once (rooms and channels); beyond it upgrades get
+    /// 503. Default 100,000.
+    pub max_connections: usize,
+    /// Publications per second one connection may make (token bucket), 0 for no limit.
+    /// Default 100.
+    pub publish_rate: f64,
+    /// Bucket size of the publish rate limit. Default 200.
+    pub publish_burst: u32,
+    /// Events a `/ws` connection may have waiting before it is a slow consumer. Default
+    /// 4096.
+    pub send_queue: usize,
+    /// Bytes a connection may have waiting for its socket before it is a slow consumer.
+    /// Default 4 MiB.
+    pub send_buffer: usize,
+    /// Channels one connection may subscribe to. Default 1000.
+    pub max_subscriptions: usize,
     /// permessage-deflate policy, `None` for off. Default on, without server context
-    /// takeover, so that a room message is compressed once for all members.
+    /// takeover, so that a broadcast is compressed once for all members.
     pub compression: Option<DeflateConfig>,
+    /// Token checking; `None` (the default) for anonymous access.
+    pub auth: Option<AuthConfig>,
+    /// Key for `POST /api/publish` (`Authorization: apikey KEY`); the API is off without it.
+    pub api_key: Option<String>,
+    /// Namespaces. Default: the default namespace and `chat`, both with presence on.
+    pub namespaces: NamespaceConfig,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Human,
+            allowed_origins: Vec::new(),
+            demo: true,
             echo_to_sender: false,
             room_buffer: 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_message_size: 1 << 20,
+            max_connections: 100_000,
+            publish_rate: 100.0,
+            publish_burst: 200,
+            send_queue: 4096,
+            send_buffer: 4 << 20,
+            max_subscriptions: 1000,
             compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
+            auth: None,
+            api_key: None,
+            // The default namespace and `chat`: last 1,000 publications for 10 minutes,
+            // presence on, clients may publish.
+            namespaces: NamespaceConfig::new()
+                .default_namespace(NamespaceOptions::default().presence(true))
+                .namespace("chat", NamespaceOptions::default().presence(true)),
         }
     }
 }
@@ -56,20 +118,64 @@ impl Default for HubConfig {
 /// Shared state of a running hub.
 #[derive(Debug)]
 pub struct Hub {
-    config: HubConfig,
+    pub(crate) config: HubConfig,
     rooms: Rooms,
     server: ServerBuilder,
-    next_id: AtomicU64,
-    active: AtomicUsize,
-    shutdown: watch::Receiver<bool>,
-    engine: Arc<MemoryEngine>,
     channel_server: ServerBuilder,
+    next_id: AtomicU64,
+    room_conns: AtomicUsize,
+    channel_conns: AtomicUsize,
+    pub(crate) subscribers: AtomicUsize,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) engine: Arc<MemoryEngine>,
+    pub(crate) metrics: Metrics,
 }
 
 impl Hub {
+    /// A hub with `config` whose connections close when `shutdown` turns true.
+    pub fn new(config: HubConfig, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
+        let limits = tidewire::Limits::default()
+            .max_message_size(config.max_message_size)
+            .max_frame_size(config.max_message_size);
+        let options = Options::default()
+            .limits(limits)
+            .heartbeat(config.ping_interval, config.idle_timeout);
+        let server = ServerBuilder::new()
+            .options(options)
+            .compression(config.compression);
+        Arc::new(Hub {
+            rooms: Rooms::new(config.room_buffer),
+            channel_server: server.clone().protocols(["tidewire.v1"]),
+            server,
+            engine: Arc::new(MemoryEngine::new(config.namespaces.clone())),
+            config,
+            next_id: AtomicU64::new(1),
+            room_conns: AtomicUsize::new(0),
+            channel_conns: AtomicUsize::new(0),
+            subscribers: AtomicUsize::new(0),
+            shutdown,
+            metrics: Metrics::default(),
+        })
+    }
+
     /// Number of open WebSocket connections.
     pub fn connections(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.room_conns.load(Ordering::Relaxed) + self.channel_conns.load(Ordering::Relaxed)
+    }
+
+    /// The metrics page, as `GET /metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&Gauges {
+            rooms_connections: self.room_conns.load(Ordering::Relaxed),
+            channel_connections: self.channel_conns.load(Ordering::Relaxed),
+            rooms: self.rooms.len(),
+            channels: self.engine.len(),
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+        })
+    }
+
+    pub(crate) fn next_client_id(&self) -> String {
+        format!("c-{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -77,32 +183,229 @@ const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
 /// The routes of the hub.
 pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(INDEX_HTML) }))
+    let mut router = Router::new();
+    if hub.config.demo {
+        router = router.route("/", get(|| async { Html(INDEX_HTML) }));
+    }
+    router
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/rooms/{room}", get(room_upgrade))
         .route("/ws", get(channel_upgrade))
+        .route("/api/publish", post(api_publish))
         .fallback(|uri: Uri| async move {
             (
                 StatusCode::NOT_FOUND,
                 format!("404 Not Found: no route for {}\n", uri.path()),
             )
         })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "405 Method Not Allowed: {method} is not allowed on {}\n",
+                    uri.path()
+                ),
+            )
+        })
         .with_state(hub)
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        hub.metrics_text(),
+    )
+        .into_response()
+}
+
+/// Which endpoint a connection belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Rooms,
+    Channels,
+}
+
+/// A connection counted against `max_connections` from admission (before the 101) until
+/// it ends, whether or not the upgrade completes.
+pub(crate) struct Slot {
+    hub: Arc<Hub>,
+    endpoint: Endpoint,
+}
+
+impl Slot {
+    fn counter(&self) -> &AtomicUsize {
+        match self.endpoint {
+            Endpoint::Rooms => &self.hub.room_conns,
+            Endpoint::Channels => &self.hub.channel_conns,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What admission found out about a connection.
+pub(crate) struct Admitted {
+    pub slot: Slot,
+    /// The identity from `?token=`, if one was given and verified.
+    pub identity: Option<Identity>,
+}
+
+fn refuse(hub: &Hub, why: HandshakeFailure, status: StatusCode, reason: String) -> Box<Response> {
+    hub.metrics.handshake_failed(why);
+    if matches!(why, HandshakeFailure::Auth) {
+        hub.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(%status, %reason, "upgrade refused");
+    Box::new((status, format!("{reason}\n")).into_response())
+}
+
+/// The value of `name` in a query string (percent-decoding `%XX` and `+`).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let query = query?;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            let v = v.as_bytes();
+            let mut out = Vec::with_capacity(v.len());
+            let mut i = 0;
+            while i < v.len() {
+                match v[i] {
+                    b'%' if i + 2 < v.len() => {
+                        let hex = std::str::from_utf8(&v[i + 1..i + 3]).ok();
+                        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                            Some(b) => {
+                                out.push(b);
+                                i += 3;
+                                continue;
+                            }
+                            None => out.push(b'%'),
+                        }
+                    }
+                    b'+' => out.push(b' '),
+                    b => out.push(b),
+                }
+                i += 1;
+            }
+            return String::from_utf8(out).ok();
+        }
+    }
+    None
+}
+
+/// Whether `origin` may open a WebSocket here: the server's own host (the `Host` header),
+/// or one of `allowed_origins` (`*` for any).
+fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    match host {
+        Some(h) => !authority.is_empty() && authority.eq_ignore_ascii_case(h),
+        None => false,
+    }
+}
+
+/// Capacity, origin and URL token, in that order; the refusal is an HTTP status with a
+/// reason.
+fn admit(
+    hub: &Arc<Hub>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    token_required: bool,
+) -> Result<Admitted, Box<Response>> {
+    let slot = Slot {
+        hub: hub.clone(),
+        endpoint,
+    };
+    slot.counter().fetch_add(1, Ordering::Relaxed);
+    if hub.connections() > hub.config.max_connections {
+        drop(slot);
+        return Err(refuse(
+            hub,
+            HandshakeFailure::Capacity,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "server at capacity: {} connections (limits.max_connections)",
+                hub.config.max_connections
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin_allowed(&hub.config.allowed_origins, origin, host) {
+            return Err(refuse(
+                hub,
+                HandshakeFailure::Origin,
+                StatusCode::FORBIDDEN,
+                format!("origin not allowed: {origin} (add it to allowed_origins)"),
+            ));
+        }
+    }
+    let identity = match (&hub.config.auth, query_param(query, "token")) {
+        (None, _) => None,
+        (Some(auth), Some(token)) => match auth.verify(&token) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                return Err(refuse(
+                    hub,
+                    HandshakeFailure::Auth,
+                    StatusCode::UNAUTHORIZED,
+                    format!("unauthorized: {e}"),
+                ))
+            }
+        },
+        (Some(auth), None) if token_required && !auth.anonymous() => {
+            return Err(refuse(
+                hub,
+                HandshakeFailure::Auth,
+                StatusCode::UNAUTHORIZED,
+                format!("unauthorized: {} (pass ?token=JWT)", AuthError::Missing),
+            ))
+        }
+        (Some(_), None) => None,
+    };
+    Ok(Admitted { slot, identity })
+}
+
+fn upgrade_refused(hub: &Hub, e: WebSocketUpgradeRejection) -> Response {
+    hub.metrics.handshake_failed(HandshakeFailure::BadRequest);
+    e.into_response()
 }
 
 async fn room_upgrade(
     State(hub): State<Arc<Hub>>,
     Path(room): Path<String>,
-    ws: WebSocketUpgrade,
-) -> axum::response::Response {
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return upgrade_refused(&hub, e),
+    };
     if room.is_empty() || room.len() > 200 {
+        hub.metrics.handshake_failed(HandshakeFailure::BadRequest);
         return (
             StatusCode::BAD_REQUEST,
             "room name must be 1 to 200 bytes\n",
         )
             .into_response();
     }
+    let admitted = match admit(&hub, Endpoint::Rooms, &headers, query.as_deref(), true) {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
     // Join before the 101 goes out: a message sent to the room right after the client's
     // handshake completes must reach it. The membership leaves the room when dropped,
     // whether or not the upgrade completes.
@@ -111,6 +414,7 @@ async fn room_upgrade(
         hub: hub.clone(),
         room,
         rx: Some(rx),
+        _slot: admitted.slot,
     };
     let hub2 = hub.clone();
     ws.server(hub.server.clone())
@@ -119,23 +423,21 @@ async fn room_upgrade(
 
 async fn channel_upgrade(
     State(hub): State<Arc<Hub>>,
-    ws: WebSocketUpgrade,
-) -> axum::response::Response {
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return upgrade_refused(&hub, e),
+    };
+    let admitted = match admit(&hub, Endpoint::Channels, &headers, query.as_deref(), false) {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
     let hub2 = hub.clone();
     ws.server(hub.channel_server.clone())
-        .on_upgrade(move |socket| async move {
-            let id = hub2.next_id.fetch_add(1, Ordering::Relaxed);
-            hub2.active.fetch_add(1, Ordering::Relaxed);
-            let client_id = format!("c-{id:x}");
-            crate::channels::serve_connection(
-                hub2.engine.clone(),
-                client_id,
-                socket,
-                hub2.shutdown.clone(),
-            )
-            .await;
-            hub2.active.fetch_sub(1, Ordering::Relaxed);
-        })
+        .on_upgrade(move |socket| crate::channels::serve_connection(hub2, admitted, socket))
 }
 
 /// A room member's receiver; leaves the room when dropped.
@@ -143,6 +445,7 @@ struct Membership {
     hub: Arc<Hub>,
     room: String,
     rx: Option<broadcast::Receiver<crate::rooms::RoomMessage>>,
+    _slot: Slot,
 }
 
 impl Drop for Membership {
@@ -152,6 +455,52 @@ impl Drop for Membership {
     }
 }
 
+/// A token bucket: `rate` tokens per second, at most `burst` saved up. Rate 0: no limit.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Closes a slow consumer: its queued bytes may never drain, so the close handshake is
+/// bounded tightly.
+pub(crate) async fn close_bounded<S>(ws: &mut tidewire::WebSocketStream<S>, frame: CloseFrame)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
+
 async fn room_member(
     hub: Arc<Hub>,
     mut membership: Membership,
@@ -159,17 +508,36 @@ async fn room_member(
     mut ws: tidewire::WebSocketStream<tidewire::upgrade::Upgraded>,
 ) {
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
-    hub.active.fetch_add(1, Ordering::Relaxed);
+    hub.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let room = membership.room.clone();
     let Some(mut rx) = membership.rx.take() else {
         return;
     };
     let mut shutdown = hub.shutdown.clone();
     let echo = hub.config.echo_to_sender;
+    let mut bucket = TokenBucket::new(
+        hub.config.publish_rate,
+        hub.config.publish_burst,
+        Instant::now(),
+    );
+    let send_buffer = hub.config.send_buffer;
+    let metrics = &hub.metrics;
     loop {
         tokio::select! {
             msg = ws.recv() => match msg {
                 Some(Ok(m)) => {
+                    if !m.is_data() {
+                        continue;
+                    }
+                    metrics.received(m.as_payload().len());
+                    if !bucket.take(Instant::now()) {
+                        metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!("rate limit: at most {} messages per second", hub.config.publish_rate);
+                        close_bounded(&mut ws, CloseFrame::new(CloseCode(4029), reason)).await;
+                        break;
+                    }
                     if let Some(prepared) = PreparedMessage::new(m) {
                         // No receivers besides ourselves is fine: the room may be empty.
                         let _ = tx.send((id, Arc::new(prepared)));
@@ -183,13 +551,25 @@ async fn room_member(
             },
             got = rx.recv() => match got {
                 Ok((from, m)) => {
-                    if (from != id || echo) && ws.queue_prepared(&m).is_err() {
-                        break;
+                    if from != id || echo {
+                        if ws.queue_prepared(&m).is_err() {
+                            break;
+                        }
+                        metrics.sent(1, m.payload().len() as u64);
+                        if ws.connection().pending_transmit() > send_buffer {
+                            metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(id, %room, "slow consumer disconnected: send buffer full");
+                            let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, "slow consumer: send buffer full");
+                            close_bounded(&mut ws, frame).await;
+                            break;
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
+                    metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(id, %room, "slow consumer disconnected: {n} messages behind");
                     let reason = format!("slow consumer: {n} messages dropped");
-                    let _ = ws.close(Some(CloseFrame::new(CloseCode::POLICY_VIOLATION, reason))).await;
+                    close_bounded(&mut ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, reason)).await;
                     break;
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -203,7 +583,63 @@ async fn room_member(
     }
     drop(rx);
     drop(membership);
-    hub.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[derive(Deserialize)]
+struct ApiPublish {
+    channel: String,
+    data: serde_json::Value,
+}
+
+/// `POST /api/publish` with `Authorization: apikey KEY` and `{"channel":C,"data":ANY}`:
+/// publishes from a backend (price feeds, notifications). Answers `{"offset","epoch"}`.
+async fn api_publish(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(key) = &hub.config.api_key else {
+        return (
+            StatusCode::FORBIDDEN,
+            "the HTTP API is off: set api.key in the configuration\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: send Authorization: apikey KEY\n",
+        )
+            .into_response();
+    }
+    let req: ApiPublish = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad request: expected {{\"channel\":C,\"data\":ANY}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let start = Instant::now();
+    let data = Bytes::from(req.data.to_string());
+    match hub.engine.publish(&req.channel, data, start).await {
+        Ok(p) => {
+            hub.metrics.publish_latency(start.elapsed());
+            hub.metrics.publications.fetch_add(1, Ordering::Relaxed);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"offset": p.offset, "epoch": p.epoch}).to_string(),
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Runs the hub until `shutdown` resolves, then closes every WebSocket with 1001, waits
@@ -215,34 +651,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let limits = tidewire::Limits::default()
-        .max_message_size(config.max_message_size)
-        .max_frame_size(config.max_message_size);
-    let options = Options::default()
-        .limits(limits)
-        .heartbeat(config.ping_interval, config.idle_timeout);
-    let namespaces =
-        NamespaceConfig::new().default_namespace(NamespaceOptions::default().presence(true));
-    let server = ServerBuilder::new()
-        .options(options)
-        .compression(config.compression);
-    let hub = Arc::new(Hub {
-        rooms: Rooms::new(config.room_buffer),
-        channel_server: server.clone().protocols(["tidewire.v1"]),
-        server,
-        engine: Arc::new(MemoryEngine::new(namespaces)),
-        config,
-        next_id: AtomicU64::new(1),
-        active: AtomicUsize::new(0),
-        shutdown: stop_rx,
-    });
+    let hub = Hub::new(config, stop_rx);
     println!("tidewire serve listening on http://{local}/ (rooms at ws://{local}/rooms/NAME, channels at ws://{local}/ws)");
+    tracing::info!(%local, auth = hub.config.auth.is_some(), "listening");
     let sweeper = hub.engine.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            sweeper.sweep(std::time::Instant::now());
+            sweeper.sweep(Instant::now());
         }
     });
     let app = router(hub.clone());
@@ -251,6 +668,10 @@ pub async fn serve(
         tracing::info!("shutting down: closing WebSocket connections with 1001");
         let _ = stop_tx.send(true);
     };
+    // Replies and events are small writes that must leave at once, not wait for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await?;
@@ -258,5 +679,63 @@ pub async fn serve(
     while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tracing::info!(remaining = hub.connections(), "stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let none: Vec<String> = vec![];
+        assert!(origin_allowed(
+            &none,
+            "http://127.0.0.1:8080",
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!origin_allowed(
+            &none,
+            "http://evil.example",
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!origin_allowed(&none, "null", Some("127.0.0.1:8080")));
+        assert!(!origin_allowed(&none, "http://127.0.0.1:8080", None));
+        let list = vec!["https://app.example.com".to_owned()];
+        assert!(origin_allowed(&list, "https://APP.example.com", Some("x")));
+        assert!(!origin_allowed(
+            &list,
+            "https://app.example.com.evil",
+            Some("x")
+        ));
+        assert!(origin_allowed(&["*".to_owned()], "http://any", None));
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(Some("a=1&token=x%2Fy+z"), "token").as_deref(),
+            Some("x/y z")
+        );
+        assert_eq!(query_param(Some("token="), "token").as_deref(), Some(""));
+        assert_eq!(query_param(Some("tokens=1"), "token"), None);
+        assert_eq!(
+            query_param(Some("token=%zz%4"), "token").as_deref(),
+            Some("%zz%4")
+        );
+        assert_eq!(query_param(None, "token"), None);
+    }
+
+    #[test]
+    fn token_bucket() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 3, t0);
+        assert!(b.take(t0) && b.take(t0) && b.take(t0));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(110)));
+        assert!(!b.take(t0 + Duration::from_millis(110)));
+        let mut off = TokenBucket::new(0.0, 1, t0);
+        assert!((0..1000).all(|_| off.take(t0)));
+    }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the tests that drive a real `tidewire` process over raw sockets.
 #![allow(dead_code)]
 
+pub mod hub;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -733,7 +733,7 @@ mod tests {
         assert_eq!(ev.kind(), &EventKind::Join(ClientInfo::new("c2")));
         assert_eq!(
             ev.to_json(),
-            r#"{"channel":"chat:lobby","join":{"client_id":"c2"}}"#
+            r#"{"channel":"chat:lobby","join":{"client":"c2","user":null,"info":null}}"#
         );
 
         let members = e.presence("chat:lobby").await.unwrap();

@@ -45,13 +45,14 @@ pub struct StreamPosition {
 /// Who is present in a channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientInfo {
-    /// Connection id, unique per connection; the presence map's key.
+    /// Connection id, unique per connection; the presence map's key. `client` on the wire.
+    #[serde(rename = "client")]
     pub client_id: String,
-    /// Authenticated user, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Authenticated user, if any. `user` on the wire (`null` when anonymous).
+    #[serde(rename = "user", default)]
     pub user_id: Option<String>,
-    /// Application data attached to the connection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Application data attached to the connection (the token's `info` claim).
+    #[serde(default)]
     pub info: Option<serde_json::Value>,
 }
 
@@ -125,7 +126,7 @@ impl Event {
 
     /// The wire form: `{"channel":C,"offset":O,"epoch":E,"data":ANY}`,
     /// `{"channel":C,"join":{CLIENT}}` or `{"channel":C,"leave":{CLIENT}}`, where CLIENT is
-    /// `{"client_id":..,"user_id":..,"info":..}` without the absent fields.
+    /// `{"client":..,"user":..,"info":..}` (`null` for an absent user or info).
     pub fn to_json(&self) -> String {
         let mut s = String::with_capacity(64 + self.channel.len());
         s.push_str("{\"channel\":");
@@ -406,6 +407,11 @@ impl NamespaceConfig {
         }
     }
 
+    /// The options of namespace `name` (not the default one), if configured.
+    pub fn namespace_options(&self, name: &str) -> Option<&NamespaceOptions> {
+        self.namespaces.get(name)
+    }
+
     /// Checks the channel name and finds its options.
     pub(crate) fn check(&self, channel: &str) -> Result<&NamespaceOptions, Error> {
         if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
@@ -641,13 +647,13 @@ mod tests {
         let join = Event::new(ch.clone(), EventKind::Join(client.clone()));
         assert_eq!(
             join.to_json(),
-            r#"{"channel":"chat:\"a\"","join":{"client_id":"c1","user_id":"u1"}}"#
+            r#"{"channel":"chat:\"a\"","join":{"client":"c1","user":"u1","info":null}}"#
         );
         client.info = Some(serde_json::json!({"name": "Ann"}));
         let leave = Event::new(ch, EventKind::Leave(client));
         assert_eq!(
             leave.to_json(),
-            r#"{"channel":"chat:\"a\"","leave":{"client_id":"c1","user_id":"u1","info":{"name":"Ann"}}}"#
+            r#"{"channel":"chat:\"a\"","leave":{"client":"c1","user":"u1","info":{"name":"Ann"}}}"#
         );
         for ev in [&publication, &join, &leave] {
             assert!(serde_json::from_str::<serde_json::Value>(&ev.to_json()).is_ok());

@@ -1,0 +1,135 @@
+//! Clients of a real `tidewire serve` speaking tidewire.v1, for the hub's tests.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::Child;
+use std::time::Duration;
+use tidewire::{ClientBuilder, Message, WebSocketStream};
+
+pub type Ws = WebSocketStream<tidewire::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A `tidewire serve` process, killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tidewire serve --listen 127.0.0.1:0 EXTRA...`.
+pub fn serve(extra: &[&str]) -> Serve {
+    let (child, addr) = super::spawn("serve", extra);
+    Serve { child, addr }
+}
+
+/// Opens `/ws` (with `query`, e.g. `?token=...`) and checks the subprotocol.
+pub async fn client_q(addr: SocketAddr, query: &str) -> Ws {
+    let (ws, resp) = ClientBuilder::new(format!("ws://{addr}/ws{query}"))
+        .protocols(["tidewire.v1"])
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "tidewire.v1");
+    ws
+}
+
+pub async fn client(addr: SocketAddr) -> Ws {
+    client_q(addr, "").await
+}
+
+/// The next text message as JSON; panics on a close or after 20 s.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    let fut = async {
+        loop {
+            match ws.recv().await.expect("stream ended").expect("error") {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("no message within 20 s")
+}
+
+/// Sends a request and returns its reply, collecting pushed messages seen meanwhile.
+pub async fn request(ws: &mut Ws, req: Value, pushed: &mut Vec<Value>) -> Value {
+    let id = req["id"].clone();
+    ws.send(Message::text(req.to_string())).await.unwrap();
+    loop {
+        let v = next_json(ws).await;
+        if v.get("id") == Some(&id) {
+            return v;
+        }
+        pushed.push(v);
+    }
+}
+
+/// Reads until the server's close frame; returns its code and reason.
+pub async fn close_of(ws: &mut Ws) -> (u16, String) {
+    let fut = async {
+        loop {
+            match ws.recv().await {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.0, f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error instead of a close frame: {e}"),
+                None => panic!("ended without a close frame"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("no close within 20 s")
+}
+
+/// `GET path` over HTTP/1.1; the whole response.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends a raw HTTP request and reads the response until the server closes.
+pub fn http(addr: SocketAddr, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // An upgrade answer has no body and the connection stays open.
+                if out.starts_with(b"HTTP/1.1 101") && out.ends_with(b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of an unlabelled metric (or a labelled one, `name{labels}`) from /metrics.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let page = http_get(addr, "/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not in:\n{page}"))
+}
+
+/// A WebSocket upgrade request head for `path` with extra header lines.
+pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}

@@ -1,0 +1,482 @@
+//! The hub's configuration file (TOML).
+//!
+//! Every key is optional; what a file leaves out keeps the embedded default
+//! ([`HubConfig::default`]). Unknown keys are errors, so a typo does not silently leave a
+//! default in place. Errors name the file, the line and the key:
+//!
+//! ```text
+//! tidewire.toml:7: limits.publish_rate: invalid type: string "fast", expected a number
+//! ```
+//!
+//! The file's layout is documented, with every key, in `docs/configuration.md`.
+
+use crate::auth::AuthConfig;
+use crate::engine::NamespaceOptions;
+use crate::server::{HubConfig, LogFormat};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration file that could not be read or used.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: PathBuf,
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: None,
+            message: message.into(),
+        }
+    }
+
+    /// The line of the file the error is on, when known (1-based).
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The dotted key the error is about (`limits.publish_rate`), when known.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration: whole seconds (`20`) or a number with a unit (`"500ms"`, `"20s"`, `"10m"`,
+/// `"1h"`).
+#[derive(Debug, Clone, Copy)]
+struct Secs(Duration);
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Secs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a duration: seconds, or a string such as \"500ms\", \"20s\", \"10m\", \"1h\"",
+                )
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secs, E> {
+                u64::try_from(v)
+                    .map(|s| Secs(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secs, E> {
+                parse_duration(v).map(Secs).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses `"500ms"`, `"20s"`, `"10m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{v:?} is not a duration (examples: 500ms, 20s, 10m, 1h)"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {v:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    allowed_origins: Option<Vec<String>>,
+    demo: Option<bool>,
+    #[serde(default)]
+    heartbeat: Heartbeat,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    rooms: Rooms,
+    #[serde(default)]
+    compression: Compression,
+    auth: Option<Auth>,
+    #[serde(default)]
+    api: Api,
+    #[serde(default)]
+    namespaces: BTreeMap<String, Namespace>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Heartbeat {
+    ping_interval: Option<Secs>,
+    idle_timeout: Option<Secs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_connections: Option<usize>,
+    max_message_size: Option<usize>,
+    publish_rate: Option<f64>,
+    publish_burst: Option<u32>,
+    send_queue: Option<usize>,
+    send_buffer: Option<usize>,
+    max_subscriptions: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rooms {
+    echo_to_sender: Option<bool>,
+    buffer: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Compression {
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Auth {
+    hmac_secret: Option<String>,
+    rsa_public_key_file: Option<PathBuf>,
+    #[serde(default)]
+    anonymous: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Api {
+    key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Namespace {
+    history_size: Option<usize>,
+    history_ttl: Option<Secs>,
+    presence: Option<bool>,
+    publish: Option<bool>,
+    private: Option<bool>,
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line on which `key` (dotted) is set, found by reading the file's tables and keys.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = match key.rsplit_once('.') {
+        Some((t, l)) => (t, l),
+        None => ("", key),
+    };
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            current = rest
+                .trim_end_matches(']')
+                .split('.')
+                .map(|p| p.trim().trim_matches('"'))
+                .collect::<Vec<_>>()
+                .join(".");
+            if current == key {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if current == table {
+            if let Some((k, _)) = line.split_once('=') {
+                if k.trim().trim_matches('"') == leaf {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+impl HubConfig {
+    /// Reads a TOML configuration file over `self` (keys absent from the file keep their
+    /// current values).
+    pub fn load_file(self, path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+        self.apply_toml(&text, path)
+    }
+
+    /// [`HubConfig::load_file`] on text already read; `path` names it in errors.
+    pub fn apply_toml(self, text: &str, path: &Path) -> Result<HubConfig, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let mut err = ConfigError::new(path, e.message().to_owned());
+            err.line = e.span().map(|s| line_of(text, s.start));
+            err
+        })?;
+        let file: File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = (key != ".").then_some(key);
+            let line = inner
+                .span()
+                .map(|s| line_of(text, s.start))
+                .or_else(|| key.as_deref().and_then(|k| line_of_key(text, k)));
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                key,
+                message: inner.message().to_owned(),
+            }
+        })?;
+        self.apply(file, text, path)
+    }
+
+    fn apply(mut self, f: File, text: &str, path: &Path) -> Result<HubConfig, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError {
+            file: path.to_owned(),
+            line: line_of_key(text, key),
+            key: Some(key.to_owned()),
+            message,
+        };
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.listen, f.listen);
+        set!(self.log_format, f.log_format);
+        set!(self.allowed_origins, f.allowed_origins);
+        set!(self.demo, f.demo);
+        set!(self.ping_interval, f.heartbeat.ping_interval.map(|s| s.0));
+        set!(self.idle_timeout, f.heartbeat.idle_timeout.map(|s| s.0));
+        if self.ping_interval.is_zero() {
+            return Err(invalid(
+                "heartbeat.ping_interval",
+                "must be at least 1 second".into(),
+            ));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(invalid(
+                "heartbeat.idle_timeout",
+                "must be longer than heartbeat.ping_interval".into(),
+            ));
+        }
+        set!(self.max_connections, f.limits.max_connections);
+        set!(self.max_message_size, f.limits.max_message_size);
+        set!(self.publish_rate, f.limits.publish_rate);
+        set!(self.publish_burst, f.limits.publish_burst);
+        set!(self.send_queue, f.limits.send_queue);
+        set!(self.send_buffer, f.limits.send_buffer);
+        set!(self.max_subscriptions, f.limits.max_subscriptions);
+        if !(self.publish_rate >= 0.0 && self.publish_rate.is_finite()) {
+            return Err(invalid(
+                "limits.publish_rate",
+                "must be a number of publications per second, 0 for no limit".into(),
+            ));
+        }
+        if self.send_queue == 0 {
+            return Err(invalid("limits.send_queue", "must be at least 1".into()));
+        }
+        if self.max_message_size < 125 {
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be at least 125 bytes".into(),
+            ));
+        }
+        set!(self.echo_to_sender, f.rooms.echo_to_sender);
+        set!(self.room_buffer, f.rooms.buffer);
+        if self.room_buffer == 0 {
+            return Err(invalid("rooms.buffer", "must be at least 1".into()));
+        }
+        if f.compression.enabled == Some(false) {
+            self.compression = None;
+        } else if f.compression.enabled == Some(true) && self.compression.is_none() {
+            self.compression = HubConfig::default().compression;
+        }
+        if let Some(a) = f.auth {
+            let rsa = match &a.rsa_public_key_file {
+                Some(file) => {
+                    let file = path.parent().unwrap_or(Path::new(".")).join(file);
+                    Some(std::fs::read(&file).map_err(|e| {
+                        invalid(
+                            "auth.rsa_public_key_file",
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            let auth = AuthConfig::new(a.hmac_secret.as_deref(), rsa.as_deref(), a.anonymous)
+                .map_err(|e| invalid("auth", e))?;
+            self.auth = Some(auth);
+        }
+        if let Some(key) = f.api.key {
+            if key.len() < 16 {
+                return Err(invalid("api.key", "must be at least 16 characters".into()));
+            }
+            self.api_key = Some(key);
+        }
+        let mut ns = self.namespaces.clone();
+        for (name, n) in f.namespaces {
+            let key = format!("namespaces.{name}");
+            if name != "default" && (name.is_empty() || name.contains(':')) {
+                return Err(invalid(&key, "a namespace name has no colon".into()));
+            }
+            let base = if name == "default" {
+                ns.for_channel("x").cloned().unwrap_or_default()
+            } else {
+                ns.namespace_options(&name).cloned().unwrap_or_default()
+            };
+            let mut o: NamespaceOptions = base;
+            set!(o.history_size, n.history_size);
+            set!(o.history_ttl, n.history_ttl.map(|s| s.0));
+            set!(o.presence, n.presence);
+            set!(o.publish, n.publish);
+            set!(o.private, n.private);
+            ns = if name == "default" {
+                ns.default_namespace(o)
+            } else {
+                ns.namespace(name, o)
+            };
+        }
+        self.namespaces = ns;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<HubConfig, ConfigError> {
+        HubConfig::default().apply_toml(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn empty_file_keeps_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.listen, HubConfig::default().listen);
+        assert!(c.namespaces.for_channel("lobby").unwrap().presence);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = load(
+            r#"
+listen = "127.0.0.1:9000"
+allowed_origins = ["https://example.com"]
+log_format = "json"
+[heartbeat]
+ping_interval = "5s"
+idle_timeout = 15
+[limits]
+max_connections = 10
+publish_rate = 2.5
+publish_burst = 5
+[auth]
+hmac_secret = "0123456789abcdef0123456789abcdef"
+[namespaces.private]
+private = true
+presence = false
+[namespaces.ticks]
+history_size = 10
+history_ttl = "1m"
+publish = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.idle_timeout, Duration::from_secs(15));
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.publish_rate, 2.5);
+        assert!(c.auth.is_some());
+        let p = c.namespaces.for_channel("private:x").unwrap();
+        assert!(p.private && !p.presence);
+        let t = c.namespaces.for_channel("ticks:eur").unwrap();
+        assert_eq!(t.history_size, 10);
+        assert_eq!(t.history_ttl, Duration::from_secs(60));
+        assert!(!t.publish);
+        assert!(c.namespaces.for_channel("nope:x").is_none());
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e =
+            load("listen = \"127.0.0.1:1\"\n\n[limits]\npublish_rate = \"fast\"\n").unwrap_err();
+        assert_eq!(e.line(), Some(4), "{e}");
+        assert_eq!(e.key(), Some("limits.publish_rate"), "{e}");
+        assert!(
+            e.to_string().starts_with("t.toml:4: limits.publish_rate: "),
+            "{e}"
+        );
+
+        let e = load("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert_eq!(e.line(), Some(2), "{e}");
+        assert!(e.to_string().contains("max_conections"), "{e}");
+
+        let e = load("[heartbeat]\nping_interval = 30\nidle_timeout = 10\n").unwrap_err();
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert_eq!(e.key(), Some("heartbeat.idle_timeout"));
+
+        let e = load("listen = \n").unwrap_err();
+        assert_eq!(e.line(), Some(1), "{e}");
+
+        let e = load("[heartbeat]\nping_interval = \"20 parsecs\"\n").unwrap_err();
+        assert_eq!(e.line(), Some(2), "{e}");
+
+        let e = load("[namespaces.\"a:b\"]\npresence = true\n").unwrap_err();
+        assert_eq!(e.key(), Some("namespaces.a:b"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+}
