@@ -112,7 +112,11 @@ fi
 
 # `tidewire serve --listen 127.0.0.1:0` prints
 #   tidewire serve listening on http://127.0.0.1:PORT/ (...)
-timeout "$SERVER_TIMEOUT" "$TIDEWIRE_BIN" serve --listen 127.0.0.1:0 >"$SERVER_LOG" 2>&1 &
+# Auth on with anonymous access (every check but `auth` runs without a token); no publish
+# rate limit (the resume check publishes 3,000 times as fast as replies come back).
+AUTH_SECRET="protocol-scenario-secret-$(date +%s)-0123456789abcdef"
+timeout "$SERVER_TIMEOUT" "$TIDEWIRE_BIN" serve --listen 127.0.0.1:0 --publish-rate 0 \
+  --auth-hmac-secret "$AUTH_SECRET" --auth-anonymous >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 PORT=""
 for ((i = 0; i < START_TIMEOUT * 10; i++)); do
@@ -136,7 +140,7 @@ fi
 URL="ws://127.0.0.1:$PORT/ws"
 log "tidewire serve (pid $SERVER_PID) on 127.0.0.1:$PORT, log: $SERVER_LOG"
 
-timeout "$SCENARIO_TIMEOUT" "$VPY" "$HERE/scenario.py" "$URL" "${SCENARIO_FLAGS[@]}" </dev/null
+timeout "$SCENARIO_TIMEOUT" "$VPY" "$HERE/scenario.py" "$URL" --strict --auth-secret "$AUTH_SECRET" "${SCENARIO_FLAGS[@]}" </dev/null
 RC=$?
 if [ "$RC" -eq 124 ]; then
   echo "protocol: FAIL (scenario timed out after ${SCENARIO_TIMEOUT} s)"
