@@ -593,3 +593,112 @@ async fn graceful_shutdown_closes_ws_and_rooms_with_1001() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn presence_join_and_leave_events_with_users() {
+    let config = temp_file("presence.toml", "[namespaces.quiet]\npresence = false\n");
+    let srv = serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--auth-hmac-secret",
+        SECRET,
+        "--auth-anonymous",
+    ]);
+    let mut p = Vec::new();
+    let mut a = client(srv.addr).await;
+    let r = request(
+        &mut a,
+        json!({"id": 1, "op": "subscribe", "channel": "chat:room"}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["ok"], true);
+    let own = next_json(&mut a).await;
+    let me = own["join"]["client"].clone();
+    assert!(me.is_string(), "own join first: {own}");
+    let t = hs256(json!({"sub": "zoe", "exp": now() + 60, "info": {"color": "teal"}}));
+    let mut b = client_q(srv.addr, &format!("?token={t}")).await;
+    let r = request(
+        &mut b,
+        json!({"id": 1, "op": "subscribe", "channel": "chat:room"}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["ok"], true);
+    let join = next_json(&mut a).await;
+    assert_eq!(join["channel"], "chat:room", "{join}");
+    assert_eq!(join["join"]["user"], "zoe", "{join}");
+    assert_eq!(join["join"]["info"]["color"], "teal", "{join}");
+    let bob_id = join["join"]["client"].clone();
+    let r = request(
+        &mut a,
+        json!({"id": 2, "op": "presence", "channel": "chat:room"}),
+        &mut p,
+    )
+    .await;
+    let mut ids: Vec<Value> = r["result"]["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].clone())
+        .collect();
+    ids.sort_by_key(|v| v.to_string());
+    let mut want = vec![me.clone(), bob_id.clone()];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, want);
+    // An abrupt disconnect is a leave too.
+    drop(b);
+    let leave = next_json(&mut a).await;
+    assert_eq!(leave["leave"]["client"], bob_id, "{leave}");
+    assert_eq!(leave["leave"]["user"], "zoe", "{leave}");
+    // Namespaces without presence refuse the op and send no events.
+    let r = request(
+        &mut a,
+        json!({"id": 3, "op": "subscribe", "channel": "quiet:x"}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["ok"], true);
+    let r = request(
+        &mut a,
+        json!({"id": 4, "op": "presence", "channel": "quiet:x"}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["error"]["code"], 110, "{r}");
+    assert!(p.iter().all(|v| v["channel"] != "quiet:x"), "{p:?}");
+}
+
+#[test]
+fn heartbeat_pings_and_closes_silent_connections() {
+    let srv = serve(&["--ping-interval", "300ms", "--idle-timeout", "1s"]);
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(upgrade_request(srv.addr, "/rooms/hb", "").as_bytes())
+        .unwrap();
+    let start = std::time::Instant::now();
+    // Read everything until the server closes; never answer its pings.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let elapsed = start.elapsed();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let frames = &got[head_end..];
+    assert_eq!(frames[0], 0x89, "a ping first: {frames:?}");
+    // The close frame: 0x88, length, code 1011.
+    let close = frames
+        .windows(2)
+        .position(|w| w[0] == 0x88)
+        .expect("a close frame");
+    let code = u16::from_be_bytes([frames[close + 2], frames[close + 3]]);
+    assert_eq!(code, 1011);
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+}
