@@ -1,37 +1,47 @@
 //! The `tidewire.v1` channel protocol at `/ws` (docs/protocol.md) over the engine.
 //!
-//! One task per connection reads requests and answers each one. Every subscription gets a
-//! small forwarding task that moves the engine's events into the connection's bounded
-//! queue; the connection writes them as prepared messages (serialized and framed once per
-//! event, whatever the number of subscribers). A connection whose queue is full, whose
-//! socket has more than `send_buffer` bytes waiting, or whose subscription lagged behind
-//! the engine, is a slow consumer: closed with 4000 so that it reconnects and resumes with
-//! `since`. It never holds up the other subscribers.
+//! One task per connection reads requests, answers each one, and writes the events of its
+//! subscriptions: their live streams are polled by the same task (no forwarding task, no
+//! extra queue), and each event is written as a prepared message (serialized and framed
+//! once per event, whatever the number of subscribers). The engine's bounded buffer per
+//! subscriber is the connection's send queue: a connection that falls more than that many
+//! events behind, or whose socket has more than `send_buffer` bytes waiting, is a slow
+//! consumer, closed with 4000 so that it reconnects and resumes with `since`. It never
+//! holds up the other subscribers.
 
 use crate::auth::{AuthError, Identity};
-use crate::engine::{ClientInfo, Engine, Event, NamespaceOptions, Recovery, StreamPosition};
+use crate::engine::{
+    ClientInfo, Engine, Event, NamespaceOptions, Recovery, StreamPosition, Subscription,
+};
 use crate::server::{close_bounded, Admitted, Hub, TokenBucket};
 use bytes::Bytes;
+use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt};
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidewire::upgrade::Upgraded;
 use tidewire::{CloseCode, CloseFrame, Message, WebSocketStream};
-use tokio::sync::{mpsc, oneshot};
 
 /// How long a connection may take to send `connect` where a token is required.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events written per wake-up at most, so one busy connection cannot starve its replies.
 const BATCH: usize = 64;
 
-/// Raised by a subscription's forwarding task when the connection's queue overflowed or
-/// the engine dropped events for it: the connection then closes with 4000.
-type SlowSignal = Arc<tokio::sync::Notify>;
+/// The live events of one subscription.
+type Live =
+    Abortable<Pin<Box<dyn Stream<Item = Result<Arc<Event>, crate::engine::Error>> + Send + Sync>>>;
 
-struct Sub {
-    stop: oneshot::Sender<()>,
+fn live(
+    sub: Subscription,
+) -> Pin<Box<dyn Stream<Item = Result<Arc<Event>, crate::engine::Error>> + Send + Sync>> {
+    Box::pin(futures_util::stream::unfold(sub, |mut sub| async move {
+        let next = sub.recv().await;
+        Some((next, sub))
+    }))
 }
 
 /// Error codes of docs/protocol.md.
@@ -118,9 +128,9 @@ struct Conn {
     client_id: String,
     identity: Option<Identity>,
     authenticated: bool,
-    subs: HashMap<String, Sub>,
-    tx: mpsc::Sender<Arc<Event>>,
-    slow: SlowSignal,
+    /// Subscribed channels; aborting the handle ends the live stream.
+    subs: HashMap<String, AbortHandle>,
+    live: SelectAll<Live>,
     bucket: TokenBucket,
 }
 
@@ -134,16 +144,13 @@ pub(crate) async fn serve_connection(
     hub.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Arc<Event>>(hub.config.send_queue);
-    let slow = SlowSignal::default();
     let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous());
     let mut conn = Conn {
         client_id: hub.next_client_id(),
         authenticated: !required || admitted.identity.is_some(),
         identity: admitted.identity,
         subs: HashMap::new(),
-        tx,
-        slow: slow.clone(),
+        live: SelectAll::new(),
         bucket: TokenBucket::new(
             hub.config.publish_rate,
             hub.config.publish_burst,
@@ -189,40 +196,45 @@ pub(crate) async fn serve_connection(
                 }
                 None => break,
             },
-            _ = slow.notified() => {
-                metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(client = %conn.client_id, "slow consumer disconnected: send queue full");
-                let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
-                close_bounded(&mut ws, frame).await;
-                break;
-            }
-            event = rx.recv() => {
-                let mut next = event;
+            first = conn.live.next(), if !conn.live.is_empty() => {
+                let mut next = first;
                 let mut written = 0;
+                let mut slow = false;
                 let mut failed = false;
-                while let Some(event) = next.take() {
-                    let queued = match event.prepared() {
-                        Some(p) => {
-                            metrics.sent(1, p.payload().len() as u64);
-                            ws.queue_prepared(p)
+                while let Some(item) = next.take() {
+                    match item {
+                        Ok(event) => {
+                            let queued = match event.prepared() {
+                                Some(p) => {
+                                    metrics.sent(1, p.payload().len() as u64);
+                                    ws.queue_prepared(p)
+                                }
+                                None => ws.queue(Message::text(event.to_json())),
+                            };
+                            if queued.is_err() {
+                                failed = true;
+                                break;
+                            }
                         }
-                        None => ws.queue(Message::text(event.to_json())),
-                    };
-                    if queued.is_err() {
-                        failed = true;
-                        break;
+                        Err(e) if e.is_lagged() => {
+                            slow = true;
+                            break;
+                        }
+                        Err(_) => {}
                     }
                     written += 1;
                     if written < BATCH {
-                        next = rx.try_recv().ok();
+                        // Whatever else is ready now leaves in the same write.
+                        next = conn.live.next().now_or_never().flatten();
                     }
                 }
                 if failed {
                     break;
                 }
-                if ws.connection().pending_transmit() > send_buffer {
+                if slow || ws.connection().pending_transmit() > send_buffer {
                     metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(client = %conn.client_id, "slow consumer disconnected: send buffer full");
+                    let why = if slow { "fell behind the channel" } else { "send buffer full" };
+                    tracing::info!(client = %conn.client_id, "slow consumer disconnected: {why}");
                     let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
                     close_bounded(&mut ws, frame).await;
                     break;
@@ -240,13 +252,22 @@ pub(crate) async fn serve_connection(
             }
         }
     }
-    for (_, sub) in conn.subs.drain() {
-        let _ = sub.stop.send(());
+    conn.live = SelectAll::new();
+    let channels: Vec<String> = conn.subs.drain().map(|(ch, _)| ch).collect();
+    for ch in channels {
+        conn.leave(&ch).await;
     }
     tracing::debug!(client = %conn.client_id, "disconnected");
 }
 
 impl Conn {
+    /// Ends the subscription's presence (a leave event) once its stream is gone.
+    async fn leave(&self, ch: &str) {
+        self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        // Namespaces without presence answer "not available": nothing to leave.
+        let _ = self.hub.engine.leave(ch, &self.client_id).await;
+    }
+
     fn client_info(&self) -> ClientInfo {
         let mut info = ClientInfo::new(self.client_id.clone());
         if let Some(id) = &self.identity {
@@ -312,8 +333,9 @@ impl Conn {
         let reply = match op {
             "subscribe" => self.subscribe(&id, ch, &req, now).await,
             "unsubscribe" => match self.subs.remove(ch) {
-                Some(sub) => {
-                    let _ = sub.stop.send(());
+                Some(handle) => {
+                    handle.abort();
+                    self.leave(ch).await;
                     reply_ok(&id, "{}")
                 }
                 None => reply_err(&id, code::NOT_SUBSCRIBED, "not subscribed"),
@@ -481,34 +503,10 @@ impl Conn {
             ));
         }
         result.push('}');
-        let (stop, mut stopped) = oneshot::channel();
-        let tx = self.tx.clone();
-        let slow = self.slow.clone();
-        let hub = self.hub.clone();
-        hub.subscribers.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    ev = sub.recv() => match ev {
-                        Ok(ev) => {
-                            if tx.try_send(ev).is_err() {
-                                slow.notify_one();
-                                break;
-                            }
-                        }
-                        Err(e) if e.is_lagged() => {
-                            slow.notify_one();
-                            break;
-                        }
-                        Err(_) => break,
-                    },
-                }
-            }
-            let _ = hub.engine.unsubscribe(sub, Instant::now()).await;
-            hub.subscribers.fetch_sub(1, Ordering::Relaxed);
-        });
-        self.subs.insert(ch.to_owned(), Sub { stop });
+        let (handle, registration) = AbortHandle::new_pair();
+        self.live.push(Abortable::new(live(sub), registration));
+        self.hub.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.subs.insert(ch.to_owned(), handle);
         reply_ok(id, &result)
     }
 }

@@ -66,8 +66,8 @@ pub struct HubConfig {
     pub publish_rate: f64,
     /// Bucket size of the publish rate limit. Default 200.
     pub publish_burst: u32,
-    /// Events a `/ws` connection may have waiting before it is a slow consumer. Default
-    /// 4096.
+    /// Events of a channel a `/ws` subscriber may fall behind (not yet written to its
+    /// socket) before it is a slow consumer. Default 4096.
     pub send_queue: usize,
     /// Bytes a connection may have waiting for its socket before it is a slow consumer.
     /// Default 4 MiB.
@@ -147,7 +147,9 @@ impl Hub {
             rooms: Rooms::new(config.room_buffer),
             channel_server: server.clone().protocols(["tidewire.v1"]),
             server,
-            engine: Arc::new(MemoryEngine::new(config.namespaces.clone())),
+            engine: Arc::new(
+                MemoryEngine::new(config.namespaces.clone()).subscriber_buffer(config.send_queue),
+            ),
             config,
             next_id: AtomicU64::new(1),
             room_conns: AtomicUsize::new(0),
