@@ -411,7 +411,8 @@ async fn max_connections_answered_with_503() {
 
 #[tokio::test]
 async fn metrics_count_traffic() {
-    let srv = serve(&[]);
+    // Without the demo ticker, whose channel would count.
+    let srv = serve(&["--no-demo"]);
     let mut ws = client(srv.addr).await;
     let mut p = Vec::new();
     request(

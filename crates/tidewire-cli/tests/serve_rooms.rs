@@ -25,8 +25,12 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 async fn rooms_broadcast_pages_and_graceful_shutdown() {
     let (mut child, addr) = spawn("serve", &[]);
     assert!(http_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
-    let page = http_get(addr, "/");
+    let page = http_get(addr, "/bare");
     assert!(page.starts_with("HTTP/1.1 200") && page.contains("new WebSocket"));
+    for path in ["/", "/chat", "/live", "/board", "/style.css"] {
+        let page = http_get(addr, path);
+        assert!(page.starts_with("HTTP/1.1 200"), "{path}: {page}");
+    }
     let missing = http_get(addr, "/nope");
     assert!(
         missing.starts_with("HTTP/1.1 404") && missing.contains("no route for /nope"),

@@ -28,6 +28,8 @@ use tidewire::{CloseCode, CloseFrame, Message, WebSocketStream};
 
 /// How long a connection may take to send `connect` where a token is required.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `info` a client may attach in `connect` (serialized JSON bytes).
+const MAX_INFO: usize = 1024;
 /// Events written per wake-up at most, so one busy connection cannot starve its replies.
 const BATCH: usize = 64;
 
@@ -128,6 +130,8 @@ struct Conn {
     client_id: String,
     identity: Option<Identity>,
     authenticated: bool,
+    /// `info` given in `connect`, shown in presence unless the token has one.
+    own_info: Option<Value>,
     /// Subscribed channels; aborting the handle ends the live stream.
     subs: HashMap<String, AbortHandle>,
     live: SelectAll<Live>,
@@ -148,6 +152,7 @@ pub(crate) async fn serve_connection(
     let mut conn = Conn {
         client_id: hub.next_client_id(),
         authenticated: !required || admitted.identity.is_some(),
+        own_info: None,
         identity: admitted.identity,
         subs: HashMap::new(),
         live: SelectAll::new(),
@@ -273,6 +278,10 @@ impl Conn {
         if let Some(id) = &self.identity {
             info.user_id = Some(id.user.clone());
             info.info = id.info.clone();
+        }
+        // The token's `info` claim, when there is one, wins over what the client says.
+        if info.info.is_none() {
+            info.info = self.own_info.clone();
         }
         info
     }
@@ -434,6 +443,14 @@ impl Conn {
             Some(Value::String(t)) => Some(t.as_str()),
             Some(_) => return reply_err(id, code::BAD_REQUEST, "token must be a string").into(),
         };
+        let info = match req.get("info") {
+            None | Some(Value::Null) => None,
+            Some(v) if v.to_string().len() <= MAX_INFO => Some(v.clone()),
+            Some(_) => {
+                let msg = format!("info is larger than {MAX_INFO} bytes");
+                return reply_err(id, code::BAD_REQUEST, &msg).into();
+            }
+        };
         match (&self.hub.config.auth, token) {
             (Some(auth), Some(token)) => match auth.verify(token) {
                 Ok(identity) => {
@@ -459,6 +476,9 @@ impl Conn {
                 return Reply::SendAndClose(reply, auth_close(&e));
             }
             _ => {}
+        }
+        if info.is_some() {
+            self.own_info = info;
         }
         let user = self.identity.as_ref().map(|i| i.user.as_str());
         let result = json!({"client": self.client_id, "user": user, "version": "tidewire.v1"});

@@ -23,4 +23,4 @@ pub use config::{parse_duration, ConfigError};
 pub use engine::{Engine, MemoryEngine, NamespaceConfig, NamespaceOptions};
 pub use metrics::Metrics;
 pub use rooms::Rooms;
-pub use server::{router, serve, Hub, HubConfig, LogFormat};
+pub use server::{default_namespaces, router, serve, Hub, HubConfig, LogFormat};

@@ -8,7 +8,7 @@ use crate::rooms::Rooms;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
@@ -44,7 +44,8 @@ pub struct HubConfig {
     /// Origins allowed besides the server's own host (`https://app.example.com`), or `*`
     /// for any. Requests without `Origin` (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
-    /// Serve the demo pages at `/`. Default true.
+    /// Serve the demo pages at `/` and run the demo ticker (a price tick on `live:ticks`
+    /// every 100 ms). Default true.
     pub demo: bool,
     /// Send a room message back to its sender too. Default false.
     pub echo_to_sender: bool,
@@ -81,7 +82,7 @@ pub struct HubConfig {
     pub auth: Option<AuthConfig>,
     /// Key for `POST /api/publish` (`Authorization: apikey KEY`); the API is off without it.
     pub api_key: Option<String>,
-    /// Namespaces. Default: the default namespace and `chat`, both with presence on.
+    /// Namespaces. Default: see [`default_namespaces`].
     pub namespaces: NamespaceConfig,
 }
 
@@ -106,13 +107,32 @@ impl Default for HubConfig {
             compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
             auth: None,
             api_key: None,
-            // The default namespace and `chat`: last 1,000 publications for 10 minutes,
-            // presence on, clients may publish.
-            namespaces: NamespaceConfig::new()
-                .default_namespace(NamespaceOptions::default().presence(true))
-                .namespace("chat", NamespaceOptions::default().presence(true)),
+            namespaces: default_namespaces(),
         }
     }
+}
+
+/// The embedded namespaces, which the demo pages use:
+/// - the default one and `chat`: the last 1,000 publications for 10 minutes, presence on;
+/// - `typing`: typing indicators, no history, no presence;
+/// - `board`: whiteboard strokes, the last 10,000 for an hour (late joiners redraw from
+///   history), presence on;
+/// - `live`: server-published data (the demo ticker), clients may not publish, the last 600
+///   (a minute of ticks) for 10 minutes, no presence.
+pub fn default_namespaces() -> NamespaceConfig {
+    let base = NamespaceOptions::default();
+    NamespaceConfig::new()
+        .default_namespace(base.clone().presence(true))
+        .namespace("chat", base.clone().presence(true))
+        .namespace("typing", base.clone().history_size(0))
+        .namespace(
+            "board",
+            base.clone()
+                .presence(true)
+                .history_size(10_000)
+                .history_ttl(Duration::from_secs(3600)),
+        )
+        .namespace("live", base.publish(false).history_size(600))
 }
 
 /// Shared state of a running hub.
@@ -181,13 +201,58 @@ impl Hub {
     }
 }
 
-const INDEX_HTML: &str = include_str!("../../../web/index.html");
+/// The demo pages, embedded: (path, content type, body).
+const PAGES: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    ),
+    (
+        "/chat",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/chat.html"),
+    ),
+    (
+        "/live",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/live.html"),
+    ),
+    (
+        "/board",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/board.html"),
+    ),
+    (
+        "/bare",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/bare.html"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/style.css"),
+    ),
+];
 
 /// The routes of the hub.
 pub fn router(hub: Arc<Hub>) -> Router {
     let mut router = Router::new();
     if hub.config.demo {
-        router = router.route("/", get(|| async { Html(INDEX_HTML) }));
+        for &(path, content_type, body) in PAGES {
+            router = router.route(
+                path,
+                get(move || async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, content_type),
+                            (header::CACHE_CONTROL, "no-cache"),
+                        ],
+                        body,
+                    )
+                }),
+            );
+        }
     }
     router
         .route("/healthz", get(|| async { "ok\n" }))
@@ -640,6 +705,45 @@ async fn api_publish(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Byte
     }
 }
 
+/// The demo's live data: a random-walk price on `live:ticks` every 100 ms, stopped by
+/// shutdown.
+async fn demo_ticker(hub: Arc<Hub>) {
+    let mut shutdown = hub.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut price = 100.0f64;
+    // A small xorshift generator: the demo needs movement, not cryptography.
+    let mut state = 0x2545_f491_4f6c_dd1du64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let step = (state % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+        price = (price * (1.0 + step * 0.004)).clamp(1.0, 10_000.0);
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let data = format!("{{\"symbol\":\"TWD\",\"price\":{price:.2},\"ts\":{ts}}}");
+        if let Err(e) = hub
+            .engine
+            .publish("live:ticks", Bytes::from(data), Instant::now())
+            .await
+        {
+            tracing::warn!("demo ticker stopped: {e}");
+            return;
+        }
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -664,6 +768,9 @@ pub async fn serve(
             sweeper.sweep(Instant::now());
         }
     });
+    if hub.config.demo {
+        tokio::spawn(demo_ticker(hub.clone()));
+    }
     let app = router(hub.clone());
     let signal = async move {
         shutdown.await;
