@@ -221,3 +221,57 @@ export async function startEcho(extra = []) {
   });
   return { ...s, url: s.match[1], port: Number(s.match[2]) };
 }
+
+/** Starts `tidewire serve --listen ADDR extra...`; returns { ...server, port, base }. */
+export async function startServe(extra = [], listen = '127.0.0.1:0') {
+  const s = await startServer(tidewireBin(), ['serve', '--listen', listen, ...extra], {
+    ready: /listening on http:\/\/127\.0\.0\.1:(\d+)\//,
+  });
+  const port = Number(s.match[1]);
+  return { ...s, port, base: `http://127.0.0.1:${port}` };
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of `port`, to cut connections the way a network does:
+ * `cut()` destroys every proxied socket at once (no close frame, no FIN handshake from the
+ * far side), `down(ms)` also refuses new connections for that long. Returns
+ * { port, base, cut, down, close }.
+ */
+export async function startProxy(port) {
+  const { createServer: createTcp, connect } = await import('node:net');
+  const sockets = new Set();
+  let downUntil = 0;
+  const server = createTcp((client) => {
+    if (Date.now() < downUntil) { client.destroy(); return; }
+    const upstream = connect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {});
+    }
+    client.pipe(upstream); upstream.pipe(client);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise((ok, fail) => { server.once('error', fail); server.listen(0, '127.0.0.1', ok); });
+  server.unref();
+  const own = server.address().port;
+  const cut = () => { for (const s of sockets) s.resetAndDestroy ? s.resetAndDestroy() : s.destroy(); };
+  return {
+    port: own,
+    base: `http://127.0.0.1:${own}`,
+    cut,
+    down: (ms) => { downUntil = Date.now() + ms; cut(); },
+    close: () => new Promise((ok) => { cut(); server.close(() => ok()); }),
+  };
+}
+
+/** Polls `fn` in the page until it returns a truthy value (bounded); returns that value. */
+export async function waitFor(page, fn, arg, { timeout = STEP_TIMEOUT_MS, what = 'condition' } = {}) {
+  const handle = await withTimeout(
+    page.waitForFunction(fn, arg, { timeout, polling: 100 }),
+    timeout + 1000,
+    what,
+  );
+  return handle.jsonValue();
+}
