@@ -1,8 +1,9 @@
 // (b) The server process is killed and restarted on the same port: the client reconnects
 // and resubscribes by itself, reports recovered: false, then receives new publications.
+// Also the other recovered: false case: history that no longer reaches back.
 import { afterAll, expect, test } from "vitest";
 import type { SubscriptionItem, Unrecoverable } from "../src/index.js";
-import { makeClient, startServer, waitFor, type Served } from "./helpers.js";
+import { makeClient, Proxy, startServer, waitFor, type Served } from "./helpers.js";
 
 const servers: Served[] = [];
 afterAll(async () => {
@@ -63,4 +64,39 @@ test("server killed and restarted on the same port: resubscribed, recovered: fal
   expect(reconnecting[0]).toMatchObject({ state: "reconnecting", attempt: 1, code: 1006 });
   client.disconnect();
   pub$.client.disconnect();
+});
+
+test("history that no longer reaches back: recovered: false in the same epoch, then live", async () => {
+  const srv = await startServer({ config: `[namespaces.short]\nhistory_size = 3\n` });
+  servers.push(srv);
+  const proxy = await new Proxy(srv.port).listen();
+  try {
+    const { client } = makeClient(proxy.url);
+    const pub = makeClient(srv.url).client;
+    await Promise.all([client.connect(), pub.connect()]);
+    const lost: Unrecoverable[] = [];
+    const got: number[] = [];
+    const sub = client.subscribe<number>("short:feed", {
+      onUnrecoverable: (u) => lost.push(u),
+      onPublication: (p) => got.push(p.data),
+    });
+    await sub.ready;
+    await pub.publish("short:feed", 1);
+    await waitFor(() => got.length === 1, "publication 1");
+    proxy.refuse = true;
+    proxy.sever();
+    await waitFor(() => client.state === "reconnecting", "reconnecting");
+    for (let n = 2; n <= 10; n++) await pub.publish("short:feed", n); // 9 missed, 3 kept
+    proxy.refuse = false;
+    await waitFor(() => lost.length === 1, "onUnrecoverable");
+    expect(lost[0]!.since.offset).toBe(1);
+    expect(lost[0]!.position).toEqual({ offset: 10, epoch: lost[0]!.since.epoch });
+    await pub.publish("short:feed", 11);
+    await waitFor(() => got.length === 2, "publication 11");
+    expect(got).toEqual([1, 11]);
+    client.disconnect();
+    pub.disconnect();
+  } finally {
+    await proxy.close();
+  }
 });
