@@ -1,0 +1,120 @@
+/** Types of the `tidewire.v1` channel protocol (docs/protocol.md) as this library exposes them. */
+
+/** A position in a channel's stream: the last offset seen and the channel's epoch. */
+export interface StreamPosition {
+  offset: number;
+  epoch: string;
+}
+
+/** A publication on a channel (pushed, recovered, or from `history`). */
+export interface Publication<T = unknown> {
+  type: "publication";
+  channel: string;
+  offset: number;
+  epoch: string;
+  data: T;
+}
+
+/**
+ * The server could not fill the gap after a reconnect (`recovered: false`): the channel's
+ * history was recreated (new epoch, e.g. a server restart) or no longer reaches back far
+ * enough. Publications between `since` and `position` may be missing: reload the state
+ * (for example with `history`) and tell the user that older messages may be missing.
+ */
+export interface Unrecoverable {
+  type: "unrecoverable";
+  channel: string;
+  /** The position the client asked to resume from. */
+  since: StreamPosition;
+  /** The channel's position now; live publications continue from `offset + 1`. */
+  position: StreamPosition;
+}
+
+/** What iterating over a subscription (`for await (const item of sub)`) yields. */
+export type SubscriptionItem<T = unknown> = Publication<T> | Unrecoverable;
+
+/** A client in presence and in join/leave events. `user` and `info` are null when anonymous. */
+export interface ClientInfo {
+  client: string;
+  user: string | null;
+  info: unknown;
+}
+
+/** Result of `connect` (also carried by the `connected` state event). */
+export interface ConnectResult {
+  client: string;
+  user: string | null;
+  version: string;
+}
+
+export interface PublishResult {
+  offset: number;
+  epoch: string;
+}
+
+export interface HistoryResult<T = unknown> {
+  offset: number;
+  epoch: string;
+  /** Oldest first. */
+  publications: Publication<T>[];
+}
+
+export interface PresenceResult {
+  clients: ClientInfo[];
+}
+
+/** What a (re)subscription produced, passed to `onSubscribed`. */
+export interface SubscribedEvent {
+  channel: string;
+  position: StreamPosition;
+  /** False for the first subscription of this Subscription object, true after a reconnect. */
+  resubscribed: boolean;
+  /** Present when the subscribe request carried `since`. */
+  recovered?: boolean;
+  /** Number of recovered publications delivered (after dropping duplicates). */
+  recoveredCount: number;
+}
+
+/** Connection states, as reported by `client.on("state", ...)`. */
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "reconnecting";
+
+export type StateEvent =
+  | { state: "connecting"; attempt: number }
+  | { state: "connected"; client: string; user: string | null }
+  | {
+      state: "reconnecting";
+      /** 1 for the first retry after a connection was lost (or failed), then 2, 3, ... */
+      attempt: number;
+      /** Milliseconds until this attempt starts. */
+      delay: number;
+      /** Close code of the connection that was lost, if a close event carried one. */
+      code?: number;
+      reason: string;
+    }
+  | {
+      state: "disconnected";
+      code?: number;
+      reason: string;
+      /** True when the client waits for the browser's `online` event. */
+      offline?: boolean;
+    };
+
+/** The part of the WebSocket API this library uses (browsers, Node >= 22, the `ws` package). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly protocol: string;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: any) => any) | null;
+  onmessage: ((ev: { data: any }) => any) | null;
+  onclose: ((ev: { code: number; reason: string }) => any) | null;
+  onerror: ((ev: any) => any) | null;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Something that dispatches the browser's `online` and `offline` events (normally `window`). */
+export interface NetworkEventTarget {
+  addEventListener(type: string, listener: () => void): void;
+  removeEventListener(type: string, listener: () => void): void;
+}

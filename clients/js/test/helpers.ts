@@ -1,0 +1,209 @@
+// Test helpers: a real `tidewire serve`, a TCP proxy that can cut connections, waiting.
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { createServer, connect as tcpConnect, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { createHmac } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { TidewireClient, type ClientOptions, type StateEvent } from "../src/index.js";
+
+/** TIDEWIRE_BIN, else ../../target/release/tidewire from clients/js. */
+export const BIN = process.env.TIDEWIRE_BIN
+  ? resolve(process.env.TIDEWIRE_BIN)
+  : fileURLToPath(new URL("../../../target/release/tidewire", import.meta.url));
+
+/** Default test configuration: enough history for the stream tests. */
+export const DEFAULT_CONFIG = `[namespaces.default]\nhistory_size = 10000\n`;
+
+export interface Served {
+  port: number;
+  /** ws://127.0.0.1:PORT/ws */
+  url: string;
+  proc: ChildProcess;
+  /** The last lines the server wrote to stderr (for failure messages). */
+  log(): string;
+  /** Kills the process (SIGKILL by default) and waits for it to exit. */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const tempDirs: string[] = [];
+process.on("exit", () => {
+  for (const d of tempDirs) rmSync(d, { recursive: true, force: true });
+});
+
+/**
+ * Starts `tidewire serve --listen 127.0.0.1:PORT --publish-rate 0 --config FILE` and reads
+ * the address from the first stdout line
+ * (`tidewire serve listening on http://127.0.0.1:PORT/ (...)`).
+ */
+export async function startServer(opts: { port?: number; config?: string; args?: string[] } = {}): Promise<Served> {
+  const dir = mkdtempSync(join(tmpdir(), "tidewire-js-"));
+  tempDirs.push(dir);
+  const configFile = join(dir, "tidewire.toml");
+  writeFileSync(configFile, opts.config ?? DEFAULT_CONFIG);
+  const args = [
+    "serve",
+    "--listen",
+    `127.0.0.1:${opts.port ?? 0}`,
+    "--publish-rate",
+    "0",
+    "--config",
+    configFile,
+    ...(opts.args ?? []),
+  ];
+  const proc = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const stderr: string[] = [];
+  proc.stderr!.setEncoding("utf8");
+  proc.stderr!.on("data", (chunk: string) => {
+    stderr.push(chunk);
+    if (stderr.length > 200) stderr.splice(0, stderr.length - 200);
+  });
+  const exited = new Promise<void>((res) => proc.once("exit", () => res()));
+  const lines = createInterface({ input: proc.stdout! });
+  const port = await new Promise<number>((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`tidewire serve printed no address within 10 s: ${stderr.join("")}`)), 10_000);
+    proc.once("error", (e) => {
+      clearTimeout(timer);
+      rej(new Error(`cannot run ${BIN} (set TIDEWIRE_BIN or build with cargo build --release -p tidewire-cli): ${e.message}`));
+    });
+    proc.once("exit", (code) => {
+      clearTimeout(timer);
+      rej(new Error(`tidewire serve exited with ${code} before listening: ${stderr.join("")}`));
+    });
+    lines.once("line", (line) => {
+      clearTimeout(timer);
+      const m = /^tidewire serve listening on http:\/\/127\.0\.0\.1:(\d+)\//.exec(line);
+      if (m) res(Number(m[1]));
+      else rej(new Error(`unexpected first line from tidewire serve: ${line}`));
+    });
+  });
+  lines.on("line", () => {}); // keep draining stdout
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}/ws`,
+    proc,
+    log: () => stderr.join("").split("\n").slice(-30).join("\n"),
+    async kill(signal: NodeJS.Signals = "SIGKILL") {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
+/**
+ * A TCP proxy in front of the server. `sever()` resets every connection (no close frame:
+ * the client sees 1006); `refuse` resets new connections at once; `blackhole()` stops
+ * forwarding on the current connections without closing them.
+ */
+export class Proxy {
+  private server: Server;
+  private pairs = new Set<{ client: Socket; upstream: Socket; dead: boolean }>();
+  refuse = false;
+  /** Connections accepted so far. */
+  accepted = 0;
+  port = 0;
+
+  constructor(private readonly targetPort: number) {
+    this.server = createServer((client) => this.accept(client));
+  }
+
+  get url(): string {
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+
+  /** Connections currently forwarded. */
+  get live(): number {
+    return this.pairs.size;
+  }
+
+  async listen(): Promise<this> {
+    await new Promise<void>((res) => this.server.listen(0, "127.0.0.1", () => res()));
+    this.port = (this.server.address() as { port: number }).port;
+    return this;
+  }
+
+  private accept(client: Socket): void {
+    this.accepted++;
+    if (this.refuse) {
+      client.resetAndDestroy();
+      return;
+    }
+    client.setNoDelay(true);
+    const upstream = tcpConnect(this.targetPort, "127.0.0.1");
+    upstream.setNoDelay(true);
+    const pair = { client, upstream, dead: false };
+    this.pairs.add(pair);
+    const end = () => {
+      if (!this.pairs.delete(pair)) return;
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("data", (d) => {
+      if (!pair.dead) upstream.write(d);
+    });
+    upstream.on("data", (d) => {
+      if (!pair.dead) client.write(d);
+    });
+    client.on("close", end);
+    upstream.on("close", end);
+    client.on("error", end);
+    upstream.on("error", end);
+  }
+
+  /** Resets every connection; returns how many there were. */
+  sever(): number {
+    const n = this.pairs.size;
+    for (const p of [...this.pairs]) {
+      this.pairs.delete(p);
+      p.client.resetAndDestroy();
+      p.upstream.resetAndDestroy();
+    }
+    return n;
+  }
+
+  /** Silently drops everything on the current connections, both ways. */
+  blackhole(): void {
+    for (const p of this.pairs) p.dead = true;
+  }
+
+  async close(): Promise<void> {
+    this.sever();
+    await new Promise<void>((res) => this.server.close(() => res()));
+  }
+}
+
+/** Polls `pred` every 5 ms until it holds; fails after `timeout` ms with `what`. */
+export async function waitFor(pred: () => boolean, what: string, timeout = 10_000): Promise<void> {
+  const t0 = Date.now();
+  while (!pred()) {
+    if (Date.now() - t0 > timeout) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A client with fast test timings, recording its state events. */
+export function makeClient(url: string, options: ClientOptions = {}) {
+  const client = new TidewireClient(url, {
+    initialDelay: 20,
+    maxDelay: 200,
+    networkEvents: null,
+    ...options,
+  });
+  const states: StateEvent[] = [];
+  const errors: Error[] = [];
+  client.on("state", (s) => states.push(s));
+  client.on("error", (e) => errors.push(e));
+  return { client, states, errors };
+}
+
+/** An HS256 JWT from the standard library. */
+export function hs256(secret: string, claims: Record<string, unknown>): string {
+  const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const sig = createHmac("sha256", secret).update(head).digest("base64url");
+  return `${head}.${sig}`;
+}
