@@ -61,6 +61,7 @@ log "server under test: $TIDEWIRE_BIN"
 t0=$(date +%s)
 (cd "$HERE" && npm run --silent build </dev/null) || fail "npm run build (tsc)"
 log "tsc: dist/ built in $(( $(date +%s) - t0 )) s"
+(cd "$HERE" && node sync-web.mjs --check) || fail "web/lib differs from the built library"
 
 t0=$(date +%s)
 (cd "$HERE" && timeout -k 10 "$TEST_TIMEOUT" npm test --silent </dev/null)

@@ -139,7 +139,7 @@ pass="${pass:-0}"; fail="$(( ${fail:-0} + ${cancelled:-0} ))"; skip="${skip:-0}"
 if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi   # crashed / timed out before counting
 if [ "$pass" -eq 0 ] && [ "$fail" -eq 0 ]; then fail=1; log "no test ran"; fi
 sed -n 's/^# \(skipped: .*\)$/browser: \1/p' "$out"
-ls "$ROOT"/screenshots/browser-echo*.png 2>/dev/null | sed 's/^/browser: screenshot /'
+ls "$ROOT"/screenshots/browser-echo*.png "$ROOT"/screenshots/hub-*.png 2>/dev/null | sed 's/^/browser: screenshot /'
 log "logs in $LOG_DIR; total $(( $(date +%s) - START )) s"
 echo "browser: $pass passed, $fail failed, $skip skipped"
 [ "$rc" -eq 0 ] && [ "$fail" -eq 0 ]

@@ -27,6 +27,11 @@ export interface ClientOptions {
    * uses a fresh token. Sent as `{"op": "connect", "token": ...}`, the first message.
    */
   token?: TokenSource;
+  /**
+   * Shown to others in presence and join/leave events as this client's `info` (any JSON,
+   * at most 1 KiB), e.g. `{nick: "ann"}`; a token's `info` claim wins over it.
+   */
+  info?: unknown;
   /** WebSocket constructor; default `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   /** Backoff before the first retry is at most this many ms (full jitter). Default 500. */
@@ -78,6 +83,7 @@ interface Request {
 type Pending =
   | { kind: "request"; req: Request }
   | { kind: "subscribe"; sub: Subscription<any>; since: StreamPosition | null }
+  | { kind: "history-first"; sub: Subscription<any> }
   | { kind: "connect" }
   | { kind: "ping" }
   | { kind: "ignore" };
@@ -117,8 +123,9 @@ function isPosition(offset: unknown, epoch: unknown): boolean {
  */
 export class TidewireClient {
   readonly url: string;
-  private readonly o: Required<Omit<ClientOptions, "token" | "networkEvents" | "WebSocket">>;
+  private readonly o: Required<Omit<ClientOptions, "token" | "networkEvents" | "WebSocket" | "info">>;
   private readonly token: TokenSource | undefined;
+  private readonly presenceInfo: unknown;
   private readonly WS: WebSocketConstructor | undefined;
   private readonly network: NetworkEventTarget | null;
   private phase: Phase = "idle";
@@ -148,6 +155,7 @@ export class TidewireClient {
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
     this.token = options.token;
+    this.presenceInfo = options.info;
     this.WS = options.WebSocket ?? (globalThis as any).WebSocket;
     const win = (globalThis as any).window;
     this.network =
@@ -416,6 +424,7 @@ export class TidewireClient {
       conn.pending.set(id, { kind: "connect" });
       const msg: Record<string, unknown> = { id, op: "connect" };
       if (token !== undefined) msg.token = token;
+      if (this.presenceInfo !== undefined) msg.info = this.presenceInfo;
       this.send(conn, JSON.stringify(msg));
     };
     ws.onmessage = (ev) => {
@@ -711,6 +720,9 @@ export class TidewireClient {
       case "subscribe":
         this.subscribeReply(conn, msg.id, entry.sub, entry.since, err, msg.result);
         return;
+      case "history-first":
+        this.historyFirstReply(conn, msg.id, entry.sub, err, msg.result);
+        return;
       case "ping":
       case "ignore":
         return;
@@ -718,6 +730,16 @@ export class TidewireClient {
   }
 
   private sendSubscribe(conn: Conn, sub: Subscription<any>): void {
+    if (sub._historyFirst > 0 && !sub._position) {
+      // History on join: load the newest publications first, then subscribe from them.
+      const id = this.nextId++;
+      sub._pendingId = id;
+      sub._active = false;
+      sub._held = [];
+      conn.pending.set(id, { kind: "history-first", sub });
+      this.send(conn, JSON.stringify({ id, op: "history", channel: sub.channel, limit: sub._historyFirst }));
+      return;
+    }
     const id = this.nextId++;
     const since = sub._position ? { offset: sub._position.offset, epoch: sub._position.epoch } : null;
     const msg: Record<string, unknown> = { id, op: "subscribe", channel: sub.channel };
@@ -793,6 +815,28 @@ export class TidewireClient {
     for (const p of held) {
       if (this.publication(conn, sub, p) === "resync") break;
     }
+  }
+
+  /** The history loaded before a first subscribe: delivered, then subscribe with `since`. */
+  private historyFirstReply(conn: Conn, id: number, sub: Subscription<any>, err: TidewireError | null, result: any): void {
+    if (sub._state === "unsubscribed" || this.subs.get(sub.channel) !== sub || sub._pendingId !== id) return;
+    if (err || !isPosition(result?.offset, result?.epoch)) {
+      // Report it as the subscription's failure, as a refused subscribe would be.
+      this.subscribeReply(conn, id, sub, null, err ?? new TidewireError("protocol", `history reply without offset/epoch: ${JSON.stringify(result)}`), result);
+      return;
+    }
+    sub._historyFirst = 0;
+    const pubs: any[] = Array.isArray(result.publications) ? result.publications : [];
+    // An empty epoch: the channel does not exist yet, so there is nothing to resume from.
+    if (result.epoch !== "") {
+      sub._position = { offset: pubs.length ? pubs[0].offset - 1 : result.offset, epoch: result.epoch };
+      sub._active = true;
+      for (const p of pubs) {
+        this.publication(conn, sub, { type: "publication", channel: sub.channel, offset: p.offset, epoch: p.epoch, data: p.data });
+      }
+      sub._active = false;
+    }
+    if (this.conn === conn && conn.open) this.sendSubscribe(conn, sub);
   }
 
   /** Delivers a publication once, in order; a gap or a new epoch resubscribes with `since`. */

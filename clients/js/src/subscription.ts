@@ -27,6 +27,12 @@ export interface SubscriptionHandlers<T = unknown> {
 export interface SubscribeOptions<T = unknown> extends SubscriptionHandlers<T> {
   /** Resume from a position saved earlier (for example in sessionStorage). */
   since?: StreamPosition;
+  /**
+   * Start with the newest `history` publications (history on join): they are delivered
+   * first, oldest first, then everything published after them, without gap or duplicate.
+   * Ignored when `since` is given. Default 0.
+   */
+  history?: number;
 }
 
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
@@ -132,6 +138,7 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
   readonly channel: string;
   /** @internal */ _state: SubscriptionState = "subscribing";
   /** @internal */ _position: StreamPosition | null;
+  /** @internal Publications to load with `history` before the first subscribe (0: none). */ _historyFirst: number;
   /** @internal Id of the subscribe request in flight on the current connection. */
   _pendingId: number | null = null;
   /** @internal Subscribed on the current connection (live publications are processed). */
@@ -159,6 +166,7 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
     this.channel = channel;
     this._handlers = options;
     this._position = options.since ? { offset: options.since.offset, epoch: options.since.epoch } : null;
+    this._historyFirst = !options.since && options.history && options.history > 0 ? Math.min(options.history, 10_000) : 0;
     this.ready = new Promise<SubscribedEvent>((resolve, reject) => {
       this.readyResolve = resolve;
       this.readyReject = reject;

@@ -76,6 +76,36 @@ describe("anonymous server", () => {
     client.disconnect();
   });
 
+  test("history on join: the newest N first, then live, no gap or duplicate", async () => {
+    const { client } = makeClient(srv.url);
+    await client.connect();
+    for (let n = 1; n <= 8; n++) await client.publish("onjoin", { n });
+    const got: number[] = [];
+    const sub = client.subscribe<{ n: number }>("onjoin", { history: 3, onPublication: (p) => got.push(p.data.n) });
+    await sub.ready;
+    await client.publish("onjoin", { n: 9 });
+    await waitFor(() => got.length === 4, "history then live");
+    expect(got).toEqual([6, 7, 8, 9]);
+    // On a channel that does not exist yet there is nothing to load.
+    const fresh: number[] = [];
+    const sub2 = client.subscribe<{ n: number }>("onjoin-new", { history: 50, onPublication: (p) => fresh.push(p.data.n) });
+    await sub2.ready;
+    await client.publish("onjoin-new", { n: 1 });
+    await waitFor(() => fresh.length === 1, "first publication");
+    expect(fresh).toEqual([1]);
+    client.disconnect();
+  });
+
+  test("info is shown in presence", async () => {
+    const a = makeClient(srv.url, { info: { nick: "ann" } }).client;
+    const ia = await a.connect();
+    const sub = a.subscribe("info-room");
+    await sub.ready;
+    const p = await a.presence("info-room");
+    expect(p.clients).toEqual([{ client: ia.client, user: null, info: { nick: "ann" } }]);
+    a.disconnect();
+  });
+
   test("presence, join and leave", async () => {
     const a = makeClient(srv.url).client;
     const b = makeClient(srv.url).client;

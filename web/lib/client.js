@@ -1,0 +1,788 @@
+import { backoffDelay, closePolicy } from "./backoff.js";
+import { ErrorCode, TidewireError } from "./errors.js";
+import { Subscription } from "./subscription.js";
+/** The subprotocol of docs/protocol.md. */
+export const PROTOCOL = "tidewire.v1";
+const noop = () => { };
+function describe(e) {
+    return e instanceof Error ? e.message : String(e);
+}
+function isPosition(offset, epoch) {
+    return typeof offset === "number" && Number.isInteger(offset) && offset >= 0 && typeof epoch === "string";
+}
+/**
+ * A `tidewire.v1` client (docs/protocol.md): one WebSocket, reconnected with backoff,
+ * subscriptions resumed with `since`, requests with promises, a heartbeat, and a bounded
+ * queue for requests made while reconnecting.
+ */
+export class TidewireClient {
+    constructor(url, options = {}) {
+        this.phase = "idle";
+        this.conn = null;
+        /** Bumped whenever an attempt in progress must be abandoned (token fetch in flight). */
+        this.seq = 0;
+        this.attempts = 0;
+        this.retryTimer = null;
+        this.queue = [];
+        this.subs = new Map();
+        this.nextId = 1;
+        this.info = null;
+        this.lastState = { state: "disconnected", reason: "not connected yet" };
+        this.waiters = [];
+        this.listeners = {
+            state: new Set(),
+            error: new Set(),
+        };
+        this.listening = false;
+        this.onOnline = () => this.online();
+        this.onOffline = () => this.offline();
+        this.host = {
+            _unsubscribe: (sub) => this.unsubscribeSub(sub),
+            _report: (e) => this.report(e instanceof Error ? e : new Error(String(e))),
+        };
+        this.url = url;
+        this.token = options.token;
+        this.presenceInfo = options.info;
+        this.WS = options.WebSocket ?? globalThis.WebSocket;
+        const win = globalThis.window;
+        this.network =
+            options.networkEvents !== undefined
+                ? options.networkEvents
+                : win && typeof win.addEventListener === "function"
+                    ? win
+                    : null;
+        const num = (v, d, name, min = 0) => {
+            if (v === undefined)
+                return d;
+            if (typeof v !== "number" || Number.isNaN(v) || v < min)
+                throw new RangeError(`option ${name} must be a number >= ${min}`);
+            return v;
+        };
+        this.o = {
+            initialDelay: num(options.initialDelay, 500, "initialDelay"),
+            maxDelay: num(options.maxDelay, 20000, "maxDelay"),
+            maxAttempts: num(options.maxAttempts, Infinity, "maxAttempts"),
+            pingInterval: num(options.pingInterval, 25000, "pingInterval"),
+            pingTimeout: num(options.pingTimeout, 10000, "pingTimeout", 1),
+            connectTimeout: num(options.connectTimeout, 10000, "connectTimeout", 1),
+            queueSize: num(options.queueSize, 1000, "queueSize"),
+            maxMessageSize: num(options.maxMessageSize, 1 << 20, "maxMessageSize"),
+            random: options.random ?? Math.random,
+        };
+    }
+    // ------------------------------------------------------------------ public API
+    /** The current connection state. */
+    get state() {
+        return this.lastState.state;
+    }
+    /** This connection's client id and user (from the connect reply), while connected. */
+    get connection() {
+        return this.phase === "connected" ? this.info : null;
+    }
+    /** Requests waiting in the send queue for the connection. */
+    get queued() {
+        return this.queue.length;
+    }
+    /**
+     * Starts connecting (and keeps reconnecting). Resolves once connected; rejects if the
+     * client stops first (terminal close code, `maxAttempts`, `disconnect()`). Ignoring the
+     * promise is safe: failures are also reported as `error` and `state` events.
+     */
+    connect() {
+        if (this.phase === "connected" && this.info)
+            return Promise.resolve(this.info);
+        const p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+        p.catch(noop);
+        if (this.phase === "idle" || this.phase === "stopped") {
+            if (!this.WS) {
+                this.stop(new TidewireError("closed", "no WebSocket implementation: pass the WebSocket option"), undefined, "no WebSocket");
+                return p;
+            }
+            this.attempts = 0;
+            this.listen(true);
+            this.open();
+        }
+        return p;
+    }
+    /**
+     * Closes the connection (code 1000) and stops reconnecting. Requests waiting for a reply
+     * or in the queue are rejected; subscriptions are kept and resume on the next `connect()`.
+     */
+    disconnect() {
+        if (this.phase === "idle" || this.phase === "stopped")
+            return;
+        this.stop(new TidewireError("closed", "disconnect() was called"), undefined, "disconnect() was called", false);
+    }
+    /** Listens to `state` or `error` events; returns a function that removes the listener. */
+    on(event, fn) {
+        this.listeners[event].add(fn);
+        return () => this.off(event, fn);
+    }
+    off(event, fn) {
+        this.listeners[event].delete(fn);
+    }
+    /**
+     * Subscribes to a channel (now if connected, else as soon as it is). See `Subscription`.
+     * Throws a TidewireError `already_subscribed` if this client already has a subscription
+     * to the channel.
+     */
+    subscribe(channel, options = {}) {
+        if (typeof channel !== "string" || channel.length === 0)
+            throw new TypeError("channel must be a non-empty string");
+        if (this.subs.has(channel)) {
+            throw new TidewireError("already_subscribed", `already subscribed to ${JSON.stringify(channel)}: unsubscribe() the existing Subscription first`);
+        }
+        const sub = new Subscription(this.host, channel, options);
+        this.subs.set(channel, sub);
+        if (this.conn?.open)
+            this.sendSubscribe(this.conn, sub);
+        return sub;
+    }
+    /** The subscription to a channel, if any. */
+    getSubscription(channel) {
+        return this.subs.get(channel);
+    }
+    /** Publishes `data` (any JSON value). Queued while reconnecting. */
+    publish(channel, data) {
+        return this.request("publish", channel, { data });
+    }
+    /** The newest `limit` publications (default 100, at most 10,000), oldest first. */
+    async history(channel, options = {}) {
+        const fields = options.limit === undefined ? {} : { limit: options.limit };
+        const r = await this.request("history", channel, fields);
+        const pubs = Array.isArray(r?.publications) ? r.publications : [];
+        return {
+            offset: r.offset,
+            epoch: r.epoch,
+            publications: pubs.map((p) => ({ type: "publication", channel: p.channel ?? channel, offset: p.offset, epoch: p.epoch, data: p.data })),
+        };
+    }
+    /** The clients subscribed to a channel (namespaces with presence on; else error 110). */
+    presence(channel) {
+        return this.request("presence", channel, {});
+    }
+    // ------------------------------------------------------------------ requests
+    request(op, channel, fields) {
+        if (this.phase === "idle" || this.phase === "stopped") {
+            return Promise.reject(new TidewireError("closed", `${op}: the client is not running (call connect() first)`));
+        }
+        if (typeof channel !== "string")
+            return Promise.reject(new TypeError("channel must be a string"));
+        const id = this.nextId++;
+        let text;
+        try {
+            text = JSON.stringify({ id, op, channel, ...fields });
+        }
+        catch (e) {
+            return Promise.reject(e);
+        }
+        const max = this.o.maxMessageSize;
+        // UTF-8 needs at most 3 bytes per UTF-16 code unit: short strings need no encoding.
+        if (max > 0 && text.length * 3 > max) {
+            const bytes = new TextEncoder().encode(text).length;
+            if (bytes > max) {
+                return Promise.reject(new TidewireError("too_large", `${op} on ${JSON.stringify(channel)} not sent: ${bytes} bytes, more than maxMessageSize (${max}); ` +
+                    `the server would close the connection with 1009`));
+            }
+        }
+        return new Promise((resolve, reject) => {
+            const req = { id, op, channel, text, resolve, reject };
+            if (this.phase === "connected" && this.conn?.open) {
+                this.sendRequest(this.conn, req);
+            }
+            else if (this.queue.length >= this.o.queueSize) {
+                reject(new TidewireError("queue_full", `${op} on ${JSON.stringify(channel)} refused: the send queue is full ` +
+                    `(${this.queue.length} requests wait for the connection to come back; option queueSize)`));
+            }
+            else {
+                this.queue.push(req);
+            }
+        });
+    }
+    sendRequest(conn, req) {
+        conn.pending.set(req.id, { kind: "request", req });
+        this.send(conn, req.text);
+    }
+    send(conn, text) {
+        try {
+            conn.ws.send(text);
+        }
+        catch {
+            // The socket is closing; its close event follows and fails the pending requests.
+        }
+    }
+    // ------------------------------------------------------------------ connection
+    open() {
+        const seq = ++this.seq;
+        this.phase = "connecting";
+        this.emitState({ state: "connecting", attempt: this.attempts });
+        if (this.seq !== seq || this.phase !== "connecting")
+            return; // a listener stopped us
+        if (typeof this.token === "function") {
+            let got;
+            try {
+                got = this.token();
+            }
+            catch (e) {
+                this.tokenFailed(seq, e);
+                return;
+            }
+            Promise.resolve(got).then((t) => {
+                if (this.seq !== seq)
+                    return;
+                if (typeof t !== "string")
+                    this.tokenFailed(seq, new TypeError("the token function must return a string"));
+                else
+                    this.openSocket(t);
+            }, (e) => this.tokenFailed(seq, e));
+        }
+        else {
+            this.openSocket(this.token);
+        }
+    }
+    tokenFailed(seq, e) {
+        if (this.seq !== seq)
+            return;
+        this.report(new TidewireError("token", `the token function failed: ${describe(e)}`));
+        this.retry(undefined, "the token function failed");
+    }
+    openSocket(token) {
+        let ws;
+        try {
+            ws = new this.WS(this.url, [PROTOCOL]);
+        }
+        catch (e) {
+            // An invalid URL: retrying cannot help.
+            this.stop(new TidewireError("closed", `cannot open ${this.url}: ${describe(e)}`), undefined, "invalid URL");
+            return;
+        }
+        const conn = {
+            ws,
+            pending: new Map(),
+            open: false,
+            connectError: null,
+            connectTimer: null,
+            pingTimer: null,
+            pingDeadline: null,
+            opened: false,
+            errorTimer: null,
+        };
+        this.conn = conn;
+        conn.connectTimer = setTimeout(() => this.lost(conn, undefined, `not connected within ${this.o.connectTimeout} ms (connectTimeout)`, true), this.o.connectTimeout);
+        ws.onopen = () => {
+            if (this.conn !== conn)
+                return;
+            conn.opened = true;
+            if (ws.protocol !== PROTOCOL) {
+                this.teardown(conn, "close", "not tidewire.v1");
+                this.stop(new TidewireError("protocol", `the server did not select the ${PROTOCOL} subprotocol (got ${JSON.stringify(ws.protocol)}): not a tidewire.v1 endpoint`), undefined, "wrong subprotocol");
+                return;
+            }
+            const id = this.nextId++;
+            conn.pending.set(id, { kind: "connect" });
+            const msg = { id, op: "connect" };
+            if (token !== undefined)
+                msg.token = token;
+            if (this.presenceInfo !== undefined)
+                msg.info = this.presenceInfo;
+            this.send(conn, JSON.stringify(msg));
+        };
+        ws.onmessage = (ev) => {
+            if (this.conn === conn)
+                this.message(conn, ev.data);
+        };
+        ws.onclose = (ev) => {
+            if (this.conn === conn)
+                this.lost(conn, ev.code, ev.reason || "", false);
+        };
+        ws.onerror = () => {
+            if (this.conn !== conn)
+                return;
+            // Browsers follow an error with a close event (1006 when the connection failed).
+            // Some implementations (Node 20's experimental WebSocket) fire no close event after a
+            // failed handshake, so a failure before `open` counts as the close; after `open`, the
+            // close event gets a moment to arrive with its code.
+            if (!conn.opened) {
+                this.lost(conn, 1006, "connection failed", true);
+            }
+            else if (!conn.errorTimer) {
+                conn.errorTimer = setTimeout(() => this.lost(conn, 1006, "WebSocket error", true), 1000);
+            }
+        };
+    }
+    established(conn, result) {
+        if (conn.connectTimer)
+            clearTimeout(conn.connectTimer);
+        conn.connectTimer = null;
+        conn.open = true;
+        this.phase = "connected";
+        this.attempts = 0;
+        this.info = {
+            client: String(result?.client ?? ""),
+            user: result?.user ?? null,
+            version: String(result?.version ?? PROTOCOL),
+        };
+        for (const sub of this.subs.values())
+            this.sendSubscribe(conn, sub);
+        const queued = this.queue;
+        this.queue = [];
+        for (const req of queued)
+            this.sendRequest(conn, req);
+        this.startHeartbeat(conn);
+        const waiters = this.waiters;
+        this.waiters = [];
+        for (const w of waiters)
+            w.resolve(this.info);
+        this.emitState({ state: "connected", client: this.info.client, user: this.info.user });
+    }
+    startHeartbeat(conn) {
+        if (this.o.pingInterval <= 0)
+            return;
+        conn.pingTimer = setInterval(() => {
+            if (this.conn !== conn || conn.pingDeadline)
+                return;
+            const id = this.nextId++;
+            conn.pending.set(id, { kind: "ping" });
+            this.send(conn, JSON.stringify({ id, op: "ping" }));
+            conn.pingDeadline = setTimeout(() => this.lost(conn, undefined, `nothing received within ${this.o.pingTimeout} ms of a ping`, true), this.o.pingTimeout);
+        }, this.o.pingInterval);
+    }
+    /** Forgets a connection: timers, handlers, replies it still owed. */
+    teardown(conn, how, closeReason = "client closing") {
+        if (conn.connectTimer)
+            clearTimeout(conn.connectTimer);
+        if (conn.pingTimer)
+            clearInterval(conn.pingTimer);
+        if (conn.pingDeadline)
+            clearTimeout(conn.pingDeadline);
+        if (conn.errorTimer)
+            clearTimeout(conn.errorTimer);
+        conn.connectTimer = conn.pingTimer = conn.pingDeadline = conn.errorTimer = null;
+        const ws = conn.ws;
+        ws.onopen = noop;
+        ws.onmessage = noop;
+        ws.onclose = noop;
+        ws.onerror = noop;
+        if (how !== "none") {
+            try {
+                // A dead connection cannot complete a closing handshake: the `ws` package can drop
+                // it at once; the standard API only has close().
+                const terminate = ws.terminate;
+                if (how === "abort" && typeof terminate === "function")
+                    terminate.call(ws);
+                else
+                    ws.close(1000, closeReason);
+            }
+            catch {
+                // already closed
+            }
+        }
+        if (this.conn === conn)
+            this.conn = null;
+        const pending = [...conn.pending.values()];
+        conn.pending.clear();
+        conn.open = false;
+        for (const sub of this.subs.values()) {
+            sub._active = false;
+            sub._pendingId = null;
+            sub._held = [];
+            if (sub._state === "subscribed")
+                sub._state = "subscribing";
+        }
+        for (const p of pending) {
+            if (p.kind === "request") {
+                p.req.reject(new TidewireError("disconnected", `${p.req.op} on ${JSON.stringify(p.req.channel)}: the connection was lost before the reply ` +
+                    `(the request may or may not have been applied)`));
+            }
+        }
+    }
+    /** The connection ended (close event, or dropped by a timeout). */
+    lost(conn, code, reason, abort) {
+        if (this.conn !== conn)
+            return;
+        this.teardown(conn, abort ? "abort" : "none");
+        const why = reason || (code !== undefined ? `closed with ${code}` : "connection lost");
+        switch (closePolicy(code)) {
+            case "stop": {
+                const detail = conn.connectError ? ` (${conn.connectError.message})` : "";
+                this.stop(new TidewireError("closed", `connection closed with ${code}${reason ? `: ${reason}` : ""}${detail}; not reconnecting`, code), code, why);
+                return;
+            }
+            case "new-token":
+                if (typeof this.token !== "function") {
+                    this.stop(new TidewireError("closed", `token expired (close 4001) and no token function to get a new one; not reconnecting`, code), code, why);
+                    return;
+                }
+                break;
+            case "retry":
+                break;
+        }
+        this.retry(code, why);
+    }
+    retry(code, reason) {
+        if (this.attempts >= this.o.maxAttempts) {
+            this.stop(new TidewireError("closed", `gave up after ${this.attempts} reconnection attempts (maxAttempts); last: ${reason}`, code), code, `gave up after ${this.attempts} attempts: ${reason}`);
+            return;
+        }
+        this.attempts++;
+        // setTimeout fires at once beyond 2^31-1 ms.
+        const delay = Math.min(backoffDelay(this.attempts, this.o.initialDelay, this.o.maxDelay, this.o.random), 2 ** 31 - 1);
+        this.phase = "waiting";
+        this.seq++;
+        this.retryTimer = setTimeout(() => {
+            this.retryTimer = null;
+            if (this.phase === "waiting")
+                this.open();
+        }, delay);
+        const ev = { state: "reconnecting", attempt: this.attempts, delay, reason };
+        if (code !== undefined)
+            ev.code = code;
+        this.emitState(ev);
+    }
+    /** Stops for good (until the next connect()). */
+    stop(error, code, reason, report = true) {
+        this.seq++;
+        this.phase = "stopped";
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+        if (this.conn)
+            this.teardown(this.conn, "close", "client stopped");
+        this.listen(false);
+        const queued = this.queue;
+        this.queue = [];
+        for (const req of queued) {
+            req.reject(new TidewireError("closed", `${req.op} on ${JSON.stringify(req.channel)} not sent: ${error.message}`, error.closeCode));
+        }
+        const waiters = this.waiters;
+        this.waiters = [];
+        for (const w of waiters)
+            w.reject(error);
+        const ev = { state: "disconnected", reason };
+        if (code !== undefined)
+            ev.code = code;
+        this.emitState(ev);
+        if (report)
+            this.report(error);
+    }
+    listen(on) {
+        if (!this.network || on === this.listening)
+            return;
+        this.listening = on;
+        if (on) {
+            this.network.addEventListener("offline", this.onOffline);
+            this.network.addEventListener("online", this.onOnline);
+        }
+        else {
+            this.network.removeEventListener("offline", this.onOffline);
+            this.network.removeEventListener("online", this.onOnline);
+        }
+    }
+    /** The browser went offline: close now and wait for `online`. */
+    offline() {
+        if (this.phase === "idle" || this.phase === "stopped" || this.phase === "offline")
+            return;
+        this.seq++;
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+        if (this.conn)
+            this.teardown(this.conn, "close", "offline");
+        this.phase = "offline";
+        this.emitState({ state: "disconnected", reason: "the browser is offline", offline: true });
+    }
+    /** The browser is back online: reconnect at once. */
+    online() {
+        if (this.phase !== "offline" && this.phase !== "waiting")
+            return;
+        if (this.retryTimer)
+            clearTimeout(this.retryTimer);
+        this.retryTimer = null;
+        this.attempts = 0;
+        this.open();
+    }
+    // ------------------------------------------------------------------ incoming
+    message(conn, data) {
+        if (conn.pingDeadline) {
+            clearTimeout(conn.pingDeadline);
+            conn.pingDeadline = null;
+        }
+        if (typeof data !== "string") {
+            this.report(new TidewireError("protocol", "the server sent a binary frame (tidewire.v1 uses text frames only)"));
+            return;
+        }
+        let msg;
+        try {
+            msg = JSON.parse(data);
+        }
+        catch {
+            this.report(new TidewireError("protocol", `the server sent something that is not JSON: ${data.slice(0, 100)}`));
+            return;
+        }
+        if (msg === null || typeof msg !== "object" || Array.isArray(msg)) {
+            this.report(new TidewireError("protocol", `the server sent a message that is not a JSON object: ${data.slice(0, 100)}`));
+            return;
+        }
+        if ("id" in msg && ("ok" in msg || "error" in msg)) {
+            this.reply(conn, msg);
+            return;
+        }
+        if (typeof msg.channel === "string") {
+            const sub = this.subs.get(msg.channel);
+            if (!sub)
+                return; // unsubscribed meanwhile
+            if ("offset" in msg) {
+                if (!isPosition(msg.offset, msg.epoch)) {
+                    this.report(new TidewireError("protocol", `publication without a valid offset/epoch: ${data.slice(0, 100)}`));
+                    return;
+                }
+                this.publication(conn, sub, {
+                    type: "publication",
+                    channel: msg.channel,
+                    offset: msg.offset,
+                    epoch: msg.epoch,
+                    data: msg.data,
+                });
+            }
+            else if (msg.join && typeof msg.join === "object") {
+                sub._presence("join", msg.join);
+            }
+            else if (msg.leave && typeof msg.leave === "object") {
+                sub._presence("leave", msg.leave);
+            }
+            return;
+        }
+        this.report(new TidewireError("protocol", `unexpected message from the server: ${data.slice(0, 100)}`));
+    }
+    reply(conn, msg) {
+        const err = msg.error != null
+            ? new TidewireError(typeof msg.error.code === "number" ? msg.error.code : ErrorCode.INTERNAL, typeof msg.error.message === "string" ? msg.error.message : JSON.stringify(msg.error))
+            : null;
+        const entry = typeof msg.id === "number" ? conn.pending.get(msg.id) : undefined;
+        if (!entry) {
+            // `"id": null`: the server could not read a request of ours.
+            if (err)
+                this.report(err);
+            return;
+        }
+        conn.pending.delete(msg.id);
+        switch (entry.kind) {
+            case "request":
+                if (err)
+                    entry.req.reject(err);
+                else
+                    entry.req.resolve(msg.result ?? {});
+                return;
+            case "connect":
+                if (err) {
+                    // The server closes next (4001 or 4008); the close decides what happens.
+                    conn.connectError = err;
+                    this.report(new TidewireError(err.code, `connect refused: ${err.message}`));
+                }
+                else {
+                    this.established(conn, msg.result);
+                }
+                return;
+            case "subscribe":
+                this.subscribeReply(conn, msg.id, entry.sub, entry.since, err, msg.result);
+                return;
+            case "history-first":
+                this.historyFirstReply(conn, msg.id, entry.sub, err, msg.result);
+                return;
+            case "ping":
+            case "ignore":
+                return;
+        }
+    }
+    sendSubscribe(conn, sub) {
+        if (sub._historyFirst > 0 && !sub._position) {
+            // History on join: load the newest publications first, then subscribe from them.
+            const id = this.nextId++;
+            sub._pendingId = id;
+            sub._active = false;
+            sub._held = [];
+            conn.pending.set(id, { kind: "history-first", sub });
+            this.send(conn, JSON.stringify({ id, op: "history", channel: sub.channel, limit: sub._historyFirst }));
+            return;
+        }
+        const id = this.nextId++;
+        const since = sub._position ? { offset: sub._position.offset, epoch: sub._position.epoch } : null;
+        const msg = { id, op: "subscribe", channel: sub.channel };
+        if (since)
+            msg.since = since;
+        sub._pendingId = id;
+        sub._active = false;
+        sub._held = [];
+        conn.pending.set(id, { kind: "subscribe", sub, since });
+        this.send(conn, JSON.stringify(msg));
+    }
+    subscribeReply(conn, id, sub, since, err, result) {
+        if (sub._state === "unsubscribed" || this.subs.get(sub.channel) !== sub || sub._pendingId !== id)
+            return;
+        sub._pendingId = null;
+        if (!err && !isPosition(result?.offset, result?.epoch)) {
+            err = new TidewireError("protocol", `subscribe reply without offset/epoch: ${JSON.stringify(result)}`);
+        }
+        if (err) {
+            this.subs.delete(sub.channel);
+            const e = new TidewireError(err.code, `subscribe to ${JSON.stringify(sub.channel)} refused: ${err.message}`);
+            sub._end(e);
+            this.report(e);
+            return;
+        }
+        const position = { offset: result.offset, epoch: result.epoch };
+        sub._active = true;
+        let recoveredCount = 0;
+        let recovered;
+        if (since && result.recovered === true) {
+            recovered = true;
+            sub._position = { ...since };
+            const pubs = Array.isArray(result.publications) ? result.publications : [];
+            for (const p of pubs) {
+                const outcome = this.publication(conn, sub, {
+                    type: "publication",
+                    channel: sub.channel,
+                    offset: p.offset,
+                    epoch: p.epoch,
+                    data: p.data,
+                });
+                if (outcome === "resync")
+                    return;
+                if (outcome === "delivered")
+                    recoveredCount++;
+            }
+            if (sub._position.epoch !== position.epoch || sub._position.offset < position.offset) {
+                this.resync(conn, sub, `the recovered publications end at ${sub._position.offset}, before the reply's offset ${position.offset}`);
+                return;
+            }
+        }
+        else if (since) {
+            // recovered: false (or absent, which this client treats the same way).
+            recovered = false;
+            sub._position = { ...position };
+            sub._unrecoverable({ type: "unrecoverable", channel: sub.channel, since, position: { ...position } });
+        }
+        else {
+            sub._position = { ...position };
+        }
+        const ev = {
+            channel: sub.channel,
+            position: { ...sub._position },
+            resubscribed: sub._subscribedCount > 0,
+            recoveredCount,
+            ...(recovered === undefined ? {} : { recovered }),
+        };
+        sub._subscribed(ev);
+        const held = sub._held;
+        sub._held = [];
+        for (const p of held) {
+            if (this.publication(conn, sub, p) === "resync")
+                break;
+        }
+    }
+    /** The history loaded before a first subscribe: delivered, then subscribe with `since`. */
+    historyFirstReply(conn, id, sub, err, result) {
+        if (sub._state === "unsubscribed" || this.subs.get(sub.channel) !== sub || sub._pendingId !== id)
+            return;
+        if (err || !isPosition(result?.offset, result?.epoch)) {
+            // Report it as the subscription's failure, as a refused subscribe would be.
+            this.subscribeReply(conn, id, sub, null, err ?? new TidewireError("protocol", `history reply without offset/epoch: ${JSON.stringify(result)}`), result);
+            return;
+        }
+        sub._historyFirst = 0;
+        const pubs = Array.isArray(result.publications) ? result.publications : [];
+        // An empty epoch: the channel does not exist yet, so there is nothing to resume from.
+        if (result.epoch !== "") {
+            sub._position = { offset: pubs.length ? pubs[0].offset - 1 : result.offset, epoch: result.epoch };
+            sub._active = true;
+            for (const p of pubs) {
+                this.publication(conn, sub, { type: "publication", channel: sub.channel, offset: p.offset, epoch: p.epoch, data: p.data });
+            }
+            sub._active = false;
+        }
+        if (this.conn === conn && conn.open)
+            this.sendSubscribe(conn, sub);
+    }
+    /** Delivers a publication once, in order; a gap or a new epoch resubscribes with `since`. */
+    publication(conn, sub, p) {
+        if (!sub._active) {
+            if (sub._pendingId !== null) {
+                sub._held.push(p);
+                return "held";
+            }
+            return "duplicate";
+        }
+        const pos = sub._position;
+        if (p.epoch !== pos.epoch) {
+            this.resync(conn, sub, `a publication with epoch ${p.epoch} (expected ${pos.epoch})`);
+            return "resync";
+        }
+        if (p.offset <= pos.offset)
+            return "duplicate";
+        if (p.offset !== pos.offset + 1) {
+            this.resync(conn, sub, `a gap: offset ${p.offset} after ${pos.offset}`);
+            return "resync";
+        }
+        pos.offset = p.offset;
+        sub._deliver(p);
+        return "delivered";
+    }
+    /** Unsubscribe and subscribe again with `since` on the same connection. */
+    resync(conn, sub, why) {
+        this.report(new TidewireError("protocol", `channel ${JSON.stringify(sub.channel)}: ${why}; resubscribing with since`));
+        sub._active = false;
+        if (this.conn !== conn || !conn.open)
+            return; // the next connection resubscribes
+        const id = this.nextId++;
+        conn.pending.set(id, { kind: "ignore" });
+        this.send(conn, JSON.stringify({ id, op: "unsubscribe", channel: sub.channel }));
+        this.sendSubscribe(conn, sub);
+    }
+    // ------------------------------------------------------------------ subscriptions
+    unsubscribeSub(sub) {
+        if (sub._state === "unsubscribed")
+            return Promise.resolve();
+        const onServer = sub._active || sub._pendingId !== null;
+        if (this.subs.get(sub.channel) === sub)
+            this.subs.delete(sub.channel);
+        sub._end();
+        const conn = this.conn;
+        if (!onServer || !conn?.open)
+            return Promise.resolve();
+        return new Promise((resolve) => {
+            const id = this.nextId++;
+            const done = () => resolve();
+            // Errors (105 not subscribed) and a lost connection both leave it unsubscribed.
+            this.sendRequest(conn, {
+                id,
+                op: "unsubscribe",
+                channel: sub.channel,
+                text: JSON.stringify({ id, op: "unsubscribe", channel: sub.channel }),
+                resolve: done,
+                reject: done,
+            });
+        });
+    }
+    // ------------------------------------------------------------------ events
+    emitState(ev) {
+        this.lastState = ev;
+        for (const fn of [...this.listeners.state]) {
+            try {
+                fn(ev);
+            }
+            catch (e) {
+                this.host._report(e);
+            }
+        }
+    }
+    report(error) {
+        for (const fn of [...this.listeners.error]) {
+            try {
+                fn(error);
+            }
+            catch {
+                // an error listener failing has nowhere left to go
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+/** Types of the `tidewire.v1` channel protocol (docs/protocol.md) as this library exposes them. */
+export {};
