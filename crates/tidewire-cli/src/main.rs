@@ -1,5 +1,6 @@
 //! The `tidewire` command. Glue only: parse arguments, build configuration, call a library.
 
+mod bench;
 mod echo;
 mod serve;
 
@@ -29,6 +30,13 @@ enum Command {
     /// with its TIDEWIRE_* environment variable. SIGINT or SIGTERM closes every WebSocket
     /// with 1001, drains, and exits 0.
     Serve(serve::ServeArgs),
+    /// Load generator: echo round trips, hub fan-out, idle connections.
+    ///
+    /// Uses Tidewire's own client. With --server-pid it reports the server's CPU time per
+    /// message over exactly the measured window (on a small machine the generator competes
+    /// with the server, so that is the figure that compares servers) and its memory per
+    /// connection. --json prints one JSON object for scripts.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +48,7 @@ fn main() -> ExitCode {
             echo::run(args)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

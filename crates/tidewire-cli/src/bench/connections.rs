@@ -1,0 +1,312 @@
+//! `tidewire bench connections URL`: many idle connections, and what they cost the server.
+//!
+//! Opens `--conns` WebSocket connections, at most `--connect-concurrency` handshakes at a
+//! time. Each one does one ping/pong round trip (so the server has read from it once after
+//! the handshake) and then waits, answering the server's pings, for `--hold` seconds. With
+//! `--server-pid` the server's VmRSS is read before the first connection and at the end of
+//! the hold: KB per connection; and its CPU time while connecting (per connection) and
+//! while idle.
+//!
+//! One source address has about 28,000 ephemeral ports toward one server address. Above
+//! that, connections are spread over `--sources` loopback addresses 127.0.0.1, 127.0.0.2,
+//! ... (default: one per 25,000 connections); each socket is bound to its source before it
+//! connects, and the handshake runs over it with `ClientBuilder::connect_on`.
+
+use super::stats::{fmt_f, fmt_int, round, CpuWindow, Errors, Proc, Report};
+use super::{Common, Failure, Nofile, Progress, Shutdown, Target, Ws};
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use clap::Args;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tidewire::{ClientBuilder, Message};
+
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    /// The server, ws://HOST:PORT/PATH (an echo server, or the hub's /ws or /rooms/NAME).
+    #[arg(value_parser = super::parse_url)]
+    url: String,
+
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    conns: u32,
+
+    /// Source addresses 127.0.0.1 ... 127.0.0.K to spread the connections over (loopback
+    /// targets only). Default: one per 25,000 connections.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=254))]
+    sources: Option<u32>,
+
+    /// Seconds to hold the connections once all are open.
+    #[arg(long, default_value = "5", value_name = "SECS",
+          value_parser = super::parse_secs_or_zero)]
+    hold: f64,
+
+    /// Handshakes in progress at a time while connecting.
+    #[arg(long, default_value_t = 200, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    connect_concurrency: u32,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Connections per source address when `--sources` is not given.
+const PER_SOURCE: u64 = 25_000;
+
+/// The source addresses to bind to; empty: let the kernel choose (one source).
+fn source_addresses(conns: u64, sources: Option<u32>, target: SocketAddr) -> Result<Vec<IpAddr>> {
+    let k = match sources {
+        Some(k) => k as u64,
+        None => conns.div_ceil(PER_SOURCE),
+    };
+    if k <= 1 {
+        return Ok(Vec::new());
+    }
+    let loopback_v4 = matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    if !loopback_v4 {
+        bail!(
+            "{conns} connections need {k} source addresses (--sources), which is only \
+             possible toward a 127.0.0.0/8 address, not {target}"
+        );
+    }
+    Ok((1..=k as u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect())
+}
+
+struct Shared {
+    errors: Errors,
+    open: AtomicU64,
+    failed: AtomicU64,
+    /// Connections that ended while held.
+    lost: AtomicU64,
+}
+
+pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
+    let n = args.conns as u64;
+    nofile.check(n);
+    let target = Arc::new(Target::new(&args.url, ClientBuilder::new(&args.url))?);
+    let sources = source_addresses(n, args.sources, target.addr)?;
+    let (probe, _) = target.probe().await?;
+    super::close(probe).await;
+
+    let server = args.common.server_pid.map(|pid| Proc { pid });
+    let rss_before = match server {
+        Some(p) => Some(p.rss_kb().map_err(|e| {
+            anyhow::anyhow!("cannot read /proc/{}/status (--server-pid): {e}", p.pid)
+        })?),
+        None => None,
+    };
+    let sh = Arc::new(Shared {
+        errors: Errors::default(),
+        open: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    let progress = {
+        let sh = sh.clone();
+        Progress::start(move || {
+            format!(
+                "connections: {:.1} s, {}/{n} open, {} failed, {} lost",
+                started.elapsed().as_secs_f64(),
+                fmt_int(sh.open.load(Ordering::Relaxed)),
+                fmt_int(sh.failed.load(Ordering::Relaxed)),
+                fmt_int(sh.lost.load(Ordering::Relaxed)),
+            )
+        })
+    };
+    let connect_cpu = CpuWindow::start(server)?;
+    let (done_tx, done) = Shutdown::new();
+    let limiter = super::connect_limiter(args.connect_concurrency as usize);
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        let (target, sh, limiter, done) =
+            (target.clone(), sh.clone(), limiter.clone(), done.clone());
+        let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        tasks.push(tokio::spawn(async move {
+            let opened = {
+                let _permit = limiter.acquire().await;
+                open(&target, source).await
+            };
+            match opened {
+                Ok(ws) => {
+                    sh.open.fetch_add(1, Ordering::Relaxed);
+                    hold(ws, &sh, done).await;
+                }
+                Err(f) => {
+                    sh.errors.add(f.0);
+                    sh.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while sh.open.load(Ordering::Relaxed) + sh.failed.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            bail!("connections not open after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let connect_cpu = connect_cpu.finish()?;
+    let open_count = sh.open.load(Ordering::Relaxed);
+    let hold_cpu = CpuWindow::start(server)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    let hold_secs = t0.elapsed().as_secs_f64();
+    let hold_cpu = hold_cpu.finish()?;
+    let rss_after = match server {
+        Some(p) => Some(p.rss_kb()?),
+        None => None,
+    };
+    let held = sh.open.load(Ordering::Relaxed) - sh.lost.load(Ordering::Relaxed);
+    let _ = done_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(progress);
+    if open_count == 0 {
+        bail!("no connection could be opened: {}", sh.errors.human());
+    }
+
+    let mut r = Report::new("connections");
+    r.field("url", args.url.as_str());
+    r.field("conns", n);
+    r.field("open", open_count);
+    r.field("held", held);
+    r.field("failed", sh.failed.load(Ordering::Relaxed));
+    r.field("sources", sources.len().max(1));
+    r.field("connect_s", round(connect_secs, 3));
+    r.field("connects_per_s", round(open_count as f64 / connect_secs, 1));
+    r.field("hold_s", round(hold_secs, 3));
+    r.row("target", args.url.as_str());
+    r.row(
+        "connections",
+        format!(
+            "{}/{} open in {connect_secs:.2} s ({}/s) from {} source address{}, {} held {:.1} s",
+            fmt_int(open_count),
+            fmt_int(n),
+            fmt_f(open_count as f64 / connect_secs, 0),
+            sources.len().max(1),
+            if sources.len() > 1 { "es" } else { "" },
+            fmt_int(held),
+            hold_secs
+        ),
+    );
+    if let (Some(pid), Some(before), Some(after)) = (args.common.server_pid, rss_before, rss_after)
+    {
+        let per = (after as f64 - before as f64) / held.max(1) as f64;
+        r.field("server_pid", pid);
+        r.field("rss_before_kb", before);
+        r.field("rss_after_kb", after);
+        r.field("kb_per_conn", round(per, 2));
+        r.row(
+            "server memory",
+            format!(
+                "VmRSS {} KB before, {} KB after: {} KB per connection",
+                fmt_int(before),
+                fmt_int(after),
+                fmt_f(per, 2)
+            ),
+        );
+    }
+    if let (Some(c), Some(h)) = (connect_cpu.server_ns, hold_cpu.server_ns) {
+        let per = c as f64 / 1000.0 / open_count as f64;
+        r.field("server_cpu_connect_ms", round(c as f64 / 1e6, 1));
+        r.field("server_cpu_us_per_connect", round(per, 2));
+        r.field("server_cpu_hold_ms", round(h as f64 / 1e6, 1));
+        r.field("server_cpu_hold_util", round(h as f64 / 1e9 / hold_secs, 4));
+        r.row(
+            "server CPU",
+            format!(
+                "{} µs per connection opened; {} ms while holding ({:.1}% of a core)",
+                fmt_f(per, 1),
+                fmt_f(h as f64 / 1e6, 1),
+                h as f64 / 1e7 / hold_secs
+            ),
+        );
+    }
+    r.field(
+        "generator_cpu_connect_ms",
+        round(connect_cpu.own_ns as f64 / 1e6, 1),
+    );
+    r.field("errors_total", sh.errors.total());
+    r.field("errors", sh.errors.json());
+    r.field("nofile_limit", nofile.soft);
+    r.row("errors", sh.errors.human());
+    r.print(args.common.json);
+    Ok(())
+}
+
+/// Opens one connection and does one ping/pong round trip on it.
+async fn open(target: &Target, source: Option<IpAddr>) -> Result<Ws, Failure> {
+    let (mut ws, _) = target.connect(source).await?;
+    let pong = async {
+        ws.queue(Message::Ping(Bytes::from_static(b"bench")))
+            .map_err(|e| Failure::ws(&e))?;
+        loop {
+            match ws.recv().await {
+                Some(Ok(Message::Pong(_))) => return Ok(()),
+                Some(Ok(Message::Close(f))) => return Err(Failure::closed(f.as_ref())),
+                Some(Ok(_)) => {}
+                other => return Err(Failure::from_recv(other)),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), pong).await {
+        Ok(Ok(())) => Ok(ws),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(Failure("timeout: pong".into())),
+    }
+}
+
+/// Holds one connection open (answering pings) until the run is over.
+async fn hold(mut ws: Ws, sh: &Shared, done: Shutdown) {
+    let done = done.wait();
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut done => {
+                super::close(ws).await;
+                return;
+            }
+            m = ws.recv() => match m {
+                Some(Ok(Message::Close(f))) => {
+                    sh.errors.add(Failure::closed(f.as_ref()).0);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => {
+                    sh.errors.add(Failure::from_recv(other).0);
+                    break;
+                }
+            },
+        }
+    }
+    sh.lost.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_one_per_25000_connections() {
+        let local: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        assert!(source_addresses(10_000, None, local).unwrap().is_empty());
+        assert!(source_addresses(25_000, None, local).unwrap().is_empty());
+        let s = source_addresses(60_000, None, local).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+        assert_eq!(source_addresses(10, Some(4), local).unwrap().len(), 4);
+        assert!(source_addresses(10, Some(1), local).unwrap().is_empty());
+        let remote: SocketAddr = "192.0.2.1:80".parse().unwrap();
+        assert!(source_addresses(60_000, None, remote).is_err());
+        assert!(source_addresses(100, None, remote).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,477 @@
+//! What the bench modes measure, and how it is printed.
+//!
+//! - `Latency`: HDR histograms (1 ns to 100 s, 3 significant digits) in a few shards, so
+//!   that thousands of connections share a bounded amount of memory and rarely a lock.
+//! - `Errors`: failures counted by kind (the `Failure` text).
+//! - `Proc`: a process's CPU time, the sum of the first field of
+//!   `/proc/PID/task/*/schedstat` (ns on a CPU, every thread), and its `VmRSS`.
+//!   `CpuWindow` takes it at both ends of exactly the measured window.
+//! - `Report`: the figures as one JSON object (`--json`) or as a table of lines.
+//!
+//! No I/O here except reading `/proc`.
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Latency histograms, sharded by connection.
+pub struct Latency {
+    shards: Box<[Mutex<Histogram<u64>>]>,
+}
+
+const SHARDS: usize = 16;
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts; this cannot fail.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Latency {
+    pub fn new() -> Latency {
+        Latency {
+            shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+        }
+    }
+
+    /// Records one latency in nanoseconds, for connection number `conn`.
+    pub fn record(&self, conn: usize, ns: u64) {
+        if let Ok(mut h) = self.shards[conn % SHARDS].lock() {
+            h.saturating_record(ns.max(1));
+        }
+    }
+
+    /// Records many latencies of one connection under one lock.
+    pub fn record_all(&self, conn: usize, ns: &[u64]) {
+        if ns.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.shards[conn % SHARDS].lock() {
+            for &v in ns {
+                h.saturating_record(v.max(1));
+            }
+        }
+    }
+
+    pub fn summary(&self) -> LatencySummary {
+        let mut all = new_histogram();
+        for s in self.shards.iter() {
+            if let Ok(h) = s.lock() {
+                let _ = all.add(&*h);
+            }
+        }
+        LatencySummary::of(&all)
+    }
+}
+
+/// Percentiles of a latency histogram, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary {
+                count: 0,
+                min: 0.0,
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p999: 0.0,
+                max: 0.0,
+                mean: 0.0,
+            };
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        LatencySummary {
+            count: h.len(),
+            min: us(h.min()),
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "count": self.count,
+            "min": round(self.min, 1),
+            "p50": round(self.p50, 1),
+            "p90": round(self.p90, 1),
+            "p99": round(self.p99, 1),
+            "p999": round(self.p999, 1),
+            "max": round(self.max, 1),
+            "mean": round(self.mean, 1),
+        })
+    }
+
+    pub fn human(&self) -> String {
+        format!(
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {} µs",
+            fmt_us(self.p50),
+            fmt_us(self.p90),
+            fmt_us(self.p99),
+            fmt_us(self.p999),
+            fmt_us(self.max)
+        )
+    }
+}
+
+/// Failures counted by kind.
+#[derive(Default)]
+pub struct Errors(Mutex<BTreeMap<String, u64>>);
+
+impl Errors {
+    pub fn add(&self, kind: impl Into<String>) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(kind.into()).or_default() += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.snapshot().values().sum()
+    }
+
+    pub fn json(&self) -> Value {
+        Value::Object(
+            self.snapshot()
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect(),
+        )
+    }
+
+    pub fn human(&self) -> String {
+        let m = self.snapshot();
+        if m.is_empty() {
+            return "none".into();
+        }
+        m.iter()
+            .map(|(k, v)| format!("{}× {k}", fmt_int(*v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A process seen through `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Proc {
+    pub pid: u32,
+}
+
+impl Proc {
+    pub fn me() -> Proc {
+        Proc {
+            pid: std::process::id(),
+        }
+    }
+
+    /// Nanoseconds the process's threads have run on a CPU, summed over every thread
+    /// alive now (`/proc/PID/task/*/schedstat`, first field).
+    pub fn cpu_ns(&self) -> std::io::Result<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid))? {
+            // A thread may exit between the listing and the read: skip it.
+            if let Ok(s) = std::fs::read_to_string(task?.path().join("schedstat")) {
+                total += parse_schedstat(&s).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Resident memory in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kb(&self) -> std::io::Result<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        parse_vm_rss_kb(&s)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no VmRSS line"))
+    }
+}
+
+/// The first field of a schedstat line: time spent on a CPU, in ns.
+pub fn parse_schedstat(s: &str) -> Option<u64> {
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// The `VmRSS:   1234 kB` line of `/proc/PID/status`, in KiB.
+pub fn parse_vm_rss_kb(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// CPU time of the server (when its pid was given) and of this generator over one window.
+pub struct CpuWindow {
+    server: Option<(Proc, u64)>,
+    own: u64,
+}
+
+/// What a `CpuWindow` measured, in ns.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuFigures {
+    pub server_ns: Option<u64>,
+    pub own_ns: u64,
+}
+
+impl CpuWindow {
+    pub fn start(server: Option<Proc>) -> anyhow::Result<CpuWindow> {
+        let server = match server {
+            Some(p) => Some((p, read_cpu(p)?)),
+            None => None,
+        };
+        Ok(CpuWindow {
+            server,
+            own: Proc::me().cpu_ns().unwrap_or(0),
+        })
+    }
+
+    pub fn finish(&self) -> anyhow::Result<CpuFigures> {
+        let server_ns = match self.server {
+            Some((p, start)) => Some(read_cpu(p)?.saturating_sub(start)),
+            None => None,
+        };
+        Ok(CpuFigures {
+            server_ns,
+            own_ns: Proc::me().cpu_ns().unwrap_or(0).saturating_sub(self.own),
+        })
+    }
+}
+
+fn read_cpu(p: Proc) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    p.cpu_ns().with_context(|| {
+        format!(
+            "cannot read the CPU time of --server-pid {} from /proc/{}/task/*/schedstat",
+            p.pid, p.pid
+        )
+    })
+}
+
+impl CpuFigures {
+    /// Adds the CPU figures of a window of `secs` seconds in which `units` messages (or
+    /// deliveries, or connections) were handled, named `unit` ("msg", "delivery").
+    pub fn report(&self, r: &mut Report, secs: f64, units: u64, unit: &str) {
+        if let Some(ns) = self.server_ns {
+            let per = if units == 0 {
+                Value::Null
+            } else {
+                Value::from(round(ns as f64 / 1000.0 / units as f64, 3))
+            };
+            r.field("server_cpu_ms", round(ns as f64 / 1e6, 1));
+            r.field("server_cpu_util", round(ns as f64 / 1e9 / secs, 3));
+            r.field(&format!("server_cpu_us_per_{unit}"), per.clone());
+            r.row(
+                "server CPU",
+                format!(
+                    "{} ms over the window ({:.0}% of a core), {} µs per {unit}",
+                    fmt_f(ns as f64 / 1e6, 1),
+                    ns as f64 / 1e7 / secs,
+                    per.as_f64()
+                        .map(|v| fmt_f(v, 3))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            );
+        }
+        r.field(
+            "generator_cpu_util",
+            round(self.own_ns as f64 / 1e9 / secs, 3),
+        );
+        r.row(
+            "generator CPU",
+            format!("{:.0}% of a core", self.own_ns as f64 / 1e7 / secs),
+        );
+    }
+}
+
+/// The figures of one run: a JSON object and, for people, labelled lines.
+pub struct Report {
+    fields: Map<String, Value>,
+    rows: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn new(mode: &str) -> Report {
+        let mut fields = Map::new();
+        fields.insert("mode".into(), mode.into());
+        Report {
+            fields,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn field(&mut self, key: &str, value: impl Into<Value>) {
+        self.fields.insert(key.to_owned(), value.into());
+    }
+
+    pub fn row(&mut self, label: &str, text: impl Into<String>) {
+        self.rows.push((label.to_owned(), text.into()));
+    }
+
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            return Value::Object(self.fields.clone()).to_string();
+        }
+        let width = self.rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+        self.rows
+            .iter()
+            .map(|(l, t)| format!("{l:<width$}  {t}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn print(&self, json: bool) {
+        println!("{}", self.render(json));
+    }
+}
+
+/// Rounds to `digits` decimals (for the JSON output).
+pub fn round(v: f64, digits: i32) -> f64 {
+    if !v.is_finite() {
+        return 0.0;
+    }
+    let p = 10f64.powi(digits);
+    (v * p).round() / p
+}
+
+/// 1234567 -> "1,234,567".
+pub fn fmt_int(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A float with thousands separators: 12345.678, 1 -> "12,345.7".
+pub fn fmt_f(v: f64, digits: usize) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let s = format!("{:.*}", digits, v.abs());
+    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let int = fmt_int(int.parse().unwrap_or(0));
+    let sign = if v < 0.0 { "-" } else { "" };
+    if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    fmt_f(v, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_first_field() {
+        assert_eq!(parse_schedstat("123456789 2000 17\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn vm_rss_line() {
+        let status = "Name:\ttidewire\nVmPeak:\t  99999 kB\nVmRSS:\t   35456 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss_kb(status), Some(35_456));
+        assert_eq!(parse_vm_rss_kb("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = Proc::me();
+        assert!(me.rss_kb().unwrap() > 0);
+        // Burn a little CPU so that the counter moves.
+        let t0 = me.cpu_ns().unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(me.cpu_ns().unwrap() > t0);
+    }
+
+    #[test]
+    fn latency_percentiles_across_shards() {
+        let l = Latency::new();
+        // 1..=1000 µs, spread over connections.
+        for i in 1..=1000u64 {
+            l.record(i as usize, i * 1000);
+        }
+        l.record_all(3, &[]);
+        let s = l.summary();
+        assert_eq!(s.count, 1000);
+        assert!((s.p50 - 500.0).abs() < 1.0, "{s:?}");
+        assert!((s.p99 - 990.0).abs() < 1.5, "{s:?}");
+        assert!((s.min - 1.0).abs() < 0.01, "{s:?}");
+        assert!((s.max - 1000.0).abs() < 1.0, "{s:?}");
+        assert!((s.mean - 500.5).abs() < 1.0, "{s:?}");
+        let empty = Latency::new().summary();
+        assert_eq!(empty.count, 0);
+        assert_eq!(empty.p99, 0.0);
+    }
+
+    #[test]
+    fn errors_by_kind() {
+        let e = Errors::default();
+        assert_eq!(e.human(), "none");
+        e.add("connect refused");
+        e.add("connect refused");
+        e.add("closed by server with code 4000");
+        assert_eq!(e.total(), 3);
+        assert_eq!(e.json()["connect refused"], 2);
+        assert_eq!(
+            e.human(),
+            "1× closed by server with code 4000, 2× connect refused"
+        );
+    }
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(fmt_int(0), "0");
+        assert_eq!(fmt_int(999), "999");
+        assert_eq!(fmt_int(1000), "1,000");
+        assert_eq!(fmt_int(1_234_567), "1,234,567");
+        assert_eq!(fmt_f(12345.678, 1), "12,345.7");
+        assert_eq!(fmt_f(-0.5, 2), "-0.50");
+        assert_eq!(fmt_f(3.0, 0), "3");
+        assert_eq!(round(1.23456, 2), 1.23);
+        assert_eq!(round(f64::NAN, 2), 0.0);
+    }
+
+    #[test]
+    fn report_renders_json_and_table() {
+        let mut r = Report::new("echo");
+        r.field("msgs", 10u64);
+        r.row("throughput", "10 msgs/s");
+        r.row("errors", "none");
+        let v: Value = serde_json::from_str(&r.render(true)).unwrap();
+        assert_eq!(v["mode"], "echo");
+        assert_eq!(v["msgs"], 10);
+        assert_eq!(r.render(false), "throughput  10 msgs/s\nerrors      none");
+    }
+}

@@ -1,0 +1,226 @@
+//! `tidewire bench`: each mode runs briefly against a real `tidewire echo` / `tidewire serve`
+//! and its `--json` figures are present and plausible.
+
+mod common;
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run tidewire bench")
+}
+
+fn bench_json(args: &[&str]) -> Value {
+    let out = bench(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing or not a number in {v}"))
+}
+
+#[test]
+fn echo_mode_measures_round_trips_and_server_cpu() {
+    let server = common::start(&["--threads", "1"]);
+    let pid = server.child.id().to_string();
+    let url = format!("ws://{}/", server.addr);
+    let v = bench_json(&[
+        "echo",
+        &url,
+        "--conns",
+        "4",
+        "--inflight",
+        "2",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--server-pid",
+        &pid,
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "echo");
+    assert_eq!(num(&v, "connected"), 4.0);
+    assert!(num(&v, "msgs") > 100.0, "{v}");
+    assert!(num(&v, "msgs_per_s") > 100.0, "{v}");
+    let lat = &v["latency_us"];
+    assert!(
+        num(lat, "p50") > 0.0 && num(lat, "p50") <= num(lat, "p99"),
+        "{v}"
+    );
+    assert_eq!(num(lat, "count"), num(&v, "msgs"), "{v}");
+    // The server did work for every echo: between 0.1 µs and 10 ms of CPU each.
+    let per = num(&v, "server_cpu_us_per_msg");
+    assert!(per > 0.1 && per < 10_000.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+}
+
+#[test]
+fn echo_mode_binary_with_compression_offered() {
+    let server = common::start(&["--compression"]);
+    let url = format!("ws://{}/", server.addr);
+    let v = bench_json(&[
+        "echo",
+        &url,
+        "--conns",
+        "2",
+        "--size",
+        "2000",
+        "--binary",
+        "--compression",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(v["opcode"], "binary");
+    assert_eq!(num(&v, "compression_negotiated"), 2.0, "{v}");
+    assert!(num(&v, "msgs") > 10.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+}
+
+#[test]
+fn fanout_mode_delivers_every_offset_once() {
+    let (child, addr) = common::spawn("serve", &[]);
+    let server = common::Server { child, addr };
+    let pid = server.child.id().to_string();
+    let url = format!("ws://{}/ws", server.addr);
+    let v = bench_json(&[
+        "fanout",
+        &url,
+        "--subscribers",
+        "20",
+        "--rate",
+        "200",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.2",
+        "--server-pid",
+        &pid,
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "fanout");
+    assert_eq!(num(&v, "subscribed"), 20.0, "{v}");
+    let pubs = num(&v, "publications");
+    assert!(
+        pubs > 100.0 && pubs < 400.0,
+        "about 300 publications expected: {v}"
+    );
+    // Every subscriber receives every publication: deliveries ≈ 20 × publications (the
+    // window cuts a few publications at its edges).
+    let deliveries = num(&v, "deliveries");
+    assert!(deliveries > 15.0 * pubs && deliveries < 25.0 * pubs, "{v}");
+    assert_eq!(num(&v, "missing"), 0.0, "{v}");
+    assert_eq!(num(&v, "duplicates"), 0.0, "{v}");
+    let lat = &v["latency_us"];
+    assert!(num(lat, "p50") > 0.0 && num(lat, "p99") < 1e6, "{v}");
+    assert!(num(&v, "server_cpu_us_per_delivery") > 0.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+
+    // Unlimited rate with a window of 4 publishes: still nothing missing.
+    let v = bench_json(&[
+        "fanout",
+        &url,
+        "--subscribers",
+        "5",
+        "--rate",
+        "0",
+        "--inflight",
+        "4",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--channel",
+        "other",
+        "--json",
+    ]);
+    assert!(num(&v, "publications") > 10.0, "{v}");
+    assert_eq!(num(&v, "missing"), 0.0, "{v}");
+    assert_eq!(num(&v, "duplicates"), 0.0, "{v}");
+}
+
+#[test]
+fn connections_mode_reports_memory_per_connection() {
+    let echo = common::start(&[]);
+    let pid = echo.child.id().to_string();
+    let url = format!("ws://{}/", echo.addr);
+    let v = bench_json(&[
+        "connections",
+        &url,
+        "--conns",
+        "200",
+        "--sources",
+        "2",
+        "--hold",
+        "0.3",
+        "--server-pid",
+        &pid,
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "connections");
+    assert_eq!(num(&v, "open"), 200.0, "{v}");
+    assert_eq!(num(&v, "held"), 200.0, "{v}");
+    assert_eq!(num(&v, "sources"), 2.0, "{v}");
+    assert!(num(&v, "rss_after_kb") > 0.0, "{v}");
+    let per = num(&v, "kb_per_conn");
+    assert!(per > -100.0 && per < 1000.0, "{v}");
+
+    // The hub's rooms endpoint too.
+    let (child, addr) = common::spawn("serve", &[]);
+    let hub = common::Server { child, addr };
+    let url = format!("ws://{}/rooms/bench", hub.addr);
+    let v = bench_json(&[
+        "connections",
+        &url,
+        "--conns",
+        "50",
+        "--hold",
+        "0.2",
+        "--json",
+    ]);
+    assert_eq!(num(&v, "open"), 50.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+}
+
+#[test]
+fn refused_connection_is_one_clear_line_and_fails() {
+    // A port that was just free: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let out = bench(&["echo", &url, "--duration", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("connect refused"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let out = bench(&["echo", "ws://127.0.0.1:1/", "--conns", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+    let out = bench(&["fanout", "ws://127.0.0.1:1/ws", "--rate", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
+    let out = bench(&["connections", "ftp://x/"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = bench(&["echo", "ws://127.0.0.1:1/", "--duration", "0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+}
