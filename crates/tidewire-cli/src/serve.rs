@@ -123,6 +123,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_AUTH_ANONYMOUS")]
     auth_anonymous: bool,
 
+    /// Worker threads: 0 (the default) is one per core; 1 runs everything on one thread
+    /// (best when the server is pinned to one core, as in the benchmarks).
+    #[arg(long, env = "TIDEWIRE_THREADS", default_value_t = 0, value_name = "N")]
+    threads: usize,
+
     /// Key for POST /api/publish (Authorization: apikey KEY; 16 characters or more).
     #[arg(
         long,
@@ -205,7 +210,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     crate::init_logging(config.log_format);
     crate::raise_fd_limit();
     let listen = config.listen;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if args.threads > 1 {
+            b.worker_threads(args.threads);
+        }
+        b
+    };
+    let rt = rt
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
