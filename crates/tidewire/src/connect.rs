@@ -91,7 +91,7 @@ pub async fn connect(
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,
-    options: Options,
+    pub(crate) options: Options,
     protocols: Vec<String>,
     headers: http::HeaderMap,
     origin: Option<String>,
@@ -111,6 +111,11 @@ impl ClientBuilder {
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// The URL this builder connects to.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Sets stream options (limits, heartbeat, timeouts).
@@ -230,8 +235,14 @@ impl ClientBuilder {
         let limits = self.options.config.limits;
         let mut buf = BytesMut::with_capacity(1024);
         let (resp, consumed) = loop {
-            if let Some(r) = parse_response(&buf, &key, &self.protocols, &limits)? {
-                break r;
+            match parse_response(&buf, &key, &self.protocols, &limits) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e @ HandshakeError::Status(..)) => {
+                    let body = refusal_body(&mut io, &mut buf).await;
+                    return Err(Error::new(Kind::Refused(e, body)));
+                }
+                Err(e) => return Err(e.into()),
             }
             buf.reserve(1024);
             if io.read_buf(&mut buf).await? == 0 {
@@ -249,6 +260,46 @@ impl ClientBuilder {
             WebSocketStream::from_raw_with_deflate(io, Role::Client, self.options, buf, deflate);
         Ok((ws, resp.response))
     }
+}
+
+/// Largest part of a refusal's body kept for the error message.
+const REFUSAL_BODY_MAX: usize = 1024;
+
+/// The first line of the body of a non-101 response whose head is at the start of `buf`:
+/// servers put their one-line reason there. Reads what `Content-Length` announces (at most
+/// [`REFUSAL_BODY_MAX`] bytes, for at most 1 s); never fails (an unreadable body is "").
+async fn refusal_body<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> String {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        return String::new();
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let announced = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let want = announced.unwrap_or(REFUSAL_BODY_MAX).min(REFUSAL_BODY_MAX);
+    let read_rest = async {
+        while buf.len() - head_end < want {
+            buf.reserve(want);
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            // Without Content-Length, one line is all we want.
+            if announced.is_none() && buf[head_end..].contains(&b'\n') {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_rest).await;
+    let end = buf.len().min(head_end + want);
+    let body = String::from_utf8_lossy(&buf[head_end..end]);
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    line.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 #[cfg(test)]
