@@ -414,7 +414,7 @@ impl ReconnectingClient {
         self.sender.send_on(connection, msg).await
     }
 
-    /// Closes the connection (default 1000) and stops reconnecting. See [`Sender::close`].
+    /// Starts closing (default 1000) and stops reconnecting. See [`Sender::close`].
     pub async fn close(&self, frame: Option<CloseFrame>) {
         self.sender.close(frame).await
     }
@@ -480,9 +480,11 @@ impl Sender {
         rx.await.unwrap_or_else(|_| Err(Error::new(Kind::Closed)))
     }
 
-    /// Runs the close handshake on the current connection with `frame` (default 1000) and
-    /// stops the client: a last `Disconnected` (with `local: true`) follows and the event
-    /// stream ends. Returns once the connection is closed.
+    /// Starts the close handshake on the current connection with `frame` (default 1000)
+    /// and stops the client. What arrives until the server answers (messages included)
+    /// is still delivered, then a last `Disconnected` (with `local: true`), then the event
+    /// stream ends; the server has [`Options::close_timeout`](crate::Options) to answer.
+    /// Returns once the close frame is on its way (at once between connections).
     pub async fn close(&self, frame: Option<CloseFrame>) {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Command::Close { frame, done }).await.is_ok() {
@@ -706,9 +708,14 @@ impl Driver {
         let mut pending = Some(first);
         let mut peer_close: Option<Option<CloseFrame>> = None;
         let mut error = None;
-        let mut local: Option<(CloseFrame, oneshot::Sender<()>)> = None;
+        // Set once the application closed: the close frame sent, and how long the server
+        // has to answer it.
+        let mut local: Option<CloseFrame> = None;
+        let deadline = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(deadline);
         loop {
             tokio::select! {
+                _ = &mut deadline, if local.is_some() => break,
                 permit = self.events.reserve(), if pending.is_some() => match permit {
                     Ok(p) => {
                         if let Some(event) = pending.take() {
@@ -750,18 +757,21 @@ impl Driver {
                         let _ = done.send(sent);
                     }
                     Some(Command::Close { frame, done }) => {
-                        let frame = frame.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
-                        if let Err(e) = ws.close(Some(frame.clone())).await {
-                            error = Some(e);
+                        if local.is_none() {
+                            // Sent with the next flush; what arrives until the server's
+                            // answer is still delivered.
+                            let frame = frame.unwrap_or_else(|| CloseFrame::new(CloseCode::NORMAL, ""));
+                            let _ = ws.queue(Message::Close(Some(frame.clone())));
+                            local = Some(frame);
+                            let timeout = self.client.options.close_timeout;
+                            deadline.as_mut().reset(Instant::now() + timeout);
                         }
-                        local = Some((frame, done));
-                        break;
+                        let _ = done.send(());
                     }
                 },
             }
         }
-        if let Some((frame, done)) = local {
-            let _ = done.send(());
+        if let Some(frame) = local {
             if let Some(event) = pending.take() {
                 self.emit(event).await?;
             }
