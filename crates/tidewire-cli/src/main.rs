@@ -1,5 +1,6 @@
 //! The `tidewire` command. Glue only: parse arguments, build configuration, call a library.
 
+mod connect;
 mod echo;
 mod serve;
 
@@ -29,6 +30,12 @@ enum Command {
     /// with its TIDEWIRE_* environment variable. SIGINT or SIGTERM closes every WebSocket
     /// with 1001, drains, and exits 0.
     Serve(serve::ServeArgs),
+    /// Command-line WebSocket client: stdin lines out as messages, messages in as lines.
+    ///
+    /// Binary messages print in hex (--base64 for base64); --json prints one JSON object
+    /// per message. End of input closes with 1000. Exit status 0 after a normal close, 1
+    /// when the connection fails or is refused (the reason on stderr), 2 for usage errors.
+    Connect(connect::ConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +47,7 @@ fn main() -> ExitCode {
             echo::run(args)
         }
         Command::Serve(args) => serve::run(args),
+        Command::Connect(args) => connect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
