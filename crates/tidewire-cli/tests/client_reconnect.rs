@@ -450,3 +450,110 @@ async fn slow_subscription_reader_resumes_without_loss() {
     assert_eq!(got, (0..500).collect::<Vec<_>>());
     let _: Value = client.request(json!({"op": "ping"})).await.unwrap();
 }
+
+const SECRET: &str = "reconnect-test-secret-of-32-chars-or-more";
+
+fn token(sub: &str, exp_from_now: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": now + exp_from_now}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The token goes out in `connect` on every connection; an expired one (4001) is final
+/// with a fixed token, and reconnects with a token function that has a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_sent_again_and_renewed_after_4001() {
+    let srv = serve(&["--auth-hmac-secret", SECRET, "--publish-rate", "0"]);
+    let proxy = Proxy::start(srv.addr).await;
+    let quick = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+
+    // A valid fixed token: sent again after a cut, the subscription carries on.
+    let client = HubClient::builder(format!("ws://{}/ws", proxy.addr))
+        .token(token("alice", 3600))
+        .backoff(quick)
+        .connect();
+    let mut sub = client.subscribe("room").await.unwrap();
+    // One publication first: a channel with no history is forgotten when its last
+    // subscriber drops, and resuming it then reports a new epoch.
+    client.publish("room", json!(1)).await.unwrap();
+    assert!(matches!(next_item(&mut sub).await, Some(Item::Publication(p)) if p.data == json!(1)));
+    let mut users = Vec::new();
+    while users.len() < 2 {
+        match timeout(Duration::from_secs(10), client.next_event())
+            .await
+            .unwrap()
+        {
+            Some(HubEvent::Connected { user, .. }) => {
+                users.push(user);
+                if users.len() == 1 {
+                    proxy.sever();
+                }
+            }
+            Some(_) => {}
+            None => panic!("stopped"),
+        }
+    }
+    assert_eq!(users, [Some("alice".to_owned()), Some("alice".to_owned())]);
+    client.publish("room", json!(2)).await.unwrap();
+    assert!(matches!(next_item(&mut sub).await, Some(Item::Publication(p)) if p.data == json!(2)));
+
+    // An expired fixed token: error 109, close 4001, and the client stops.
+    let client = HubClient::builder(format!("ws://{}/ws", srv.addr))
+        .token(token("bob", -60))
+        .backoff(quick)
+        .connect();
+    let mut seen = Vec::new();
+    while let Some(ev) = timeout(Duration::from_secs(10), client.next_event())
+        .await
+        .unwrap()
+    {
+        seen.push(match ev {
+            HubEvent::Error(e) => format!("error {:?}", e.code()),
+            HubEvent::Disconnected(d) => format!("disconnected {}", d.code.0),
+            HubEvent::GaveUp(why) => format!("gave up: {why}"),
+            e => panic!("{e:?}"),
+        });
+    }
+    assert_eq!(seen[0], "error Some(109)");
+    assert_eq!(seen[1], "disconnected 4001");
+    assert!(
+        seen[2].starts_with("gave up: the server closed with 4001"),
+        "{seen:?}"
+    );
+
+    // A token function: the expired token first, then a fresh one after the 4001.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let client = HubClient::builder(format!("ws://{}/ws", srv.addr))
+        .token_fn(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move { Some(token("carol", if n == 0 { -60 } else { 3600 })) }
+        })
+        .backoff(quick)
+        .connect();
+    loop {
+        match timeout(Duration::from_secs(10), client.next_event())
+            .await
+            .unwrap()
+        {
+            Some(HubEvent::Connected {
+                user, connection, ..
+            }) => {
+                assert_eq!((user.as_deref(), connection), (Some("carol"), 2));
+                break;
+            }
+            Some(HubEvent::GaveUp(why)) => panic!("gave up: {why}"),
+            Some(_) => {}
+            None => panic!("stopped"),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    client.ping().await.unwrap();
+}
