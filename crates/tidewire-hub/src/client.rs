@@ -1084,6 +1084,138 @@ mod tests {
         assert!(Publication::from_json(&json!({"channel": "c", "offset": "7"})).is_none());
     }
 
+    /// A scripted tidewire.v1 server: the real hub never sends duplicates or gaps, so this
+    /// one does, to check that the client skips the first and resubscribes on the second.
+    #[tokio::test]
+    async fn duplicates_skipped_gaps_and_epoch_changes_resubscribe() {
+        use tidewire::WebSocketStream;
+        use tokio::net::{TcpListener, TcpStream};
+
+        async fn request(ws: &mut WebSocketStream<TcpStream>) -> Value {
+            loop {
+                match ws.recv().await.unwrap().unwrap() {
+                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                    _ => continue,
+                }
+            }
+        }
+        async fn push(ws: &mut WebSocketStream<TcpStream>, v: Value) {
+            ws.send(Message::text(v.to_string())).await.unwrap();
+        }
+        fn publication(offset: u64, epoch: &str) -> Value {
+            json!({"channel": "c", "offset": offset, "epoch": epoch, "data": offset})
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tidewire::ServerBuilder::new()
+                .protocols([PROTOCOL])
+                .accept(tcp)
+                .await
+                .unwrap();
+            let connect = request(&mut ws).await;
+            assert_eq!(connect["op"], "connect");
+            push(
+                &mut ws,
+                json!({"id": connect["id"], "ok": true, "result": {"client": "c-1", "user": null}}),
+            )
+            .await;
+            let sub = request(&mut ws).await;
+            assert_eq!(
+                (sub["op"].as_str(), sub.get("since")),
+                (Some("subscribe"), None)
+            );
+            push(
+                &mut ws,
+                json!({"id": sub["id"], "ok": true, "result": {"offset": 0, "epoch": "e"}}),
+            )
+            .await;
+            // 1, 2, then repeats, then a jump to 5.
+            for offset in [1, 2, 2, 1, 5] {
+                push(&mut ws, publication(offset, "e")).await;
+            }
+            let unsub = request(&mut ws).await;
+            assert_eq!(
+                (unsub["op"].as_str(), unsub["channel"].as_str()),
+                (Some("unsubscribe"), Some("c"))
+            );
+            push(
+                &mut ws,
+                json!({"id": unsub["id"], "ok": true, "result": {}}),
+            )
+            .await;
+            let resub = request(&mut ws).await;
+            assert_eq!(resub["since"], json!({"offset": 2, "epoch": "e"}));
+            let recovered: Vec<Value> = (2..=5).map(|o| publication(o, "e")).collect();
+            push(
+                &mut ws,
+                json!({"id": resub["id"], "ok": true, "result": {
+                "offset": 5, "epoch": "e", "recovered": true, "publications": recovered}}),
+            )
+            .await;
+            push(&mut ws, publication(5, "e")).await;
+            push(&mut ws, publication(6, "e")).await;
+            // An epoch that changes under a live subscription: resubscribe, not recovered.
+            push(&mut ws, publication(1, "f")).await;
+            let unsub = request(&mut ws).await;
+            push(
+                &mut ws,
+                json!({"id": unsub["id"], "ok": true, "result": {}}),
+            )
+            .await;
+            let resub = request(&mut ws).await;
+            assert_eq!(resub["since"], json!({"offset": 6, "epoch": "e"}));
+            push(
+                &mut ws,
+                json!({"id": resub["id"], "ok": true, "result": {
+                "offset": 10, "epoch": "f", "recovered": false, "publications": []}}),
+            )
+            .await;
+            push(&mut ws, publication(11, "f")).await;
+            let _ = ws.recv().await;
+        });
+
+        let client = HubClient::builder(format!("ws://{addr}/ws")).connect();
+        let mut sub = client.subscribe("c").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("no item within 10 s")
+                .expect("subscription ended");
+            got.push(match item {
+                Item::Publication(p) => format!("{}{}", p.epoch, p.offset),
+                Item::Unrecoverable {
+                    epoch_changed,
+                    position,
+                } => {
+                    format!(
+                        "lost(epoch changed {epoch_changed}, now {}{})",
+                        position.epoch, position.offset
+                    )
+                }
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "e1",
+                "e2",
+                "e3",
+                "e4",
+                "e5",
+                "e6",
+                "lost(epoch changed true, now f10)",
+                "f11"
+            ]
+        );
+        client.close().await;
+        server.await.unwrap();
+    }
+
     #[test]
     fn errors_keep_the_server_code() {
         let e = Error::new(ErrorKind::Server {
