@@ -599,6 +599,7 @@ mod tests {
     #[test]
     fn urls_must_be_websocket_urls() {
         assert!(parse_url("ws://127.0.0.1:9001/x?y=1").is_ok());
+        assert!(parse_url("WSS://example.com").is_ok());
         assert!(parse_url("http://x").unwrap_err().contains("ws://"));
         assert!(parse_url("ws://").is_err());
         assert!(parse_url("127.0.0.1:80").is_err());

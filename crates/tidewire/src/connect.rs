@@ -28,7 +28,9 @@ impl WsUrl {
     pub fn parse(url: &str) -> Result<WsUrl> {
         let bad = |m: &str| Error::new(Kind::Url(format!("{m}: {url}")));
         let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let tls = match uri.scheme_str() {
+        // RFC 3986 §3.1: "schemes are case-insensitive".
+        let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+        let tls = match scheme.as_deref() {
             Some("ws") | Some("http") => false,
             Some("wss") | Some("https") => true,
             Some(_) => return Err(bad("scheme must be ws:// or wss://")),
@@ -319,6 +321,7 @@ mod tests {
             (true, "::1", 9443, "/")
         );
         assert_eq!(u.host_header(), "[::1]:9443");
+        assert!(WsUrl::parse("WSS://Example.com/").is_ok_and(|u| u.tls));
         assert!(WsUrl::parse("ftp://x/").is_err());
         assert!(WsUrl::parse("not a url").is_err());
         assert!(WsUrl::parse("127.0.0.1:80").is_err());
