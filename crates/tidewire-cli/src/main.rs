@@ -1,6 +1,7 @@
 //! The `tidewire` command. Glue only: parse arguments, build configuration, call a library.
 
 mod bench;
+mod connect;
 mod echo;
 mod serve;
 
@@ -37,6 +38,12 @@ enum Command {
     /// with the server, so that is the figure that compares servers) and its memory per
     /// connection. --json prints one JSON object for scripts.
     Bench(bench::BenchArgs),
+    /// Command-line WebSocket client: stdin lines out as messages, messages in as lines.
+    ///
+    /// Binary messages print in hex (--base64 for base64); --json prints one JSON object
+    /// per message. End of input closes with 1000. Exit status 0 after a normal close, 1
+    /// when the connection fails or is refused (the reason on stderr), 2 for usage errors.
+    Connect(connect::ConnectArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Connect(args) => connect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

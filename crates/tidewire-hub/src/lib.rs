@@ -7,11 +7,15 @@
 //!   offsets and epochs, history, gap-free resume, presence, namespaces, JWT auth, limits.
 //! - `/healthz`, `/metrics` (Prometheus), `POST /api/publish`, the demo pages.
 //!
+//! [`client`] is the other side: a `tidewire.v1` client that reconnects, resubscribes with
+//! `since` and reports what could not be recovered.
+//!
 //! [`engine`] holds storage and fan-out behind the [`Engine`] trait; [`HubConfig`] is the
 //! configuration, readable from TOML ([`HubConfig::load_file`]).
 
 pub mod auth;
 mod channels;
+pub mod client;
 mod config;
 pub mod engine;
 mod metrics;

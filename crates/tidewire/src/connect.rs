@@ -28,7 +28,9 @@ impl WsUrl {
     pub fn parse(url: &str) -> Result<WsUrl> {
         let bad = |m: &str| Error::new(Kind::Url(format!("{m}: {url}")));
         let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let tls = match uri.scheme_str() {
+        // RFC 3986 §3.1: "schemes are case-insensitive".
+        let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+        let tls = match scheme.as_deref() {
             Some("ws") | Some("http") => false,
             Some("wss") | Some("https") => true,
             Some(_) => return Err(bad("scheme must be ws:// or wss://")),
@@ -91,7 +93,7 @@ pub async fn connect(
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     url: String,
-    options: Options,
+    pub(crate) options: Options,
     protocols: Vec<String>,
     headers: http::HeaderMap,
     origin: Option<String>,
@@ -111,6 +113,11 @@ impl ClientBuilder {
             #[cfg(feature = "tls")]
             tls: None,
         }
+    }
+
+    /// The URL this builder connects to.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Sets stream options (limits, heartbeat, timeouts).
@@ -230,8 +237,14 @@ impl ClientBuilder {
         let limits = self.options.config.limits;
         let mut buf = BytesMut::with_capacity(1024);
         let (resp, consumed) = loop {
-            if let Some(r) = parse_response(&buf, &key, &self.protocols, &limits)? {
-                break r;
+            match parse_response(&buf, &key, &self.protocols, &limits) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e @ HandshakeError::Status(..)) => {
+                    let body = refusal_body(&mut io, &mut buf).await;
+                    return Err(Error::new(Kind::Refused(e, body)));
+                }
+                Err(e) => return Err(e.into()),
             }
             buf.reserve(1024);
             if io.read_buf(&mut buf).await? == 0 {
@@ -251,6 +264,46 @@ impl ClientBuilder {
     }
 }
 
+/// Largest part of a refusal's body kept for the error message.
+const REFUSAL_BODY_MAX: usize = 1024;
+
+/// The first line of the body of a non-101 response whose head is at the start of `buf`:
+/// servers put their one-line reason there. Reads what `Content-Length` announces (at most
+/// [`REFUSAL_BODY_MAX`] bytes, for at most 1 s); never fails (an unreadable body is "").
+async fn refusal_body<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> String {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        return String::new();
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let announced = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let want = announced.unwrap_or(REFUSAL_BODY_MAX).min(REFUSAL_BODY_MAX);
+    let read_rest = async {
+        while buf.len() - head_end < want {
+            buf.reserve(want);
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            // Without Content-Length, one line is all we want.
+            if announced.is_none() && buf[head_end..].contains(&b'\n') {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_rest).await;
+    let end = buf.len().min(head_end + want);
+    let body = String::from_utf8_lossy(&buf[head_end..end]);
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    line.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +321,7 @@ mod tests {
             (true, "::1", 9443, "/")
         );
         assert_eq!(u.host_header(), "[::1]:9443");
+        assert!(WsUrl::parse("WSS://Example.com/").is_ok_and(|u| u.tls));
         assert!(WsUrl::parse("ftp://x/").is_err());
         assert!(WsUrl::parse("not a url").is_err());
         assert!(WsUrl::parse("127.0.0.1:80").is_err());

@@ -18,11 +18,16 @@ pub(crate) enum Kind {
     Io(io::Error),
     Protocol(ProtocolError),
     Handshake(HandshakeError),
+    /// The server answered the handshake with an HTTP status other than 101 and this
+    /// (first line of the) body.
+    Refused(HandshakeError, String),
     Usage(UsageError),
     /// The connection is closed; nothing more can be sent or received.
     Closed,
     /// A timer expired: handshake, close handshake or heartbeat.
     Timeout(&'static str),
+    /// A reconnecting client is between connections.
+    NotConnected,
     /// The URL given to `connect` is not a usable ws:// or wss:// URL.
     Url(String),
     /// The TLS layer failed.
@@ -52,7 +57,36 @@ impl Error {
 
     /// The opening handshake failed.
     pub fn is_handshake(&self) -> bool {
-        matches!(self.kind, Kind::Handshake(_))
+        matches!(self.kind, Kind::Handshake(_) | Kind::Refused(..))
+    }
+
+    /// A [`ReconnectingClient`](crate::ReconnectingClient) is between connections: the
+    /// message was not sent. Send it again after the next `Connected` event.
+    pub fn is_not_connected(&self) -> bool {
+        matches!(self.kind, Kind::NotConnected)
+    }
+
+    /// The URL was not a usable `ws://` or `wss://` URL.
+    pub fn is_url(&self) -> bool {
+        matches!(self.kind, Kind::Url(_))
+    }
+
+    /// The HTTP status of a refused handshake (the server answered something other than
+    /// 101 Switching Protocols).
+    pub fn http_status(&self) -> Option<u16> {
+        match self.handshake_error() {
+            Some(HandshakeError::Status(code, _)) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The first line of the body of a refused handshake, where the server sent one
+    /// (servers often put the reason there: `origin not allowed`, `no route for /x`).
+    pub fn http_body(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Refused(_, body) if !body.is_empty() => Some(body),
+            _ => None,
+        }
     }
 
     /// The transport failed.
@@ -71,7 +105,7 @@ impl Error {
     /// The handshake failure, if that is what this is.
     pub fn handshake_error(&self) -> Option<&HandshakeError> {
         match &self.kind {
-            Kind::Handshake(e) => Some(e),
+            Kind::Handshake(e) | Kind::Refused(e, _) => Some(e),
             _ => None,
         }
     }
@@ -98,9 +132,12 @@ impl fmt::Display for Error {
             Kind::Io(e) => write!(f, "I/O error: {e}"),
             Kind::Protocol(e) => write!(f, "protocol error: {e} (close code {})", e.close_code()),
             Kind::Handshake(e) => write!(f, "handshake failed: {e}"),
+            Kind::Refused(e, body) if body.is_empty() => write!(f, "handshake failed: {e}"),
+            Kind::Refused(e, body) => write!(f, "handshake failed: {e} ({body})"),
             Kind::Usage(e) => write!(f, "{e}"),
             Kind::Closed => f.write_str("connection closed"),
             Kind::Timeout(what) => write!(f, "{what} timed out"),
+            Kind::NotConnected => f.write_str("not connected (reconnecting)"),
             Kind::Url(msg) => write!(f, "invalid URL: {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
@@ -113,7 +150,7 @@ impl std::error::Error for Error {
         match &self.kind {
             Kind::Io(e) => Some(e),
             Kind::Protocol(e) => Some(e),
-            Kind::Handshake(e) => Some(e),
+            Kind::Handshake(e) | Kind::Refused(e, _) => Some(e),
             Kind::Usage(e) => Some(e),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => Some(e),

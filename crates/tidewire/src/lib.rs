@@ -18,6 +18,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`ReconnectingClient`] ([`reconnect`]) connects again by itself after a disconnect,
+//! with backoff and a heartbeat, and reports each step as an event.
+//!
 //! The protocol itself lives in the sans-I/O crate [`tidewire_proto`], re-exported as
 //! [`proto`]; this crate drives it over tokio.
 
@@ -26,6 +29,7 @@
 mod accept;
 mod connect;
 mod error;
+pub mod reconnect;
 mod stream;
 mod transport;
 #[cfg(feature = "upgrade")]
@@ -34,6 +38,7 @@ pub mod upgrade;
 pub use accept::{accept, Reject, Response, ServerBuilder};
 pub use connect::{connect, ClientBuilder, WsUrl};
 pub use error::{Error, Result};
+pub use reconnect::ReconnectingClient;
 pub use stream::{Heartbeat, Options, WebSocketStream};
 pub use transport::MaybeTlsStream;
 #[cfg(feature = "tls")]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,8 +24,14 @@ impl Drop for Server {
 /// Starts `tidewire COMMAND --listen 127.0.0.1:0 EXTRA...` and returns it with the address
 /// from the first line it prints ("... listening on SCHEME://HOST:PORT/ ...").
 pub fn spawn(command: &str, extra: &[&str]) -> (Child, SocketAddr) {
+    spawn_at(command, "127.0.0.1:0", extra)
+}
+
+/// Starts `tidewire COMMAND --listen LISTEN EXTRA...` (a fixed port: a restart on the same
+/// address) and returns it with the address it printed.
+pub fn spawn_at(command: &str, listen: &str, extra: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args([command, "--listen", "127.0.0.1:0"])
+        .args([command, "--listen", listen])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

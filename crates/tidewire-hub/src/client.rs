@@ -1,0 +1,1232 @@
+//! A `tidewire.v1` client (docs/protocol.md) that reconnects and resumes by itself.
+//!
+//! Built on [`tidewire::reconnect::ReconnectingClient`]: after every new connection it sends
+//! `connect` (with the token, a fresh one from [`HubClientBuilder::token_fn`] if given),
+//! then subscribes again to every channel with `since` = the last position the application
+//! was given. Each [`Subscription`] delivers the recovered publications first, then live
+//! ones, skipping any offset already delivered; a jump in offsets (or an epoch that
+//! changes under a live subscription) makes it resubscribe with `since` at once. When the
+//! server cannot fill a gap (`recovered: false`: a new epoch after a server restart, or
+//! history too short) the subscription says so with [`Item::Unrecoverable`] and carries
+//! on with new publications: nothing is silently lost.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tidewire_hub::client::Error> {
+//! use tidewire_hub::client::{HubClient, Item};
+//!
+//! let client = HubClient::builder("ws://127.0.0.1:8080/ws").connect();
+//! let mut news = client.subscribe("news").await?;
+//! client.publish("news", serde_json::json!({"text": "hi"})).await?;
+//! while let Some(item) = news.next().await {
+//!     match item {
+//!         Item::Publication(p) => println!("{} {}", p.offset, p.data),
+//!         Item::Unrecoverable { .. } => println!("some messages may be missing: reload"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Requests (`publish`, `history`, `presence`, `ping`) made between connections wait for
+//! the next one; a request whose connection drops before its reply fails with
+//! [`Error::is_disconnected`] (it may or may not have been carried out: a publish is not
+//! resent). Each subscription buffers [`HubClientBuilder::subscription_buffer`] items; a
+//! subscription whose reader falls further behind stops receiving, and resumes with
+//! `since` once its reader has caught up (so a slow reader loses nothing either, as long
+//! as the channel's history reaches back).
+
+use crate::engine::{ClientInfo, StreamPosition};
+use futures_util::future::BoxFuture;
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tidewire::reconnect::{self, Backoff, Disconnect, GiveUp, ReconnectBuilder};
+use tidewire::{ClientBuilder, CloseCode, CloseFrame, Message};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// The subprotocol of docs/protocol.md.
+pub const PROTOCOL: &str = "tidewire.v1";
+
+/// An error of a [`HubClient`] request.
+///
+/// Opaque: use the predicates. `Display` is for people.
+pub struct Error {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+enum ErrorKind {
+    /// An error reply from the server.
+    Server { code: u32, message: String },
+    /// The connection dropped before the reply came.
+    Disconnected,
+    /// The client has stopped (closed, dropped or gave up).
+    Closed,
+    /// The server's answer does not follow docs/protocol.md.
+    Protocol(String),
+}
+
+impl Error {
+    fn new(kind: ErrorKind) -> Self {
+        Error { kind }
+    }
+
+    fn protocol(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Protocol(what.into()))
+    }
+
+    /// The error code of an error reply (docs/protocol.md, "Error codes"): 103 unknown
+    /// channel, 104 permission denied, 107 rate limited, ...
+    pub fn code(&self) -> Option<u32> {
+        match self.kind {
+            ErrorKind::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The message of an error reply.
+    pub fn message(&self) -> Option<&str> {
+        match &self.kind {
+            ErrorKind::Server { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The connection dropped before the reply came: the request may or may not have been
+    /// carried out.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self.kind, ErrorKind::Disconnected)
+    }
+
+    /// The client has stopped: closed, dropped, or gave up reconnecting.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.kind, ErrorKind::Closed)
+    }
+
+    /// The server answered something docs/protocol.md does not allow.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self.kind, ErrorKind::Protocol(_))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.kind, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Server { code, message } => write!(f, "error {code}: {message}"),
+            ErrorKind::Disconnected => f.write_str("disconnected before the reply"),
+            ErrorKind::Closed => f.write_str("client closed"),
+            ErrorKind::Protocol(what) => write!(f, "not tidewire.v1: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A publication on a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The channel.
+    pub channel: String,
+    /// Its offset (consecutive within an epoch).
+    pub offset: u64,
+    /// The epoch of the channel's history.
+    pub epoch: String,
+    /// The JSON value published.
+    pub data: Value,
+}
+
+impl Publication {
+    fn from_json(v: &Value) -> Option<Publication> {
+        Some(Publication {
+            channel: v.get("channel")?.as_str()?.to_owned(),
+            offset: v.get("offset")?.as_u64()?,
+            epoch: v.get("epoch")?.as_str()?.to_owned(),
+            data: v.get("data").cloned().unwrap_or(Value::Null),
+        })
+    }
+}
+
+/// What a [`Subscription`] delivers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Item {
+    /// The next publication: offsets follow each other without gap or repeat, across
+    /// reconnects, unless an [`Item::Unrecoverable`] comes between.
+    Publication(Publication),
+    /// A client joined the channel (namespaces with presence).
+    Join(ClientInfo),
+    /// A client left the channel.
+    Leave(ClientInfo),
+    /// The server could not deliver what was published since the last publication given
+    /// (`recovered: false`): publications may be missing here. Reload the channel's state
+    /// (for example with [`HubClient::history`]) and tell the user. Publications after
+    /// `position` follow.
+    Unrecoverable {
+        /// True when the channel's epoch changed (its history was recreated, e.g. the server
+        /// restarted); false when the history no longer reaches back far enough.
+        epoch_changed: bool,
+        /// The channel's position now: the next publication has `position.offset + 1`.
+        position: StreamPosition,
+    },
+    /// Subscribing again after a reconnect failed (the namespace is gone, permission was
+    /// withdrawn): the last item of this subscription.
+    Failed(Error),
+}
+
+/// The newest publications of a channel, from [`HubClient::history`].
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The channel's position (offset 0 and an empty epoch for a channel that does not
+    /// exist).
+    pub position: StreamPosition,
+    /// Oldest first.
+    pub publications: Vec<Publication>,
+}
+
+/// The life of a [`HubClient`]'s connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// A connection opened and `connect` was answered; every subscription has been sent
+    /// again.
+    Connected {
+        /// The connection's number (1, 2, ...).
+        connection: u64,
+        /// This connection's client id (as in presence).
+        client: String,
+        /// The token's user, `None` when anonymous.
+        user: Option<String>,
+    },
+    /// The connection ended; see [`tidewire::reconnect::Event::Disconnected`].
+    Disconnected(Disconnect),
+    /// A connection attempt failed.
+    ConnectFailed {
+        /// Failed attempts in a row.
+        attempt: u32,
+        /// Why.
+        error: tidewire::Error,
+    },
+    /// The client sleeps `delay`, then reconnects.
+    Reconnecting {
+        /// The attempt's number since the last connection that stayed up.
+        attempt: u32,
+        /// The backoff delay.
+        delay: Duration,
+    },
+    /// The server answered with an error that belongs to no request (`connect` refused, a
+    /// message it could not read).
+    Error(Error),
+    /// The client stopped for good; no more events.
+    GaveUp(GiveUp),
+}
+
+type TokenFn = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Token {
+    None,
+    Static(String),
+    Fn(TokenFn),
+}
+
+/// Builds a [`HubClient`].
+pub struct HubClientBuilder {
+    reconnect: ReconnectBuilder,
+    token: Token,
+    buffer: usize,
+}
+
+impl fmt::Debug for HubClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClientBuilder")
+            .field("reconnect", &self.reconnect)
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubClientBuilder {
+    /// Sends this token in `connect` on every connection.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Token::Static(token.into());
+        self
+    }
+
+    /// Asks `f` for a token before every `connect` (a fresh one after 4001, token expired,
+    /// which then reconnects instead of stopping). `None`: connect without a token.
+    pub fn token_fn<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        self.token = Token::Fn(Arc::new(move || Box::pin(f())));
+        self
+    }
+
+    /// Changes the reconnecting client underneath (heartbeat, headers, TLS, seed):
+    /// `.reconnect(|r| r.heartbeat(interval, timeout))`.
+    pub fn reconnect(mut self, f: impl FnOnce(ReconnectBuilder) -> ReconnectBuilder) -> Self {
+        self.reconnect = f(self.reconnect);
+        self
+    }
+
+    /// Sets the backoff between connections.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.reconnect = self.reconnect.backoff(backoff);
+        self
+    }
+
+    /// Items a subscription buffers for its reader. Default 4096. A reader further behind
+    /// stops receiving until it catches up, then the subscription resumes with `since`.
+    pub fn subscription_buffer(mut self, items: usize) -> Self {
+        self.buffer = items.max(1);
+        self
+    }
+
+    /// Starts the client on the current tokio runtime; it connects in the background.
+    pub fn connect(self) -> HubClient {
+        let reconnect = self
+            .reconnect
+            .reconnect_with_new_token(matches!(self.token, Token::Fn(_)));
+        let (plain, events_in) = reconnect.connect().split();
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::channel(256);
+        let (alive_tx, alive_rx) = oneshot::channel();
+        let driver = Driver {
+            plain,
+            events_in,
+            cmds: cmd_rx,
+            alive: alive_rx,
+            out: ev_tx,
+            token: self.token,
+            buffer: self.buffer,
+            next_id: 1,
+            conn: None,
+            pending: HashMap::new(),
+            waiting: VecDeque::new(),
+            subs: HashMap::new(),
+        };
+        tokio::spawn(driver.run());
+        HubClient {
+            cmds: cmd_tx,
+            events: Mutex::new(ev_rx),
+            _alive: alive_tx,
+        }
+    }
+}
+
+/// A `tidewire.v1` client that reconnects and resumes by itself. See the
+/// [module documentation](self).
+///
+/// Dropping it closes the connection and ends every subscription.
+#[derive(Debug)]
+pub struct HubClient {
+    cmds: mpsc::Sender<Cmd>,
+    events: Mutex<mpsc::Receiver<HubEvent>>,
+    _alive: oneshot::Sender<()>,
+}
+
+impl HubClient {
+    /// A builder for `url` (`ws://HOST/ws` or `wss://`), offering the `tidewire.v1`
+    /// subprotocol.
+    pub fn builder(url: impl Into<String>) -> HubClientBuilder {
+        let client = ClientBuilder::new(url).protocols([PROTOCOL]);
+        HubClientBuilder {
+            reconnect: ReconnectBuilder::new(client),
+            token: Token::None,
+            buffer: 4096,
+        }
+    }
+
+    /// The next connection event; `None` once the client has stopped. Events the
+    /// application does not read are kept up to 256, newer ones dropped.
+    pub async fn next_event(&self) -> Option<HubEvent> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Subscribes to `channel`. Returns once the server has accepted the subscription
+    /// (waiting for a connection if there is none); publications after that point follow
+    /// on the [`Subscription`]. Fails with the server's error (103 unknown channel, 104
+    /// private channel, 111 too many subscriptions), or 106 if this client already has a
+    /// subscription to `channel`.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
+        let (done, rx) = oneshot::channel();
+        self.command(Cmd::Subscribe {
+            channel: channel.to_owned(),
+            done,
+        })
+        .await?;
+        let items = rx.await.map_err(|_| Error::new(ErrorKind::Closed))??;
+        Ok(Subscription {
+            channel: Some(channel.to_owned()),
+            items,
+            cmds: self.cmds.clone(),
+        })
+    }
+
+    /// Publishes `data` on `channel`; returns its position (offset and epoch).
+    pub async fn publish(&self, channel: &str, data: Value) -> Result<StreamPosition, Error> {
+        let r = self
+            .request(json!({"op": "publish", "channel": channel, "data": data}))
+            .await?;
+        position(&r).ok_or_else(|| Error::protocol("publish result without offset and epoch"))
+    }
+
+    /// The newest `limit` publications of `channel` (the server caps `limit` at 10,000).
+    pub async fn history(&self, channel: &str, limit: u32) -> Result<History, Error> {
+        let r = self
+            .request(json!({"op": "history", "channel": channel, "limit": limit}))
+            .await?;
+        let position =
+            position(&r).ok_or_else(|| Error::protocol("history result without position"))?;
+        let publications = r
+            .get("publications")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::protocol("history result without publications"))?
+            .iter()
+            .map(|p| Publication::from_json(p).ok_or_else(|| Error::protocol("bad publication")))
+            .collect::<Result<_, _>>()?;
+        Ok(History {
+            position,
+            publications,
+        })
+    }
+
+    /// Who is subscribed to `channel` (error 110 where the namespace has no presence).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, Error> {
+        let r = self
+            .request(json!({"op": "presence", "channel": channel}))
+            .await?;
+        let clients = r
+            .get("clients")
+            .cloned()
+            .ok_or_else(|| Error::protocol("presence result without clients"))?;
+        serde_json::from_value(clients).map_err(|e| Error::protocol(e.to_string()))
+    }
+
+    /// The application-level heartbeat (`op: ping`): returns when the server answered.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.request(json!({"op": "ping"})).await.map(drop)
+    }
+
+    /// Sends any request (a JSON object with an `op`; the `id` is added) and returns the
+    /// `result` of its reply.
+    pub async fn request(&self, body: Value) -> Result<Value, Error> {
+        let Value::Object(body) = body else {
+            return Err(Error::protocol("a request is a JSON object"));
+        };
+        let (done, rx) = oneshot::channel();
+        self.command(Cmd::Request { body, done }).await?;
+        rx.await.map_err(|_| Error::new(ErrorKind::Closed))?
+    }
+
+    /// Closes the connection (1000) and stops the client; subscriptions end.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.cmds.send(Cmd::Close { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn command(&self, cmd: Cmd) -> Result<(), Error> {
+        self.cmds
+            .send(cmd)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed))
+    }
+}
+
+/// The items of one channel, from [`HubClient::subscribe`]. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    channel: Option<String>,
+    items: mpsc::Receiver<Item>,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl Subscription {
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        self.channel.as_deref().unwrap_or("")
+    }
+
+    /// The next item; `None` once the subscription or the client has ended.
+    pub async fn next(&mut self) -> Option<Item> {
+        self.items.recv().await
+    }
+
+    /// Unsubscribes and waits for the server's answer (when connected).
+    pub async fn unsubscribe(mut self) -> Result<(), Error> {
+        let Some(channel) = self.channel.take() else {
+            return Ok(());
+        };
+        let (done, rx) = oneshot::channel();
+        let cmd = Cmd::Unsubscribe {
+            channel,
+            done: Some(done),
+        };
+        self.cmds
+            .send(cmd)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed))?;
+        rx.await.map_err(|_| Error::new(ErrorKind::Closed))?
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            // Best effort; the driver also notices the closed item channel.
+            let _ = self.cmds.try_send(Cmd::Unsubscribe {
+                channel,
+                done: None,
+            });
+        }
+    }
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = Item;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        self.get_mut().items.poll_recv(cx)
+    }
+}
+
+fn position(v: &Value) -> Option<StreamPosition> {
+    Some(StreamPosition {
+        offset: v.get("offset")?.as_u64()?,
+        epoch: v.get("epoch")?.as_str()?.to_owned(),
+    })
+}
+
+type Reply = oneshot::Sender<Result<Value, Error>>;
+/// Where `subscribe` waits for its subscription's items.
+type Ready = oneshot::Sender<Result<mpsc::Receiver<Item>, Error>>;
+
+enum Cmd {
+    Request {
+        body: Map<String, Value>,
+        done: Reply,
+    },
+    Subscribe {
+        channel: String,
+        done: Ready,
+    },
+    Unsubscribe {
+        channel: String,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What a request id is waiting for.
+enum Pending {
+    App(Reply),
+    Connect,
+    Subscribe {
+        channel: String,
+        since: Option<StreamPosition>,
+    },
+    Unsubscribe(Option<oneshot::Sender<Result<(), Error>>>),
+}
+
+/// A subscription as the driver keeps it.
+struct Sub {
+    tx: mpsc::Sender<Item>,
+    /// Until the first subscribe succeeds: where the application waits, and the receiver
+    /// it gets.
+    ready: Option<(Ready, mpsc::Receiver<Item>)>,
+    /// The last position given to the application (from the subscribe reply, then from
+    /// each publication delivered).
+    position: Option<StreamPosition>,
+    /// A subscribe request is in flight: live publications are not trusted until its reply.
+    subscribing: bool,
+    /// The reader fell behind: publications are dropped until it has room, then the
+    /// subscription resumes with `since`.
+    lagging: bool,
+}
+
+/// What to do with a subscription after a publication.
+enum Next {
+    Fine,
+    Resync,
+    Gone,
+}
+
+struct Driver {
+    plain: reconnect::Sender,
+    events_in: reconnect::Events,
+    cmds: mpsc::Receiver<Cmd>,
+    alive: oneshot::Receiver<()>,
+    out: mpsc::Sender<HubEvent>,
+    token: Token,
+    buffer: usize,
+    next_id: u64,
+    /// The current connection, once `connect` and the subscriptions are sent on it.
+    conn: Option<u64>,
+    pending: HashMap<u64, Pending>,
+    /// Requests made between connections.
+    waiting: VecDeque<(Map<String, Value>, Reply)>,
+    subs: HashMap<String, Sub>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut lag_tick = tokio::time::interval(Duration::from_millis(20));
+        let mut cmds_open = true;
+        loop {
+            let lagging = self.subs.values().any(|s| s.lagging);
+            tokio::select! {
+                ev = self.events_in.next_event() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => break,
+                },
+                cmd = self.cmds.recv(), if cmds_open => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => cmds_open = false,
+                },
+                _ = &mut self.alive => {
+                    // The HubClient was dropped.
+                    self.plain.close(None).await;
+                    break;
+                }
+                _ = lag_tick.tick(), if lagging => self.check_lagging().await,
+            }
+        }
+        for (_, pending) in self.pending.drain() {
+            if let Pending::App(done) = pending {
+                let _ = done.send(Err(Error::new(ErrorKind::Closed)));
+            }
+        }
+        for (_, done) in self.waiting.drain(..) {
+            let _ = done.send(Err(Error::new(ErrorKind::Closed)));
+        }
+        for (_, sub) in self.subs.drain() {
+            if let Some((done, _)) = sub.ready {
+                let _ = done.send(Err(Error::new(ErrorKind::Closed)));
+            }
+        }
+    }
+
+    fn emit(&self, event: HubEvent) {
+        let _ = self.out.try_send(event);
+    }
+
+    async fn on_event(&mut self, ev: reconnect::Event) {
+        use reconnect::Event as E;
+        match ev {
+            E::Connected(c) => {
+                if c.protocol() != Some(PROTOCOL) {
+                    self.emit(HubEvent::Error(Error::protocol(
+                        "the server did not select the tidewire.v1 subprotocol",
+                    )));
+                    let frame = CloseFrame::new(CloseCode::NORMAL, "tidewire.v1 expected");
+                    self.plain.close(Some(frame)).await;
+                    return;
+                }
+                self.on_connected(c.connection).await;
+            }
+            E::Message(Message::Text(text)) => match serde_json::from_str::<Value>(&text) {
+                Ok(v) => self.on_message(v).await,
+                Err(e) => self.emit(HubEvent::Error(Error::protocol(format!("not JSON: {e}")))),
+            },
+            E::Message(_) => {
+                self.emit(HubEvent::Error(Error::protocol("a binary message")));
+            }
+            E::Disconnected(d) => {
+                self.conn = None;
+                for (_, pending) in self.pending.drain() {
+                    match pending {
+                        Pending::App(done) => {
+                            let _ = done.send(Err(Error::new(ErrorKind::Disconnected)));
+                        }
+                        Pending::Unsubscribe(Some(done)) => {
+                            let _ = done.send(Ok(()));
+                        }
+                        _ => {}
+                    }
+                }
+                for sub in self.subs.values_mut() {
+                    sub.subscribing = false;
+                }
+                self.emit(HubEvent::Disconnected(d));
+            }
+            E::ConnectFailed { attempt, error } => {
+                self.emit(HubEvent::ConnectFailed { attempt, error })
+            }
+            E::Reconnecting { attempt, delay } => {
+                self.emit(HubEvent::Reconnecting { attempt, delay })
+            }
+            E::GaveUp(why) => self.emit(HubEvent::GaveUp(why)),
+            _ => {}
+        }
+    }
+
+    /// A new connection: `connect`, every subscription with `since`, then the requests
+    /// that waited. Everything goes on this connection only (`send_on`), so nothing of the
+    /// application's can overtake `connect`.
+    async fn on_connected(&mut self, conn: u64) {
+        let token = match &self.token {
+            Token::None => None,
+            Token::Static(t) => Some(t.clone()),
+            Token::Fn(f) => f().await,
+        };
+        let mut body = Map::new();
+        body.insert("op".into(), "connect".into());
+        if let Some(t) = token {
+            body.insert("token".into(), t.into());
+        }
+        if !self.send(conn, body, Pending::Connect).await {
+            return;
+        }
+        self.subs.retain(|_, s| !s.tx.is_closed());
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for ch in channels {
+            if !self.subscribe(conn, &ch).await {
+                return;
+            }
+        }
+        self.conn = Some(conn);
+        while let Some((body, done)) = self.waiting.pop_front() {
+            if let Err(Pending::App(done)) =
+                self.try_send(conn, body.clone(), Pending::App(done)).await
+            {
+                self.waiting.push_front((body, done));
+                self.conn = None;
+                return;
+            }
+        }
+    }
+
+    /// Sends a request on connection `conn`; false if that connection is gone.
+    async fn send(&mut self, conn: u64, body: Map<String, Value>, pending: Pending) -> bool {
+        self.try_send(conn, body, pending).await.is_ok()
+    }
+
+    /// Sends a request; gives `pending` back if it could not be sent.
+    async fn try_send(
+        &mut self,
+        conn: u64,
+        mut body: Map<String, Value>,
+        pending: Pending,
+    ) -> Result<(), Pending> {
+        let id = self.next_id;
+        self.next_id += 1;
+        body.insert("id".into(), id.into());
+        let text = Value::Object(body).to_string();
+        match self.plain.send_on(conn, Message::text(text)).await {
+            Ok(()) => {
+                self.pending.insert(id, pending);
+                Ok(())
+            }
+            Err(_) => Err(pending),
+        }
+    }
+
+    /// Sends `subscribe` for `channel`, with `since` when a position is known.
+    async fn subscribe(&mut self, conn: u64, channel: &str) -> bool {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return true;
+        };
+        sub.subscribing = true;
+        let since = sub.position.clone();
+        let mut body = Map::new();
+        body.insert("op".into(), "subscribe".into());
+        body.insert("channel".into(), channel.into());
+        if let Some(p) = &since {
+            body.insert(
+                "since".into(),
+                json!({"offset": p.offset, "epoch": p.epoch}),
+            );
+        }
+        let pending = Pending::Subscribe {
+            channel: channel.to_owned(),
+            since,
+        };
+        self.send(conn, body, pending).await
+    }
+
+    /// Unsubscribes and subscribes again with `since` on the current connection: after a
+    /// gap, or once a lagging reader has room again.
+    async fn resync(&mut self, channel: &str) {
+        let Some(conn) = self.conn else {
+            // Resubscribed with `since` on the next connection anyway.
+            return;
+        };
+        let mut body = Map::new();
+        body.insert("op".into(), "unsubscribe".into());
+        body.insert("channel".into(), channel.into());
+        if self.send(conn, body, Pending::Unsubscribe(None)).await {
+            self.subscribe(conn, channel).await;
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Request { body, done } => match self.conn {
+                Some(conn) => {
+                    if let Err(Pending::App(done)) =
+                        self.try_send(conn, body.clone(), Pending::App(done)).await
+                    {
+                        self.waiting.push_back((body, done));
+                    }
+                }
+                None => self.waiting.push_back((body, done)),
+            },
+            Cmd::Subscribe { channel, done } => {
+                if let Some(old) = self.subs.get(&channel) {
+                    if !old.tx.is_closed() {
+                        let e = Error::new(ErrorKind::Server {
+                            code: 106,
+                            message: "already subscribed (by this client)".into(),
+                        });
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                    // A dropped subscription whose unsubscribe has not gone out yet.
+                    self.unsubscribe(channel.clone(), None).await;
+                }
+                let (tx, rx) = mpsc::channel(self.buffer);
+                let sub = Sub {
+                    tx,
+                    ready: Some((done, rx)),
+                    position: None,
+                    subscribing: false,
+                    lagging: false,
+                };
+                self.subs.insert(channel.clone(), sub);
+                if let Some(conn) = self.conn {
+                    self.subscribe(conn, &channel).await;
+                }
+            }
+            Cmd::Unsubscribe { channel, done } => self.unsubscribe(channel, done).await,
+            Cmd::Close { done } => {
+                self.plain.close(None).await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        channel: String,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+    ) {
+        if self.subs.remove(&channel).is_none() {
+            if let Some(done) = done {
+                let _ = done.send(Ok(()));
+            }
+            return;
+        }
+        let Some(conn) = self.conn else {
+            if let Some(done) = done {
+                let _ = done.send(Ok(()));
+            }
+            return;
+        };
+        let mut body = Map::new();
+        body.insert("op".into(), "unsubscribe".into());
+        body.insert("channel".into(), channel.into());
+        if let Err(Pending::Unsubscribe(Some(done))) =
+            self.try_send(conn, body, Pending::Unsubscribe(done)).await
+        {
+            // Not connected any more: nothing to unsubscribe from.
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    async fn on_message(&mut self, v: Value) {
+        if let Some(id) = v.get("id") {
+            let pending = id.as_u64().and_then(|id| self.pending.remove(&id));
+            let result = match (v.get("result"), v.get("error")) {
+                (Some(r), _) if v.get("ok") == Some(&Value::Bool(true)) => Ok(r.clone()),
+                (_, Some(e)) => Err(Error::new(ErrorKind::Server {
+                    code: e.get("code").and_then(Value::as_u64).unwrap_or(0) as u32,
+                    message: e
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                })),
+                _ => Err(Error::protocol(format!(
+                    "a reply without result or error: {v}"
+                ))),
+            };
+            match pending {
+                Some(p) => self.on_reply(p, result).await,
+                None => {
+                    if let Err(e) = result {
+                        self.emit(HubEvent::Error(e));
+                    }
+                }
+            }
+            return;
+        }
+        let Some(channel) = v.get("channel").and_then(Value::as_str).map(str::to_owned) else {
+            return;
+        };
+        if v.get("offset").is_some() {
+            let Some(p) = Publication::from_json(&v) else {
+                return;
+            };
+            let live = match self.subs.get(&channel) {
+                Some(s) => !s.subscribing,
+                None => false,
+            };
+            // Until its subscribe is answered a subscription takes nothing live: what was
+            // published meanwhile comes with the reply (or is older than its position).
+            if live {
+                self.deliver(&channel, p).await;
+            }
+            return;
+        }
+        let item = if let Some(c) = v.get("join") {
+            serde_json::from_value(c.clone()).ok().map(Item::Join)
+        } else if let Some(c) = v.get("leave") {
+            serde_json::from_value(c.clone()).ok().map(Item::Leave)
+        } else {
+            None
+        };
+        if let (Some(item), Some(sub)) = (item, self.subs.get(&channel)) {
+            if !sub.lagging {
+                // Presence is not recoverable: a full buffer drops it.
+                let _ = sub.tx.try_send(item);
+            }
+        }
+    }
+
+    /// Hands a publication to its subscription, in order, once.
+    async fn deliver(&mut self, channel: &str, p: Publication) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if sub.subscribing {
+            // A subscribe with `since` is on its way: its reply brings this one again.
+            return;
+        }
+        let next = match &sub.position {
+            Some(pos) if pos.epoch != p.epoch => Next::Resync,
+            Some(pos) if p.offset <= pos.offset => Next::Fine, // already delivered
+            Some(pos) if p.offset > pos.offset + 1 => Next::Resync,
+            _ if sub.lagging => Next::Fine,
+            _ => {
+                let position = StreamPosition {
+                    offset: p.offset,
+                    epoch: p.epoch.clone(),
+                };
+                match sub.tx.try_send(Item::Publication(p)) {
+                    Ok(()) => {
+                        sub.position = Some(position);
+                        Next::Fine
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.lagging = true;
+                        Next::Fine
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Next::Gone,
+                }
+            }
+        };
+        match next {
+            Next::Fine => {}
+            Next::Resync => {
+                sub.subscribing = true;
+                self.resync(channel).await;
+            }
+            Next::Gone => self.unsubscribe(channel.to_owned(), None).await,
+        }
+    }
+
+    async fn on_reply(&mut self, pending: Pending, result: Result<Value, Error>) {
+        match pending {
+            Pending::App(done) => {
+                let _ = done.send(result);
+            }
+            Pending::Unsubscribe(done) => {
+                if let Some(done) = done {
+                    let _ = done.send(result.map(drop));
+                }
+            }
+            Pending::Connect => match result {
+                Ok(r) => {
+                    let client = r.get("client").and_then(Value::as_str).unwrap_or("");
+                    let user = r.get("user").and_then(Value::as_str).map(str::to_owned);
+                    self.emit(HubEvent::Connected {
+                        connection: self.plain.connection().unwrap_or(0),
+                        client: client.to_owned(),
+                        user,
+                    });
+                }
+                Err(e) => self.emit(HubEvent::Error(e)),
+            },
+            Pending::Subscribe { channel, since } => {
+                self.on_subscribed(&channel, since, result).await
+            }
+        }
+    }
+
+    async fn on_subscribed(
+        &mut self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        result: Result<Value, Error>,
+    ) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        sub.subscribing = false;
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(sub) = self.subs.remove(channel) {
+                    match sub.ready {
+                        Some((done, _)) => {
+                            let _ = done.send(Err(e));
+                        }
+                        None => {
+                            let _ = sub.tx.try_send(Item::Failed(e));
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        let Some(now) = position(&r) else {
+            self.emit(HubEvent::Error(Error::protocol(
+                "subscribe result without position",
+            )));
+            return;
+        };
+        let Some(since) = since else {
+            // A first subscription: publications after `now` follow live.
+            sub.position = Some(now);
+            if let Some((done, rx)) = sub.ready.take() {
+                let _ = done.send(Ok(rx));
+            }
+            return;
+        };
+        if r.get("recovered") == Some(&Value::Bool(true)) {
+            let publications = r.get("publications").and_then(Value::as_array);
+            for p in publications.into_iter().flatten() {
+                if let Some(p) = Publication::from_json(p) {
+                    self.deliver(channel, p).await;
+                }
+            }
+            return;
+        }
+        // recovered: false. Say so, then carry on from the channel's position now.
+        let item = Item::Unrecoverable {
+            epoch_changed: now.epoch != since.epoch,
+            position: now.clone(),
+        };
+        match sub.tx.try_send(item) {
+            Ok(()) => sub.position = Some(now),
+            // Still behind: the next resync from the old position says it again.
+            Err(mpsc::error::TrySendError::Full(_)) => sub.lagging = true,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.unsubscribe(channel.to_owned(), None).await
+            }
+        }
+    }
+
+    /// Resumes the lagging subscriptions whose readers have caught up (half the buffer free).
+    async fn check_lagging(&mut self) {
+        let half = self.buffer.div_ceil(2);
+        let ready: Vec<String> = self
+            .subs
+            .iter_mut()
+            .filter(|(_, s)| s.lagging && (s.tx.is_closed() || s.tx.capacity() >= half))
+            .map(|(ch, s)| {
+                s.lagging = false;
+                ch.clone()
+            })
+            .collect();
+        for ch in ready {
+            let closed = self.subs.get(&ch).is_some_and(|s| s.tx.is_closed());
+            if closed {
+                self.unsubscribe(ch, None).await;
+            } else if let Some(sub) = self.subs.get_mut(&ch) {
+                if !sub.subscribing {
+                    sub.subscribing = true;
+                    self.resync(&ch).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publications_parse_from_the_wire_form() {
+        let v = json!({"channel": "c", "offset": 7, "epoch": "e1", "data": {"n": 1}});
+        let p = Publication::from_json(&v).unwrap();
+        assert_eq!(
+            (p.channel.as_str(), p.offset, p.epoch.as_str()),
+            ("c", 7, "e1")
+        );
+        assert_eq!(p.data, json!({"n": 1}));
+        assert!(Publication::from_json(&json!({"channel": "c", "offset": "7"})).is_none());
+    }
+
+    /// A scripted tidewire.v1 server: the real hub never sends duplicates or gaps, so this
+    /// one does, to check that the client skips the first and resubscribes on the second.
+    #[tokio::test]
+    async fn duplicates_skipped_gaps_and_epoch_changes_resubscribe() {
+        use tidewire::WebSocketStream;
+        use tokio::net::{TcpListener, TcpStream};
+
+        async fn request(ws: &mut WebSocketStream<TcpStream>) -> Value {
+            loop {
+                match ws.recv().await.unwrap().unwrap() {
+                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                    _ => continue,
+                }
+            }
+        }
+        async fn push(ws: &mut WebSocketStream<TcpStream>, v: Value) {
+            ws.send(Message::text(v.to_string())).await.unwrap();
+        }
+        fn publication(offset: u64, epoch: &str) -> Value {
+            json!({"channel": "c", "offset": offset, "epoch": epoch, "data": offset})
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tidewire::ServerBuilder::new()
+                .protocols([PROTOCOL])
+                .accept(tcp)
+                .await
+                .unwrap();
+            let connect = request(&mut ws).await;
+            assert_eq!(connect["op"], "connect");
+            push(
+                &mut ws,
+                json!({"id": connect["id"], "ok": true, "result": {"client": "c-1", "user": null}}),
+            )
+            .await;
+            let sub = request(&mut ws).await;
+            assert_eq!(
+                (sub["op"].as_str(), sub.get("since")),
+                (Some("subscribe"), None)
+            );
+            push(
+                &mut ws,
+                json!({"id": sub["id"], "ok": true, "result": {"offset": 0, "epoch": "e"}}),
+            )
+            .await;
+            // 1, 2, then repeats, then a jump to 5.
+            for offset in [1, 2, 2, 1, 5] {
+                push(&mut ws, publication(offset, "e")).await;
+            }
+            let unsub = request(&mut ws).await;
+            assert_eq!(
+                (unsub["op"].as_str(), unsub["channel"].as_str()),
+                (Some("unsubscribe"), Some("c"))
+            );
+            push(
+                &mut ws,
+                json!({"id": unsub["id"], "ok": true, "result": {}}),
+            )
+            .await;
+            let resub = request(&mut ws).await;
+            assert_eq!(resub["since"], json!({"offset": 2, "epoch": "e"}));
+            let recovered: Vec<Value> = (2..=5).map(|o| publication(o, "e")).collect();
+            push(
+                &mut ws,
+                json!({"id": resub["id"], "ok": true, "result": {
+                "offset": 5, "epoch": "e", "recovered": true, "publications": recovered}}),
+            )
+            .await;
+            push(&mut ws, publication(5, "e")).await;
+            push(&mut ws, publication(6, "e")).await;
+            // An epoch that changes under a live subscription: resubscribe, not recovered.
+            push(&mut ws, publication(1, "f")).await;
+            let unsub = request(&mut ws).await;
+            push(
+                &mut ws,
+                json!({"id": unsub["id"], "ok": true, "result": {}}),
+            )
+            .await;
+            let resub = request(&mut ws).await;
+            assert_eq!(resub["since"], json!({"offset": 6, "epoch": "e"}));
+            push(
+                &mut ws,
+                json!({"id": resub["id"], "ok": true, "result": {
+                "offset": 10, "epoch": "f", "recovered": false, "publications": []}}),
+            )
+            .await;
+            push(&mut ws, publication(11, "f")).await;
+            let _ = ws.recv().await;
+        });
+
+        let client = HubClient::builder(format!("ws://{addr}/ws")).connect();
+        let mut sub = client.subscribe("c").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("no item within 10 s")
+                .expect("subscription ended");
+            got.push(match item {
+                Item::Publication(p) => format!("{}{}", p.epoch, p.offset),
+                Item::Unrecoverable {
+                    epoch_changed,
+                    position,
+                } => {
+                    format!(
+                        "lost(epoch changed {epoch_changed}, now {}{})",
+                        position.epoch, position.offset
+                    )
+                }
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "e1",
+                "e2",
+                "e3",
+                "e4",
+                "e5",
+                "e6",
+                "lost(epoch changed true, now f10)",
+                "f11"
+            ]
+        );
+        client.close().await;
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn errors_keep_the_server_code() {
+        let e = Error::new(ErrorKind::Server {
+            code: 103,
+            message: "unknown namespace".into(),
+        });
+        assert_eq!(
+            (e.code(), e.message()),
+            (Some(103), Some("unknown namespace"))
+        );
+        assert_eq!(e.to_string(), "error 103: unknown namespace");
+        assert!(Error::new(ErrorKind::Disconnected).is_disconnected());
+    }
+}
