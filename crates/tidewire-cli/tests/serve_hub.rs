@@ -703,3 +703,50 @@ fn heartbeat_pings_and_closes_silent_connections() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_is_closed_with_4001_when_its_token_expires() {
+    let srv = serve(&["--auth-hmac-secret", SECRET]);
+    let mut ws = client(srv.addr).await;
+    let mut p = Vec::new();
+    let t = hs256(json!({"sub": "ann", "exp": now() + 2}));
+    let r = request(
+        &mut ws,
+        json!({"id": 1, "op": "connect", "token": t}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let start = std::time::Instant::now();
+    let (code, reason) = close_of(&mut ws).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4001, "unauthorized: token expired")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A fresh token sent in time keeps the connection open.
+    let mut ws = client(srv.addr).await;
+    let t = hs256(json!({"sub": "ann", "exp": now() + 2}));
+    request(
+        &mut ws,
+        json!({"id": 1, "op": "connect", "token": t}),
+        &mut p,
+    )
+    .await;
+    let fresh = hs256(json!({"sub": "ann", "exp": now() + 600}));
+    let r = request(
+        &mut ws,
+        json!({"id": 2, "op": "connect", "token": fresh}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = request(&mut ws, json!({"id": 3, "op": "ping"}), &mut p).await;
+    assert_eq!(r["ok"], true, "still open: {r}");
+}

@@ -78,6 +78,7 @@ impl AuthConfig {
                 user: data.claims.sub,
                 channels: data.claims.channels,
                 info: data.claims.info,
+                expires: Some(data.claims.exp),
             }),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -93,6 +94,7 @@ impl AuthConfig {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
@@ -108,6 +110,21 @@ pub struct Identity {
     pub channels: Vec<String>,
     /// Shown in presence.
     pub info: Option<serde_json::Value>,
+    /// `exp`: seconds since the Unix epoch. A connection is closed with 4001 when its
+    /// token expires, unless it sent `connect` with a fresh one before.
+    pub expires: Option<u64>,
+}
+
+impl Identity {
+    /// How long until the token expires (zero if it already has), if it expires.
+    pub fn time_left(&self) -> Option<std::time::Duration> {
+        let exp = self.expires?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Some(std::time::Duration::from_secs(exp.saturating_sub(now)))
+    }
 }
 
 impl Identity {

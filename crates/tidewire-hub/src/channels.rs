@@ -132,6 +132,8 @@ struct Conn {
     authenticated: bool,
     /// `info` given in `connect`, shown in presence unless the token has one.
     own_info: Option<Value>,
+    /// A `connect` brought a new token: its expiry must be armed.
+    identity_changed: bool,
     /// Subscribed channels; aborting the handle ends the live stream.
     subs: HashMap<String, AbortHandle>,
     live: SelectAll<Live>,
@@ -153,6 +155,7 @@ pub(crate) async fn serve_connection(
         client_id: hub.next_client_id(),
         authenticated: !required || admitted.identity.is_some(),
         own_info: None,
+        identity_changed: false,
         identity: admitted.identity,
         subs: HashMap::new(),
         live: SelectAll::new(),
@@ -168,6 +171,10 @@ pub(crate) async fn serve_connection(
     let send_buffer = hub.config.send_buffer;
     let connect_deadline = tokio::time::sleep(CONNECT_TIMEOUT);
     tokio::pin!(connect_deadline);
+    // When the token in force expires; reset by a `connect` with a fresh one.
+    let token_expiry = tokio::time::sleep(Duration::from_secs(0));
+    tokio::pin!(token_expiry);
+    let mut expires = conn.arm_expiry(token_expiry.as_mut());
     tracing::debug!(client = %conn.client_id, "connected");
     loop {
         tokio::select! {
@@ -182,6 +189,10 @@ pub(crate) async fn serve_connection(
                     metrics.sent(1, reply.len() as u64);
                     if ws.queue(Message::text(reply)).is_err() {
                         break;
+                    }
+                    if conn.identity_changed {
+                        conn.identity_changed = false;
+                        expires = conn.arm_expiry(token_expiry.as_mut());
                     }
                     if let Some(frame) = close {
                         tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
@@ -245,6 +256,11 @@ pub(crate) async fn serve_connection(
                     break;
                 }
             },
+            _ = &mut token_expiry, if expires => {
+                let frame = CloseFrame::new(CloseCode(close::TOKEN_EXPIRED), "unauthorized: token expired");
+                close_bounded(&mut ws, frame).await;
+                break;
+            }
             _ = &mut connect_deadline, if !conn.authenticated => {
                 let frame = CloseFrame::new(CloseCode(close::UNAUTHORIZED), "unauthorized: no connect with a token within 10 s");
                 close_bounded(&mut ws, frame).await;
@@ -266,6 +282,17 @@ pub(crate) async fn serve_connection(
 }
 
 impl Conn {
+    /// Sets `timer` to the token's expiry; false when no token is in force.
+    fn arm_expiry(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
+        match self.identity.as_ref().and_then(|i| i.time_left()) {
+            Some(left) => {
+                timer.reset(tokio::time::Instant::now() + left);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Ends the subscription's presence (a leave event) once its stream is gone.
     async fn leave(&self, ch: &str) {
         self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -456,6 +483,7 @@ impl Conn {
                 Ok(identity) => {
                     self.identity = Some(identity);
                     self.authenticated = true;
+                    self.identity_changed = true;
                 }
                 Err(e) => {
                     self.hub

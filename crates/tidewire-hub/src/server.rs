@@ -250,16 +250,13 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .fallback(|uri: Uri| async move {
             (
                 StatusCode::NOT_FOUND,
-                format!("404 Not Found: no route for {}\n", uri.path()),
+                format!("no route for {}\n", uri.path()),
             )
         })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             (
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!(
-                    "405 Method Not Allowed: {method} is not allowed on {}\n",
-                    uri.path()
-                ),
+                format!("{method} is not allowed on {}\n", uri.path()),
             )
         })
         .with_state(hub)

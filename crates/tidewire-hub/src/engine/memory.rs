@@ -42,6 +42,11 @@ struct Channel {
     history: VecDeque<(Instant, Arc<Event>)>,
     presence: BTreeMap<String, ClientInfo>,
     tx: broadcast::Sender<Arc<Event>>,
+    /// Since when nothing is left in the channel (no history, subscribers or presence).
+    /// An idle channel is kept, with its epoch and offset, for one history TTL: a client
+    /// that comes back within it resumes with `recovered: true` when nothing was
+    /// published meanwhile, instead of finding a new epoch.
+    idle_since: Option<Instant>,
 }
 
 impl Channel {
@@ -53,6 +58,7 @@ impl Channel {
             history: VecDeque::new(),
             presence: BTreeMap::new(),
             tx: broadcast::channel(buffer).0,
+            idle_since: None,
         }
     }
 
@@ -78,6 +84,17 @@ impl Channel {
 
     fn is_idle(&self) -> bool {
         self.tx.receiver_count() == 0 && self.history.is_empty() && self.presence.is_empty()
+    }
+
+    /// Notes whether the channel is idle now; true once it has been idle for a whole
+    /// history TTL, when it may be forgotten.
+    fn expired(&mut self, options: &NamespaceOptions, now: Instant) -> bool {
+        if !self.is_idle() {
+            self.idle_since = None;
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= options.history_ttl
     }
 
     fn broadcast(&self, kind: EventKind) -> Arc<Event> {
@@ -170,7 +187,7 @@ impl MemoryEngine {
         channels.retain(|name, ch| match self.namespaces.for_channel(name) {
             Some(options) => {
                 ch.trim(options, now);
-                !ch.is_idle()
+                !ch.expired(options, now)
             }
             None => false,
         });
@@ -203,7 +220,7 @@ impl MemoryEngine {
         };
         ch.trim(options, now);
         let r = f(ch, options);
-        if ch.is_idle() {
+        if ch.expired(options, now) {
             channels.remove(channel);
         }
         Ok(Some(r))
@@ -341,10 +358,8 @@ impl Engine for MemoryEngine {
         }
         let mut channels = self.lock();
         if let Some(ch) = channels.get_mut(channel) {
+            // An idle channel is forgotten by `sweep` once it has been idle for a TTL.
             ch.leave(client_id);
-            if ch.is_idle() {
-                channels.remove(channel);
-            }
         }
         Ok(())
     }
@@ -450,15 +465,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(offsets(&h.publications), [3]);
-        // Nothing left and nobody subscribed: the channel goes, and comes back anew.
+        // Nothing left and nobody subscribed: the channel keeps its position for one more
+        // TTL (a client resuming from offset 3 has missed nothing), then goes, and comes
+        // back anew.
         let h = e
             .history("news", 100, t + Duration::from_secs(90))
             .await
             .unwrap();
         assert!(h.publications.is_empty());
+        assert_eq!(h.position.offset, 3);
+        let back = e
+            .subscribe(
+                "news",
+                ClientInfo::new("c"),
+                Some(h.position.clone()),
+                t + Duration::from_secs(100),
+            )
+            .await
+            .unwrap();
+        assert!(back.recovered());
+        e.unsubscribe(back, t + Duration::from_secs(100))
+            .await
+            .unwrap();
+        assert_eq!(e.len(), 1);
+        e.sweep(t + Duration::from_secs(159));
+        assert_eq!(e.len(), 1, "idle for 59 s only");
+        e.sweep(t + Duration::from_secs(161));
         assert!(e.is_empty());
         let again = e
-            .publish("news", data(4), t + Duration::from_secs(91))
+            .publish("news", data(4), t + Duration::from_secs(162))
             .await
             .unwrap();
         assert_eq!(again.offset, 1);
@@ -476,10 +511,15 @@ mod tests {
         e.publish("b", data(1), t).await.unwrap();
         assert_eq!(e.len(), 2);
         e.sweep(t + Duration::from_secs(5));
+        assert_eq!(e.len(), 2, "a is idle from now on, kept for one TTL");
+        e.sweep(t + Duration::from_secs(6));
         assert_eq!(e.len(), 1, "b has a subscriber");
         e.unsubscribe(sub, t + Duration::from_secs(5))
             .await
             .unwrap();
+        assert_eq!(e.len(), 1, "kept for one TTL after it became idle");
+        e.sweep(t + Duration::from_secs(6));
+        e.sweep(t + Duration::from_secs(7));
         assert!(e.is_empty());
     }
 
