@@ -103,19 +103,7 @@ impl CompressionArgs {
 }
 
 pub fn run(args: EchoArgs) -> Result<()> {
-    let mut rt = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if args.threads > 1 {
-            b.worker_threads(args.threads);
-        }
-        b
-    };
-    let rt = rt
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = crate::runtime(args.threads)?;
     rt.block_on(serve(args))
 }
 

@@ -67,6 +67,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tokio runtime of a server: `threads` 1 runs everything on the current thread (best
+/// when the process is pinned to one core), 0 one worker per core, N that many workers.
+pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    anyhow::Context::context(
+        builder.enable_all().build(),
+        "cannot start the async runtime",
+    )
+}
+
 /// Logs to stderr at the level of `TIDEWIRE_LOG` (default info), as text or JSON lines.
 pub(crate) fn init_logging(format: tidewire_hub::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWIRE_LOG")

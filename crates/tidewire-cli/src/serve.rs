@@ -210,19 +210,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     crate::init_logging(config.log_format);
     crate::raise_fd_limit();
     let listen = config.listen;
-    let mut rt = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if args.threads > 1 {
-            b.worker_threads(args.threads);
-        }
-        b
-    };
-    let rt = rt
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = crate::runtime(args.threads)?;
     rt.block_on(async move {
         tidewire_hub::serve(config, shutdown_signal())
             .await

@@ -2,56 +2,19 @@
 
 mod common;
 
-use common::spawn;
+use common::hub::{client as connect_ws, next_json, request, serve, Serve, Ws};
 use serde_json::{json, Value};
-use std::process::Child;
-use tidewire::{ClientBuilder, Message, WebSocketStream};
+use tidewire::Message;
 
-type Ws = WebSocketStream<tidewire::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct Serve(Child, String);
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start() -> Serve {
-    let (child, addr) = spawn("serve", &["--publish-rate", "0"]);
-    Serve(child, addr.to_string())
+/// A hub without a publish rate limit: these tests publish thousands of times.
+fn start() -> (Serve, String) {
+    let srv = serve(&["--publish-rate", "0"]);
+    let addr = srv.addr.to_string();
+    (srv, addr)
 }
 
 async fn client(addr: &str) -> Ws {
-    let (ws, resp) = ClientBuilder::new(format!("ws://{addr}/ws"))
-        .protocols(["tidewire.v1"])
-        .connect()
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["sec-websocket-protocol"], "tidewire.v1");
-    ws
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match ws.recv().await.expect("stream ended").expect("error") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            _ => continue,
-        }
-    }
-}
-
-/// Sends a request and returns its reply, collecting pushed messages seen meanwhile.
-async fn request(ws: &mut Ws, req: Value, pushed: &mut Vec<Value>) -> Value {
-    let id = req["id"].clone();
-    ws.send(Message::text(req.to_string())).await.unwrap();
-    loop {
-        let v = next_json(ws).await;
-        if v.get("id") == Some(&id) {
-            return v;
-        }
-        pushed.push(v);
-    }
+    connect_ws(addr.parse().unwrap()).await
 }
 
 #[tokio::test]
