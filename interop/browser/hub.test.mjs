@@ -37,6 +37,29 @@ async function say(page, text) {
 /** The chat messages shown, as [offset, text] in page order. */
 const shown = (page) => evaluate(page, () => [...document.querySelectorAll('#log .msg')].map((d) => [Number(d.dataset.offset), d.textContent]));
 
+test('every demo page loads in well under a second, from the binary alone', async () => {
+  const srv = await startServe();
+  try {
+    for (const path of ['/', '/chat', '/live', '/board', '/bare']) {
+      const x = await open(`${srv.base}${path}`);
+      const ms = await evaluate(x.page, () => {
+        const nav = performance.getEntriesByType('navigation')[0];
+        return nav.loadEventEnd - nav.startTime;
+      });
+      // Every request the page made went to the server itself (no CDN).
+      const foreign = await evaluate(x.page, () => performance.getEntriesByType('resource').map((r) => r.name).filter((n) => !n.startsWith(location.origin)));
+      assert.deepEqual(foreign, [], `${path} loaded resources from elsewhere`);
+      assert.ok(ms < 1000, `${path} loaded in ${ms.toFixed(0)} ms`);
+      console.log(`${path}: loaded in ${ms.toFixed(0)} ms`);
+      if (path === '/') await screenshot(x.page, 'hub-index');
+      assert.deepEqual(x.errors, [], `${path}: page errors`);
+      await x.context.close();
+    }
+  } finally {
+    await srv.stop();
+  }
+});
+
 test('two browser contexts chat with each other, with presence', async () => {
   const srv = await startServe();
   try {
