@@ -339,13 +339,13 @@ impl CpuFigures {
             r.row(
                 "machine CPU",
                 format!(
-                    "{:.2} cores busy, {:.2} of them neither {}this generator",
+                    "{:.2} cores busy, {:.2} of them {}",
                     m as f64 / 1e9 / secs,
                     others as f64 / 1e9 / secs,
                     if self.server_ns.is_some() {
-                        "the server nor "
+                        "neither the server nor this generator"
                     } else {
-                        ""
+                        "not this generator"
                     }
                 ),
             );
