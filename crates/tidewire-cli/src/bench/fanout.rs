@@ -242,6 +242,8 @@ impl Shared {
 struct SubResult {
     check: Option<OffsetCheck>,
     window_deliveries: u64,
+    /// Pushed messages that are not publications (presence joins and leaves).
+    other_pushes: u64,
 }
 
 /// What the publisher task hands back.
@@ -262,8 +264,9 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     nofile.check(args.subscribers as u64 + 1);
     let builder = ClientBuilder::new(&args.url).protocols(["tidewire.v1"]);
     let target = Arc::new(Target::new(&args.url, builder)?);
-    // The publisher's connection is the probe: a refused connection ends the run here.
-    let (publisher, response) = target.probe().await?;
+    // A probe first: a refused connection, or a server that does not speak tidewire.v1,
+    // ends the run here with one line.
+    let (probe, response) = target.probe().await?;
     let selected = response
         .headers()
         .get("sec-websocket-protocol")
@@ -274,6 +277,7 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
             args.url
         );
     }
+    super::close(probe).await;
     let channel = serde_json::to_string(&args.channel).context("channel name")?;
     let n = args.subscribers as usize;
     let sh = Arc::new(Shared {
@@ -349,6 +353,12 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
         bail!("no subscriber could subscribe: {}", sh.errors.human());
     }
 
+    // The publisher connects only now: a connection left unread while thousands of
+    // subscribers connect would miss the server's pings and be closed as dead.
+    let publisher = match target.connect(None).await {
+        Ok((ws, _)) => ws,
+        Err(f) => bail!("the publisher cannot connect: {f}"),
+    };
     // Publish: warm-up, then the measured window.
     let publisher_task = {
         let sh = sh.clone();
@@ -384,9 +394,11 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     let _ = done_tx.send(true);
     let (mut missing, mut duplicates, mut deliveries) = (0u64, 0u64, 0u64);
     let mut incomplete = 0u64;
+    let mut other_pushes = 0u64;
     for s in subs {
         let r = s.await.unwrap_or_default();
         deliveries += r.window_deliveries;
+        other_pushes += r.other_pushes;
         if let Some(mut check) = r.check {
             if let Some(last) = published.last_offset {
                 check.finish(last);
@@ -425,6 +437,7 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     r.field("duplicates", duplicates);
     r.field("subscribers_incomplete", incomplete);
     r.field("drain_s", round(drain_secs, 3));
+    r.field("other_pushes", other_pushes);
     r.row("target", format!("{} channel {}", args.url, args.channel));
     r.row(
         "subscribers",
@@ -475,6 +488,15 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
             fmt_int(incomplete)
         ),
     );
+    if other_pushes > 0 {
+        r.row(
+            "other pushes",
+            format!(
+                "{} pushed messages that are not publications (presence joins/leaves)",
+                fmt_int(other_pushes)
+            ),
+        );
+    }
     if let Some(pid) = args.common.server_pid {
         r.field("server_pid", pid);
     }
@@ -529,6 +551,7 @@ async fn open_subscriber(
 async fn subscriber(i: usize, mut ws: Ws, position: u64, sh: &Shared, done: Shutdown) -> SubResult {
     let mut check = OffsetCheck::new(position);
     let mut window_deliveries = 0u64;
+    let mut other_pushes = 0u64;
     let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
     let mut unseen = 0u64;
     let done = done.wait();
@@ -543,6 +566,7 @@ async fn subscriber(i: usize, mut ws: Ws, position: u64, sh: &Shared, done: Shut
         match m {
             Some(Ok(Message::Text(t))) => {
                 let Some(p) = parse_publication(t.as_bytes()) else {
+                    other_pushes += t.as_bytes().starts_with(b"{\"channel\":") as u64;
                     continue;
                 };
                 check.see(p.offset);
@@ -589,6 +613,7 @@ async fn subscriber(i: usize, mut ws: Ws, position: u64, sh: &Shared, done: Shut
     SubResult {
         check: Some(check),
         window_deliveries,
+        other_pushes,
     }
 }
 

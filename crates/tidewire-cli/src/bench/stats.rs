@@ -217,10 +217,36 @@ pub fn parse_vm_rss_kb(status: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// CPU time of the server (when its pid was given) and of this generator over one window.
+/// Busy CPU time of the whole machine, in ns, from the first line of `/proc/stat` (user,
+/// nice, system, irq, softirq and steal; in clock ticks).
+pub fn machine_busy_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks = parse_stat_busy_ticks(&stat)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(ticks * (1_000_000_000 / hz))
+}
+
+/// The busy ticks of the `cpu` line of `/proc/stat`: user, nice, system, irq, softirq,
+/// steal (not idle, not iowait; guest time is already inside user).
+pub fn parse_stat_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+}
+
+/// CPU time of the server (when its pid was given), of this generator and of the whole
+/// machine over one window.
 pub struct CpuWindow {
     server: Option<(Proc, u64)>,
     own: u64,
+    machine: Option<u64>,
 }
 
 /// What a `CpuWindow` measured, in ns.
@@ -228,6 +254,8 @@ pub struct CpuWindow {
 pub struct CpuFigures {
     pub server_ns: Option<u64>,
     pub own_ns: u64,
+    /// Every process and the kernel, all CPUs together.
+    pub machine_ns: Option<u64>,
 }
 
 impl CpuWindow {
@@ -239,6 +267,7 @@ impl CpuWindow {
         Ok(CpuWindow {
             server,
             own: Proc::me().cpu_ns().unwrap_or(0),
+            machine: machine_busy_ns(),
         })
     }
 
@@ -250,6 +279,10 @@ impl CpuWindow {
         Ok(CpuFigures {
             server_ns,
             own_ns: Proc::me().cpu_ns().unwrap_or(0).saturating_sub(self.own),
+            machine_ns: match (self.machine, machine_busy_ns()) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
         })
     }
 }
@@ -297,6 +330,26 @@ impl CpuFigures {
             "generator CPU",
             format!("{:.0}% of a core", self.own_ns as f64 / 1e7 / secs),
         );
+        if let Some(m) = self.machine_ns {
+            // What neither the server nor the generator used: other processes (and, without
+            // --server-pid, the server too). On a small machine it tells a disturbed run.
+            let others = m.saturating_sub(self.own_ns + self.server_ns.unwrap_or(0));
+            r.field("machine_cpu_util", round(m as f64 / 1e9 / secs, 3));
+            r.field("others_cpu_util", round(others as f64 / 1e9 / secs, 3));
+            r.row(
+                "machine CPU",
+                format!(
+                    "{:.2} cores busy, {:.2} of them {}",
+                    m as f64 / 1e9 / secs,
+                    others as f64 / 1e9 / secs,
+                    if self.server_ns.is_some() {
+                        "neither the server nor this generator"
+                    } else {
+                        "not this generator"
+                    }
+                ),
+            );
+        }
     }
 }
 
@@ -392,6 +445,14 @@ mod tests {
         assert_eq!(parse_schedstat("123456789 2000 17\n"), Some(123_456_789));
         assert_eq!(parse_schedstat(""), None);
         assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    #[test]
+    fn proc_stat_busy_ticks() {
+        let stat = "cpu  100 5 50 1000 7 3 2 1 0 0\ncpu0 50 2 25 500 3 1 1 0 0 0\n";
+        assert_eq!(parse_stat_busy_ticks(stat), Some(100 + 5 + 50 + 3 + 2 + 1));
+        assert_eq!(parse_stat_busy_ticks("intr 1 2\n"), None);
+        assert!(machine_busy_ns().is_some());
     }
 
     #[test]
