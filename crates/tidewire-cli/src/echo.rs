@@ -149,13 +149,21 @@ async fn serve(args: EchoArgs) -> Result<()> {
         let _ = tcp.set_nodelay(true);
         let builder = builder.clone();
         let tls = tls.clone();
+        // A task is as large as the largest state of its future, for as long as it lives:
+        // the TLS path and the handshakes (with their parsing buffers) are boxed, so that an
+        // idle plain connection costs a WebSocketStream and little more.
         tokio::spawn(async move {
             match tls {
                 None => echo(&builder, tcp, peer).await,
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => echo(&builder, stream, peer).await,
-                    Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                },
+                Some(acceptor) => {
+                    Box::pin(async move {
+                        match acceptor.accept(tcp).await {
+                            Ok(stream) => echo(&builder, stream, peer).await,
+                            Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        }
+                    })
+                    .await
+                }
             }
         });
     }
@@ -165,7 +173,7 @@ async fn echo<S>(builder: &ServerBuilder, io: S, peer: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut ws = match builder.accept(io).await {
+    let mut ws = match Box::pin(builder.accept(io)).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(%peer, "handshake failed: {e}");
