@@ -41,8 +41,6 @@ PORT_TIMEOUT=15
 LOG_DIR="${INTEROP_LOG_DIR:-$HERE/.logs}"
 mkdir -p "$LOG_DIR"
 
-VENV="$HERE/.venv"
-VPY="$VENV/bin/python"
 NODE_DIR="$HERE/node"
 TIDEWIRE_BIN="$ROOT/target/release/tidewire"
 INTEROP_CLIENT_BIN="$ROOT/target/release/examples/interop_client"
@@ -67,44 +65,8 @@ trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
 
 log() { echo "run.sh: $*"; }
 
-show_tail() { # file [lines]
-  [ -s "$1" ] || return 0
-  echo "    --- last lines of $1 ---"
-  tail -n "${2:-25}" "$1" | sed 's/^/    | /'
-}
-
-hash_of() { sha256sum "$@" | sha256sum | cut -c1-64; }
-
-# ---------------------------------------------------------------- setup
-
-setup_python() {
-  local logf="$LOG_DIR/setup-python.log" stamp="$VENV/.interop-stamp" want
-  want="$(hash_of "$HERE/requirements.txt")"
-  if [ -x "$VPY" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
-     && "$VPY" -c 'import websockets' 2>/dev/null; then
-    log "python: venv up to date (websockets $("$VPY" -c 'import websockets; print(websockets.__version__)'))"
-    return 0
-  fi
-  local py=""
-  for cand in "${INTEROP_PYTHON:-}" python3.11 python3; do
-    if [ -n "$cand" ] && command -v "$cand" >/dev/null 2>&1; then py="$cand"; break; fi
-  done
-  if [ -z "$py" ]; then UNAVAILABLE[python]="no python3 found"; return 1; fi
-  log "python: installing websockets into $VENV (log: $logf)"
-  {
-    { [ -x "$VPY" ] || timeout "$SETUP_TIMEOUT" "$py" -m venv "$VENV"; } &&
-      timeout "$SETUP_TIMEOUT" "$VPY" -m pip install --disable-pip-version-check -q \
-        -r "$HERE/requirements.txt" &&
-      "$VPY" -c 'import websockets'
-  } >"$logf" 2>&1
-  if [ $? -ne 0 ]; then
-    UNAVAILABLE[python]="venv setup failed (see $logf)"
-    show_tail "$logf"
-    return 1
-  fi
-  echo "$want" >"$stamp"
-  log "python: websockets $("$VPY" -c 'import websockets; print(websockets.__version__)') installed"
-}
+# shellcheck source=python-venv.sh
+source "$HERE/python-venv.sh"
 
 setup_node() {
   local logf="$LOG_DIR/setup-node.log" stamp="$NODE_DIR/node_modules/.interop-stamp" want
@@ -253,7 +215,7 @@ run_pair() {
 # ---------------------------------------------------------------- main
 
 START=$(date +%s)
-setup_python
+setup_python || UNAVAILABLE[python]="$PYTHON_SETUP_ERROR"
 setup_node
 
 if [ "$SELF_TEST" -eq 1 ]; then

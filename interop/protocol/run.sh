@@ -37,8 +37,6 @@ START_TIMEOUT=15
 LOG_DIR="${INTEROP_LOG_DIR:-$INTEROP/.logs}"
 mkdir -p "$LOG_DIR"
 
-VENV="$INTEROP/.venv"
-VPY="$VENV/bin/python"
 TIDEWIRE_BIN="$ROOT/target/release/tidewire"
 SERVER_LOG="$LOG_DIR/protocol-serve.log"
 
@@ -55,43 +53,8 @@ trap 'echo "protocol/run.sh: interrupted" >&2; exit 130' INT TERM
 
 log() { echo "protocol/run.sh: $*"; }
 
-show_tail() { # file [lines]
-  [ -s "$1" ] || return 0
-  echo "    --- last lines of $1 ---"
-  tail -n "${2:-25}" "$1" | sed 's/^/    | /'
-}
-
-hash_of() { sha256sum "$@" | sha256sum | cut -c1-64; }
-
-# Same venv, stamp and pinning as interop/run.sh (setup_python there).
-setup_python() {
-  local logf="$LOG_DIR/setup-python.log" stamp="$VENV/.interop-stamp" want
-  want="$(hash_of "$INTEROP/requirements.txt")"
-  if [ -x "$VPY" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
-     && "$VPY" -c 'import websockets' 2>/dev/null; then
-    log "python: venv up to date (websockets $("$VPY" -c 'import websockets; print(websockets.__version__)'))"
-    return 0
-  fi
-  local py=""
-  for cand in "${INTEROP_PYTHON:-}" python3.11 python3; do
-    if [ -n "$cand" ] && command -v "$cand" >/dev/null 2>&1; then py="$cand"; break; fi
-  done
-  if [ -z "$py" ]; then log "no python3 found"; return 1; fi
-  log "python: installing websockets into $VENV (log: $logf)"
-  {
-    { [ -x "$VPY" ] || timeout "$SETUP_TIMEOUT" "$py" -m venv "$VENV"; } &&
-      timeout "$SETUP_TIMEOUT" "$VPY" -m pip install --disable-pip-version-check -q \
-        -r "$INTEROP/requirements.txt" &&
-      "$VPY" -c 'import websockets'
-  } >"$logf" 2>&1
-  if [ $? -ne 0 ]; then
-    log "python: venv setup failed (see $logf)"
-    show_tail "$logf"
-    return 1
-  fi
-  echo "$want" >"$stamp"
-  log "python: websockets $("$VPY" -c 'import websockets; print(websockets.__version__)') installed"
-}
+# shellcheck source=../python-venv.sh
+source "$INTEROP/python-venv.sh"
 
 START=$(date +%s)
 setup_python || { echo "protocol: FAIL (python setup)"; exit 1; }

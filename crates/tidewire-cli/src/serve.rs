@@ -170,16 +170,6 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
     if args.no_compression {
         c.compression = None;
     }
-    if c.idle_timeout <= c.ping_interval {
-        anyhow::bail!(
-            "--idle-timeout ({:?}) must be longer than --ping-interval ({:?})",
-            c.idle_timeout,
-            c.ping_interval
-        );
-    }
-    if !(c.publish_rate >= 0.0 && c.publish_rate.is_finite()) {
-        anyhow::bail!("--publish-rate must be a number of publications per second, 0 for none");
-    }
     if args.auth_hmac_secret.is_some() || args.auth_rsa_public_key.is_some() {
         let pem =
             match &args.auth_rsa_public_key {
@@ -196,11 +186,19 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         .map_err(|e| anyhow::anyhow!("--auth-hmac-secret/--auth-rsa-public-key: {e}"))?;
         c.auth = Some(auth);
     }
-    if let Some(key) = &args.api_key {
-        if key.len() < 16 {
-            anyhow::bail!("--api-key must be at least 16 characters");
-        }
-        c.api_key = Some(key.clone());
+    set!(c.api_key, args.api_key.clone().map(Some));
+    if let Err((key, message)) = c.check() {
+        // Name the flag where one sets the key, and the file key too (it may come from there).
+        let flag = match key {
+            "heartbeat.ping_interval" => "--ping-interval",
+            "heartbeat.idle_timeout" => "--idle-timeout",
+            "limits.publish_rate" => "--publish-rate",
+            "limits.max_message_size" => "--max-message-size",
+            "rooms.buffer" => "--room-buffer",
+            "api.key" => "--api-key",
+            _ => "--config",
+        };
+        anyhow::bail!("{flag} ({key}): {message}");
     }
     Ok(c)
 }

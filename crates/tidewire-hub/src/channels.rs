@@ -215,6 +215,7 @@ pub(crate) async fn serve_connection(
             first = conn.live.next(), if !conn.live.is_empty() => {
                 let mut next = first;
                 let mut written = 0;
+                let mut bytes = 0;
                 let mut slow = false;
                 let mut failed = false;
                 while let Some(item) = next.take() {
@@ -222,7 +223,7 @@ pub(crate) async fn serve_connection(
                         Ok(event) => {
                             let queued = match event.prepared() {
                                 Some(p) => {
-                                    metrics.sent(1, p.payload().len() as u64);
+                                    bytes += p.payload().len() as u64;
                                     ws.queue_prepared(p)
                                 }
                                 None => ws.queue(Message::text(event.to_json())),
@@ -244,6 +245,9 @@ pub(crate) async fn serve_connection(
                         next = conn.live.next().now_or_never().flatten();
                     }
                 }
+                // Shared counters are touched once per wake-up, not once per event: on a
+                // fan-out every connection's task passes here.
+                metrics.sent(written as u64, bytes);
                 if failed {
                     break;
                 }

@@ -290,18 +290,6 @@ impl HubConfig {
         set!(self.demo, f.demo);
         set!(self.ping_interval, f.heartbeat.ping_interval.map(|s| s.0));
         set!(self.idle_timeout, f.heartbeat.idle_timeout.map(|s| s.0));
-        if self.ping_interval.is_zero() {
-            return Err(invalid(
-                "heartbeat.ping_interval",
-                "must be at least 1 second".into(),
-            ));
-        }
-        if self.idle_timeout <= self.ping_interval {
-            return Err(invalid(
-                "heartbeat.idle_timeout",
-                "must be longer than heartbeat.ping_interval".into(),
-            ));
-        }
         set!(self.max_connections, f.limits.max_connections);
         set!(self.max_message_size, f.limits.max_message_size);
         set!(self.publish_rate, f.limits.publish_rate);
@@ -309,26 +297,8 @@ impl HubConfig {
         set!(self.send_queue, f.limits.send_queue);
         set!(self.send_buffer, f.limits.send_buffer);
         set!(self.max_subscriptions, f.limits.max_subscriptions);
-        if !(self.publish_rate >= 0.0 && self.publish_rate.is_finite()) {
-            return Err(invalid(
-                "limits.publish_rate",
-                "must be a number of publications per second, 0 for no limit".into(),
-            ));
-        }
-        if self.send_queue == 0 {
-            return Err(invalid("limits.send_queue", "must be at least 1".into()));
-        }
-        if self.max_message_size < 125 {
-            return Err(invalid(
-                "limits.max_message_size",
-                "must be at least 125 bytes".into(),
-            ));
-        }
         set!(self.echo_to_sender, f.rooms.echo_to_sender);
         set!(self.room_buffer, f.rooms.buffer);
-        if self.room_buffer == 0 {
-            return Err(invalid("rooms.buffer", "must be at least 1".into()));
-        }
         if f.compression.enabled == Some(false) {
             self.compression = None;
         } else if f.compression.enabled == Some(true) && self.compression.is_none() {
@@ -351,12 +321,7 @@ impl HubConfig {
                 .map_err(|e| invalid("auth", e))?;
             self.auth = Some(auth);
         }
-        if let Some(key) = f.api.key {
-            if key.len() < 16 {
-                return Err(invalid("api.key", "must be at least 16 characters".into()));
-            }
-            self.api_key = Some(key);
-        }
+        set!(self.api_key, f.api.key.map(Some));
         let mut ns = self.namespaces.clone();
         for (name, n) in f.namespaces {
             let key = format!("namespaces.{name}");
@@ -381,7 +346,44 @@ impl HubConfig {
             };
         }
         self.namespaces = ns;
+        self.check()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(self)
+    }
+
+    /// Checks the values that cannot be used, whatever set them (file, variables, flags).
+    /// On error: the configuration key at fault (`heartbeat.idle_timeout`) and what is
+    /// wrong with it.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let fail = |key, message: &str| Err((key, message.to_owned()));
+        if self.ping_interval.is_zero() {
+            return fail("heartbeat.ping_interval", "must be more than zero");
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return fail(
+                "heartbeat.idle_timeout",
+                "must be longer than heartbeat.ping_interval",
+            );
+        }
+        if !(self.publish_rate >= 0.0 && self.publish_rate.is_finite()) {
+            return fail(
+                "limits.publish_rate",
+                "must be a number of publications per second, 0 for no limit",
+            );
+        }
+        if self.send_queue == 0 {
+            return fail("limits.send_queue", "must be at least 1");
+        }
+        if self.max_message_size < 125 {
+            return fail("limits.max_message_size", "must be at least 125 bytes");
+        }
+        if self.room_buffer == 0 {
+            return fail("rooms.buffer", "must be at least 1");
+        }
+        if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return fail("api.key", "must be at least 16 characters");
+        }
+        Ok(())
     }
 }
 
