@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tidewire::{Limits, Message, Options, ServerBuilder};
 use tokio::net::TcpListener;
@@ -114,10 +115,12 @@ async fn serve(args: EchoArgs) -> Result<()> {
     let options = Options::default()
         .limits(limits)
         .handshake_timeout(Duration::from_secs(args.handshake_timeout));
-    let builder = ServerBuilder::new()
-        .options(options)
-        .protocols(args.protocols)
-        .compression(args.compression.policy());
+    let builder = Arc::new(
+        ServerBuilder::new()
+            .options(options)
+            .protocols(args.protocols)
+            .compression(args.compression.policy()),
+    );
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let cert_pem = std::fs::read(cert)
@@ -147,53 +150,69 @@ async fn serve(args: EchoArgs) -> Result<()> {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let builder = builder.clone();
-        let tls = tls.clone();
-        // A task is as large as the largest state of its future, for as long as it lives:
-        // the TLS path and the handshakes (with their parsing buffers) are boxed, so that an
-        // idle plain connection costs a WebSocketStream and little more.
-        tokio::spawn(async move {
-            match tls {
-                None => echo(&builder, tcp, peer).await,
-                Some(acceptor) => {
-                    Box::pin(async move {
-                        match acceptor.accept(tcp).await {
-                            Ok(stream) => echo(&builder, stream, peer).await,
-                            Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        }
-                    })
-                    .await
-                }
-            }
+        // A task is as large as the largest state of its future, for as long as it lives,
+        // and an async fn keeps its arguments for its whole life. So the task gets one
+        // pointer to what the handshake needs, the handshake and the TLS path are boxed,
+        // and an idle connection's task holds its WebSocketStream and little more.
+        let start = Box::new(Accepting {
+            builder: builder.clone(),
+            io: tcp,
+            peer,
         });
+        match tls.clone() {
+            None => {
+                tokio::spawn(echo(start));
+            }
+            Some(acceptor) => {
+                tokio::spawn(Box::pin(async move {
+                    let Accepting { builder, io, peer } = *start;
+                    match acceptor.accept(io).await {
+                        Ok(io) => echo(Box::new(Accepting { builder, io, peer })).await,
+                        Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    }
+                }));
+            }
+        }
     }
 }
 
-async fn echo<S>(builder: &ServerBuilder, io: S, peer: SocketAddr)
+/// What a connection's task needs until its handshake is done.
+struct Accepting<S> {
+    builder: Arc<ServerBuilder>,
+    io: S,
+    peer: SocketAddr,
+}
+
+async fn echo<S>(start: Box<Accepting<S>>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut ws = match Box::pin(builder.accept(io)).await {
-        Ok(ws) => ws,
-        Err(e) => {
+    let handshake = Box::pin(async move {
+        let Accepting { builder, io, peer } = *start;
+        builder.accept(io).await.map_err(|e| {
             tracing::debug!(%peer, "handshake failed: {e}");
-            return;
-        }
+        })
+    });
+    let Ok(mut ws) = handshake.await else {
+        return;
     };
-    while let Some(msg) = ws.recv().await {
-        match msg {
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                // Queued, not flushed: echoes of everything that arrived together leave
-                // together when the stream next waits for input.
-                if ws.feed(m).await.is_err() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(%peer, "connection ended: {e}");
+    loop {
+        // The await on `ready` sits outside the match so that the received item (and its
+        // error) is not kept in the task's state across it.
+        let echoed = match ws.recv().await {
+            None => break,
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => ws.queue(m).is_ok(),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tracing::debug!("connection ended: {e}");
                 break;
             }
+        };
+        // Queued, not flushed: echoes of everything that arrived together leave together
+        // when the stream next waits for input; `ready` waits only when the peer does not
+        // read its echoes (the queue is over its high mark).
+        if !echoed || ws.ready().await.is_err() {
+            break;
         }
     }
 }

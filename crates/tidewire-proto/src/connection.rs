@@ -60,10 +60,24 @@ struct Fragmented {
     buf: BytesMut,
 }
 
+/// What a connection reads of its [`Config`] after the handshake: the handshake-only
+/// limits and the compression policy are left out, so that every idle connection does not
+/// carry them.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    auto_pong: bool,
+    max_outgoing_frame_size: usize,
+    max_frame_size: usize,
+    max_message_size: usize,
+}
+
+// The fields below are sized for the idle connection: what is rare (a fragmented message
+// in progress, the peer's close frame, the deflate state) is boxed, so that a connection
+// holding none of it costs a few hundred bytes.
 /// One WebSocket connection, after the handshake.
 pub struct Connection {
     role: Role,
-    config: Config,
+    settings: Settings,
     state: State,
     // --- reading ---
     /// Header of the frame whose payload is being received (already removed from the buffer).
@@ -72,9 +86,9 @@ pub struct Connection {
     processed: usize,
     /// Whether the current frame carries text that must be validated as it arrives.
     validating: bool,
-    fragmented: Option<Fragmented>,
+    fragmented: Option<Box<Fragmented>>,
     utf8: Utf8Validator,
-    close_received: Option<Option<CloseFrame>>,
+    close_received: Option<Box<Option<CloseFrame>>>,
     error: Option<ProtocolError>,
     // --- writing ---
     out: VecDeque<Bytes>,
@@ -83,7 +97,8 @@ pub struct Connection {
     mask_source: Option<MaskSource>,
     close_sent: bool,
     sending_fragmented: bool,
-    deflate: Option<Deflate>,
+    /// Boxed: 300 bytes that most connections never use would otherwise sit in every one.
+    deflate: Option<Box<Deflate>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -110,7 +125,12 @@ impl Connection {
     fn new(role: Role, config: Config, mask_source: Option<MaskSource>) -> Self {
         Connection {
             role,
-            config,
+            settings: Settings {
+                auto_pong: config.auto_pong,
+                max_outgoing_frame_size: config.max_outgoing_frame_size,
+                max_frame_size: config.limits.max_frame_size,
+                max_message_size: config.limits.max_message_size,
+            },
             state: State::Open,
             header: None,
             processed: 0,
@@ -132,23 +152,18 @@ impl Connection {
     /// Turns on permessage-deflate with the parameters agreed in the handshake. Call it
     /// before any frame is exchanged.
     pub fn with_deflate(mut self, params: DeflateParams, config: &crate::DeflateConfig) -> Self {
-        self.deflate = Some(Deflate::new(self.role, params, config));
+        self.deflate = Some(Box::new(Deflate::new(self.role, params, config)));
         self
     }
 
     /// Whether permessage-deflate is on.
     pub fn deflate(&self) -> Option<&Deflate> {
-        self.deflate.as_ref()
+        self.deflate.as_deref()
     }
 
     /// Client or server.
     pub fn role(&self) -> Role {
         self.role
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     /// Where the connection is in its lifecycle.
@@ -159,7 +174,7 @@ impl Connection {
     /// The close frame received from the peer: `None` if none yet, `Some(None)` if it had
     /// no status code (reported as 1005 by convention).
     pub fn close_received(&self) -> Option<&Option<CloseFrame>> {
-        self.close_received.as_ref()
+        self.close_received.as_deref()
     }
 
     /// Whether this side has sent its close frame.
@@ -306,7 +321,7 @@ impl Connection {
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
-        let limits = &self.config.limits;
+        let limits = &self.settings;
         // Limits count data, not deflate overhead: a compressed frame may carry the
         // worst-case expansion of a limit-sized message (incompressible data grows a little).
         let compressed = match h.opcode {
@@ -361,11 +376,11 @@ impl Connection {
                 }
                 let mut buf = BytesMut::with_capacity(payload.len().max(64) * 2);
                 buf.extend_from_slice(&payload);
-                self.fragmented = Some(Fragmented {
+                self.fragmented = Some(Box::new(Fragmented {
                     opcode: h.opcode,
                     compressed: h.rsv1,
                     buf,
-                });
+                }));
                 Ok(None)
             }
             Opcode::Continuation => {
@@ -389,7 +404,7 @@ impl Connection {
                 // §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
                 // response, unless it already received a Close frame." We also stop once our
                 // own close is out: nothing may follow it.
-                if self.config.auto_pong && !self.close_sent {
+                if self.settings.auto_pong && !self.close_sent {
                     self.queue_frame(Opcode::Pong, true, false, &payload);
                 }
                 Ok(Some(Message::Ping(payload)))
@@ -397,7 +412,7 @@ impl Connection {
             Opcode::Pong => Ok(Some(Message::Pong(payload))),
             Opcode::Close => {
                 let frame = parse_close_payload(&payload)?;
-                self.close_received = Some(frame.clone());
+                self.close_received = Some(Box::new(frame.clone()));
                 if !self.close_sent {
                     // §5.5.1: "the endpoint MUST send a Close frame in response ... typically
                     // echoing the status code it received."
@@ -417,7 +432,7 @@ impl Connection {
         opcode: Opcode,
         compressed: &[u8],
     ) -> Result<Message, ProtocolError> {
-        let limit = self.config.limits.max_message_size;
+        let limit = self.settings.max_message_size;
         let Some(deflate) = self.deflate.as_mut() else {
             return Err(ProtocolError::ReservedBitsSet);
         };
@@ -473,7 +488,7 @@ impl Connection {
         if self.sending_fragmented {
             return Err(UsageError::InvalidFragment);
         }
-        let fits = msg.payload.len() <= self.config.max_outgoing_frame_size;
+        let fits = msg.payload.len() <= self.settings.max_outgoing_frame_size;
         if self.role == Role::Client || !fits {
             // Clients mask every frame: nothing to share.
             return self.send_data(msg.opcode, msg.payload.clone());
@@ -590,7 +605,7 @@ impl Connection {
             }
             _ => (payload, false),
         };
-        let max = self.config.max_outgoing_frame_size;
+        let max = self.settings.max_outgoing_frame_size;
         if payload.len() <= max {
             self.queue_frame(opcode, true, rsv1, &payload);
             return Ok(());

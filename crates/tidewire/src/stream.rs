@@ -128,11 +128,14 @@ pub struct WebSocketStream<S> {
     conn: Connection,
     read_buf: BytesMut,
     read_eof: bool,
-    options: Options,
-    heartbeat: Option<HeartbeatState>,
+    // An idle connection is mostly this struct, so what it carries is kept lean: the two
+    // settings the stream reads, not the whole `Options`; rare state boxed.
+    close_timeout: Duration,
+    write_buffer_high: usize,
+    heartbeat: Option<Box<HeartbeatState>>,
     teardown: Teardown,
     close_timer: Option<Pin<Box<Sleep>>>,
-    pending_error: Option<Error>,
+    pending_error: Option<Box<Error>>,
     ended: bool,
     skip_drain: bool,
 }
@@ -169,18 +172,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             let config = options.config.compression.unwrap_or_default();
             conn = conn.with_deflate(params, &config);
         }
-        let heartbeat = options.heartbeat.map(|settings| HeartbeatState {
-            settings,
-            timer: Box::pin(tokio::time::sleep(settings.interval)),
-            last_seen: Instant::now(),
-            seen_since_tick: false,
+        let heartbeat = options.heartbeat.map(|settings| {
+            Box::new(HeartbeatState {
+                settings,
+                timer: Box::pin(tokio::time::sleep(settings.interval)),
+                last_seen: Instant::now(),
+                seen_since_tick: false,
+            })
         });
         WebSocketStream {
             io,
             conn,
             read_buf: leftover,
             read_eof: false,
-            options,
+            close_timeout: options.close_timeout,
+            write_buffer_high: options.write_buffer_high,
             heartbeat,
             teardown: Teardown::Flush,
             close_timer: None,
@@ -256,6 +262,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         self.queue(msg)
     }
 
+    /// Waits until the outgoing queue is under [`Options::write_buffer_high`], writing to
+    /// the transport meanwhile. `queue` then `ready` is `feed` without holding the message
+    /// across the wait: a loop built on it keeps its task smaller for the connection's
+    /// lifetime.
+    pub async fn ready(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_ready_inner(cx)).await
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<()> {
         poll_fn(|cx| self.poll_flush_inner(cx)).await
@@ -269,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             let frame = frame.or_else(|| Some(CloseFrame::new(CloseCode::NORMAL, "")));
             self.conn.close(frame).map_err(usage)?;
         }
-        let timeout = self.options.close_timeout;
+        let timeout = self.close_timeout;
         let wait = async {
             while let Some(r) = self.recv().await {
                 r?;
@@ -314,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
         if self.ended {
             return Poll::Ready(Err(Error::new(Kind::Closed)));
         }
-        if self.conn.pending_transmit() >= self.options.write_buffer_high {
+        if self.conn.pending_transmit() >= self.write_buffer_high {
             ready!(self.poll_write_out(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -362,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
             if quiet >= hb.settings.timeout {
                 let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive timeout");
                 let _ = self.conn.close(Some(frame));
-                self.pending_error = Some(Error::new(Kind::Timeout("keepalive")));
+                self.pending_error = Some(Box::new(Error::new(Kind::Timeout("keepalive"))));
                 self.force_closed();
                 return;
             }
@@ -388,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     }
 
     fn close_timer(&mut self) -> &mut Pin<Box<Sleep>> {
-        let timeout = self.options.close_timeout;
+        let timeout = self.close_timeout;
         self.close_timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
     }
@@ -428,14 +442,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
                         self.teardown = Teardown::Done;
                         continue;
                     }
-                    self.read_buf.clear();
-                    match self.poll_fill(cx) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.read_eof = true,
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Pending => {
-                            ready!(self.close_timer().as_mut().poll(cx));
-                            self.teardown = Teardown::Done;
-                        }
+                    // What still arrives is discarded through a small buffer on the stack:
+                    // a connection waiting for its peer's end of stream holds no read
+                    // buffer, so thousands closing at once cost no memory spike. The timer
+                    // is checked on every pass so that a peer that keeps sending cannot
+                    // hold the task here.
+                    if self.read_buf.capacity() > 0 {
+                        pool::give(std::mem::take(&mut self.read_buf));
+                    }
+                    if self.close_timer().as_mut().poll(cx).is_ready() {
+                        self.teardown = Teardown::Done;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 512];
+                    let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {}
+                        Poll::Ready(_) => self.read_eof = true,
+                        Poll::Pending => return Poll::Pending,
                     }
                 }
                 Teardown::Done => {
@@ -499,7 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketStream<S> {
             if this.conn.state() == State::Closed {
                 ready!(this.poll_teardown(cx));
                 this.ended = true;
-                return Poll::Ready(this.pending_error.take().map(Err));
+                return Poll::Ready(this.pending_error.take().map(|e| Err(*e)));
             }
             match this.conn.receive(&mut this.read_buf) {
                 Ok(Some(msg)) => {
@@ -516,7 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketStream<S> {
                 Err(e) => {
                     // The core queued a close frame with the error's code; tear down,
                     // then report the error.
-                    this.pending_error = Some(e.into());
+                    this.pending_error = Some(Box::new(e.into()));
                     continue;
                 }
             }
@@ -535,7 +559,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocketStream<S> {
                 Poll::Ready(Ok(0)) => {
                     this.read_eof = true;
                     if let Err(e) = this.conn.receive_eof() {
-                        this.pending_error = Some(e.into());
+                        this.pending_error = Some(Box::new(e.into()));
                     }
                 }
                 Poll::Ready(Ok(_)) => {}
