@@ -8,6 +8,10 @@ mod serve;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Tidewire: a WebSocket stack and real-time hub.
 #[derive(Debug, Parser)]
 #[command(name = "tidewire", version, about, long_about = None)]
