@@ -350,6 +350,39 @@ fn connections_mode_reports_memory_per_connection() {
 }
 
 #[test]
+fn connections_mode_with_one_compressed_message_each() {
+    let args = |url: &str| {
+        bench_json(&[
+            "connections",
+            url,
+            "--conns",
+            "20",
+            "--hold",
+            "0.1",
+            "--compression",
+            "--message-size",
+            "2048",
+            "--json",
+        ])
+    };
+    let echo = common::start(&["--compression"]);
+    let v = args(&format!("ws://{}/", echo.addr));
+    assert_eq!(num(&v, "held"), 20.0, "{v}");
+    assert_eq!(num(&v, "message_size"), 2048.0, "{v}");
+    assert_eq!(num(&v, "compression_negotiated"), 20.0, "{v}");
+    assert_eq!(num(&v, "replies_compressed"), 20.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+
+    // A server without compression: the same messages come back whole.
+    let plain = common::start(&[]);
+    let v = args(&format!("ws://{}/", plain.addr));
+    assert_eq!(num(&v, "held"), 20.0, "{v}");
+    assert_eq!(num(&v, "compression_negotiated"), 0.0, "{v}");
+    assert_eq!(num(&v, "replies_compressed"), 0.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+}
+
+#[test]
 fn refused_connection_is_one_clear_line_and_fails() {
     // A port that was just free: bind, note it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -391,4 +424,7 @@ fn bad_flags_name_the_flag() {
     let out = bench(&["echo", "ws://127.0.0.1:1/", "--deflate-level", "6"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--compression"));
+    let out = bench(&["connections", "ws://127.0.0.1:1/", "--message-size", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--message-size"));
 }
