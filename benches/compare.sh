@@ -3,6 +3,9 @@
 # See benches/README.md. Every load targets 127.0.0.1 and is bounded in time.
 #
 # Environment knobs (defaults in brackets):
+#   GENERATOR [tidewire]  the load: tidewire = the project's own `tidewire bench echo` (idle
+#                     probe `tidewire bench connections`); loadgen = benches/peers/loadgen, the
+#                     independent generator with no WebSocket library inside (the cross-check)
 #   ROUNDS [3]        rounds; servers are interleaved inside each round
 #   DURATION [5]      measured seconds per run      WARMUP [1]  warm-up seconds per run
 #   SIZES ["20 1024 16384 65536"]                   CONNS [100] connections per run
@@ -12,15 +15,24 @@
 #   SERVERS ["tidewire tokio-tungstenite fastwebsockets tokio-websockets node-ws python-websockets raw-tcp"]
 #   SERVER_CPU [0] / LOADGEN_CPU [1]   cores for taskset
 #   TIDEWIRE_BIN [target/release/tidewire]   SKIP_BUILD [0]   PORT_BASE [19300]
-#   PAYLOAD [alpha]   loadgen --payload: alpha (same a..z bytes every message) or json
+#   PAYLOAD [alpha]   --payload of either generator: alpha (same a..z bytes every message)
+#                     or json (JSON-like records varying per message, the same bytes in both)
 #   COMPRESSION [0]   1 = permessage-deflate mode: only servers that support it
-#                     [SERVERS default "tidewire node-ws python-websockets"], loadgen
-#                     --compression with the json payload, idle probe = KB per compressed
-#                     connection (one IDLE_SIZE [2048] B compressed message each)
+#                     [SERVERS default "tidewire node-ws python-websockets"], the generator
+#                     offers compression and compresses every message (zlib level 6), json
+#                     payload, idle probe = KB per compressed connection (one IDLE_SIZE
+#                     [2048] B compressed message each)
+#   DEFLATE_LEVEL [6] zlib level of tidewire bench's messages with COMPRESSION=1 (loadgen's
+#                     is always 6; 1 costs the generator about half as much CPU)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+GENERATOR=${GENERATOR:-tidewire}
+case "$GENERATOR" in
+  tidewire|loadgen) ;;
+  *) echo "[compare] GENERATOR must be tidewire or loadgen, not '$GENERATOR'" >&2; exit 2 ;;
+esac
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -38,6 +50,7 @@ else
   PAYLOAD=${PAYLOAD:-alpha}
 fi
 IDLE_SIZE=${IDLE_SIZE:-2048}
+DEFLATE_LEVEL=${DEFLATE_LEVEL:-6}
 NODE_DIR=$ROOT/benches/peers-node
 PY_DIR=$ROOT/benches/peers-python
 SERVER_CPU=${SERVER_CPU:-0}
@@ -56,12 +69,25 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "building peers + loadgen (release, CARGO_TARGET_DIR=$PEERS_TARGET)"
   (cd benches/peers && CARGO_TARGET_DIR="$PEERS_TARGET" cargo build --release --locked -q)
-  if [[ " $SERVERS " == *" tidewire "* ]]; then
+  if [[ " $SERVERS " == *" tidewire "* || "$GENERATOR" == tidewire ]]; then
     log "building tidewire (cargo build --release -p tidewire-cli)"
     if ! cargo build --release -p tidewire-cli -q; then
       log "WARNING: tidewire-cli failed to build; tidewire will be skipped"
     fi
   fi
+fi
+# The generator must be there: without it nothing can be measured.
+if [[ "$GENERATOR" == tidewire ]]; then
+  # timeout: a build whose 'bench' ignored --help must not start loading anything
+  if [[ ! -x "$TIDEWIRE_BIN" ]] || ! timeout 5 "$TIDEWIRE_BIN" bench echo --help 2>/dev/null | grep -q -- --raw-tcp \
+      || ! timeout 5 "$TIDEWIRE_BIN" bench connections --help 2>/dev/null | grep -q -- --message-size; then
+    log "ERROR: GENERATOR=tidewire needs $TIDEWIRE_BIN with 'bench echo --raw-tcp' and 'bench connections" \
+        "--message-size' (cargo build --release -p tidewire-cli), or run with GENERATOR=loadgen"
+    exit 1
+  fi
+elif [[ ! -x "$LOADGEN" ]]; then
+  log "ERROR: GENERATOR=loadgen needs $LOADGEN (cd benches/peers && cargo build --release)"
+  exit 1
 fi
 # Node / Python peers: installed on first use (npm ci from the committed lock file; a venv
 # with the pinned requirements). Offline-safe afterwards; SKIP_BUILD does not skip these.
@@ -130,7 +156,7 @@ for s in $SERVERS; do
 done
 [[ ${#PRESENT[@]} -gt 0 ]] || { log "no servers to run"; exit 1; }
 BASELINE=${PRESENT[0]}
-log "servers: ${PRESENT[*]} (ratio baseline: $BASELINE)"
+log "servers: ${PRESENT[*]} (ratio baseline: $BASELINE); generator: $GENERATOR"
 
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$ROOT/benches/results/$RUN_ID
@@ -144,7 +170,12 @@ RAW=$OUT/runs.jsonl
   echo "cpus: $(nproc); model: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "loadavg at start: $(cat /proc/loadavg)"
   echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP SIZES='$SIZES' CONNS=$CONNS BIG_CONNS=$BIG_CONNS INFLIGHT=$INFLIGHT"
-  echo "COMPRESSION=$COMPRESSION PAYLOAD=$PAYLOAD IDLE_SIZE=$IDLE_SIZE"
+  echo "COMPRESSION=$COMPRESSION PAYLOAD=$PAYLOAD IDLE_SIZE=$IDLE_SIZE DEFLATE_LEVEL=$DEFLATE_LEVEL"
+  if [[ "$GENERATOR" == tidewire ]]; then
+    echo "GENERATOR=tidewire: $TIDEWIRE_BIN bench echo / bench connections (tidewire-cli $("$TIDEWIRE_BIN" --version 2>/dev/null | awk '{print $2}'))"
+  else
+    echo "GENERATOR=loadgen: $LOADGEN"
+  fi
   echo "node: $(node --version 2>/dev/null || echo none) ws: $(jq -r .version "$NODE_DIR/node_modules/ws/package.json" 2>/dev/null || echo none)"
   echo "python-websockets: $("$PY_DIR/.venv/bin/python" -c 'import sys, websockets; print(websockets.__version__, "on Python", sys.version.split()[0])' 2>/dev/null || echo none)"
   echo "SERVER_CPU=$SERVER_CPU LOADGEN_CPU=$LOADGEN_CPU servers: ${PRESENT[*]}"
@@ -179,22 +210,40 @@ start_server() { # NAME -> sets SERVER_PID, ADDR
   return 1
 }
 
+# Both generators print one JSON object per run; NORMALIZE maps tidewire bench's to the
+# field names summarize.py reads (loadgen's): lat_us, loadgen_cpu_util (= the generator's
+# CPU), compression (bool). tidewire bench's count check is kernel_echoes (its sockets'
+# TCP_INFO byte count), loadgen's server_echoes_by_ss; summarize.py takes either.
+NORMALIZE_TIDEWIRE='. + {lat_us: .latency_us, loadgen_cpu_util: .generator_cpu_util,
+  compression: ((.compression_negotiated // 0) > 0)}'
+NORMALIZE_TIDEWIRE_IDLE='. + {compression: ((.compression_negotiated // 0) > 0),
+  compressed_replies: .replies_compressed, msg_size: .message_size}'
+
 run_one() { # NAME SIZE CONNS ROUND
-  local name=$1 size=$2 conns=$3 round=$4 url mode=()
+  local name=$1 size=$2 conns=$3 round=$4 url cmd=() norm=.
   start_server "$name" || return 0
-  url=ws://$ADDR
-  [[ "$name" == raw-tcp ]] && mode=(--raw)
-  [[ "$COMPRESSION" == 1 ]] && mode+=(--compression)
-  mode+=(--payload "$PAYLOAD")
-  local json
-  if json=$(timeout "$(awk "BEGIN{print int($DURATION + $WARMUP + 60)}")" taskset -c "$LOADGEN_CPU" "$LOADGEN" --url "$url" "${mode[@]}" \
-      --conns "$conns" --inflight "$INFLIGHT" --size "$size" --duration "$DURATION" --warmup "$WARMUP" \
-      --binary --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
-    echo "$json" | jq -c --arg s "$name" --argjson r "$round" --arg la "$(cut -d' ' -f1 /proc/loadavg)" \
-      '. + {server:$s, round:$r, loadavg1:($la|tonumber)}' >> "$RAW"
-    log "round $round $name size=$size conns=$conns: $(echo "$json" | jq -r '"\(.msgs_per_s|floor) msg/s p50 \(.lat_us.p50)us p99 \(.lat_us.p99)us cpu \(.server_cpu_us_per_msg)us/msg wire \(.tx_wire_bytes_per_msg|floor)/\(.rx_wire_bytes_per_msg|floor)B errors \(.errors_total)"')"
+  url=ws://$ADDR/
+  if [[ "$GENERATOR" == tidewire ]]; then
+    cmd=("$TIDEWIRE_BIN" bench echo "$url")
+    [[ "$name" == raw-tcp ]] && cmd+=(--raw-tcp)
+    # Like loadgen: every message compressed, at zlib level 6 (DEFLATE_LEVEL).
+    [[ "$COMPRESSION" == 1 ]] && cmd+=(--compression --deflate-level "$DEFLATE_LEVEL" --deflate-threshold 0)
+    norm=$NORMALIZE_TIDEWIRE
   else
-    log "round $round $name size=$size conns=$conns: loadgen FAILED (see $OUT/loadgen.log)"
+    cmd=("$LOADGEN" --url "ws://$ADDR")
+    [[ "$name" == raw-tcp ]] && cmd+=(--raw)
+    [[ "$COMPRESSION" == 1 ]] && cmd+=(--compression)
+  fi
+  cmd+=(--payload "$PAYLOAD" --conns "$conns" --inflight "$INFLIGHT" --size "$size" --duration "$DURATION"
+        --warmup "$WARMUP" --binary --server-pid "$SERVER_PID" --json)
+  local json
+  if json=$(timeout "$(awk "BEGIN{print int($DURATION + $WARMUP + 90)}")" taskset -c "$LOADGEN_CPU" "${cmd[@]}" \
+      2>>"$OUT/$GENERATOR.log") && json=$(echo "$json" | jq -c "$norm"); then
+    echo "$json" | jq -c --arg s "$name" --argjson r "$round" --arg la "$(cut -d' ' -f1 /proc/loadavg)" --arg g "$GENERATOR" \
+      '. + {server:$s, round:$r, loadavg1:($la|tonumber), generator:$g}' >> "$RAW"
+    log "round $round $name size=$size conns=$conns: $(echo "$json" | jq -r '"\(.msgs_per_s|floor) msg/s p50 \(.lat_us.p50)us p99 \(.lat_us.p99)us cpu \(.server_cpu_us_per_msg)us/msg wire \(.tx_wire_bytes_per_msg // 0|floor)/\(.rx_wire_bytes_per_msg // 0|floor)B errors \(.errors_total)"')"
+  else
+    log "round $round $name size=$size conns=$conns: $GENERATOR FAILED (see $OUT/$GENERATOR.log)"
   fi
   stop_server
 }
@@ -203,14 +252,22 @@ idle_one() { # NAME
   local name=$1
   [[ "$name" == raw-tcp || "$IDLE_CONNS" == 0 ]] && return 0
   start_server "$name" || return 0
-  local json zidle=()
-  [[ "$COMPRESSION" == 1 ]] && zidle=(--compression --size "$IDLE_SIZE")
-  if json=$(timeout 120 taskset -c "$LOADGEN_CPU" "$LOADGEN" --url "ws://$ADDR" --connections "$IDLE_CONNS" --hold 1 \
-      "${zidle[@]}" --server-pid "$SERVER_PID" --json 2>>"$OUT/loadgen.log"); then
-    echo "$json" | jq -c --arg s "$name" '. + {server:$s}' >> "$OUT/idle.jsonl"
+  local json cmd=() norm=.
+  if [[ "$GENERATOR" == tidewire ]]; then
+    # Each connection does one ping/pong; with compression, one IDLE_SIZE B json echo.
+    cmd=("$TIDEWIRE_BIN" bench connections "ws://$ADDR/" --conns "$IDLE_CONNS")
+    [[ "$COMPRESSION" == 1 ]] && cmd+=(--compression --message-size "$IDLE_SIZE")
+    norm=$NORMALIZE_TIDEWIRE_IDLE
+  else
+    cmd=("$LOADGEN" --url "ws://$ADDR" --connections "$IDLE_CONNS")
+    [[ "$COMPRESSION" == 1 ]] && cmd+=(--compression --size "$IDLE_SIZE")
+  fi
+  if json=$(timeout 120 taskset -c "$LOADGEN_CPU" "${cmd[@]}" --hold 1 --server-pid "$SERVER_PID" --json \
+      2>>"$OUT/$GENERATOR.log") && json=$(echo "$json" | jq -c "$norm"); then
+    echo "$json" | jq -c --arg s "$name" --arg g "$GENERATOR" '. + {server:$s, generator:$g}' >> "$OUT/idle.jsonl"
     log "idle $name: $(echo "$json" | jq -r '"\(.open) conns, \(.kb_per_conn) KB/conn, compression \(.compression), \(.compressed_replies) replies compressed"')"
   else
-    log "idle $name: FAILED"
+    log "idle $name: FAILED (see $OUT/$GENERATOR.log)"
   fi
   stop_server
 }

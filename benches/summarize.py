@@ -3,6 +3,9 @@
 
 usage: summarize.py RESULTS_DIR BASELINE SERVER...
 Medians are taken over rounds; ratios are each server's median over the baseline's.
+Each run is one generator's JSON object (compare.sh maps `tidewire bench`'s to loadgen's
+field names; the count check is `kernel_echoes` from tidewire bench, `server_echoes_by_ss`
+from loadgen), tagged with `generator` (absent in older runs: loadgen).
 """
 import json
 import statistics
@@ -17,6 +20,18 @@ if (out / "idle.jsonl").exists():
         if l.strip():
             j = json.loads(l)
             idle[j["server"]] = j
+
+def echoes_by_kernel(r):
+    """Echoes counted from the kernel's byte counters, independently of the parser."""
+    v = r.get("kernel_echoes")
+    return v if v is not None else r.get("server_echoes_by_ss")
+
+
+GENERATORS = {
+    "tidewire": "`tidewire bench echo` (the project's generator, on its own client)",
+    "loadgen": "`benches/peers/loadgen` (independent, no WebSocket library inside)",
+}
+
 
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -44,7 +59,7 @@ for key, rs in groups.items():
         "z": any(r.get("compression") for r in rs),
         "pmd": next((r.get("pmd") for r in rs if r.get("pmd")), None),
         "payload": next((r.get("payload") for r in rs if r.get("payload")), None),
-        "ss": med([r["server_echoes_by_ss"] / r["msgs"] if r.get("server_echoes_by_ss") and r["msgs"] else None for r in rs]),
+        "ss": med([echoes_by_kernel(r) / r["msgs"] if echoes_by_kernel(r) and r["msgs"] else None for r in rs]),
     }
 
 def fmt(v, nd=0):
@@ -60,9 +75,11 @@ def ratio(v, b):
 loads = [r.get("loadavg1") for r in runs if r.get("loadavg1") is not None]
 if loads and max(loads) > 1.5:
     print(f"> **Noisy host:** 1-minute load average reached {max(loads):.1f} during the runs "
-          f"(2 cores; the server and loadgen alone account for ~2). Other processes competed for "
+          f"(2 cores; the server and the generator alone account for ~2). Other processes competed for "
           f"the pinned cores, so absolute numbers are depressed and ratios are less reliable.\n")
 compressed = any(r["z"] for r in rows.values())
+gens = sorted({r.get("generator", "loadgen") for r in runs})
+print("Load generator: " + "; ".join(GENERATORS.get(g, g) for g in gens) + ".\n")
 payloads = sorted({r["payload"] for r in rows.values() if r["payload"]})
 print(f"Ratios (×) are relative to **{baseline}**; values are medians of "
       f"{max((r['n'] for r in rows.values()), default=0)} round(s). Payload: {', '.join(payloads) or 'alpha'}"
@@ -72,7 +89,7 @@ print(f"Ratios (×) are relative to **{baseline}**; values are medians of "
          + ". wire B/msg = bytes per message on the wire (frame header + compressed payload), client→server / server→client."
          if compressed else "") + "\n")
 extra_h = " wire B/msg c→s / s→c |" if compressed else ""
-print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | loadgen CPU % |" + extra_h + " count check | errors |")
+print("| server | size B | conns | msgs/s | MB/s | p50 µs | p99 µs | server CPU µs/msg | server CPU % | generator CPU % |" + extra_h + " count check | errors |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if compressed else "") + "---:|---:|")
 for size, conns in cases:
     b = rows.get((size, conns, baseline), {})

@@ -90,6 +90,161 @@ fn echo_mode_binary_with_compression_offered() {
 }
 
 #[test]
+fn echo_mode_json_payload_counts_wire_bytes_and_compression() {
+    // Uncompressed: every echo is 1024 + 4 bytes on the wire, and the kernel's byte count
+    // agrees with the parser's count of echoes.
+    let server = common::start(&[]);
+    let url = format!("ws://{}/", server.addr);
+    let v = bench_json(&[
+        "echo",
+        &url,
+        "--conns",
+        "3",
+        "--size",
+        "1024",
+        "--payload",
+        "json",
+        "--binary",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(v["payload"], "json");
+    assert_eq!(num(&v, "cycle_msgs"), 128.0, "{v}");
+    assert!(v["pmd"].is_null(), "{v}");
+    let msgs = num(&v, "msgs");
+    assert!(msgs > 100.0, "{v}");
+    let rx = num(&v, "rx_wire_bytes_per_msg");
+    assert!((rx - 1028.0).abs() < 20.0, "{v}");
+    let tx = num(&v, "tx_wire_bytes_per_msg");
+    assert!((tx - 1032.0).abs() < 20.0, "{v}");
+    assert!((num(&v, "kernel_echoes") / msgs - 1.0).abs() < 0.05, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+
+    // Compressed both ways: far fewer bytes than 1024 per message; no count by size.
+    let server = common::start(&["--compression"]);
+    let url = format!("ws://{}/", server.addr);
+    let v = bench_json(&[
+        "echo",
+        &url,
+        "--conns",
+        "2",
+        "--size",
+        "1024",
+        "--payload",
+        "json",
+        "--compression",
+        "--deflate-level",
+        "6",
+        "--deflate-threshold",
+        "0",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(num(&v, "compression_negotiated"), 2.0, "{v}");
+    assert!(
+        v["pmd"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("permessage-deflate"),
+        "{v}"
+    );
+    assert!(num(&v, "msgs") > 10.0, "{v}");
+    assert!(num(&v, "tx_wire_bytes_per_msg") < 500.0, "{v}");
+    assert!(num(&v, "rx_wire_bytes_per_msg") < 700.0, "{v}");
+    assert!(v["kernel_echoes"].is_null(), "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+}
+
+/// A plain TCP echo server on its own threads: sends back every byte it reads, each byte
+/// XORed with `flip` (0: a true echo).
+fn tcp_echo(flip: u8) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    buf[..n].iter_mut().for_each(|b| *b ^= flip);
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn echo_mode_raw_tcp_against_a_plain_tcp_echo() {
+    let addr = tcp_echo(0);
+    let url = format!("ws://{addr}/");
+    for (size, header) in [("300", 8.0), ("70000", 14.0)] {
+        let v = bench_json(&[
+            "echo",
+            &url,
+            "--raw-tcp",
+            "--conns",
+            "3",
+            "--inflight",
+            "2",
+            "--size",
+            size,
+            "--payload",
+            "json",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--json",
+        ]);
+        assert_eq!(v["transport"], "raw-tcp", "{v}");
+        assert_eq!(num(&v, "connected"), 3.0, "{v}");
+        let msgs = num(&v, "msgs");
+        assert!(msgs > 20.0, "{v}");
+        assert_eq!(num(&v["latency_us"], "count"), msgs, "{v}");
+        // The masked frame goes out and comes back: payload + header + mask key.
+        let frame = size.parse::<f64>().unwrap() + header;
+        assert!(
+            (num(&v, "rx_wire_bytes_per_msg") / frame - 1.0).abs() < 0.05,
+            "{v}"
+        );
+        assert!((num(&v, "kernel_echoes") / msgs - 1.0).abs() < 0.05, "{v}");
+        assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+    }
+
+    // An "echo" that changes the bytes: every connection fails, named.
+    let addr = tcp_echo(0xff);
+    let url = format!("ws://{addr}/");
+    let v = bench_json(&[
+        "echo",
+        &url,
+        "--raw-tcp",
+        "--conns",
+        "3",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(num(&v, "msgs"), 0.0, "{v}");
+    assert_eq!(v["errors"]["echo differs from the frame sent"], 3, "{v}");
+}
+
+#[test]
 fn fanout_mode_delivers_every_offset_once() {
     let (child, addr) = common::spawn("serve", &[]);
     let server = common::Server { child, addr };
@@ -195,6 +350,39 @@ fn connections_mode_reports_memory_per_connection() {
 }
 
 #[test]
+fn connections_mode_with_one_compressed_message_each() {
+    let args = |url: &str| {
+        bench_json(&[
+            "connections",
+            url,
+            "--conns",
+            "20",
+            "--hold",
+            "0.1",
+            "--compression",
+            "--message-size",
+            "2048",
+            "--json",
+        ])
+    };
+    let echo = common::start(&["--compression"]);
+    let v = args(&format!("ws://{}/", echo.addr));
+    assert_eq!(num(&v, "held"), 20.0, "{v}");
+    assert_eq!(num(&v, "message_size"), 2048.0, "{v}");
+    assert_eq!(num(&v, "compression_negotiated"), 20.0, "{v}");
+    assert_eq!(num(&v, "replies_compressed"), 20.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+
+    // A server without compression: the same messages come back whole.
+    let plain = common::start(&[]);
+    let v = args(&format!("ws://{}/", plain.addr));
+    assert_eq!(num(&v, "held"), 20.0, "{v}");
+    assert_eq!(num(&v, "compression_negotiated"), 0.0, "{v}");
+    assert_eq!(num(&v, "replies_compressed"), 0.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+}
+
+#[test]
 fn refused_connection_is_one_clear_line_and_fails() {
     // A port that was just free: bind, note it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -223,4 +411,20 @@ fn bad_flags_name_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     let out = bench(&["echo", "ws://127.0.0.1:1/", "--duration", "0"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+    let out = bench(&["echo", "ws://127.0.0.1:1/", "--payload", "random"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--payload"));
+    let out = bench(&["echo", "ws://127.0.0.1:1/", "--raw-tcp", "--compression"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--raw-tcp") && stderr.contains("--compression"),
+        "{stderr}"
+    );
+    let out = bench(&["echo", "ws://127.0.0.1:1/", "--deflate-level", "6"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--compression"));
+    let out = bench(&["connections", "ws://127.0.0.1:1/", "--message-size", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--message-size"));
 }

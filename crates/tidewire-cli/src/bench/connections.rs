@@ -7,12 +7,18 @@
 //! the hold: KB per connection; and its CPU time while connecting (per connection) and
 //! while idle.
 //!
+//! With `--message-size B` each connection instead echoes one B-byte binary message of the
+//! json payload (an echo server is expected) and checks it; with `--compression` too, that
+//! is the memory of a connection whose server-side compressor and decompressor both exist.
+//! Whether the reply came back compressed is read from the kernel's byte count of the
+//! socket (fewer bytes received than the message holds).
+//!
 //! One source address has about 28,000 ephemeral ports toward one server address. Above
 //! that, connections are spread over `--sources` loopback addresses 127.0.0.1, 127.0.0.2,
 //! ... (default: one per 25,000 connections); each socket is bound to its source before it
 //! connects, and the handshake runs over it with `ClientBuilder::connect_on`.
 
-use super::stats::{fmt_f, fmt_int, round, CpuWindow, Errors, Proc, Report};
+use super::stats::{fmt_f, fmt_int, round, tcp_bytes, CpuWindow, Errors, Proc, Report};
 use super::{Common, Failure, Nofile, Progress, Shutdown, Target, Ws};
 use anyhow::{bail, Result};
 use bytes::Bytes;
@@ -21,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidewire::{ClientBuilder, Message};
+use tidewire::{ClientBuilder, MaybeTlsStream, Message};
 
 #[derive(Debug, Args)]
 pub struct ConnectionsArgs {
@@ -48,6 +54,16 @@ pub struct ConnectionsArgs {
     #[arg(long, default_value_t = 200, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     connect_concurrency: u32,
+
+    /// Offer permessage-deflate.
+    #[arg(long)]
+    compression: bool,
+
+    /// Instead of the ping, each connection sends one binary message of this many bytes
+    /// (the json payload) and waits for its echo before it idles: for an echo server.
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    message_size: Option<u32>,
 
     #[command(flatten)]
     pub common: Common,
@@ -83,12 +99,20 @@ struct Shared {
     failed: AtomicU64,
     /// Connections that ended while held.
     lost: AtomicU64,
+    /// Connections that negotiated permessage-deflate.
+    compressed: AtomicU64,
+    /// --message-size: echoes that came back in fewer bytes than the message has.
+    replies_compressed: AtomicU64,
 }
 
 pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     let n = args.conns as u64;
     nofile.check(n);
-    let target = Arc::new(Target::new(&args.url, ClientBuilder::new(&args.url))?);
+    let mut builder = ClientBuilder::new(&args.url);
+    if args.compression {
+        builder = builder.compression(Some(tidewire::DeflateConfig::default()));
+    }
+    let target = Arc::new(Target::new(&args.url, builder)?);
     let sources = source_addresses(n, args.sources, target.addr)?;
     let (probe, _) = target.probe().await?;
     super::close(probe).await;
@@ -105,6 +129,8 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
         open: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         lost: AtomicU64::new(0),
+        compressed: AtomicU64::new(0),
+        replies_compressed: AtomicU64::new(0),
     });
     let started = Instant::now();
     let progress = {
@@ -127,14 +153,23 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
         let (target, sh, limiter, done) =
             (target.clone(), sh.clone(), limiter.clone(), done.clone());
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let message = args
+            .message_size
+            .map(|size| Message::binary(super::payload::json(size as usize, i as u64)));
         tasks.push(tokio::spawn(async move {
             let opened = {
                 let _permit = limiter.acquire().await;
-                open(&target, source).await
+                open(&target, source, message).await
             };
             match opened {
-                Ok(ws) => {
+                Ok((ws, reply_compressed)) => {
                     sh.open.fetch_add(1, Ordering::Relaxed);
+                    if ws.compression().is_some() {
+                        sh.compressed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if reply_compressed {
+                        sh.replies_compressed.fetch_add(1, Ordering::Relaxed);
+                    }
                     hold(ws, &sh, done).await;
                 }
                 Err(f) => {
@@ -180,6 +215,18 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     r.field("held", held);
     r.field("failed", sh.failed.load(Ordering::Relaxed));
     r.field("sources", sources.len().max(1));
+    r.field("compression_offered", args.compression);
+    r.field(
+        "compression_negotiated",
+        sh.compressed.load(Ordering::Relaxed),
+    );
+    r.field("message_size", args.message_size);
+    if args.message_size.is_some() {
+        r.field(
+            "replies_compressed",
+            sh.replies_compressed.load(Ordering::Relaxed),
+        );
+    }
     r.field("connect_s", round(connect_secs, 3));
     r.field("connects_per_s", round(open_count as f64 / connect_secs, 1));
     r.field("hold_s", round(hold_secs, 3));
@@ -197,6 +244,29 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
             hold_secs
         ),
     );
+    if args.compression || args.message_size.is_some() {
+        r.row(
+            "each",
+            format!(
+                "{}{}",
+                match args.message_size {
+                    Some(b) => format!(
+                        "echoed one {b} B json message ({} replies compressed)",
+                        fmt_int(sh.replies_compressed.load(Ordering::Relaxed))
+                    ),
+                    None => "did one ping/pong".into(),
+                },
+                if args.compression {
+                    format!(
+                        "; permessage-deflate offered, {} negotiated",
+                        fmt_int(sh.compressed.load(Ordering::Relaxed))
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
     if let (Some(pid), Some(before), Some(after)) = (args.common.server_pid, rss_before, rss_after)
     {
         let per = (after as f64 - before as f64) / held.max(1) as f64;
@@ -242,26 +312,63 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     Ok(())
 }
 
-/// Opens one connection and does one ping/pong round trip on it.
-async fn open(target: &Target, source: Option<IpAddr>) -> Result<Ws, Failure> {
+/// Bytes the kernel has received on the connection's socket (not for wss://).
+fn received(ws: &Ws) -> Option<u64> {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp_bytes(std::os::fd::AsRawFd::as_raw_fd(tcp)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+    .map(|b| b.received)
+}
+
+/// Opens one connection and does one round trip on it: a ping, or the echo of `message`.
+/// Also says whether the echo came back in fewer bytes than the message has (compressed).
+async fn open(
+    target: &Target,
+    source: Option<IpAddr>,
+    message: Option<Message>,
+) -> Result<(Ws, bool), Failure> {
     let (mut ws, _) = target.connect(source).await?;
-    let pong = async {
-        ws.queue(Message::Ping(Bytes::from_static(b"bench")))
-            .map_err(|e| Failure::ws(&e))?;
+    let before = received(&ws);
+    let size = message.as_ref().map(Message::len);
+    let round_trip = async {
+        let expected = match message {
+            Some(m) => {
+                ws.queue(m.clone()).map_err(|e| Failure::ws(&e))?;
+                Some(m)
+            }
+            None => {
+                ws.queue(Message::Ping(Bytes::from_static(b"bench")))
+                    .map_err(|e| Failure::ws(&e))?;
+                None
+            }
+        };
         loop {
             match ws.recv().await {
-                Some(Ok(Message::Pong(_))) => return Ok(()),
+                Some(Ok(Message::Pong(_))) if expected.is_none() => return Ok(()),
+                Some(Ok(m)) if m.is_data() && expected.is_some() => {
+                    return match expected {
+                        Some(e) if e.as_payload() == m.as_payload() => Ok(()),
+                        _ => Err(Failure("echo differs from the message sent".into())),
+                    };
+                }
                 Some(Ok(Message::Close(f))) => return Err(Failure::closed(f.as_ref())),
                 Some(Ok(_)) => {}
                 other => return Err(Failure::from_recv(other)),
             }
         }
     };
-    match tokio::time::timeout(Duration::from_secs(10), pong).await {
-        Ok(Ok(())) => Ok(ws),
-        Ok(Err(f)) => Err(f),
-        Err(_) => Err(Failure("timeout: pong".into())),
+    match tokio::time::timeout(Duration::from_secs(10), round_trip).await {
+        Ok(Ok(())) => {}
+        Ok(Err(f)) => return Err(f),
+        Err(_) => return Err(Failure("timeout: first round trip".into())),
     }
+    let compressed = match (size, before, received(&ws)) {
+        (Some(size), Some(a), Some(b)) => b.saturating_sub(a) < size as u64,
+        _ => false,
+    };
+    Ok((ws, compressed))
 }
 
 /// Holds one connection open (answering pings) until the run is over.

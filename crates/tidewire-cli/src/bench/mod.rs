@@ -17,6 +17,7 @@
 mod connections;
 mod echo;
 mod fanout;
+mod payload;
 mod stats;
 
 use anyhow::{bail, Context, Result};

@@ -6,9 +6,11 @@
 //! - `Proc`: a process's CPU time, the sum of the first field of
 //!   `/proc/PID/task/*/schedstat` (ns on a CPU, every thread), and its `VmRSS`.
 //!   `CpuWindow` takes it at both ends of exactly the measured window.
+//! - `tcp_bytes`: the kernel's byte counters of one of our sockets (`TCP_INFO`), which
+//!   count the wire bytes independently of any frame parser.
 //! - `Report`: the figures as one JSON object (`--json`) or as a table of lines.
 //!
-//! No I/O here except reading `/proc`.
+//! No I/O here except reading `/proc` and `getsockopt`.
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
@@ -239,6 +241,56 @@ pub fn parse_stat_busy_ticks(stat: &str) -> Option<u64> {
         .collect::<Option<_>>()?;
     let at = |i: usize| f.get(i).copied().unwrap_or(0);
     Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+}
+
+/// The kernel's byte counters of a TCP socket: payload bytes sent and acknowledged by the
+/// peer, and received (`tcpi_bytes_acked`, `tcpi_bytes_received` of `TCP_INFO`; Linux 4.1+).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpBytes {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl TcpBytes {
+    pub fn add(self, o: TcpBytes) -> TcpBytes {
+        TcpBytes {
+            sent: self.sent + o.sent,
+            received: self.received + o.received,
+        }
+    }
+
+    pub fn since(self, earlier: TcpBytes) -> TcpBytes {
+        TcpBytes {
+            sent: self.sent.saturating_sub(earlier.sent),
+            received: self.received.saturating_sub(earlier.received),
+        }
+    }
+}
+
+/// `TCP_INFO` of socket `fd`; `None` if it is not a TCP socket (any more), or the kernel
+/// is too old to fill in the byte counters.
+pub fn tcp_bytes(fd: std::os::fd::RawFd) -> Option<TcpBytes> {
+    // SAFETY: tcp_info is plain data (all-zero is valid); getsockopt writes at most `len`
+    // bytes into it and reports how many it wrote.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        );
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + 8;
+        if rc != 0 || (len as usize) < needed {
+            return None;
+        }
+        Some(TcpBytes {
+            sent: info.tcpi_bytes_acked,
+            received: info.tcpi_bytes_received,
+        })
+    }
 }
 
 /// CPU time of the server (when its pid was given), of this generator and of the whole
@@ -474,6 +526,41 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(me.cpu_ns().unwrap() > t0);
+    }
+
+    #[test]
+    fn tcp_counters_count_the_bytes_on_the_wire() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let before = tcp_bytes(client.as_raw_fd()).unwrap();
+        client.write_all(&[7u8; 1000]).unwrap();
+        let mut buf = [0u8; 1000];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(&buf[..300]).unwrap();
+        client.read_exact(&mut buf[..300]).unwrap();
+        // The acknowledgement of the 1000 bytes may lag a little behind the read.
+        let mut d = tcp_bytes(client.as_raw_fd()).unwrap().since(before);
+        for _ in 0..100 {
+            if d.sent == 1000 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            d = tcp_bytes(client.as_raw_fd()).unwrap().since(before);
+        }
+        assert_eq!(
+            d,
+            TcpBytes {
+                sent: 1000,
+                received: 300
+            }
+        );
+        assert_eq!(d.add(d).received, 600);
+        // Not a socket.
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(tcp_bytes(file.as_raw_fd()), None);
     }
 
     #[test]
