@@ -1,12 +1,13 @@
 //! Criterion benchmarks of the codec: masking, UTF-8 validation, frame parsing and the
-//! full receive path (parse + unmask + validate + split), and encoding.
+//! full receive path (parse + unmask + validate + split), encoding, and permessage-deflate
+//! (compress on send, inflate on receive, with and without context takeover).
 //! Run with: cargo bench -p tidewire-proto --bench codec
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidewire_proto::mask::{apply_mask, apply_mask_bytewise};
 use tidewire_proto::utf8::Utf8Validator;
-use tidewire_proto::{Config, Connection, FrameHeader, Opcode};
+use tidewire_proto::{Config, Connection, DeflateConfig, DeflateParams, FrameHeader, Opcode};
 
 const SIZES: [usize; 4] = [20, 1024, 16 * 1024, 1 << 20];
 
@@ -110,5 +111,101 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, masking, utf8, decode, encode);
+/// JSON-like text, the kind of payload deflate is used for (chat, quotes, state updates).
+fn json_like(size: usize) -> String {
+    let mut s = String::with_capacity(size + 96);
+    let mut i = 0u64;
+    while s.len() < size {
+        i += 1;
+        s.push_str(&format!(
+            r#"{{"id":{i},"user":"user-{}","price":{}.{:02},"text":"message number {i}"}},"#,
+            i % 97,
+            1000 + (i * 7919) % 5000,
+            i % 100
+        ));
+    }
+    s.truncate(size);
+    s
+}
+
+/// Drains everything a connection has queued into one buffer.
+fn take_output(conn: &mut Connection) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = conn.transmit_chunk();
+        if chunk.is_empty() {
+            return out;
+        }
+        let n = chunk.len();
+        out.extend_from_slice(chunk);
+        conn.advance_transmit(n);
+    }
+}
+
+fn deflate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deflate");
+    let config = DeflateConfig::default();
+    for size in [1024, 16 * 1024, 64 * 1024] {
+        // Distinct messages (one MiB of JSON cut into `size` pieces): with context takeover a
+        // message repeated verbatim would compress to one back-reference.
+        let count = ((1 << 20) / size).max(1);
+        let all = json_like(size * count);
+        let texts: Vec<String> = (0..count)
+            .map(|k| all[k * size..(k + 1) * size].to_owned())
+            .collect();
+        for takeover in [true, false] {
+            let tag = if takeover { "takeover" } else { "no-takeover" };
+            let params = DeflateParams {
+                server_no_context_takeover: !takeover,
+                client_no_context_takeover: !takeover,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            };
+            g.throughput(Throughput::Bytes((size * count) as u64));
+            // A server compressing `count` messages (level 1, the default).
+            g.bench_with_input(
+                BenchmarkId::new(format!("compress/{tag}"), size),
+                &size,
+                |b, _| {
+                    let mut conn =
+                        Connection::server(Config::default()).with_deflate(params, &config);
+                    b.iter(|| {
+                        for text in &texts {
+                            let _ = conn.send_text(text.clone());
+                        }
+                        let n = conn.pending_transmit();
+                        conn.advance_transmit(n);
+                    })
+                },
+            );
+            // A server inflating (and validating) `count` compressed client messages.
+            let mut client = Connection::client(Config::default(), Box::new(|| [1, 2, 3, 4]))
+                .with_deflate(params, &config);
+            for text in &texts {
+                let _ = client.send_text(text.clone());
+            }
+            let stream = take_output(&mut client);
+            g.bench_with_input(
+                BenchmarkId::new(format!("inflate/{tag}"), size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        let mut conn =
+                            Connection::server(Config::default()).with_deflate(params, &config);
+                        let mut buf = BytesMut::from(&stream[..]);
+                        let mut n = 0;
+                        while let Ok(Some(m)) = conn.receive(&mut buf) {
+                            n += m.len();
+                        }
+                        assert_eq!(n, size * count, "every message inflated");
+                        black_box(n)
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, masking, utf8, decode, encode, deflate);
 criterion_main!(benches);
