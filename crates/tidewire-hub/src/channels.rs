@@ -141,22 +141,43 @@ struct Conn {
 }
 
 /// Serves one `/ws` connection until it ends.
-pub(crate) async fn serve_connection(
-    hub: Arc<Hub>,
-    admitted: Admitted,
-    mut ws: WebSocketStream<Upgraded>,
-) {
-    let _slot = admitted.slot;
+/// What a `/ws` connection's task starts from, boxed: an async fn keeps its arguments for
+/// its whole life, and this task lives as long as the connection.
+pub(crate) struct Start {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) admitted: Admitted,
+    pub(crate) ws: WebSocketStream<Upgraded>,
+}
+
+type Timer = std::pin::Pin<Box<tokio::time::Sleep>>;
+
+/// Completes when the timer fires; never without one.
+async fn fire(timer: &mut Option<Timer>) {
+    match timer {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn serve_connection(start: Box<Start>) {
+    let Start {
+        hub,
+        admitted: Admitted {
+            slot: _slot,
+            identity,
+        },
+        mut ws,
+    } = *start;
     hub.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous());
     let mut conn = Conn {
         client_id: hub.next_client_id(),
-        authenticated: !required || admitted.identity.is_some(),
+        authenticated: !required || identity.is_some(),
         own_info: None,
         identity_changed: false,
-        identity: admitted.identity,
+        identity,
         subs: HashMap::new(),
         live: SelectAll::new(),
         bucket: TokenBucket::new(
@@ -169,19 +190,21 @@ pub(crate) async fn serve_connection(
     let mut shutdown = hub.shutdown.clone();
     let metrics = &hub.metrics;
     let send_buffer = hub.config.send_buffer;
-    let connect_deadline = tokio::time::sleep(CONNECT_TIMEOUT);
-    tokio::pin!(connect_deadline);
-    // When the token in force expires; reset by a `connect` with a fresh one.
-    let token_expiry = tokio::time::sleep(Duration::from_secs(0));
-    tokio::pin!(token_expiry);
-    let mut expires = conn.arm_expiry(token_expiry.as_mut());
+    // Timers exist only while they can fire: an anonymous or authenticated connection
+    // holds no connect deadline, one without an expiring token no expiry timer.
+    let mut connect_deadline =
+        (!conn.authenticated).then(|| Box::pin(tokio::time::sleep(CONNECT_TIMEOUT)));
+    // When the token in force expires; replaced by a `connect` with a fresh one.
+    let mut token_expiry = conn.expiry_timer();
     tracing::debug!(client = %conn.client_id, "connected");
     loop {
         tokio::select! {
             msg = ws.recv() => match msg {
                 Some(Ok(Message::Text(text))) => {
                     metrics.received(text.len());
-                    let reply = conn.handle(&text).await;
+                    // Boxed: requests are rare next to deliveries, and the request handler's state
+                    // would otherwise be part of every idle connection.
+                    let reply = Box::pin(conn.handle(&text)).await;
                     let (reply, close) = match reply {
                         Reply::Send(r) => (r, None),
                         Reply::SendAndClose(r, c) => (r, Some(c)),
@@ -192,17 +215,20 @@ pub(crate) async fn serve_connection(
                     }
                     if conn.identity_changed {
                         conn.identity_changed = false;
-                        expires = conn.arm_expiry(token_expiry.as_mut());
+                        token_expiry = conn.expiry_timer();
+                    }
+                    if conn.authenticated {
+                        connect_deadline = None;
                     }
                     if let Some(frame) = close {
                         tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
-                        close_bounded(&mut ws, frame).await;
+                        Box::pin(close_bounded(&mut ws, frame)).await;
                         break;
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
                     let frame = CloseFrame::new(CloseCode(close::UNSUPPORTED_DATA), "binary frames are not part of tidewire.v1");
-                    close_bounded(&mut ws, frame).await;
+                    Box::pin(close_bounded(&mut ws, frame)).await;
                     break;
                 }
                 Some(Ok(_)) => {}
@@ -256,23 +282,23 @@ pub(crate) async fn serve_connection(
                     let why = if slow { "fell behind the channel" } else { "send buffer full" };
                     tracing::info!(client = %conn.client_id, "slow consumer disconnected: {why}");
                     let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
-                    close_bounded(&mut ws, frame).await;
+                    Box::pin(close_bounded(&mut ws, frame)).await;
                     break;
                 }
             },
-            _ = &mut token_expiry, if expires => {
+            _ = fire(&mut token_expiry), if token_expiry.is_some() => {
                 let frame = CloseFrame::new(CloseCode(close::TOKEN_EXPIRED), "unauthorized: token expired");
-                close_bounded(&mut ws, frame).await;
+                Box::pin(close_bounded(&mut ws, frame)).await;
                 break;
             }
-            _ = &mut connect_deadline, if !conn.authenticated => {
+            _ = fire(&mut connect_deadline), if !conn.authenticated => {
                 let frame = CloseFrame::new(CloseCode(close::UNAUTHORIZED), "unauthorized: no connect with a token within 10 s");
-                close_bounded(&mut ws, frame).await;
+                Box::pin(close_bounded(&mut ws, frame)).await;
                 break;
             }
             _ = shutdown.changed() => {
                 let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-                let _ = ws.close(Some(frame)).await;
+                let _ = Box::pin(ws.close(Some(frame))).await;
                 break;
             }
         }
@@ -280,21 +306,16 @@ pub(crate) async fn serve_connection(
     conn.live = SelectAll::new();
     let channels: Vec<String> = conn.subs.drain().map(|(ch, _)| ch).collect();
     for ch in channels {
-        conn.leave(&ch).await;
+        Box::pin(conn.leave(&ch)).await;
     }
     tracing::debug!(client = %conn.client_id, "disconnected");
 }
 
 impl Conn {
-    /// Sets `timer` to the token's expiry; false when no token is in force.
-    fn arm_expiry(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
-        match self.identity.as_ref().and_then(|i| i.time_left()) {
-            Some(left) => {
-                timer.reset(tokio::time::Instant::now() + left);
-                true
-            }
-            None => false,
-        }
+    /// A timer for the token's expiry; none when no expiring token is in force.
+    fn expiry_timer(&self) -> Option<Timer> {
+        let left = self.identity.as_ref().and_then(|i| i.time_left())?;
+        Some(Box::pin(tokio::time::sleep(left)))
     }
 
     /// Ends the subscription's presence (a leave event) once its stream is gone.

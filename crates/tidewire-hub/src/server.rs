@@ -468,8 +468,14 @@ async fn room_upgrade(
         _slot: admitted.slot,
     };
     let hub2 = hub.clone();
-    ws.server(hub.server.clone())
-        .on_upgrade(move |socket| room_member(hub2, membership, tx, socket))
+    ws.server(hub.server.clone()).on_upgrade(move |ws| {
+        room_member(Box::new(RoomMember {
+            hub: hub2,
+            membership,
+            tx,
+            ws,
+        }))
+    })
 }
 
 async fn channel_upgrade(
@@ -487,8 +493,13 @@ async fn channel_upgrade(
         Err(resp) => return *resp,
     };
     let hub2 = hub.clone();
-    ws.server(hub.channel_server.clone())
-        .on_upgrade(move |socket| crate::channels::serve_connection(hub2, admitted, socket))
+    ws.server(hub.channel_server.clone()).on_upgrade(move |ws| {
+        crate::channels::serve_connection(Box::new(crate::channels::Start {
+            hub: hub2,
+            admitted,
+            ws,
+        }))
+    })
 }
 
 /// A room member's receiver; leaves the room when dropped.
@@ -552,12 +563,22 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
 }
 
-async fn room_member(
+/// What a room member's task starts from, boxed: an async fn keeps its arguments for its
+/// whole life, and this task lives as long as the connection.
+struct RoomMember {
     hub: Arc<Hub>,
-    mut membership: Membership,
+    membership: Membership,
     tx: broadcast::Sender<crate::rooms::RoomMessage>,
-    mut ws: tidewire::WebSocketStream<tidewire::upgrade::Upgraded>,
-) {
+    ws: tidewire::WebSocketStream<tidewire::upgrade::Upgraded>,
+}
+
+async fn room_member(start: Box<RoomMember>) {
+    let RoomMember {
+        hub,
+        mut membership,
+        tx,
+        mut ws,
+    } = *start;
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
     hub.metrics
         .connections_total
@@ -586,7 +607,7 @@ async fn room_member(
                     if !bucket.take(Instant::now()) {
                         metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("rate limit: at most {} messages per second", hub.config.publish_rate);
-                        close_bounded(&mut ws, CloseFrame::new(CloseCode(4029), reason)).await;
+                        Box::pin(close_bounded(&mut ws, CloseFrame::new(CloseCode(4029), reason))).await;
                         break;
                     }
                     if let Some(prepared) = PreparedMessage::new(m) {
@@ -611,7 +632,7 @@ async fn room_member(
                             metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(id, %room, "slow consumer disconnected: send buffer full");
                             let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, "slow consumer: send buffer full");
-                            close_bounded(&mut ws, frame).await;
+                            Box::pin(close_bounded(&mut ws, frame)).await;
                             break;
                         }
                     }
@@ -620,14 +641,14 @@ async fn room_member(
                     metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(id, %room, "slow consumer disconnected: {n} messages behind");
                     let reason = format!("slow consumer: {n} messages dropped");
-                    close_bounded(&mut ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, reason)).await;
+                    Box::pin(close_bounded(&mut ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, reason))).await;
                     break;
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = shutdown.changed() => {
                 let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-                let _ = ws.close(Some(frame)).await;
+                let _ = Box::pin(ws.close(Some(frame))).await;
                 break;
             }
         }

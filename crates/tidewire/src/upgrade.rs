@@ -210,6 +210,35 @@ mod axum_support {
         }
     }
 
+    /// The task of one upgraded connection. It lives as long as the connection, and a task
+    /// is as large as its future's largest state for all that time, so: one pointer as
+    /// its argument (an async fn keeps its arguments to the end), the wait for hyper's
+    /// hand-over boxed, and nothing but the callback's future kept across the last await.
+    async fn run_upgraded<F, Fut>(start: Box<(PendingUpgrade, F)>)
+    where
+        F: FnOnce(WebSocketStream<Upgraded>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let connection = {
+            let ready = Box::pin(async move {
+                let (pending, callback) = *start;
+                match pending.finish().await {
+                    Ok(ws) => Some((ws, callback)),
+                    Err(e) => {
+                        tracing::debug!("upgrade failed: {e}");
+                        None
+                    }
+                }
+            })
+            .await;
+            match ready {
+                Some((ws, callback)) => callback(ws),
+                None => return,
+            }
+        };
+        connection.await
+    }
+
     impl WebSocketUpgrade {
         /// Uses this server configuration (subprotocols, origin check, options).
         pub fn server(mut self, server: ServerBuilder) -> Self {
@@ -226,12 +255,7 @@ mod axum_support {
         {
             match upgrade_parts(&mut self.parts, &self.server) {
                 Ok((resp, pending)) => {
-                    tokio::spawn(async move {
-                        match pending.finish().await {
-                            Ok(ws) => callback(ws).await,
-                            Err(e) => tracing::debug!("upgrade failed: {e}"),
-                        }
-                    });
+                    tokio::spawn(run_upgraded(Box::new((pending, callback))));
                     resp.map(|()| axum::body::Body::empty())
                 }
                 Err(e) => WebSocketUpgradeRejection(e).into_response(),
