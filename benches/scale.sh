@@ -96,7 +96,9 @@ mkdir -p "$OUT"
 # ---------------------------------------------------------------- processes and cleanup
 SERVER_PIDS=()
 GEN_PIDS=()
-# Stops the given pids: SIGNAL first, SIGKILL after GRACE seconds. Only our own children.
+# Stops the given pids: SIGNAL first, SIGKILL after GRACE seconds, or at once when
+# MemAvailable falls under MIN_AVAIL_MB (closing a million connections politely costs
+# memory for a while: close frames in flight, TIME_WAIT). Only our own children.
 stop_pids() {
   local sig=$1 grace=$2; shift 2
   local p alive
@@ -105,6 +107,10 @@ stop_pids() {
     alive=0
     for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
     ((alive)) || break
+    if (( i % 10 == 0 && $(mem_avail_mb) < MIN_AVAIL_MB )); then
+      log "MemAvailable $(mem_avail_mb) MB < $MIN_AVAIL_MB MB while stopping: SIGKILL"
+      break
+    fi
     sleep 0.1
   done
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
@@ -348,9 +354,13 @@ run_scale() {
     | sort -k3 -n -r > "$OUT/slab-delta.txt" || true
 
   # The generators end their hold and report.
-  log "ending the hold (SIGINT to the generators)"
+  log "ending the hold (SIGINT to the generators: each closes its connections politely)"
+  local t_close0 close_s
+  t_close0=$(date +%s.%N)
   stop_pids INT 120 "${gpids[@]}"
   GEN_PIDS=()
+  close_s=$(awk -v a="$t_close0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  log "generators done after $close_s s, MemAvailable $(mem_avail_mb) MB"
   jq -s -c '.' "$OUT"/gen-*.json > "$OUT/generators.json" 2>/dev/null || die "a generator report is missing: $(tail -n 2 "$OUT"/gen-*.err)"
 
   local gsum
@@ -370,7 +380,7 @@ run_scale() {
   RESULT=$(jq -n -c \
     --arg mode scale --arg path "$URL_PATH" --argjson total "$TOTAL" --argjson nproc "$NPROC" \
     --argjson per_proc "$PER_PROC" --argjson hold "$HOLD" --argjson cc "$CONNECT_CONCURRENCY" \
-    --argjson open_s "$open_s" --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson rss2 "$rss2" \
+    --argjson open_s "$open_s" --argjson close_s "$close_s" --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson rss2 "$rss2" \
     --argjson grss2 "$grss2" --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson cpu2 "$cpu2" \
     --argjson gcpu1 "$gcpu1" --argjson gcpu2 "$gcpu2" \
     --argjson mem0 "$mem0" --argjson mem1 "$mem1" --argjson mem2 "$mem2" \
@@ -385,7 +395,7 @@ run_scale() {
       nofile_hard: $nofile, sysctls: $sysctls,
       open: $gens.open, held: $held, failed: $gens.failed, errors: $gens.errors,
       hub_gauge_connections: (if $metr == "" then null else ($metr | tonumber) end),
-      open_s: $open_s, opens_per_s: (($gens.open / $open_s) | floor),
+      open_s: $open_s, close_s: $close_s, opens_per_s: (($gens.open / $open_s) | floor),
       server_rss_kb: {before: $rss0, open: $rss1, after_hold: $rss2},
       server_rss_total_mb: (($rss2 / 1024) | floor),
       server_kb_per_conn: ((($rss2 - $rss0) / $h * 100 | round) / 100),
@@ -402,6 +412,8 @@ run_scale() {
                              | .[:10] | map({(.[0]): (.[2] | tonumber)}) | add)
       },
       memory_used_delta_mb: (((($mem0.MemAvailable - $mem2.MemAvailable)) / 1024) | floor),
+      memfree_delta_mb: (((($mem0.MemFree - $mem2.MemFree)) / 1024) | floor),
+      accounted_mb: ((($rss2 - $rss0 + $grss2 + ($mem2.Slab - $mem0.Slab) + ($mem2.PageTables - $mem0.PageTables)) / 1024) | floor),
       mem_available_mb: {before: (($mem0.MemAvailable / 1024) | floor), open: (($mem1.MemAvailable / 1024) | floor), after_hold: (($mem2.MemAvailable / 1024) | floor)},
       sockstat_before: $sock0, sockstat_after: $sock2,
       file_nr: {before: $fnr0, after: $fnr2},
@@ -419,7 +431,8 @@ run_scale() {
       "generator RSS   \(.generator_rss_total_mb) MB in all, \(.generator_kb_per_conn * 100 | round / 100) KB per connection (growth while opening, mean over the generators)",
       "kernel slab     +\(.kernel.slab_delta_kb / 1024 | floor) MB (SUnreclaim +\(.kernel.sunreclaim_delta_kb / 1024 | floor) MB): \(.kernel.slab_kb_per_socket_pair) KB per connection (2 sockets), \(.kernel.sunreclaim_kb_per_socket_pair) KB unreclaimable",
       "top slab caches \(.kernel.slab_top_caches_kb | to_entries | map("\(.key) \(.value / 1024 | floor) MB") | join(", "))",
-      "memory used     +\(.memory_used_delta_mb) MB (MemAvailable \(.mem_available_mb.before) -> \(.mem_available_mb.after_hold) MB)",
+      "memory          servers + generators + slab + page tables: +\(.accounted_mb) MB; MemAvailable \(.mem_available_mb.before) -> \(.mem_available_mb.after_hold) MB (it counts reclaimable slab as available)",
+      "closing         \(.close_s) s for the generators to close every connection and exit",
       "sockstat TCP    before \(.sockstat_before | tostring), after \(.sockstat_after | tostring)",
       "CPU             servers \(.server_cpu_s.opening) s opening, \(.server_cpu_s.holding) s holding; generators \(.generator_cpu_s.opening) s opening, \(.generator_cpu_s.holding) s holding"
     ' <<< "$RESULT"
