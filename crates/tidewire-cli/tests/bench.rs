@@ -383,6 +383,73 @@ fn connections_mode_with_one_compressed_message_each() {
 }
 
 #[test]
+fn connections_mode_says_when_open_and_a_signal_ends_the_hold() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let (child, addr) = common::spawn("serve", &[]);
+    let hub = common::Server { child, addr };
+    let pid = hub.child.id().to_string();
+    let url = format!("ws://{}/ws", hub.addr);
+    let mut gen = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args([
+            "bench",
+            "connections",
+            &url,
+            "--conns",
+            "30",
+            "--hold",
+            "60",
+        ])
+        .args(["--server-pid", &pid, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tidewire bench");
+    // The one stderr line that says every connection is open; EOF if the bench died.
+    let mut stderr = BufReader::new(gen.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("holding") {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let _ = gen.kill();
+            panic!("bench ended before saying it holds its connections");
+        }
+    }
+    assert!(line.contains("30/30 open, 0 failed"), "{line}");
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-INT", &gen.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // It reports and exits well before the 60 s hold.
+    let status = loop {
+        if let Some(s) = gen.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = gen.kill();
+            panic!("bench still running 15 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut gen.stdout.take().unwrap(), &mut out).unwrap();
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["stopped_by_signal"], true, "{v}");
+    assert_eq!(num(&v, "held"), 30.0, "{v}");
+    assert!(num(&v, "hold_s") < 15.0, "{v}");
+    // The hub's /ws waits for a `connect` 10 s only with auth on: none is lost here.
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+    assert!(num(&v, "generator_rss_after_kb") > 0.0, "{v}");
+    assert!(num(&v, "rss_after_kb") > 0.0, "{v}");
+    assert!(v["generator_kb_per_conn"].is_number(), "{v}");
+}
+
+#[test]
 fn refused_connection_is_one_clear_line_and_fails() {
     // A port that was just free: bind, note it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

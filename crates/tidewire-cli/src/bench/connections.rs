@@ -5,7 +5,13 @@
 //! the handshake) and then waits, answering the server's pings, for `--hold` seconds. With
 //! `--server-pid` the server's VmRSS is read before the first connection and at the end of
 //! the hold: KB per connection; and its CPU time while connecting (per connection) and
-//! while idle.
+//! while idle. The generator's own VmRSS is reported the same way: it runs beside the
+//! server, on the same machine, and its memory counts when the run is large.
+//!
+//! When every connection is open (or has failed), one line says so on stderr
+//! ("connections: N/N open ..., holding"); SIGINT or SIGTERM then ends the hold early and
+//! the report is printed as usual. A script that runs several generators at once waits for
+//! that line from each, measures, and signals them all (benches/scale.sh).
 //!
 //! With `--message-size B` each connection instead echoes one B-byte binary message of the
 //! json payload (an echo server is expected) and checks it; with `--compression` too, that
@@ -16,7 +22,9 @@
 //! One source address has about 28,000 ephemeral ports toward one server address. Above
 //! that, connections are spread over `--sources` loopback addresses 127.0.0.1, 127.0.0.2,
 //! ... (default: one per 25,000 connections); each socket is bound to its source before it
-//! connects, and the handshake runs over it with `ClientBuilder::connect_on`.
+//! connects (with IP_BIND_ADDRESS_NO_PORT, so the port is chosen at connect time and the
+//! same port can serve several destinations), and the handshake runs over it with
+//! `ClientBuilder::connect_on`.
 
 use super::stats::{fmt_f, fmt_int, round, tcp_bytes, CpuWindow, Errors, Proc, Report};
 use super::{Common, Failure, Nofile, Progress, Shutdown, Target, Ws};
@@ -45,7 +53,8 @@ pub struct ConnectionsArgs {
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=254))]
     sources: Option<u32>,
 
-    /// Seconds to hold the connections once all are open.
+    /// Seconds to hold the connections once all are open (at most: SIGINT or SIGTERM ends
+    /// the hold early).
     #[arg(long, default_value = "5", value_name = "SECS",
           value_parser = super::parse_secs_or_zero)]
     hold: f64,
@@ -118,6 +127,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     super::close(probe).await;
 
     let server = args.common.server_pid.map(|pid| Proc { pid });
+    let own_rss_before = Proc::me().rss_kb().ok();
     let rss_before = match server {
         Some(p) => Some(p.rss_kb().map_err(|e| {
             anyhow::anyhow!("cannot read /proc/{}/status (--server-pid): {e}", p.pid)
@@ -159,7 +169,8 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let opened = {
                 let _permit = limiter.acquire().await;
-                open(&target, source, message).await
+                // Boxed: the handshake's state is freed once the connection is open.
+                Box::pin(open(&target, source, message)).await
             };
             match opened {
                 Ok((ws, reply_compressed)) => {
@@ -179,31 +190,54 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
             }
         }));
     }
+    let mut stop = std::pin::pin!(stop_signal());
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut stopped = false;
     while sh.open.load(Ordering::Relaxed) + sh.failed.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {
             bail!("connections not open after 600 s");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = &mut stop => {
+                stopped = true;
+                break;
+            }
+        }
     }
     let connect_secs = started.elapsed().as_secs_f64();
     let connect_cpu = connect_cpu.finish()?;
     let open_count = sh.open.load(Ordering::Relaxed);
+    let failed_count = sh.failed.load(Ordering::Relaxed);
+    // The progress line ends here; the held count is in the report.
+    drop(progress);
+    if !stopped {
+        eprintln!(
+            "connections: {}/{n} open, {} failed in {connect_secs:.2} s; holding {} s \
+             (SIGINT or SIGTERM ends the hold)",
+            open_count, failed_count, args.hold
+        );
+    }
     let hold_cpu = CpuWindow::start(server)?;
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+    if !stopped {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(args.hold)) => {}
+            _ = &mut stop => stopped = true,
+        }
+    }
     let hold_secs = t0.elapsed().as_secs_f64();
     let hold_cpu = hold_cpu.finish()?;
     let rss_after = match server {
         Some(p) => Some(p.rss_kb()?),
         None => None,
     };
+    let own_rss_after = Proc::me().rss_kb().ok();
     let held = sh.open.load(Ordering::Relaxed) - sh.lost.load(Ordering::Relaxed);
     let _ = done_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
-    drop(progress);
     if open_count == 0 {
         bail!("no connection could be opened: {}", sh.errors.human());
     }
@@ -230,6 +264,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     r.field("connect_s", round(connect_secs, 3));
     r.field("connects_per_s", round(open_count as f64 / connect_secs, 1));
     r.field("hold_s", round(hold_secs, 3));
+    r.field("stopped_by_signal", stopped);
     r.row("target", args.url.as_str());
     r.row(
         "connections",
@@ -284,6 +319,21 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
             ),
         );
     }
+    if let (Some(before), Some(after)) = (own_rss_before, own_rss_after) {
+        let per = (after as f64 - before as f64) / held.max(1) as f64;
+        r.field("generator_rss_before_kb", before);
+        r.field("generator_rss_after_kb", after);
+        r.field("generator_kb_per_conn", round(per, 2));
+        r.row(
+            "generator memory",
+            format!(
+                "VmRSS {} KB before, {} KB after: {} KB per connection",
+                fmt_int(before),
+                fmt_int(after),
+                fmt_f(per, 2)
+            ),
+        );
+    }
     if let (Some(c), Some(h)) = (connect_cpu.server_ns, hold_cpu.server_ns) {
         let per = c as f64 / 1000.0 / open_count as f64;
         r.field("server_cpu_connect_ms", round(c as f64 / 1e6, 1));
@@ -312,6 +362,23 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     Ok(())
 }
 
+/// Resolves on the first SIGINT or SIGTERM (never, if they cannot be caught).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 /// Bytes the kernel has received on the connection's socket (not for wss://).
 fn received(ws: &Ws) -> Option<u64> {
     match ws.get_ref() {
@@ -324,11 +391,14 @@ fn received(ws: &Ws) -> Option<u64> {
 
 /// Opens one connection and does one round trip on it: a ping, or the echo of `message`.
 /// Also says whether the echo came back in fewer bytes than the message has (compressed).
+/// The stream is boxed, so that moving it into [`hold`] moves a pointer: every byte of a
+/// held connection's task is paid once per connection, and the generator runs beside the
+/// server it measures.
 async fn open(
     target: &Target,
     source: Option<IpAddr>,
     message: Option<Message>,
-) -> Result<(Ws, bool), Failure> {
+) -> Result<(Box<Ws>, bool), Failure> {
     let (mut ws, _) = target.connect(source).await?;
     let before = received(&ws);
     let size = message.as_ref().map(Message::len);
@@ -368,18 +438,19 @@ async fn open(
         (Some(size), Some(a), Some(b)) => b.saturating_sub(a) < size as u64,
         _ => false,
     };
-    Ok((ws, compressed))
+    Ok((Box::new(ws), compressed))
 }
 
 /// Holds one connection open (answering pings) until the run is over.
-async fn hold(mut ws: Ws, sh: &Shared, done: Shutdown) {
+async fn hold(mut ws: Box<Ws>, sh: &Shared, done: Shutdown) {
     let done = done.wait();
     tokio::pin!(done);
     loop {
         tokio::select! {
             biased;
             _ = &mut done => {
-                super::close(ws).await;
+                // Boxed: the close handshake's state (2 KB) is only paid while closing.
+                Box::pin(super::close(*ws)).await;
                 return;
             }
             m = ws.recv() => match m {

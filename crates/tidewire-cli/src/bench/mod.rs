@@ -284,9 +284,7 @@ impl Target {
             }
             .map_err(|e| Failure::connect(&e))?;
             if let Some(ip) = source {
-                socket
-                    .bind(SocketAddr::new(ip, 0))
-                    .map_err(|e| Failure(format!("bind {ip}: {e}")))?;
+                bind_source(&socket, ip).map_err(|e| Failure(format!("bind {ip}: {e}")))?;
             }
             let tcp = socket
                 .connect(self.addr)
@@ -311,6 +309,31 @@ impl Target {
             Err(f) => bail!("cannot connect to {} ({}): {f}", self.url, self.addr),
         }
     }
+}
+
+/// Binds `socket` to `ip` without taking a port yet (IP_BIND_ADDRESS_NO_PORT): the port is
+/// chosen by `connect`, unique per destination, so one source address serves 64,000
+/// connections to each server port instead of 64,000 in all (several generators, each
+/// toward its own server, share the source addresses).
+fn bind_source(socket: &TcpSocket, ip: IpAddr) -> std::io::Result<()> {
+    if ip.is_ipv4() {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads `on` (a c_int, whose size is passed) on a socket we own.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    socket.bind(SocketAddr::new(ip, 0))
 }
 
 /// Closes a connection politely, bounded in time.
@@ -413,6 +436,23 @@ mod tests {
             Failure::closed(Some(&frame)).0,
             "closed by server with code 4000"
         );
+    }
+
+    #[tokio::test]
+    async fn source_bind_leaves_the_port_to_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        bind_source(&socket, ip).unwrap();
+        // No port yet: a plain bind would have taken one here.
+        assert_eq!(socket.local_addr().unwrap(), SocketAddr::new(ip, 0));
+        let tcp = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let local = tcp.local_addr().unwrap();
+        assert_eq!(local.ip(), ip);
+        assert_ne!(local.port(), 0);
     }
 
     #[test]
