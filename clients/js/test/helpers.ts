@@ -185,6 +185,20 @@ export async function waitFor(pred: () => boolean, what: string, timeout = 10_00
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** Awaits `p`, failing after `timeout` ms with `what`: a step that hangs names itself
+ * instead of running into the test's own timeout. */
+export async function within<T>(p: Promise<T>, what: string, timeout = 10_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, rej) => {
+    timer = setTimeout(() => rej(new Error(`timed out after ${timeout} ms: ${what}`)), timeout);
+  });
+  try {
+    return await Promise.race([p, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A client with fast test timings, recording its state events. */
 export function makeClient(url: string, options: ClientOptions = {}) {
   const client = new TidewireClient(url, {

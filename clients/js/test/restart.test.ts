@@ -3,7 +3,7 @@
 // Also the other recovered: false case: history that no longer reaches back.
 import { afterAll, expect, test } from "vitest";
 import type { SubscriptionItem, Unrecoverable } from "../src/index.js";
-import { makeClient, Proxy, startServer, waitFor, type Served } from "./helpers.js";
+import { makeClient, Proxy, startServer, waitFor, within, type Served } from "./helpers.js";
 
 const servers: Served[] = [];
 afterAll(async () => {
@@ -70,33 +70,36 @@ test("history that no longer reaches back: recovered: false in the same epoch, t
   const srv = await startServer({ config: `[namespaces.short]\nhistory_size = 3\n` });
   servers.push(srv);
   const proxy = await new Proxy(srv.port).listen();
+  const clients: { disconnect(): void }[] = [];
   try {
     const { client } = makeClient(proxy.url);
     const pub = makeClient(srv.url).client;
-    await Promise.all([client.connect(), pub.connect()]);
+    clients.push(client, pub);
+    await within(Promise.all([client.connect(), pub.connect()]), "both clients to connect");
     const lost: Unrecoverable[] = [];
     const got: number[] = [];
     const sub = client.subscribe<number>("short:feed", {
       onUnrecoverable: (u) => lost.push(u),
       onPublication: (p) => got.push(p.data),
     });
-    await sub.ready;
-    await pub.publish("short:feed", 1);
+    await within(sub.ready, "the subscription");
+    await within(pub.publish("short:feed", 1), "publication 1 acknowledged");
     await waitFor(() => got.length === 1, "publication 1");
     proxy.refuse = true;
     proxy.sever();
     await waitFor(() => client.state === "reconnecting", "reconnecting");
-    for (let n = 2; n <= 10; n++) await pub.publish("short:feed", n); // 9 missed, 3 kept
+    for (let n = 2; n <= 10; n++) await within(pub.publish("short:feed", n), `publication ${n} acknowledged`); // 9 missed, 3 kept
     proxy.refuse = false;
     await waitFor(() => lost.length === 1, "onUnrecoverable");
     expect(lost[0]!.since.offset).toBe(1);
     expect(lost[0]!.position).toEqual({ offset: 10, epoch: lost[0]!.since.epoch });
-    await pub.publish("short:feed", 11);
+    await within(pub.publish("short:feed", 11), "publication 11 acknowledged");
     await waitFor(() => got.length === 2, "publication 11");
     expect(got).toEqual([1, 11]);
-    client.disconnect();
-    pub.disconnect();
   } finally {
-    await proxy.close();
+    // Clients first, so that a failure above is reported as itself, not as a proxy that
+    // cannot close while a client keeps reconnecting through it.
+    for (const c of clients) c.disconnect();
+    await within(proxy.close(), "the proxy to close");
   }
 });
