@@ -258,7 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketStream<S> {
     /// Queues a message, first waiting for the transport if the queue is over
     /// [`Options::write_buffer_high`].
     pub async fn feed(&mut self, msg: Message) -> Result<()> {
-        poll_fn(|cx| self.poll_ready_inner(cx)).await?;
+        self.ready().await?;
         self.queue(msg)
     }
 

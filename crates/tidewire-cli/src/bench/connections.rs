@@ -304,34 +304,17 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     }
     if let (Some(pid), Some(before), Some(after)) = (args.common.server_pid, rss_before, rss_after)
     {
-        let per = (after as f64 - before as f64) / held.max(1) as f64;
         r.field("server_pid", pid);
-        r.field("rss_before_kb", before);
-        r.field("rss_after_kb", after);
-        r.field("kb_per_conn", round(per, 2));
-        r.row(
-            "server memory",
-            format!(
-                "VmRSS {} KB before, {} KB after: {} KB per connection",
-                fmt_int(before),
-                fmt_int(after),
-                fmt_f(per, 2)
-            ),
-        );
+        memory_fields(&mut r, "server memory", "", before, after, held);
     }
     if let (Some(before), Some(after)) = (own_rss_before, own_rss_after) {
-        let per = (after as f64 - before as f64) / held.max(1) as f64;
-        r.field("generator_rss_before_kb", before);
-        r.field("generator_rss_after_kb", after);
-        r.field("generator_kb_per_conn", round(per, 2));
-        r.row(
+        memory_fields(
+            &mut r,
             "generator memory",
-            format!(
-                "VmRSS {} KB before, {} KB after: {} KB per connection",
-                fmt_int(before),
-                fmt_int(after),
-                fmt_f(per, 2)
-            ),
+            "generator_",
+            before,
+            after,
+            held,
         );
     }
     if let (Some(c), Some(h)) = (connect_cpu.server_ns, hold_cpu.server_ns) {
@@ -360,6 +343,24 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     r.row("errors", sh.errors.human());
     r.print(args.common.json);
     Ok(())
+}
+
+/// VmRSS before and after opening `held` connections, as JSON fields (`{prefix}rss_before_kb`,
+/// `{prefix}rss_after_kb`, `{prefix}kb_per_conn`) and one table row.
+fn memory_fields(r: &mut Report, row: &str, prefix: &str, before: u64, after: u64, held: u64) {
+    let per = (after as f64 - before as f64) / held.max(1) as f64;
+    r.field(&format!("{prefix}rss_before_kb"), before);
+    r.field(&format!("{prefix}rss_after_kb"), after);
+    r.field(&format!("{prefix}kb_per_conn"), round(per, 2));
+    r.row(
+        row,
+        format!(
+            "VmRSS {} KB before, {} KB after: {} KB per connection",
+            fmt_int(before),
+            fmt_int(after),
+            fmt_f(per, 2)
+        ),
+    );
 }
 
 /// Resolves on the first SIGINT or SIGTERM (never, if they cannot be caught).
