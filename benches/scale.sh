@@ -26,6 +26,7 @@
 #   TOTAL [1000000]           connections in all (scale)
 #   PER_PROC [19500]          connections per server process (and per generator), under
 #                             the open-files hard limit (ulimit -Hn) less a few dozen
+#   GEN_SOURCES [TOTAL/25000] source addresses 127.0.0.1..N each generator spreads over
 #   URL_PATH [/rooms/lobby]   the endpoint: /rooms/NAME (raw room: every connection joins
 #                             the same room) or /ws (tidewire.v1 channels; with auth off, as
 #                             here, no `connect` is needed). Not PATH: that is the shell's.
@@ -66,6 +67,12 @@ done
 MODE=${MODE:-scale}
 TOTAL=${TOTAL:-1000000}
 PER_PROC=${PER_PROC:-19500}
+# Source addresses per generator (127.0.0.1..N). All generators from 127.0.0.1 alone share
+# its 28,232 ephemeral ports among 52 destinations, and on the AMD host of 2026-11-24 the
+# kernel's connect() port search slowed to ~100 connections/s after ~735,000 (SYNs
+# retransmitted, no listen drops). One source per 25,000 connections in all keeps each
+# source address under its port range.
+GEN_SOURCES=${GEN_SOURCES:-$(( (TOTAL + 24999) / 25000 ))}
 URL_PATH=${URL_PATH:-/rooms/lobby}
 HOLD=${HOLD:-30}
 CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-100}
@@ -265,6 +272,7 @@ start_server() {
 start_gen() {
   local name=$1 port=$2 spid=$3 n=$4 cc=$5 hold=$6
   "$TIDEWIRE_BIN" bench connections "ws://127.0.0.1:$port$URL_PATH" --conns "$n" \
+    --sources "$GEN_SOURCES" \
     --hold "$hold" --connect-concurrency "$cc" --server-pid "$spid" --json \
     > "$OUT/gen-$name.json" 2> "$OUT/gen-$name.err" &
   GEN_PIDS+=($!)
