@@ -118,8 +118,10 @@ duel() { # PEER SIZE CONNS ROUND
     jq -c -n --slurpfile x "$OUT/a.json" --slurpfile y "$OUT/b.json" \
       --arg fa "$first" --arg fb "$second" --arg peer "$peer" \
       --argjson size "$size" --argjson conns "$conns" --argjson round "$round" '
-      ($x[0] | {s: $fa, m: .msgs_per_s, c: .server_cpu_us_per_msg, u: .server_cpu_util, e: .errors_total}) as $p |
-      ($y[0] | {s: $fb, m: .msgs_per_s, c: .server_cpu_us_per_msg, u: .server_cpu_util, e: .errors_total}) as $q |
+      ($x[0] | {s: $fa, m: .msgs_per_s, c: .server_cpu_us_per_msg, u: .server_cpu_util,
+        g: (.generator_cpu_util // .loadgen_cpu_util), e: .errors_total}) as $p |
+      ($y[0] | {s: $fb, m: .msgs_per_s, c: .server_cpu_us_per_msg, u: .server_cpu_util,
+        g: (.generator_cpu_util // .loadgen_cpu_util), e: .errors_total}) as $q |
       (if $p.s == "tidewire" then [$p, $q] else [$q, $p] end) as [$t, $o] |
       {peer: $peer, size: $size, conns: $conns, round: $round, first: $fa,
        tidewire: $t, other: $o, msgs_ratio: ($t.m / $o.m), cpu_ratio: ($t.c / $o.c)}' >> "$RAW"
