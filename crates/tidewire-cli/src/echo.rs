@@ -136,20 +136,13 @@ async fn serve(args: EchoArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    // At the open-file limit, new clients get a 503 instead of a timeout.
+    let mut listener = tidewire::Listener::new(listener).nodelay(true);
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     println!("tidewire echo listening on {scheme}://{local}/");
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+        let (tcp, peer) = listener.accept().await;
         // A task is as large as the largest state of its future, for as long as it lives,
         // and an async fn keeps its arguments for its whole life. So the task gets one
         // pointer to what the handshake needs, the handshake and the TLS path are boxed,

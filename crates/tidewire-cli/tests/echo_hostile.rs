@@ -142,3 +142,45 @@ fn stays_up_and_keeps_serving_after_many_bad_clients() {
     }
     good_roundtrip(srv.addr, "alive");
 }
+
+/// A burst of clients at the open-file limit: all of them get a 503 at once (answered
+/// one after the other with the one reserve descriptor), none waits for a timeout, and
+/// the held connections keep echoing.
+#[test]
+fn burst_at_the_open_file_limit_is_refused_not_left_hanging() {
+    let (child, addr) = spawn_with_open_files("echo", 48, &[]);
+    let _srv = Server { child, addr };
+    let mut held = Vec::new();
+    loop {
+        let mut s = connect(addr);
+        s.write_all(request("").as_bytes()).unwrap();
+        let (status, head) = read_head(&mut s);
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 101, "{head}");
+        held.push(s);
+        assert!(held.len() < 100, "no refusal under 48 descriptors");
+    }
+    let started = Instant::now();
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                s.write_all(request("").as_bytes()).unwrap();
+                read_head(&mut s).0
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == 503), "{statuses:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    for s in &mut held {
+        s.write_all(&masked(0x2, b"ping")).unwrap();
+        assert_eq!(read_frame(s), Some((0x2, b"ping".to_vec())));
+    }
+}

@@ -409,6 +409,67 @@ async fn max_connections_answered_with_503() {
     );
 }
 
+/// At the open-file limit the server cannot accept: every client beyond it gets a 503 that
+/// says why (not a timeout), and accepting resumes as soon as connections close.
+#[test]
+fn out_of_descriptors_answered_with_503_then_recovers() {
+    let (child, addr) = common::spawn_with_open_files("serve", 64, &[]);
+    let _srv = Serve { child, addr };
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(upgrade_request(addr, "/rooms/x", "").as_bytes())
+            .unwrap();
+        let (status, head) = common::read_head(&mut s);
+        match status {
+            101 => {
+                assert_eq!(refused, 0, "accepted after a refusal while all were held");
+                held.push(s);
+            }
+            503 => {
+                let mut body = String::new();
+                s.read_to_string(&mut body).unwrap();
+                assert!(head.contains("Retry-After: 5"), "{head}");
+                assert!(body.contains("out of file descriptors"), "{body}");
+                refused += 1;
+                if refused == 20 {
+                    break;
+                }
+            }
+            _ => panic!("neither 101 nor 503 (a timeout reads as nothing): {head:?}"),
+        }
+    }
+    assert_eq!(refused, 20);
+    assert!(
+        held.len() >= 30,
+        "only {} held under 64 descriptors",
+        held.len()
+    );
+    // Every held connection lived through the refusals.
+    for s in &mut held[..5] {
+        s.write_all(&common::masked(0x1, b"still here")).unwrap();
+    }
+    held.drain(..5);
+    let mut ok = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(50));
+        if http(addr, &upgrade_request(addr, "/rooms/x", "")).starts_with("HTTP/1.1 101") {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "no upgrade accepted after connections closed");
+    assert_eq!(
+        metric(
+            addr,
+            "tidewire_connections_refused_total{reason=\"open_files\"}"
+        ),
+        20.0
+    );
+}
+
 #[tokio::test]
 async fn metrics_count_traffic() {
     // Without the demo ticker, whose channel would count.

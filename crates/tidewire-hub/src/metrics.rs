@@ -69,6 +69,8 @@ pub(crate) struct Gauges {
     pub rooms: usize,
     pub channels: usize,
     pub subscribers: usize,
+    /// Clients answered 503 by the listener because the process was out of descriptors.
+    pub refused_out_of_descriptors: u64,
 }
 
 impl Metrics {
@@ -124,6 +126,15 @@ impl Metrics {
             "counter",
             "WebSocket connections accepted since start.",
             &[(String::new(), c(&self.connections_total))],
+        );
+        metric(
+            "connections_refused_total",
+            "counter",
+            "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors).",
+            &[(
+                "{reason=\"open_files\"}".to_string(),
+                g.refused_out_of_descriptors,
+            )],
         );
         metric(
             "messages_received_total",
@@ -248,8 +259,10 @@ mod tests {
         m.publish_latency(Duration::from_millis(1));
         let text = m.render(&Gauges {
             channel_connections: 2,
+            refused_out_of_descriptors: 3,
             ..Default::default()
         });
+        assert!(text.contains("tidewire_connections_refused_total{reason=\"open_files\"} 3\n"));
         assert!(text.contains("tidewire_connections{endpoint=\"ws\"} 2\n"));
         assert!(text.contains("tidewire_handshake_failures_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("tidewire_received_bytes_total 10\n"));

@@ -149,6 +149,8 @@ pub struct Hub {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) engine: Arc<MemoryEngine>,
     pub(crate) metrics: Metrics,
+    /// The listener's count of clients refused for want of descriptors (set by `serve`).
+    refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
 }
 
 impl Hub {
@@ -177,6 +179,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             shutdown,
             metrics: Metrics::default(),
+            refused: std::sync::OnceLock::new(),
         })
     }
 
@@ -193,6 +196,7 @@ impl Hub {
             rooms: self.rooms.len(),
             channels: self.engine.len(),
             subscribers: self.subscribers.load(Ordering::Relaxed),
+            refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
         })
     }
 
@@ -774,10 +778,13 @@ pub async fn serve(
     config: HubConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listen(config.listen)?;
+    // Replies and events are small writes that must leave at once, not wait for an ACK.
+    // At the open-file limit, new clients get a 503 instead of a timeout.
+    let listener = tidewire::Listener::new(listen(config.listen)?).nodelay(true);
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new(config, stop_rx);
+    let _ = hub.refused.set(listener.refused());
     println!("tidewire serve listening on http://{local}/ (rooms at ws://{local}/rooms/NAME, channels at ws://{local}/ws)");
     tracing::info!(%local, auth = hub.config.auth.is_some(), "listening");
     let sweeper = hub.engine.clone();
@@ -797,10 +804,6 @@ pub async fn serve(
         tracing::info!("shutting down: closing WebSocket connections with 1001");
         let _ = stop_tx.send(true);
     };
-    // Replies and events are small writes that must leave at once, not wait for an ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await?;

@@ -29,6 +29,7 @@
 mod accept;
 mod connect;
 mod error;
+pub mod listener;
 pub mod reconnect;
 mod stream;
 mod transport;
@@ -38,6 +39,7 @@ pub mod upgrade;
 pub use accept::{accept, Reject, Response, ServerBuilder};
 pub use connect::{connect, ClientBuilder, WsUrl};
 pub use error::{Error, Result};
+pub use listener::Listener;
 pub use reconnect::ReconnectingClient;
 pub use stream::{Heartbeat, Options, WebSocketStream};
 pub use transport::MaybeTlsStream;

@@ -30,9 +30,37 @@ pub fn spawn(command: &str, extra: &[&str]) -> (Child, SocketAddr) {
 /// Starts `tidewire COMMAND --listen LISTEN EXTRA...` (a fixed port: a restart on the same
 /// address) and returns it with the address it printed.
 pub fn spawn_at(command: &str, listen: &str, extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
-        .args([command, "--listen", listen])
-        .args(extra)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewire"));
+    cmd.args([command, "--listen", listen]).args(extra);
+    started(cmd)
+}
+
+/// Starts `tidewire COMMAND --listen 127.0.0.1:0 EXTRA...` with at most `files` open
+/// descriptors (RLIMIT_NOFILE, soft and hard, so the binary cannot raise it).
+pub fn spawn_with_open_files(command: &str, files: u64, extra: &[&str]) -> (Child, SocketAddr) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewire"));
+    cmd.args([command, "--listen", "127.0.0.1:0"]).args(extra);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    started(cmd)
+}
+
+/// Spawns `cmd` and returns it with the address from the first line it prints.
+fn started(mut cmd: Command) -> (Child, SocketAddr) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
