@@ -389,6 +389,10 @@ async fn max_connections_answered_with_503() {
     let resp = http(srv.addr, &upgrade_request(srv.addr, "/ws", ""));
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     assert!(resp.contains("limits.max_connections"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("\r\nretry-after: 5\r\n"),
+        "{resp}"
+    );
     drop(_a);
     // The slot is free again once the server has seen the first one go.
     let mut ok = false;

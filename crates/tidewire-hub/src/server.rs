@@ -316,7 +316,15 @@ fn refuse(hub: &Hub, why: HandshakeFailure, status: StatusCode, reason: String) 
         hub.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!(%status, %reason, "upgrade refused");
-    Box::new((status, format!("{reason}\n")).into_response())
+    let mut response = (status, format!("{reason}\n")).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Clients that honour it (tidewire's ReconnectingClient does) spread out their
+        // retries instead of coming back at once.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+    }
+    Box::new(response)
 }
 
 /// The value of `name` in a query string (percent-decoding `%XX` and `+`).

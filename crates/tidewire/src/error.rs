@@ -18,9 +18,9 @@ pub(crate) enum Kind {
     Io(io::Error),
     Protocol(ProtocolError),
     Handshake(HandshakeError),
-    /// The server answered the handshake with an HTTP status other than 101 and this
-    /// (first line of the) body.
-    Refused(HandshakeError, String),
+    /// The server answered the handshake with an HTTP status other than 101, this
+    /// (first line of the) body and this `Retry-After`.
+    Refused(HandshakeError, String, Option<std::time::Duration>),
     Usage(UsageError),
     /// The connection is closed; nothing more can be sent or received.
     Closed,
@@ -84,7 +84,18 @@ impl Error {
     /// (servers often put the reason there: `origin not allowed`, `no route for /x`).
     pub fn http_body(&self) -> Option<&str> {
         match &self.kind {
-            Kind::Refused(_, body) if !body.is_empty() => Some(body),
+            Kind::Refused(_, body, _) if !body.is_empty() => Some(body),
+            _ => None,
+        }
+    }
+
+    /// How long a server that refused the handshake asked the client to wait before
+    /// trying again (`Retry-After: SECONDS`, typically with 503 or 429).
+    /// [`ReconnectingClient`](crate::ReconnectingClient) waits at least this long, up to
+    /// its backoff's cap.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.kind {
+            Kind::Refused(_, _, after) => after,
             _ => None,
         }
     }
@@ -105,7 +116,7 @@ impl Error {
     /// The handshake failure, if that is what this is.
     pub fn handshake_error(&self) -> Option<&HandshakeError> {
         match &self.kind {
-            Kind::Handshake(e) | Kind::Refused(e, _) => Some(e),
+            Kind::Handshake(e) | Kind::Refused(e, ..) => Some(e),
             _ => None,
         }
     }
@@ -132,8 +143,8 @@ impl fmt::Display for Error {
             Kind::Io(e) => write!(f, "I/O error: {e}"),
             Kind::Protocol(e) => write!(f, "protocol error: {e} (close code {})", e.close_code()),
             Kind::Handshake(e) => write!(f, "handshake failed: {e}"),
-            Kind::Refused(e, body) if body.is_empty() => write!(f, "handshake failed: {e}"),
-            Kind::Refused(e, body) => write!(f, "handshake failed: {e} ({body})"),
+            Kind::Refused(e, body, _) if body.is_empty() => write!(f, "handshake failed: {e}"),
+            Kind::Refused(e, body, _) => write!(f, "handshake failed: {e} ({body})"),
             Kind::Usage(e) => write!(f, "{e}"),
             Kind::Closed => f.write_str("connection closed"),
             Kind::Timeout(what) => write!(f, "{what} timed out"),
@@ -150,7 +161,7 @@ impl std::error::Error for Error {
         match &self.kind {
             Kind::Io(e) => Some(e),
             Kind::Protocol(e) => Some(e),
-            Kind::Handshake(e) | Kind::Refused(e, _) => Some(e),
+            Kind::Handshake(e) | Kind::Refused(e, ..) => Some(e),
             Kind::Usage(e) => Some(e),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => Some(e),

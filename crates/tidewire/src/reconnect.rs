@@ -1,7 +1,8 @@
 //! A client that reconnects by itself: [`ReconnectingClient`].
 //!
 //! It wraps [`ClientBuilder`] and works with any WebSocket server. When a connection ends
-//! it waits (exponential backoff with full jitter, [`Backoff`]) and connects again, until a
+//! it waits (exponential backoff with full jitter, [`Backoff`]; after a refusal with
+//! `Retry-After`, at least that long, up to the backoff's cap) and connects again, until a
 //! close code says not to ([`ClosePolicy`], the table of `docs/protocol.md`), the server
 //! refuses the handshake for good (a 4xx status), the attempts run out, or the application
 //! closes it. A heartbeat (ping frames, [`Heartbeat`]) notices a connection that went
@@ -579,6 +580,8 @@ impl Driver {
         let mut failures = 0u32;
         let mut connection = 0u64;
         loop {
+            // What a refusing server asked for with `Retry-After`.
+            let mut asked = None;
             let attempt = match self.attempt().await {
                 Ok(a) => a,
                 Err(Stop) => return,
@@ -586,6 +589,7 @@ impl Driver {
             match attempt {
                 Err(error) => {
                     failures += 1;
+                    asked = error.retry_after();
                     let for_good = refused_for_good(&error);
                     let event = Event::ConnectFailed {
                         attempt: failures,
@@ -647,7 +651,11 @@ impl Driver {
                 }
             }
             streak = streak.saturating_add(1);
-            let delay = self.backoff.delay(streak, &mut self.rng);
+            let mut delay = self.backoff.delay(streak, &mut self.rng);
+            if let Some(asked) = asked {
+                // The server knows its load: wait as long as it asked, up to our cap.
+                delay = delay.max(asked.min(self.backoff.max));
+            }
             let event = Event::Reconnecting {
                 attempt: streak,
                 delay,
@@ -1000,22 +1008,30 @@ mod tests {
         assert!(c.next_event().await.is_none());
     }
 
-    #[tokio::test]
-    async fn a_404_is_final_and_reports_status_and_body() {
+    /// A server that answers every handshake with `status` (and extra header lines) and
+    /// a one-line `body`.
+    async fn refusing_server(status: &'static str, body: &'static str) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 2048];
-            let _ = tcp.read(&mut buf).await;
-            let body = "no route for /nope\n";
-            let resp = format!(
-                "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            tcp.write_all(resp.as_bytes()).await.unwrap();
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 2048];
+                let _ = tcp.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                tcp.write_all(resp.as_bytes()).await.unwrap();
+            }
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_404_is_final_and_reports_status_and_body() {
+        let addr = refusing_server("404 Not Found", "no route for /nope\n").await;
         let mut c = ReconnectingClient::builder(format!("ws://{addr}/nope"))
             .backoff(quick())
             .connect();
@@ -1028,6 +1044,34 @@ mod tests {
             e => panic!("{e:?}"),
         }
         assert!(matches!(next(&mut c).await, Event::GaveUp(GiveUp::Refused)));
+    }
+
+    #[tokio::test]
+    async fn a_503_with_retry_after_is_retried_no_sooner_than_asked() {
+        let addr = refusing_server("503 Service Unavailable\r\nRetry-After: 3", "busy\n").await;
+        // Backoff ceilings of 1 ms: only Retry-After can make the delay longer; a cap of
+        // 2 s bounds what the server may ask.
+        for (cap, want) in [(10, 3), (2, 2)] {
+            let mut c = ReconnectingClient::builder(format!("ws://{addr}/"))
+                .backoff(Backoff::new(
+                    Duration::from_millis(1),
+                    Duration::from_secs(cap),
+                ))
+                .connect();
+            match next(&mut c).await {
+                Event::ConnectFailed { attempt: 1, error } => {
+                    assert_eq!(error.http_status(), Some(503));
+                    assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+                }
+                e => panic!("{e:?}"),
+            }
+            match next(&mut c).await {
+                Event::Reconnecting { attempt: 1, delay } => {
+                    assert_eq!(delay, Duration::from_secs(want))
+                }
+                e => panic!("{e:?}"),
+            }
+        }
     }
 
     #[tokio::test]
