@@ -474,6 +474,59 @@ fn out_of_descriptors_answered_with_503_then_recovers() {
     );
 }
 
+/// Connections that send no request head (silent, a byte at a time, idle after a
+/// keep-alive request) are closed after the header timeout (10 s) instead of holding a
+/// descriptor for ever; a WebSocket is not subject to it.
+#[test]
+fn silent_slow_and_idle_http_clients_are_closed_after_the_header_timeout() {
+    use std::net::TcpStream;
+    let srv = serve(&[]);
+    let addr = srv.addr;
+    let started = std::time::Instant::now();
+    let open = |head: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(head).unwrap();
+        s
+    };
+    let silent = open(b"");
+    let mut idle = open(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (status, _) = common::read_head(&mut idle);
+    assert_eq!(status, 200);
+    let slow = open(b"GET /healthz HTTP/1.1\r\n");
+    let mut trickle = slow.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_millis(500));
+            if trickle.write_all(b"X").is_err() {
+                break;
+            }
+        }
+    });
+    let mut ws = open(upgrade_request(addr, "/rooms/x", "").as_bytes());
+    assert_eq!(common::read_head(&mut ws).0, 101);
+    let waits: Vec<_> = [silent, idle, slow]
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                started.elapsed()
+            })
+        })
+        .collect();
+    for (name, t) in ["silent", "idle", "slow"].iter().zip(waits) {
+        let closed_after = t.join().unwrap();
+        assert!(
+            closed_after >= Duration::from_secs(9) && closed_after < Duration::from_secs(20),
+            "{name}: closed after {closed_after:?}"
+        );
+    }
+    // The WebSocket, quiet as long, is still up.
+    ws.write_all(&common::masked(0x9, b"still")).unwrap();
+    assert_eq!(common::read_frame(&mut ws), Some((0xA, b"still".to_vec())));
+}
+
 #[tokio::test]
 async fn metrics_count_traffic() {
     // Without the demo ticker, whose channel would count.

@@ -780,6 +780,54 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How long a client may take to send a request head (the first one, and each one after
+/// an idle keep-alive pause). A connection that sends nothing, or a head a few bytes at a
+/// time, would otherwise hold its descriptor for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts and serves HTTP/1.1 (with upgrades) until `signal` resolves; then stops
+/// accepting and lets the HTTP connections in flight finish, for at most 5 s (upgraded
+/// WebSocket connections are the hub's, closed by its shutdown watch).
+async fn serve_http(
+    mut listener: tidewire::Listener,
+    app: Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    tokio::pin!(signal);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            conn = listener.accept() => conn,
+            () = &mut signal => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    // Every connection task holds a receiver: `closed` resolves when the last has ended.
+    drop(closing_rx);
+    let _ = closing_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing_tx.closed()).await;
+}
+
 /// Runs the hub until `shutdown` resolves, then closes every WebSocket with 1001, waits
 /// (at most 5 s) for them to finish, and returns.
 pub async fn serve(
@@ -812,9 +860,7 @@ pub async fn serve(
         tracing::info!("shutting down: closing WebSocket connections with 1001");
         let _ = stop_tx.send(true);
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await?;
+    serve_http(listener, app, signal).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
