@@ -241,8 +241,7 @@ impl ClientBuilder {
                 Ok(Some(r)) => break r,
                 Ok(None) => {}
                 Err(e @ HandshakeError::Status(..)) => {
-                    let retry_after = retry_after(&buf);
-                    let body = refusal_body(&mut io, &mut buf).await;
+                    let (body, retry_after) = refusal(&mut io, &mut buf).await;
                     return Err(Error::new(Kind::Refused(e, body, retry_after)));
                 }
                 Err(e) => return Err(e.into()),
@@ -268,31 +267,22 @@ impl ClientBuilder {
 /// Largest part of a refusal's body kept for the error message.
 const REFUSAL_BODY_MAX: usize = 1024;
 
-/// The first line of the body of a non-101 response whose head is at the start of `buf`:
-/// servers put their one-line reason there. Reads what `Content-Length` announces (at most
-/// [`REFUSAL_BODY_MAX`] bytes, for at most 1 s); never fails (an unreadable body is "").
-/// The delay a refusing server asked for (`Retry-After` in seconds; an HTTP date is not
-/// followed), at most a day.
-fn retry_after(buf: &[u8]) -> Option<std::time::Duration> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let secs: u64 = header(&head, "retry-after")?.parse().ok()?;
-    Some(std::time::Duration::from_secs(secs.min(86_400)))
-}
-
-/// The value of header `name` (lower case) in a lower-cased response head.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .skip(1)
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
-async fn refusal_body<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> String {
+/// What a non-101 response whose head is at the start of `buf` says: the first line of
+/// its body (servers put their one-line reason there) and `Retry-After` (in seconds, at
+/// most a day; an HTTP date is not followed). Reads what `Content-Length` announces (at
+/// most [`REFUSAL_BODY_MAX`] bytes, for at most 1 s); never fails (an unreadable body is
+/// "").
+async fn refusal<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+) -> (String, Option<std::time::Duration>) {
     let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
-        return String::new();
+        return (String::new(), None);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let retry_after = header(&head, "retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|secs| std::time::Duration::from_secs(secs.min(86_400)));
     let announced = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok());
     let want = announced.unwrap_or(REFUSAL_BODY_MAX).min(REFUSAL_BODY_MAX);
     let read_rest = async {
@@ -316,7 +306,16 @@ async fn refusal_body<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> S
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    line.chars().filter(|c| !c.is_control()).take(200).collect()
+    let line = line.chars().filter(|c| !c.is_control()).take(200).collect();
+    (line, retry_after)
+}
+
+/// The value of header `name` (lower case) in a lower-cased response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .skip(1)
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -97,12 +97,7 @@ impl Listener {
                 self.spare = reserve();
             }
             match self.inner.accept().await {
-                Ok((tcp, peer)) => {
-                    if self.nodelay {
-                        let _ = tcp.set_nodelay(true);
-                    }
-                    return (tcp, peer);
-                }
+                Ok(conn) => return self.ready(conn),
                 Err(e) if is_one_clients(&e) => continue,
                 Err(e) if is_out_of_descriptors(&e) => {
                     if let Some(conn) = self.shed(&e).await {
@@ -141,16 +136,21 @@ impl Listener {
         // client is served normally.
         self.spare = reserve();
         if self.spare.is_some() {
-            if self.nodelay {
-                let _ = tcp.set_nodelay(true);
-            }
-            return Some((tcp, peer));
+            return Some(self.ready((tcp, peer)));
         }
         self.shared.busy.store(true, Ordering::Release);
         self.shared.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "refused: out of file descriptors");
         tokio::spawn(refuse(tcp, self.shared.clone()));
         None
+    }
+
+    /// A connection to hand out, with the socket options asked for.
+    fn ready(&self, (tcp, peer): (TcpStream, SocketAddr)) -> (TcpStream, SocketAddr) {
+        if self.nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
+        (tcp, peer)
     }
 
     fn warn(&mut self, what: std::fmt::Arguments<'_>) {
