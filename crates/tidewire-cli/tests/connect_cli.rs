@@ -433,12 +433,15 @@ fn refused_subprotocol_fails() {
     let (code, _, err) = run(&["--subprotocol", "chat", &echo_url(&echo)], "x\n");
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("subprotocol chat"), "{err}");
-    // The hub's /ws speaks only tidewire.v1.
+    // The hub's /ws speaks only tidewire.v1, and refuses any other offer with its reason.
     let hub = common::hub::serve(&[]);
     let url = format!("ws://{}/ws", hub.addr);
     let (code, _, err) = run(&["--subprotocol", "mqtt", &url], "");
     assert_eq!(code, 1);
-    assert!(err.contains("(mqtt)"), "{err}");
+    assert!(
+        err.contains("HTTP 400") && err.contains("tidewire.v1") && err.contains("(offered: mqtt)"),
+        "{err}"
+    );
 }
 
 #[test]
