@@ -28,7 +28,8 @@ pub(crate) enum Kind {
     Timeout(&'static str),
     /// A reconnecting client is between connections.
     NotConnected,
-    /// The URL given to `connect` is not a usable ws:// or wss:// URL.
+    /// The URL given to `connect` is not a usable ws:// or wss:// URL: "URL: what is
+    /// wrong".
     Url(String),
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
@@ -149,7 +150,7 @@ impl fmt::Display for Error {
             Kind::Closed => f.write_str("connection closed"),
             Kind::Timeout(what) => write!(f, "{what} timed out"),
             Kind::NotConnected => f.write_str("not connected (reconnecting)"),
-            Kind::Url(msg) => write!(f, "invalid URL: {msg}"),
+            Kind::Url(msg) => write!(f, "invalid URL {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
         }

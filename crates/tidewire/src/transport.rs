@@ -122,7 +122,7 @@ pub(crate) async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
     use crate::error::{Error, Kind};
     let config = config.unwrap_or_else(default_client_config);
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|_| Error::new(Kind::Url(format!("invalid TLS server name: {host}"))))?;
+        .map_err(|_| Error::new(Kind::Url(format!("{host}: not a valid TLS server name"))))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tls = connector
         .connect(name, io)
