@@ -370,7 +370,7 @@ impl ClientBuilder {
             let io = if url.tls {
                 #[cfg(feature = "tls")]
                 {
-                    crate::transport::tls_connect(tcp, &url.host, self.tls.clone()).await?
+                    crate::transport::tls_connect(tcp, &url, self.tls.clone()).await?
                 }
                 #[cfg(not(feature = "tls"))]
                 {
@@ -640,5 +640,64 @@ mod tests {
             let e = ClientBuilder::new(url).connect().await.unwrap_err();
             assert!(e.is_url(), "{e}");
         }
+    }
+
+    /// Issue 13, item 10: `wss://` to a plain port said "received corrupt message of type
+    /// InvalidContentType". It says the server may not speak TLS, and keeps the cause.
+    #[tokio::test]
+    async fn issue_13_wss_to_a_plain_http_port_says_it_is_not_tls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let e = connect(&format!("wss://{addr}/")).await.unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_tls(), "{text}");
+        assert_eq!(
+            text,
+            format!(
+                "TLS handshake failed: the server at {addr} does not seem to speak TLS (try ws://)"
+            )
+        );
+        let io = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the TLS error is the source");
+        let tls = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        assert!(
+            matches!(
+                tls,
+                Some(rustls::Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType
+                ))
+            ),
+            "{io:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wss_to_a_server_that_hangs_up_says_it_may_not_be_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                // Reads the ClientHello, then closes without a word.
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+            }
+        });
+        let e = connect(&format!("wss://{addr}/")).await.unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_tls(), "{text}");
+        assert!(text.contains(&format!("server at {addr} closed")), "{text}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -34,6 +34,10 @@ pub(crate) enum Kind {
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
+    /// The TLS handshake failed in a way that says the server does not speak TLS at all
+    /// (it answered in plain text, or closed): this explanation, and the TLS error.
+    #[cfg(feature = "tls")]
+    NotTls(String, io::Error),
 }
 
 impl Error {
@@ -101,6 +105,19 @@ impl Error {
         }
     }
 
+    /// The TLS handshake of a `wss://` connection failed (a certificate that does not
+    /// verify, a server that does not speak TLS, ...).
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            matches!(self.kind, Kind::Tls(_) | Kind::NotTls(..))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
+    }
+
     /// The transport failed.
     pub fn is_io(&self) -> bool {
         matches!(self.kind, Kind::Io(_))
@@ -153,6 +170,8 @@ impl fmt::Display for Error {
             Kind::Url(msg) => write!(f, "invalid URL {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
+            #[cfg(feature = "tls")]
+            Kind::NotTls(why, _) => write!(f, "TLS handshake failed: {why}"),
         }
     }
 }
@@ -165,7 +184,7 @@ impl std::error::Error for Error {
             Kind::Handshake(e) | Kind::Refused(e, ..) => Some(e),
             Kind::Usage(e) => Some(e),
             #[cfg(feature = "tls")]
-            Kind::Tls(e) => Some(e),
+            Kind::Tls(e) | Kind::NotTls(_, e) => Some(e),
             _ => None,
         }
     }
