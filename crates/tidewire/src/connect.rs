@@ -206,7 +206,7 @@ fn parse_port(p: &str) -> std::result::Result<u16, String> {
         return Err(format!("port {p:?} is not a number (1 to 65535)"));
     }
     match p.parse::<u16>() {
-        Ok(0) => Err("port 0 cannot be connected to (1 to 65535)".into()),
+        Ok(0) => Err("port 0 is out of range (1 to 65535)".into()),
         Ok(port) => Ok(port),
         // Only digits: the one way to fail is being too large.
         Err(_) => Err(format!("port {p} is out of range (1 to 65535)")),
