@@ -3,6 +3,7 @@
 mod bench;
 mod connect;
 mod echo;
+mod gentoken;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,12 @@ enum Command {
     /// per message. End of input closes with 1000. Exit status 0 after a normal close, 1
     /// when the connection fails or is refused (the reason on stderr), 2 for usage errors.
     Connect(connect::ConnectArgs),
+    /// Prints a connection token (HS256 JWT) signed with the hub's secret.
+    ///
+    /// The secret comes from --auth-hmac-secret (TIDEWIRE_AUTH_HMAC_SECRET) or the [auth]
+    /// hmac_secret of --config FILE, as for `tidewire serve`. Use the token as
+    /// ws://HOST/ws?token=TOKEN or in a `connect` request.
+    Gentoken(gentoken::GentokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Gentoken(args) => gentoken::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
