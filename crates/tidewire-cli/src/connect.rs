@@ -17,7 +17,7 @@ use clap::Args;
 use std::io::{BufRead, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidewire::proto::handshake::HandshakeError;
-use tidewire::reconnect::{Backoff, Event, ReconnectBuilder};
+use tidewire::reconnect::{Backoff, Event, GiveUp, ReconnectBuilder};
 use tidewire::{ClientBuilder, CloseCode, CloseFrame, Message, Options};
 use tokio::sync::mpsc;
 
@@ -423,11 +423,12 @@ async fn reconnecting(
                 Some(Event::Reconnecting { attempt, delay }) => {
                     out.reconnecting(&args.url, attempt, delay, &last_failure)
                 }
-                Some(Event::GaveUp(why)) if last_failure.is_empty() => {
+                // A close code says it all; after failed attempts, say how the last failed.
+                Some(Event::GaveUp(why @ GiveUp::CloseCode { .. })) => {
                     bail!("{}: gave up: {why}", args.url)
                 }
                 Some(Event::GaveUp(why)) => {
-                    bail!("{}: gave up: {why}; last: {last_failure}", args.url)
+                    bail!("{}: gave up: {why}: {last_failure}", args.url)
                 }
                 Some(_) => {}
             },
@@ -581,7 +582,7 @@ impl Output {
         self.note(&line);
     }
 
-    /// "reconnecting to URL in 1.2 s (attempt 3): connection refused".
+    /// "reconnecting to URL in 1.2 s (attempt 3): connection refused" (or "in 180 ms").
     fn reconnecting(&self, url: &str, attempt: u32, delay: Duration, reason: &str) {
         if self.json {
             if !self.quiet {
@@ -595,10 +596,12 @@ impl Output {
             }
             return;
         }
-        let mut line = format!(
-            "reconnecting to {url} in {:.1} s (attempt {attempt})",
-            delay.as_secs_f64()
-        );
+        let delay = if delay < Duration::from_secs(1) {
+            format!("{} ms", delay.as_millis())
+        } else {
+            format!("{:.1} s", delay.as_secs_f64())
+        };
+        let mut line = format!("reconnecting to {url} in {delay} (attempt {attempt})");
         if !reason.is_empty() {
             line.push_str(": ");
             line.push_str(reason);

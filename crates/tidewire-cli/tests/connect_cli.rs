@@ -469,8 +469,13 @@ fn issue_13_reconnect_waits_at_most_the_cap_and_says_why() {
         .iter()
         .filter_map(|l| {
             let rest = l.strip_prefix(&prefix)?;
-            let (secs, rest) = rest.split_once(" s (attempt ")?;
-            Some((secs.parse().ok()?, rest.split_once("): ")?.1))
+            let (delay, rest) = rest.split_once(" (attempt ")?;
+            let secs = match delay.split_once(' ')? {
+                (ms, "ms") => ms.parse::<f64>().ok()? / 1000.0,
+                (s, "s") => s.parse().ok()?,
+                _ => return None,
+            };
+            Some((secs, rest.split_once("): ")?.1))
         })
         .collect();
     // 250 ms doubling: 7 attempts or more in 4 s only with a cap near 2 s.
