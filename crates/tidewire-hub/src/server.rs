@@ -275,19 +275,19 @@ const JS: &str = "text/javascript; charset=utf-8";
 /// The demo pages, embedded: (path, content type, body).
 #[rustfmt::skip]
 const PAGES: &[(&str, &str, &str)] = &[
-    ("/", HTML, include_str!("../../../web/index.html")),
-    ("/chat", HTML, include_str!("../../../web/chat.html")),
-    ("/live", HTML, include_str!("../../../web/live.html")),
-    ("/board", HTML, include_str!("../../../web/board.html")),
-    ("/bare", HTML, include_str!("../../../web/bare.html")),
-    ("/style.css", "text/css; charset=utf-8", include_str!("../../../web/style.css")),
+    ("/", HTML, include_str!("../web/index.html")),
+    ("/chat", HTML, include_str!("../web/chat.html")),
+    ("/live", HTML, include_str!("../web/live.html")),
+    ("/board", HTML, include_str!("../web/board.html")),
+    ("/bare", HTML, include_str!("../web/bare.html")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
     // The browser library (clients/js compiled; `npm run web` there refreshes web/lib).
-    ("/lib/index.js", JS, include_str!("../../../web/lib/index.js")),
-    ("/lib/client.js", JS, include_str!("../../../web/lib/client.js")),
-    ("/lib/subscription.js", JS, include_str!("../../../web/lib/subscription.js")),
-    ("/lib/errors.js", JS, include_str!("../../../web/lib/errors.js")),
-    ("/lib/backoff.js", JS, include_str!("../../../web/lib/backoff.js")),
-    ("/lib/types.js", JS, include_str!("../../../web/lib/types.js")),
+    ("/lib/index.js", JS, include_str!("../web/lib/index.js")),
+    ("/lib/client.js", JS, include_str!("../web/lib/client.js")),
+    ("/lib/subscription.js", JS, include_str!("../web/lib/subscription.js")),
+    ("/lib/errors.js", JS, include_str!("../web/lib/errors.js")),
+    ("/lib/backoff.js", JS, include_str!("../web/lib/backoff.js")),
+    ("/lib/types.js", JS, include_str!("../web/lib/types.js")),
 ];
 
 /// The routes of the hub.
