@@ -90,11 +90,16 @@ pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime>
 }
 
 /// Logs to stderr at the level of `TIDEWIRE_LOG` (default info), as text or JSON lines.
+/// Colours only on a terminal, and never with `NO_COLOR` set (no-color.org): a log
+/// written to a file, a pipe, journald or docker gets plain text.
 pub(crate) fn init_logging(format: tidewire_hub::LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         tidewire_hub::LogFormat::Human => builder.init(),

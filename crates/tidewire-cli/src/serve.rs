@@ -185,6 +185,15 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         )
         .map_err(|e| anyhow::anyhow!("--auth-hmac-secret/--auth-rsa-public-key: {e}"))?;
         c.auth = Some(auth);
+    } else if args.auth_anonymous {
+        // Without a key of its own, the flag can only relax the file's [auth].
+        match c.auth.take() {
+            Some(auth) => c.auth = Some(auth.with_anonymous(true)),
+            None => anyhow::bail!(
+                "--auth-anonymous (TIDEWIRE_AUTH_ANONYMOUS): auth is off, so every connection is anonymous already; \
+                 it applies with --auth-hmac-secret, --auth-rsa-public-key or [auth] in --config"
+            ),
+        }
     }
     set!(c.api_key, args.api_key.clone().map(Some));
     if let Err((key, message)) = c.check() {
@@ -196,6 +205,10 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             "limits.max_message_size" => "--max-message-size",
             "rooms.buffer" => "--room-buffer",
             "api.key" => "--api-key",
+            "allowed_origins" => "--allowed-origins",
+            "limits.max_connections" => "--max-connections",
+            "limits.publish_burst" => "--publish-burst",
+            "limits.send_buffer" => "--send-buffer",
             _ => "--config",
         };
         anyhow::bail!("{flag} ({key}): {message}");

@@ -64,6 +64,12 @@ impl AuthConfig {
         self.anonymous
     }
 
+    /// The same keys, with connections without a token accepted (`true`) or refused.
+    pub fn with_anonymous(mut self, anonymous: bool) -> Self {
+        self.anonymous = anonymous;
+        self
+    }
+
     /// Checks a token and returns who it is for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;

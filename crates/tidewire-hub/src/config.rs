@@ -162,6 +162,9 @@ struct Limits {
 struct Rooms {
     echo_to_sender: Option<bool>,
     buffer: Option<usize>,
+    protocols: Option<Vec<String>>,
+    heartbeat: Option<Vec<String>>,
+    heartbeat_reply: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +302,9 @@ impl HubConfig {
         set!(self.max_subscriptions, f.limits.max_subscriptions);
         set!(self.echo_to_sender, f.rooms.echo_to_sender);
         set!(self.room_buffer, f.rooms.buffer);
+        set!(self.room_protocols, f.rooms.protocols);
+        set!(self.room_heartbeat, f.rooms.heartbeat);
+        set!(self.room_heartbeat_reply, f.rooms.heartbeat_reply);
         if f.compression.enabled == Some(false) {
             self.compression = None;
         } else if f.compression.enabled == Some(true) && self.compression.is_none() {
@@ -383,8 +389,87 @@ impl HubConfig {
         if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
             return fail("api.key", "must be at least 16 characters");
         }
+        if self.max_connections == 0 {
+            return fail(
+                "limits.max_connections",
+                "must be at least 1 (0 would refuse every WebSocket with 503)",
+            );
+        }
+        if self.max_subscriptions == 0 {
+            return fail("limits.max_subscriptions", "must be at least 1");
+        }
+        if self.publish_burst == 0 {
+            return fail("limits.publish_burst", "must be at least 1");
+        }
+        if self.send_buffer == 0 {
+            return fail("limits.send_buffer", "must be at least 1 byte");
+        }
+        for origin in &self.allowed_origins {
+            check_origin(origin).map_err(|m| ("allowed_origins", m))?;
+        }
+        for p in &self.room_protocols {
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                return Err((
+                    "rooms.protocols",
+                    format!("{p:?} is not a subprotocol name (an HTTP token: letters, digits and !#$%&'*+-.^_`|~)"),
+                ));
+            }
+        }
+        if self.room_heartbeat.iter().any(|h| h.trim().is_empty()) {
+            return fail("rooms.heartbeat", "a heartbeat text cannot be empty");
+        }
         Ok(())
     }
+}
+
+/// An HTTP token character (RFC 9110 §5.6.2), as subprotocol names are.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// An entry of `allowed_origins`: `*`, `null`, or `SCHEME://HOST[:PORT]` as browsers send it
+/// in `Origin` (RFC 6454 §6.2): no path, no user, no whitespace. A bare host would never
+/// match any browser's `Origin`, so it is refused here rather than at every handshake.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" || origin == "null" {
+        return Ok(());
+    }
+    let hint = |what: &str| {
+        format!("{origin:?} {what}: write it as the browser sends it, SCHEME://HOST[:PORT] (https://app.example.com, http://localhost:3000), or * for any origin")
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err(hint("has no scheme"));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok {
+        return Err(hint("has no valid scheme"));
+    }
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty() {
+        return Err(hint("has no host"));
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err(hint("has a path"));
+    }
+    if authority.contains('@') {
+        return Err(hint("has a user name"));
+    }
+    if authority
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(hint("has spaces in it"));
+    }
+    if let Some((host, port)) = authority.rsplit_once(':') {
+        // Not an IPv6 literal's colon ("[::1]" alone has its last colon inside brackets).
+        if !host.is_empty() && !port.contains(']') && port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(hint("has a bad port"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -471,6 +556,51 @@ publish = false
 
         let e = load("[namespaces.\"a:b\"]\npresence = true\n").unwrap_err();
         assert_eq!(e.key(), Some("namespaces.a:b"), "{e}");
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused() {
+        // Regression (issue 13, item 5): these were accepted and then failed every client.
+        let e = load("allowed_origins = [\"app.example.com\"]\n").unwrap_err();
+        assert_eq!(e.key(), Some("allowed_origins"), "{e}");
+        assert!(e.to_string().contains("has no scheme"), "{e}");
+        for bad in [
+            "https://",
+            "https://a.example/path",
+            "ftp//x",
+            "https://u@x",
+            "http://x:0",
+            "http://x:99999",
+        ] {
+            let e = load(&format!("allowed_origins = [{bad:?}]\n")).unwrap_err();
+            assert_eq!(e.key(), Some("allowed_origins"), "{bad}: {e}");
+        }
+        for good in [
+            "*",
+            "null",
+            "https://app.example.com",
+            "http://localhost:3000/",
+            "http://[::1]:8080",
+            "http://[::1]",
+        ] {
+            load(&format!("allowed_origins = [{good:?}]\n"))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let e = load("[limits]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("limits.max_connections"), Some(2)),
+            "{e}"
+        );
+        let e = load("[rooms]\nprotocols = [\"chat room\"]\n").unwrap_err();
+        assert_eq!(e.key(), Some("rooms.protocols"), "{e}");
+        let e = load("[rooms]\nheartbeat = [\" \"]\n").unwrap_err();
+        assert_eq!(e.key(), Some("rooms.heartbeat"), "{e}");
+        let c =
+            load("[rooms]\nprotocols = [\"v2.chat\"]\nheartbeat = []\nheartbeat_reply = \"\"\n")
+                .unwrap();
+        assert_eq!(c.room_protocols, ["v2.chat"]);
+        assert!(c.room_heartbeat.is_empty() && c.room_heartbeat_reply.is_empty());
     }
 
     #[test]

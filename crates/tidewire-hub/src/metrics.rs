@@ -18,14 +18,17 @@ pub enum HandshakeFailure {
     Auth,
     /// `limits.max_connections` reached.
     Capacity,
+    /// None of the offered subprotocols is spoken by the endpoint.
+    Subprotocol,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 4] = [
+    const ALL: [HandshakeFailure; 5] = [
         HandshakeFailure::BadRequest,
         HandshakeFailure::Origin,
         HandshakeFailure::Auth,
         HandshakeFailure::Capacity,
+        HandshakeFailure::Subprotocol,
     ];
 
     fn label(self) -> &'static str {
@@ -34,6 +37,7 @@ impl HandshakeFailure {
             HandshakeFailure::Origin => "origin",
             HandshakeFailure::Auth => "auth",
             HandshakeFailure::Capacity => "max_connections",
+            HandshakeFailure::Subprotocol => "subprotocol",
         }
     }
 }
@@ -55,7 +59,7 @@ pub struct Metrics {
     pub(crate) slow_consumers: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
-    handshake_failures: [AtomicU64; 4],
+    handshake_failures: [AtomicU64; 5],
     publish_buckets: [AtomicU64; BUCKETS_US.len()],
     publish_count: AtomicU64,
     publish_sum_ns: AtomicU64,

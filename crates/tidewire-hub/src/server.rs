@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
-use tidewire::{CloseCode, CloseFrame, DeflateConfig, Options, PreparedMessage, ServerBuilder};
+use tidewire::{
+    CloseCode, CloseFrame, DeflateConfig, Message, Options, PreparedMessage, ServerBuilder,
+};
 use tokio::sync::{broadcast, watch};
 
 /// Log output of the `tidewire` binary.
@@ -49,6 +51,22 @@ pub struct HubConfig {
     pub demo: bool,
     /// Send a room message back to its sender too. Default false.
     pub echo_to_sender: bool,
+    /// Subprotocols rooms speak, most preferred first: the first of these that a client
+    /// offers in `Sec-WebSocket-Protocol` is selected. A client that offers only others is
+    /// refused with 400 and a reason (RFC 6455 would let the server answer without the
+    /// header, which browsers fail with a bare 1006); one that offers none is accepted.
+    /// Rooms relay messages whatever the name, so any list works. Default `chat`,
+    /// `superchat` (the tutorial's `new WebSocket(url, ["chat", "superchat"])`).
+    pub room_protocols: Vec<String>,
+    /// Application heartbeats in rooms: a text message equal to one of these (ignoring
+    /// ASCII case and surrounding whitespace) is answered to its sender alone with
+    /// [`HubConfig::room_heartbeat_reply`] and never broadcast, so a page that sends a
+    /// text heartbeat does not spam the room. Empty: every message is broadcast.
+    /// Default `ping`, `heartbeat`. (The server pings every connection itself, and
+    /// browsers answer pings on their own: a page needs no heartbeat of its own.)
+    pub room_heartbeat: Vec<String>,
+    /// The answer to a room heartbeat, empty for none. Default `pong`.
+    pub room_heartbeat_reply: String,
     /// How many messages a room member may fall behind before it is disconnected as a
     /// slow consumer. Default 1024.
     pub room_buffer: usize,
@@ -94,6 +112,9 @@ impl Default for HubConfig {
             allowed_origins: Vec::new(),
             demo: true,
             echo_to_sender: false,
+            room_protocols: vec!["chat".into(), "superchat".into()],
+            room_heartbeat: vec!["ping".into(), "heartbeat".into()],
+            room_heartbeat_reply: "pong".into(),
             room_buffer: 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
@@ -140,7 +161,7 @@ pub fn default_namespaces() -> NamespaceConfig {
 pub struct Hub {
     pub(crate) config: HubConfig,
     rooms: Rooms,
-    server: ServerBuilder,
+    room_server: ServerBuilder,
     channel_server: ServerBuilder,
     next_id: AtomicU64,
     room_conns: AtomicUsize,
@@ -149,6 +170,8 @@ pub struct Hub {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) engine: Arc<MemoryEngine>,
     pub(crate) metrics: Metrics,
+    /// The budget of refusal log lines.
+    refusal_log: std::sync::Mutex<RefusalLog>,
     /// The listener's count of clients refused for want of descriptors (set by `serve`).
     refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
 }
@@ -167,8 +190,8 @@ impl Hub {
             .compression(config.compression);
         Arc::new(Hub {
             rooms: Rooms::new(config.room_buffer),
-            channel_server: server.clone().protocols(["tidewire.v1"]),
-            server,
+            channel_server: server.clone().protocols([CHANNEL_PROTOCOL]),
+            room_server: server.protocols(config.room_protocols.iter().cloned()),
             engine: Arc::new(
                 MemoryEngine::new(config.namespaces.clone()).subscriber_buffer(config.send_queue),
             ),
@@ -179,6 +202,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             shutdown,
             metrics: Metrics::default(),
+            refusal_log: std::sync::Mutex::new(RefusalLog::new()),
             refused: std::sync::OnceLock::new(),
         })
     }
@@ -204,6 +228,9 @@ impl Hub {
         format!("c-{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
+
+/// The subprotocol of `/ws` (docs/protocol.md).
+const CHANNEL_PROTOCOL: &str = "tidewire.v1";
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -314,12 +341,59 @@ pub(crate) struct Admitted {
     pub identity: Option<Identity>,
 }
 
-fn refuse(hub: &Hub, why: HandshakeFailure, status: StatusCode, reason: String) -> Box<Response> {
-    hub.metrics.handshake_failed(why);
-    if matches!(why, HandshakeFailure::Auth) {
-        hub.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+/// Refused handshakes logged at `info` per [`REFUSAL_LOG_WINDOW`]; the rest are counted
+/// and summed up in one line when the next window opens, so a flood of bad clients cannot
+/// flood the log.
+const REFUSALS_LOGGED: u32 = 20;
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The budget of refusal log lines (see [`REFUSALS_LOGGED`]).
+#[derive(Debug)]
+struct RefusalLog {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        RefusalLog {
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
     }
-    tracing::debug!(%status, %reason, "upgrade refused");
+
+    /// Whether to log this refusal; and the refusals left unlogged in the window that
+    /// just ended, if one did and some were.
+    fn admit(&mut self, now: Instant) -> (bool, u64) {
+        let mut dropped = 0;
+        if now.saturating_duration_since(self.window_start) >= REFUSAL_LOG_WINDOW {
+            dropped = std::mem::take(&mut self.suppressed);
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged < REFUSALS_LOGGED {
+            self.logged += 1;
+            (true, dropped)
+        } else {
+            self.suppressed += 1;
+            (false, dropped)
+        }
+    }
+}
+
+/// Answers a refused upgrade with `status` and `reason`, counts it, and logs it at `info`
+/// with the client's origin (rate-limited: [`RefusalLog`]). Peer-supplied text is escaped
+/// in the log, so it cannot forge a log line.
+fn refuse(
+    hub: &Hub,
+    why: HandshakeFailure,
+    status: StatusCode,
+    reason: String,
+    headers: &HeaderMap,
+) -> Box<Response> {
+    note_refusal(hub, why, status, &reason, headers);
     let mut response = (status, format!("{reason}\n")).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         // Clients that honour it (tidewire's ReconnectingClient does) spread out their
@@ -329,6 +403,49 @@ fn refuse(hub: &Hub, why: HandshakeFailure, status: StatusCode, reason: String) 
             .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
     }
     Box::new(response)
+}
+
+/// Counts a refused upgrade and logs it (see [`refuse`]).
+fn note_refusal(
+    hub: &Hub,
+    why: HandshakeFailure,
+    status: StatusCode,
+    reason: &str,
+    headers: &HeaderMap,
+) {
+    hub.metrics.handshake_failed(why);
+    if matches!(why, HandshakeFailure::Auth) {
+        hub.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    let (log, dropped) = match hub.refusal_log.lock() {
+        Ok(mut budget) => budget.admit(Instant::now()),
+        Err(_) => (true, 0),
+    };
+    if dropped > 0 {
+        tracing::info!(
+            "{dropped} more refused handshakes were not logged in the last {} s (see tidewire_handshake_failures_total on /metrics)",
+            REFUSAL_LOG_WINDOW.as_secs()
+        );
+    }
+    if log {
+        let origin = headers.get(header::ORIGIN).map(|o| {
+            String::from_utf8_lossy(o.as_bytes())
+                .escape_debug()
+                .to_string()
+        });
+        let agent = headers.get(header::USER_AGENT).map(|a| {
+            String::from_utf8_lossy(a.as_bytes())
+                .escape_debug()
+                .to_string()
+        });
+        tracing::info!(
+            status = status.as_u16(),
+            origin = origin.as_deref().unwrap_or("-"),
+            user_agent = agent.as_deref().unwrap_or("-"),
+            "handshake refused: {}",
+            reason.escape_debug()
+        );
+    }
 }
 
 /// The value of `name` in a query string (percent-decoding `%XX` and `+`).
@@ -405,6 +522,7 @@ fn admit(
                 "server at capacity: {} connections (limits.max_connections)",
                 hub.config.max_connections
             ),
+            headers,
         ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -416,6 +534,7 @@ fn admit(
                 HandshakeFailure::Origin,
                 StatusCode::FORBIDDEN,
                 format!("origin not allowed: {origin} (add it to allowed_origins)"),
+                headers,
             ));
         }
     }
@@ -429,6 +548,7 @@ fn admit(
                     HandshakeFailure::Auth,
                     StatusCode::UNAUTHORIZED,
                     format!("unauthorized: {e}"),
+                    headers,
                 ))
             }
         },
@@ -438,6 +558,7 @@ fn admit(
                 HandshakeFailure::Auth,
                 StatusCode::UNAUTHORIZED,
                 format!("unauthorized: {} (pass ?token=JWT)", AuthError::Missing),
+                headers,
             ))
         }
         (Some(_), None) => None,
@@ -445,8 +566,14 @@ fn admit(
     Ok(Admitted { slot, identity })
 }
 
-fn upgrade_refused(hub: &Hub, e: WebSocketUpgradeRejection) -> Response {
-    hub.metrics.handshake_failed(HandshakeFailure::BadRequest);
+fn upgrade_refused(hub: &Hub, e: WebSocketUpgradeRejection, headers: &HeaderMap) -> Response {
+    note_refusal(
+        hub,
+        HandshakeFailure::BadRequest,
+        e.0.status(),
+        e.0.reason(),
+        headers,
+    );
     e.into_response()
 }
 
@@ -459,15 +586,42 @@ async fn room_upgrade(
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => return upgrade_refused(&hub, e),
+        Err(e) => return upgrade_refused(&hub, e, &headers),
     };
     if room.is_empty() || room.len() > 200 {
-        hub.metrics.handshake_failed(HandshakeFailure::BadRequest);
-        return (
+        return *refuse(
+            &hub,
+            HandshakeFailure::BadRequest,
             StatusCode::BAD_REQUEST,
-            "room name must be 1 to 200 bytes\n",
-        )
-            .into_response();
+            "room name must be 1 to 200 bytes".into(),
+            &headers,
+        );
+    }
+    let offered = ws.offered_protocols();
+    if !offered.is_empty()
+        && !offered
+            .iter()
+            .any(|p| hub.config.room_protocols.iter().any(|s| s == p))
+    {
+        let reason = if hub.config.room_protocols.is_empty() {
+            format!(
+                "rooms speak no subprotocol: connect without Sec-WebSocket-Protocol (offered: {}; rooms.protocols)",
+                offered.join(", ")
+            )
+        } else {
+            format!(
+                "none of the offered subprotocols ({}) is spoken here: rooms speak {} (rooms.protocols)",
+                offered.join(", "),
+                hub.config.room_protocols.join(", ")
+            )
+        };
+        return *refuse(
+            &hub,
+            HandshakeFailure::Subprotocol,
+            StatusCode::BAD_REQUEST,
+            reason,
+            &headers,
+        );
     }
     let admitted = match admit(&hub, Endpoint::Rooms, &headers, query.as_deref(), true) {
         Ok(a) => a,
@@ -484,7 +638,7 @@ async fn room_upgrade(
         _slot: admitted.slot,
     };
     let hub2 = hub.clone();
-    ws.server(hub.server.clone()).on_upgrade(move |ws| {
+    ws.server(hub.room_server.clone()).on_upgrade(move |ws| {
         room_member(Box::new(RoomMember {
             hub: hub2,
             membership,
@@ -502,8 +656,26 @@ async fn channel_upgrade(
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => return upgrade_refused(&hub, e),
+        Err(e) => return upgrade_refused(&hub, e, &headers),
     };
+    let offered = ws.offered_protocols();
+    if !offered.contains(&CHANNEL_PROTOCOL) {
+        let offered = if offered.is_empty() {
+            "none".to_owned()
+        } else {
+            offered.join(", ")
+        };
+        let reason = format!(
+            "/ws speaks the {CHANNEL_PROTOCOL} subprotocol (docs/protocol.md): offer it in Sec-WebSocket-Protocol (offered: {offered}); raw rooms are at /rooms/NAME"
+        );
+        return *refuse(
+            &hub,
+            HandshakeFailure::Subprotocol,
+            StatusCode::BAD_REQUEST,
+            reason,
+            &headers,
+        );
+    }
     let admitted = match admit(&hub, Endpoint::Channels, &headers, query.as_deref(), false) {
         Ok(a) => a,
         Err(resp) => return *resp,
@@ -620,6 +792,14 @@ async fn room_member(start: Box<RoomMember>) {
                         continue;
                     }
                     metrics.received(m.as_payload().len());
+                    if is_heartbeat(&hub.config.room_heartbeat, &m) {
+                        // The sender's own keepalive: answered here, never broadcast.
+                        let reply = &hub.config.room_heartbeat_reply;
+                        if !reply.is_empty() && ws.queue(Message::text(reply.as_str())).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     if !bucket.take(Instant::now()) {
                         metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("rate limit: at most {} messages per second", hub.config.publish_rate);
@@ -671,6 +851,19 @@ async fn room_member(start: Box<RoomMember>) {
     }
     drop(rx);
     drop(membership);
+}
+
+/// Whether `m` is one of the room heartbeats: a text message equal to one of `texts`,
+/// ignoring ASCII case and surrounding whitespace.
+fn is_heartbeat(texts: &[String], m: &Message) -> bool {
+    match m {
+        Message::Text(t) => {
+            let t = t.as_str().trim();
+            // Short-circuit on length: chat lines are rarely heartbeat-sized.
+            t.len() <= 64 && texts.iter().any(|h| h.trim().eq_ignore_ascii_case(t))
+        }
+        _ => false,
+    }
 }
 
 #[derive(Deserialize)]

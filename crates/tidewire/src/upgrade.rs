@@ -240,6 +240,23 @@ mod axum_support {
     }
 
     impl WebSocketUpgrade {
+        /// The subprotocols the client offered in `Sec-WebSocket-Protocol`, in its order of
+        /// preference (every header, comma-separated lists split, blanks dropped). Lets an
+        /// application refuse, with a reason, a client that offers none it speaks, where
+        /// RFC 6455 would answer 101 without the header (and a browser then fails with a
+        /// bare 1006).
+        pub fn offered_protocols(&self) -> Vec<&str> {
+            self.parts
+                .headers
+                .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect()
+        }
+
         /// Uses this server configuration (subprotocols, origin check, options).
         pub fn server(mut self, server: ServerBuilder) -> Self {
             self.server = server;

@@ -58,11 +58,58 @@ pub fn spawn_with_open_files(command: &str, files: u64, extra: &[&str]) -> (Chil
     started(cmd)
 }
 
-/// Spawns `cmd` and returns it with the address from the first line it prints.
-fn started(mut cmd: Command) -> (Child, SocketAddr) {
+/// Starts `tidewire COMMAND --listen 127.0.0.1:0 EXTRA...` with its log (stderr) piped to
+/// the caller: `child.stderr` is there to read.
+pub fn spawn_logged(command: &str, extra: &[&str]) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewire"));
+    cmd.args([command, "--listen", "127.0.0.1:0"]).args(extra);
+    started_with(cmd, Stdio::piped())
+}
+
+/// Collects a child's stderr lines on a thread; read them with `lines()`.
+pub struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl LogLines {
+    pub fn collect(child: &mut Child) -> LogLines {
+        let err = child.stderr.take().expect("stderr piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        LogLines(lines)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 5 s) until some line contains `needle`; returns all lines.
+    pub fn wait_for(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.lines();
+            if lines.iter().any(|l| l.contains(needle)) || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Spawns `cmd` and returns it with the address from the first line it prints; its stderr
+/// goes nowhere.
+fn started(cmd: Command) -> (Child, SocketAddr) {
+    started_with(cmd, Stdio::null())
+}
+
+fn started_with(mut cmd: Command, stderr: Stdio) -> (Child, SocketAddr) {
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn tidewire");
     let mut line = String::new();
