@@ -3,6 +3,7 @@
 mod bench;
 mod connect;
 mod echo;
+mod genconfig;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,11 @@ enum Command {
     /// per message. End of input closes with 1000. Exit status 0 after a normal close, 1
     /// when the connection fails or is refused (the reason on stderr), 2 for usage errors.
     Connect(connect::ConnectArgs),
+    /// Print the configuration file of `tidewire serve` with every key at its default.
+    ///
+    /// Each key is commented with its flag and meaning; edit what you need and start with
+    /// `tidewire serve --config FILE` (`--check-config` checks it and exits).
+    Genconfig(genconfig::GenconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Genconfig(args) => genconfig::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

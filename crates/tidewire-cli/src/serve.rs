@@ -128,6 +128,30 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_THREADS", default_value_t = 0, value_name = "N")]
     threads: usize,
 
+    /// PEM certificate chain: serve https:// and wss:// (rustls). Needs --tls-key. SIGHUP
+    /// reloads both files for new connections (a renewed certificate) without dropping any.
+    #[arg(
+        long,
+        env = "TIDEWIRE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "TIDEWIRE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// Check the configuration (file, variables, flags, TLS files) and exit: 0 and a summary
+    /// when it can be served, 1 and the first problem otherwise. Nothing is listened on.
+    #[arg(long)]
+    check_config: bool,
+
     /// Key for POST /api/publish (Authorization: apikey KEY; 16 characters or more).
     #[arg(
         long,
@@ -196,6 +220,16 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         }
     }
     set!(c.api_key, args.api_key.clone().map(Some));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = tidewire_hub::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        files
+            .load()
+            .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+        c.tls = Some(files);
+    }
     if let Err((key, message)) = c.check() {
         // Name the flag where one sets the key, and the file key too (it may come from there).
         let flag = match key {
@@ -218,6 +252,10 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = config(&args)?;
+    if args.check_config {
+        println!("{}", summary(&args, &config));
+        return Ok(());
+    }
     crate::init_logging(config.log_format);
     crate::raise_fd_limit();
     let listen = config.listen;
@@ -227,6 +265,32 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot serve on {listen} (--listen)"))
     })
+}
+
+/// What `--check-config` prints: where the settings came from and the ones people check.
+fn summary(args: &ServeArgs, c: &HubConfig) -> String {
+    let source = match &args.config {
+        Some(p) => format!("{}: ok", p.display()),
+        None => "embedded defaults (no --config): ok".to_owned(),
+    };
+    let scheme = if c.tls.is_some() { "https" } else { "http" };
+    let auth = match &c.auth {
+        None => "off (anonymous)",
+        Some(a) if a.anonymous() => "on, anonymous connections allowed",
+        Some(_) => "on, a token is required",
+    };
+    let origins = if c.allowed_origins.is_empty() {
+        "the server's own host only".to_owned()
+    } else {
+        c.allowed_origins.join(", ")
+    };
+    format!(
+        "{source}\n  listen: {scheme}://{}/\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  room subprotocols: {}\n  max connections: {}",
+        c.listen,
+        if c.demo { "on" } else { "off" },
+        if c.room_protocols.is_empty() { "none".to_owned() } else { c.room_protocols.join(", ") },
+        c.max_connections,
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -401,6 +401,8 @@ fn connections_mode_says_when_open_and_a_signal_ends_the_hold() {
             "30",
             "--hold",
             "60",
+            "--subprotocol",
+            "tidewire.v1",
         ])
         .args(["--server-pid", &pid, "--json"])
         .stdout(Stdio::piped())

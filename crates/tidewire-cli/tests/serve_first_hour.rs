@@ -229,3 +229,63 @@ fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
         "ANSI escapes in a piped log: {lines:#?}"
     );
 }
+
+fn tidewire(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(args)
+        .env_remove("TIDEWIRE_AUTH_HMAC_SECRET")
+        .env_remove("TIDEWIRE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn genconfig_writes_a_file_that_check_config_accepts() {
+    let dir = std::env::temp_dir().join(format!("tidewire-genconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tidewire.toml");
+    let _ = std::fs::remove_file(&file);
+    let path = file.to_str().unwrap();
+
+    let out = tidewire(&["genconfig"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("[rooms]") && printed.contains("max_connections = 100000"));
+
+    assert!(tidewire(&["genconfig", "--output", path]).status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), printed);
+    // An existing file is kept.
+    let again = tidewire(&["genconfig", "--output", path]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let check = tidewire(&["serve", "--config", path, "--check-config"]);
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        stdout.contains(&format!("{path}: ok")) && stdout.contains("http://127.0.0.1:8080/"),
+        "{stdout}"
+    );
+
+    // A bad file: exit 1, FILE:LINE: KEY: reason, and nothing listened on.
+    std::fs::write(&file, "[limits]\nmax_connections = 0\n").unwrap();
+    let check = tidewire(&["serve", "--config", path, "--check-config"]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!("{path}:2: limits.max_connections")),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn version_is_printed() {
+    let out = tidewire(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("tidewire {}", env!("CARGO_PKG_VERSION"))
+    );
+}

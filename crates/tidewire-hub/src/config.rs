@@ -11,6 +11,8 @@
 //! The file's layout is documented, with every key, in `docs/configuration.md`.
 
 use crate::auth::AuthConfig;
+#[cfg(test)]
+use crate::engine::NamespaceConfig;
 use crate::engine::NamespaceOptions;
 use crate::server::{HubConfig, LogFormat};
 use serde::de::{self, Deserializer};
@@ -20,6 +22,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The embedded defaults as a configuration file, every key with its default value and a
+/// comment (what `tidewire genconfig` writes). Loading it changes nothing.
+pub const DEFAULT_FILE: &str = include_str!("default.toml");
 
 /// A configuration file that could not be read or used.
 #[derive(Debug)]
@@ -136,6 +142,14 @@ struct File {
     api: Api,
     #[serde(default)]
     namespaces: BTreeMap<String, Namespace>,
+    tls: Option<Tls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +342,16 @@ impl HubConfig {
             self.auth = Some(auth);
         }
         set!(self.api_key, f.api.key.map(Some));
+        if let Some(t) = f.tls {
+            // Relative to the file, as auth.rsa_public_key_file is.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let files = crate::server::TlsFiles {
+                cert: dir.join(t.cert_file),
+                key: dir.join(t.key_file),
+            };
+            files.load().map_err(|e| invalid("tls", e.to_string()))?;
+            self.tls = Some(files);
+        }
         let mut ns = self.namespaces.clone();
         for (name, n) in f.namespaces {
             let key = format!("namespaces.{name}");
@@ -556,6 +580,58 @@ publish = false
 
         let e = load("[namespaces.\"a:b\"]\npresence = true\n").unwrap_err();
         assert_eq!(e.key(), Some("namespaces.a:b"), "{e}");
+    }
+
+    #[test]
+    fn the_default_file_sets_every_key_to_its_default() {
+        // Start from a configuration that differs from the default in every field the
+        // file can set: after the file, nothing of it may remain.
+        let mut c = HubConfig::default();
+        c.listen = "10.1.2.3:1".parse().unwrap();
+        c.log_format = LogFormat::Json;
+        c.allowed_origins = vec!["*".into()];
+        c.demo = false;
+        c.echo_to_sender = true;
+        c.room_protocols = vec!["x".into()];
+        c.room_heartbeat = vec![];
+        c.room_heartbeat_reply = String::new();
+        c.room_buffer = 7;
+        c.ping_interval = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(2);
+        c.max_message_size = 200;
+        c.max_connections = 3;
+        c.publish_rate = 1.0;
+        c.publish_burst = 1;
+        c.send_queue = 9;
+        c.send_buffer = 9;
+        c.max_subscriptions = 9;
+        c.compression = None;
+        let odd = NamespaceOptions {
+            history_size: 3,
+            history_ttl: Duration::from_secs(3),
+            presence: false,
+            publish: false,
+            private: true,
+        };
+        let mut ns = NamespaceConfig::new().default_namespace(odd.clone());
+        for name in ["chat", "typing", "board", "live"] {
+            ns = ns.namespace(name, odd.clone());
+        }
+        c.namespaces = ns;
+        let loaded = c
+            .apply_toml(DEFAULT_FILE, Path::new("default.toml"))
+            .unwrap();
+        assert_eq!(format!("{loaded:?}"), format!("{:?}", HubConfig::default()));
+    }
+
+    #[test]
+    fn the_documented_file_is_the_default_file() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let body = &DEFAULT_FILE[DEFAULT_FILE.find("listen =").unwrap()..];
+        assert!(
+            docs.contains(body),
+            "docs/configuration.md must show crates/tidewire-hub/src/default.toml from `listen =` on"
+        );
     }
 
     #[test]

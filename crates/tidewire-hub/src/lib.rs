@@ -23,8 +23,8 @@ mod rooms;
 mod server;
 
 pub use auth::{AuthConfig, AuthError, Identity};
-pub use config::{parse_duration, ConfigError};
+pub use config::{parse_duration, ConfigError, DEFAULT_FILE};
 pub use engine::{Engine, MemoryEngine, NamespaceConfig, NamespaceOptions};
 pub use metrics::Metrics;
 pub use rooms::Rooms;
-pub use server::{default_namespaces, router, serve, Hub, HubConfig, LogFormat};
+pub use server::{default_namespaces, router, serve, Hub, HubConfig, LogFormat, TlsFiles};

@@ -102,6 +102,42 @@ pub struct HubConfig {
     pub api_key: Option<String>,
     /// Namespaces. Default: see [`default_namespaces`].
     pub namespaces: NamespaceConfig,
+    /// Serve `https://` and `wss://` with this certificate chain and key (PEM files), read
+    /// at start and again on SIGHUP; `None` (the default) for plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server: read at start, and again on each SIGHUP (a renewed
+/// certificate takes effect for new connections; connections already open keep theirs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads both files into a TLS acceptor; the error names the file at fault.
+    pub fn load(&self) -> std::io::Result<tidewire::tokio_rustls::TlsAcceptor> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+            })
+        };
+        let (cert, key) = (read(&self.cert)?, read(&self.key)?);
+        let config = tidewire::server_config_from_pem(&cert, &key).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "invalid certificate or key ({}, {}): {e}",
+                    self.cert.display(),
+                    self.key.display()
+                ),
+            )
+        })?;
+        Ok(tidewire::tokio_rustls::TlsAcceptor::from(config))
+    }
 }
 
 impl Default for HubConfig {
@@ -129,6 +165,7 @@ impl Default for HubConfig {
             auth: None,
             api_key: None,
             namespaces: default_namespaces(),
+            tls: None,
         }
     }
 }
@@ -982,12 +1019,16 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// time, would otherwise hold its descriptor for ever.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts and serves HTTP/1.1 (with upgrades) until `signal` resolves; then stops
-/// accepting and lets the HTTP connections in flight finish, for at most 5 s (upgraded
-/// WebSocket connections are the hub's, closed by its shutdown watch).
+/// The TLS acceptor in force: replaced whole on reload, taken per new connection.
+type SharedAcceptor = Arc<std::sync::RwLock<tidewire::tokio_rustls::TlsAcceptor>>;
+
+/// Accepts and serves HTTP/1.1 (with upgrades; over TLS when `tls` is set) until `signal`
+/// resolves; then stops accepting and lets the HTTP connections in flight finish, for at
+/// most 5 s (upgraded WebSocket connections are the hub's, closed by its shutdown watch).
 async fn serve_http(
     mut listener: tidewire::Listener,
     app: Router,
+    tls: Option<SharedAcceptor>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -1001,28 +1042,88 @@ async fn serve_http(
             () = &mut signal => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-            .with_upgrades();
-        let mut closing = closing_rx.clone();
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = async { let _ = closing.wait_for(|c| *c).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, "HTTP connection ended: {e}");
+        let closing = closing_rx.clone();
+        let http = http.clone();
+        match &tls {
+            None => {
+                tokio::spawn(serve_one(http, tcp, service, closing, peer));
             }
-        });
+            Some(shared) => {
+                let acceptor = match shared.read() {
+                    Ok(a) => a.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
+                tokio::spawn(async move {
+                    // The TLS handshake is bounded like a request head: a silent client
+                    // must not hold its descriptor.
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_one(http, tls, service, closing, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     // Every connection task holds a receiver: `closed` resolves when the last has ended.
     drop(closing_rx);
     let _ = closing_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), closing_tx.closed()).await;
+}
+
+/// Serves one HTTP connection (plain or TLS) until it ends, or gracefully once `closing`
+/// turns true.
+async fn serve_one<I>(
+    http: hyper::server::conn::http1::Builder,
+    io: I,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    mut closing: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "HTTP connection ended: {e}");
+    }
+}
+
+/// Reloads the TLS files into `shared` on every SIGHUP; a file that cannot be used is
+/// logged and the certificate in force kept.
+#[cfg(unix)]
+async fn reload_tls_on_sighup(files: TlsFiles, shared: SharedAcceptor) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP, TLS reload is off: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match files.load() {
+            Ok(acceptor) => {
+                match shared.write() {
+                    Ok(mut a) => *a = acceptor,
+                    Err(poisoned) => *poisoned.into_inner() = acceptor,
+                }
+                tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificate reloaded for new connections");
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: TLS reload failed, keeping the certificate in force: {e}")
+            }
+        }
+    }
 }
 
 /// Runs the hub until `shutdown` resolves, then closes every WebSocket with 1001, waits
@@ -1035,11 +1136,25 @@ pub async fn serve(
     // At the open-file limit, new clients get a 503 instead of a timeout.
     let listener = tidewire::Listener::new(listen(config.listen)?).nodelay(true);
     let local = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let shared: SharedAcceptor = Arc::new(std::sync::RwLock::new(files.load()?));
+            #[cfg(unix)]
+            tokio::spawn(reload_tls_on_sighup(files.clone(), shared.clone()));
+            Some(shared)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::new(config, stop_rx);
     let _ = hub.refused.set(listener.refused());
-    println!("tidewire serve listening on http://{local}/ (rooms at ws://{local}/rooms/NAME, channels at ws://{local}/ws)");
-    tracing::info!(%local, auth = hub.config.auth.is_some(), "listening");
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    println!("tidewire serve listening on {http}://{local}/ (rooms at {ws}://{local}/rooms/NAME, channels at {ws}://{local}/ws)");
+    tracing::info!(%local, tls = tls.is_some(), auth = hub.config.auth.is_some(), "listening");
     let sweeper = hub.engine.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -1057,7 +1172,7 @@ pub async fn serve(
         tracing::info!("shutting down: closing WebSocket connections with 1001");
         let _ = stop_tx.send(true);
     };
-    serve_http(listener, app, signal).await;
+    serve_http(listener, app, tls, signal).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -68,6 +68,11 @@ pub struct ConnectionsArgs {
     #[arg(long)]
     compression: bool,
 
+    /// Subprotocol to offer (repeatable), most preferred first: the hub's /ws needs
+    /// tidewire.v1.
+    #[arg(long, value_name = "NAME")]
+    subprotocol: Vec<String>,
+
     /// Instead of the ping, each connection sends one binary message of this many bytes
     /// (the json payload) and waits for its echo before it idles: for an echo server.
     #[arg(long, value_name = "BYTES",
@@ -117,7 +122,7 @@ struct Shared {
 pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     let n = args.conns as u64;
     nofile.check(n);
-    let mut builder = ClientBuilder::new(&args.url);
+    let mut builder = ClientBuilder::new(&args.url).protocols(args.subprotocol.iter().cloned());
     if args.compression {
         builder = builder.compression(Some(tidewire::DeflateConfig::default()));
     }

@@ -20,7 +20,7 @@ pub use memory::MemoryEngine;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -377,7 +377,7 @@ impl NamespaceOptions {
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceConfig {
     default: NamespaceOptions,
-    namespaces: HashMap<String, NamespaceOptions>,
+    namespaces: BTreeMap<String, NamespaceOptions>,
 }
 
 impl NamespaceConfig {
