@@ -53,7 +53,12 @@ test("two clients subscribing at once to a channel with history see each other, 
     const ra = roster(a, channel);
     const rb = roster(b, channel);
     const [ia, ib] = await within(Promise.all([a.connect(), b.connect()]), "both connected");
-    await waitFor(() => ra.people.size === 2 && rb.people.size === 2, `round ${round}: both see both`, 5_000);
+    // Join events alone can get there before the presence reply: wait for that too.
+    await waitFor(
+      () => ra.selfInSnapshot.length === 1 && rb.selfInSnapshot.length === 1 && ra.people.size === 2 && rb.people.size === 2,
+      `round ${round}: both see both`,
+      5_000,
+    );
     expect([...ra.people].sort()).toEqual([ia.client, ib.client].sort());
     expect([...rb.people].sort()).toEqual([ia.client, ib.client].sort());
     // The subscription was in place when presence was asked: it listed the asker.
@@ -83,9 +88,11 @@ test("after a server restart onSubscribed fires again (resubscribed), once prese
   servers.push(second);
   await waitFor(() => ra.subscribed.length === 2 && rb.subscribed.length === 2, "resubscribed", 10_000);
   expect(ra.subscribed[1]!.resubscribed).toBe(true);
-  // New connections, new client ids: the old ones are gone from the roster.
+  // New connections, new client ids: the old ones are gone from the roster (join events
+  // alone can get there first: wait for the presence replies too).
   await waitFor(
     () => [a, b].every((c) => c.connection) &&
+      ra.selfInSnapshot.length === 2 && rb.selfInSnapshot.length === 2 &&
       [ra, rb].every((r) => r.people.size === 2 && r.people.has(a.connection!.client) && r.people.has(b.connection!.client)),
     "both see both again, under their new ids",
   );
