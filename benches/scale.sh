@@ -28,8 +28,8 @@
 #                             the open-files hard limit (ulimit -Hn) less a few dozen
 #   GEN_SOURCES [TOTAL/25000] source addresses 127.0.0.1..N each generator spreads over
 #   URL_PATH [/rooms/lobby]   the endpoint: /rooms/NAME (raw room: every connection joins
-#                             the same room) or /ws (tidewire.v1 channels; with auth off, as
-#                             here, no `connect` is needed). Not PATH: that is the shell's.
+#                             the same room) or /ws (tidewire.v1 channels, offered as the
+#                             subprotocol; with auth off, as here, no `connect` is needed). Not PATH: that is the shell's.
 #   HOLD [30]                 seconds all connections are held once open; sampled at the
 #                             end (CPU while idle, connections lost)
 #   CONNECT_CONCURRENCY [100] handshakes in flight per generator
@@ -271,8 +271,10 @@ start_server() {
 # start_gen NAME PORT SERVER_PID CONNS CONCURRENCY HOLD
 start_gen() {
   local name=$1 port=$2 spid=$3 n=$4 cc=$5 hold=$6
+  local proto=()
+  [[ "$URL_PATH" == /ws* ]] && proto=(--subprotocol tidewire.v1)
   "$TIDEWIRE_BIN" bench connections "ws://127.0.0.1:$port$URL_PATH" --conns "$n" \
-    --sources "$GEN_SOURCES" \
+    "${proto[@]}" --sources "$GEN_SOURCES" \
     --hold "$hold" --connect-concurrency "$cc" --server-pid "$spid" --json \
     > "$OUT/gen-$name.json" 2> "$OUT/gen-$name.err" &
   GEN_PIDS+=($!)
@@ -490,7 +492,9 @@ run_ceiling() {
   local t_rec0 rec ok=false rec_s=null
   t_rec0=$(date +%s.%N)
   for ((t = 0; t < 30; t++)); do
-    if rec=$("$TIDEWIRE_BIN" bench connections "ws://127.0.0.1:$port$URL_PATH" --conns 10 --hold 0 --json 2> "$OUT/recover.err"); then
+    local proto=()
+    [[ "$URL_PATH" == /ws* ]] && proto=(--subprotocol tidewire.v1)
+    if rec=$("$TIDEWIRE_BIN" bench connections "ws://127.0.0.1:$port$URL_PATH" "${proto[@]}" --conns 10 --hold 0 --json 2> "$OUT/recover.err"); then
       if [[ $(jq '.open' <<< "$rec") == 10 ]]; then
         ok=true
         rec_s=$(awk -v a="$t_rec0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')

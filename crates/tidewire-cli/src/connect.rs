@@ -17,7 +17,7 @@ use clap::Args;
 use std::io::{BufRead, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tidewire::proto::handshake::HandshakeError;
-use tidewire::reconnect::{Backoff, Event, ReconnectBuilder};
+use tidewire::reconnect::{Backoff, Event, GiveUp, ReconnectBuilder};
 use tidewire::{ClientBuilder, CloseCode, CloseFrame, Message, Options};
 use tokio::sync::mpsc;
 
@@ -59,14 +59,22 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     ping_interval: Option<Duration>,
 
-    /// Connect again when the connection drops (backoff with jitter; not after a 1000
-    /// close or a 4xx refusal). Lines typed while disconnected are dropped, with a warning.
+    /// Connect again when the connection drops (backoff with jitter, at most --max-delay
+    /// between attempts; not after a 1000 close or a 4xx refusal). Each wait is announced
+    /// on standard error with its reason. Lines typed while disconnected are dropped, with
+    /// a warning.
     #[arg(long, conflicts_with = "once")]
     reconnect: bool,
 
     /// With --reconnect: give up after this many failed attempts in a row.
     #[arg(long, value_name = "N", requires = "reconnect")]
     max_attempts: Option<u32>,
+
+    /// With --reconnect: the longest wait between two attempts (the backoff doubles from
+    /// 250 ms up to this; a server's Retry-After is honoured up to this too).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration,
+          requires = "reconnect")]
+    max_delay: Duration,
 
     /// Print one JSON object per line: {"ts": UNIX_SECONDS, "type": "text"|"binary", "data":
     /// ...} for messages (binary data as hex or base64, named in "encoding"), and
@@ -100,12 +108,39 @@ fn parse_header(s: &str) -> Result<(http::HeaderName, http::HeaderValue), String
     Ok((name, value))
 }
 
+/// Clap value parser for a positive duration of at most a day (`500ms`, `10s`, `1m`).
 fn duration(s: &str) -> Result<Duration, String> {
-    let d = tidewire_hub::parse_duration(s)?;
+    let d = parse_duration(s)?;
     if d.is_zero() {
         return Err("must be more than zero".into());
     }
+    if d > Duration::from_secs(86_400) {
+        return Err("must be at most a day (24h)".into());
+    }
     Ok(d)
+}
+
+/// Parses `500ms`, `20s`, `10m`, `1h`, `7d` or a bare number of seconds; a value too large
+/// for a `Duration` is an error, not a wrapped or saturated number.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (examples: 500ms, 20s, 10m, 1h, 7d)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is too large"))?;
+    let per_unit_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(per_unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 pub fn run(args: ConnectArgs) -> Result<()> {
@@ -177,25 +212,34 @@ fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder> {
 
 /// A refused or failed connection, in one line.
 fn connect_error(url: &str, e: &tidewire::Error) -> anyhow::Error {
-    if let Some(HandshakeError::Status(code, reason)) = e.handshake_error() {
-        let mut line = format!("{url}: the server refused the WebSocket handshake: HTTP {code}");
-        if !reason.is_empty() {
-            line.push(' ');
-            line.push_str(reason);
-        }
-        if let Some(body) = e.http_body() {
-            // Servers often repeat the status line in the body ("404 Not Found: ...").
-            let status = format!("{code} {reason}");
-            let body = body.strip_prefix(status.as_str()).unwrap_or(body);
-            let body = body.trim_start_matches([':', ' ']);
-            if !body.is_empty() {
-                line.push_str(": ");
-                line.push_str(body);
-            }
-        }
-        return anyhow!(line);
+    match refusal(e) {
+        Some(refusal) => anyhow!("{url}: the server refused the WebSocket handshake: {refusal}"),
+        None => anyhow!("cannot connect to {url}: {e}"),
     }
-    anyhow!("cannot connect to {url}: {e}")
+}
+
+/// A refused handshake as "HTTP 404 Not Found: no route for /x" (status, reason, and the
+/// first line of the body).
+fn refusal(e: &tidewire::Error) -> Option<String> {
+    let Some(HandshakeError::Status(code, reason)) = e.handshake_error() else {
+        return None;
+    };
+    let mut line = format!("HTTP {code}");
+    if !reason.is_empty() {
+        line.push(' ');
+        line.push_str(reason);
+    }
+    if let Some(body) = e.http_body() {
+        // Servers often repeat the status line in the body ("404 Not Found: ...").
+        let status = format!("{code} {reason}");
+        let body = body.strip_prefix(status.as_str()).unwrap_or(body);
+        let body = body.trim_start_matches([':', ' ']);
+        if !body.is_empty() {
+            line.push_str(": ");
+            line.push_str(body);
+        }
+    }
+    Some(line)
 }
 
 /// The subprotocol check the client library leaves to us: a server may answer without
@@ -331,13 +375,14 @@ async fn reconnecting(
     out: Output,
 ) -> Result<()> {
     let builder = client_builder(args)?;
-    let mut rb =
-        ReconnectBuilder::new(builder).backoff(Backoff::default().max_attempts(args.max_attempts));
+    let mut rb = ReconnectBuilder::new(builder).backoff(backoff(args));
     if let Some(i) = args.ping_interval {
         rb = rb.heartbeat(i, i * 3);
     }
     let mut client = rb.connect();
     let mut input_open = true;
+    // Why the client is about to wait: the last failed attempt or the last disconnect.
+    let mut last_failure = String::new();
     loop {
         tokio::select! {
             line = input.recv(), if input_open => match line {
@@ -371,16 +416,53 @@ async fn reconnecting(
                     } else {
                         let why = d.error.as_ref().map(ToString::to_string);
                         out.disconnected(d.code.0, &d.reason, why.as_deref());
+                        last_failure = format!("disconnected: {}", describe_close(d.code, &d.reason));
                     }
                 }
-                Some(Event::ConnectFailed { attempt, error }) => {
-                    out.note(&format!("attempt {attempt}: {:#}", connect_error(&args.url, &error)));
+                Some(Event::ConnectFailed { error, .. }) => last_failure = failure_reason(&error),
+                Some(Event::Reconnecting { attempt, delay }) => {
+                    out.reconnecting(&args.url, attempt, delay, &last_failure)
                 }
-                Some(Event::Reconnecting { attempt, delay }) => out.reconnecting(attempt, delay),
-                Some(Event::GaveUp(why)) => bail!("{}: gave up: {why}", args.url),
+                // A close code says it all; after failed attempts, say how the last failed.
+                Some(Event::GaveUp(why @ GiveUp::CloseCode { .. })) => {
+                    bail!("{}: gave up: {why}", args.url)
+                }
+                Some(Event::GaveUp(why)) => {
+                    bail!("{}: gave up: {why}: {last_failure}", args.url)
+                }
                 Some(_) => {}
             },
         }
+    }
+}
+
+/// The backoff of `--reconnect`: from 250 ms (or --max-delay if shorter), doubling up to
+/// --max-delay. The library's default cap (30 s) suits a service; a person watching a
+/// terminal should not wait more than a few seconds after the server is back.
+fn backoff(args: &ConnectArgs) -> Backoff {
+    let initial = Duration::from_millis(250).min(args.max_delay);
+    Backoff::new(initial, args.max_delay).max_attempts(args.max_attempts)
+}
+
+/// Why a connection attempt failed, in a few words: "connection refused", "HTTP 503
+/// Service Unavailable: busy", "handshake timed out".
+fn failure_reason(e: &tidewire::Error) -> String {
+    if let Some(refusal) = refusal(e) {
+        return refusal;
+    }
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) if e.is_io() => {
+            // "Connection refused (os error 111)" -> "connection refused".
+            let text = io.to_string();
+            let text = text.find(" (os error").map_or(&text[..], |i| &text[..i]);
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -500,19 +582,31 @@ impl Output {
         self.note(&line);
     }
 
-    fn reconnecting(&self, attempt: u32, delay: Duration) {
+    /// "reconnecting to URL in 1.2 s (attempt 3): connection refused" (or "in 180 ms").
+    fn reconnecting(&self, url: &str, attempt: u32, delay: Duration, reason: &str) {
         if self.json {
             if !self.quiet {
-                let v =
-                    serde_json::json!({"attempt": attempt, "delay_ms": delay.as_millis() as u64});
+                let v = serde_json::json!({
+                    "url": url,
+                    "attempt": attempt,
+                    "delay_ms": delay.as_millis() as u64,
+                    "reason": reason,
+                });
                 self.json("reconnecting", v);
             }
             return;
         }
-        self.note(&format!(
-            "reconnecting in {} ms (attempt {attempt})",
-            delay.as_millis()
-        ));
+        let delay = if delay < Duration::from_secs(1) {
+            format!("{} ms", delay.as_millis())
+        } else {
+            format!("{:.1} s", delay.as_secs_f64())
+        };
+        let mut line = format!("reconnecting to {url} in {delay} (attempt {attempt})");
+        if !reason.is_empty() {
+            line.push_str(": ");
+            line.push_str(reason);
+        }
+        self.note(&line);
     }
 }
 
@@ -603,6 +697,75 @@ mod tests {
         assert!(parse_url("http://x").unwrap_err().contains("ws://"));
         assert!(parse_url("ws://").is_err());
         assert!(parse_url("127.0.0.1:80").is_err());
+    }
+
+    #[test]
+    fn urls_with_bad_ports_are_refused() {
+        for url in ["ws://127.0.0.1:99999/", "ws://127.0.0.1:abc/", "wss://h:0/"] {
+            let e = parse_url(url).unwrap_err();
+            assert!(e.contains(url) && e.contains("port"), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_never_overflow() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "s", "1.5s", "-1s", "1 s", "1y", "1hh"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        // Would overflow u64 milliseconds (and tidewire_hub::parse_duration's seconds).
+        assert!(parse_duration("5124095576030432h")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+        // The flag: more than zero, at most a day (ping interval × 3 must not overflow).
+        assert!(duration("0").is_err());
+        assert!(duration("25h").is_err());
+        assert_eq!(duration("24h"), Ok(Duration::from_secs(86_400)));
+    }
+
+    fn args(argv: &[&str]) -> ConnectArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ConnectArgs,
+        }
+        let full = std::iter::once("connect").chain(argv.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(full)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+            .args
+    }
+
+    #[test]
+    fn reconnect_backoff_is_capped_for_people() {
+        // Default: 250 ms doubling to 2 s, not the library's 30 s.
+        let b = backoff(&args(&["--reconnect", "ws://h/"]));
+        let ceilings: Vec<u128> = (1..=8).map(|n| b.ceiling(n).as_millis()).collect();
+        assert_eq!(ceilings, [250, 500, 1000, 2000, 2000, 2000, 2000, 2000]);
+        let b = backoff(&args(&["--reconnect", "--max-delay", "10s", "ws://h/"]));
+        assert_eq!(b.ceiling(7), Duration::from_secs(10));
+        assert_eq!(b.ceiling(1), Duration::from_millis(250));
+        // Shorter than the first step: every wait is at most the cap.
+        let b = backoff(&args(&["--reconnect", "--max-delay", "100ms", "ws://h/"]));
+        assert_eq!(b.ceiling(1), Duration::from_millis(100));
+        assert_eq!(b.ceiling(9), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn failure_reasons_are_short() {
+        let refused =
+            tidewire::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(failure_reason(&refused), "connection refused");
+        let os = tidewire::Error::from(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert_eq!(failure_reason(&os), "connection refused");
+        let bad = tidewire::WsUrl::parse("ws://h:0/").unwrap_err();
+        assert_eq!(failure_reason(&bad), bad.to_string());
     }
 
     #[test]

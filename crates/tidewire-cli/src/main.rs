@@ -4,6 +4,7 @@ mod bench;
 mod connect;
 mod echo;
 mod genconfig;
+mod gentoken;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,12 @@ enum Command {
     /// Each key is commented with its flag and meaning; edit what you need and start with
     /// `tidewire serve --config FILE` (`--check-config` checks it and exits).
     Genconfig(genconfig::GenconfigArgs),
+    /// Prints a connection token (HS256 JWT) signed with the hub's secret.
+    ///
+    /// The secret comes from --auth-hmac-secret (TIDEWIRE_AUTH_HMAC_SECRET) or the [auth]
+    /// hmac_secret of --config FILE, as for `tidewire serve`. Use the token as
+    /// ws://HOST/ws?token=TOKEN or in a `connect` request.
+    Gentoken(gentoken::GentokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +75,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Genconfig(args) => genconfig::run(args),
+        Command::Gentoken(args) => gentoken::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -225,23 +225,172 @@ fn echo_mode_raw_tcp_against_a_plain_tcp_echo() {
         assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
     }
 
-    // An "echo" that changes the bytes: every connection fails, named.
+    // An "echo" that changes the bytes: the probe frame says so, and the run fails.
     let addr = tcp_echo(0xff);
     let url = format!("ws://{addr}/");
-    let v = bench_json(&[
-        "echo",
-        &url,
-        "--raw-tcp",
-        "--conns",
-        "3",
-        "--duration",
-        "0.3",
-        "--warmup",
-        "0",
-        "--json",
-    ]);
+    let out = bench(&["echo", &url, "--raw-tcp", "--conns", "3", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("sent back other bytes than the probe frame"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// How a server that is not an echo server misbehaves, after its first answer.
+#[derive(Clone, Copy)]
+enum NotEcho {
+    /// Echoes the first message of each connection, then answers nothing.
+    SilentAfterFirst,
+    /// Echoes the first message of each connection, then answers each with another one.
+    OtherAfterFirst,
+    /// Answers pings, and closes every connection (1001) after 300 ms.
+    Closes,
+}
+
+/// A WebSocket server on its own thread that behaves as `how` says.
+fn not_echo(how: NotEcho) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tidewire::accept(tcp).await else {
+                        return;
+                    };
+                    let closes = tokio::time::sleep(std::time::Duration::from_millis(300));
+                    tokio::pin!(closes);
+                    let mut first = true;
+                    loop {
+                        let m = tokio::select! {
+                            m = ws.recv() => m,
+                            _ = &mut closes, if matches!(how, NotEcho::Closes) => {
+                                let frame = tidewire::CloseFrame::new(tidewire::CloseCode(1001), "bye");
+                                let _ = ws.close(Some(frame)).await;
+                                return;
+                            }
+                        };
+                        let Some(Ok(m)) = m else { return };
+                        if !m.is_data() {
+                            continue;
+                        }
+                        let reply = match (how, first) {
+                            (_, true) => Some(m),
+                            (NotEcho::OtherAfterFirst, false) => {
+                                Some(tidewire::Message::text("not an echo"))
+                            }
+                            _ => None,
+                        };
+                        first = false;
+                        if let Some(reply) = reply {
+                            if ws.send(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// Issue 13, item 10: `tidewire bench echo` against a non-echo endpoint reported 0 msgs/s
+/// with errors and exited 0. A run that measured nothing, or measured something other
+/// than echoes, prints its report and exits 1 with one line saying why.
+#[test]
+fn issue_13_echo_mode_fails_when_nothing_or_not_echoes_are_measured() {
+    // A hub room sends a message to the others, not back: the probe says so at once.
+    let (child, addr) = common::spawn("serve", &[]);
+    let _hub = common::Server { child, addr };
+    let started = std::time::Instant::now();
+    let out = bench(&["echo", &format!("ws://{addr}/rooms/bench"), "--conns", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("did not echo the probe message within 5 s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+
+    let run = |addr: std::net::SocketAddr| {
+        let url = format!("ws://{addr}/");
+        let args = ["echo", &url, "--conns", "3", "--duration", "0.5"];
+        let out = bench(&[&args[..], &["--warmup", "0.3", "--json"]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        // The report is printed all the same.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        (v, stderr)
+    };
+    // Echoes the probe (and each connection's first message), then nothing.
+    let (v, stderr) = run(not_echo(NotEcho::SilentAfterFirst));
     assert_eq!(num(&v, "msgs"), 0.0, "{v}");
-    assert_eq!(v["errors"]["echo differs from the frame sent"], 3, "{v}");
+    assert!(stderr.contains("nothing was measured"), "{stderr}");
+    assert!(stderr.contains("echoes still outstanding"), "{stderr}");
+    // Echoes the probe, then answers with other messages.
+    let (v, stderr) = run(not_echo(NotEcho::OtherAfterFirst));
+    assert_eq!(num(&v, "connected"), 3.0, "{v}");
+    assert!(
+        stderr.contains("3 of 3 connections got back something other than what they sent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is not an echo server"), "{stderr}");
+}
+
+#[test]
+fn issue_13_fanout_and_connections_fail_when_nothing_is_measured() {
+    // The hub's live: namespace refuses publishing: nothing is delivered.
+    let (child, addr) = common::spawn("serve", &[]);
+    let _hub = common::Server { child, addr };
+    let url = format!("ws://{addr}/ws");
+    let args = ["fanout", &url, "--subscribers", "2", "--channel", "live:x"];
+    let out = bench(&[&args[..], &["--duration", "0.3", "--warmup", "0", "--json"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("nothing was measured: no publication was acknowledged"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("publish refused"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(num(&v, "acked_total"), 0.0, "{v}");
+
+    // Every connection is closed by the server during the hold: none held.
+    let url = format!("ws://{}/", not_echo(NotEcho::Closes));
+    let out = bench(&["connections", &url, "--conns", "3", "--hold", "1", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nothing was measured: no connection stayed open through the hold"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("closed by server with code 1001"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or(""),
+    )
+    .unwrap();
+    assert_eq!(num(&v, "held"), 0.0, "{v}");
 }
 
 #[test]
@@ -496,4 +645,29 @@ fn bad_flags_name_the_flag() {
     let out = bench(&["connections", "ws://127.0.0.1:1/", "--message-size", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--message-size"));
+}
+
+/// Issue 13, item 4: the URLs of every mode are parsed strictly (a bad port went to 80).
+#[test]
+fn issue_13_bad_urls_are_usage_errors_in_every_mode() {
+    for (mode, url, fault) in [
+        (
+            "echo",
+            "ws://127.0.0.1:99999/",
+            "port 99999 is out of range",
+        ),
+        (
+            "fanout",
+            "ws://127.0.0.1:abc/ws",
+            "port \"abc\" is not a number",
+        ),
+        ("connections", "ws://127.0.0.1:0/", "port 0 is out of range"),
+        ("echo", "ws://127.0.0.1/#x", "fragment"),
+    ] {
+        let out = bench(&[mode, url]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{mode} {url}: {stderr}");
+        assert!(stderr.contains(&format!("invalid URL {url}")), "{stderr}");
+        assert!(stderr.contains(fault), "{stderr}");
+    }
 }

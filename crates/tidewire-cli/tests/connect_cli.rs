@@ -356,6 +356,155 @@ fn bad_urls_and_headers_are_usage_errors() {
     }
 }
 
+/// A free loopback port (bound, noted, closed).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Issue 13, item 4: `ws://127.0.0.1:99999/` and `ws://127.0.0.1:abc/` connected to a
+/// server on port 80. They, and every other malformed URL, are usage errors (exit 2) that
+/// name the URL and the fault, and nothing is connected to: a listener on port 80 (when
+/// this test may open one) sees no connection.
+#[test]
+fn issue_13_bad_ports_exit_2_and_never_connect() {
+    let port_80 = std::net::TcpListener::bind("127.0.0.1:80").ok();
+    if let Some(l) = &port_80 {
+        l.set_nonblocking(true).unwrap();
+    } else {
+        eprintln!("127.0.0.1:80 not available: not checking that nothing connects there");
+    }
+    for (url, fault) in [
+        (
+            "ws://127.0.0.1:99999/",
+            "port 99999 is out of range (1 to 65535)",
+        ),
+        ("ws://127.0.0.1:abc/", "port \"abc\" is not a number"),
+        ("ws://127.0.0.1:0/", "port 0"),
+        ("ws://127.0.0.1:/", "empty port"),
+        ("ws://user:pw@127.0.0.1/", "user information"),
+        ("ws://127.0.0.1/#top", "fragment"),
+        ("ws://:9001/", "missing host"),
+        ("wss://127.0.0.1:70000/", "out of range"),
+    ] {
+        let started = Instant::now();
+        let (code, out, err) = run(&[url], "");
+        assert_eq!(code, 2, "{url}: {err}");
+        assert!(out.is_empty(), "{url}: {out}");
+        assert!(
+            err.contains(&format!("invalid URL {}", url.replace("pw@", "***@"))),
+            "{url}: {err}"
+        );
+        assert!(err.contains(fault), "{url}: {err}");
+        assert!(
+            !err.contains("cannot connect") && !err.contains("connected to"),
+            "{url}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{url}");
+    }
+    // --reconnect parses the same URL the same way.
+    let (code, _, err) = run(&["--reconnect", "ws://127.0.0.1:99999/"], "");
+    assert_eq!(code, 2, "{err}");
+    if let Some(l) = port_80 {
+        match l.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("something connected to port 80: {other:?}"),
+        }
+    }
+}
+
+/// Issue 13, item 10: `wss://` to a plain port said "received corrupt message of type
+/// InvalidContentType".
+#[test]
+fn issue_13_wss_to_a_plain_port_says_the_server_may_not_speak_tls() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let (code, out, err) = run(&[&format!("wss://{addr}/")], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "TLS handshake failed: the server at {addr} does not seem to speak TLS (try ws://)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("InvalidContentType"), "{err}");
+}
+
+/// Issue 13, item 10: after a 3 s outage `tidewire connect --reconnect` waited 11 s on
+/// attempt 7. Each wait is at most --max-delay (2 s by default) and says what it waits for;
+/// the server back, the client is back within that.
+#[test]
+fn issue_13_reconnect_waits_at_most_the_cap_and_says_why() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (child, addr) = common::spawn_at("echo", &listen, &[]);
+    let echo = common::Server { child, addr };
+    let url = format!("ws://{addr}/");
+    let mut p = connect(&["--reconnect", &url]);
+    p.err_line("connected to");
+    // A 4 s outage: the server is gone, every attempt is refused.
+    drop(echo);
+    p.err_line("disconnected: 1006");
+    std::thread::sleep(Duration::from_secs(4));
+    let (child, _) = common::spawn_at("echo", &listen, &[]);
+    let _echo = common::Server { child, addr };
+    let back = Instant::now();
+    p.err_line("connected to");
+    let waited = back.elapsed();
+    let prefix = format!("tidewire connect: reconnecting to {url} in ");
+    let waits: Vec<(f64, &str)> = p
+        .err_seen
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (delay, rest) = rest.split_once(" (attempt ")?;
+            let secs = match delay.split_once(' ')? {
+                (ms, "ms") => ms.parse::<f64>().ok()? / 1000.0,
+                (s, "s") => s.parse().ok()?,
+                _ => return None,
+            };
+            Some((secs, rest.split_once("): ")?.1))
+        })
+        .collect();
+    // 250 ms doubling: 7 attempts or more in 4 s only with a cap near 2 s.
+    assert!(waits.len() >= 4, "{:?}", p.err_seen);
+    assert!(waits.iter().all(|(s, _)| *s <= 2.0), "{:?}", p.err_seen);
+    assert!(waits[0].1.starts_with("disconnected: 1006"), "{waits:?}");
+    assert!(
+        waits[1..]
+            .iter()
+            .all(|(_, why)| *why == "connection refused"),
+        "{waits:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(3500),
+        "back after {waited:?}"
+    );
+    p.send("after");
+    assert_eq!(p.out_line(), "after");
+    let (code, _, err) = p.finish();
+    assert_eq!(code, 0, "{err}");
+
+    // --max-delay changes the cap.
+    let (code, _, err) = run(&["--reconnect", "--max-delay", "0", &url], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-delay"), "{err}");
+    let (code, _, err) = run(&["--max-delay", "1s", &url], "");
+    assert_eq!(code, 2, "--max-delay without --reconnect: {err}");
+}
+
 #[test]
 fn not_found_prints_status_and_reason() {
     let hub = common::hub::serve(&[]);
@@ -433,12 +582,15 @@ fn refused_subprotocol_fails() {
     let (code, _, err) = run(&["--subprotocol", "chat", &echo_url(&echo)], "x\n");
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("subprotocol chat"), "{err}");
-    // The hub's /ws speaks only tidewire.v1.
+    // The hub's /ws speaks only tidewire.v1, and refuses any other offer with its reason.
     let hub = common::hub::serve(&[]);
     let url = format!("ws://{}/ws", hub.addr);
     let (code, _, err) = run(&["--subprotocol", "mqtt", &url], "");
     assert_eq!(code, 1);
-    assert!(err.contains("(mqtt)"), "{err}");
+    assert!(
+        err.contains("HTTP 400") && err.contains("tidewire.v1") && err.contains("(offered: mqtt)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -490,7 +642,7 @@ async fn reconnect_and_heartbeat_through_a_cut() {
     assert_eq!(p.out_line(), "before");
     proxy.sever();
     p.err_line("disconnected: 1006");
-    p.err_line("reconnecting in");
+    p.err_line(&format!("reconnecting to {url} in "));
     p.err_line("connected to");
     p.send("after");
     assert_eq!(p.out_line(), "after");

@@ -7,23 +7,31 @@
 //! - `channels` (optional): channel patterns this token may use in private namespaces:
 //!   an exact name (`private:support-42`) or a prefix ending in `*` (`private:support-*`).
 //! - `info` (optional): any JSON, shown to other subscribers in presence.
+//!
+//! [`Claims`] is that set; [`AuthConfig::sign`] makes an HS256 token of it with the
+//! configured secret (what `tidewire gentoken` prints).
 
-use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// How the hub checks tokens.
 #[derive(Clone)]
 pub struct AuthConfig {
     keys: Vec<(Algorithm, DecodingKey)>,
+    /// The HS256 secret as a signing key (none with an RS256 public key only).
+    signing: Option<EncodingKey>,
     anonymous: bool,
 }
 
+/// Never shows a key or the secret.
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let algs: Vec<_> = self.keys.iter().map(|(a, _)| a).collect();
         f.debug_struct("AuthConfig")
             .field("algorithms", &algs)
+            .field("can_sign", &self.signing.is_some())
             .field("anonymous", &self.anonymous)
             .finish()
     }
@@ -39,6 +47,7 @@ impl AuthConfig {
         anonymous: bool,
     ) -> Result<Self, String> {
         let mut keys = Vec::new();
+        let mut signing = None;
         if let Some(secret) = hmac_secret {
             if secret.len() < 32 {
                 return Err("hmac_secret must be at least 32 characters".into());
@@ -47,6 +56,7 @@ impl AuthConfig {
                 Algorithm::HS256,
                 DecodingKey::from_secret(secret.as_bytes()),
             ));
+            signing = Some(EncodingKey::from_secret(secret.as_bytes()));
         }
         if let Some(pem) = rsa_public_key_pem {
             let key = DecodingKey::from_rsa_pem(pem)
@@ -56,7 +66,11 @@ impl AuthConfig {
         if keys.is_empty() {
             return Err("set hmac_secret (HS256) or rsa_public_key_file (RS256)".into());
         }
-        Ok(AuthConfig { keys, anonymous })
+        Ok(AuthConfig {
+            keys,
+            signing,
+            anonymous,
+        })
     }
 
     /// Whether connections without a token are accepted.
@@ -97,15 +111,86 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    #[serde(default)]
-    channels: Vec<String>,
-    #[serde(default)]
-    info: Option<serde_json::Value>,
+impl AuthConfig {
+    /// Signs `claims` as an HS256 token that [`verify`](Self::verify) accepts, with the
+    /// configured `hmac_secret`. A configuration with only an RS256 public key cannot
+    /// sign: RS256 tokens are signed with the private key, which the hub does not hold.
+    pub fn sign(&self, claims: &Claims) -> Result<String, SignError> {
+        let key = self.signing.as_ref().ok_or(SignError::NoSecret)?;
+        encode(&Header::new(Algorithm::HS256), claims, key)
+            .map_err(|e| SignError::Encode(e.to_string()))
+    }
 }
+
+/// The claims of a connection token: what [`AuthConfig::verify`] reads and
+/// [`AuthConfig::sign`] writes (see the [module documentation](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Claims {
+    /// The user id, shown in presence.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Channel patterns for private namespaces: `private:support-42`, `private:support-*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Any JSON, shown to other subscribers in presence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+}
+
+impl Claims {
+    /// Claims for `user`, expiring at `exp` (seconds since the Unix epoch), with no
+    /// channels and no info.
+    pub fn new(user: impl Into<String>, exp: u64) -> Claims {
+        Claims {
+            sub: user.into(),
+            exp,
+            channels: Vec::new(),
+            info: None,
+        }
+    }
+
+    /// Sets the channel patterns for private namespaces.
+    pub fn channels<I, T>(mut self, channels: I) -> Claims
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.channels = channels.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the JSON shown in presence.
+    pub fn info(mut self, info: serde_json::Value) -> Claims {
+        self.info = Some(info);
+        self
+    }
+}
+
+/// Why [`AuthConfig::sign`] could not sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignError {
+    /// No `hmac_secret` is configured (RS256 only).
+    NoSecret,
+    /// The token could not be encoded.
+    Encode(String),
+}
+
+impl fmt::Display for SignError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignError::NoSecret => f.write_str(
+                "no hmac_secret (HS256) is configured: an RS256 configuration holds only the \
+                 public key, and RS256 tokens are signed with the private key",
+            ),
+            SignError::Encode(e) => write!(f, "cannot encode the token: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SignError {}
 
 /// Who a verified token is for.
 #[derive(Debug, Clone, Default)]
@@ -225,6 +310,71 @@ mod tests {
             auth.verify(&no_sub).unwrap_err(),
             AuthError::MissingClaim(_)
         ));
+    }
+
+    #[test]
+    fn signed_tokens_verify_with_every_claim() {
+        let auth = AuthConfig::new(Some(SECRET), None, false).unwrap();
+        let claims = Claims::new("ann", now() + 60)
+            .channels(["private:a-*", "private:b"])
+            .info(json!({"name": "Ann"}));
+        let t = auth.sign(&claims).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&t).unwrap().alg,
+            Algorithm::HS256
+        );
+        let id = auth.verify(&t).unwrap();
+        assert_eq!(id.user, "ann");
+        assert_eq!(id.channels, ["private:a-*", "private:b"]);
+        assert!(id.may_use("private:a-1") && id.may_use("private:b"));
+        assert_eq!(id.info, Some(json!({"name": "Ann"})));
+        assert_eq!(id.expires, Some(claims.exp));
+        // Exactly the claims the hub reads; empty ones left out.
+        let bare = auth.sign(&Claims::new("bob", 7)).unwrap();
+        let mut v = Validation::new(Algorithm::HS256);
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        let raw =
+            decode::<serde_json::Value>(&bare, &DecodingKey::from_secret(SECRET.as_bytes()), &v)
+                .unwrap()
+                .claims;
+        assert_eq!(raw, json!({"sub": "bob", "exp": 7}));
+        // Expired claims sign, and are refused.
+        let old = auth.sign(&Claims::new("ann", now() - 600)).unwrap();
+        assert_eq!(auth.verify(&old).unwrap_err(), AuthError::Expired);
+        // Another secret: the signature does not verify.
+        let theirs = AuthConfig::new(Some("another secret of thirty-two characters"), None, false)
+            .unwrap()
+            .sign(&claims)
+            .unwrap();
+        assert_eq!(auth.verify(&theirs).unwrap_err(), AuthError::Signature);
+    }
+
+    #[test]
+    fn rs256_only_cannot_sign_and_debug_hides_the_secret() {
+        // The public half of tidewire-cli's tests/fixtures/rsa-test-private.pem.
+        const PEM: &str = concat!(
+            "-----BEGIN PUBLIC KEY-----\n",
+            "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAk6j6BsMUea9Faf4igQG8\n",
+            "IhVrcPJ5oWnIs7UwX8/VVPgM71KDdFByEZz51mXpncplw8oYRn07SnBCqdqdEqp0\n",
+            "ST9VuCsCjk8Acsf63aUXSWGpYoVRHncZ6M6FE+NjRN1JAhrUPnUVu6gYOAKpex1W\n",
+            "BVxnL3xkgWD8KpkD2iferrFptHviM2vToxCmRj5bnAtIddcgyms16I+trBsljJzd\n",
+            "XVp695G5r3EaRsuwdP+pPsV/ntHIeizaSZRWbrPYD8C24bM2h2qm3wN6505NN2HS\n",
+            "l5OiCOdfXuTFl0UzAmxryNP6JPtc9Yzv4MCtS00a5uKoytboHuM1hiSms8RDd9KX\n",
+            "2wIDAQAB\n",
+            "-----END PUBLIC KEY-----\n",
+        );
+        let rsa = AuthConfig::new(None, Some(PEM.as_bytes()), false).unwrap();
+        let e = rsa.sign(&Claims::new("ann", now() + 60)).unwrap_err();
+        assert_eq!(e, SignError::NoSecret);
+        assert!(e.to_string().contains("private key"), "{e}");
+        let hs = AuthConfig::new(Some(SECRET), None, false).unwrap();
+        let debug = format!("{hs:?}");
+        assert!(
+            !debug.contains(SECRET) && !debug.contains("0123"),
+            "{debug}"
+        );
+        assert!(debug.contains("can_sign: true"), "{debug}");
     }
 
     #[test]

@@ -108,18 +108,20 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{v:?} is not a duration (examples: 500ms, 20s, 10m, 1h)"))?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let secs_per_unit = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         other => {
             return Err(format!(
                 "unknown unit {other:?} in {v:?} (use ms, s, m or h)"
             ))
         }
     };
-    Ok(d)
+    n.checked_mul(secs_per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{v:?} is too long a duration"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -686,5 +688,8 @@ publish = false
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1d").is_err());
+        // Overflowed (a panic in debug builds, a wrap in release) before.
+        assert!(parse_duration("5124095576030432h").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
     }
 }

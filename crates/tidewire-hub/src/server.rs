@@ -634,6 +634,11 @@ async fn room_upgrade(
             &headers,
         );
     }
+    let admitted = match admit(&hub, Endpoint::Rooms, &headers, query.as_deref(), true) {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
+    // After admission: whether a client may connect at all is the first answer it needs.
     let offered = ws.offered_protocols();
     if !offered.is_empty()
         && !offered
@@ -660,10 +665,6 @@ async fn room_upgrade(
             &headers,
         );
     }
-    let admitted = match admit(&hub, Endpoint::Rooms, &headers, query.as_deref(), true) {
-        Ok(a) => a,
-        Err(resp) => return *resp,
-    };
     // Join before the 101 goes out: a message sent to the room right after the client's
     // handshake completes must reach it. The membership leaves the room when dropped,
     // whether or not the upgrade completes.
@@ -695,6 +696,11 @@ async fn channel_upgrade(
         Ok(ws) => ws,
         Err(e) => return upgrade_refused(&hub, e, &headers),
     };
+    let admitted = match admit(&hub, Endpoint::Channels, &headers, query.as_deref(), false) {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
+    // After admission, as for rooms.
     let offered = ws.offered_protocols();
     if !offered.contains(&CHANNEL_PROTOCOL) {
         let offered = if offered.is_empty() {
@@ -713,10 +719,6 @@ async fn channel_upgrade(
             &headers,
         );
     }
-    let admitted = match admit(&hub, Endpoint::Channels, &headers, query.as_deref(), false) {
-        Ok(a) => a,
-        Err(resp) => return *resp,
-    };
     let hub2 = hub.clone();
     ws.server(hub.channel_server.clone()).on_upgrade(move |ws| {
         crate::channels::serve_connection(Box::new(crate::channels::Start {

@@ -24,43 +24,27 @@ pub struct WsUrl {
 }
 
 impl WsUrl {
-    /// Parses a URL. Accepts `ws`, `wss`, and `http`/`https` as their aliases.
+    /// Parses a URL of the form `ws://HOST[:PORT][/PATH][?QUERY]` (RFC 6455 §3), strictly:
+    /// a URL that cannot mean what it says is an error naming the URL and the fault, never
+    /// a connection somewhere else.
+    ///
+    /// - Scheme `ws` or `wss` (`http` and `https` are accepted as their aliases), in any
+    ///   case; another scheme, or none, is an error.
+    /// - Host: a name (ASCII letters, digits, `-`, `.`, `_`, `~`; a non-ASCII name must be
+    ///   written in its `xn--` form), a dotted IPv4 address (all four numbers, 0 to 255) or
+    ///   an IPv6 address in brackets (`[::1]`). Empty is an error.
+    /// - Port: absent (80 for `ws`, 443 for `wss`) or a decimal number from 1 to 65535.
+    ///   An empty port (`host:`), a port that is not a number, port 0 and ports above
+    ///   65535 are errors.
+    /// - No user information (`user:password@`): the grammar of §3 has none, and
+    ///   credentials belong in a header or a token.
+    /// - No fragment: "Fragment identifiers are meaningless in the context of WebSocket
+    ///   URIs and MUST NOT be used on these URIs" (§3); write `#` as `%23`.
+    /// - No spaces or control characters anywhere; a `%` starts a two-digit hex escape.
+    ///   Characters an HTTP request line cannot carry as they are (non-ASCII, `"<>\^`{|}[]`)
+    ///   are percent-encoded in the path and query, as browsers do.
     pub fn parse(url: &str) -> Result<WsUrl> {
-        let bad = |m: &str| Error::new(Kind::Url(format!("{m}: {url}")));
-        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        // RFC 3986 §3.1: "schemes are case-insensitive".
-        let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
-        let tls = match scheme.as_deref() {
-            Some("ws") | Some("http") => false,
-            Some("wss") | Some("https") => true,
-            Some(_) => return Err(bad("scheme must be ws:// or wss://")),
-            None => return Err(bad("missing scheme (ws:// or wss://)")),
-        };
-        let host = uri.host().ok_or_else(|| bad("missing host"))?;
-        if host.is_empty() {
-            return Err(bad("missing host"));
-        }
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path_and_query = uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .filter(|p| !p.is_empty())
-            .unwrap_or("/");
-        let path_and_query = if path_and_query.starts_with('/') {
-            path_and_query.to_owned()
-        } else {
-            format!("/{path_and_query}")
-        };
-        Ok(WsUrl {
-            tls,
-            host,
-            port,
-            path_and_query,
-        })
+        parse_ws_url(url).map_err(|what| Error::new(Kind::Url(format!("{}: {what}", shown(url)))))
     }
 
     /// The `Host` header value: the host, with the port when it is not the default.
@@ -77,6 +61,209 @@ impl WsUrl {
             format!("{host}:{}", self.port)
         }
     }
+
+    /// `HOST:PORT` (IPv6 in brackets), for messages.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `url` as it may be shown in an error: a password in user information is masked.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// [`WsUrl::parse`]; the error says what is wrong.
+fn parse_ws_url(url: &str) -> std::result::Result<WsUrl, String> {
+    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(match c {
+            ' ' => "contains a space (write it as %20)".into(),
+            c => format!(
+                "contains the character {c:?} (whitespace and control characters are not allowed)"
+            ),
+        });
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("missing scheme: the URL must start with ws:// or wss://".into());
+    };
+    // RFC 3986 §3.1: "schemes are case-insensitive".
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" => false,
+        "wss" | "https" => true,
+        "" => return Err("missing scheme: the URL must start with ws:// or wss://".into()),
+        other => return Err(format!("unknown scheme {other:?}: use ws:// or wss://")),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    // §3: "Fragment identifiers are meaningless in the context of WebSocket URIs and MUST
+    // NOT be used on these URIs."
+    if tail.contains('#') {
+        return Err(
+            "a fragment (#...) is not allowed in a WebSocket URL (RFC 6455 §3); write # as %23"
+                .into(),
+        );
+    }
+    if authority.contains('@') {
+        return Err("user information (NAME@ or NAME:PASSWORD@) is not allowed in a WebSocket URL; send credentials in a header or a token".into());
+    }
+    let (host, port) = split_host_port(authority)?;
+    let port = match port {
+        None => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => parse_port(p)?,
+    };
+    Ok(WsUrl {
+        tls,
+        host,
+        port,
+        path_and_query: path_and_query(tail)?,
+    })
+}
+
+/// Splits `HOST[:PORT]` or `[IPV6][:PORT]`; checks the host.
+fn split_host_port(authority: &str) -> std::result::Result<(String, Option<&str>), String> {
+    if authority.is_empty() {
+        return Err("missing host".into());
+    }
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((addr, after)) = bracketed.split_once(']') else {
+            return Err("'[' without ']' around the IPv6 address".into());
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("[{addr}] is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("{after:?} after the IPv6 address (expected :PORT)"))?,
+            ),
+        };
+        return Ok((addr.to_owned(), port));
+    }
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if port.is_some_and(|p| p.contains(':')) {
+        return Err(
+            "more than one ':' after the host (an IPv6 address goes in brackets: ws://[::1]:9001/)"
+                .into(),
+        );
+    }
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+    {
+        return Err(if c.is_ascii() {
+            format!("the character {c:?} is not allowed in a host name")
+        } else {
+            format!("the host {host:?} is not ASCII: write it in its xn-- (punycode) form")
+        });
+    }
+    // Digits and dots only: an IPv4 address, and a whole one (getaddrinfo would read
+    // "127.1" as 127.0.0.1 and "1.2.3.256" fails only later, as a lookup).
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && host.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        return Err(format!(
+            "{host} is not an IPv4 address (four numbers from 0 to 255, as in 127.0.0.1)"
+        ));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// A port: decimal digits, 1 to 65535.
+fn parse_port(p: &str) -> std::result::Result<u16, String> {
+    if p.is_empty() {
+        return Err("empty port after ':' (leave the ':' out for the default port)".into());
+    }
+    if !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {p:?} is not a number (1 to 65535)"));
+    }
+    match p.parse::<u16>() {
+        Ok(0) => Err("port 0 is out of range (1 to 65535)".into()),
+        Ok(port) => Ok(port),
+        // Only digits: the one way to fail is being too large.
+        Err(_) => Err(format!("port {p} is out of range (1 to 65535)")),
+    }
+}
+
+/// The request target: `tail` (empty, or starting with `/` or `?`) with at least "/",
+/// `%` escapes checked, and what a request line cannot carry percent-encoded.
+fn path_and_query(tail: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(tail.len() + 1);
+    if !tail.starts_with('/') {
+        out.push('/');
+    }
+    let bytes = tail.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    let end = (i + 3).min(bytes.len());
+                    let escape = String::from_utf8_lossy(&bytes[i..end]);
+                    return Err(format!(
+                        "{escape:?} is not a percent escape (% and two hex digits; write % as %25)"
+                    ));
+                }
+                out.push('%');
+            }
+            // RFC 3986 pchar / query characters: unreserved, sub-delims, ':', '@', '/', '?'.
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b'!'
+            | b'$'
+            | b'&'
+            | b'\''
+            | b'('
+            | b')'
+            | b'*'
+            | b'+'
+            | b','
+            | b';'
+            | b'='
+            | b':'
+            | b'@'
+            | b'/'
+            | b'?' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+        i += 1;
+    }
+    Ok(out)
 }
 
 /// Connects to a `ws://` or `wss://` URL with default settings.
@@ -183,13 +370,14 @@ impl ClientBuilder {
             let io = if url.tls {
                 #[cfg(feature = "tls")]
                 {
-                    crate::transport::tls_connect(tcp, &url.host, self.tls.clone()).await?
+                    crate::transport::tls_connect(tcp, &url, self.tls.clone()).await?
                 }
                 #[cfg(not(feature = "tls"))]
                 {
-                    return Err(Error::new(Kind::Url(
-                        "wss:// needs the `tls` feature".into(),
-                    )));
+                    return Err(Error::new(Kind::Url(format!(
+                        "{}: wss:// needs the `tls` feature of tidewire",
+                        self.url
+                    ))));
                 }
             } else {
                 MaybeTlsStream::Plain(tcp)
@@ -339,5 +527,177 @@ mod tests {
         assert!(WsUrl::parse("ftp://x/").is_err());
         assert!(WsUrl::parse("not a url").is_err());
         assert!(WsUrl::parse("127.0.0.1:80").is_err());
+    }
+
+    fn parsed(url: &str) -> (bool, String, u16, String) {
+        let u = WsUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        (u.tls, u.host, u.port, u.path_and_query)
+    }
+
+    #[test]
+    fn ports_are_1_to_65535_or_the_default() {
+        let p = |url| parsed(url).2;
+        assert_eq!(p("ws://h/"), 80);
+        assert_eq!(p("wss://h/"), 443);
+        assert_eq!(p("https://h"), 443);
+        assert_eq!(p("ws://h:1/"), 1);
+        assert_eq!(p("ws://h:65535/"), 65535);
+        assert_eq!(p("wss://h:080/"), 80);
+        assert_eq!(p("ws://[::1]:9001/"), 9001);
+    }
+
+    /// Issue 13, item 4: `ws://127.0.0.1:99999/` and `ws://127.0.0.1:abc/` connected to
+    /// port 80. Every malformed URL is an error that names the URL and the fault.
+    #[test]
+    fn issue_13_bad_urls_are_errors_naming_the_url_and_the_fault() {
+        for (url, fault) in [
+            ("ws://127.0.0.1:99999/", "port 99999 is out of range"),
+            ("ws://127.0.0.1:65536/", "port 65536 is out of range"),
+            (
+                "ws://127.0.0.1:123456789012345678901234567890/",
+                "out of range",
+            ),
+            ("ws://127.0.0.1:abc/", "port \"abc\" is not a number"),
+            ("ws://127.0.0.1:+80/", "is not a number"),
+            ("ws://127.0.0.1:-1/", "is not a number"),
+            ("ws://127.0.0.1:0/", "port 0"),
+            ("ws://127.0.0.1:/", "empty port"),
+            ("ws://127.0.0.1:80:81/", "more than one ':'"),
+            ("ws://::1/", "more than one ':'"),
+            ("ws://[::1/", "without ']'"),
+            ("ws://[::g]/", "is not an IPv6 address"),
+            ("ws://[::1]x/", "after the IPv6 address"),
+            ("ws://[::1]:/", "empty port"),
+            ("ws:///path", "missing host"),
+            ("ws://", "missing host"),
+            ("ws://:80/", "missing host"),
+            ("ws://?x", "missing host"),
+            ("ws://user@host/", "user information"),
+            ("ws://user:secret@host/", "user information"),
+            ("ws://host/#frag", "fragment"),
+            ("ws://host#", "fragment"),
+            ("ws://host/a?b#c", "fragment"),
+            ("ftp://host/", "unknown scheme \"ftp\""),
+            ("://host/", "missing scheme"),
+            ("host:80/", "missing scheme"),
+            ("ws:/host/", "missing scheme"),
+            ("ws://host/a b", "contains a space"),
+            ("ws://host/a\tb", "'\\t'"),
+            ("ws://ho st/", "contains a space"),
+            ("ws://host/\n", "'\\n'"),
+            ("ws://h%41/", "not allowed in a host name"),
+            ("ws://h*st/", "not allowed in a host name"),
+            ("ws://café.example/", "xn--"),
+            ("ws://127.0.0.256/", "is not an IPv4 address"),
+            ("ws://127.1/", "is not an IPv4 address"),
+            ("ws://1.2.3.4.5/", "is not an IPv4 address"),
+            ("ws://host/100%", "not a percent escape"),
+            ("ws://host/%zz", "not a percent escape"),
+            ("ws://host/?q=%4", "not a percent escape"),
+        ] {
+            let e = WsUrl::parse(url).expect_err(url);
+            let text = e.to_string();
+            assert!(e.is_url(), "{url}: {text}");
+            assert!(text.contains(fault), "{url}: {text}");
+            if !url.contains("secret") {
+                assert!(text.contains(url), "{url}: {text}");
+            }
+        }
+        // A password is not repeated in the message.
+        let e = WsUrl::parse("ws://ann:hunter2@host/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("ws://ann:***@host/"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hosts_and_paths() {
+        assert_eq!(
+            parsed("WS://Example.COM?x=1"),
+            (false, "Example.COM".into(), 80, "/?x=1".into())
+        );
+        assert_eq!(parsed("ws://a-b_c.~d/").1, "a-b_c.~d");
+        assert_eq!(parsed("ws://[2001:db8::1]/").1, "2001:db8::1");
+        assert_eq!(parsed("ws://10.0.0.1/").1, "10.0.0.1");
+        // Escapes pass as they are; what a request line cannot carry is escaped.
+        assert_eq!(parsed("ws://h/a%20b?c=%2F").3, "/a%20b?c=%2F");
+        assert_eq!(
+            parsed("ws://h/caf\u{e9}?q={\"a\"}").3,
+            "/caf%C3%A9?q=%7B%22a%22%7D"
+        );
+        assert_eq!(
+            parsed("ws://h/x:@!$&'()*+,;=-._~/?/?").3,
+            "/x:@!$&'()*+,;=-._~/?/?"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_never_connects() {
+        for url in ["ws://127.0.0.1:99999/", "ws://127.0.0.1:abc/"] {
+            let e = ClientBuilder::new(url).connect().await.unwrap_err();
+            assert!(e.is_url(), "{e}");
+        }
+    }
+
+    /// Issue 13, item 10: `wss://` to a plain port said "received corrupt message of type
+    /// InvalidContentType". It says the server may not speak TLS, and keeps the cause.
+    #[tokio::test]
+    async fn issue_13_wss_to_a_plain_http_port_says_it_is_not_tls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let e = connect(&format!("wss://{addr}/")).await.unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_tls(), "{text}");
+        assert_eq!(
+            text,
+            format!(
+                "TLS handshake failed: the server at {addr} does not seem to speak TLS (try ws://)"
+            )
+        );
+        let io = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the TLS error is the source");
+        let tls = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        assert!(
+            matches!(
+                tls,
+                Some(rustls::Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType
+                ))
+            ),
+            "{io:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wss_to_a_server_that_hangs_up_says_it_may_not_be_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                // Reads the ClientHello, then closes without a word.
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+            }
+        });
+        let e = connect(&format!("wss://{addr}/")).await.unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_tls(), "{text}");
+        assert!(text.contains(&format!("server at {addr} closed")), "{text}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

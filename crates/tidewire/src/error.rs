@@ -28,11 +28,16 @@ pub(crate) enum Kind {
     Timeout(&'static str),
     /// A reconnecting client is between connections.
     NotConnected,
-    /// The URL given to `connect` is not a usable ws:// or wss:// URL.
+    /// The URL given to `connect` is not a usable ws:// or wss:// URL: "URL: what is
+    /// wrong".
     Url(String),
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
+    /// The TLS handshake failed in a way that says the server does not speak TLS at all
+    /// (it answered in plain text, or closed): this explanation, and the TLS error.
+    #[cfg(feature = "tls")]
+    NotTls(String, io::Error),
 }
 
 impl Error {
@@ -100,6 +105,19 @@ impl Error {
         }
     }
 
+    /// The TLS handshake of a `wss://` connection failed (a certificate that does not
+    /// verify, a server that does not speak TLS, ...).
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            matches!(self.kind, Kind::Tls(_) | Kind::NotTls(..))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            false
+        }
+    }
+
     /// The transport failed.
     pub fn is_io(&self) -> bool {
         matches!(self.kind, Kind::Io(_))
@@ -149,9 +167,11 @@ impl fmt::Display for Error {
             Kind::Closed => f.write_str("connection closed"),
             Kind::Timeout(what) => write!(f, "{what} timed out"),
             Kind::NotConnected => f.write_str("not connected (reconnecting)"),
-            Kind::Url(msg) => write!(f, "invalid URL: {msg}"),
+            Kind::Url(msg) => write!(f, "invalid URL {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
+            #[cfg(feature = "tls")]
+            Kind::NotTls(why, _) => write!(f, "TLS handshake failed: {why}"),
         }
     }
 }
@@ -164,7 +184,7 @@ impl std::error::Error for Error {
             Kind::Handshake(e) | Kind::Refused(e, ..) => Some(e),
             Kind::Usage(e) => Some(e),
             #[cfg(feature = "tls")]
-            Kind::Tls(e) => Some(e),
+            Kind::Tls(e) | Kind::NotTls(_, e) => Some(e),
             _ => None,
         }
     }

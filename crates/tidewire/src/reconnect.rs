@@ -1008,6 +1008,24 @@ mod tests {
         assert!(c.next_event().await.is_none());
     }
 
+    /// Issue 13, item 4: a URL whose port is out of range or not a number went to port 80
+    /// and was retried for ever; it is an error at once, and final.
+    #[tokio::test]
+    async fn issue_13_a_bad_url_fails_once_and_gives_up() {
+        for url in ["ws://127.0.0.1:99999/", "ws://127.0.0.1:abc/", "ws://h/#x"] {
+            let mut c = ReconnectingClient::builder(url).backoff(quick()).connect();
+            match next(&mut c).await {
+                Event::ConnectFailed { attempt: 1, error } => {
+                    assert!(error.is_url(), "{url}: {error}");
+                    assert!(error.to_string().contains(url), "{error}");
+                }
+                e => panic!("{url}: {e:?}"),
+            }
+            assert!(matches!(next(&mut c).await, Event::GaveUp(GiveUp::Refused)));
+            assert!(c.next_event().await.is_none());
+        }
+    }
+
     /// A server that answers every handshake with `status` (and extra header lines) and
     /// a one-line `body`.
     async fn refusing_server(status: &'static str, body: &'static str) -> std::net::SocketAddr {

@@ -113,20 +113,54 @@ pub fn server_config_from_pem(
     Ok(std::sync::Arc::new(config))
 }
 
+/// Runs the TLS handshake of a `wss://` connection to `url` over `io`.
 #[cfg(feature = "tls")]
 pub(crate) async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
-    host: &str,
+    url: &crate::WsUrl,
     config: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> crate::Result<MaybeTlsStream<S>> {
     use crate::error::{Error, Kind};
     let config = config.unwrap_or_else(default_client_config);
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|_| Error::new(Kind::Url(format!("invalid TLS server name: {host}"))))?;
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(|_| {
+        Error::new(Kind::Url(format!(
+            "{}: not a valid TLS server name",
+            url.host
+        )))
+    })?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    let tls = connector
-        .connect(name, io)
-        .await
-        .map_err(|e| Error::new(Kind::Tls(e)))?;
+    let tls =
+        connector
+            .connect(name, io)
+            .await
+            .map_err(|e| match not_tls(&e, &url.authority()) {
+                Some(why) => Error::new(Kind::NotTls(why, e)),
+                None => Error::new(Kind::Tls(e)),
+            })?;
     Ok(MaybeTlsStream::Rustls(Box::new(tls)))
+}
+
+/// When a failed TLS handshake shows that the server does not speak TLS at all: what it
+/// did instead. rustls reports a plain-text answer (`HTTP/1.1 400 ...`: 'H' is no TLS
+/// record type) as "received corrupt message of type InvalidContentType", which tells a
+/// person nothing.
+#[cfg(feature = "tls")]
+fn not_tls(e: &io::Error, server: &str) -> Option<String> {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => Some(
+            format!("the server at {server} does not seem to speak TLS (try ws://)"),
+        ),
+        _ if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        ) =>
+        {
+            Some(format!(
+                "the server at {server} closed the connection during the handshake; \
+                 it may not speak TLS (try ws://)"
+            ))
+        }
+        _ => None,
+    }
 }

@@ -95,6 +95,12 @@ fn source_addresses(conns: u64, sources: Option<u32>, target: SocketAddr) -> Res
     if k <= 1 {
         return Ok(Vec::new());
     }
+    if k > 254 {
+        bail!(
+            "{conns} connections need {k} source addresses, more than the 254 of \
+             127.0.0.1-127.0.0.254: run fewer connections per generator"
+        );
+    }
     let loopback_v4 = matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback());
     if !loopback_v4 {
         bail!(
@@ -117,6 +123,8 @@ struct Shared {
     compressed: AtomicU64,
     /// --message-size: echoes that came back in fewer bytes than the message has.
     replies_compressed: AtomicU64,
+    /// --message-size: connections whose echo differed from the message sent.
+    mismatched: AtomicU64,
 }
 
 pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
@@ -146,6 +154,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
         lost: AtomicU64::new(0),
         compressed: AtomicU64::new(0),
         replies_compressed: AtomicU64::new(0),
+        mismatched: AtomicU64::new(0),
     });
     let started = Instant::now();
     let progress = {
@@ -189,6 +198,9 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
                     hold(ws, &sh, done).await;
                 }
                 Err(f) => {
+                    if f.is_mismatch() {
+                        sh.mismatched.fetch_add(1, Ordering::Relaxed);
+                    }
                     sh.errors.add(f.0);
                     sh.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -347,6 +359,21 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     r.field("nofile_limit", nofile.soft);
     r.row("errors", sh.errors.human());
     r.print(args.common.json);
+    // A run that measured nothing, or not what it meant to, fails.
+    let mismatched = sh.mismatched.load(Ordering::Relaxed);
+    if mismatched > 0 {
+        bail!(
+            "{mismatched} of {n} connections got back something other than the message they \
+             sent: {} is not an echo server (--message-size needs one)",
+            args.url
+        );
+    }
+    if held == 0 {
+        bail!(
+            "nothing was measured: no connection stayed open through the hold; errors: {}",
+            sh.errors.human()
+        );
+    }
     Ok(())
 }
 
@@ -489,6 +516,14 @@ mod tests {
         assert_eq!(s[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         assert_eq!(source_addresses(10, Some(4), local).unwrap().len(), 4);
         assert!(source_addresses(10, Some(1), local).unwrap().is_empty());
+        // More than 127.0.0.1-127.0.0.254: an error, not a count wrapped to a byte.
+        assert_eq!(source_addresses(6_350_000, None, local).unwrap().len(), 254);
+        for conns in [6_350_001, 6_400_000, u32::MAX as u64] {
+            let e = source_addresses(conns, None, local)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("source addresses"), "{e}");
+        }
         let remote: SocketAddr = "192.0.2.1:80".parse().unwrap();
         assert!(source_addresses(60_000, None, remote).is_err());
         assert!(source_addresses(100, None, remote).unwrap().is_empty());

@@ -24,7 +24,7 @@ use super::stats::{
     fmt_f, fmt_int, round, tcp_bytes, CpuWindow, Errors, Latency, Proc, Report, TcpBytes,
 };
 use super::{Common, Failure, Nofile, Phase, Progress, Shutdown, Target, Ws};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use clap::Args;
 use std::collections::VecDeque;
@@ -155,12 +155,22 @@ struct Shared {
     seen: AtomicU64,
     connected: AtomicU64,
     failed: AtomicU64,
+    /// Connections that got back something other than what they sent.
+    mismatched: AtomicU64,
     compressed: AtomicU64,
     /// The socket of each connection while it is open, for the kernel's byte counters.
     sockets: Mutex<Vec<Option<RawFd>>>,
 }
 
 impl Shared {
+    /// A connection ended with `f`.
+    fn fail(&self, f: Failure) {
+        if f.is_mismatch() {
+            self.mismatched.fetch_add(1, Ordering::Relaxed);
+        }
+        self.errors.add(f.0);
+    }
+
     fn socket_open(&self, conn: usize, fd: RawFd) {
         if let Ok(mut s) = self.sockets.lock() {
             s[conn] = Some(fd);
@@ -225,16 +235,17 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     let mut pmd = None;
     if args.raw_tcp {
         match raw_connect(&target).await {
-            Ok(tcp) => drop(tcp),
+            Ok(mut tcp) => probe_raw(&mut tcp, &target).await?,
             Err(f) => bail!("cannot connect to {} ({}): {f}", target.url, target.addr),
         }
     } else {
-        let (probe, response) = target.probe().await?;
+        let (mut probe, response) = target.probe().await?;
         pmd = response
             .headers()
             .get("sec-websocket-extensions")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        probe_echo(&mut probe, &target.url).await?;
         super::close(probe).await;
     }
 
@@ -246,6 +257,7 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
         seen: AtomicU64::new(0),
         connected: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        mismatched: AtomicU64::new(0),
         compressed: AtomicU64::new(0),
         sockets: Mutex::new(vec![None; args.conns as usize]),
     });
@@ -313,7 +325,7 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
                 let r = drive_raw(i, &mut tcp, &sh, &frames, inflight, abort).await;
                 sh.socket_closed(i);
                 if let Err(f) = r {
-                    sh.errors.add(f.0);
+                    sh.fail(f);
                 }
                 return;
             }
@@ -341,7 +353,7 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
             sh.socket_closed(i);
             match r {
                 Ok(()) => super::close(ws).await,
-                Err(f) => sh.errors.add(f.0),
+                Err(f) => sh.fail(f),
             }
         }));
     }
@@ -501,7 +513,90 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     r.field("nofile_limit", nofile.soft);
     r.row("errors", sh.errors.human());
     r.print(args.common.json);
+    // A run that measured nothing, or measured something other than echoes, fails.
+    let mismatched = sh.mismatched.load(Ordering::Relaxed);
+    if mismatched > 0 {
+        bail!(
+            "{mismatched} of {connected} connections got back something other than what they \
+             sent: {} is not an echo server (or not only one); errors: {}",
+            args.url,
+            sh.errors.human()
+        );
+    }
+    if msgs == 0 {
+        bail!(
+            "nothing was measured: no echo came back in the {window:.1} s window; errors: {}",
+            sh.errors.human()
+        );
+    }
     Ok(())
+}
+
+/// How long the probe waits for its echo.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
+
+/// The probe message: never one of the run's (those are all letters or JSON records).
+fn probe_payload() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("tidewire bench probe {} {nanos}", std::process::id())
+}
+
+/// One round trip on the probe connection before the run: a server that does not send a
+/// message back as it is (a hub room, which sends it to the others; a server that never
+/// answers) ends the run here with one line, instead of a run that measures nothing, or
+/// measures connections echoing each other through a room.
+async fn probe_echo(ws: &mut Ws, url: &str) -> Result<()> {
+    let probe = Message::text(probe_payload());
+    ws.send(probe.clone())
+        .await
+        .map_err(|e| anyhow!("{url}: cannot send the probe message: {}", Failure::ws(&e)))?;
+    let reply = async {
+        loop {
+            match ws.recv().await {
+                Some(Ok(m)) if m.is_data() => return Ok(m),
+                Some(Ok(Message::Close(f))) => return Err(Failure::closed(f.as_ref())),
+                Some(Ok(_)) => {}
+                other => return Err(Failure::from_recv(other)),
+            }
+        }
+    };
+    match tokio::time::timeout(PROBE_WAIT, reply).await {
+        Ok(Ok(m)) if m == probe => Ok(()),
+        Ok(Ok(_)) => {
+            bail!("{url} answered the probe message with another message: is it an echo server?")
+        }
+        Ok(Err(f)) => bail!("{url} did not echo the probe message: {f}"),
+        Err(_) => bail!(
+            "{url} did not echo the probe message within {} s: is it an echo server? (a hub \
+             room sends a message to the others in the room, not back)",
+            PROBE_WAIT.as_secs()
+        ),
+    }
+}
+
+/// [`probe_echo`] for --raw-tcp: one masked frame out, the same bytes back.
+async fn probe_raw(tcp: &mut TcpStream, target: &Target) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frame = masked_frame(probe_payload().as_bytes(), false);
+    let mut back = vec![0u8; frame.len()];
+    let round_trip = async {
+        tcp.write_all(&frame).await?;
+        tcp.read_exact(&mut back).await.map(|_| ())
+    };
+    let addr = target.addr;
+    match tokio::time::timeout(PROBE_WAIT, round_trip).await {
+        Ok(Ok(())) if back[..] == frame[..] => Ok(()),
+        Ok(Ok(())) => {
+            bail!("{addr} sent back other bytes than the probe frame: is it a TCP echo server?")
+        }
+        Ok(Err(e)) => bail!("{addr} did not echo the probe frame: {e}"),
+        Err(_) => bail!(
+            "{addr} did not echo the probe frame within {} s: is it a TCP echo server?",
+            PROBE_WAIT.as_secs()
+        ),
+    }
 }
 
 /// Latencies recorded per connection before they go to the shared histogram.

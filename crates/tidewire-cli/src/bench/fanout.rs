@@ -506,6 +506,29 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     r.field("nofile_limit", nofile.soft);
     r.row("errors", sh.errors.human());
     r.print(args.common.json);
+    // A run that measured nothing, or lost publications, fails.
+    if published.acked == 0 {
+        bail!(
+            "nothing was measured: no publication was acknowledged; errors: {}",
+            sh.errors.human()
+        );
+    }
+    if deliveries == 0 {
+        bail!(
+            "nothing was measured: no subscriber received a publication in the {window:.1} s \
+             window; errors: {}",
+            sh.errors.human()
+        );
+    }
+    if missing > 0 || duplicates > 0 {
+        bail!(
+            "{incomplete} of {subscribed} subscribers did not see every publication once: {} \
+             missing, {} duplicate; errors: {}",
+            fmt_int(missing),
+            fmt_int(duplicates),
+            sh.errors.human()
+        );
+    }
     Ok(())
 }
 

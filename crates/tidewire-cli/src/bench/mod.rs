@@ -221,6 +221,13 @@ impl Failure {
         })
     }
 
+    /// What came back is not what was sent ("echo differs from the message sent", "echo
+    /// of the wrong length", "unsolicited message"): the server is not an echo server, or
+    /// not only one. Such a run measured something else and fails.
+    pub fn is_mismatch(&self) -> bool {
+        self.0.starts_with("echo ") || self.0.starts_with("unsolicited ")
+    }
+
     /// The server sent a close frame.
     pub fn closed(frame: Option<&tidewire::CloseFrame>) -> Failure {
         Failure(match frame {
@@ -431,6 +438,17 @@ mod tests {
     fn failures_are_named_by_kind() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(Failure::connect(&refused).0, "connect refused");
+        for mismatch in [
+            "echo differs from the message sent",
+            "echo differs from the frame sent",
+            "echo of the wrong length",
+            "unsolicited message",
+            "unsolicited bytes",
+        ] {
+            assert!(Failure(mismatch.into()).is_mismatch(), "{mismatch}");
+        }
+        assert!(!Failure::connect(&refused).is_mismatch());
+        assert!(!Failure("timeout: first round trip".into()).is_mismatch());
         let frame = tidewire::CloseFrame::new(tidewire::CloseCode(4000), "slow");
         assert_eq!(
             Failure::closed(Some(&frame)).0,

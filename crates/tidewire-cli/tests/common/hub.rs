@@ -129,7 +129,13 @@ pub fn metric(addr: SocketAddr, name: &str) -> f64 {
 
 /// A WebSocket upgrade request head for `path` with extra header lines.
 pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
+    // /ws speaks tidewire.v1 only, and refuses a handshake that does not offer it.
+    let protocol = if path.starts_with("/ws") {
+        "Sec-WebSocket-Protocol: tidewire.v1\r\n"
+    } else {
+        ""
+    };
     format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}{extra}\r\n"
     )
 }
