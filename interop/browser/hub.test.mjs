@@ -15,7 +15,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join as joinPath } from 'node:path';
 import {
-  launch, evaluate, screenshot, startServe, startProxy, waitFor, withTimeout, STEP_TIMEOUT_MS,
+  launch, evaluate, screenshot, startServe, startProxy, waitFor, withTimeout, runCapture, tidewireBin, STEP_TIMEOUT_MS,
 } from './lib.mjs';
 
 let browser;
@@ -408,7 +408,10 @@ test('auth on: the pages say a token is needed and how to make one; with ?token=
     await waitFor(bare.page, () => /requires a token/.test(document.getElementById('problem').textContent), null, { what: '/bare: auth is on', timeout: 10_000 });
     assert.match(await text(bare.page, '#problem'), /tidewire gentoken --user NAME/);
     await screenshot(bare.page, 'hub-auth-bare-no-token');
-    const bare2 = await open(`${srv.base}/bare?room=auth&token=${jwt(secret, { sub: 'cat', exp })}`);
+    // The command the notices name makes a token that gets in.
+    const gen = await runCapture(tidewireBin(), ['gentoken', '--user', 'cat', '--auth-hmac-secret', secret]);
+    assert.equal(gen.code, 0, `tidewire gentoken: ${gen.stderr}`);
+    const bare2 = await open(`${srv.base}/bare?room=auth&token=${encodeURIComponent(gen.stdout.trim())}`);
     await waitFor(bare2.page, () => document.getElementById('status').textContent === 'connected', null, { what: '/bare with a token', timeout: 10_000 });
     assert.deepEqual([...a.errors, ...b.errors, ...c.errors, ...bare.errors, ...bare2.errors], [], 'page errors');
     for (const x of [a, b, c, bare, bare2]) await x.context.close();
