@@ -268,10 +268,16 @@ export async function startProxy(port) {
 
 /** Polls `fn` in the page until it returns a truthy value (bounded); returns that value. */
 export async function waitFor(page, fn, arg, { timeout = STEP_TIMEOUT_MS, what = 'condition' } = {}) {
-  const handle = await withTimeout(
-    page.waitForFunction(fn, arg, { timeout, polling: 100 }),
-    timeout + 1000,
-    what,
-  );
+  let handle;
+  try {
+    handle = await withTimeout(
+      page.waitForFunction(fn, arg, { timeout, polling: 100 }),
+      timeout + 1000,
+      what,
+    );
+  } catch (e) {
+    // Playwright's own timeout comes first and does not say what was awaited.
+    throw String(e.message).includes(what) ? e : new Error(`${what}: ${e.message}`, { cause: e });
+  }
   return handle.jsonValue();
 }

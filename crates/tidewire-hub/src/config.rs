@@ -588,26 +588,28 @@ publish = false
     fn the_default_file_sets_every_key_to_its_default() {
         // Start from a configuration that differs from the default in every field the
         // file can set: after the file, nothing of it may remain.
-        let mut c = HubConfig::default();
-        c.listen = "10.1.2.3:1".parse().unwrap();
-        c.log_format = LogFormat::Json;
-        c.allowed_origins = vec!["*".into()];
-        c.demo = false;
-        c.echo_to_sender = true;
-        c.room_protocols = vec!["x".into()];
-        c.room_heartbeat = vec![];
-        c.room_heartbeat_reply = String::new();
-        c.room_buffer = 7;
-        c.ping_interval = Duration::from_secs(1);
-        c.idle_timeout = Duration::from_secs(2);
-        c.max_message_size = 200;
-        c.max_connections = 3;
-        c.publish_rate = 1.0;
-        c.publish_burst = 1;
-        c.send_queue = 9;
-        c.send_buffer = 9;
-        c.max_subscriptions = 9;
-        c.compression = None;
+        let mut c = HubConfig {
+            listen: "10.1.2.3:1".parse().unwrap(),
+            log_format: LogFormat::Json,
+            allowed_origins: vec!["*".into()],
+            demo: false,
+            echo_to_sender: true,
+            room_protocols: vec!["x".into()],
+            room_heartbeat: vec![],
+            room_heartbeat_reply: String::new(),
+            room_buffer: 7,
+            ping_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(2),
+            max_message_size: 200,
+            max_connections: 3,
+            publish_rate: 1.0,
+            publish_burst: 1,
+            send_queue: 9,
+            send_buffer: 9,
+            max_subscriptions: 9,
+            compression: None,
+            ..HubConfig::default()
+        };
         let odd = NamespaceOptions {
             history_size: 3,
             history_ttl: Duration::from_secs(3),

@@ -281,6 +281,10 @@ const PAGES: &[(&str, &str, &str)] = &[
     ("/board", HTML, include_str!("../web/board.html")),
     ("/bare", HTML, include_str!("../web/bare.html")),
     ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
+    ("/demo.js", JS, include_str!("../web/demo.js")),
+    // Browsers ask for /favicon.ico whatever the pages link; an SVG is fine under that name.
+    ("/favicon.ico", "image/svg+xml", include_str!("../web/favicon.svg")),
+    ("/favicon.svg", "image/svg+xml", include_str!("../web/favicon.svg")),
     // The browser library (clients/js compiled; `npm run web` there refreshes web/lib).
     ("/lib/index.js", JS, include_str!("../web/lib/index.js")),
     ("/lib/client.js", JS, include_str!("../web/lib/client.js")),
