@@ -1,10 +1,11 @@
 //! Sans-I/O WebSocket protocol: RFC 6455 framing, handshake and connection state,
-//! with RFC 7692 permessage-deflate built on top (later).
+//! with RFC 7692 permessage-deflate ([`deflate`]).
 //!
 //! Nothing here reads a socket, spawns a task or looks at a clock. Bytes come in through
 //! [`Connection::receive`], messages and control events come out of it, and bytes to send
 //! accumulate in the connection's output queue until the caller drains them
-//! ([`Connection::poll_transmit`]). The `tidewire` crate drives this over tokio.
+//! ([`Connection::transmit_chunk`], [`Connection::advance_transmit`]). The `tidewire` crate
+//! drives this over tokio.
 //!
 //! Data flows one way: bytes → [`frame`] headers (in-place unmasking, [`mask`]) →
 //! reassembly and UTF-8 validation ([`utf8`]) → [`Message`]s → application, and back:
