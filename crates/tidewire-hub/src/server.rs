@@ -614,6 +614,47 @@ fn upgrade_refused(hub: &Hub, e: WebSocketUpgradeRejection, headers: &HeaderMap)
     e.into_response()
 }
 
+/// Why a handshake's subprotocols are refused at `endpoint`, or `None` if they are fine.
+/// Rooms select the first of `rooms.protocols` the client offers, and accept a client that
+/// offers none; `/ws` needs `tidewire.v1`. RFC 6455 would let the server answer 101
+/// without a subprotocol, which a browser that offered some fails with a bare 1006: a 400
+/// with the reason tells the developer what to change.
+fn subprotocol_refusal(config: &HubConfig, endpoint: Endpoint, offered: &[&str]) -> Option<String> {
+    match endpoint {
+        Endpoint::Rooms => {
+            let spoken = &config.room_protocols;
+            if offered.is_empty() || offered.iter().any(|p| spoken.iter().any(|s| s == p)) {
+                return None;
+            }
+            Some(if spoken.is_empty() {
+                format!(
+                    "rooms speak no subprotocol: connect without Sec-WebSocket-Protocol (offered: {}; rooms.protocols)",
+                    offered.join(", ")
+                )
+            } else {
+                format!(
+                    "none of the offered subprotocols ({}) is spoken here: rooms speak {} (rooms.protocols)",
+                    offered.join(", "),
+                    spoken.join(", ")
+                )
+            })
+        }
+        Endpoint::Channels => {
+            if offered.contains(&CHANNEL_PROTOCOL) {
+                return None;
+            }
+            let offered = if offered.is_empty() {
+                "none".to_owned()
+            } else {
+                offered.join(", ")
+            };
+            Some(format!(
+                "/ws speaks the {CHANNEL_PROTOCOL} subprotocol (docs/protocol.md): offer it in Sec-WebSocket-Protocol (offered: {offered}); raw rooms are at /rooms/NAME"
+            ))
+        }
+    }
+}
+
 async fn room_upgrade(
     State(hub): State<Arc<Hub>>,
     Path(room): Path<String>,
@@ -639,24 +680,8 @@ async fn room_upgrade(
         Err(resp) => return *resp,
     };
     // After admission: whether a client may connect at all is the first answer it needs.
-    let offered = ws.offered_protocols();
-    if !offered.is_empty()
-        && !offered
-            .iter()
-            .any(|p| hub.config.room_protocols.iter().any(|s| s == p))
+    if let Some(reason) = subprotocol_refusal(&hub.config, Endpoint::Rooms, &ws.offered_protocols())
     {
-        let reason = if hub.config.room_protocols.is_empty() {
-            format!(
-                "rooms speak no subprotocol: connect without Sec-WebSocket-Protocol (offered: {}; rooms.protocols)",
-                offered.join(", ")
-            )
-        } else {
-            format!(
-                "none of the offered subprotocols ({}) is spoken here: rooms speak {} (rooms.protocols)",
-                offered.join(", "),
-                hub.config.room_protocols.join(", ")
-            )
-        };
         return *refuse(
             &hub,
             HandshakeFailure::Subprotocol,
@@ -701,16 +726,9 @@ async fn channel_upgrade(
         Err(resp) => return *resp,
     };
     // After admission, as for rooms.
-    let offered = ws.offered_protocols();
-    if !offered.contains(&CHANNEL_PROTOCOL) {
-        let offered = if offered.is_empty() {
-            "none".to_owned()
-        } else {
-            offered.join(", ")
-        };
-        let reason = format!(
-            "/ws speaks the {CHANNEL_PROTOCOL} subprotocol (docs/protocol.md): offer it in Sec-WebSocket-Protocol (offered: {offered}); raw rooms are at /rooms/NAME"
-        );
+    if let Some(reason) =
+        subprotocol_refusal(&hub.config, Endpoint::Channels, &ws.offered_protocols())
+    {
         return *refuse(
             &hub,
             HandshakeFailure::Subprotocol,
@@ -1210,6 +1228,30 @@ mod tests {
             Some("x")
         ));
         assert!(origin_allowed(&["*".to_owned()], "http://any", None));
+    }
+
+    #[test]
+    fn subprotocols() {
+        let c = HubConfig::default();
+        let refused = |e, offered: &[&str]| subprotocol_refusal(&c, e, offered);
+        assert_eq!(refused(Endpoint::Rooms, &[]), None);
+        assert_eq!(refused(Endpoint::Rooms, &["x", "superchat"]), None);
+        let r = refused(Endpoint::Rooms, &["mqtt", "x"]).unwrap();
+        assert!(
+            r.contains("(mqtt, x)") && r.contains("rooms speak chat, superchat"),
+            "{r}"
+        );
+        assert_eq!(refused(Endpoint::Channels, &["chat", "tidewire.v1"]), None);
+        assert!(refused(Endpoint::Channels, &[])
+            .unwrap()
+            .contains("(offered: none)"));
+        let none = HubConfig {
+            room_protocols: vec![],
+            ..HubConfig::default()
+        };
+        assert!(subprotocol_refusal(&none, Endpoint::Rooms, &["chat"])
+            .unwrap()
+            .contains("rooms speak no subprotocol"));
     }
 
     #[test]
