@@ -9,11 +9,17 @@
 //! consumer, closed with 4000 so that it reconnects and resumes with `since`. It never
 //! holds up the other subscribers.
 
+use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
 use crate::auth::{AuthError, Identity};
 use crate::engine::{
     ClientInfo, Engine, Event, NamespaceOptions, Recovery, StreamPosition, Subscription,
 };
-use crate::server::{close_bounded, Admitted, Hub, TokenBucket};
+use crate::hub::Hub;
+use crate::limits::{close_bounded, TokenBucket};
+use crate::metrics::HandshakeFailure;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt};
 use futures_util::FutureExt;
@@ -24,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidewire::upgrade::Upgraded;
+use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
 use tidewire::{CloseCode, CloseFrame, Message, WebSocketStream};
 
 /// How long a connection may take to send `connect` where a token is required.
@@ -138,6 +145,42 @@ struct Conn {
     subs: HashMap<String, AbortHandle>,
     live: SelectAll<Live>,
     bucket: TokenBucket,
+}
+
+pub(crate) async fn channel_upgrade(
+    State(hub): State<Arc<Hub>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return upgrade_refused(&hub, e, &headers),
+    };
+    let admitted = match admit(&hub, Endpoint::Channels, &headers, query.as_deref(), false) {
+        Ok(a) => a,
+        Err(resp) => return *resp,
+    };
+    // After admission, as for rooms.
+    if let Some(reason) =
+        subprotocol_refusal(&hub.config, Endpoint::Channels, &ws.offered_protocols())
+    {
+        return *refuse(
+            &hub,
+            HandshakeFailure::Subprotocol,
+            StatusCode::BAD_REQUEST,
+            reason,
+            &headers,
+        );
+    }
+    let hub2 = hub.clone();
+    ws.server(hub.channel_server.clone()).on_upgrade(move |ws| {
+        serve_connection(Box::new(Start {
+            hub: hub2,
+            admitted,
+            ws,
+        }))
+    })
 }
 
 /// Serves one `/ws` connection until it ends.

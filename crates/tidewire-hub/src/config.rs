@@ -1,4 +1,4 @@
-//! The hub's configuration file (TOML).
+//! The hub's configuration: [`HubConfig`], its embedded defaults, and the file (TOML).
 //!
 //! Every key is optional; what a file leaves out keeps the embedded default
 //! ([`HubConfig::default`]). Unknown keys are errors, so a typo does not silently leave a
@@ -11,10 +11,7 @@
 //! The file's layout is documented, with every key, in `docs/configuration.md`.
 
 use crate::auth::AuthConfig;
-#[cfg(test)]
-use crate::engine::NamespaceConfig;
-use crate::engine::NamespaceOptions;
-use crate::server::{HubConfig, LogFormat};
+use crate::engine::{NamespaceConfig, NamespaceOptions};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -22,6 +19,177 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tidewire::DeflateConfig;
+
+/// Log output of the `tidewire` binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the hub. `Default` is the embedded configuration `tidewire serve` runs with;
+/// [`HubConfig::load_file`] reads a TOML file over it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Address to listen on. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Log output (used by the binary). Default human.
+    pub log_format: LogFormat,
+    /// Origins allowed besides the server's own host (`https://app.example.com`), or `*`
+    /// for any. Requests without `Origin` (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Serve the demo pages at `/` and run the demo ticker (a price tick on `live:ticks`
+    /// every 100 ms). Default true.
+    pub demo: bool,
+    /// Send a room message back to its sender too. Default false.
+    pub echo_to_sender: bool,
+    /// Subprotocols rooms speak, most preferred first: the first of these that a client
+    /// offers in `Sec-WebSocket-Protocol` is selected. A client that offers only others is
+    /// refused with 400 and a reason (RFC 6455 would let the server answer without the
+    /// header, which browsers fail with a bare 1006); one that offers none is accepted.
+    /// Rooms relay messages whatever the name, so any list works. Default `chat`,
+    /// `superchat` (the tutorial's `new WebSocket(url, ["chat", "superchat"])`).
+    pub room_protocols: Vec<String>,
+    /// Application heartbeats in rooms: a text message equal to one of these (ignoring
+    /// ASCII case and surrounding whitespace) is answered to its sender alone with
+    /// [`HubConfig::room_heartbeat_reply`] and never broadcast, so a page that sends a
+    /// text heartbeat does not spam the room. Empty: every message is broadcast.
+    /// Default `ping`, `heartbeat`. (The server pings every connection itself, and
+    /// browsers answer pings on their own: a page needs no heartbeat of its own.)
+    pub room_heartbeat: Vec<String>,
+    /// The answer to a room heartbeat, empty for none. Default `pong`.
+    pub room_heartbeat_reply: String,
+    /// How many messages a room member may fall behind before it is disconnected as a
+    /// slow consumer. Default 1024.
+    pub room_buffer: usize,
+    /// Server pings: interval and the silence after which a connection is closed.
+    /// Default 20 s and 60 s.
+    pub ping_interval: Duration,
+    /// See [`HubConfig::ping_interval`].
+    pub idle_timeout: Duration,
+    /// Largest message accepted from a client. Default 1 MiB.
+    pub max_message_size: usize,
+    /// WebSocket connections held at once (rooms and channels); beyond it upgrades get
+    /// 503. Default 100,000.
+    pub max_connections: usize,
+    /// Publications per second one connection may make (token bucket), 0 for no limit.
+    /// Default 100.
+    pub publish_rate: f64,
+    /// Bucket size of the publish rate limit. Default 200.
+    pub publish_burst: u32,
+    /// Events of a channel a `/ws` subscriber may fall behind (not yet written to its
+    /// socket) before it is a slow consumer. Default 4096.
+    pub send_queue: usize,
+    /// Bytes a connection may have waiting for its socket before it is a slow consumer.
+    /// Default 4 MiB.
+    pub send_buffer: usize,
+    /// Channels one connection may subscribe to. Default 1000.
+    pub max_subscriptions: usize,
+    /// permessage-deflate policy, `None` for off. Default on, without server context
+    /// takeover, so that a broadcast is compressed once for all members.
+    pub compression: Option<DeflateConfig>,
+    /// Token checking; `None` (the default) for anonymous access.
+    pub auth: Option<AuthConfig>,
+    /// Key for `POST /api/publish` (`Authorization: apikey KEY`); the API is off without it.
+    pub api_key: Option<String>,
+    /// Namespaces. Default: see [`default_namespaces`].
+    pub namespaces: NamespaceConfig,
+    /// Serve `https://` and `wss://` with this certificate chain and key (PEM files), read
+    /// at start and again on SIGHUP; `None` (the default) for plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server: read at start, and again on each SIGHUP (a renewed
+/// certificate takes effect for new connections; connections already open keep theirs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads both files into a TLS acceptor; the error names the file at fault.
+    pub fn load(&self) -> std::io::Result<tidewire::tokio_rustls::TlsAcceptor> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+            })
+        };
+        let (cert, key) = (read(&self.cert)?, read(&self.key)?);
+        let config = tidewire::server_config_from_pem(&cert, &key).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "invalid certificate or key ({}, {}): {e}",
+                    self.cert.display(),
+                    self.key.display()
+                ),
+            )
+        })?;
+        Ok(tidewire::tokio_rustls::TlsAcceptor::from(config))
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: LogFormat::Human,
+            allowed_origins: Vec::new(),
+            demo: true,
+            echo_to_sender: false,
+            room_protocols: vec!["chat".into(), "superchat".into()],
+            room_heartbeat: vec!["ping".into(), "heartbeat".into()],
+            room_heartbeat_reply: "pong".into(),
+            room_buffer: 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_message_size: 1 << 20,
+            max_connections: 100_000,
+            publish_rate: 100.0,
+            publish_burst: 200,
+            send_queue: 4096,
+            send_buffer: 4 << 20,
+            max_subscriptions: 1000,
+            compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
+            auth: None,
+            api_key: None,
+            namespaces: default_namespaces(),
+            tls: None,
+        }
+    }
+}
+
+/// The embedded namespaces, which the demo pages use:
+/// - the default one and `chat`: the last 1,000 publications for 10 minutes, presence on;
+/// - `typing`: typing indicators, no history, no presence;
+/// - `board`: whiteboard strokes, the last 10,000 for an hour (late joiners redraw from
+///   history), presence on;
+/// - `live`: server-published data (the demo ticker), clients may not publish, the last 600
+///   (a minute of ticks) for 10 minutes, no presence.
+pub fn default_namespaces() -> NamespaceConfig {
+    let base = NamespaceOptions::default();
+    NamespaceConfig::new()
+        .default_namespace(base.clone().presence(true))
+        .namespace("chat", base.clone().presence(true))
+        .namespace("typing", base.clone().history_size(0))
+        .namespace(
+            "board",
+            base.clone()
+                .presence(true)
+                .history_size(10_000)
+                .history_ttl(Duration::from_secs(3600)),
+        )
+        .namespace("live", base.publish(false).history_size(600))
+}
 
 /// The embedded defaults as a configuration file, every key with its default value and a
 /// comment (what `tidewire genconfig` writes). Loading it changes nothing.
@@ -347,7 +515,7 @@ impl HubConfig {
         if let Some(t) = f.tls {
             // Relative to the file, as auth.rsa_public_key_file is.
             let dir = path.parent().unwrap_or(Path::new("."));
-            let files = crate::server::TlsFiles {
+            let files = TlsFiles {
                 cert: dir.join(t.cert_file),
                 key: dir.join(t.key_file),
             };

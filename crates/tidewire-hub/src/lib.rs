@@ -13,18 +13,28 @@
 //! [`engine`] holds storage and fan-out behind the [`Engine`] trait; [`HubConfig`] is the
 //! configuration, readable from TOML ([`HubConfig::load_file`]).
 
+mod admission;
+mod api;
 pub mod auth;
 mod channels;
 pub mod client;
 mod config;
 pub mod engine;
+mod hub;
+mod limits;
+mod log_budget;
 mod metrics;
+mod pages;
+mod room_endpoint;
 mod rooms;
 mod server;
 
 pub use auth::{AuthConfig, AuthError, Identity};
-pub use config::{parse_duration, ConfigError, DEFAULT_FILE};
+pub use config::{
+    default_namespaces, parse_duration, ConfigError, HubConfig, LogFormat, TlsFiles, DEFAULT_FILE,
+};
 pub use engine::{Engine, MemoryEngine, NamespaceConfig, NamespaceOptions};
+pub use hub::Hub;
 pub use metrics::Metrics;
 pub use rooms::Rooms;
-pub use server::{default_namespaces, router, serve, Hub, HubConfig, LogFormat, TlsFiles};
+pub use server::{router, serve};

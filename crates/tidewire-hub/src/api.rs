@@ -1,0 +1,73 @@
+//! The HTTP API for backends: `POST /api/publish` with `Authorization: apikey KEY`.
+
+use crate::engine::Engine;
+use crate::hub::Hub;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Deserialize)]
+struct ApiPublish {
+    channel: String,
+    data: serde_json::Value,
+}
+
+/// `POST /api/publish` with `Authorization: apikey KEY` and `{"channel":C,"data":ANY}`:
+/// publishes from a backend (price feeds, notifications). Answers `{"offset","epoch"}`.
+pub(crate) async fn api_publish(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(key) = &hub.config.api_key else {
+        return (
+            StatusCode::FORBIDDEN,
+            "the HTTP API is off: set api.key in the configuration\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: send Authorization: apikey KEY\n",
+        )
+            .into_response();
+    }
+    let req: ApiPublish = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("bad request: expected {{\"channel\":C,\"data\":ANY}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let start = Instant::now();
+    let data = Bytes::from(req.data.to_string());
+    match hub.engine.publish(&req.channel, data, start).await {
+        Ok(p) => {
+            hub.metrics.publish_latency(start.elapsed());
+            hub.metrics.publications.fetch_add(1, Ordering::Relaxed);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"offset": p.offset, "epoch": p.epoch}).to_string(),
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,88 @@
+//! The state a running hub shares between its connections: configuration, the room
+//! registry and the channel engine, the connection counts, metrics and the shutdown watch.
+
+use crate::config::HubConfig;
+use crate::engine::MemoryEngine;
+use crate::log_budget::LogBudget;
+use crate::metrics::{Gauges, Metrics};
+use crate::rooms::Rooms;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tidewire::{Options, ServerBuilder};
+use tokio::sync::watch;
+
+/// Shared state of a running hub.
+#[derive(Debug)]
+pub struct Hub {
+    pub(crate) config: HubConfig,
+    pub(crate) rooms: Rooms,
+    pub(crate) room_server: ServerBuilder,
+    pub(crate) channel_server: ServerBuilder,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) room_conns: AtomicUsize,
+    pub(crate) channel_conns: AtomicUsize,
+    pub(crate) subscribers: AtomicUsize,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) engine: Arc<MemoryEngine>,
+    pub(crate) metrics: Metrics,
+    /// Refused handshakes logged at `info`: 20 lines per 10 s, then a count.
+    pub(crate) refusal_log: LogBudget,
+    /// The listener's count of clients refused for want of descriptors (set by `serve`).
+    pub(crate) refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
+}
+
+impl Hub {
+    /// A hub with `config` whose connections close when `shutdown` turns true.
+    pub fn new(config: HubConfig, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
+        let limits = tidewire::Limits::default()
+            .max_message_size(config.max_message_size)
+            .max_frame_size(config.max_message_size);
+        let options = Options::default()
+            .limits(limits)
+            .heartbeat(config.ping_interval, config.idle_timeout);
+        let server = ServerBuilder::new()
+            .options(options)
+            .compression(config.compression);
+        Arc::new(Hub {
+            rooms: Rooms::new(config.room_buffer),
+            channel_server: server.clone().protocols([CHANNEL_PROTOCOL]),
+            room_server: server.protocols(config.room_protocols.iter().cloned()),
+            engine: Arc::new(
+                MemoryEngine::new(config.namespaces.clone()).subscriber_buffer(config.send_queue),
+            ),
+            config,
+            next_id: AtomicU64::new(1),
+            room_conns: AtomicUsize::new(0),
+            channel_conns: AtomicUsize::new(0),
+            subscribers: AtomicUsize::new(0),
+            shutdown,
+            metrics: Metrics::default(),
+            refusal_log: LogBudget::new(20, std::time::Duration::from_secs(10)),
+            refused: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Number of open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.room_conns.load(Ordering::Relaxed) + self.channel_conns.load(Ordering::Relaxed)
+    }
+
+    /// The metrics page, as `GET /metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(&Gauges {
+            rooms_connections: self.room_conns.load(Ordering::Relaxed),
+            channel_connections: self.channel_conns.load(Ordering::Relaxed),
+            rooms: self.rooms.len(),
+            channels: self.engine.len(),
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+            refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
+        })
+    }
+
+    pub(crate) fn next_client_id(&self) -> String {
+        format!("c-{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The subprotocol of `/ws` (docs/protocol.md).
+pub(crate) const CHANNEL_PROTOCOL: &str = "tidewire.v1";
