@@ -1,18 +1,20 @@
 //! The `tidewire.v1` channel protocol at `/ws` (docs/protocol.md) over the engine.
 //!
 //! One task per connection reads requests, answers each one, and writes the events of its
-//! subscriptions: their live streams are polled by the same task (no forwarding task, no
-//! extra queue), and each event is written as a prepared message (serialized and framed
-//! once per event, whatever the number of subscribers). The engine's bounded buffer per
-//! subscriber is the connection's send queue: a connection that falls more than that many
-//! events behind, or whose socket has more than `send_buffer` bytes waiting, is a slow
-//! consumer, closed with 4000 so that it reconnects and resumes with `since`. It never
-//! holds up the other subscribers.
+//! subscriptions: the engine delivers them into the connection's one [`Outbox`] (bounded
+//! by `limits.send_queue` events, whatever the number of subscriptions; created at the
+//! first subscribe, so an idle connection has none), and each event is written as a
+//! prepared message (serialized and framed once per event, whatever the number of
+//! subscribers). A connection whose outbox overflows, or whose socket has more than
+//! `send_buffer` bytes waiting, is a slow consumer, closed with 4000 so that it reconnects
+//! and resumes with `since`. It never holds up the other subscribers. Every subscription
+//! ends with `Engine::unsubscribe` (an `unsubscribe` request or the end of the connection),
+//! so the engine always learns that a subscriber has gone.
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
 use crate::auth::{AuthError, Identity};
 use crate::engine::{
-    ClientInfo, Engine, Event, NamespaceOptions, Recovery, StreamPosition, Subscription,
+    ClientInfo, Engine, Event, NamespaceOptions, Outbox, Recovery, StreamPosition, Subscription,
 };
 use crate::hub::Hub;
 use crate::limits::{close_bounded, TokenBucket};
@@ -21,11 +23,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt};
-use futures_util::FutureExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,17 +39,12 @@ const MAX_INFO: usize = 1024;
 /// Events written per wake-up at most, so one busy connection cannot starve its replies.
 const BATCH: usize = 64;
 
-/// The live events of one subscription.
-type Live =
-    Abortable<Pin<Box<dyn Stream<Item = Result<Arc<Event>, crate::engine::Error>> + Send + Sync>>>;
-
-fn live(
-    sub: Subscription,
-) -> Pin<Box<dyn Stream<Item = Result<Arc<Event>, crate::engine::Error>> + Send + Sync>> {
-    Box::pin(futures_util::stream::unfold(sub, |mut sub| async move {
-        let next = sub.recv().await;
-        Some((next, sub))
-    }))
+/// The next event of the connection's outbox; never without one.
+async fn next_event(outbox: &Option<Outbox>) -> Result<(u64, Arc<Event>), crate::engine::Error> {
+    match outbox {
+        Some(o) => o.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Error codes of docs/protocol.md.
@@ -141,9 +135,10 @@ struct Conn {
     own_info: Option<Value>,
     /// A `connect` brought a new token: its expiry must be armed.
     identity_changed: bool,
-    /// Subscribed channels; aborting the handle ends the live stream.
-    subs: HashMap<String, AbortHandle>,
-    live: SelectAll<Live>,
+    /// Subscribed channels.
+    subs: HashMap<String, Subscription>,
+    /// Where the engine delivers the events of every subscription; made at the first.
+    outbox: Option<Outbox>,
     bucket: TokenBucket,
 }
 
@@ -222,7 +217,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         identity_changed: false,
         identity,
         subs: HashMap::new(),
-        live: SelectAll::new(),
+        outbox: None,
         bucket: TokenBucket::new(
             hub.config.publish_rate,
             hub.config.publish_burst,
@@ -281,15 +276,19 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                 }
                 None => break,
             },
-            first = conn.live.next(), if !conn.live.is_empty() => {
-                let mut next = first;
+            first = next_event(&conn.outbox) => {
+                let mut next = Some(first);
                 let mut written = 0;
+                let mut sent = 0;
                 let mut bytes = 0;
                 let mut slow = false;
                 let mut failed = false;
                 while let Some(item) = next.take() {
                     match item {
-                        Ok(event) => {
+                        // Still queued after its subscription ended (an `unsubscribe`,
+                        // maybe followed by a new subscribe): not for this client now.
+                        Ok((id, event)) if !matches!(conn.subs.get(event.channel()), Some(s) if s.id() == id) => {}
+                        Ok((_, event)) => {
                             let queued = match event.prepared() {
                                 Some(p) => {
                                     bytes += p.payload().len() as u64;
@@ -301,6 +300,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                                 failed = true;
                                 break;
                             }
+                            sent += 1;
                         }
                         Err(e) if e.is_lagged() => {
                             slow = true;
@@ -311,18 +311,18 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     written += 1;
                     if written < BATCH {
                         // Whatever else is ready now leaves in the same write.
-                        next = conn.live.next().now_or_never().flatten();
+                        next = conn.outbox.as_ref().and_then(|o| o.try_recv().transpose());
                     }
                 }
                 // Shared counters are touched once per wake-up, not once per event: on a
                 // fan-out every connection's task passes here.
-                metrics.sent(written as u64, bytes);
+                metrics.sent(sent, bytes);
                 if failed {
                     break;
                 }
                 if slow || ws.connection().pending_transmit() > send_buffer {
                     metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    let why = if slow { "fell behind the channel" } else { "send buffer full" };
+                    let why = if slow { "its event queue overflowed (limits.send_queue)" } else { "send buffer full" };
                     tracing::info!(client = %conn.client_id, "slow consumer disconnected: {why}");
                     let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
                     Box::pin(close_bounded(&mut ws, frame)).await;
@@ -346,10 +346,11 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
             }
         }
     }
-    conn.live = SelectAll::new();
-    let channels: Vec<String> = conn.subs.drain().map(|(ch, _)| ch).collect();
-    for ch in channels {
-        Box::pin(conn.leave(&ch)).await;
+    // Nothing more is delivered; then each subscription ends in the engine.
+    conn.outbox = None;
+    let subs: Vec<Subscription> = conn.subs.drain().map(|(_, sub)| sub).collect();
+    for sub in subs {
+        Box::pin(conn.end(sub)).await;
     }
     tracing::debug!(client = %conn.client_id, "disconnected");
 }
@@ -361,11 +362,13 @@ impl Conn {
         Some(Box::pin(tokio::time::sleep(left)))
     }
 
-    /// Ends the subscription's presence (a leave event) once its stream is gone.
-    async fn leave(&self, ch: &str) {
+    /// Ends `sub` in the engine: no more deliveries, and a leave event where the
+    /// namespace has presence.
+    async fn end(&self, sub: Subscription) {
         self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
-        // Namespaces without presence answer "not available": nothing to leave.
-        let _ = self.hub.engine.leave(ch, &self.client_id).await;
+        if let Err(e) = self.hub.engine.unsubscribe(sub, Instant::now()).await {
+            tracing::debug!(client = %self.client_id, "unsubscribe failed: {e}");
+        }
     }
 
     fn client_info(&self) -> ClientInfo {
@@ -437,9 +440,8 @@ impl Conn {
         let reply = match op {
             "subscribe" => self.subscribe(&id, ch, &req, now).await,
             "unsubscribe" => match self.subs.remove(ch) {
-                Some(handle) => {
-                    handle.abort();
-                    self.leave(ch).await;
+                Some(sub) => {
+                    self.end(sub).await;
                     reply_ok(&id, "{}")
                 }
                 None => reply_err(&id, code::NOT_SUBSCRIBED, "not subscribed"),
@@ -604,7 +606,15 @@ impl Conn {
         };
         let asked = since.is_some();
         let engine = self.hub.engine.clone();
-        let mut sub = match engine.subscribe(ch, self.client_info(), since, now).await {
+        let capacity = self.hub.config.send_queue;
+        let outbox = self
+            .outbox
+            .get_or_insert_with(|| Outbox::new(capacity))
+            .sender();
+        let mut sub = match engine
+            .subscribe(ch, self.client_info(), since, outbox, now)
+            .await
+        {
             Ok(s) => s,
             Err(e) => return engine_error(id, &e),
         };
@@ -619,10 +629,8 @@ impl Conn {
             ));
         }
         result.push('}');
-        let (handle, registration) = AbortHandle::new_pair();
-        self.live.push(Abortable::new(live(sub), registration));
         self.hub.subscribers.fetch_add(1, Ordering::Relaxed);
-        self.subs.insert(ch.to_owned(), handle);
+        self.subs.insert(ch.to_owned(), sub);
         reply_ok(id, &result)
     }
 }

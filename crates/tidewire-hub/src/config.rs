@@ -83,8 +83,10 @@ pub struct HubConfig {
     pub publish_rate: f64,
     /// Bucket size of the publish rate limit. Default 200.
     pub publish_burst: u32,
-    /// Events of a channel a `/ws` subscriber may fall behind (not yet written to its
-    /// socket) before it is a slow consumer. Default 4096.
+    /// Channel events a `/ws` connection may have waiting (delivered by the engine, not
+    /// yet written to its socket), across all its subscriptions, before it is a slow
+    /// consumer. One queue per connection, filled as events come: nothing is
+    /// preallocated, per connection or per channel. Default 4096.
     pub send_queue: usize,
     /// Bytes a connection may have waiting for its socket before it is a slow consumer.
     /// Default 4 MiB.

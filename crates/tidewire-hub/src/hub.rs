@@ -47,9 +47,7 @@ impl Hub {
             rooms: Rooms::new(config.room_buffer),
             channel_server: server.clone().protocols([CHANNEL_PROTOCOL]),
             room_server: server.protocols(config.room_protocols.iter().cloned()),
-            engine: Arc::new(
-                MemoryEngine::new(config.namespaces.clone()).subscriber_buffer(config.send_queue),
-            ),
+            engine: Arc::new(MemoryEngine::new(config.namespaces.clone())),
             config,
             next_id: AtomicU64::new(1),
             room_conns: AtomicUsize::new(0),

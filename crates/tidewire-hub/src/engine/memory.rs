@@ -1,9 +1,10 @@
 //! The in-memory engine: every channel of one process behind one lock.
 //!
 //! A channel is its position (epoch, last offset), its history (a deque of the same
-//! `Arc<Event>`s that were broadcast), its presence map and a bounded
-//! `tokio::sync::broadcast` sender. Publishing, and subscribing with a history snapshot,
-//! happen under the same lock, which is what makes recovery gap-free and duplicate-free.
+//! `Arc<Event>`s that were delivered), its presence map and its subscribers: one
+//! [`OutboxSender`] each, the subscriber connection's queue. No buffer is preallocated per
+//! channel. Publishing, and subscribing with a history snapshot, happen under the same
+//! lock, which is what makes recovery gap-free and duplicate-free.
 //!
 //! A channel with no subscriber, no history and no presence is dropped, so memory follows
 //! what is in use; recreating it starts a new epoch. History is trimmed lazily, by count
@@ -11,7 +12,7 @@
 
 use super::{
     check_json, ClientInfo, Engine, Error, ErrorKind, Event, EventKind, History, NamespaceConfig,
-    NamespaceOptions, Recovery, StreamPosition, Subscription,
+    NamespaceOptions, OutboxSender, Recovery, StreamPosition, Subscription,
 };
 use bytes::Bytes;
 use std::collections::hash_map::RandomState;
@@ -20,17 +21,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::broadcast;
-
-/// Default for [`MemoryEngine::subscriber_buffer`].
-pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1024;
 
 /// Channels, history and presence in this process.
 #[derive(Debug)]
 pub struct MemoryEngine {
     namespaces: NamespaceConfig,
     channels: Mutex<HashMap<Arc<str>, Channel>>,
-    buffer: usize,
 }
 
 #[derive(Debug)]
@@ -41,7 +37,8 @@ struct Channel {
     /// Consecutive offsets, oldest first, with the time each was published.
     history: VecDeque<(Instant, Arc<Event>)>,
     presence: BTreeMap<String, ClientInfo>,
-    tx: broadcast::Sender<Arc<Event>>,
+    /// Subscription id → the subscriber's outbox.
+    subscribers: HashMap<u64, OutboxSender>,
     /// Since when nothing is left in the channel (no history, subscribers or presence).
     /// An idle channel is kept, with its epoch and offset, for one history TTL: a client
     /// that comes back within it resumes with `recovered: true` when nothing was
@@ -50,14 +47,14 @@ struct Channel {
 }
 
 impl Channel {
-    fn new(name: Arc<str>, buffer: usize) -> Self {
+    fn new(name: Arc<str>) -> Self {
         Channel {
             name,
             epoch: new_epoch(),
             offset: 0,
             history: VecDeque::new(),
             presence: BTreeMap::new(),
-            tx: broadcast::channel(buffer).0,
+            subscribers: HashMap::new(),
             idle_since: None,
         }
     }
@@ -83,7 +80,7 @@ impl Channel {
     }
 
     fn is_idle(&self) -> bool {
-        self.tx.receiver_count() == 0 && self.history.is_empty() && self.presence.is_empty()
+        self.subscribers.is_empty() && self.history.is_empty() && self.presence.is_empty()
     }
 
     /// Notes whether the channel is idle now; true once it has been idle for a whole
@@ -97,10 +94,11 @@ impl Channel {
         now.saturating_duration_since(since) >= options.history_ttl
     }
 
-    fn broadcast(&self, kind: EventKind) -> Arc<Event> {
+    fn broadcast(&mut self, kind: EventKind) -> Arc<Event> {
         let event = Arc::new(Event::new(self.name.clone(), kind));
-        // An error only means that nobody is subscribed.
-        let _ = self.tx.send(event.clone());
+        // A subscriber whose connection has gone without unsubscribing is forgotten here.
+        self.subscribers
+            .retain(|id, outbox| outbox.push(*id, event.clone()));
         event
     }
 
@@ -158,21 +156,20 @@ impl MemoryEngine {
         MemoryEngine {
             namespaces,
             channels: Mutex::new(HashMap::new()),
-            buffer: DEFAULT_SUBSCRIBER_BUFFER,
         }
-    }
-
-    /// How many events a subscriber may fall behind before it gets [`Error::is_lagged`]
-    /// (and is dropped as a slow consumer by the connection layer). Default 1024; at
-    /// least 1.
-    pub fn subscriber_buffer(mut self, events: usize) -> Self {
-        self.buffer = events.max(1);
-        self
     }
 
     /// Number of channels held.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Subscriptions to `channel` that the engine delivers to (0 for a channel it does not
+    /// hold). A subscriber whose outbox was dropped counts until the next delivery.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.lock()
+            .get(channel)
+            .map_or(0, |ch| ch.subscribers.len())
     }
 
     /// True when no channel is held.
@@ -214,7 +211,7 @@ impl MemoryEngine {
                 let name: Arc<str> = Arc::from(channel);
                 channels
                     .entry(name.clone())
-                    .or_insert_with(|| Channel::new(name, self.buffer))
+                    .or_insert_with(|| Channel::new(name))
             }
             None => return Ok(None),
         };
@@ -264,33 +261,35 @@ impl Engine for MemoryEngine {
         channel: &str,
         client: ClientInfo,
         since: Option<StreamPosition>,
+        outbox: OutboxSender,
         now: Instant,
     ) -> Result<Subscription, Error> {
         let sub = self.with_channel(channel, now, true, |ch, options| {
-            // Snapshot and live receiver under the same lock as `publish`.
+            // Snapshot and live delivery start under the same lock as `publish`.
             let recovery = match &since {
                 Some(since) => ch.recover(since),
                 None => Recovery::NotRequested,
             };
-            let rx = ch.tx.subscribe();
+            let id = Subscription::next_id();
+            ch.subscribers.insert(id, outbox);
             let client_id = client.client_id.clone();
             if options.presence {
                 ch.join(client);
             }
-            Subscription::new(ch.name.clone(), client_id, ch.position(), recovery, rx)
+            Subscription::new(id, ch.name.clone(), client_id, ch.position(), recovery)
         })?;
         sub.ok_or(Error::new(ErrorKind::Closed))
     }
 
     async fn unsubscribe(&self, subscription: Subscription, now: Instant) -> Result<(), Error> {
         let Subscription {
+            id,
             channel,
             client_id,
-            rx,
             ..
         } = subscription;
-        drop(rx);
         self.with_channel(&channel, now, false, |ch, options| {
+            ch.subscribers.remove(&id);
             if options.presence {
                 ch.leave(&client_id);
             }
@@ -344,7 +343,7 @@ impl Engine for MemoryEngine {
                 let name: Arc<str> = Arc::from(channel);
                 channels
                     .entry(name.clone())
-                    .or_insert_with(|| Channel::new(name, self.buffer))
+                    .or_insert_with(|| Channel::new(name))
             }
         };
         ch.join(client);
@@ -368,7 +367,65 @@ impl Engine for MemoryEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Outbox;
     use std::time::Duration;
+
+    /// A subscription with an outbox of its own, as each connection has.
+    struct Sub {
+        sub: Subscription,
+        outbox: Outbox,
+    }
+
+    impl std::ops::Deref for Sub {
+        type Target = Subscription;
+        fn deref(&self) -> &Subscription {
+            &self.sub
+        }
+    }
+
+    impl std::ops::DerefMut for Sub {
+        fn deref_mut(&mut self) -> &mut Subscription {
+            &mut self.sub
+        }
+    }
+
+    impl Sub {
+        async fn recv(&self) -> Result<Arc<Event>, Error> {
+            let (id, event) = self.outbox.recv().await?;
+            assert_eq!(id, self.sub.id(), "an event for another subscription");
+            Ok(event)
+        }
+
+        fn try_recv(&self) -> Result<Option<Arc<Event>>, Error> {
+            Ok(self.outbox.try_recv()?.map(|(_, event)| event))
+        }
+    }
+
+    async fn subscribe(
+        e: &MemoryEngine,
+        channel: &str,
+        client: ClientInfo,
+        since: Option<StreamPosition>,
+        now: Instant,
+    ) -> Result<Sub, Error> {
+        subscribe_with_room(e, 1 << 16, channel, client, since, now).await
+    }
+
+    /// [`subscribe`] with an outbox of `capacity` events.
+    async fn subscribe_with_room(
+        e: &MemoryEngine,
+        capacity: usize,
+        channel: &str,
+        client: ClientInfo,
+        since: Option<StreamPosition>,
+        now: Instant,
+    ) -> Result<Sub, Error> {
+        let outbox = Outbox::new(capacity);
+        let sub = e
+            .subscribe(channel, client, since, outbox.sender(), now)
+            .await?;
+        Ok(Sub { sub, outbox })
+    }
 
     fn data(n: u64) -> Bytes {
         Bytes::from(format!("{{\"n\":{n}}}"))
@@ -474,17 +531,17 @@ mod tests {
             .unwrap();
         assert!(h.publications.is_empty());
         assert_eq!(h.position.offset, 3);
-        let back = e
-            .subscribe(
-                "news",
-                ClientInfo::new("c"),
-                Some(h.position.clone()),
-                t + Duration::from_secs(100),
-            )
-            .await
-            .unwrap();
+        let back = subscribe(
+            &e,
+            "news",
+            ClientInfo::new("c"),
+            Some(h.position.clone()),
+            t + Duration::from_secs(100),
+        )
+        .await
+        .unwrap();
         assert!(back.recovered());
-        e.unsubscribe(back, t + Duration::from_secs(100))
+        e.unsubscribe(back.sub, t + Duration::from_secs(100))
             .await
             .unwrap();
         assert_eq!(e.len(), 1);
@@ -504,8 +561,7 @@ mod tests {
         let e = engine(NamespaceOptions::default().history_ttl(Duration::from_secs(1)));
         let t = Instant::now();
         e.publish("a", data(1), t).await.unwrap();
-        let sub = e
-            .subscribe("b", ClientInfo::new("c"), None, t)
+        let sub = subscribe(&e, "b", ClientInfo::new("c"), None, t)
             .await
             .unwrap();
         e.publish("b", data(1), t).await.unwrap();
@@ -514,7 +570,7 @@ mod tests {
         assert_eq!(e.len(), 2, "a is idle from now on, kept for one TTL");
         e.sweep(t + Duration::from_secs(6));
         assert_eq!(e.len(), 1, "b has a subscriber");
-        e.unsubscribe(sub, t + Duration::from_secs(5))
+        e.unsubscribe(sub.sub, t + Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(e.len(), 1, "kept for one TTL after it became idle");
@@ -527,8 +583,7 @@ mod tests {
     async fn subscriber_receives_live_publications() {
         let e = MemoryEngine::default();
         let t = Instant::now();
-        let mut sub = e
-            .subscribe("news", ClientInfo::new("c"), None, t)
+        let sub = subscribe(&e, "news", ClientInfo::new("c"), None, t)
             .await
             .unwrap();
         assert!(!sub.recovered());
@@ -554,16 +609,14 @@ mod tests {
             offset: 2,
             epoch: last.epoch.clone(),
         };
-        let mut sub = e
-            .subscribe("news", ClientInfo::new("c"), Some(since), t)
+        let mut sub = subscribe(&e, "news", ClientInfo::new("c"), Some(since), t)
             .await
             .unwrap();
         assert!(sub.recovered());
         assert_eq!(offsets(&sub.take_recovered()), [3, 4, 5]);
         assert_eq!(sub.position(), &last);
         // Already up to date: recovered, nothing missed.
-        let sub = e
-            .subscribe("news", ClientInfo::new("d"), Some(last), t)
+        let sub = subscribe(&e, "news", ClientInfo::new("d"), Some(last), t)
             .await
             .unwrap();
         assert!(sub.recovered());
@@ -586,33 +639,28 @@ mod tests {
                 epoch: epoch.to_owned(),
             })
         };
-        let sub = e
-            .subscribe("news", client(), at(8, "other"), t)
+        let sub = subscribe(&e, "news", client(), at(8, "other"), t)
             .await
             .unwrap();
         assert!(!sub.recovered());
         assert!(matches!(sub.recovery(), Recovery::Failed));
         // History holds 8..=10: from 7 on works, from 6 on does not.
-        let sub = e
-            .subscribe("news", client(), at(7, &epoch), t)
+        let sub = subscribe(&e, "news", client(), at(7, &epoch), t)
             .await
             .unwrap();
         assert!(sub.recovered());
-        let sub = e
-            .subscribe("news", client(), at(6, &epoch), t)
+        let sub = subscribe(&e, "news", client(), at(6, &epoch), t)
             .await
             .unwrap();
         assert!(!sub.recovered());
         // A position from the future.
-        let sub = e
-            .subscribe("news", client(), at(11, &epoch), t)
+        let sub = subscribe(&e, "news", client(), at(11, &epoch), t)
             .await
             .unwrap();
         assert!(!sub.recovered());
         // Expired by TTL.
         let later = t + Duration::from_secs(601);
-        let sub = e
-            .subscribe("news", client(), at(9, &epoch), later)
+        let sub = subscribe(&e, "news", client(), at(9, &epoch), later)
             .await
             .unwrap();
         assert!(!sub.recovered());
@@ -627,8 +675,7 @@ mod tests {
         drop(first);
         let second = MemoryEngine::default();
         second.publish("news", data(1), t).await.unwrap();
-        let sub = second
-            .subscribe("news", ClientInfo::new("c"), Some(pos), t)
+        let sub = subscribe(&second, "news", ClientInfo::new("c"), Some(pos), t)
             .await
             .unwrap();
         assert!(!sub.recovered());
@@ -639,10 +686,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_publish_recovery_has_no_gap_or_duplicate() {
         const N: u64 = 2000;
-        let e = Arc::new(
-            engine(NamespaceOptions::default().history_size(N as usize))
-                .subscriber_buffer(N as usize),
-        );
+        let e = Arc::new(engine(NamespaceOptions::default().history_size(N as usize)));
         for round in 0..20u64 {
             let channel = format!("race{round}");
             let t = Instant::now();
@@ -670,8 +714,7 @@ mod tests {
                 offset: 1,
                 epoch: first.epoch.clone(),
             };
-            let mut sub = e
-                .subscribe(&channel, ClientInfo::new("c"), Some(since), t)
+            let mut sub = subscribe(&e, &channel, ClientInfo::new("c"), Some(since), t)
                 .await
                 .unwrap();
             assert!(sub.recovered(), "round {round}");
@@ -690,11 +733,9 @@ mod tests {
     #[tokio::test]
     async fn resume_after_ten_thousand_publications() {
         const N: u64 = 10_000;
-        let e = engine(NamespaceOptions::default().history_size(N as usize))
-            .subscriber_buffer(N as usize);
+        let e = engine(NamespaceOptions::default().history_size(N as usize));
         let t = Instant::now();
-        let mut sub = e
-            .subscribe("feed", ClientInfo::new("c"), None, t)
+        let sub = subscribe(&e, "feed", ClientInfo::new("c"), None, t)
             .await
             .unwrap();
         for i in 1..=N {
@@ -711,9 +752,8 @@ mod tests {
                 });
             }
         }
-        e.unsubscribe(sub, t).await.unwrap();
-        let mut sub = e
-            .subscribe("feed", ClientInfo::new("c"), last, t)
+        e.unsubscribe(sub.sub, t).await.unwrap();
+        let mut sub = subscribe(&e, "feed", ClientInfo::new("c"), last, t)
             .await
             .unwrap();
         assert!(sub.recovered());
@@ -727,10 +767,9 @@ mod tests {
 
     #[tokio::test]
     async fn lagging_subscriber_gets_lag_error() {
-        let e = MemoryEngine::default().subscriber_buffer(2);
+        let e = MemoryEngine::default();
         let t = Instant::now();
-        let mut slow = e
-            .subscribe("news", ClientInfo::new("c"), None, t)
+        let slow = subscribe_with_room(&e, 2, "news", ClientInfo::new("c"), None, t)
             .await
             .unwrap();
         for i in 1..=5 {
@@ -740,8 +779,7 @@ mod tests {
         assert!(err.is_lagged());
         assert_eq!(err.lagged_by(), Some(3));
         assert!(err.to_string().contains("slow consumer"));
-        let mut slow2 = e
-            .subscribe("news", ClientInfo::new("d"), None, t)
+        let slow2 = subscribe_with_room(&e, 2, "news", ClientInfo::new("d"), None, t)
             .await
             .unwrap();
         for i in 6..=9 {
@@ -758,12 +796,10 @@ mod tests {
         let t = Instant::now();
         let mut ann = ClientInfo::new("c1");
         ann.user_id = Some("ann".into());
-        let mut a = e
-            .subscribe("chat:lobby", ann.clone(), None, t)
+        let a = subscribe(&e, "chat:lobby", ann.clone(), None, t)
             .await
             .unwrap();
-        let b = e
-            .subscribe("chat:lobby", ClientInfo::new("c2"), None, t)
+        let b = subscribe(&e, "chat:lobby", ClientInfo::new("c2"), None, t)
             .await
             .unwrap();
 
@@ -779,7 +815,7 @@ mod tests {
         let members = e.presence("chat:lobby").await.unwrap();
         assert_eq!(members, [ann.clone(), ClientInfo::new("c2")]);
 
-        e.unsubscribe(b, t).await.unwrap();
+        e.unsubscribe(b.sub, t).await.unwrap();
         let ev = a.recv().await.unwrap();
         assert_eq!(ev.kind(), &EventKind::Leave(ClientInfo::new("c2")));
         assert_eq!(e.presence("chat:lobby").await.unwrap(), [ann.clone()]);
@@ -800,7 +836,7 @@ mod tests {
         // No offsets are spent on presence.
         assert_eq!(e.publish("chat:lobby", data(1), t).await.unwrap().offset, 1);
 
-        e.unsubscribe(a, t).await.unwrap();
+        e.unsubscribe(a.sub, t).await.unwrap();
         assert!(e.presence("chat:lobby").await.unwrap().is_empty());
     }
 
@@ -808,12 +844,10 @@ mod tests {
     async fn presence_off_by_default() {
         let e = MemoryEngine::default();
         let t = Instant::now();
-        let mut sub = e
-            .subscribe("news", ClientInfo::new("c1"), None, t)
+        let sub = subscribe(&e, "news", ClientInfo::new("c1"), None, t)
             .await
             .unwrap();
-        let _other = e
-            .subscribe("news", ClientInfo::new("c2"), None, t)
+        let _other = subscribe(&e, "news", ClientInfo::new("c2"), None, t)
             .await
             .unwrap();
         assert!(sub.try_recv().unwrap().is_none());
@@ -833,13 +867,63 @@ mod tests {
         assert_eq!(a.len(), 16);
     }
 
+    /// Issue 14: a subscription's end must reach the engine, or a networked engine would
+    /// keep delivering to (and a channel keep the memory of) a subscriber that has gone.
+    #[tokio::test]
+    async fn a_subscriptions_end_reaches_the_engine() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let a = subscribe(&e, "news", ClientInfo::new("a"), None, t)
+            .await
+            .unwrap();
+        let b = subscribe(&e, "news", ClientInfo::new("b"), None, t)
+            .await
+            .unwrap();
+        assert_eq!(e.subscriber_count("news"), 2);
+        e.unsubscribe(a.sub, t).await.unwrap();
+        assert_eq!(e.subscriber_count("news"), 1);
+        // A connection that went away without unsubscribing (its outbox dropped) is
+        // forgotten at the next delivery.
+        drop(b);
+        e.publish("news", data(1), t).await.unwrap();
+        assert_eq!(e.subscriber_count("news"), 0);
+    }
+
+    /// One outbox for many channels: events of every channel arrive in the order they
+    /// were published, each tagged with its own subscription.
+    #[tokio::test]
+    async fn one_outbox_serves_many_subscriptions() {
+        let e = MemoryEngine::default();
+        let t = Instant::now();
+        let outbox = Outbox::new(100);
+        let mut ids = Vec::new();
+        for ch in ["a", "b", "c"] {
+            let sub = e
+                .subscribe(ch, ClientInfo::new("x"), None, outbox.sender(), t)
+                .await
+                .unwrap();
+            ids.push((ch, sub.id()));
+        }
+        for (i, ch) in ["c", "a", "b", "a"].iter().enumerate() {
+            e.publish(ch, data(i as u64), t).await.unwrap();
+        }
+        let mut got = Vec::new();
+        while let Some((id, ev)) = outbox.try_recv().unwrap() {
+            let (ch, want) = ids.iter().find(|(c, _)| *c == ev.channel()).unwrap();
+            assert_eq!(id, *want, "{ch}");
+            got.push(ev.channel().to_owned());
+        }
+        assert_eq!(got, ["c", "a", "b", "a"]);
+    }
+
     #[test]
     fn futures_are_send() {
         fn send<T: Send>(_: T) {}
         let e = MemoryEngine::default();
         let t = Instant::now();
         send(e.publish("news", data(1), t));
-        send(e.subscribe("news", ClientInfo::new("c"), None, t));
+        let outbox = Outbox::new(1);
+        send(e.subscribe("news", ClientInfo::new("c"), None, outbox.sender(), t));
         send(e.history("news", 1, t));
         send(e.presence("news"));
     }

@@ -15,8 +15,10 @@
 //! everything in this process.
 
 mod memory;
+mod outbox;
 
 pub use memory::MemoryEngine;
+pub use outbox::{Outbox, OutboxSender};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -26,7 +28,6 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tidewire::{Message, PreparedMessage};
-use tokio::sync::broadcast;
 
 /// Longest channel name accepted, in bytes. Longer names fail with
 /// [`Error::is_invalid_channel`].
@@ -206,35 +207,49 @@ pub enum Recovery {
     Failed,
 }
 
-/// A subscription to a channel: what was recovered, then the live events.
+/// A subscription to a channel: what was recovered; the live events go to the
+/// subscriber's [`Outbox`].
 ///
-/// The recovered publications and the live stream neither overlap nor leave a gap: every
-/// live publication has an offset above [`Subscription::position`].
+/// The recovered publications and the live events neither overlap nor leave a gap: every
+/// live publication has an offset above [`Subscription::position`]. End it with
+/// [`Engine::unsubscribe`], which is how the engine learns that it has one subscriber less.
 #[derive(Debug)]
 pub struct Subscription {
+    id: u64,
     channel: Arc<str>,
     client_id: String,
     position: StreamPosition,
     recovery: Recovery,
-    rx: broadcast::Receiver<Arc<Event>>,
 }
 
 impl Subscription {
-    /// Used by engines.
+    /// Used by engines: `id` tells the engine's subscriptions apart (see
+    /// [`Subscription::next_id`]).
     pub fn new(
+        id: u64,
         channel: Arc<str>,
         client_id: String,
         position: StreamPosition,
         recovery: Recovery,
-        rx: broadcast::Receiver<Arc<Event>>,
     ) -> Self {
         Subscription {
+            id,
             channel,
             client_id,
             position,
             recovery,
-            rx,
         }
+    }
+
+    /// A fresh subscription id, unique in this process.
+    pub fn next_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The id the engine knows this subscription by.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The channel.
@@ -268,30 +283,6 @@ impl Subscription {
         match &mut self.recovery {
             Recovery::Recovered(v) => std::mem::take(v),
             _ => Vec::new(),
-        }
-    }
-
-    /// The next live event. Cancellation safe.
-    ///
-    /// Fails with [`Error::is_lagged`] when this subscriber fell more than the engine's
-    /// buffer behind (a slow consumer): the connection should be closed with that reason
-    /// and the client told to resubscribe from its last position. Fails with
-    /// [`Error::is_closed`] when the engine has gone.
-    pub async fn recv(&mut self) -> Result<Arc<Event>, Error> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Lagged(n) => Error::new(ErrorKind::Lagged(n)),
-            broadcast::error::RecvError::Closed => Error::new(ErrorKind::Closed),
-        })
-    }
-
-    /// The next live event if one is waiting.
-    pub fn try_recv(&mut self) -> Result<Option<Arc<Event>>, Error> {
-        use broadcast::error::TryRecvError;
-        match self.rx.try_recv() {
-            Ok(ev) => Ok(Some(ev)),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Lagged(n)) => Err(Error::new(ErrorKind::Lagged(n))),
-            Err(TryRecvError::Closed) => Err(Error::new(ErrorKind::Closed)),
         }
     }
 }
@@ -446,16 +437,18 @@ pub trait Engine: Send + Sync + 'static {
         now: Instant,
     ) -> impl Future<Output = Result<StreamPosition, Error>> + Send;
 
-    /// Subscribes `client` to `channel` and, when the namespace has presence, adds it to
-    /// the channel's presence (a join event, which the new subscriber receives too).
+    /// Subscribes `client` to `channel`, delivering its live events into `outbox` (the
+    /// client's connection's queue), and, when the namespace has presence, adds it to the
+    /// channel's presence (a join event, which the new subscriber receives too).
     ///
     /// With `since`, recovers the publications after it: the snapshot and the start of the
-    /// live stream are taken atomically, so none is missed or delivered twice.
+    /// live delivery are taken atomically, so none is missed or delivered twice.
     fn subscribe(
         &self,
         channel: &str,
         client: ClientInfo,
         since: Option<StreamPosition>,
+        outbox: OutboxSender,
         now: Instant,
     ) -> impl Future<Output = Result<Subscription, Error>> + Send;
 
