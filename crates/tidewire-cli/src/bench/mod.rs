@@ -316,6 +316,42 @@ impl Target {
             Err(f) => bail!("cannot connect to {} ({}): {f}", self.url, self.addr),
         }
     }
+
+    /// [`probe`](Self::probe), and the server must select `protocol` (the hub's `/ws` and
+    /// `tidewire.v1`): anything else ends the run with one line.
+    pub async fn probe_selecting(&self, protocol: &str) -> Result<Ws> {
+        let (ws, response) = self.probe().await?;
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok());
+        if selected != Some(protocol) {
+            close(ws).await;
+            bail!(
+                "{} did not select the {protocol} subprotocol (is it the hub's /ws endpoint?)",
+                self.url
+            );
+        }
+        Ok(ws)
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (never, if they cannot be caught): ends a hold
+/// early, and the report is printed as usual.
+pub(crate) async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Binds `socket` to `ip` without taking a port yet (IP_BIND_ADDRESS_NO_PORT): the port is
