@@ -421,6 +421,10 @@ pub async fn run(args: ChannelsArgs, nofile: Nofile) -> Result<()> {
         );
         let bytes = (after as f64 - before as f64) * 1024.0 / subscribed.max(1) as f64;
         r.field("bytes_per_channel", round(bytes, 0));
+        r.row(
+            "per channel",
+            format!("{} bytes of server VmRSS", fmt_f(bytes, 0)),
+        );
         if let Some(published) = rss_published {
             let per = (published as f64 - after as f64) / acked.max(1) as f64;
             r.field("rss_after_publish_kb", published);
