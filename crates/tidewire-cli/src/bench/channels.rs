@@ -572,6 +572,10 @@ struct Conn {
     chans: Vec<Chan>,
     inflight_max: usize,
     inflight: usize,
+    /// Requests allowed in flight now: `inflight_max`, down to 1 after a 107, back up by
+    /// one per acknowledged publish (so a rate-limited hub refuses a few, not a window's
+    /// worth, every time its bucket runs dry).
+    window: usize,
     /// The next channel (local number) to send a request for in this step.
     next: usize,
     /// Publishes refused with 107, to send again once `paused_until` has passed.
@@ -592,6 +596,7 @@ impl Conn {
             chans: vec![Chan::default(); count],
             inflight_max,
             inflight: 0,
+            window: inflight_max,
             next: 0,
             retry: VecDeque::new(),
             paused_until: None,
@@ -678,7 +683,7 @@ impl Conn {
             let paused = self
                 .paused_until
                 .is_some_and(|t| t > tokio::time::Instant::now());
-            while self.inflight < self.inflight_max && !paused {
+            while self.inflight < self.window && !paused {
                 let Some(j) = self.next_request(&op) else {
                     break;
                 };
@@ -786,9 +791,11 @@ impl Conn {
             (true, Some(_), None) => {
                 chan.acked = true;
                 sh.acked.fetch_add(1, Ordering::Relaxed);
+                self.window = (self.window + 1).min(self.inflight_max);
             }
             (true, _, Some(RATE_LIMITED)) => {
                 sh.rate_limited.fetch_add(1, Ordering::Relaxed);
+                self.window = 1;
                 self.retry.push_back(j as usize);
                 self.paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(100));
             }
@@ -904,9 +911,11 @@ mod tests {
         c.inflight = 2;
         c.reply(Some(PUBLISH_ID + 1), None, Some(107), &sh);
         assert!(c.paused_until.is_some());
+        assert_eq!(c.window, 1);
         assert_eq!(c.next_request(&Op::Publish), Some(1));
         c.reply(Some(PUBLISH_ID), Some(1), None, &sh);
         c.reply(Some(PUBLISH_ID + 1), Some(5), None, &sh);
+        assert_eq!(c.window, 3);
         assert_eq!(sh.acked.load(Ordering::Relaxed), 2);
         assert_eq!(c.missing(), 2);
         // Channel 10's publication, once and then again; channel 11's with wrong data.
