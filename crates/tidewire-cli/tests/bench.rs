@@ -601,6 +601,125 @@ fn connections_mode_says_when_open_and_a_signal_ends_the_hold() {
 }
 
 #[test]
+fn channels_mode_subscribes_every_channel_and_delivers_one_publication_each() {
+    let (child, addr) = common::spawn("serve", &["--no-demo"]);
+    let hub = common::Server { child, addr };
+    let pid = hub.child.id().to_string();
+    let url = format!("ws://{}/ws", hub.addr);
+    let v = bench_json(&[
+        "channels",
+        &url,
+        "--channels",
+        "1200",
+        "--per-connection",
+        "400",
+        "--hold",
+        "0.2",
+        "--publish",
+        "--server-pid",
+        &pid,
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "channels");
+    assert_eq!(num(&v, "connections"), 3.0, "{v}");
+    assert_eq!(num(&v, "open"), 3.0, "{v}");
+    assert_eq!(num(&v, "subscribed"), 1200.0, "{v}");
+    assert_eq!(num(&v, "refused"), 0.0, "{v}");
+    // Every channel got its one publication, exactly once (400 per connection is above
+    // the hub's publish burst of 200: some were sent again after error 107).
+    assert_eq!(num(&v, "published"), 1200.0, "{v}");
+    assert_eq!(num(&v, "received"), 1200.0, "{v}");
+    assert_eq!(num(&v, "missing"), 0.0, "{v}");
+    assert_eq!(num(&v, "duplicates"), 0.0, "{v}");
+    assert_eq!(num(&v, "wrong"), 0.0, "{v}");
+    assert!(num(&v, "rate_limited") > 0.0, "{v}");
+    // The default namespace has presence: each subscriber's own join event.
+    assert_eq!(num(&v, "other_pushes"), 1200.0, "{v}");
+    // Memory: present, and a channel costs the server something.
+    assert!(num(&v, "rss_before_kb") > 0.0, "{v}");
+    assert!(num(&v, "rss_after_kb") > num(&v, "rss_before_kb"), "{v}");
+    assert!(num(&v, "kb_per_channel") > 0.0, "{v}");
+    assert!(num(&v, "bytes_per_channel") > 0.0, "{v}");
+    assert!(num(&v, "rss_after_publish_kb") > 0.0, "{v}");
+    assert!(num(&v, "generator_rss_after_kb") > 0.0, "{v}");
+    assert!(num(&v, "server_cpu_us_per_subscribe") > 0.0, "{v}");
+    assert_eq!(num(&v, "errors_total"), 0.0, "{v}");
+    let prefix = v["prefix"].as_str().unwrap_or_default().to_owned();
+    assert!(prefix.starts_with("bench-ch-"), "{v}");
+
+    // A second run on the same hub makes new channels (a new run id): nothing is
+    // refused as already subscribed, and the table names them.
+    let out = bench(&["channels", &url, "--channels", "10", "--hold", "0"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("10/10 in"), "{stdout}");
+    assert!(!stdout.contains(&prefix), "{stdout}");
+}
+
+#[test]
+fn channels_mode_above_max_subscriptions_fails_naming_the_limit() {
+    let dir = std::env::temp_dir().join(format!("tidewire-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("max-subs.toml");
+    std::fs::write(&config, "[limits]\nmax_subscriptions = 50\n").unwrap();
+    let (child, addr) = common::spawn(
+        "serve",
+        &["--no-demo", "--config", config.to_str().unwrap()],
+    );
+    let _hub = common::Server { child, addr };
+    let url = format!("ws://{addr}/ws");
+    let out = bench(&[
+        "channels",
+        &url,
+        "--channels",
+        "120",
+        "--per-connection",
+        "60",
+        "--hold",
+        "0",
+        "--json",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or("");
+    assert!(last.contains("error 111"), "{stderr}");
+    assert!(last.contains("lower --per-connection (now 60)"), "{stderr}");
+    assert!(last.contains("raise limits.max_subscriptions"), "{stderr}");
+    // The report is printed all the same: 50 of each connection's 60 subscribed.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(num(&v, "subscribed"), 100.0, "{v}");
+    assert_eq!(num(&v, "refused_limit"), 20.0, "{v}");
+    assert_eq!(v["errors"]["subscribe refused: error 111"], 20, "{v}");
+
+    // Nothing subscribed at all (a namespace the hub does not know): exit 1, one line.
+    let out = bench(&[
+        "channels",
+        &url,
+        "--channels",
+        "5",
+        "--prefix",
+        "nope:",
+        "--hold",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 2, "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or("");
+    assert!(
+        last.contains("nothing was measured: no channel was subscribed"),
+        "{stderr}"
+    );
+    assert!(last.contains("subscribe refused: error 103"), "{stderr}");
+}
+
+#[test]
 fn refused_connection_is_one_clear_line_and_fails() {
     // A port that was just free: bind, note it, close.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -642,6 +761,9 @@ fn bad_flags_name_the_flag() {
     let out = bench(&["echo", "ws://127.0.0.1:1/", "--deflate-level", "6"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--compression"));
+    let out = bench(&["channels", "ws://127.0.0.1:1/ws", "--per-connection", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--per-connection"));
     let out = bench(&["connections", "ws://127.0.0.1:1/", "--message-size", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--message-size"));

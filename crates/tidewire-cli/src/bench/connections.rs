@@ -26,8 +26,10 @@
 //! same port can serve several destinations), and the handshake runs over it with
 //! `ClientBuilder::connect_on`.
 
-use super::stats::{fmt_f, fmt_int, round, tcp_bytes, CpuWindow, Errors, Proc, Report};
-use super::{Common, Failure, Nofile, Progress, Shutdown, Target, Ws};
+use super::stats::{
+    fmt_f, fmt_int, memory_fields, round, server_rss_kb, tcp_bytes, CpuWindow, Errors, Proc, Report,
+};
+use super::{stop_signal, Common, Failure, Nofile, Progress, Shutdown, Target, Ws};
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Args;
@@ -82,6 +84,9 @@ pub struct ConnectionsArgs {
     #[command(flatten)]
     pub common: Common,
 }
+
+/// What the memory figures are divided by: `kb_per_conn`, "KB per connection".
+const CONN: (&str, &str) = ("conn", "connection");
 
 /// Connections per source address when `--sources` is not given.
 const PER_SOURCE: u64 = 25_000;
@@ -141,12 +146,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
 
     let server = args.common.server_pid.map(|pid| Proc { pid });
     let own_rss_before = Proc::me().rss_kb().ok();
-    let rss_before = match server {
-        Some(p) => Some(p.rss_kb().map_err(|e| {
-            anyhow::anyhow!("cannot read /proc/{}/status (--server-pid): {e}", p.pid)
-        })?),
-        None => None,
-    };
+    let rss_before = server_rss_kb(server)?;
     let sh = Arc::new(Shared {
         errors: Errors::default(),
         open: AtomicU64::new(0),
@@ -245,10 +245,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     }
     let hold_secs = t0.elapsed().as_secs_f64();
     let hold_cpu = hold_cpu.finish()?;
-    let rss_after = match server {
-        Some(p) => Some(p.rss_kb()?),
-        None => None,
-    };
+    let rss_after = server_rss_kb(server)?;
     let own_rss_after = Proc::me().rss_kb().ok();
     let held = sh.open.load(Ordering::Relaxed) - sh.lost.load(Ordering::Relaxed);
     let _ = done_tx.send(true);
@@ -322,7 +319,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     if let (Some(pid), Some(before), Some(after)) = (args.common.server_pid, rss_before, rss_after)
     {
         r.field("server_pid", pid);
-        memory_fields(&mut r, "server memory", "", before, after, held);
+        memory_fields(&mut r, "server memory", "", before, after, held, CONN);
     }
     if let (Some(before), Some(after)) = (own_rss_before, own_rss_after) {
         memory_fields(
@@ -332,6 +329,7 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
             before,
             after,
             held,
+            CONN,
         );
     }
     if let (Some(c), Some(h)) = (connect_cpu.server_ns, hold_cpu.server_ns) {
@@ -375,41 +373,6 @@ pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// VmRSS before and after opening `held` connections, as JSON fields (`{prefix}rss_before_kb`,
-/// `{prefix}rss_after_kb`, `{prefix}kb_per_conn`) and one table row.
-fn memory_fields(r: &mut Report, row: &str, prefix: &str, before: u64, after: u64, held: u64) {
-    let per = (after as f64 - before as f64) / held.max(1) as f64;
-    r.field(&format!("{prefix}rss_before_kb"), before);
-    r.field(&format!("{prefix}rss_after_kb"), after);
-    r.field(&format!("{prefix}kb_per_conn"), round(per, 2));
-    r.row(
-        row,
-        format!(
-            "VmRSS {} KB before, {} KB after: {} KB per connection",
-            fmt_int(before),
-            fmt_int(after),
-            fmt_f(per, 2)
-        ),
-    );
-}
-
-/// Resolves on the first SIGINT or SIGTERM (never, if they cannot be caught).
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 /// Bytes the kernel has received on the connection's socket (not for wss://).

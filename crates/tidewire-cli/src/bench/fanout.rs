@@ -266,17 +266,7 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     let target = Arc::new(Target::new(&args.url, builder)?);
     // A probe first: a refused connection, or a server that does not speak tidewire.v1,
     // ends the run here with one line.
-    let (probe, response) = target.probe().await?;
-    let selected = response
-        .headers()
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok());
-    if selected != Some("tidewire.v1") {
-        bail!(
-            "{} did not select the tidewire.v1 subprotocol (is it the hub's /ws endpoint?)",
-            args.url
-        );
-    }
+    let probe = target.probe_selecting("tidewire.v1").await?;
     super::close(probe).await;
     let channel = serde_json::to_string(&args.channel).context("channel name")?;
     let n = args.subscribers as usize;

@@ -1,8 +1,9 @@
 //! `tidewire bench`: the project's load generator, built on the project's own client.
 //!
-//! Three modes, one file each: `echo` (round trips against an echo server), `fanout`
-//! (publish-to-receive through the hub's `tidewire.v1` channels) and `connections` (idle
-//! connections and the server memory they cost). This file holds what they share: the
+//! Four modes, one file each: `echo` (round trips against an echo server), `fanout`
+//! (publish-to-receive through the hub's `tidewire.v1` channels), `connections` (idle
+//! connections and the server memory they cost) and `channels` (many channels with one
+//! subscriber each, and the server memory per channel). This file holds what they share: the
 //! common flags, the runtime, how a connection is opened (optionally from a chosen source
 //! address, over `ClientBuilder::connect_on`), how failures are named, the phases of a run
 //! and the progress line.
@@ -14,6 +15,7 @@
 //!
 //! Not here: the statistics themselves and the report printer (`stats`).
 
+mod channels;
 mod connections;
 mod echo;
 mod fanout;
@@ -48,6 +50,10 @@ enum Mode {
     /// Idle connections: open --conns WebSocket connections, hold them, and report the
     /// server's memory per connection (with --server-pid).
     Connections(connections::ConnectionsArgs),
+    /// Memory per channel (hub, `ws://HOST/ws`): subscribe --channels channels, one
+    /// subscriber each, --per-connection per connection, and report the server's memory
+    /// per channel (with --server-pid); --publish checks each channel delivers.
+    Channels(channels::ChannelsArgs),
 }
 
 /// Flags every mode takes.
@@ -74,6 +80,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Mode::Echo(a) => a.common.threads,
         Mode::Fanout(a) => a.common.threads,
         Mode::Connections(a) => a.common.threads,
+        Mode::Channels(a) => a.common.threads,
     };
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -92,6 +99,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Mode::Echo(a) => echo::run(a, nofile).await,
             Mode::Fanout(a) => fanout::run(a, nofile).await,
             Mode::Connections(a) => connections::run(a, nofile).await,
+            Mode::Channels(a) => channels::run(a, nofile).await,
         }
     })
 }
@@ -315,6 +323,42 @@ impl Target {
             Ok(c) => Ok(c),
             Err(f) => bail!("cannot connect to {} ({}): {f}", self.url, self.addr),
         }
+    }
+
+    /// [`probe`](Self::probe), and the server must select `protocol` (the hub's `/ws` and
+    /// `tidewire.v1`): anything else ends the run with one line.
+    pub async fn probe_selecting(&self, protocol: &str) -> Result<Ws> {
+        let (ws, response) = self.probe().await?;
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok());
+        if selected != Some(protocol) {
+            close(ws).await;
+            bail!(
+                "{} did not select the {protocol} subprotocol (is it the hub's /ws endpoint?)",
+                self.url
+            );
+        }
+        Ok(ws)
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (never, if they cannot be caught): ends a hold
+/// early, and the report is printed as usual.
+pub(crate) async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 

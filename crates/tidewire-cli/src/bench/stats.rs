@@ -205,6 +205,46 @@ impl Proc {
     }
 }
 
+/// The server's VmRSS when `--server-pid` was given; an unreadable `/proc/PID/status` is
+/// an error that names the flag.
+pub fn server_rss_kb(server: Option<Proc>) -> anyhow::Result<Option<u64>> {
+    match server {
+        Some(p) => p
+            .rss_kb()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("cannot read /proc/{}/status (--server-pid): {e}", p.pid)),
+        None => Ok(None),
+    }
+}
+
+/// VmRSS before and after `count` things (connections, channels) came to exist, as JSON
+/// fields (`{prefix}rss_before_kb`, `{prefix}rss_after_kb`, `{prefix}kb_per_{key}`) and
+/// one table row ("... KB per {name}"). `unit` is `(key, name)`: `("conn", "connection")`.
+pub fn memory_fields(
+    r: &mut Report,
+    row: &str,
+    prefix: &str,
+    before: u64,
+    after: u64,
+    count: u64,
+    unit: (&str, &str),
+) {
+    let (key, name) = unit;
+    let per = (after as f64 - before as f64) / count.max(1) as f64;
+    r.field(&format!("{prefix}rss_before_kb"), before);
+    r.field(&format!("{prefix}rss_after_kb"), after);
+    r.field(&format!("{prefix}kb_per_{key}"), round(per, 2));
+    r.row(
+        row,
+        format!(
+            "VmRSS {} KB before, {} KB after: {} KB per {name}",
+            fmt_int(before),
+            fmt_int(after),
+            fmt_f(per, 2)
+        ),
+    );
+}
+
 /// The first field of a schedstat line: time spent on a CPU, in ns.
 pub fn parse_schedstat(s: &str) -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
