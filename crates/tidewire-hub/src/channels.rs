@@ -14,7 +14,7 @@
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
 use crate::auth::{AuthError, Identity};
 use crate::engine::{
-    ClientInfo, Engine, Event, NamespaceOptions, Outbox, Recovery, StreamPosition, Subscription,
+    ClientInfo, Engine, Event, NamespaceOptions, Outbox, StreamPosition, Subscription,
 };
 use crate::hub::Hub;
 use crate::limits::{close_bounded, TokenBucket};
@@ -135,8 +135,11 @@ struct Conn {
     own_info: Option<Value>,
     /// A `connect` brought a new token: its expiry must be armed.
     identity_changed: bool,
-    /// Subscribed channels.
-    subs: HashMap<String, Subscription>,
+    /// Who this connection is in presence, once asked for (see `client_info`).
+    client: Option<Arc<ClientInfo>>,
+    /// Subscribed channels and the engine's id of each subscription (the key shares the
+    /// engine's copy of the name: a subscription costs one map entry here).
+    subs: HashMap<Arc<str>, u64>,
     /// Where the engine delivers the events of every subscription; made at the first.
     outbox: Option<Outbox>,
     bucket: TokenBucket,
@@ -216,6 +219,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         own_info: None,
         identity_changed: false,
         identity,
+        client: None,
         subs: HashMap::new(),
         outbox: None,
         bucket: TokenBucket::new(
@@ -287,7 +291,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     match item {
                         // Still queued after its subscription ended (an `unsubscribe`,
                         // maybe followed by a new subscribe): not for this client now.
-                        Ok((id, event)) if !matches!(conn.subs.get(event.channel()), Some(s) if s.id() == id) => {}
+                        Ok((id, event)) if conn.subs.get(event.channel()) != Some(&id) => {}
                         Ok((_, event)) => {
                             let queued = match event.prepared() {
                                 Some(p) => {
@@ -348,7 +352,11 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
     }
     // Nothing more is delivered; then each subscription ends in the engine.
     conn.outbox = None;
-    let subs: Vec<Subscription> = conn.subs.drain().map(|(_, sub)| sub).collect();
+    let subs: Vec<Subscription> = conn
+        .subs
+        .drain()
+        .map(|(channel, id)| Subscription::new(id, channel))
+        .collect();
     for sub in subs {
         Box::pin(conn.end(sub)).await;
     }
@@ -371,7 +379,12 @@ impl Conn {
         }
     }
 
-    fn client_info(&self) -> ClientInfo {
+    /// Who this connection is, for presence: one value shared by all its subscriptions
+    /// (made again after a `connect` changes the identity or the info).
+    fn client_info(&mut self) -> Arc<ClientInfo> {
+        if let Some(info) = &self.client {
+            return info.clone();
+        }
         let mut info = ClientInfo::new(self.client_id.clone());
         if let Some(id) = &self.identity {
             info.user_id = Some(id.user.clone());
@@ -381,7 +394,7 @@ impl Conn {
         if info.info.is_none() {
             info.info = self.own_info.clone();
         }
-        info
+        self.client.insert(Arc::new(info)).clone()
     }
 
     /// Checks the channel's namespace and, for a private one, the token's `channels`.
@@ -439,9 +452,9 @@ impl Conn {
         let engine = &self.hub.engine;
         let reply = match op {
             "subscribe" => self.subscribe(&id, ch, &req, now).await,
-            "unsubscribe" => match self.subs.remove(ch) {
-                Some(sub) => {
-                    self.end(sub).await;
+            "unsubscribe" => match self.subs.remove_entry(ch) {
+                Some((channel, sub_id)) => {
+                    self.end(Subscription::new(sub_id, channel)).await;
                     reply_ok(&id, "{}")
                 }
                 None => reply_err(&id, code::NOT_SUBSCRIBED, "not subscribed"),
@@ -552,6 +565,7 @@ impl Conn {
             (Some(auth), Some(token)) => match auth.verify(token) {
                 Ok(identity) => {
                     self.identity = Some(identity);
+                    self.client = None;
                     self.authenticated = true;
                     self.identity_changed = true;
                 }
@@ -577,6 +591,7 @@ impl Conn {
         }
         if info.is_some() {
             self.own_info = info;
+            self.client = None;
         }
         let user = self.identity.as_ref().map(|i| i.user.as_str());
         let result = json!({"client": self.client_id, "user": user, "version": "tidewire.v1"});
@@ -611,17 +626,15 @@ impl Conn {
             .outbox
             .get_or_insert_with(|| Outbox::new(capacity))
             .sender();
-        let mut sub = match engine
-            .subscribe(ch, self.client_info(), since, outbox, now)
-            .await
-        {
+        let client = self.client_info();
+        let mut sub = match engine.subscribe(ch, client, since, outbox, now).await {
             Ok(s) => s,
             Err(e) => return engine_error(id, &e),
         };
-        let pos = sub.position().clone();
-        let recovered = matches!(sub.recovery(), Recovery::Recovered(_));
-        let publications = sub.take_recovered();
+        let pos = &sub.position;
         let mut result = format!("{{\"offset\":{},\"epoch\":{}", pos.offset, json!(pos.epoch));
+        let recovered = sub.recovered();
+        let publications = sub.take_recovered();
         if asked {
             result.push_str(&format!(
                 ",\"recovered\":{recovered},\"publications\":{}",
@@ -630,7 +643,8 @@ impl Conn {
         }
         result.push('}');
         self.hub.subscribers.fetch_add(1, Ordering::Relaxed);
-        self.subs.insert(ch.to_owned(), sub);
+        let key = sub.subscription.channel_name().clone();
+        self.subs.insert(key, sub.subscription.id());
         reply_ok(id, &result)
     }
 }

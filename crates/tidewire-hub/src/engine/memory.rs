@@ -1,10 +1,13 @@
-//! The in-memory engine: every channel of one process behind one lock.
+//! The in-memory engine: the channels of one process, in shards.
 //!
 //! A channel is its position (epoch, last offset), its history (a deque of the same
-//! `Arc<Event>`s that were delivered), its presence map and its subscribers: one
-//! [`OutboxSender`] each, the subscriber connection's queue. No buffer is preallocated per
-//! channel. Publishing, and subscribing with a history snapshot, happen under the same
-//! lock, which is what makes recovery gap-free and duplicate-free.
+//! `Arc<Event>`s that were delivered) and its subscribers: one entry each, with the
+//! subscriber connection's queue ([`OutboxSender`]) and its [`ClientInfo`] (shared by all
+//! the subscriptions of one connection). Presence is the subscribers that joined it, plus
+//! the rare client added with [`Engine::join`] alone. Nothing is preallocated per channel:
+//! a channel with one subscriber costs a few hundred bytes. Publishing, and subscribing
+//! with a history snapshot, happen under the channel's shard lock, which is what makes
+//! recovery gap-free and duplicate-free; channels in other shards are not held up.
 //!
 //! A channel with no subscriber, no history and no presence is dropped, so memory follows
 //! what is in use; recreating it starts a new epoch. History is trimmed lazily, by count
@@ -12,21 +15,38 @@
 
 use super::{
     check_json, ClientInfo, Engine, Error, ErrorKind, Event, EventKind, History, NamespaceConfig,
-    NamespaceOptions, OutboxSender, Recovery, StreamPosition, Subscription,
+    NamespaceOptions, OutboxSender, Recovery, StreamPosition, Subscribed, Subscription,
 };
 use bytes::Bytes;
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+/// Shards of the channel map: publications on channels of different shards never wait
+/// for each other.
+const SHARDS: usize = 64;
+
+type Shard = HashMap<Arc<str>, Box<Channel>>;
+
 /// Channels, history and presence in this process.
 #[derive(Debug)]
 pub struct MemoryEngine {
     namespaces: NamespaceConfig,
-    channels: Mutex<HashMap<Arc<str>, Channel>>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+/// One subscription to a channel.
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    outbox: OutboxSender,
+    client: Arc<ClientInfo>,
+    /// Counted in the channel's presence (its namespace has presence).
+    present: bool,
 }
 
 #[derive(Debug)]
@@ -36,9 +56,12 @@ struct Channel {
     offset: u64,
     /// Consecutive offsets, oldest first, with the time each was published.
     history: VecDeque<(Instant, Arc<Event>)>,
-    presence: BTreeMap<String, ClientInfo>,
-    /// Subscription id → the subscriber's outbox.
-    subscribers: HashMap<u64, OutboxSender>,
+    /// Few per channel as a rule (per-user channels have one): a vector, searched by id.
+    subscribers: Vec<Subscriber>,
+    /// Clients present without a subscription ([`Engine::join`]); none as a rule, so
+    /// one pointer here rather than a vector's three words in every channel.
+    #[allow(clippy::box_collection)]
+    joined: Option<Box<Vec<Arc<ClientInfo>>>>,
     /// Since when nothing is left in the channel (no history, subscribers or presence).
     /// An idle channel is kept, with its epoch and offset, for one history TTL: a client
     /// that comes back within it resumes with `recovered: true` when nothing was
@@ -53,8 +76,8 @@ impl Channel {
             epoch: new_epoch(),
             offset: 0,
             history: VecDeque::new(),
-            presence: BTreeMap::new(),
-            subscribers: HashMap::new(),
+            subscribers: Vec::new(),
+            joined: None,
             idle_since: None,
         }
     }
@@ -77,10 +100,14 @@ impl Channel {
             }
             self.history.pop_front();
         }
+        if self.history.is_empty() && self.history.capacity() > 0 {
+            // A quiet channel gives its history's memory back.
+            self.history = VecDeque::new();
+        }
     }
 
     fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty() && self.presence.is_empty()
+        self.subscribers.is_empty() && self.history.is_empty() && self.joined.is_none()
     }
 
     /// Notes whether the channel is idle now; true once it has been idle for a whole
@@ -98,7 +125,7 @@ impl Channel {
         let event = Arc::new(Event::new(self.name.clone(), kind));
         // A subscriber whose connection has gone without unsubscribing is forgotten here.
         self.subscribers
-            .retain(|id, outbox| outbox.push(*id, event.clone()));
+            .retain(|s| s.outbox.push(s.id, event.clone()));
         event
     }
 
@@ -125,18 +152,62 @@ impl Channel {
         )
     }
 
-    fn join(&mut self, client: ClientInfo) {
-        if self.presence.contains_key(&client.client_id) {
-            return;
-        }
-        self.presence
-            .insert(client.client_id.clone(), client.clone());
-        self.broadcast(EventKind::Join(client));
+    fn joined(&self) -> &[Arc<ClientInfo>] {
+        self.joined.as_deref().map_or(&[], Vec::as_slice)
     }
 
+    /// Whether `client_id` is in the channel's presence.
+    fn is_present(&self, client_id: &str) -> bool {
+        self.subscribers
+            .iter()
+            .any(|s| s.present && s.client.client_id == client_id)
+            || self.joined().iter().any(|c| c.client_id == client_id)
+    }
+
+    /// Who is present, by client id, each once.
+    fn presence(&self) -> Vec<ClientInfo> {
+        let subscribed = self.subscribers.iter().filter(|s| s.present);
+        let mut clients: Vec<ClientInfo> = subscribed
+            .map(|s| &s.client)
+            .chain(self.joined())
+            .map(|c| (**c).clone())
+            .collect();
+        clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        clients.dedup_by(|a, b| a.client_id == b.client_id);
+        clients
+    }
+
+    /// Adds `client` to presence without a subscription; a join event unless present.
+    fn join(&mut self, client: Arc<ClientInfo>) {
+        if self.is_present(&client.client_id) {
+            return;
+        }
+        self.joined
+            .get_or_insert_with(Default::default)
+            .push(client.clone());
+        self.broadcast(EventKind::Join((*client).clone()));
+    }
+
+    /// Removes `client_id` from presence (subscribed or joined); a leave event if it was
+    /// there.
     fn leave(&mut self, client_id: &str) {
-        if let Some(client) = self.presence.remove(client_id) {
-            self.broadcast(EventKind::Leave(client));
+        let mut gone = None;
+        for s in self.subscribers.iter_mut().filter(|s| s.present) {
+            if s.client.client_id == client_id {
+                s.present = false;
+                gone = Some(s.client.clone());
+            }
+        }
+        if let Some(joined) = &mut self.joined {
+            if let Some(i) = joined.iter().position(|c| c.client_id == client_id) {
+                gone = Some(joined.swap_remove(i));
+            }
+            if joined.is_empty() {
+                self.joined = None;
+            }
+        }
+        if let Some(client) = gone {
+            self.broadcast(EventKind::Leave((*client).clone()));
         }
     }
 }
@@ -155,19 +226,20 @@ impl MemoryEngine {
     pub fn new(namespaces: NamespaceConfig) -> Self {
         MemoryEngine {
             namespaces,
-            channels: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
         }
     }
 
     /// Number of channels held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
     /// Subscriptions to `channel` that the engine delivers to (0 for a channel it does not
     /// hold). A subscriber whose outbox was dropped counts until the next delivery.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.lock()
+        self.shard(channel)
             .get(channel)
             .map_or(0, |ch| ch.subscribers.len())
     }
@@ -180,18 +252,22 @@ impl MemoryEngine {
     /// Trims every channel's history by age and drops the channels left idle. Call it
     /// now and then (say every few seconds) to bound memory for channels nobody touches.
     pub fn sweep(&self, now: Instant) {
-        let mut channels = self.lock();
-        channels.retain(|name, ch| match self.namespaces.for_channel(name) {
-            Some(options) => {
-                ch.trim(options, now);
-                !ch.expired(options, now)
-            }
-            None => false,
-        });
+        for shard in self.shards.iter() {
+            lock(shard).retain(|name, ch| match self.namespaces.for_channel(name) {
+                Some(options) => {
+                    ch.trim(options, now);
+                    !ch.expired(options, now)
+                }
+                None => false,
+            });
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Channel>> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    /// The locked shard that holds `channel`.
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        let mut h = self.hasher.build_hasher();
+        h.write(channel.as_bytes());
+        lock(&self.shards[h.finish() as usize % SHARDS])
     }
 
     /// Runs `f` on `channel` (created if `create`, else skipped when absent) after
@@ -204,24 +280,28 @@ impl MemoryEngine {
         f: impl FnOnce(&mut Channel, &NamespaceOptions) -> R,
     ) -> Result<Option<R>, Error> {
         let options = self.namespaces.check(channel)?;
-        let mut channels = self.lock();
-        let ch = match channels.get_mut(channel) {
+        let mut shard = self.shard(channel);
+        let ch = match shard.get_mut(channel) {
             Some(ch) => ch,
             None if create => {
                 let name: Arc<str> = Arc::from(channel);
-                channels
+                shard
                     .entry(name.clone())
-                    .or_insert_with(|| Channel::new(name))
+                    .or_insert_with(|| Box::new(Channel::new(name)))
             }
             None => return Ok(None),
         };
         ch.trim(options, now);
         let r = f(ch, options);
         if ch.expired(options, now) {
-            channels.remove(channel);
+            shard.remove(channel);
         }
         Ok(Some(r))
     }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Default for MemoryEngine {
@@ -249,8 +329,10 @@ impl Engine for MemoryEngine {
                 epoch: ch.epoch.clone(),
                 data,
             });
-            ch.history.push_back((now, event));
-            ch.trim(options, now);
+            if options.history_size > 0 {
+                ch.history.push_back((now, event));
+                ch.trim(options, now);
+            }
             ch.position()
         })?;
         position.ok_or(Error::new(ErrorKind::Closed))
@@ -259,11 +341,11 @@ impl Engine for MemoryEngine {
     async fn subscribe(
         &self,
         channel: &str,
-        client: ClientInfo,
+        client: Arc<ClientInfo>,
         since: Option<StreamPosition>,
         outbox: OutboxSender,
         now: Instant,
-    ) -> Result<Subscription, Error> {
+    ) -> Result<Subscribed, Error> {
         let sub = self.with_channel(channel, now, true, |ch, options| {
             // Snapshot and live delivery start under the same lock as `publish`.
             let recovery = match &since {
@@ -271,27 +353,41 @@ impl Engine for MemoryEngine {
                 None => Recovery::NotRequested,
             };
             let id = Subscription::next_id();
-            ch.subscribers.insert(id, outbox);
-            let client_id = client.client_id.clone();
-            if options.presence {
-                ch.join(client);
+            let join = options.presence && !ch.is_present(&client.client_id);
+            ch.subscribers.push(Subscriber {
+                id,
+                outbox,
+                client: client.clone(),
+                present: options.presence,
+            });
+            if join {
+                // The new subscriber receives its own join too.
+                ch.broadcast(EventKind::Join((*client).clone()));
             }
-            Subscription::new(id, ch.name.clone(), client_id, ch.position(), recovery)
+            Subscribed {
+                subscription: Subscription::new(id, ch.name.clone()),
+                position: ch.position(),
+                recovery,
+            }
         })?;
         sub.ok_or(Error::new(ErrorKind::Closed))
     }
 
     async fn unsubscribe(&self, subscription: Subscription, now: Instant) -> Result<(), Error> {
-        let Subscription {
-            id,
-            channel,
-            client_id,
-            ..
-        } = subscription;
-        self.with_channel(&channel, now, false, |ch, options| {
-            ch.subscribers.remove(&id);
-            if options.presence {
-                ch.leave(&client_id);
+        self.with_channel(subscription.channel(), now, false, |ch, _| {
+            let Some(i) = ch
+                .subscribers
+                .iter()
+                .position(|s| s.id == subscription.id())
+            else {
+                return;
+            };
+            let gone = ch.subscribers.swap_remove(i);
+            if ch.subscribers.is_empty() {
+                ch.subscribers = Vec::new();
+            }
+            if gone.present && !ch.is_present(&gone.client.client_id) {
+                ch.broadcast(EventKind::Leave((*gone.client).clone()));
             }
         })?;
         Ok(())
@@ -325,9 +421,9 @@ impl Engine for MemoryEngine {
             return Err(Error::new(ErrorKind::NotAvailable));
         }
         Ok(self
-            .lock()
+            .shard(channel)
             .get(channel)
-            .map(|ch| ch.presence.values().cloned().collect())
+            .map(|ch| ch.presence())
             .unwrap_or_default())
     }
 
@@ -336,17 +432,17 @@ impl Engine for MemoryEngine {
         if !options.presence {
             return Err(Error::new(ErrorKind::NotAvailable));
         }
-        let mut channels = self.lock();
-        let ch = match channels.get_mut(channel) {
+        let mut shard = self.shard(channel);
+        let ch = match shard.get_mut(channel) {
             Some(ch) => ch,
             None => {
                 let name: Arc<str> = Arc::from(channel);
-                channels
+                shard
                     .entry(name.clone())
-                    .or_insert_with(|| Channel::new(name))
+                    .or_insert_with(|| Box::new(Channel::new(name)))
             }
         };
-        ch.join(client);
+        ch.join(Arc::new(client));
         Ok(())
     }
 
@@ -355,8 +451,7 @@ impl Engine for MemoryEngine {
         if !options.presence {
             return Err(Error::new(ErrorKind::NotAvailable));
         }
-        let mut channels = self.lock();
-        if let Some(ch) = channels.get_mut(channel) {
+        if let Some(ch) = self.shard(channel).get_mut(channel) {
             // An idle channel is forgotten by `sweep` once it has been idle for a TTL.
             ch.leave(client_id);
         }
@@ -373,23 +468,31 @@ mod tests {
     /// A subscription with an outbox of its own, as each connection has.
     struct Sub {
         sub: Subscription,
+        position: StreamPosition,
+        recovery: Recovery,
         outbox: Outbox,
     }
 
-    impl std::ops::Deref for Sub {
-        type Target = Subscription;
-        fn deref(&self) -> &Subscription {
-            &self.sub
-        }
-    }
-
-    impl std::ops::DerefMut for Sub {
-        fn deref_mut(&mut self) -> &mut Subscription {
-            &mut self.sub
-        }
-    }
-
     impl Sub {
+        fn position(&self) -> &StreamPosition {
+            &self.position
+        }
+
+        fn recovery(&self) -> &Recovery {
+            &self.recovery
+        }
+
+        fn recovered(&self) -> bool {
+            matches!(self.recovery, Recovery::Recovered(_))
+        }
+
+        fn take_recovered(&mut self) -> Vec<Arc<Event>> {
+            match &mut self.recovery {
+                Recovery::Recovered(v) => std::mem::take(v),
+                _ => Vec::new(),
+            }
+        }
+
         async fn recv(&self) -> Result<Arc<Event>, Error> {
             let (id, event) = self.outbox.recv().await?;
             assert_eq!(id, self.sub.id(), "an event for another subscription");
@@ -421,10 +524,19 @@ mod tests {
         now: Instant,
     ) -> Result<Sub, Error> {
         let outbox = Outbox::new(capacity);
-        let sub = e
-            .subscribe(channel, client, since, outbox.sender(), now)
+        let Subscribed {
+            subscription,
+            position,
+            recovery,
+        } = e
+            .subscribe(channel, Arc::new(client), since, outbox.sender(), now)
             .await?;
-        Ok(Sub { sub, outbox })
+        Ok(Sub {
+            sub: subscription,
+            position,
+            recovery,
+            outbox,
+        })
     }
 
     fn data(n: u64) -> Bytes {
@@ -899,10 +1011,10 @@ mod tests {
         let mut ids = Vec::new();
         for ch in ["a", "b", "c"] {
             let sub = e
-                .subscribe(ch, ClientInfo::new("x"), None, outbox.sender(), t)
+                .subscribe(ch, Arc::new(ClientInfo::new("x")), None, outbox.sender(), t)
                 .await
                 .unwrap();
-            ids.push((ch, sub.id()));
+            ids.push((ch, sub.subscription.id()));
         }
         for (i, ch) in ["c", "a", "b", "a"].iter().enumerate() {
             e.publish(ch, data(i as u64), t).await.unwrap();
@@ -923,7 +1035,8 @@ mod tests {
         let t = Instant::now();
         send(e.publish("news", data(1), t));
         let outbox = Outbox::new(1);
-        send(e.subscribe("news", ClientInfo::new("c"), None, outbox.sender(), t));
+        let client = Arc::new(ClientInfo::new("c"));
+        send(e.subscribe("news", client, None, outbox.sender(), t));
         send(e.history("news", 1, t));
         send(e.presence("news"));
     }

@@ -207,38 +207,20 @@ pub enum Recovery {
     Failed,
 }
 
-/// A subscription to a channel: what was recovered; the live events go to the
-/// subscriber's [`Outbox`].
-///
-/// The recovered publications and the live events neither overlap nor leave a gap: every
-/// live publication has an offset above [`Subscription::position`]. End it with
+/// A subscription to a channel, as the engine knows it: end it with
 /// [`Engine::unsubscribe`], which is how the engine learns that it has one subscriber less.
+/// Its live events go to the subscriber's [`Outbox`], tagged with [`Subscription::id`].
 #[derive(Debug)]
 pub struct Subscription {
     id: u64,
     channel: Arc<str>,
-    client_id: String,
-    position: StreamPosition,
-    recovery: Recovery,
 }
 
 impl Subscription {
     /// Used by engines: `id` tells the engine's subscriptions apart (see
     /// [`Subscription::next_id`]).
-    pub fn new(
-        id: u64,
-        channel: Arc<str>,
-        client_id: String,
-        position: StreamPosition,
-        recovery: Recovery,
-    ) -> Self {
-        Subscription {
-            id,
-            channel,
-            client_id,
-            position,
-            recovery,
-        }
+    pub fn new(id: u64, channel: Arc<str>) -> Self {
+        Subscription { id, channel }
     }
 
     /// A fresh subscription id, unique in this process.
@@ -247,7 +229,7 @@ impl Subscription {
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The id the engine knows this subscription by.
+    /// The id the engine knows this subscription by; its events come with it.
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -257,25 +239,32 @@ impl Subscription {
         &self.channel
     }
 
-    /// The client that subscribed.
-    pub fn client_id(&self) -> &str {
-        &self.client_id
+    /// The channel's name, shared.
+    pub fn channel_name(&self) -> &Arc<str> {
+        &self.channel
     }
+}
 
+/// What [`Engine::subscribe`] returns: the subscription, where live delivery starts, and
+/// what was recovered.
+///
+/// The recovered publications and the live events neither overlap nor leave a gap: every
+/// live publication has an offset above `position`.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// The subscription, to end with [`Engine::unsubscribe`].
+    pub subscription: Subscription,
     /// The channel's position when the subscription started: the last offset that is not
     /// delivered live.
-    pub fn position(&self) -> &StreamPosition {
-        &self.position
-    }
+    pub position: StreamPosition,
+    /// The recovery outcome.
+    pub recovery: Recovery,
+}
 
+impl Subscribed {
     /// True when recovery was asked for and succeeded.
     pub fn recovered(&self) -> bool {
         matches!(self.recovery, Recovery::Recovered(_))
-    }
-
-    /// The recovery outcome.
-    pub fn recovery(&self) -> &Recovery {
-        &self.recovery
     }
 
     /// Takes the recovered publications (oldest first), leaving none.
@@ -439,18 +428,19 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Subscribes `client` to `channel`, delivering its live events into `outbox` (the
     /// client's connection's queue), and, when the namespace has presence, adds it to the
-    /// channel's presence (a join event, which the new subscriber receives too).
+    /// channel's presence (a join event, which the new subscriber receives too). `client`
+    /// is shared: a connection passes the same one for all its subscriptions.
     ///
     /// With `since`, recovers the publications after it: the snapshot and the start of the
     /// live delivery are taken atomically, so none is missed or delivered twice.
     fn subscribe(
         &self,
         channel: &str,
-        client: ClientInfo,
+        client: Arc<ClientInfo>,
         since: Option<StreamPosition>,
         outbox: OutboxSender,
         now: Instant,
-    ) -> impl Future<Output = Result<Subscription, Error>> + Send;
+    ) -> impl Future<Output = Result<Subscribed, Error>> + Send;
 
     /// Ends `subscription`: leaves presence (a leave event) and forgets the channel if
     /// nothing is left in it.
