@@ -49,13 +49,26 @@ struct Subscriber {
     present: bool,
 }
 
+/// The publications a channel keeps.
+#[derive(Debug)]
+struct Kept {
+    /// The channel's epoch as its publications carry it (shared by all of them).
+    epoch: Arc<str>,
+    /// Consecutive offsets ending at the channel's, oldest first, with the time each was
+    /// published.
+    publications: VecDeque<(Instant, Arc<Event>)>,
+}
+
 #[derive(Debug)]
 struct Channel {
     name: Arc<str>,
-    epoch: Arc<str>,
+    /// 64 random bits, written as 16 hex digits: a number here, so that a channel holds
+    /// no string for it.
+    epoch: u64,
     offset: u64,
-    /// Consecutive offsets, oldest first, with the time each was published.
-    history: VecDeque<(Instant, Arc<Event>)>,
+    /// What is kept of the channel's publications; none (one null pointer) while there is
+    /// no history, as for most per-user channels most of the time.
+    history: Option<Box<Kept>>,
     /// Few per channel as a rule (per-user channels have one): a vector, searched by id.
     subscribers: Vec<Subscriber>,
     /// Clients present without a subscription ([`Engine::join`]); none as a rule, so
@@ -75,7 +88,7 @@ impl Channel {
             name,
             epoch: new_epoch(),
             offset: 0,
-            history: VecDeque::new(),
+            history: None,
             subscribers: Vec::new(),
             joined: None,
             idle_since: None,
@@ -85,29 +98,75 @@ impl Channel {
     fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.offset,
-            epoch: self.epoch.to_string(),
+            epoch: self.epoch_str(),
         }
     }
 
-    /// Drops publications beyond the namespace's count, or as old as its TTL.
-    fn trim(&mut self, options: &NamespaceOptions, now: Instant) {
-        while self.history.len() > options.history_size {
-            self.history.pop_front();
+    fn epoch_str(&self) -> String {
+        format!("{:016x}", self.epoch)
+    }
+
+    /// The kept publications, oldest first.
+    fn kept(&self) -> impl Iterator<Item = &Arc<Event>> + '_ {
+        self.history
+            .iter()
+            .flat_map(|k| k.publications.iter().map(|(_, e)| e))
+    }
+
+    /// How many publications are kept.
+    fn kept_len(&self) -> usize {
+        self.history.as_ref().map_or(0, |k| k.publications.len())
+    }
+
+    /// Keeps `event`, just published, under the namespace's limits.
+    fn keep(&mut self, event: Arc<Event>, options: &NamespaceOptions, now: Instant) {
+        if options.history_size == 0 {
+            return;
         }
-        while let Some((at, _)) = self.history.front() {
+        let epoch = self.epoch_str();
+        self.history
+            .get_or_insert_with(|| {
+                Box::new(Kept {
+                    epoch: Arc::from(epoch),
+                    publications: VecDeque::new(),
+                })
+            })
+            .publications
+            .push_back((now, event));
+        self.trim(options, now);
+    }
+
+    /// The epoch as publications carry it: shared with the kept ones when there are some.
+    fn epoch_arc(&self) -> Arc<str> {
+        match &self.history {
+            Some(k) => k.epoch.clone(),
+            None => Arc::from(self.epoch_str()),
+        }
+    }
+
+    /// Drops publications beyond the namespace's count, or as old as its TTL; a channel
+    /// left with none gives the memory back.
+    fn trim(&mut self, options: &NamespaceOptions, now: Instant) {
+        let Some(kept) = &mut self.history else {
+            return;
+        };
+        let publications = &mut kept.publications;
+        while publications.len() > options.history_size {
+            publications.pop_front();
+        }
+        while let Some((at, _)) = publications.front() {
             if now.saturating_duration_since(*at) < options.history_ttl {
                 break;
             }
-            self.history.pop_front();
+            publications.pop_front();
         }
-        if self.history.is_empty() && self.history.capacity() > 0 {
-            // A quiet channel gives its history's memory back.
-            self.history = VecDeque::new();
+        if publications.is_empty() {
+            self.history = None;
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty() && self.joined.is_none()
+        self.subscribers.is_empty() && self.history.is_none() && self.joined.is_none()
     }
 
     /// Notes whether the channel is idle now; true once it has been idle for a whole
@@ -131,7 +190,7 @@ impl Channel {
 
     /// The publications after `since`, if history still has all of them.
     fn recover(&self, since: &StreamPosition) -> Recovery {
-        if *since.epoch != *self.epoch || since.offset > self.offset {
+        if since.epoch != self.epoch_str() || since.offset > self.offset {
             return Recovery::Failed;
         }
         let missed = self.offset - since.offset;
@@ -139,17 +198,12 @@ impl Channel {
             return Recovery::Recovered(Vec::new());
         }
         // History holds consecutive offsets ending at `self.offset`.
-        if (self.history.len() as u64) < missed {
+        let kept = self.kept_len();
+        if (kept as u64) < missed {
             return Recovery::Failed;
         }
-        let skip = self.history.len() - missed as usize;
-        Recovery::Recovered(
-            self.history
-                .iter()
-                .skip(skip)
-                .map(|(_, e)| e.clone())
-                .collect(),
-        )
+        let skip = kept - missed as usize;
+        Recovery::Recovered(self.kept().skip(skip).cloned().collect())
     }
 
     fn joined(&self) -> &[Arc<ClientInfo>] {
@@ -214,11 +268,11 @@ impl Channel {
 
 /// A new epoch: 64 random bits as 16 hex digits, from the standard library's per-process
 /// random hash keys plus a counter.
-fn new_epoch() -> Arc<str> {
+fn new_epoch() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    Arc::from(format!("{:016x}", h.finish()))
+    h.finish()
 }
 
 impl MemoryEngine {
@@ -326,13 +380,10 @@ impl Engine for MemoryEngine {
             ch.offset += 1;
             let event = ch.broadcast(EventKind::Publication {
                 offset: ch.offset,
-                epoch: ch.epoch.clone(),
+                epoch: ch.epoch_arc(),
                 data,
             });
-            if options.history_size > 0 {
-                ch.history.push_back((now, event));
-                ch.trim(options, now);
-            }
+            ch.keep(event, options, now);
             ch.position()
         })?;
         position.ok_or(Error::new(ErrorKind::Closed))
@@ -395,14 +446,9 @@ impl Engine for MemoryEngine {
 
     async fn history(&self, channel: &str, limit: usize, now: Instant) -> Result<History, Error> {
         let history = self.with_channel(channel, now, false, |ch, _| {
-            let skip = ch.history.len().saturating_sub(limit);
+            let skip = ch.kept_len().saturating_sub(limit);
             History {
-                publications: ch
-                    .history
-                    .iter()
-                    .skip(skip)
-                    .map(|(_, e)| e.clone())
-                    .collect(),
+                publications: ch.kept().skip(skip).cloned().collect(),
                 position: ch.position(),
             }
         })?;
@@ -973,10 +1019,11 @@ mod tests {
 
     #[test]
     fn epochs_differ() {
-        let a = new_epoch();
-        let b = new_epoch();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 16);
+        let a = Channel::new(Arc::from("a"));
+        let b = Channel::new(Arc::from("a"));
+        assert_ne!(a.epoch_str(), b.epoch_str());
+        assert_eq!(a.epoch_str().len(), 16);
+        assert_eq!(a.position().epoch, a.epoch_str());
     }
 
     /// Issue 14: a subscription's end must reach the engine, or a networked engine would
