@@ -106,6 +106,8 @@ enum Step {
     Done,
 }
 
+/// What the connections' tasks share: counters of the run.
+#[derive(Default)]
 struct Shared {
     prefix: String,
     errors: Errors,
@@ -180,22 +182,7 @@ pub async fn run(args: ChannelsArgs, nofile: Nofile) -> Result<()> {
     server_rss_kb(server)?;
     let sh = Arc::new(Shared {
         prefix,
-        errors: Errors::default(),
-        open: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
-        subscribed: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        refused_limit: AtomicU64::new(0),
-        subscribe_done: AtomicU64::new(0),
-        publish_done: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        publish_refused: AtomicU64::new(0),
-        rate_limited: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        wrong: AtomicU64::new(0),
-        other_pushes: AtomicU64::new(0),
+        ..Shared::default()
     });
     let (step_tx, step) = watch::channel(Step::Wait);
     let started = Instant::now();
@@ -872,22 +859,7 @@ mod tests {
     fn shared(prefix: &str) -> Shared {
         Shared {
             prefix: prefix.into(),
-            errors: Errors::default(),
-            open: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-            subscribed: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            refused_limit: AtomicU64::new(0),
-            subscribe_done: AtomicU64::new(0),
-            publish_done: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-            publish_refused: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            wrong: AtomicU64::new(0),
-            other_pushes: AtomicU64::new(0),
+            ..Shared::default()
         }
     }
 
