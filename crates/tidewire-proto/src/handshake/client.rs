@@ -84,24 +84,27 @@ pub fn write_request(req: &ClientRequest<'_>, dst: &mut Vec<u8>) {
     if let Some(extensions) = req.extensions {
         push_header(dst, "Sec-WebSocket-Extensions", extensions.as_bytes());
     }
-    // §4.1 item 8: "|Origin| header field".
+    // §4.1 item 8: "|Origin| header field". The `origin` field wins; without it, an Origin
+    // among the extra headers is sent as given (it used to be dropped without a word).
     if let Some(origin) = req.origin {
         push_header(dst, "Origin", origin.as_bytes());
     }
-    push_extra(
-        dst,
-        req.headers,
-        &[
-            HOST,
-            UPGRADE,
-            CONNECTION,
-            SEC_WEBSOCKET_KEY,
-            SEC_WEBSOCKET_VERSION,
-            SEC_WEBSOCKET_PROTOCOL,
-            SEC_WEBSOCKET_EXTENSIONS,
-            ORIGIN,
-        ],
-    );
+    let written = [
+        HOST,
+        UPGRADE,
+        CONNECTION,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_PROTOCOL,
+        SEC_WEBSOCKET_EXTENSIONS,
+        ORIGIN,
+    ];
+    let written = if req.origin.is_some() {
+        &written[..]
+    } else {
+        &written[..written.len() - 1]
+    };
+    push_extra(dst, req.headers, written);
     dst.extend_from_slice(b"\r\n");
 }
 
@@ -237,6 +240,47 @@ mod tests {
             Sec-WebSocket-Protocol: chat, superchat\r\n\
             Origin: http://example.com\r\n\r\n"
         );
+    }
+
+    /// An `Origin` given as an extra header is sent when no `origin` is set (it was
+    /// dropped without a word); with both, the `origin` field wins and goes out once.
+    #[test]
+    fn origin_as_an_extra_header() {
+        let mut extra = HeaderMap::new();
+        extra.insert(ORIGIN, "https://a.example".parse().unwrap());
+        let req = ClientRequest {
+            host: "h",
+            path_and_query: "/",
+            key: KEY,
+            protocols: &[],
+            extensions: None,
+            origin: None,
+            headers: &extra,
+        };
+        let mut out = Vec::new();
+        write_request(&req, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.matches("origin: https://a.example\r\n").count(),
+            1,
+            "{text}"
+        );
+
+        let mut out = Vec::new();
+        write_request(
+            &ClientRequest {
+                origin: Some("https://b.example"),
+                ..req
+            },
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.to_ascii_lowercase().matches("origin:").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("Origin: https://b.example\r\n"), "{text}");
     }
 
     #[test]
