@@ -16,6 +16,7 @@
 mod admission;
 mod api;
 pub mod auth;
+mod channel_endpoint;
 mod channels;
 pub mod client;
 mod config;

@@ -3,7 +3,7 @@
 //! module: `admission`, `room_endpoint`, `channels`, `api`, `pages`.
 
 use crate::api::api_publish;
-use crate::channels::channel_upgrade;
+use crate::channel_endpoint::channel_upgrade;
 use crate::config::{HubConfig, TlsFiles};
 use crate::hub::Hub;
 use crate::room_endpoint::room_upgrade;
