@@ -1,7 +1,7 @@
 //! The HTTP API for backends: `POST /api/publish` with `Authorization: apikey KEY`.
 
-use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::node::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -14,7 +14,8 @@ use std::time::Instant;
 #[derive(Deserialize)]
 struct ApiPublish {
     channel: String,
-    data: serde_json::Value,
+    /// Kept as the bytes sent (checked, never expanded into a tree).
+    data: Box<serde_json::value::RawValue>,
 }
 
 /// `POST /api/publish` with `Authorization: apikey KEY` and `{"channel":C,"data":ANY}`:
@@ -53,8 +54,7 @@ pub(crate) async fn api_publish(
         }
     };
     let start = Instant::now();
-    let data = Bytes::from(req.data.to_string());
-    match hub.engine.publish(&req.channel, data, start).await {
+    match hub.node.publish(&req.channel, Json::from(req.data)).await {
         Ok(p) => {
             hub.metrics.publish_latency(start.elapsed());
             hub.metrics.publications.fetch_add(1, Ordering::Relaxed);

@@ -11,10 +11,10 @@
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
 use crate::channels::{close, Conn, Reply, Timer};
-use crate::engine::{Event, Outbox, Subscription};
 use crate::hub::Hub;
 use crate::limits::{close_bounded, TokenBucket};
 use crate::metrics::HandshakeFailure;
+use crate::node::{Event, Outbox, Subscription};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;

@@ -1,17 +1,16 @@
 //! The `tidewire.v1` channel protocol at `/ws` (docs/protocol.md): one connection's state
-//! ([`Conn`]) and its answer to each request, over the engine. The connection's task (the
+//! ([`Conn`]) and its answer to each request, through the node. The connection's task (the
 //! reading, the writing of events, the closes) is `channel_endpoint`.
 //!
-//! Every subscription ends with `Engine::unsubscribe` (an `unsubscribe` request or the end
-//! of the connection), so the engine always learns that a subscriber has gone.
+//! Every subscription ends with `Node::unsubscribe` (an `unsubscribe` request or the end of
+//! the connection), so the node, and through it the broker, always learns that a
+//! subscriber has gone.
 
 use crate::auth::{AuthError, Identity};
-use crate::engine::{
-    ClientInfo, Engine, Event, NamespaceOptions, Outbox, StreamPosition, Subscription,
-};
+use crate::engine::{ClientInfo, StreamPosition};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
-use bytes::Bytes;
+use crate::node::{Event, Json, NamespaceOptions, Outbox, Subscription};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -112,10 +111,10 @@ pub(crate) struct Conn {
     pub(crate) identity_changed: bool,
     /// Who this connection is in presence, once asked for (see `client_info`).
     pub(crate) client: Option<Arc<ClientInfo>>,
-    /// Subscribed channels and the engine's id of each subscription (the key shares the
-    /// engine's copy of the name: a subscription costs one map entry here).
+    /// Subscribed channels and the node's id of each subscription (the key shares the
+    /// node's copy of the name: a subscription costs one map entry here).
     pub(crate) subs: HashMap<Arc<str>, u64>,
-    /// Where the engine delivers the events of every subscription; made at the first.
+    /// Where the node delivers the events of every subscription; made at the first.
     pub(crate) outbox: Option<Outbox>,
     pub(crate) bucket: TokenBucket,
 }
@@ -130,13 +129,15 @@ impl Conn {
         Some(Box::pin(tokio::time::sleep(left)))
     }
 
-    /// Ends `sub` in the engine: no more deliveries, and a leave event where the
-    /// namespace has presence.
+    /// Ends `sub` in the node: no more deliveries, and a leave event where the namespace
+    /// has presence.
     pub(crate) async fn end(&self, sub: Subscription) {
         self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
-        if let Err(e) = self.hub.engine.unsubscribe(sub, Instant::now()).await {
-            tracing::debug!(client = %self.client_id, "unsubscribe failed: {e}");
-        }
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => Arc::new(ClientInfo::new(self.client_id.clone())),
+        };
+        self.hub.node.unsubscribe(sub, &client).await;
     }
 
     /// Who this connection is, for presence: one value shared by all its subscriptions
@@ -159,7 +160,7 @@ impl Conn {
 
     /// Checks the channel's namespace and, for a private one, the token's `channels`.
     fn namespace(&self, id: &Value, ch: &str) -> Result<NamespaceOptions, String> {
-        let Some(ns) = self.hub.engine.namespaces().for_channel(ch) else {
+        let Some(ns) = self.hub.node.namespaces().for_channel(ch) else {
             return Err(reply_err(id, code::UNKNOWN_CHANNEL, "unknown namespace"));
         };
         if ns.private && !self.identity.as_ref().is_some_and(|i| i.may_use(ch)) {
@@ -209,9 +210,9 @@ impl Conn {
             _ => return reply_err(&id, code::UNKNOWN_OP, &format!("unknown op {op:?}")).into(),
         };
         let now = Instant::now();
-        let engine = &self.hub.engine;
+        let node = &self.hub.node;
         let reply = match op {
-            "subscribe" => self.subscribe(&id, ch, &req, now).await,
+            "subscribe" => self.subscribe(&id, ch, &req).await,
             "unsubscribe" => match self.subs.remove_entry(ch) {
                 Some((channel, sub_id)) => {
                     self.end(Subscription::new(sub_id, channel)).await;
@@ -246,8 +247,7 @@ impl Conn {
                     );
                     return reply_err(&id, code::RATE_LIMITED, &msg).into();
                 }
-                let data = Bytes::from(data.to_string());
-                match engine.publish(ch, data, now).await {
+                match node.publish(ch, Json::from(data)).await {
                     Ok(p) => {
                         self.hub.metrics.publish_latency(now.elapsed());
                         self.hub
@@ -280,7 +280,7 @@ impl Conn {
                         }
                     },
                 };
-                match engine.history(ch, limit, now).await {
+                match node.history(ch, limit).await {
                     Ok(h) => reply_ok(
                         &id,
                         &format!(
@@ -297,7 +297,7 @@ impl Conn {
                 if let Err(r) = self.namespace(&id, ch) {
                     return r.into();
                 }
-                match engine.presence(ch).await {
+                match node.presence(ch).await {
                     Ok(clients) => reply_ok(&id, &json!({"clients": clients}).to_string()),
                     Err(e) => engine_error(&id, &e),
                 }
@@ -358,7 +358,7 @@ impl Conn {
         reply_ok(id, &result.to_string()).into()
     }
 
-    async fn subscribe(&mut self, id: &Value, ch: &str, req: &Value, now: Instant) -> String {
+    async fn subscribe(&mut self, id: &Value, ch: &str, req: &Value) -> String {
         if let Err(r) = self.namespace(id, ch) {
             return r;
         }
@@ -380,14 +380,14 @@ impl Conn {
             },
         };
         let asked = since.is_some();
-        let engine = self.hub.engine.clone();
+        let hub = self.hub.clone();
         let capacity = self.hub.config.send_queue;
         let outbox = self
             .outbox
             .get_or_insert_with(|| Outbox::new(capacity))
             .sender();
         let client = self.client_info();
-        let mut sub = match engine.subscribe(ch, client, since, outbox, now).await {
+        let mut sub = match hub.node.subscribe(ch, client, since, outbox).await {
             Ok(s) => s,
             Err(e) => return engine_error(id, &e),
         };

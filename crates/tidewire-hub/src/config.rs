@@ -11,7 +11,7 @@
 //! The file's layout is documented, with every key, in `docs/configuration.md`.
 
 use crate::auth::AuthConfig;
-use crate::engine::{NamespaceConfig, NamespaceOptions};
+use crate::node::{NamespaceConfig, NamespaceOptions};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;

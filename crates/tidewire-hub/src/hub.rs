@@ -2,9 +2,10 @@
 //! registry and the channel engine, the connection counts, metrics and the shutdown watch.
 
 use crate::config::HubConfig;
-use crate::engine::MemoryEngine;
+use crate::engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 use crate::log_budget::LogBudget;
 use crate::metrics::{Gauges, Metrics};
+use crate::node::{Node, NodeOptions};
 use crate::rooms::Rooms;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub struct Hub {
     pub(crate) channel_conns: AtomicUsize,
     pub(crate) subscribers: AtomicUsize,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) engine: Arc<MemoryEngine>,
+    pub(crate) node: Node,
     pub(crate) metrics: Metrics,
     /// Refused handshakes logged at `info`: 20 lines per 10 s, then a count.
     pub(crate) refusal_log: LogBudget,
@@ -32,8 +33,24 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub with `config` whose connections close when `shutdown` turns true.
+    /// A hub with `config` on the in-memory engine, whose connections close when
+    /// `shutdown` turns true.
     pub fn new(config: HubConfig, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
+        Self::with_engine(
+            config,
+            shutdown,
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryPresence::new()),
+        )
+    }
+
+    /// A hub with `config` on `broker` and `presence`.
+    pub fn with_engine(
+        config: HubConfig,
+        shutdown: watch::Receiver<bool>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+    ) -> Arc<Hub> {
         let limits = tidewire::Limits::default()
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_message_size);
@@ -47,7 +64,12 @@ impl Hub {
             rooms: Rooms::new(config.room_buffer),
             channel_server: server.clone().protocols([CHANNEL_PROTOCOL]),
             room_server: server.protocols(config.room_protocols.iter().cloned()),
-            engine: Arc::new(MemoryEngine::new(config.namespaces.clone())),
+            node: Node::new(
+                broker,
+                presence,
+                config.namespaces.clone(),
+                NodeOptions::default(),
+            ),
             config,
             next_id: AtomicU64::new(1),
             room_conns: AtomicUsize::new(0),
@@ -71,7 +93,7 @@ impl Hub {
             rooms_connections: self.room_conns.load(Ordering::Relaxed),
             channel_connections: self.channel_conns.load(Ordering::Relaxed),
             rooms: self.rooms.len(),
-            channels: self.engine.len(),
+            channels: self.node.channel_count(),
             subscribers: self.subscribers.load(Ordering::Relaxed),
             refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
         })

@@ -10,8 +10,9 @@
 //! [`client`] is the other side: a `tidewire.v1` client that reconnects, resubscribes with
 //! `since` and reports what could not be recovered.
 //!
-//! [`engine`] holds storage and fan-out behind the [`Engine`] trait; [`HubConfig`] is the
-//! configuration, readable from TOML ([`HubConfig::load_file`]).
+//! [`node`] is this process's side of the channels (local subscribers, fan-out, recovery,
+//! presence) over the [`engine`]: a [`Broker`] and a [`PresenceStore`], chosen at run time.
+//! [`HubConfig`] is the configuration, readable from TOML ([`HubConfig::load_file`]).
 
 mod admission;
 mod api;
@@ -25,6 +26,7 @@ mod hub;
 mod limits;
 mod log_budget;
 mod metrics;
+pub mod node;
 mod pages;
 mod room_endpoint;
 mod rooms;
@@ -34,8 +36,9 @@ pub use auth::{AuthConfig, AuthError, Identity};
 pub use config::{
     default_namespaces, parse_duration, ConfigError, HubConfig, LogFormat, TlsFiles, DEFAULT_FILE,
 };
-pub use engine::{Engine, MemoryEngine, NamespaceConfig, NamespaceOptions};
+pub use engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 pub use hub::Hub;
 pub use metrics::Metrics;
+pub use node::{NamespaceConfig, NamespaceOptions, Node, NodeOptions};
 pub use rooms::Rooms;
 pub use server::{router, serve};

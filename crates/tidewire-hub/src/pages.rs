@@ -1,14 +1,13 @@
 //! The demo pages, embedded in the binary (no CDN), and the demo's live data: a price tick
 //! on `live:ticks` every 100 ms.
 
-use crate::engine::Engine;
 use crate::hub::Hub;
-use axum::body::Bytes;
+use crate::node::Json;
 use axum::http::header;
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -82,11 +81,8 @@ pub(crate) async fn demo_ticker(hub: Arc<Hub>) {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let data = format!("{{\"symbol\":\"TWD\",\"price\":{price:.2},\"ts\":{ts}}}");
-        if let Err(e) = hub
-            .engine
-            .publish("live:ticks", Bytes::from(data), Instant::now())
-            .await
-        {
+        let data = Json::parse(data).expect("the ticker writes JSON");
+        if let Err(e) = hub.node.publish("live:ticks", data).await {
             tracing::warn!("demo ticker stopped: {e}");
             return;
         }

@@ -15,7 +15,7 @@ use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The routes of the hub.
@@ -209,12 +209,12 @@ pub async fn serve(
     };
     println!("tidewire serve listening on {http}://{local}/ (rooms at {ws}://{local}/rooms/NAME, channels at {ws}://{local}/ws)");
     tracing::info!(%local, tls = tls.is_some(), auth = hub.config.auth.is_some(), "listening");
-    let sweeper = hub.engine.clone();
+    let sweeper = hub.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            sweeper.sweep(Instant::now());
+            sweeper.node.sweep().await;
         }
     });
     if hub.config.demo {

@@ -1,7 +1,7 @@
 //! A connection's queue of channel events: one per connection, whatever the number of its
 //! subscriptions, bounded in events.
 //!
-//! The engine pushes each event of a channel into the outbox of every subscriber (an
+//! The node pushes each event of a channel into the outbox of every subscriber (an
 //! `Arc` each: the event itself is shared, and framed once for all). A channel therefore
 //! costs one map entry per subscriber, not a preallocated ring: memory follows the events
 //! actually waiting, and a quiet channel costs almost nothing.
@@ -15,12 +15,12 @@
 //! connection can tell events of a subscription that has ended (still queued after an
 //! `unsubscribe`) from those of a new subscription to the same channel.
 //!
-//! The receiving side ([`Outbox`]) belongs to the connection; the engine keeps
-//! [`OutboxSender`]s. Dropping the [`Outbox`] closes it, and engines forget closed senders
-//! the next time they deliver, so a connection that ends without unsubscribing leaves
-//! nothing behind for long.
+//! The receiving side ([`Outbox`]) belongs to the connection; the node keeps
+//! [`OutboxSender`]s. Dropping the [`Outbox`] closes it: the node no longer queues
+//! anything into it, and the connection ends its subscriptions on its way out.
 
-use super::{Error, ErrorKind, Event};
+use super::Event;
+use crate::engine::{Error, ErrorKind};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,7 +32,7 @@ pub struct Outbox {
     shared: Arc<Shared>,
 }
 
-/// The side the engine delivers into; cheap to clone.
+/// The side the node delivers into; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OutboxSender {
     shared: Arc<Shared>,
@@ -68,7 +68,7 @@ impl Outbox {
         }
     }
 
-    /// A sender for the engine to deliver into.
+    /// A sender for the node to deliver into.
     pub fn sender(&self) -> OutboxSender {
         OutboxSender {
             shared: self.shared.clone(),
@@ -146,6 +146,15 @@ impl OutboxSender {
         true
     }
 
+    /// Marks the outbox lagged, as an overflow does: the connection closes and its client
+    /// resumes from history (after the broker's link was lost and restored).
+    pub fn mark_lagged(&self) {
+        let mut q = self.shared.lock();
+        q.dropped = q.dropped.max(1);
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+
     /// Whether the receiving [`Outbox`] has been dropped.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Relaxed)
@@ -166,7 +175,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EventKind;
+    use crate::node::EventKind;
     use bytes::Bytes;
     use std::time::Duration;
 

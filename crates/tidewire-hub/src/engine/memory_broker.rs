@@ -1,0 +1,562 @@
+//! The in-memory broker: the channel streams of one process, in shards.
+//!
+//! A stream is its position (epoch, last offset) and its history (a deque of the
+//! publications, sharing their data with what was delivered). Nothing is preallocated: a
+//! stream without history is a few dozen bytes. A publication is kept and handed to the
+//! node under the stream's shard lock, which is what makes the node's recovery gap-free
+//! and duplicate-free; streams in other shards are not held up.
+//!
+//! A stream with no history that the node is not subscribed to is idle: it keeps its epoch
+//! and offset for one history TTL (a client that comes back within it resumes with
+//! `recovered: true` when nothing was published meanwhile, instead of finding a new
+//! epoch), then it is dropped and a later use starts a new epoch. History is trimmed by
+//! count when publishing and by age whenever the stream is touched or swept.
+
+use super::{
+    Broker, BrokerEvents, ClientInfo, Clock, EngineFuture, Error, ErrorKind, HistoryPage,
+    HistoryQuery, Publication, StreamOptions, StreamPosition, SystemClock,
+};
+use bytes::Bytes;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Shards of the stream map: publications on channels of different shards never wait for
+/// each other.
+const SHARDS: usize = 64;
+
+type Shard = HashMap<Arc<str>, Box<Stream>>;
+
+/// Channel streams and their delivery, in this process: a [`Broker`] for one node.
+#[derive(Debug)]
+pub struct MemoryBroker {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+    events: OnceLock<Arc<dyn BrokerEvents>>,
+}
+
+/// The publications a stream keeps.
+#[derive(Debug)]
+struct Kept {
+    /// The stream's epoch as its publications carry it (shared by all of them).
+    epoch: Arc<str>,
+    /// Consecutive offsets ending at the stream's, oldest first, with the time each was
+    /// published.
+    publications: VecDeque<(Instant, Publication)>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// 64 random bits, written as 16 hex digits: a number here, so that a stream holds no
+    /// string for it.
+    epoch: u64,
+    offset: u64,
+    /// What is kept of the publications; none (one null pointer) while there is no
+    /// history, as for most per-user channels most of the time.
+    history: Option<Box<Kept>>,
+    /// When an idle stream may be forgotten.
+    expires: Option<Instant>,
+    /// The history TTL last given, in milliseconds: trims by age and keeps an idle stream.
+    ttl_ms: u32,
+    /// The node is subscribed: deliver to it.
+    subscribed: bool,
+}
+
+impl Stream {
+    fn new(options: StreamOptions) -> Self {
+        Stream {
+            epoch: new_epoch(),
+            offset: 0,
+            history: None,
+            expires: None,
+            ttl_ms: ttl_ms(options.history_ttl),
+            subscribed: false,
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ttl_ms))
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.offset,
+            epoch: self.epoch_str(),
+        }
+    }
+
+    fn epoch_str(&self) -> String {
+        format!("{:016x}", self.epoch)
+    }
+
+    /// The epoch as publications carry it: shared with the kept ones when there are some.
+    fn epoch_arc(&self) -> Arc<str> {
+        match &self.history {
+            Some(k) => k.epoch.clone(),
+            None => Arc::from(self.epoch_str()),
+        }
+    }
+
+    /// The kept publications, oldest first.
+    fn kept(&self) -> impl Iterator<Item = &Publication> + '_ {
+        self.history
+            .iter()
+            .flat_map(|k| k.publications.iter().map(|(_, p)| p))
+    }
+
+    fn kept_len(&self) -> usize {
+        self.history.as_ref().map_or(0, |k| k.publications.len())
+    }
+
+    /// Keeps `publication`, just published, within `size`.
+    fn keep(&mut self, publication: Publication, size: usize, now: Instant) {
+        if size == 0 {
+            return;
+        }
+        let kept = self.history.get_or_insert_with(|| {
+            Box::new(Kept {
+                epoch: publication.epoch.clone(),
+                publications: VecDeque::new(),
+            })
+        });
+        kept.publications.push_back((now, publication));
+        while kept.publications.len() > size {
+            kept.publications.pop_front();
+        }
+    }
+
+    /// Drops publications as old as the TTL; a stream left with none gives the memory
+    /// back.
+    fn trim(&mut self, now: Instant) {
+        let ttl = self.ttl();
+        let Some(kept) = &mut self.history else {
+            return;
+        };
+        while let Some((at, _)) = kept.publications.front() {
+            if now.saturating_duration_since(*at) < ttl {
+                break;
+            }
+            kept.publications.pop_front();
+        }
+        if kept.publications.is_empty() {
+            self.history = None;
+        }
+    }
+
+    /// Notes whether the stream is idle now; true once it has been idle for a whole
+    /// history TTL, when it may be forgotten.
+    fn expired(&mut self, now: Instant) -> bool {
+        if self.subscribed || self.history.is_some() {
+            self.expires = None;
+            return false;
+        }
+        let ttl = self.ttl();
+        now >= *self.expires.get_or_insert(now + ttl)
+    }
+
+    /// The page `query` asks for.
+    fn page(&self, query: HistoryQuery) -> HistoryPage {
+        let (publications, complete) = match query {
+            HistoryQuery::Position => (Vec::new(), true),
+            HistoryQuery::Newest(n) => {
+                let skip = self.kept_len().saturating_sub(n);
+                (self.kept().skip(skip).cloned().collect(), true)
+            }
+            HistoryQuery::Since(since) => self.since(&since),
+        };
+        HistoryPage {
+            publications,
+            position: self.position(),
+            complete,
+        }
+    }
+
+    /// The publications after `since`, and whether history still has all of them.
+    fn since(&self, since: &StreamPosition) -> (Vec<Publication>, bool) {
+        if since.epoch != self.epoch_str() || since.offset > self.offset {
+            return (Vec::new(), false);
+        }
+        let missed = self.offset - since.offset;
+        // History holds consecutive offsets ending at `self.offset`.
+        let kept = self.kept_len();
+        if (kept as u64) < missed {
+            return (Vec::new(), false);
+        }
+        let skip = kept - missed as usize;
+        (self.kept().skip(skip).cloned().collect(), true)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u32 {
+    u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// A new epoch: 64 random bits as 16 hex digits, from the standard library's per-process
+/// random hash keys plus a counter.
+fn new_epoch() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+impl MemoryBroker {
+    /// A broker reading the system's clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// A broker reading `clock` (tests pass a [`super::ManualClock`]).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemoryBroker {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            clock,
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Number of streams held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// True when no stream is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the node is subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.shard(channel)
+            .get(channel)
+            .is_some_and(|s| s.subscribed)
+    }
+
+    /// The locked shard that holds `channel`.
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        let mut h = self.hasher.build_hasher();
+        h.write(channel.as_bytes());
+        lock(&self.shards[h.finish() as usize % SHARDS])
+    }
+
+    /// Runs `f` on `channel`'s stream after trimming its history, then drops the stream
+    /// if it is left idle long enough. `f` gets the node's event sink when the node is
+    /// subscribed. An absent stream is created with `options` ([`Use::Create`]; also the
+    /// TTL of an existing one), with a TTL of 0 until the node says more ([`Use::Keep`]),
+    /// or not at all ([`Use::Existing`], `None` then).
+    fn with_stream<R>(
+        &self,
+        channel: &str,
+        how: Use,
+        f: impl FnOnce(&mut Stream, Instant, Option<&Arc<dyn BrokerEvents>>) -> R,
+    ) -> Option<R> {
+        let now = self.clock.now();
+        let mut shard = self.shard(channel);
+        let stream = match (shard.get_mut(channel), how) {
+            (Some(s), Use::Create(o)) => {
+                s.ttl_ms = ttl_ms(o.history_ttl);
+                s
+            }
+            (Some(s), _) => s,
+            (None, Use::Create(o)) => shard
+                .entry(Arc::from(channel))
+                .or_insert_with(|| Box::new(Stream::new(o))),
+            (None, Use::Keep) => shard.entry(Arc::from(channel)).or_insert_with(|| {
+                Box::new(Stream::new(StreamOptions {
+                    history_size: 0,
+                    history_ttl: Duration::ZERO,
+                }))
+            }),
+            (None, Use::Existing) => return None,
+        };
+        stream.trim(now);
+        let events = self.events.get().filter(|_| stream.subscribed);
+        let r = f(stream, now, events);
+        if stream.expired(now) {
+            shard.remove(channel);
+        }
+        Some(r)
+    }
+}
+
+/// How [`MemoryBroker::with_stream`] finds a stream.
+#[derive(Clone, Copy)]
+enum Use {
+    Create(StreamOptions),
+    Keep,
+    Existing,
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn start(&self, events: Arc<dyn BrokerEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: Bytes,
+        options: StreamOptions,
+    ) -> EngineFuture<'a, StreamPosition> {
+        let r = self.with_stream(channel, Use::Create(options), |s, now, events| {
+            s.offset += 1;
+            let publication = Publication {
+                offset: s.offset,
+                epoch: s.epoch_arc(),
+                data,
+            };
+            if let Some(events) = events {
+                events.publication(channel, publication.clone());
+            }
+            s.keep(publication, options.history_size, now);
+            s.position()
+        });
+        Box::pin(std::future::ready(r.ok_or(Error::new(ErrorKind::Closed))))
+    }
+
+    fn publish_join<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a ClientInfo,
+    ) -> EngineFuture<'a, ()> {
+        self.with_stream(channel, Use::Existing, |_, _, events| {
+            if let Some(events) = events {
+                events.join(channel, client);
+            }
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish_leave<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a ClientInfo,
+    ) -> EngineFuture<'a, ()> {
+        self.with_stream(channel, Use::Existing, |_, _, events| {
+            if let Some(events) = events {
+                events.leave(channel, client);
+            }
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        // The TTL of a stream created here comes with the node's next history read.
+        self.with_stream(channel, Use::Keep, |s, _, _| s.subscribed = true);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        self.with_stream(channel, Use::Existing, |s, _, _| s.subscribed = false);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+        options: StreamOptions,
+    ) -> EngineFuture<'a, HistoryPage> {
+        let r = self.with_stream(channel, Use::Create(options), |s, _, _| s.page(query));
+        Box::pin(std::future::ready(r.ok_or(Error::new(ErrorKind::Closed))))
+    }
+
+    fn remove_history<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        self.with_stream(channel, Use::Existing, |s, _, _| s.history = None);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn sweep(&self) -> EngineFuture<'_, ()> {
+        let now = self.clock.now();
+        for shard in self.shards.iter() {
+            lock(shard).retain(|_, s| {
+                s.trim(now);
+                !s.expired(now)
+            });
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn stream_count(&self) -> Option<usize> {
+        Some(self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ManualClock;
+
+    /// What the node would have received.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl BrokerEvents for Recorder {
+        fn publication(&self, channel: &str, p: Publication) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{channel} {}", p.offset));
+        }
+        fn join(&self, channel: &str, c: &ClientInfo) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{channel} join {}", c.client_id));
+        }
+        fn leave(&self, channel: &str, c: &ClientInfo) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{channel} leave {}", c.client_id));
+        }
+        fn link_restored(&self) {}
+    }
+
+    fn options(size: usize, ttl_secs: u64) -> StreamOptions {
+        StreamOptions {
+            history_size: size,
+            history_ttl: Duration::from_secs(ttl_secs),
+        }
+    }
+
+    fn data(n: u64) -> Bytes {
+        Bytes::from(format!("{{\"n\":{n}}}"))
+    }
+
+    fn offsets(p: &[Publication]) -> Vec<u64> {
+        p.iter().map(|p| p.offset).collect()
+    }
+
+    fn broker() -> (MemoryBroker, ManualClock, Arc<Recorder>) {
+        let clock = ManualClock::new();
+        let b = MemoryBroker::with_clock(Arc::new(clock.clone()));
+        let rec = Arc::new(Recorder::default());
+        b.start(rec.clone());
+        (b, clock, rec)
+    }
+
+    #[tokio::test]
+    async fn offsets_increase_from_one_in_one_epoch() {
+        let (b, _, _) = broker();
+        let o = options(10, 60);
+        let p1 = b.publish("a", data(1), o).await.unwrap();
+        let p2 = b.publish("a", data(2), o).await.unwrap();
+        let other = b.publish("b", data(1), o).await.unwrap();
+        assert_eq!((p1.offset, p2.offset, other.offset), (1, 2, 1));
+        assert_eq!(p1.epoch, p2.epoch);
+        assert_eq!(p1.epoch.len(), 16);
+        assert_ne!(p1.epoch, other.epoch);
+    }
+
+    #[tokio::test]
+    async fn only_subscribed_channels_are_delivered_in_order() {
+        let (b, _, rec) = broker();
+        let o = options(10, 60);
+        b.publish("a", data(1), o).await.unwrap();
+        b.subscribe("a").await.unwrap();
+        b.publish("a", data(2), o).await.unwrap();
+        b.publish_join("a", &ClientInfo::new("c1")).await.unwrap();
+        b.publish("b", data(1), o).await.unwrap();
+        b.publish_leave("a", &ClientInfo::new("c1")).await.unwrap();
+        b.unsubscribe("a").await.unwrap();
+        b.publish("a", data(3), o).await.unwrap();
+        assert_eq!(*rec.0.lock().unwrap(), ["a 2", "a join c1", "a leave c1"]);
+    }
+
+    #[tokio::test]
+    async fn history_newest_since_and_position() {
+        let (b, _, _) = broker();
+        let o = options(3, 60);
+        for n in 1..=5 {
+            b.publish("a", data(n), o).await.unwrap();
+        }
+        let newest = b.history("a", HistoryQuery::Newest(2), o).await.unwrap();
+        assert_eq!(offsets(&newest.publications), [4, 5]);
+        assert_eq!(newest.position.offset, 5);
+        let all = b.history("a", HistoryQuery::Newest(100), o).await.unwrap();
+        assert_eq!(offsets(&all.publications), [3, 4, 5], "trimmed by count");
+        let epoch = all.position.epoch.clone();
+        let since = |offset| {
+            HistoryQuery::Since(StreamPosition {
+                offset,
+                epoch: epoch.clone(),
+            })
+        };
+        let page = b.history("a", since(3), o).await.unwrap();
+        assert!(page.complete);
+        assert_eq!(offsets(&page.publications), [4, 5]);
+        let page = b.history("a", since(5), o).await.unwrap();
+        assert!(page.complete && page.publications.is_empty());
+        assert!(
+            !b.history("a", since(1), o).await.unwrap().complete,
+            "trimmed"
+        );
+        assert!(
+            !b.history("a", since(9), o).await.unwrap().complete,
+            "future"
+        );
+        let other_epoch = HistoryQuery::Since(StreamPosition {
+            offset: 4,
+            epoch: "0000000000000000".into(),
+        });
+        assert!(!b.history("a", other_epoch, o).await.unwrap().complete);
+        let pos = b.history("a", HistoryQuery::Position, o).await.unwrap();
+        assert!(pos.publications.is_empty() && pos.position.offset == 5);
+        b.remove_history("a").await.unwrap();
+        let after = b.history("a", HistoryQuery::Newest(10), o).await.unwrap();
+        assert!(after.publications.is_empty());
+        assert_eq!(after.position, pos.position, "the position stays");
+    }
+
+    #[tokio::test]
+    async fn idle_streams_keep_their_epoch_for_a_ttl_then_go() {
+        let (b, clock, _) = broker();
+        let o = options(10, 60);
+        let first = b.publish("a", data(1), o).await.unwrap();
+        clock.advance(Duration::from_secs(61));
+        b.sweep().await.unwrap();
+        // History expired: the stream is idle from now, and kept for one more TTL.
+        assert_eq!(b.len(), 1);
+        let pos = b.history("a", HistoryQuery::Position, o).await.unwrap();
+        assert_eq!(pos.position, first, "same epoch and offset while idle");
+        clock.advance(Duration::from_secs(61));
+        b.sweep().await.unwrap();
+        assert!(b.is_empty());
+        let again = b.publish("a", data(2), o).await.unwrap();
+        assert_eq!(again.offset, 1);
+        assert_ne!(again.epoch, first.epoch, "a new epoch");
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_stream_is_kept() {
+        let (b, clock, _) = broker();
+        let o = options(0, 1);
+        b.subscribe("a").await.unwrap();
+        let pos = b.history("a", HistoryQuery::Position, o).await.unwrap();
+        clock.advance(Duration::from_secs(10));
+        b.sweep().await.unwrap();
+        assert!(b.is_subscribed("a"));
+        let later = b.history("a", HistoryQuery::Position, o).await.unwrap();
+        assert_eq!(pos.position, later.position);
+        b.unsubscribe("a").await.unwrap();
+        clock.advance(Duration::from_secs(2));
+        b.sweep().await.unwrap();
+        assert!(b.is_empty());
+    }
+}

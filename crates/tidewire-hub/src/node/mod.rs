@@ -1,0 +1,625 @@
+//! The node: this process's side of the hub's channels, between the connections and the
+//! engine.
+//!
+//! A [`Node`] keeps the local registry (channel → the subscriptions of this process's
+//! connections, in shards: no lock is shared by all channels), asks the [`Broker`] to
+//! subscribe when a channel gets its first local subscriber and to unsubscribe when it
+//! loses its last, and fans each publication the broker delivers out to the local
+//! subscribers' [`Outbox`]es, encoded once ([`Event::prepared`]). It applies the namespace
+//! rules, checks published JSON once, keeps presence in the [`PresenceStore`] (refreshing
+//! its clients' entries), and bounds every engine call with a timeout.
+//!
+//! Recovery is the node's, whatever the broker: a new subscription is registered first in
+//! a buffering state, then the broker's history is read (everything after the client's
+//! position, and the stream's position), then the buffered live events are merged in by
+//! offset: those the history read already covers are dropped, the rest follow the reply.
+//! Every publication reaches the subscriber exactly once, in order, without holding the
+//! broker while the history is read.
+
+mod event;
+mod namespaces;
+mod outbox;
+
+pub use event::{Event, EventKind, Json};
+pub use namespaces::{namespace_of, NamespaceConfig, NamespaceOptions};
+pub use outbox::{Outbox, OutboxSender};
+
+use crate::engine::{
+    Broker, BrokerEvents, ClientInfo, Clock, Error, ErrorKind, HistoryQuery, PresenceStats,
+    PresenceStore, Publication, StreamPosition, SystemClock,
+};
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Shards of the local registry.
+const SHARDS: usize = 64;
+/// Locks that order the broker subscribe and unsubscribe calls of one channel.
+const SUB_LOCKS: usize = 256;
+
+/// Tunables of a [`Node`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeOptions {
+    /// Longest an engine call may take before the node gives up on it (the request fails
+    /// with a temporary error). Default 5 s.
+    pub engine_timeout: Duration,
+    /// How long a presence entry lives unless refreshed. Default 60 s; the node refreshes
+    /// its clients' entries every third of it (from [`Node::sweep`]).
+    pub presence_ttl: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            engine_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A subscription of a local connection, as the node knows it: end it with
+/// [`Node::unsubscribe`], which is how the broker learns that a channel has no local
+/// subscriber left. Its live events go to the subscriber's [`Outbox`], tagged with
+/// [`Subscription::id`].
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    channel: Arc<str>,
+}
+
+impl Subscription {
+    /// The subscription `id` to `channel` (as a connection keeps it).
+    pub fn new(id: u64, channel: Arc<str>) -> Self {
+        Subscription { id, channel }
+    }
+
+    /// The id its events come with.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The channel's name, shared with the node's registry.
+    pub fn channel_name(&self) -> &Arc<str> {
+        &self.channel
+    }
+}
+
+/// Whether a subscription asked for recovery and got it.
+#[derive(Debug, Clone)]
+pub enum Recovery {
+    /// Subscribed without a position.
+    NotRequested,
+    /// Exactly the publications after the position given, oldest first (maybe none).
+    Recovered(Vec<Arc<Event>>),
+    /// The epoch differs, or history no longer reaches back far enough: the client has to
+    /// load the channel's state some other way.
+    Failed,
+}
+
+/// What [`Node::subscribe`] returns: the subscription, where live delivery starts, and what
+/// was recovered.
+///
+/// The recovered publications and the live events neither overlap nor leave a gap: every
+/// live publication has an offset above `position` (in its epoch).
+#[derive(Debug)]
+pub struct Subscribed {
+    /// The subscription, to end with [`Node::unsubscribe`].
+    pub subscription: Subscription,
+    /// The channel's position when live delivery started.
+    pub position: StreamPosition,
+    /// The recovery outcome.
+    pub recovery: Recovery,
+}
+
+impl Subscribed {
+    /// True when recovery was asked for and succeeded.
+    pub fn recovered(&self) -> bool {
+        matches!(self.recovery, Recovery::Recovered(_))
+    }
+
+    /// Takes the recovered publications (oldest first), leaving none.
+    pub fn take_recovered(&mut self) -> Vec<Arc<Event>> {
+        match &mut self.recovery {
+            Recovery::Recovered(v) => std::mem::take(v),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The newest publications of a channel.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// Oldest first.
+    pub publications: Vec<Arc<Event>>,
+    /// The channel's current position.
+    pub position: StreamPosition,
+}
+
+/// One local subscription in the registry.
+#[derive(Debug)]
+struct LocalSub {
+    id: u64,
+    outbox: OutboxSender,
+    client: Arc<ClientInfo>,
+    /// While the subscription starts: the events that arrived meanwhile, merged with the
+    /// history read when it goes live ([`Registry::go_live`]).
+    #[allow(clippy::box_collection)]
+    buffered: Option<Box<Vec<Arc<Event>>>>,
+}
+
+/// A channel's local subscribers.
+#[derive(Debug, Default)]
+struct Local {
+    subs: Vec<LocalSub>,
+    /// The broker has been told to subscribe.
+    linked: bool,
+}
+
+type Shard = HashMap<Arc<str>, Local>;
+
+/// The channels with local subscribers; the broker's event sink.
+#[derive(Debug)]
+struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+impl Registry {
+    fn new() -> Self {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn hash(&self, channel: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        h.write(channel.as_bytes());
+        h.finish() as usize
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.hash(channel) % SHARDS])
+    }
+
+    /// Adds a buffering subscription; returns the channel's shared name and whether the
+    /// broker still has to be told to subscribe.
+    fn add(&self, channel: &str, sub: LocalSub) -> (Arc<str>, bool) {
+        let mut shard = self.shard(channel);
+        let (name, local) = match shard.get_key_value(channel) {
+            Some((name, _)) => {
+                let name = name.clone();
+                let local = shard.get_mut(channel).expect("just found");
+                (name, local)
+            }
+            None => {
+                let name: Arc<str> = Arc::from(channel);
+                (name.clone(), shard.entry(name).or_default())
+            }
+        };
+        if local.subs.is_empty() {
+            // Most channels have one subscriber: no room for more until needed.
+            local.subs.reserve_exact(1);
+        }
+        local.subs.push(sub);
+        (name, !local.linked)
+    }
+
+    fn set_linked(&self, channel: &str) {
+        if let Some(local) = self.shard(channel).get_mut(channel) {
+            local.linked = true;
+        }
+    }
+
+    /// Removes subscription `id`; returns it, and whether the channel is left without
+    /// local subscribers while the broker is subscribed (tell it to unsubscribe).
+    fn remove(&self, channel: &str, id: u64) -> (Option<LocalSub>, bool) {
+        let mut shard = self.shard(channel);
+        let Some(local) = shard.get_mut(channel) else {
+            return (None, false);
+        };
+        let sub = local
+            .subs
+            .iter()
+            .position(|s| s.id == id)
+            .map(|i| local.subs.swap_remove(i));
+        if !local.subs.is_empty() {
+            return (sub, false);
+        }
+        let linked = local.linked;
+        shard.remove(channel);
+        (sub, linked)
+    }
+
+    /// Ends the buffering of subscription `id`: of the events buffered, those the history
+    /// read at `position` already covers are dropped, the others are queued.
+    fn go_live(&self, channel: &str, id: u64, position: &StreamPosition) {
+        let mut shard = self.shard(channel);
+        let Some(sub) = shard
+            .get_mut(channel)
+            .and_then(|l| l.subs.iter_mut().find(|s| s.id == id))
+        else {
+            return;
+        };
+        for event in sub.buffered.take().into_iter().flat_map(|b| *b) {
+            let covered = match event.kind() {
+                EventKind::Publication { offset, epoch, .. } => {
+                    *offset <= position.offset && **epoch == *position.epoch
+                }
+                _ => false,
+            };
+            if !covered {
+                sub.outbox.push(id, event);
+            }
+        }
+    }
+
+    /// Delivers `make()` to every local subscriber of `channel`, if it has any.
+    fn deliver(&self, channel: &str, make: impl FnOnce(Arc<str>) -> Event) {
+        let mut shard = self.shard(channel);
+        let Some((name, _)) = shard.get_key_value(channel) else {
+            return;
+        };
+        let event = Arc::new(make(name.clone()));
+        let local = shard.get_mut(channel).expect("just found");
+        for sub in &mut local.subs {
+            match &mut sub.buffered {
+                Some(buffer) => buffer.push(event.clone()),
+                // A closed outbox (its connection is ending) is skipped; the connection
+                // unsubscribes on its way out.
+                None => {
+                    sub.outbox.push(sub.id, event.clone());
+                }
+            }
+        }
+    }
+
+    /// (channel, client) of every live local subscription in a namespace with presence.
+    fn present(&self, namespaces: &NamespaceConfig) -> Vec<(Arc<str>, Arc<ClientInfo>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, local) in lock(shard).iter() {
+                if namespaces.for_channel(name).is_some_and(|ns| ns.presence) {
+                    out.extend(local.subs.iter().map(|s| (name.clone(), s.client.clone())));
+                }
+            }
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BrokerEvents for Registry {
+    fn publication(&self, channel: &str, publication: Publication) {
+        self.deliver(channel, |name| Event::publication(name, publication));
+    }
+
+    fn join(&self, channel: &str, client: &ClientInfo) {
+        self.deliver(channel, |name| {
+            Event::new(name, EventKind::Join(client.clone()))
+        });
+    }
+
+    fn leave(&self, channel: &str, client: &ClientInfo) {
+        self.deliver(channel, |name| {
+            Event::new(name, EventKind::Leave(client.clone()))
+        });
+    }
+
+    fn link_restored(&self) {
+        // Publications may have been missed: every subscriber resumes from history, as a
+        // slow consumer does.
+        for shard in self.shards.iter() {
+            for local in lock(shard).values() {
+                for sub in &local.subs {
+                    sub.outbox.mark_lagged();
+                }
+            }
+        }
+    }
+}
+
+/// This process's side of the hub's channels (see the module's documentation).
+#[derive(Debug)]
+pub struct Node {
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceStore>,
+    namespaces: NamespaceConfig,
+    registry: Arc<Registry>,
+    /// Order the broker subscribe and unsubscribe calls of a channel (by hash).
+    sub_locks: Box<[tokio::sync::Mutex<()>]>,
+    options: NodeOptions,
+    next_id: AtomicU64,
+    /// When presence entries were last refreshed.
+    refreshed: Mutex<Option<Instant>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Node {
+    /// A node over `broker` and `presence`, applying `namespaces`. Starts the broker's
+    /// delivery to this node.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        namespaces: NamespaceConfig,
+        options: NodeOptions,
+    ) -> Self {
+        Self::with_clock(broker, presence, namespaces, options, Arc::new(SystemClock))
+    }
+
+    /// [`Node::new`] reading `clock` (for its presence refreshes; tests pass the clock
+    /// their memory engine reads).
+    pub fn with_clock(
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        namespaces: NamespaceConfig,
+        options: NodeOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let registry = Arc::new(Registry::new());
+        broker.start(registry.clone());
+        Node {
+            broker,
+            presence,
+            namespaces,
+            registry,
+            sub_locks: (0..SUB_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            options,
+            next_id: AtomicU64::new(1),
+            refreshed: Mutex::new(None),
+            clock,
+        }
+    }
+
+    /// The namespaces this node applies.
+    pub fn namespaces(&self) -> &NamespaceConfig {
+        &self.namespaces
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Local subscriptions to `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.registry
+            .shard(channel)
+            .get(channel)
+            .map_or(0, |l| l.subs.len())
+    }
+
+    /// Runs an engine call within the node's timeout.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        f: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.options.engine_timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::timeout(what)),
+        }
+    }
+
+    fn sub_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        &self.sub_locks[self.registry.hash(channel) % SUB_LOCKS]
+    }
+
+    /// Publishes `data` on `channel`: kept in history and delivered to every subscriber,
+    /// on every node. Returns its position.
+    pub async fn publish(&self, channel: &str, data: Json) -> Result<StreamPosition, Error> {
+        let ns = self.namespaces.check(channel)?;
+        let stream = ns.stream();
+        self.call(
+            "publish",
+            self.broker.publish(channel, data.into_bytes(), stream),
+        )
+        .await
+    }
+
+    /// Subscribes `client` to `channel`, its live events going into `outbox` (the
+    /// connection's queue); with presence in the namespace, adds it to the channel's
+    /// presence (a join event, which the new subscriber receives too, after the reply).
+    /// With `since`, recovers the publications after it (see the module's documentation).
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        client: Arc<ClientInfo>,
+        since: Option<StreamPosition>,
+        outbox: OutboxSender,
+    ) -> Result<Subscribed, Error> {
+        let ns = self.namespaces.check(channel)?.clone();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = LocalSub {
+            id,
+            outbox,
+            client: client.clone(),
+            buffered: Some(Box::default()),
+        };
+        let name = {
+            let _order = self.sub_lock(channel).lock().await;
+            let (name, link) = self.registry.add(channel, sub);
+            if link {
+                if let Err(e) = self.call("subscribe", self.broker.subscribe(channel)).await {
+                    self.registry.remove(channel, id);
+                    return Err(e);
+                }
+                self.registry.set_linked(channel);
+            }
+            name
+        };
+        let subscription = Subscription::new(id, name.clone());
+        let started = async {
+            if ns.presence {
+                let ttl = self.options.presence_ttl;
+                self.call("presence", self.presence.add(channel, client.clone(), ttl))
+                    .await?;
+                self.call("join", self.broker.publish_join(channel, &client))
+                    .await?;
+            }
+            let query = match &since {
+                Some(p) => HistoryQuery::Since(p.clone()),
+                None => HistoryQuery::Position,
+            };
+            self.call("history", self.broker.history(channel, query, ns.stream()))
+                .await
+        };
+        let page = match started.await {
+            Ok(page) => page,
+            Err(e) => {
+                self.unsubscribe(subscription, &client).await;
+                return Err(e);
+            }
+        };
+        self.registry.go_live(channel, id, &page.position);
+        let recovery = match (&since, page.complete) {
+            (None, _) => Recovery::NotRequested,
+            (Some(_), true) => Recovery::Recovered(
+                page.publications
+                    .into_iter()
+                    .map(|p| Arc::new(Event::publication(name.clone(), p)))
+                    .collect(),
+            ),
+            (Some(_), false) => Recovery::Failed,
+        };
+        Ok(Subscribed {
+            subscription,
+            position: page.position,
+            recovery,
+        })
+    }
+
+    /// Ends `subscription` of `client`: no more deliveries; the broker unsubscribes when
+    /// it was the channel's last local subscription; with presence, a leave event. Engine
+    /// failures are logged: the subscription is gone from the node whatever happens.
+    pub async fn unsubscribe(&self, subscription: Subscription, client: &ClientInfo) {
+        let channel = subscription.channel();
+        let removed = {
+            let _order = self.sub_lock(channel).lock().await;
+            let (removed, unlink) = self.registry.remove(channel, subscription.id());
+            if unlink {
+                if let Err(e) = self
+                    .call("unsubscribe", self.broker.unsubscribe(channel))
+                    .await
+                {
+                    tracing::warn!(channel, "broker unsubscribe failed: {e}");
+                }
+            }
+            removed.is_some()
+        };
+        let presence = self
+            .namespaces
+            .for_channel(channel)
+            .is_some_and(|ns| ns.presence);
+        if removed && presence {
+            let left = async {
+                self.call("presence", self.presence.remove(channel, &client.client_id))
+                    .await?;
+                self.call("leave", self.broker.publish_leave(channel, client))
+                    .await
+            };
+            if let Err(e) = left.await {
+                tracing::warn!(channel, "presence leave failed: {e}");
+            }
+        }
+    }
+
+    /// The newest `limit` publications of `channel`, oldest first, and its position.
+    pub async fn history(&self, channel: &str, limit: usize) -> Result<History, Error> {
+        let ns = self.namespaces.check(channel)?;
+        let page = self
+            .call(
+                "history",
+                self.broker
+                    .history(channel, HistoryQuery::Newest(limit), ns.stream()),
+            )
+            .await?;
+        let name: Arc<str> = Arc::from(channel);
+        Ok(History {
+            publications: page
+                .publications
+                .into_iter()
+                .map(|p| Arc::new(Event::publication(name.clone(), p)))
+                .collect(),
+            position: page.position,
+        })
+    }
+
+    /// Who is present in `channel`. Fails with [`Error::is_not_available`] when its
+    /// namespace has no presence.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, Error> {
+        self.presence_namespace(channel)?;
+        self.call("presence", self.presence.list(channel)).await
+    }
+
+    /// How many clients and users are present in `channel`.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, Error> {
+        self.presence_namespace(channel)?;
+        self.call("presence", self.presence.stats(channel)).await
+    }
+
+    fn presence_namespace(&self, channel: &str) -> Result<(), Error> {
+        if !self.namespaces.check(channel)?.presence {
+            return Err(Error::new(ErrorKind::NotAvailable));
+        }
+        Ok(())
+    }
+
+    /// Housekeeping, every few seconds: the engine's sweeps, and the refresh of this
+    /// node's presence entries every third of their TTL.
+    pub async fn sweep(&self) {
+        if let Err(e) = self.call("sweep", self.broker.sweep()).await {
+            tracing::warn!("broker sweep failed: {e}");
+        }
+        if let Err(e) = self.call("sweep", self.presence.sweep()).await {
+            tracing::warn!("presence sweep failed: {e}");
+        }
+        let due = {
+            let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            let now = self.clock.now();
+            let due = match *last {
+                None => true,
+                Some(t) => now - t >= self.options.presence_ttl / 3,
+            };
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            let ttl = self.options.presence_ttl;
+            for (channel, client) in self.registry.present(&self.namespaces) {
+                let refresh = self.presence.add(&channel, client, ttl);
+                if let Err(e) = self.call("presence", refresh).await {
+                    tracing::warn!(%channel, "presence refresh failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
