@@ -4,7 +4,7 @@
 use crate::config::HubConfig;
 use crate::engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 use crate::log_budget::LogBudget;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{self, Gauges, Metrics};
 use crate::node::{Node, NodeOptions};
 use crate::rooms::Rooms;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +26,8 @@ pub struct Hub {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) node: Node,
     pub(crate) metrics: Metrics,
+    /// What `GET /metrics` encodes: reads `metrics` and the gauges (`metrics::Source`) when scraped.
+    registry: prometheus_client::registry::Registry,
     /// Refused handshakes logged at `info`: 20 lines per 10 s, then a count.
     pub(crate) refusal_log: LogBudget,
     /// The listener's count of clients refused for want of descriptors (set by `serve`).
@@ -60,7 +62,7 @@ impl Hub {
         let server = ServerBuilder::new()
             .options(options)
             .compression(config.compression);
-        Arc::new(Hub {
+        Arc::new_cyclic(|hub| Hub {
             rooms: Rooms::new(config.room_buffer),
             channel_server: server.clone().protocols([CHANNEL_PROTOCOL]),
             room_server: server.protocols(config.room_protocols.iter().cloned()),
@@ -77,6 +79,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             shutdown,
             metrics: Metrics::default(),
+            registry: metrics::registry(hub.clone()),
             refusal_log: LogBudget::new(20, std::time::Duration::from_secs(10)),
             refused: std::sync::OnceLock::new(),
         })
@@ -87,16 +90,10 @@ impl Hub {
         self.room_conns.load(Ordering::Relaxed) + self.channel_conns.load(Ordering::Relaxed)
     }
 
-    /// The metrics page, as `GET /metrics` serves it.
-    pub fn metrics_text(&self) -> String {
-        self.metrics.render(&Gauges {
-            rooms_connections: self.room_conns.load(Ordering::Relaxed),
-            channel_connections: self.channel_conns.load(Ordering::Relaxed),
-            rooms: self.rooms.len(),
-            channels: self.node.channel_count(),
-            subscribers: self.subscribers.load(Ordering::Relaxed),
-            refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
-        })
+    /// The metrics page, as `GET /metrics` serves it: the Prometheus text format 0.0.4,
+    /// encoded by `prometheus-client`. Fails only if the encoder refuses a value.
+    pub fn metrics_text(&self) -> Result<String, std::fmt::Error> {
+        metrics::encode(&self.registry)
     }
 
     pub(crate) fn next_client_id(&self) -> String {
@@ -106,3 +103,20 @@ impl Hub {
 
 /// The subprotocol of `/ws` (docs/protocol.md).
 pub(crate) const CHANNEL_PROTOCOL: &str = "tidewire.v1";
+
+impl metrics::Source for Hub {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            rooms_connections: self.room_conns.load(Ordering::Relaxed),
+            channel_connections: self.channel_conns.load(Ordering::Relaxed),
+            rooms: self.rooms.len(),
+            channels: self.node.channel_count(),
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+            refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
+        }
+    }
+}

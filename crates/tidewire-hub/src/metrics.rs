@@ -1,11 +1,47 @@
-//! Counters of a running hub, rendered at `GET /metrics` in the Prometheus text format.
+//! Counters of a running hub, and the registry that `GET /metrics` encodes with the
+//! `prometheus-client` crate in the Prometheus text format 0.0.4.
 //!
-//! Plain atomics updated where things happen; nothing is locked on the hot path. Bytes
-//! are message payload bytes (what the application sent and received), not wire bytes.
+//! Plain atomics updated where things happen: a message or a delivery costs one relaxed
+//! `fetch_add` on a field of the hub, as before the crate came in; nothing is locked on the
+//! hot path. The registry holds one [`Collector`] that reads those atomics, and the gauges
+//! the hub computes ([`Gauges`]), when it is scraped. Bytes are message payload bytes (what
+//! the application sent and received), not wire bytes.
+//!
+//! Why a collector rather than the crate's `Counter` and `Histogram`: a `Counter` is an
+//! `Arc<AtomicU64>` (the same single relaxed add, but behind one more pointer, with a heap
+//! allocation per series), its `Histogram` takes a mutex on every observation, and the
+//! registry appends a period to each help text. The collector keeps every name, type, help
+//! text and label as the hand-written page had them. One difference in the text: the
+//! encoder writes the `le` bounds under 1e-4 as Go's client does (`5e-05`, was `0.00005`);
+//! Prometheus parses `le` as a number and, since 3.0, stores it normalised, so the series
+//! are the same.
+//!
+//! Why the text format 0.0.4 and not OpenMetrics: in OpenMetrics a counter's family is named
+//! without `_total`, so the counter `tidewire_connections_total` and the gauge
+//! `tidewire_connections` would both be the family `tidewire_connections`, which the format
+//! forbids; one of them would have to be renamed.
+//!
+//! Adding a labelled family: one whose label values are known when scraped (per endpoint,
+//! per reason) is one more [`labelled`] call in [`Scrape::encode`]. One whose label values
+//! appear at run time (per namespace, per engine shard, per node) can be a
+//! `prometheus_client::metrics::family::Family<Labels, Counter>` field of [`Metrics`],
+//! encoded there too with `family.encode(enc.encode_descriptor(name, help, None,
+//! MetricType::Counter)?)` (`name` without `_total`: the encoder appends it). Mind the
+//! price on the hot path: `Family::get_or_create` hashes the label set under a read lock.
+//!
+//! Not here: the route and its content type (`server`), what the gauges count (`hub`).
 
-use std::fmt::Write;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Weak;
 use std::time::Duration;
+
+pub(crate) use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Why a WebSocket upgrade was refused (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +101,7 @@ pub struct Metrics {
     publish_sum_ns: AtomicU64,
 }
 
-/// Gauges read from the hub when rendering.
+/// Gauges the hub computes when scraped.
 #[derive(Debug, Default)]
 pub(crate) struct Gauges {
     pub rooms_connections: usize,
@@ -105,177 +141,421 @@ impl Metrics {
         self.publish_count.fetch_add(1, Relaxed);
         self.publish_sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
+}
 
-    pub(crate) fn render(&self, g: &Gauges) -> String {
-        let mut s = String::with_capacity(4096);
-        let c = |a: &AtomicU64| a.load(Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, u64)]| {
-            let _ = writeln!(s, "# HELP tidewire_{name} {help}");
-            let _ = writeln!(s, "# TYPE tidewire_{name} {kind}");
-            for (labels, v) in lines {
-                let _ = writeln!(s, "tidewire_{name}{labels} {v}");
-            }
-        };
-        metric(
-            "connections",
-            "gauge",
-            "Open WebSocket connections by endpoint.",
-            &[
-                ("{endpoint=\"rooms\"}".into(), g.rooms_connections as u64),
-                ("{endpoint=\"ws\"}".into(), g.channel_connections as u64),
-            ],
-        );
-        metric(
-            "connections_total",
-            "counter",
-            "WebSocket connections accepted since start.",
-            &[(String::new(), c(&self.connections_total))],
-        );
-        metric(
-            "connections_refused_total",
-            "counter",
-            "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors).",
-            &[(
-                "{reason=\"open_files\"}".to_string(),
-                g.refused_out_of_descriptors,
-            )],
-        );
-        metric(
-            "messages_received_total",
-            "counter",
-            "Messages received from clients.",
-            &[(String::new(), c(&self.messages_in))],
-        );
-        metric(
-            "messages_sent_total",
-            "counter",
-            "Messages sent to clients (replies, publications, events, room messages).",
-            &[(String::new(), c(&self.messages_out))],
-        );
-        metric(
-            "received_bytes_total",
-            "counter",
-            "Payload bytes received from clients.",
-            &[(String::new(), c(&self.bytes_in))],
-        );
-        metric(
-            "sent_bytes_total",
-            "counter",
-            "Payload bytes sent to clients (before compression).",
-            &[(String::new(), c(&self.bytes_out))],
-        );
-        metric(
-            "rooms",
-            "gauge",
-            "Raw rooms with at least one member.",
-            &[(String::new(), g.rooms as u64)],
-        );
-        metric(
-            "channels",
-            "gauge",
-            "Channels that exist in the engine (with subscribers or history).",
-            &[(String::new(), g.channels as u64)],
-        );
-        metric(
-            "subscribers",
-            "gauge",
-            "Channel subscriptions.",
-            &[(String::new(), g.subscribers as u64)],
-        );
-        metric(
-            "publications_total",
-            "counter",
-            "Publications accepted from clients and the HTTP API.",
-            &[(String::new(), c(&self.publications))],
-        );
-        metric(
-            "slow_consumer_disconnects_total",
-            "counter",
-            "Connections closed because they fell behind (4000 on /ws, 1008 in rooms).",
-            &[(String::new(), c(&self.slow_consumers))],
-        );
-        metric(
-            "rate_limited_total",
-            "counter",
-            "Publications refused by the per-connection rate limit.",
-            &[(String::new(), c(&self.rate_limited))],
-        );
-        metric(
-            "auth_failures_total",
-            "counter",
-            "Tokens refused (in the URL or in connect).",
-            &[(String::new(), c(&self.auth_failures))],
-        );
-        let failures: Vec<(String, u64)> = HandshakeFailure::ALL
-            .iter()
-            .map(|&f| {
-                (
-                    format!("{{reason=\"{}\"}}", f.label()),
-                    c(&self.handshake_failures[f as usize]),
-                )
-            })
-            .collect();
-        metric(
-            "handshake_failures_total",
-            "counter",
-            "WebSocket upgrades refused, by reason.",
-            &failures,
-        );
-        let _ = writeln!(
-            s,
-            "# HELP tidewire_publish_duration_seconds Time from a publish request to the engine's answer (history stored, subscribers' queues filled)."
-        );
-        let _ = writeln!(s, "# TYPE tidewire_publish_duration_seconds histogram");
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS_US.iter().enumerate() {
-            cumulative += c(&self.publish_buckets[i]);
-            let _ = writeln!(
-                s,
-                "tidewire_publish_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *b as f64 / 1e6
-            );
-        }
-        let count = c(&self.publish_count);
-        let _ = writeln!(
-            s,
-            "tidewire_publish_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            s,
-            "tidewire_publish_duration_seconds_sum {}",
-            c(&self.publish_sum_ns) as f64 / 1e9
-        );
-        let _ = writeln!(s, "tidewire_publish_duration_seconds_count {count}");
-        s
+/// What the collector reads when scraped: the counters and the hub's gauges.
+pub(crate) trait Source: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+    fn gauges(&self) -> Gauges;
+}
+
+/// The registry of a hub: every series is prefixed `tidewire_`. `source` is weak because
+/// the hub owns the registry.
+pub(crate) fn registry<S: Source>(source: Weak<S>) -> Registry {
+    let mut registry = Registry::with_prefix("tidewire");
+    registry.register_collector(Box::new(Scrape(source)));
+    registry
+}
+
+/// `registry` in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
+pub(crate) fn encode(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut text = String::with_capacity(4096);
+    prometheus_client::encoding::prometheus_text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+/// Reads the counters and gauges of a [`Source`] at each scrape.
+struct Scrape<S>(Weak<S>);
+
+impl<S> fmt::Debug for Scrape<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
     }
+}
+
+impl<S: Source> Collector for Scrape<S> {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        // The hub is gone: nothing left to report.
+        let Some(source) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let m = source.metrics();
+        let g = source.gauges();
+        let c = |a: &AtomicU64| a.load(Relaxed);
+        let enc = &mut enc;
+        labelled(
+            enc,
+            ("connections", MetricType::Gauge),
+            "Open WebSocket connections by endpoint.",
+            "endpoint",
+            &[
+                ("rooms", g.rooms_connections as u64),
+                ("ws", g.channel_connections as u64),
+            ],
+        )?;
+        counter(
+            enc,
+            "connections",
+            "WebSocket connections accepted since start.",
+            c(&m.connections_total),
+        )?;
+        labelled(
+            enc,
+            ("connections_refused", MetricType::Counter),
+            "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors).",
+            "reason",
+            &[("open_files", g.refused_out_of_descriptors)],
+        )?;
+        counter(
+            enc,
+            "messages_received",
+            "Messages received from clients.",
+            c(&m.messages_in),
+        )?;
+        counter(
+            enc,
+            "messages_sent",
+            "Messages sent to clients (replies, publications, events, room messages).",
+            c(&m.messages_out),
+        )?;
+        counter(
+            enc,
+            "received_bytes",
+            "Payload bytes received from clients.",
+            c(&m.bytes_in),
+        )?;
+        counter(
+            enc,
+            "sent_bytes",
+            "Payload bytes sent to clients (before compression).",
+            c(&m.bytes_out),
+        )?;
+        gauge(
+            enc,
+            "rooms",
+            "Raw rooms with at least one member.",
+            g.rooms as u64,
+        )?;
+        gauge(
+            enc,
+            "channels",
+            "Channels that exist in the engine (with subscribers or history).",
+            g.channels as u64,
+        )?;
+        gauge(
+            enc,
+            "subscribers",
+            "Channel subscriptions.",
+            g.subscribers as u64,
+        )?;
+        counter(
+            enc,
+            "publications",
+            "Publications accepted from clients and the HTTP API.",
+            c(&m.publications),
+        )?;
+        counter(
+            enc,
+            "slow_consumer_disconnects",
+            "Connections closed because they fell behind (4000 on /ws, 1008 in rooms).",
+            c(&m.slow_consumers),
+        )?;
+        counter(
+            enc,
+            "rate_limited",
+            "Publications refused by the per-connection rate limit.",
+            c(&m.rate_limited),
+        )?;
+        counter(
+            enc,
+            "auth_failures",
+            "Tokens refused (in the URL or in connect).",
+            c(&m.auth_failures),
+        )?;
+        let failures =
+            HandshakeFailure::ALL.map(|f| (f.label(), c(&m.handshake_failures[f as usize])));
+        labelled(
+            enc,
+            ("handshake_failures", MetricType::Counter),
+            "WebSocket upgrades refused, by reason.",
+            "reason",
+            &failures,
+        )?;
+        // Per bucket, not cumulative: the encoder adds them up and writes `+Inf` as the count.
+        let buckets: [(f64, u64); BUCKETS_US.len()] =
+            std::array::from_fn(|i| (BUCKETS_US[i] as f64 / 1e6, c(&m.publish_buckets[i])));
+        enc.encode_descriptor(
+            "publish_duration_seconds",
+            "Time from a publish request to the engine's answer (history stored, subscribers' queues filled).",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
+            c(&m.publish_sum_ns) as f64 / 1e9,
+            c(&m.publish_count),
+            &buckets,
+            None,
+        )
+    }
+}
+
+/// An unlabelled counter: `name` without `_total`, which the encoder appends.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    ConstCounter::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+/// A family with one label, a series per `(label value, value)`.
+fn labelled(
+    enc: &mut DescriptorEncoder,
+    (name, kind): (&str, MetricType),
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) -> fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, kind)?;
+    for &(value, v) in series {
+        let labels = [(label, value)];
+        let mut series = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(series)?,
+            _ => series.encode_gauge(&v)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    struct Fake(Metrics);
+
+    impl Source for Fake {
+        fn metrics(&self) -> &Metrics {
+            &self.0
+        }
+
+        fn gauges(&self) -> Gauges {
+            Gauges {
+                rooms_connections: 1,
+                channel_connections: 2,
+                rooms: 3,
+                channels: 4,
+                subscribers: 5,
+                refused_out_of_descriptors: 6,
+            }
+        }
+    }
+
+    /// A family of the page: its TYPE, its HELP and its samples (`name{labels}`, value).
+    #[derive(Debug, Default)]
+    struct Family {
+        kind: String,
+        help: String,
+        samples: Vec<(String, f64)>,
+    }
+
+    /// Parses the text format 0.0.4 as a scraper would, checking that each family is
+    /// declared once, with HELP then TYPE before its samples, and every value is a number.
+    fn parse(text: &str) -> Vec<(String, Family)> {
+        let mut families: Vec<(String, Family)> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                assert!(
+                    families.iter().all(|(n, _)| n != name),
+                    "{name} declared twice"
+                );
+                let help = help.to_string();
+                families.push((
+                    name.to_string(),
+                    Family {
+                        help,
+                        ..Default::default()
+                    },
+                ));
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let (last, family) = families.last_mut().expect("TYPE before HELP");
+                assert_eq!(last, name, "TYPE of another family than its HELP");
+                assert!(
+                    family.kind.is_empty() && family.samples.is_empty(),
+                    "{line}"
+                );
+                family.kind = kind.to_string();
+            } else {
+                let (series, value) = line.rsplit_once(' ').unwrap();
+                let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+                let (last, family) = families.last_mut().expect("sample before HELP");
+                assert!(!family.kind.is_empty(), "sample before TYPE: {line}");
+                let name = series.split('{').next().unwrap();
+                let suffixes: &[&str] = match family.kind.as_str() {
+                    "histogram" => &["_bucket", "_sum", "_count"],
+                    _ => &[""],
+                };
+                assert!(
+                    suffixes.iter().any(|s| name.strip_suffix(s) == Some(last)),
+                    "{line} is not in the family {last}"
+                );
+                family.samples.push((series.to_string(), value));
+            }
+        }
+        families
+    }
+
+    /// Every family the hand-written page had, with its type and help text, in its order.
+    const FAMILIES: [(&str, &str, &str); 16] = [
+        ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
+        ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
+        ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
+        ("tidewire_messages_received_total", "counter", "Messages received from clients."),
+        ("tidewire_messages_sent_total", "counter", "Messages sent to clients (replies, publications, events, room messages)."),
+        ("tidewire_received_bytes_total", "counter", "Payload bytes received from clients."),
+        ("tidewire_sent_bytes_total", "counter", "Payload bytes sent to clients (before compression)."),
+        ("tidewire_rooms", "gauge", "Raw rooms with at least one member."),
+        ("tidewire_channels", "gauge", "Channels that exist in the engine (with subscribers or history)."),
+        ("tidewire_subscribers", "gauge", "Channel subscriptions."),
+        ("tidewire_publications_total", "counter", "Publications accepted from clients and the HTTP API."),
+        ("tidewire_slow_consumer_disconnects_total", "counter", "Connections closed because they fell behind (4000 on /ws, 1008 in rooms)."),
+        ("tidewire_rate_limited_total", "counter", "Publications refused by the per-connection rate limit."),
+        ("tidewire_auth_failures_total", "counter", "Tokens refused (in the URL or in connect)."),
+        ("tidewire_handshake_failures_total", "counter", "WebSocket upgrades refused, by reason."),
+        ("tidewire_publish_duration_seconds", "histogram", "Time from a publish request to the engine's answer (history stored, subscribers' queues filled)."),
+    ];
 
     #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
+    fn renders_every_family_with_the_values_of_the_atomics() {
+        let hub = Arc::new(Fake(Metrics::default()));
+        let registry = registry(Arc::downgrade(&hub));
+        let m = &hub.0;
+        m.connections_total.fetch_add(7, Relaxed);
         m.handshake_failed(HandshakeFailure::Origin);
+        m.handshake_failed(HandshakeFailure::Capacity);
+        m.handshake_failed(HandshakeFailure::Capacity);
         m.received(10);
+        m.received(5);
+        m.sent(3, 40);
+        m.publications.fetch_add(2, Relaxed);
+        m.slow_consumers.fetch_add(1, Relaxed);
+        m.rate_limited.fetch_add(4, Relaxed);
+        m.auth_failures.fetch_add(6, Relaxed);
         m.publish_latency(Duration::from_micros(30));
         m.publish_latency(Duration::from_millis(1));
-        let text = m.render(&Gauges {
-            channel_connections: 2,
-            refused_out_of_descriptors: 3,
-            ..Default::default()
-        });
-        assert!(text.contains("tidewire_connections_refused_total{reason=\"open_files\"} 3\n"));
-        assert!(text.contains("tidewire_connections{endpoint=\"ws\"} 2\n"));
-        assert!(text.contains("tidewire_handshake_failures_total{reason=\"origin\"} 1\n"));
-        assert!(text.contains("tidewire_received_bytes_total 10\n"));
-        assert!(text.contains("tidewire_publish_duration_seconds_bucket{le=\"0.00005\"} 1\n"));
-        assert!(text.contains("tidewire_publish_duration_seconds_bucket{le=\"0.001\"} 2\n"));
-        assert!(text.contains("tidewire_publish_duration_seconds_count 2\n"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (_, v) = line.rsplit_once(' ').unwrap();
-            assert!(v.parse::<f64>().is_ok(), "{line}");
+        // Above the last bound: only in +Inf.
+        m.publish_latency(Duration::from_secs(1));
+
+        let text = encode(&registry).unwrap();
+        let families = parse(&text);
+        let declared: Vec<_> = families
+            .iter()
+            .map(|(n, f)| (n.as_str(), f.kind.as_str(), f.help.as_str()))
+            .collect();
+        assert_eq!(declared, FAMILIES, "{text}");
+
+        let c = |a: &AtomicU64| a.load(Relaxed) as f64;
+        let reason = |r: HandshakeFailure| c(&m.handshake_failures[r as usize]);
+        let mut expected: Vec<(String, f64)> = vec![
+            ("tidewire_connections{endpoint=\"rooms\"}".into(), 1.0),
+            ("tidewire_connections{endpoint=\"ws\"}".into(), 2.0),
+            ("tidewire_connections_total".into(), c(&m.connections_total)),
+            (
+                "tidewire_connections_refused_total{reason=\"open_files\"}".into(),
+                6.0,
+            ),
+            ("tidewire_messages_received_total".into(), c(&m.messages_in)),
+            ("tidewire_messages_sent_total".into(), c(&m.messages_out)),
+            ("tidewire_received_bytes_total".into(), c(&m.bytes_in)),
+            ("tidewire_sent_bytes_total".into(), c(&m.bytes_out)),
+            ("tidewire_rooms".into(), 3.0),
+            ("tidewire_channels".into(), 4.0),
+            ("tidewire_subscribers".into(), 5.0),
+            ("tidewire_publications_total".into(), c(&m.publications)),
+            (
+                "tidewire_slow_consumer_disconnects_total".into(),
+                c(&m.slow_consumers),
+            ),
+            ("tidewire_rate_limited_total".into(), c(&m.rate_limited)),
+            ("tidewire_auth_failures_total".into(), c(&m.auth_failures)),
+        ];
+        for r in HandshakeFailure::ALL {
+            let series = format!(
+                "tidewire_handshake_failures_total{{reason=\"{}\"}}",
+                r.label()
+            );
+            expected.push((series, reason(r)));
         }
+        let samples: Vec<(String, f64)> = families
+            .iter()
+            .flat_map(|(_, f)| f.samples.iter().cloned())
+            .collect();
+        let (others, histogram) = samples.split_at(expected.len());
+        assert_eq!(others, expected);
+        assert_eq!(reason(HandshakeFailure::Capacity), 2.0);
+        assert_eq!(c(&m.bytes_in), 15.0);
+
+        // The histogram: the same bounds (the encoder writes those under 1e-4 as Go
+        // does, `le="5e-05"`; a scraper reads a number), cumulative counts, +Inf = count.
+        let le: Vec<(f64, f64)> = histogram
+            .iter()
+            .filter_map(|(s, v)| {
+                let le = s.strip_prefix("tidewire_publish_duration_seconds_bucket{le=\"")?;
+                Some((le.strip_suffix("\"}")?.parse().unwrap(), *v))
+            })
+            .collect();
+        let mut bounds: Vec<f64> = BUCKETS_US.iter().map(|&b| b as f64 / 1e6).collect();
+        bounds.push(f64::INFINITY);
+        assert_eq!(le.iter().map(|&(b, _)| b).collect::<Vec<_>>(), bounds);
+        let cumulative: HashMap<u64, f64> = [
+            (25, 0.0),
+            (50, 1.0),
+            (500, 1.0),
+            (1_000, 2.0),
+            (250_000, 2.0),
+        ]
+        .into_iter()
+        .collect();
+        for (&(bound, count), us) in le.iter().zip(BUCKETS_US) {
+            if let Some(&want) = cumulative.get(&us) {
+                assert_eq!(count, want, "le={bound}");
+            }
+        }
+        assert_eq!(le.last(), Some(&(f64::INFINITY, 3.0)));
+        let tail: Vec<_> = histogram[le.len()..].to_vec();
+        assert_eq!(
+            tail,
+            [
+                ("tidewire_publish_duration_seconds_sum".to_string(), 1.00103),
+                (
+                    "tidewire_publish_duration_seconds_count".to_string(),
+                    c(&m.publish_count)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn gauges_are_read_when_scraped_and_a_dropped_source_renders_nothing() {
+        let hub = Arc::new(Fake(Metrics::default()));
+        let registry = registry(Arc::downgrade(&hub));
+        let before = encode(&registry).unwrap();
+        assert!(
+            before.contains("tidewire_received_bytes_total 0\n"),
+            "{before}"
+        );
+        hub.0.received(12);
+        let after = encode(&registry).unwrap();
+        assert!(
+            after.contains("tidewire_received_bytes_total 12\n"),
+            "{after}"
+        );
+        drop(hub);
+        assert_eq!(encode(&registry).unwrap(), "");
     }
 }

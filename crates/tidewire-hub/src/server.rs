@@ -46,11 +46,17 @@ pub fn router(hub: Arc<Hub>) -> Router {
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        hub.metrics_text(),
-    )
-        .into_response()
+    match hub.metrics_text() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => {
+            tracing::error!("/metrics: prometheus-client could not encode a value");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the metrics could not be encoded\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Pending connections the kernel may queue before the hub accepts them (capped by
