@@ -114,7 +114,12 @@ impl metrics::Source for Hub {
             rooms_connections: self.room_conns.load(Ordering::Relaxed),
             channel_connections: self.channel_conns.load(Ordering::Relaxed),
             rooms: self.rooms.len(),
-            channels: self.node.channel_count(),
+            // What the engine holds where it can tell, else the channels this node serves.
+            channels: self
+                .node
+                .broker()
+                .stream_count()
+                .unwrap_or_else(|| self.node.channel_count()),
             subscribers: self.subscribers.load(Ordering::Relaxed),
             refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
         }
