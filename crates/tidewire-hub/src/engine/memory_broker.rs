@@ -36,6 +36,8 @@ pub struct MemoryBroker {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: Arc<dyn Clock>,
+    /// Idle streams' expiry is kept in whole seconds since this.
+    start: Instant,
     events: OnceLock<Arc<dyn BrokerEvents>>,
 }
 
@@ -58,8 +60,9 @@ struct Stream {
     /// What is kept of the publications; none (one null pointer) while there is no
     /// history, as for most per-user channels most of the time.
     history: Option<Box<Kept>>,
-    /// When an idle stream may be forgotten.
-    expires: Option<Instant>,
+    /// When an idle stream may be forgotten, in seconds since the broker was made (see
+    /// [`MemoryBroker::secs`]); 0 while it is not idle.
+    idle_until: u32,
     /// The history TTL last given, in milliseconds: trims by age and keeps an idle stream.
     ttl_ms: u32,
     /// The node is subscribed: deliver to it.
@@ -72,7 +75,7 @@ impl Stream {
             epoch: new_epoch(),
             offset: 0,
             history: None,
-            expires: None,
+            idle_until: 0,
             ttl_ms: ttl_ms(options.history_ttl),
             subscribed: false,
         }
@@ -149,13 +152,16 @@ impl Stream {
 
     /// Notes whether the stream is idle now; true once it has been idle for a whole
     /// history TTL, when it may be forgotten.
-    fn expired(&mut self, now: Instant) -> bool {
+    fn expired(&mut self, now_secs: u32) -> bool {
         if self.subscribed || self.history.is_some() {
-            self.expires = None;
+            self.idle_until = 0;
             return false;
         }
-        let ttl = self.ttl();
-        now >= *self.expires.get_or_insert(now + ttl)
+        if self.idle_until == 0 {
+            let ttl = self.ttl().as_secs_f64().ceil() as u64;
+            self.idle_until = now_secs.saturating_add(u32::try_from(ttl).unwrap_or(u32::MAX));
+        }
+        now_secs >= self.idle_until
     }
 
     /// The page `query` asks for.
@@ -215,9 +221,16 @@ impl MemoryBroker {
         MemoryBroker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            start: clock.now(),
             clock,
             events: OnceLock::new(),
         }
+    }
+
+    /// `now` as whole seconds since the broker was made, from 1 (0 means "not idle").
+    fn secs(&self, now: Instant) -> u32 {
+        let secs = now.saturating_duration_since(self.start).as_secs() + 1;
+        u32::try_from(secs).unwrap_or(u32::MAX)
     }
 
     /// Number of streams held.
@@ -252,10 +265,11 @@ impl MemoryBroker {
     fn with_stream<R>(
         &self,
         channel: &str,
-        how: Use,
+        how: Use<'_>,
         f: impl FnOnce(&mut Stream, Instant, Option<&Arc<dyn BrokerEvents>>) -> R,
     ) -> Option<R> {
         let now = self.clock.now();
+        let now_secs = self.secs(now);
         let mut shard = self.shard(channel);
         let stream = match (shard.get_mut(channel), how) {
             (Some(s), Use::Create(o)) => {
@@ -266,7 +280,7 @@ impl MemoryBroker {
             (None, Use::Create(o)) => shard
                 .entry(Arc::from(channel))
                 .or_insert_with(|| Box::new(Stream::new(o))),
-            (None, Use::Keep) => shard.entry(Arc::from(channel)).or_insert_with(|| {
+            (None, Use::Keep(name)) => shard.entry(name.clone()).or_insert_with(|| {
                 Box::new(Stream::new(StreamOptions {
                     history_size: 0,
                     history_ttl: Duration::ZERO,
@@ -277,7 +291,7 @@ impl MemoryBroker {
         stream.trim(now);
         let events = self.events.get().filter(|_| stream.subscribed);
         let r = f(stream, now, events);
-        if stream.expired(now) {
+        if stream.expired(now_secs) {
             shard.remove(channel);
         }
         Some(r)
@@ -286,9 +300,10 @@ impl MemoryBroker {
 
 /// How [`MemoryBroker::with_stream`] finds a stream.
 #[derive(Clone, Copy)]
-enum Use {
+enum Use<'a> {
     Create(StreamOptions),
-    Keep,
+    /// Keeps the name given as the map's key.
+    Keep(&'a Arc<str>),
     Existing,
 }
 
@@ -355,9 +370,9 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn subscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+    fn subscribe<'a>(&'a self, channel: &'a Arc<str>) -> EngineFuture<'a, ()> {
         // The TTL of a stream created here comes with the node's next history read.
-        self.with_stream(channel, Use::Keep, |s, _, _| s.subscribed = true);
+        self.with_stream(channel, Use::Keep(channel), |s, _, _| s.subscribed = true);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -383,10 +398,11 @@ impl Broker for MemoryBroker {
 
     fn sweep(&self) -> EngineFuture<'_, ()> {
         let now = self.clock.now();
+        let now_secs = self.secs(now);
         for shard in self.shards.iter() {
             lock(shard).retain(|_, s| {
                 s.trim(now);
-                !s.expired(now)
+                !s.expired(now_secs)
             });
         }
         Box::pin(std::future::ready(Ok(())))
@@ -451,6 +467,12 @@ mod tests {
         (b, clock, rec)
     }
 
+    #[test]
+    fn a_stream_is_small() {
+        // docs/design.md ("Memory") quotes this size.
+        assert_eq!(std::mem::size_of::<Stream>(), 40);
+    }
+
     #[tokio::test]
     async fn offsets_increase_from_one_in_one_epoch() {
         let (b, _, _) = broker();
@@ -469,7 +491,7 @@ mod tests {
         let (b, _, rec) = broker();
         let o = options(10, 60);
         b.publish("a", data(1), o).await.unwrap();
-        b.subscribe("a").await.unwrap();
+        b.subscribe(&Arc::from("a")).await.unwrap();
         b.publish("a", data(2), o).await.unwrap();
         b.publish_join("a", &ClientInfo::new("c1")).await.unwrap();
         b.publish("b", data(1), o).await.unwrap();
@@ -547,7 +569,7 @@ mod tests {
     async fn a_subscribed_stream_is_kept() {
         let (b, clock, _) = broker();
         let o = options(0, 1);
-        b.subscribe("a").await.unwrap();
+        b.subscribe(&Arc::from("a")).await.unwrap();
         let pos = b.history("a", HistoryQuery::Position, o).await.unwrap();
         clock.advance(Duration::from_secs(10));
         b.sweep().await.unwrap();

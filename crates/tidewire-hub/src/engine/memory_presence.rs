@@ -39,7 +39,110 @@ impl Borrow<str> for ByClientId {
     }
 }
 
-type Entries = HashMap<ByClientId, Instant>;
+/// Up to this many clients, a channel's presence is a vector searched in order: most
+/// channels (per-user ones) have one or two, and a map would cost more than they do.
+const FEW: usize = 16;
+
+/// A time as whole seconds since the store was made: an entry holds 4 bytes for it, not
+/// the 16 of an `Instant`. Presence TTLs are whole seconds.
+type Secs = u32;
+
+/// A channel's present clients and until when: one inline (the common case: a per-user
+/// channel), a few in a vector, many in a map.
+#[derive(Debug)]
+enum Entries {
+    One(Arc<ClientInfo>, Secs),
+    // Boxed so that the common `One` case sets the size: one pointer for the others.
+    #[allow(clippy::box_collection)]
+    Few(Box<Vec<(Arc<ClientInfo>, Secs)>>),
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<ByClientId, Secs>>),
+}
+
+impl Entries {
+    /// Adds or replaces (the info may have changed) `client`'s entry.
+    fn upsert(&mut self, client: Arc<ClientInfo>, until: Secs) {
+        match self {
+            Entries::One(c, t) if c.client_id == client.client_id => {
+                *c = client;
+                *t = until;
+            }
+            Entries::One(c, t) => {
+                *self = Entries::Few(Box::new(vec![(c.clone(), *t), (client, until)]));
+            }
+            Entries::Few(v) => {
+                if let Some(e) = v.iter_mut().find(|(c, _)| c.client_id == client.client_id) {
+                    *e = (client, until);
+                } else if v.len() < FEW {
+                    v.push((client, until));
+                } else {
+                    let mut map: HashMap<ByClientId, Secs> =
+                        v.drain(..).map(|(c, t)| (ByClientId(c), t)).collect();
+                    map.insert(ByClientId(client), until);
+                    *self = Entries::Many(Box::new(map));
+                }
+            }
+            Entries::Many(m) => {
+                m.remove(client.client_id.as_str());
+                m.insert(ByClientId(client), until);
+            }
+        }
+    }
+
+    /// Removes `client_id`'s entry; true when none is left.
+    fn remove(&mut self, client_id: &str) -> bool {
+        match self {
+            Entries::One(c, _) => c.client_id == client_id,
+            Entries::Few(v) => {
+                v.retain(|(c, _)| c.client_id != client_id);
+                v.is_empty()
+            }
+            Entries::Many(m) => {
+                m.remove(client_id);
+                m.is_empty()
+            }
+        }
+    }
+
+    /// The clients whose entry has not expired at `now`.
+    fn live(&self, now: Secs) -> Vec<Arc<ClientInfo>> {
+        match self {
+            Entries::One(c, until) => {
+                if *until > now {
+                    vec![c.clone()]
+                } else {
+                    Vec::new()
+                }
+            }
+            Entries::Few(v) => v
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(c, _)| c.clone())
+                .collect(),
+            Entries::Many(m) => m
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(c, _)| c.0.clone())
+                .collect(),
+        }
+    }
+
+    /// Forgets the entries expired at `now`; true when none is left.
+    fn retain_live(&mut self, now: Secs) -> bool {
+        match self {
+            Entries::One(_, until) => *until <= now,
+            Entries::Few(v) => {
+                v.retain(|(_, until)| *until > now);
+                v.is_empty()
+            }
+            Entries::Many(m) => {
+                m.retain(|_, until| *until > now);
+                m.is_empty()
+            }
+        }
+    }
+}
+
 type Shard = HashMap<Arc<str>, Entries>;
 
 /// Presence of the channels of one process: a [`PresenceStore`] for one node.
@@ -48,6 +151,8 @@ pub struct MemoryPresence {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: Arc<dyn Clock>,
+    /// Times are kept as seconds since this.
+    start: Instant,
 }
 
 impl MemoryPresence {
@@ -61,6 +166,7 @@ impl MemoryPresence {
         MemoryPresence {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            start: clock.now(),
             clock,
         }
     }
@@ -76,15 +182,22 @@ impl MemoryPresence {
         lock(&self.shards[h.finish() as usize % SHARDS])
     }
 
+    /// Now, in seconds since the store was made.
+    fn now(&self) -> Secs {
+        let secs = self
+            .clock
+            .now()
+            .saturating_duration_since(self.start)
+            .as_secs();
+        Secs::try_from(secs).unwrap_or(Secs::MAX)
+    }
+
     /// The live entries of `channel`.
     fn live(&self, channel: &str) -> Vec<Arc<ClientInfo>> {
-        let now = self.clock.now();
-        self.shard(channel).get(channel).map_or_else(Vec::new, |e| {
-            e.iter()
-                .filter(|(_, until)| **until > now)
-                .map(|(c, _)| c.0.clone())
-                .collect()
-        })
+        let now = self.now();
+        self.shard(channel)
+            .get(channel)
+            .map_or_else(Vec::new, |e| e.live(now))
     }
 }
 
@@ -101,29 +214,33 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl PresenceStore for MemoryPresence {
     fn add<'a>(
         &'a self,
-        channel: &'a str,
+        channel: &'a Arc<str>,
         client: Arc<ClientInfo>,
         ttl: Duration,
     ) -> EngineFuture<'a, ()> {
-        let until = self.clock.now() + ttl;
+        // At least a second, rounded up.
+        let ttl = Secs::try_from(ttl.as_secs_f64().ceil() as u64).unwrap_or(Secs::MAX);
+        let until = self.now().saturating_add(ttl.max(1));
         let mut shard = self.shard(channel);
-        let entries = match shard.get_mut(channel) {
+        let entries = match shard.get_mut(&**channel) {
             Some(e) => e,
-            None => shard.entry(Arc::from(channel)).or_default(),
+            None => {
+                shard.insert(channel.clone(), Entries::One(client, until));
+                return Box::pin(std::future::ready(Ok(())));
+            }
         };
         // Replaced, not only refreshed: the client's info may have changed.
-        entries.remove(client.client_id.as_str());
-        entries.insert(ByClientId(client), until);
+        entries.upsert(client, until);
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn remove<'a>(&'a self, channel: &'a str, client_id: &'a str) -> EngineFuture<'a, ()> {
         let mut shard = self.shard(channel);
-        if let Some(entries) = shard.get_mut(channel) {
-            entries.remove(client_id);
-            if entries.is_empty() {
-                shard.remove(channel);
-            }
+        if shard
+            .get_mut(channel)
+            .is_some_and(|entries| entries.remove(client_id))
+        {
+            shard.remove(channel);
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -149,12 +266,9 @@ impl PresenceStore for MemoryPresence {
     }
 
     fn sweep(&self) -> EngineFuture<'_, ()> {
-        let now = self.clock.now();
+        let now = self.now();
         for shard in self.shards.iter() {
-            lock(shard).retain(|_, entries| {
-                entries.retain(|_, until| *until > now);
-                !entries.is_empty()
-            });
+            lock(shard).retain(|_, entries| !entries.retain_live(now));
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -174,11 +288,12 @@ mod tests {
     #[tokio::test]
     async fn add_list_stats_remove() {
         let p = MemoryPresence::new();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
         let ttl = Duration::from_secs(60);
-        p.add("a", client("c2", Some("u1")), ttl).await.unwrap();
-        p.add("a", client("c1", Some("u1")), ttl).await.unwrap();
-        p.add("a", client("c3", None), ttl).await.unwrap();
-        p.add("b", client("c9", None), ttl).await.unwrap();
+        p.add(&a, client("c2", Some("u1")), ttl).await.unwrap();
+        p.add(&a, client("c1", Some("u1")), ttl).await.unwrap();
+        p.add(&a, client("c3", None), ttl).await.unwrap();
+        p.add(&b, client("c9", None), ttl).await.unwrap();
         let ids: Vec<String> = p
             .list("a")
             .await
@@ -190,7 +305,7 @@ mod tests {
         let stats = p.stats("a").await.unwrap();
         assert_eq!((stats.clients, stats.users), (3, 1));
         // Re-adding replaces the info.
-        p.add("a", client("c3", Some("u3")), ttl).await.unwrap();
+        p.add(&a, client("c3", Some("u3")), ttl).await.unwrap();
         assert_eq!(p.stats("a").await.unwrap().users, 2);
         for id in ["c1", "c2", "c3"] {
             p.remove("a", id).await.unwrap();
@@ -200,14 +315,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn many_clients_switch_to_a_map_and_back_to_empty() {
+        let p = MemoryPresence::new();
+        let a: Arc<str> = Arc::from("a");
+        let ttl = Duration::from_secs(60);
+        for i in 0..100 {
+            p.add(&a, client(&format!("c{i:03}"), Some("u")), ttl)
+                .await
+                .unwrap();
+        }
+        p.add(&a, client("c050", Some("v")), ttl).await.unwrap();
+        let stats = p.stats("a").await.unwrap();
+        assert_eq!((stats.clients, stats.users), (100, 2));
+        let listed = p.list("a").await.unwrap();
+        assert_eq!(listed.len(), 100);
+        assert!(listed.windows(2).all(|w| w[0].client_id < w[1].client_id));
+        for i in 0..100 {
+            p.remove("a", &format!("c{i:03}")).await.unwrap();
+        }
+        assert_eq!(p.channel_count(), 0);
+    }
+
+    #[tokio::test]
     async fn entries_expire_unless_refreshed() {
         let clock = ManualClock::new();
         let p = MemoryPresence::with_clock(Arc::new(clock.clone()));
+        let a: Arc<str> = Arc::from("a");
         let ttl = Duration::from_secs(30);
-        p.add("a", client("kept", None), ttl).await.unwrap();
-        p.add("a", client("dead", None), ttl).await.unwrap();
+        p.add(&a, client("kept", None), ttl).await.unwrap();
+        p.add(&a, client("dead", None), ttl).await.unwrap();
         clock.advance(Duration::from_secs(20));
-        p.add("a", client("kept", None), ttl).await.unwrap();
+        p.add(&a, client("kept", None), ttl).await.unwrap();
         clock.advance(Duration::from_secs(20));
         let ids: Vec<String> = p
             .list("a")

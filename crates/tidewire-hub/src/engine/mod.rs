@@ -171,8 +171,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     ) -> EngineFuture<'a, ()>;
 
     /// This node wants `channel`'s publications, joins and leaves from now on. The stream
-    /// is kept (epoch and offset) while a node is subscribed.
-    fn subscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()>;
+    /// is kept (epoch and offset) while a node is subscribed. The name is the node's
+    /// shared copy: an engine that keeps state per channel may keep it rather than a copy
+    /// of its own.
+    fn subscribe<'a>(&'a self, channel: &'a Arc<str>) -> EngineFuture<'a, ()>;
 
     /// This node no longer wants `channel`'s events.
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()>;
@@ -200,10 +202,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 /// Who is present in each channel, with a time to live: a node refreshes the entries of its
 /// clients, so that those of a node that died expire.
 pub trait PresenceStore: Send + Sync + fmt::Debug + 'static {
-    /// Adds `client` to `channel`'s presence, or refreshes it, for `ttl`.
+    /// Adds `client` to `channel`'s presence, or refreshes it, for `ttl`. The name is the
+    /// node's shared copy (see [`Broker::subscribe`]).
     fn add<'a>(
         &'a self,
-        channel: &'a str,
+        channel: &'a Arc<str>,
         client: Arc<ClientInfo>,
         ttl: Duration,
     ) -> EngineFuture<'a, ()>;

@@ -150,21 +150,52 @@ struct LocalSub {
     id: u64,
     outbox: OutboxSender,
     client: Arc<ClientInfo>,
-    /// While the subscription starts: the events that arrived meanwhile, merged with the
-    /// history read when it goes live ([`Registry::go_live`]).
-    #[allow(clippy::box_collection)]
-    buffered: Option<Box<Vec<Arc<Event>>>>,
+}
+
+/// A channel's local subscriptions: most channels (per-user ones) have one, kept inline.
+#[derive(Debug)]
+enum Subs {
+    One(LocalSub),
+    Many(Vec<LocalSub>),
+}
+
+impl Subs {
+    fn as_slice(&self) -> &[LocalSub] {
+        match self {
+            Subs::One(s) => std::slice::from_ref(s),
+            Subs::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, sub: LocalSub) {
+        match self {
+            Subs::Many(v) => v.push(sub),
+            Subs::One(_) => {
+                let Subs::One(first) = std::mem::replace(self, Subs::Many(Vec::new())) else {
+                    unreachable!("matched One");
+                };
+                *self = Subs::Many(vec![first, sub]);
+            }
+        }
+    }
 }
 
 /// A channel's local subscribers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Local {
-    subs: Vec<LocalSub>,
+    subs: Subs,
     /// The broker has been told to subscribe.
     linked: bool,
 }
 
-type Shard = HashMap<Arc<str>, Local>;
+/// One shard of the registry.
+#[derive(Debug, Default)]
+struct Shard {
+    channels: HashMap<Arc<str>, Local>,
+    /// Subscriptions that are starting, by id: the events that arrived meanwhile, merged
+    /// with the history read when they go live ([`Registry::go_live`]). Empty as a rule.
+    starting: HashMap<u64, Vec<Arc<Event>>>,
+}
 
 /// The channels with local subscribers; the broker's event sink.
 #[derive(Debug)]
@@ -176,7 +207,7 @@ struct Registry {
 impl Registry {
     fn new() -> Self {
         Registry {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
         }
     }
@@ -191,66 +222,85 @@ impl Registry {
         lock(&self.shards[self.hash(channel) % SHARDS])
     }
 
-    /// Adds a buffering subscription; returns the channel's shared name and whether the
-    /// broker still has to be told to subscribe.
+    /// Adds a subscription, buffering until it goes live; returns the channel's shared
+    /// name and whether the broker still has to be told to subscribe.
     fn add(&self, channel: &str, sub: LocalSub) -> (Arc<str>, bool) {
         let mut shard = self.shard(channel);
-        let (name, local) = match shard.get_key_value(channel) {
-            Some((name, _)) => {
-                let name = name.clone();
-                let local = shard.get_mut(channel).expect("just found");
-                (name, local)
-            }
-            None => {
-                let name: Arc<str> = Arc::from(channel);
-                (name.clone(), shard.entry(name).or_default())
-            }
+        shard.starting.insert(sub.id, Vec::new());
+        let r = if let Some((name, _)) = shard.channels.get_key_value(channel) {
+            let name = name.clone();
+            let local = shard.channels.get_mut(channel).expect("just found");
+            local.subs.push(sub);
+            (name, !local.linked)
+        } else {
+            let name: Arc<str> = Arc::from(channel);
+            let local = Local {
+                subs: Subs::One(sub),
+                linked: false,
+            };
+            shard.channels.insert(name.clone(), local);
+            (name, true)
         };
-        if local.subs.is_empty() {
-            // Most channels have one subscriber: no room for more until needed.
-            local.subs.reserve_exact(1);
+        if shard.starting.len() == 1 {
+            // The map's first entry in a while: keep it from holding memory once empty.
+            shard.starting.shrink_to(1);
         }
-        local.subs.push(sub);
-        (name, !local.linked)
+        r
     }
 
     fn set_linked(&self, channel: &str) {
-        if let Some(local) = self.shard(channel).get_mut(channel) {
+        if let Some(local) = self.shard(channel).channels.get_mut(channel) {
             local.linked = true;
         }
     }
 
-    /// Removes subscription `id`; returns it, and whether the channel is left without
-    /// local subscribers while the broker is subscribed (tell it to unsubscribe).
-    fn remove(&self, channel: &str, id: u64) -> (Option<LocalSub>, bool) {
+    /// Removes subscription `id`; returns whether it was there, and whether the channel
+    /// is left without local subscribers while the broker is subscribed (tell it to
+    /// unsubscribe).
+    fn remove(&self, channel: &str, id: u64) -> (bool, bool) {
         let mut shard = self.shard(channel);
-        let Some(local) = shard.get_mut(channel) else {
-            return (None, false);
+        if shard.starting.remove(&id).is_some() && shard.starting.is_empty() {
+            shard.starting.shrink_to_fit();
+        }
+        let Some(local) = shard.channels.get_mut(channel) else {
+            return (false, false);
         };
-        let sub = local
-            .subs
-            .iter()
-            .position(|s| s.id == id)
-            .map(|i| local.subs.swap_remove(i));
-        if !local.subs.is_empty() {
-            return (sub, false);
+        let (found, empty) = match &mut local.subs {
+            Subs::One(s) => (s.id == id, s.id == id),
+            Subs::Many(v) => {
+                let i = v.iter().position(|s| s.id == id);
+                if let Some(i) = i {
+                    v.swap_remove(i);
+                }
+                (i.is_some(), v.is_empty())
+            }
+        };
+        if !empty {
+            return (found, false);
         }
         let linked = local.linked;
-        shard.remove(channel);
-        (sub, linked)
+        shard.channels.remove(channel);
+        (found, linked)
     }
 
     /// Ends the buffering of subscription `id`: of the events buffered, those the history
     /// read at `position` already covers are dropped, the others are queued.
     fn go_live(&self, channel: &str, id: u64, position: &StreamPosition) {
         let mut shard = self.shard(channel);
+        let Some(buffered) = shard.starting.remove(&id) else {
+            return;
+        };
+        if shard.starting.is_empty() {
+            shard.starting.shrink_to_fit();
+        }
         let Some(sub) = shard
-            .get_mut(channel)
-            .and_then(|l| l.subs.iter_mut().find(|s| s.id == id))
+            .channels
+            .get(channel)
+            .and_then(|l| l.subs.as_slice().iter().find(|s| s.id == id))
         else {
             return;
         };
-        for event in sub.buffered.take().into_iter().flat_map(|b| *b) {
+        for event in buffered {
             let covered = match event.kind() {
                 EventKind::Publication { offset, epoch, .. } => {
                     *offset <= position.offset && **epoch == *position.epoch
@@ -265,21 +315,22 @@ impl Registry {
 
     /// Delivers `make()` to every local subscriber of `channel`, if it has any.
     fn deliver(&self, channel: &str, make: impl FnOnce(Arc<str>) -> Event) {
-        let mut shard = self.shard(channel);
-        let Some((name, _)) = shard.get_key_value(channel) else {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        let Some((name, local)) = shard.channels.get_key_value(channel) else {
             return;
         };
         let event = Arc::new(make(name.clone()));
-        let local = shard.get_mut(channel).expect("just found");
-        for sub in &mut local.subs {
-            match &mut sub.buffered {
-                Some(buffer) => buffer.push(event.clone()),
-                // A closed outbox (its connection is ending) is skipped; the connection
-                // unsubscribes on its way out.
-                None => {
-                    sub.outbox.push(sub.id, event.clone());
+        for sub in local.subs.as_slice() {
+            if !shard.starting.is_empty() {
+                if let Some(buffer) = shard.starting.get_mut(&sub.id) {
+                    buffer.push(event.clone());
+                    continue;
                 }
             }
+            // A closed outbox (its connection is ending) is skipped; the connection
+            // unsubscribes on its way out.
+            sub.outbox.push(sub.id, event.clone());
         }
     }
 
@@ -287,9 +338,10 @@ impl Registry {
     fn present(&self, namespaces: &NamespaceConfig) -> Vec<(Arc<str>, Arc<ClientInfo>)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            for (name, local) in lock(shard).iter() {
+            for (name, local) in lock(shard).channels.iter() {
                 if namespaces.for_channel(name).is_some_and(|ns| ns.presence) {
-                    out.extend(local.subs.iter().map(|s| (name.clone(), s.client.clone())));
+                    let subs = local.subs.as_slice().iter();
+                    out.extend(subs.map(|s| (name.clone(), s.client.clone())));
                 }
             }
         }
@@ -297,7 +349,7 @@ impl Registry {
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).channels.len()).sum()
     }
 }
 
@@ -326,8 +378,8 @@ impl BrokerEvents for Registry {
         // Publications may have been missed: every subscriber resumes from history, as a
         // slow consumer does.
         for shard in self.shards.iter() {
-            for local in lock(shard).values() {
-                for sub in &local.subs {
+            for local in lock(shard).channels.values() {
+                for sub in local.subs.as_slice() {
                     sub.outbox.mark_lagged();
                 }
             }
@@ -408,8 +460,9 @@ impl Node {
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.registry
             .shard(channel)
+            .channels
             .get(channel)
-            .map_or(0, |l| l.subs.len())
+            .map_or(0, |l| l.subs.as_slice().len())
     }
 
     /// Runs an engine call within the node's timeout.
@@ -457,13 +510,12 @@ impl Node {
             id,
             outbox,
             client: client.clone(),
-            buffered: Some(Box::default()),
         };
         let name = {
             let _order = self.sub_lock(channel).lock().await;
             let (name, link) = self.registry.add(channel, sub);
             if link {
-                if let Err(e) = self.call("subscribe", self.broker.subscribe(channel)).await {
+                if let Err(e) = self.call("subscribe", self.broker.subscribe(&name)).await {
                     self.registry.remove(channel, id);
                     return Err(e);
                 }
@@ -475,7 +527,7 @@ impl Node {
         let started = async {
             if ns.presence {
                 let ttl = self.options.presence_ttl;
-                self.call("presence", self.presence.add(channel, client.clone(), ttl))
+                self.call("presence", self.presence.add(&name, client.clone(), ttl))
                     .await?;
                 self.call("join", self.broker.publish_join(channel, &client))
                     .await?;
@@ -528,7 +580,7 @@ impl Node {
                     tracing::warn!(channel, "broker unsubscribe failed: {e}");
                 }
             }
-            removed.is_some()
+            removed
         };
         let presence = self
             .namespaces

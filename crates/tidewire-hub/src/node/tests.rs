@@ -52,8 +52,8 @@ impl Broker for Recording {
     fn publish_leave<'a>(&'a self, channel: &'a str, c: &'a ClientInfo) -> EngineFuture<'a, ()> {
         self.inner.publish_leave(channel, c)
     }
-    fn subscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
-        let fresh = self.subscribed.lock().unwrap().insert(channel.to_owned());
+    fn subscribe<'a>(&'a self, channel: &'a Arc<str>) -> EngineFuture<'a, ()> {
+        let fresh = self.subscribed.lock().unwrap().insert(channel.to_string());
         assert!(fresh, "subscribed twice to {channel}");
         self.inner.subscribe(channel)
     }
