@@ -21,52 +21,21 @@ pub use memory::MemoryEngine;
 pub use outbox::{Outbox, OutboxSender};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tidewire::{Message, PreparedMessage};
+use tidewire_hub_proto as wire;
 
 /// Longest channel name accepted, in bytes. Longer names fail with
 /// [`Error::is_invalid_channel`].
 pub const MAX_CHANNEL_LEN: usize = 255;
 
-/// A place in a channel's stream: the offset of the last publication seen and the epoch of
-/// the history it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct StreamPosition {
-    /// Offset of the last publication (0 before the first one).
-    pub offset: u64,
-    /// Generation of the channel's history.
-    pub epoch: String,
-}
-
-/// Who is present in a channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientInfo {
-    /// Connection id, unique per connection; the presence map's key. `client` on the wire.
-    #[serde(rename = "client")]
-    pub client_id: String,
-    /// Authenticated user, if any. `user` on the wire (`null` when anonymous).
-    #[serde(rename = "user", default)]
-    pub user_id: Option<String>,
-    /// Application data attached to the connection (the token's `info` claim).
-    #[serde(default)]
-    pub info: Option<serde_json::Value>,
-}
-
-impl ClientInfo {
-    /// An anonymous client without info.
-    pub fn new(client_id: impl Into<String>) -> Self {
-        ClientInfo {
-            client_id: client_id.into(),
-            user_id: None,
-            info: None,
-        }
-    }
-}
+/// A place in a channel's stream, and who is present in a channel: the wire's types
+/// (`tidewire-hub-proto`), which the engine keeps as they are sent.
+pub use tidewire_hub_proto::{ClientInfo, StreamPosition};
 
 /// What happened on a channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,34 +98,24 @@ impl Event {
     /// `{"channel":C,"join":{CLIENT}}` or `{"channel":C,"leave":{CLIENT}}`, where CLIENT is
     /// `{"client":..,"user":..,"info":..}` (`null` for an absent user or info).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(64 + self.channel.len());
-        s.push_str("{\"channel\":");
-        s.push_str(&json(&*self.channel));
+        let mut s = String::new();
         match &self.kind {
             EventKind::Publication {
                 offset,
                 epoch,
                 data,
             } => {
-                s.reserve(data.len());
-                s.push_str(",\"offset\":");
-                s.push_str(&offset.to_string());
-                s.push_str(",\"epoch\":");
-                s.push_str(&json(&**epoch));
-                s.push_str(",\"data\":");
                 // Checked to be one JSON value in UTF-8 when it was published.
-                s.push_str(std::str::from_utf8(data).unwrap_or("null"));
+                let data = std::str::from_utf8(data).unwrap_or("null");
+                wire::write_publication(&mut s, &self.channel, *offset, epoch, data);
             }
             EventKind::Join(client) => {
-                s.push_str(",\"join\":");
-                s.push_str(&json(client));
+                wire::write_presence(&mut s, &self.channel, wire::Presence::Join, client)
             }
             EventKind::Leave(client) => {
-                s.push_str(",\"leave\":");
-                s.push_str(&json(client));
+                wire::write_presence(&mut s, &self.channel, wire::Presence::Leave, client)
             }
         }
-        s.push('}');
         s
     }
 
@@ -177,11 +136,6 @@ impl fmt::Debug for Event {
             .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
-}
-
-fn json<T: Serialize + ?Sized>(v: &T) -> String {
-    // Strings, maps with string keys and `serde_json::Value` always serialize.
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// Checks that `data` is one JSON value in UTF-8, so that it can be spliced into
