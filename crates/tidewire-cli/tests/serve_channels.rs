@@ -193,9 +193,9 @@ async fn hostile_requests_get_the_documented_answers() {
 
     let srv = start();
     let mut ws = client(&srv.1).await;
-    let reply = |text: &str| match ServerMessage::parse(text) {
-        Ok(ServerMessage::Reply(r)) => r,
-        other => panic!("{text}: {other:?}"),
+    let reply = |text: &str| {
+        let message = ServerMessage::parse(text).ok();
+        message.and_then(ServerMessage::into_reply).expect(text)
     };
     let error_of = |text: &str| reply(text).outcome.expect_err(text).code;
 

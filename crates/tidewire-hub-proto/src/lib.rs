@@ -17,6 +17,24 @@
 //! `serde_json::Value` tree from what a peer sent: publication `data` and `connect`'s `info`
 //! stay raw JSON ([`RawValue`]), checked to be one JSON value and copied as they came.
 //!
+//! ```
+//! use tidewire_hub_proto::{encode_error, encode_ok, parse_request, ErrorCode, Request, StreamPosition};
+//!
+//! let (id, request) = parse_request(r#"{"id":12345678901234567890123,"op":"publish","channel":"news","data":{"n": 1}}"#)?;
+//! let Request::Publish { channel, data } = request else { unreachable!() };
+//! assert_eq!((channel.as_str(), data.get()), ("news", r#"{"n": 1}"#));
+//! let position = StreamPosition { offset: 46, epoch: "7f3a".into() };
+//! assert_eq!(
+//!     encode_ok(&id, &position),
+//!     r#"{"id":12345678901234567890123,"ok":true,"result":{"offset":46,"epoch":"7f3a"}}"#
+//! );
+//!
+//! let refused = parse_request(r#"{"id":2,"op":"subscribe","channel":"news","since":[1,"x"]}"#).unwrap_err();
+//! assert_eq!(refused.code(), ErrorCode::BAD_REQUEST);
+//! assert_eq!(refused.reply(), encode_error(refused.id(), ErrorCode::BAD_REQUEST, "since must be {offset, epoch}"));
+//! # Ok::<(), tidewire_hub_proto::RequestError>(())
+//! ```
+//!
 //! Not here: sockets, WebSocket frames, the engine. serde and serde_json only.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -115,6 +133,12 @@ impl ClientInfo {
             info: None,
         }
     }
+}
+
+/// For `#[serde(deserialize_with)]`: a member that is there, as raw JSON (`null` too, as
+/// `Some("null")`; an absent member is `None` through `#[serde(default)]`).
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Appends `s` to `out` as a JSON string (the escapes serde_json writes).

@@ -9,7 +9,7 @@
 use crate::reply::{ErrorBody, Reply};
 use crate::request::RequestId;
 use crate::{push_json_str, to_json, ClientInfo};
-use serde::de::Deserializer;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -142,30 +142,26 @@ impl std::error::Error for MessageError {}
 /// Every member a server message may have, raw (`null` members are `Some("null")`).
 #[derive(Deserialize)]
 struct Members<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     ok: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     result: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     error: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     channel: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     offset: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     epoch: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     data: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     join: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::present")]
     leave: Option<&'a RawValue>,
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
 }
 
 fn member<T: serde::de::DeserializeOwned>(
@@ -177,6 +173,22 @@ fn member<T: serde::de::DeserializeOwned>(
 }
 
 impl ServerMessage {
+    /// The reply, if this is one.
+    pub fn into_reply(self) -> Option<Reply> {
+        match self {
+            ServerMessage::Reply(r) => Some(r),
+            ServerMessage::Push(_) => None,
+        }
+    }
+
+    /// The push, if this is one.
+    pub fn into_push(self) -> Option<Push> {
+        match self {
+            ServerMessage::Push(p) => Some(p),
+            ServerMessage::Reply(_) => None,
+        }
+    }
+
     /// Reads one message from the server. A reply is anything with an `id`; it must have
     /// `"ok": true` and a `result`, or an `error`. A push has a `channel` and either an
     /// `offset` (a publication: `epoch` and `data` too), a `join` or a `leave`.
@@ -231,10 +243,8 @@ mod tests {
     use super::*;
 
     fn push(text: &str) -> Push {
-        match ServerMessage::parse(text) {
-            Ok(ServerMessage::Push(p)) => p,
-            other => panic!("{text}: {other:?}"),
-        }
+        let message = ServerMessage::parse(text).ok();
+        message.and_then(ServerMessage::into_push).expect(text)
     }
 
     #[test]

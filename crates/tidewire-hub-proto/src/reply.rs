@@ -167,10 +167,8 @@ mod tests {
     use crate::{write_publication, ServerMessage, StreamPosition};
 
     fn reply(text: &str) -> Reply {
-        match ServerMessage::parse(text) {
-            Ok(ServerMessage::Reply(r)) => r,
-            other => panic!("{text}: {other:?}"),
-        }
+        let message = ServerMessage::parse(text).ok();
+        message.and_then(ServerMessage::into_reply).expect(text)
     }
 
     #[test]
