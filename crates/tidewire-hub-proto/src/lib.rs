@@ -135,9 +135,68 @@ impl ClientInfo {
     }
 }
 
-/// For `#[serde(deserialize_with)]`: a member that is there, as raw JSON (`null` too, as
-/// `Some("null")`; an absent member is `None` through `#[serde(default)]`).
-pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+/// Every member a `tidewire.v1` message may have (requests, replies, pushes), raw: an absent
+/// member is `None`, a member that is `null` is `Some("null")`. Other members are skipped
+/// (checked to be JSON, not kept); a member given twice is refused.
+#[derive(Deserialize)]
+pub(crate) struct Members<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub op: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub channel: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub since: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub limit: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub token: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub info: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub ok: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub result: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub error: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub offset: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub epoch: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub join: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub leave: Option<&'a RawValue>,
+}
+
+impl<'a> Members<'a> {
+    /// The members of `text`, which must be one JSON object (a struct would also be read
+    /// from an array); otherwise what is wrong, for people.
+    pub(crate) fn read(text: &'a str) -> Result<Self, String> {
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err(match serde_json::from_str::<IgnoredAny>(text) {
+                Ok(_) => "not a JSON object".to_owned(),
+                Err(e) => format!("not JSON: {e}"),
+            });
+        }
+        serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                format!("malformed: {e}")
+            } else {
+                format!("not JSON: {e}")
+            }
+        })
+    }
+}
+
+/// For `#[serde(deserialize_with)]`: a member that is there, as raw JSON.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -177,6 +236,22 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
 /// `serde_json::Value`, raw JSON) as JSON text.
 pub(crate) fn to_json<T: Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// Reads what the server sent, for the tests: a reply or a push, or a panic.
+#[cfg(test)]
+pub(crate) mod read {
+    use crate::{Push, Reply, ServerMessage};
+
+    pub(crate) fn reply(text: &str) -> Reply {
+        let message = ServerMessage::parse(text).ok();
+        message.and_then(ServerMessage::into_reply).expect(text)
+    }
+
+    pub(crate) fn push(text: &str) -> Push {
+        let message = ServerMessage::parse(text).ok();
+        message.and_then(ServerMessage::into_push).expect(text)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use crate::reply::{ErrorBody, Reply};
 use crate::request::RequestId;
-use crate::{push_json_str, to_json, ClientInfo};
+use crate::{push_json_str, to_json, ClientInfo, Members};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -139,31 +139,6 @@ impl fmt::Display for MessageError {
 
 impl std::error::Error for MessageError {}
 
-/// Every member a server message may have, raw (`null` members are `Some("null")`).
-#[derive(Deserialize)]
-struct Members<'a> {
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    ok: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    result: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    error: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    channel: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    offset: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    epoch: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    data: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    join: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    leave: Option<&'a RawValue>,
-}
-
 fn member<T: serde::de::DeserializeOwned>(
     raw: Option<&RawValue>,
     what: &str,
@@ -241,11 +216,7 @@ impl ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn push(text: &str) -> Push {
-        let message = ServerMessage::parse(text).ok();
-        message.and_then(ServerMessage::into_push).expect(text)
-    }
+    use crate::read::push;
 
     #[test]
     fn publications_round_trip_with_raw_data() {

@@ -164,12 +164,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{write_publication, ServerMessage, StreamPosition};
-
-    fn reply(text: &str) -> Reply {
-        let message = ServerMessage::parse(text).ok();
-        message.and_then(ServerMessage::into_reply).expect(text)
-    }
+    use crate::read::reply;
+    use crate::{write_publication, StreamPosition};
 
     #[test]
     fn ok_replies() {

@@ -7,7 +7,7 @@
 //! still gets its answer.
 
 use crate::code::ErrorCode;
-use crate::{to_json, StreamPosition};
+use crate::{to_json, Members, StreamPosition};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -227,28 +227,6 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
-/// Every member of a request, raw; absent members are `None`, a member that is `null` is
-/// `Some("null")`.
-#[derive(Deserialize)]
-struct Members<'a> {
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    op: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    channel: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    since: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    data: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    limit: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    token: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "crate::present")]
-    info: Option<&'a RawValue>,
-}
-
 /// A member that is absent or `null`.
 fn absent(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
@@ -264,30 +242,8 @@ fn absent(raw: Option<&RawValue>) -> Option<&RawValue> {
 /// not have. Members an op does not use are ignored.
 pub fn parse_request(text: &str) -> Result<(RequestId, Request), RequestError> {
     let null = RequestId::null();
-    // A struct also deserializes from an array; a request is an object only.
-    if !text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .starts_with('{')
-    {
-        let message = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            Ok(_) => Cow::Borrowed("not a JSON object"),
-            Err(e) => Cow::Owned(format!("not JSON: {e}")),
-        };
-        return Err(RequestError::new(
-            &null,
-            None,
-            ErrorCode::BAD_REQUEST,
-            message,
-        ));
-    }
-    let m: Members<'_> = serde_json::from_str(text).map_err(|e| {
-        let message = if e.is_data() {
-            format!("bad request: {e}")
-        } else {
-            format!("not JSON: {e}")
-        };
-        RequestError::new(&null, None, ErrorCode::BAD_REQUEST, message)
-    })?;
+    let m = Members::read(text)
+        .map_err(|message| RequestError::new(&null, None, ErrorCode::BAD_REQUEST, message))?;
     let id =
         m.id.map_or_else(RequestId::null, |r| RequestId::from(r.to_owned()));
     let bad = |op: &str, message: &'static str| {
