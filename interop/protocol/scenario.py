@@ -31,7 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import websockets  # noqa: E402
 
-from tidewire_v1 import Client, ConnectionLost, ProtocolViolation, TidewireError  # noqa: E402
+from tidewire_v1 import (  # noqa: E402
+    Client, ConnectionLost, ProtocolViolation, TidewireError, close_action,
+)
 
 RUN = uuid.uuid4().hex[:8]
 STEP = 10.0  # seconds for any single await inside a check
@@ -481,6 +483,7 @@ async def check_binary_refused(cl: Clients) -> str:
     await c.send_raw(b"\x00\x01binary")
     await c.wait_closed(STEP)
     expect(c.close_code == 4003, f"close code {c.close_code} ({c.close_reason!r}), expected 4003")
+    expect(close_action(c.close_code) == "stop", "4003 is terminal")
     return f"binary frame -> close {c.close_code} ({c.close_reason!r})"
 
 
@@ -509,11 +512,13 @@ async def check_auth(cl: Clients) -> str:
         await expect_error(bad, bad.connect_op(forged), 109)
         await bad.wait_closed(STEP)
         expect(bad.close_code == 4008, f"forged token: close {bad.close_code}, expected 4008")
+        expect(close_action(bad.close_code) == "stop", "4008 is terminal")
         old = await cl.new()
         expired = hs256_token(AUTH_SECRET, {"sub": "py-user", "exp": now - 600})
         await expect_error(old, old.connect_op(expired), 109)
         await old.wait_closed(STEP)
         expect(old.close_code == 4001, f"expired token: close {old.close_code}, expected 4001")
+        expect(close_action(old.close_code) == "new-token", "4001 wants a new token")
         return f"connect -> user {res['user']}; forged -> 109 + close 4008; expired -> 109 + close 4001"
 
 

@@ -55,10 +55,34 @@ ERROR_NAMES = {
     105: "not subscribed",
     106: "already subscribed",
     107: "rate limited",
-    108: "message too large",
+    108: "reserved",
     109: "unauthorized",
     110: "not available",
+    111: "limit reached",
 }
+
+# docs/protocol.md, "Close codes": the hub's codes, and what a client does after any code.
+CLOSE_SLOW_CONSUMER = 4000
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_UNSUPPORTED_DATA = 4003
+CLOSE_UNAUTHORIZED = 4008
+CLOSE_MESSAGE_RATE_LIMITED = 4029
+
+
+def close_action(code: int | None) -> str:
+    """"reconnect", "new-token" (reconnect only with a new token) or "stop", by the ranges
+    of the table: 1000 and 1009 stop; the rest of 1000-2999 and 3000-3999 reconnect;
+    4000-4499 reconnect, except 4001 (new token) and 4003, 4008 (stop); 4500-4999 stop.
+    No code (the connection dropped): reconnect."""
+    if code is None:
+        return "reconnect"
+    if code in (1000, 1009):
+        return "stop"
+    if code == CLOSE_TOKEN_EXPIRED:
+        return "new-token"
+    if code in (CLOSE_UNSUPPORTED_DATA, CLOSE_UNAUTHORIZED) or 4500 <= code <= 4999:
+        return "stop"
+    return "reconnect"
 
 
 class TidewireError(Exception):

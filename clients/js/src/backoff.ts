@@ -1,3 +1,5 @@
+import { CloseCode } from "./errors.js";
+
 /**
  * Exponential backoff with full jitter: attempt n (1, 2, ...) waits a uniformly random time
  * in [0, min(maxDelay, initialDelay * 2^(n-1))), in whole milliseconds.
@@ -23,12 +25,19 @@ export function backoffCeiling(attempt: number, initialDelay: number, maxDelay: 
 /** What the client does after a close code (docs/protocol.md, "Close codes"). */
 export type ClosePolicy = "retry" | "stop" | "new-token";
 
+/**
+ * The close-code table of docs/protocol.md, by range (the Rust `close_action` of
+ * tidewire-hub-proto): 1000 and 1009 stop; the rest of 1000-2999 and 3000-3999 retry;
+ * 4000-4499 retry, except the hub's 4001 (new token) and 4003, 4008 (stop); 4500-4999 stop.
+ */
 export function closePolicy(code: number | undefined): ClosePolicy {
   if (code === undefined) return "retry";
-  if (code === 1000 || code === 1009 || code === 4003 || code === 4008) return "stop";
+  if (code === 1000 || code === 1009) return "stop";
+  // The hub's codes that predate the ranges.
+  if (code === CloseCode.TOKEN_EXPIRED) return "new-token";
+  if (code === CloseCode.UNSUPPORTED_DATA || code === CloseCode.UNAUTHORIZED) return "stop";
   if (code >= 4500 && code <= 4999) return "stop";
-  if (code === 4001) return "new-token";
-  // 1001, 1006, 1008, 1011, 1012, 1013, 4000, 4029 per the document; codes it does not
-  // list (1002, 1005, 1007, 1010, 1015, 3xxx, other 4xxx) are treated as transient too.
+  // 1001, 1006, 1008, 1011, 1012, 1013, 4000, 4029, and any other code (1002, 1005, 1007,
+  // 1010, 1015, 3xxx, other 4000-4499): transient.
   return "retry";
 }

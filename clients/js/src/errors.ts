@@ -8,10 +8,28 @@ export const ErrorCode = {
   NOT_SUBSCRIBED: 105,
   ALREADY_SUBSCRIBED: 106,
   RATE_LIMITED: 107,
+  /** Reserved, never sent: an oversized message is closed with 1009 instead. */
   MESSAGE_TOO_LARGE: 108,
   UNAUTHORIZED: 109,
   NOT_AVAILABLE: 110,
   LIMIT_REACHED: 111,
+} as const;
+
+/**
+ * The hub's close codes (docs/protocol.md, "Close codes"); `closePolicy` says what the
+ * client does after these and any other code.
+ */
+export const CloseCode = {
+  /** The client fell behind and was dropped: reconnect, resume with `since`. */
+  SLOW_CONSUMER: 4000,
+  /** The token expired: reconnect only with a new token. */
+  TOKEN_EXPIRED: 4001,
+  /** A binary frame on /ws: terminal. */
+  UNSUPPORTED_DATA: 4003,
+  /** Bad or missing token: terminal. */
+  UNAUTHORIZED: 4008,
+  /** (raw rooms) over the message rate limit: reconnect with backoff. */
+  MESSAGE_RATE_LIMITED: 4029,
 } as const;
 
 /**

@@ -2,7 +2,7 @@ export { TidewireClient, PROTOCOL } from "./client.js";
 export type { ClientOptions, ClientEvents, TokenSource } from "./client.js";
 export { Subscription } from "./subscription.js";
 export type { SubscribeOptions, SubscriptionHandlers, SubscriptionState } from "./subscription.js";
-export { TidewireError, ErrorCode } from "./errors.js";
+export { TidewireError, ErrorCode, CloseCode } from "./errors.js";
 export type { ClientErrorCode } from "./errors.js";
 export { backoffDelay, backoffCeiling, closePolicy } from "./backoff.js";
 export type { ClosePolicy } from "./backoff.js";

@@ -7,6 +7,7 @@ import {
   backoffCeiling,
   backoffDelay,
   closePolicy,
+  CloseCode,
   type ClientOptions,
   type Publication,
   type StateEvent,
@@ -41,8 +42,11 @@ describe("backoffDelay", () => {
 
   test("close codes: retry, stop, or new token (docs/protocol.md)", () => {
     for (const c of [1001, 1006, 1008, 1011, 1012, 1013, 4000, 4029, undefined]) expect(closePolicy(c)).toBe("retry");
-    for (const c of [1000, 1009, 4003, 4008, 4500, 4999]) expect(closePolicy(c)).toBe("stop");
+    // The ranges: codes nobody has defined yet.
+    for (const c of [1002, 1007, 3000, 3999, 4002, 4499]) expect(closePolicy(c)).toBe("retry");
+    for (const c of [1000, 1009, 4003, 4008, 4500, 4501, 4999]) expect(closePolicy(c)).toBe("stop");
     expect(closePolicy(4001)).toBe("new-token");
+    expect(Object.values(CloseCode).map((c) => closePolicy(c))).toEqual(["retry", "new-token", "stop", "stop", "retry"]);
   });
 });
 

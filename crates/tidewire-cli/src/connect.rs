@@ -60,7 +60,9 @@ pub struct ConnectArgs {
     ping_interval: Option<Duration>,
 
     /// Connect again when the connection drops (backoff with jitter, at most --max-delay
-    /// between attempts; not after a 1000 close or a 4xx refusal). Each wait is announced
+    /// between attempts; not after a 1000 or 1009 close or a 4xx refusal, nor, with
+    /// --subprotocol tidewire.v1, after the hub's terminal codes 4003, 4008 and
+    /// 4500-4999, or 4001). Each wait is announced
     /// on standard error with its reason. Lines typed while disconnected are dropped, with
     /// a warning.
     #[arg(long, conflicts_with = "once")]
@@ -376,6 +378,14 @@ async fn reconnecting(
 ) -> Result<()> {
     let builder = client_builder(args)?;
     let mut rb = ReconnectBuilder::new(builder).backoff(backoff(args));
+    if args
+        .subprotocols
+        .iter()
+        .any(|p| p == tidewire_hub_client::PROTOCOL)
+    {
+        // The hub's close codes: stop after 4003 and 4008, as its own client does.
+        rb = rb.close_policy(tidewire_hub_client::close_policy);
+    }
     if let Some(i) = args.ping_interval {
         rb = rb.heartbeat(i, i * 3);
     }

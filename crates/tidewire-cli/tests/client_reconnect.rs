@@ -1,6 +1,6 @@
 //! The reconnecting clients against real `tidewire serve` and `tidewire echo` processes,
 //! with a TCP proxy in between that cuts connections the way a network does (no close
-//! frame): `tidewire::reconnect` (plain) and `tidewire_hub::client` (tidewire.v1).
+//! frame): `tidewire::reconnect` (plain) and `tidewire_hub_client` (tidewire.v1).
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidewire::reconnect::{Backoff, Event, GiveUp, ReconnectingClient};
 use tidewire::Message;
-use tidewire_hub::client::{HubClient, HubEvent, Item, Subscription};
+use tidewire_hub_client::{HubClient, HubEvent, Item, Subscription};
 use tokio::time::{timeout, Instant};
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {

@@ -168,3 +168,101 @@ async fn resume_after_forced_disconnects_without_gap_or_duplicate() {
     assert_eq!(r["result"]["recovered"], false, "{r}");
     assert_eq!(r["result"]["publications"], json!([]), "{r}");
 }
+
+/// The next text message, as sent.
+async fn next_text(ws: &mut Ws) -> String {
+    let fut = async {
+        loop {
+            match ws.recv().await.expect("stream ended").expect("error") {
+                Message::Text(t) => return t.as_str().to_owned(),
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), fut)
+        .await
+        .expect("no message within 20 s")
+}
+
+/// Requests the protocol crate refuses are refused by the server the same way, and what
+/// the server writes reads back with the protocol's types: ids come back byte for byte,
+/// `since` is an object or nothing, an unknown op is 102, data is delivered as published.
+#[tokio::test]
+async fn hostile_requests_get_the_documented_answers() {
+    use tidewire_hub_proto::{ErrorCode, Push, ServerMessage, SubscribeResult};
+
+    let srv = start();
+    let mut ws = client(&srv.1).await;
+    let reply = |text: &str| {
+        let message = ServerMessage::parse(text).ok();
+        message.and_then(ServerMessage::into_reply).expect(text)
+    };
+    let error_of = |text: &str| reply(text).outcome.expect_err(text).code;
+
+    // Ids are echoed as sent, beyond what a u64 or an f64 holds.
+    for id in [
+        "12345678901234567890123",
+        "1.0e3",
+        r#"{"k":[1,"x"]}"#,
+        "null",
+    ] {
+        ws.send(Message::text(format!(r#"{{"id":{id},"op":"ping"}}"#)))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_text(&mut ws).await,
+            format!(r#"{{"id":{id},"ok":true,"result":{{}}}}"#)
+        );
+    }
+    for (request, code) in [
+        (r#"{"id":1,"op":"nope"}"#, ErrorCode::UNKNOWN_OP),
+        (
+            r#"{"id":2,"op":"subscribe","channel":"s","since":[1,"x"]}"#,
+            ErrorCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"id":3,"op":"subscribe","channel":7}"#,
+            ErrorCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"id":4,"op":"history","channel":"s","limit":-1}"#,
+            ErrorCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"id":5,"op":"publish","channel":"s"}"#,
+            ErrorCode::BAD_REQUEST,
+        ),
+        (r#"[1,"ping"]"#, ErrorCode::BAD_REQUEST),
+        (
+            r#"{"id":6,"op":"ping","op":"ping"}"#,
+            ErrorCode::BAD_REQUEST,
+        ),
+    ] {
+        ws.send(Message::text(request)).await.unwrap();
+        let text = next_text(&mut ws).await;
+        assert_eq!(error_of(&text), code, "{request} -> {text}");
+    }
+    // Still open: subscribe, publish raw data, get it back as it was sent.
+    ws.send(Message::text(r#"{"id":7,"op":"subscribe","channel":"s"}"#))
+        .await
+        .unwrap();
+    let sub: SubscribeResult = reply(&next_text(&mut ws).await).result().unwrap().unwrap();
+    let data = r#"{"n": 1.50, "big": 12345678901234567890123, "s": "\u00e9"}"#;
+    ws.send(Message::text(format!(
+        r#"{{"id":8,"op":"publish","channel":"s","data":{data}}}"#
+    )))
+    .await
+    .unwrap();
+    // The reply and the publication, after the subscriber's own join event (the default
+    // namespace has presence), in some order.
+    let (mut acked, mut publication) = (false, None);
+    while !acked || publication.is_none() {
+        match ServerMessage::parse(&next_text(&mut ws).await).unwrap() {
+            ServerMessage::Reply(r) => acked = r.id.as_u64() == Some(8) && r.outcome.is_ok(),
+            ServerMessage::Push(Push::Publication(p)) => publication = Some(p),
+            ServerMessage::Push(_) => {}
+        }
+    }
+    let p = publication.expect("the publication");
+    assert_eq!((p.offset, p.data.get()), (sub.offset + 1, data));
+}

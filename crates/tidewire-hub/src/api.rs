@@ -60,7 +60,8 @@ pub(crate) async fn api_publish(
             hub.metrics.publications.fetch_add(1, Ordering::Relaxed);
             (
                 [(header::CONTENT_TYPE, "application/json")],
-                serde_json::json!({"offset": p.offset, "epoch": p.epoch}).to_string(),
+                // The `publish` result of tidewire.v1: `{"offset":O,"epoch":E}`.
+                serde_json::to_string(&p).unwrap_or_default(),
             )
                 .into_response()
         }

@@ -10,7 +10,7 @@
 //! `since`. It never holds up the other subscribers.
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
-use crate::channels::{close, Conn, Reply, Timer};
+use crate::channels::{close_frame, Conn, Reply, Timer};
 use crate::hub::Hub;
 use crate::limits::{close_bounded, TokenBucket};
 use crate::metrics::HandshakeFailure;
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tidewire::upgrade::Upgraded;
 use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
 use tidewire::{CloseCode, CloseFrame, Message, WebSocketStream};
+use tidewire_hub_proto::CloseCode as HubCode;
 
 /// How long a connection may take to send `connect` where a token is required.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,7 +162,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    let frame = CloseFrame::new(CloseCode(close::UNSUPPORTED_DATA), "binary frames are not part of tidewire.v1");
+                    let frame = close_frame(HubCode::UNSUPPORTED_DATA, "binary frames are not part of tidewire.v1");
                     Box::pin(close_bounded(&mut ws, frame)).await;
                     break;
                 }
@@ -220,18 +221,18 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
                     let why = if slow { "its event queue overflowed (limits.send_queue)" } else { "send buffer full" };
                     tracing::info!(client = %conn.client_id, "slow consumer disconnected: {why}");
-                    let frame = CloseFrame::new(CloseCode(close::SLOW_CONSUMER), "slow consumer: resubscribe with since");
+                    let frame = close_frame(HubCode::SLOW_CONSUMER, "slow consumer: resubscribe with since");
                     Box::pin(close_bounded(&mut ws, frame)).await;
                     break;
                 }
             },
             _ = fire(&mut token_expiry), if token_expiry.is_some() => {
-                let frame = CloseFrame::new(CloseCode(close::TOKEN_EXPIRED), "unauthorized: token expired");
+                let frame = close_frame(HubCode::TOKEN_EXPIRED, "unauthorized: token expired");
                 Box::pin(close_bounded(&mut ws, frame)).await;
                 break;
             }
             _ = fire(&mut connect_deadline), if !conn.authenticated => {
-                let frame = CloseFrame::new(CloseCode(close::UNAUTHORIZED), "unauthorized: no connect with a token within 10 s");
+                let frame = close_frame(HubCode::UNAUTHORIZED, "unauthorized: no connect with a token within 10 s");
                 Box::pin(close_bounded(&mut ws, frame)).await;
                 break;
             }

@@ -11,70 +11,78 @@ use crate::engine::{ClientInfo, StreamPosition};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::node::{Event, Json, NamespaceOptions, Outbox, Subscription};
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tidewire::{CloseCode, CloseFrame};
+use tidewire_hub_proto::{
+    self as wire, ConnectResult, Empty, ErrorCode, PresenceResult, Request, RequestId,
+};
 
-/// Largest `info` a client may attach in `connect` (serialized JSON bytes).
+/// Largest `info` a client may attach in `connect` (JSON bytes as sent).
 const MAX_INFO: usize = 1024;
 
-/// Error codes of docs/protocol.md.
-mod code {
-    pub const INTERNAL: u32 = 100;
-    pub const BAD_REQUEST: u32 = 101;
-    pub const UNKNOWN_OP: u32 = 102;
-    pub const UNKNOWN_CHANNEL: u32 = 103;
-    pub const PERMISSION_DENIED: u32 = 104;
-    pub const NOT_SUBSCRIBED: u32 = 105;
-    pub const ALREADY_SUBSCRIBED: u32 = 106;
-    pub const RATE_LIMITED: u32 = 107;
-    pub const UNAUTHORIZED: u32 = 109;
-    pub const NOT_AVAILABLE: u32 = 110;
-    pub const LIMIT_REACHED: u32 = 111;
+/// `history` without a `limit`, and the largest `limit` taken.
+const HISTORY_DEFAULT: u64 = 100;
+const HISTORY_MAX: u64 = 10_000;
+
+/// A close frame with one of the hub's codes (the table is `tidewire_hub_proto`'s).
+pub(crate) fn close_frame(code: wire::CloseCode, reason: impl Into<String>) -> CloseFrame {
+    CloseFrame::new(CloseCode(code.0), reason)
 }
 
-/// Close codes of docs/protocol.md.
-pub(crate) mod close {
-    pub const SLOW_CONSUMER: u16 = 4000;
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    pub const UNSUPPORTED_DATA: u16 = 4003;
-    pub const UNAUTHORIZED: u16 = 4008;
+fn reply_ok<R: serde::Serialize + ?Sized>(id: &RequestId, result: &R) -> String {
+    wire::encode_ok(id, result)
 }
 
-fn reply_ok(id: &Value, result: &str) -> String {
-    format!("{{\"id\":{id},\"ok\":true,\"result\":{result}}}")
+fn reply_err(id: &RequestId, code: ErrorCode, message: &str) -> String {
+    wire::encode_error(id, code, message)
 }
 
-fn reply_err(id: &Value, code: u32, message: &str) -> String {
-    json!({"id": id, "error": {"code": code, "message": message}}).to_string()
-}
-
-fn engine_error(id: &Value, e: &crate::engine::Error) -> String {
+fn engine_error(id: &RequestId, e: &crate::engine::Error) -> String {
     let code = if e.is_invalid_channel() || e.is_unknown_namespace() {
-        code::UNKNOWN_CHANNEL
+        ErrorCode::UNKNOWN_CHANNEL
     } else if e.is_invalid_data() {
-        code::BAD_REQUEST
+        ErrorCode::BAD_REQUEST
     } else if e.is_not_available() {
-        code::NOT_AVAILABLE
+        ErrorCode::NOT_AVAILABLE
     } else {
-        code::INTERNAL
+        ErrorCode::INTERNAL
     };
     reply_err(id, code, &e.to_string())
 }
 
-fn publications_json(events: &[Arc<Event>]) -> String {
-    let mut s = String::from("[");
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(&e.to_json());
+/// A publication's wire form as encoded once for every subscriber (its prepared message).
+fn encoded(e: &Event) -> Cow<'_, str> {
+    match e
+        .prepared()
+        .and_then(|p| std::str::from_utf8(p.payload()).ok())
+    {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(e.to_json()),
     }
-    s.push(']');
-    s
+}
+
+/// A result that carries publications: `history` (`recovered: None`) or `subscribe` with
+/// `since`.
+fn publications_reply(
+    id: &RequestId,
+    position: &StreamPosition,
+    recovered: Option<bool>,
+    events: &[Arc<Event>],
+) -> String {
+    let publications = events.iter().map(|e| encoded(e));
+    wire::encode_publications_result(
+        id,
+        position.offset,
+        &position.epoch,
+        recovered,
+        publications,
+    )
 }
 
 /// What to do after a request.
@@ -92,11 +100,19 @@ impl From<String> for Reply {
 
 fn auth_close(e: &AuthError) -> CloseFrame {
     let code = if *e == AuthError::Expired {
-        close::TOKEN_EXPIRED
+        wire::CloseCode::TOKEN_EXPIRED
     } else {
-        close::UNAUTHORIZED
+        wire::CloseCode::UNAUTHORIZED
     };
-    CloseFrame::new(CloseCode(code), format!("unauthorized: {e}"))
+    close_frame(code, format!("unauthorized: {e}"))
+}
+
+/// The answer to any op but `connect` and `ping` before a successful `connect`: 109, then
+/// close 4008.
+fn unauthenticated(id: &RequestId) -> Reply {
+    let e = AuthError::Missing;
+    let reply = reply_err(id, ErrorCode::UNAUTHORIZED, "connect with a token first");
+    Reply::SendAndClose(reply, auth_close(&e))
 }
 
 /// One `/ws` connection's state.
@@ -159,14 +175,18 @@ impl Conn {
     }
 
     /// Checks the channel's namespace and, for a private one, the token's `channels`.
-    fn namespace(&self, id: &Value, ch: &str) -> Result<NamespaceOptions, String> {
+    fn namespace(&self, id: &RequestId, ch: &str) -> Result<NamespaceOptions, String> {
         let Some(ns) = self.hub.node.namespaces().for_channel(ch) else {
-            return Err(reply_err(id, code::UNKNOWN_CHANNEL, "unknown namespace"));
+            return Err(reply_err(
+                id,
+                ErrorCode::UNKNOWN_CHANNEL,
+                "unknown namespace",
+            ));
         };
         if ns.private && !self.identity.as_ref().is_some_and(|i| i.may_use(ch)) {
             return Err(reply_err(
                 id,
-                code::PERMISSION_DENIED,
+                ErrorCode::PERMISSION_DENIED,
                 "private channel: the token's channels claim does not allow it",
             ));
         }
@@ -174,53 +194,36 @@ impl Conn {
     }
 
     pub(crate) async fn handle(&mut self, text: &str) -> Reply {
-        let null = Value::Null;
-        let req: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return reply_err(&null, code::BAD_REQUEST, "not a JSON object").into(),
-            Err(e) => return reply_err(&null, code::BAD_REQUEST, &format!("not JSON: {e}")).into(),
+        let (id, req) = match wire::parse_request(text) {
+            Ok(r) => r,
+            Err(e) => {
+                // Before a successful `connect`, an op other than `connect` and `ping` is
+                // refused as unauthorized, whatever its members.
+                let op = e.op();
+                if !self.authenticated && op.is_some_and(|op| op != "connect" && op != "ping") {
+                    return unauthenticated(e.id());
+                }
+                return e.reply().into();
+            }
         };
-        let id = req.get("id").cloned().unwrap_or(Value::Null);
-        let Some(op) = req.get("op").and_then(Value::as_str) else {
-            return reply_err(&id, code::BAD_REQUEST, "missing op").into();
-        };
-        if op == "connect" {
-            return self.connect(&id, &req);
+        if !self.authenticated && !matches!(req, Request::Connect { .. } | Request::Ping) {
+            return unauthenticated(&id);
         }
-        if op == "ping" {
-            return reply_ok(&id, "{}").into();
-        }
-        if !self.authenticated {
-            let e = AuthError::Missing;
-            let reply = reply_err(&id, code::UNAUTHORIZED, "connect with a token first");
-            return Reply::SendAndClose(reply, auth_close(&e));
-        }
-        let channel = match req.get("channel") {
-            None => None,
-            Some(Value::String(c)) => Some(c.as_str()),
-            Some(_) => return reply_err(&id, code::BAD_REQUEST, "channel must be a string").into(),
-        };
-        let need = matches!(
-            op,
-            "subscribe" | "unsubscribe" | "publish" | "history" | "presence"
-        );
-        let ch = match (channel, need) {
-            (Some(c), true) => c,
-            (None, true) => return reply_err(&id, code::BAD_REQUEST, "missing channel").into(),
-            _ => return reply_err(&id, code::UNKNOWN_OP, &format!("unknown op {op:?}")).into(),
-        };
         let now = Instant::now();
         let node = &self.hub.node;
-        let reply = match op {
-            "subscribe" => self.subscribe(&id, ch, &req).await,
-            "unsubscribe" => match self.subs.remove_entry(ch) {
+        let reply = match req {
+            Request::Connect { token, info } => return self.connect(&id, token.as_deref(), info),
+            Request::Ping => reply_ok(&id, &Empty {}),
+            Request::Subscribe { channel, since } => self.subscribe(&id, &channel, since).await,
+            Request::Unsubscribe { channel } => match self.subs.remove_entry(channel.as_str()) {
                 Some((channel, sub_id)) => {
                     self.end(Subscription::new(sub_id, channel)).await;
-                    reply_ok(&id, "{}")
+                    reply_ok(&id, &Empty {})
                 }
-                None => reply_err(&id, code::NOT_SUBSCRIBED, "not subscribed"),
+                None => reply_err(&id, ErrorCode::NOT_SUBSCRIBED, "not subscribed"),
             },
-            "publish" => {
+            Request::Publish { channel, data } => {
+                let ch = channel.as_str();
                 let ns = match self.namespace(&id, ch) {
                     Ok(ns) => ns,
                     Err(r) => return r.into(),
@@ -228,14 +231,11 @@ impl Conn {
                 if !ns.publish {
                     return reply_err(
                         &id,
-                        code::PERMISSION_DENIED,
+                        ErrorCode::PERMISSION_DENIED,
                         "publishing is not allowed in this namespace",
                     )
                     .into();
                 }
-                let Some(data) = req.get("data") else {
-                    return reply_err(&id, code::BAD_REQUEST, "missing data").into();
-                };
                 if !self.bucket.take(now) {
                     self.hub
                         .metrics
@@ -245,8 +245,9 @@ impl Conn {
                         "rate limited: at most {} publications per second (limits.publish_rate)",
                         self.hub.config.publish_rate
                     );
-                    return reply_err(&id, code::RATE_LIMITED, &msg).into();
+                    return reply_err(&id, ErrorCode::RATE_LIMITED, &msg).into();
                 }
+                // The raw JSON as the request carried it (checked when it was read).
                 match node.publish(ch, Json::from(data)).await {
                     Ok(p) => {
                         self.hub.metrics.publish_latency(now.elapsed());
@@ -254,72 +255,50 @@ impl Conn {
                             .metrics
                             .publications
                             .fetch_add(1, Ordering::Relaxed);
-                        reply_ok(
-                            &id,
-                            &json!({"offset": p.offset, "epoch": p.epoch}).to_string(),
-                        )
+                        reply_ok(&id, &p)
                     }
                     Err(e) => engine_error(&id, &e),
                 }
             }
-            "history" => {
+            Request::History { channel, limit } => {
+                let ch = channel.as_str();
                 if let Err(r) = self.namespace(&id, ch) {
                     return r.into();
                 }
-                let limit = match req.get("limit") {
-                    None => 100,
-                    Some(v) => match v.as_u64() {
-                        Some(n) => n.min(10_000) as usize,
-                        None => {
-                            return reply_err(
-                                &id,
-                                code::BAD_REQUEST,
-                                "limit must be a non-negative integer",
-                            )
-                            .into()
-                        }
-                    },
-                };
+                let limit = limit.unwrap_or(HISTORY_DEFAULT).min(HISTORY_MAX) as usize;
                 match node.history(ch, limit).await {
-                    Ok(h) => reply_ok(
-                        &id,
-                        &format!(
-                            "{{\"offset\":{},\"epoch\":{},\"publications\":{}}}",
-                            h.position.offset,
-                            json!(h.position.epoch),
-                            publications_json(&h.publications)
-                        ),
-                    ),
+                    Ok(h) => publications_reply(&id, &h.position, None, &h.publications),
                     Err(e) => engine_error(&id, &e),
                 }
             }
-            "presence" => {
+            Request::Presence { channel } => {
+                let ch = channel.as_str();
                 if let Err(r) = self.namespace(&id, ch) {
                     return r.into();
                 }
                 match node.presence(ch).await {
-                    Ok(clients) => reply_ok(&id, &json!({"clients": clients}).to_string()),
+                    Ok(clients) => reply_ok(&id, &PresenceResult { clients }),
                     Err(e) => engine_error(&id, &e),
                 }
             }
-            _ => unreachable!("ops needing a channel are listed above"),
         };
         reply.into()
     }
 
-    fn connect(&mut self, id: &Value, req: &Value) -> Reply {
-        let token = match req.get("token") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(t)) => Some(t.as_str()),
-            Some(_) => return reply_err(id, code::BAD_REQUEST, "token must be a string").into(),
-        };
-        let info = match req.get("info") {
-            None | Some(Value::Null) => None,
-            Some(v) if v.to_string().len() <= MAX_INFO => Some(v.clone()),
-            Some(_) => {
+    fn connect(
+        &mut self,
+        id: &RequestId,
+        token: Option<&str>,
+        info: Option<Box<RawValue>>,
+    ) -> Reply {
+        let info = match info {
+            None => None,
+            Some(raw) if raw.get().len() > MAX_INFO => {
                 let msg = format!("info is larger than {MAX_INFO} bytes");
-                return reply_err(id, code::BAD_REQUEST, &msg).into();
+                return reply_err(id, ErrorCode::BAD_REQUEST, &msg).into();
             }
+            // At most MAX_INFO bytes of checked JSON: presence shows it as a value.
+            Some(raw) => serde_json::from_str::<Value>(raw.get()).ok(),
         };
         match (&self.hub.config.auth, token) {
             (Some(auth), Some(token)) => match auth.verify(token) {
@@ -334,7 +313,8 @@ impl Conn {
                         .metrics
                         .auth_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    let reply = reply_err(id, code::UNAUTHORIZED, &format!("unauthorized: {e}"));
+                    let msg = format!("unauthorized: {e}");
+                    let reply = reply_err(id, ErrorCode::UNAUTHORIZED, &msg);
                     return Reply::SendAndClose(reply, auth_close(&e));
                 }
             },
@@ -344,7 +324,8 @@ impl Conn {
                     .auth_failures
                     .fetch_add(1, Ordering::Relaxed);
                 let e = AuthError::Missing;
-                let reply = reply_err(id, code::UNAUTHORIZED, &format!("unauthorized: {e}"));
+                let msg = format!("unauthorized: {e}");
+                let reply = reply_err(id, ErrorCode::UNAUTHORIZED, &msg);
                 return Reply::SendAndClose(reply, auth_close(&e));
             }
             _ => {}
@@ -353,32 +334,33 @@ impl Conn {
             self.own_info = info;
             self.client = None;
         }
-        let user = self.identity.as_ref().map(|i| i.user.as_str());
-        let result = json!({"client": self.client_id, "user": user, "version": "tidewire.v1"});
-        reply_ok(id, &result.to_string()).into()
+        let result = ConnectResult {
+            client: self.client_id.clone(),
+            user: self.identity.as_ref().map(|i| i.user.clone()),
+            version: wire::PROTOCOL.to_owned(),
+        };
+        reply_ok(id, &result).into()
     }
 
-    async fn subscribe(&mut self, id: &Value, ch: &str, req: &Value) -> String {
+    async fn subscribe(
+        &mut self,
+        id: &RequestId,
+        ch: &str,
+        since: Option<StreamPosition>,
+    ) -> String {
         if let Err(r) = self.namespace(id, ch) {
             return r;
         }
         if self.subs.contains_key(ch) {
-            return reply_err(id, code::ALREADY_SUBSCRIBED, "already subscribed");
+            return reply_err(id, ErrorCode::ALREADY_SUBSCRIBED, "already subscribed");
         }
         if self.subs.len() >= self.hub.config.max_subscriptions {
             let msg = format!(
                 "too many subscriptions: at most {} per connection (limits.max_subscriptions)",
                 self.hub.config.max_subscriptions
             );
-            return reply_err(id, code::LIMIT_REACHED, &msg);
+            return reply_err(id, ErrorCode::LIMIT_REACHED, &msg);
         }
-        let since = match req.get("since") {
-            None | Some(Value::Null) => None,
-            Some(v) => match serde_json::from_value::<StreamPosition>(v.clone()) {
-                Ok(p) => Some(p),
-                Err(_) => return reply_err(id, code::BAD_REQUEST, "since must be {offset, epoch}"),
-            },
-        };
         let asked = since.is_some();
         let hub = self.hub.clone();
         let capacity = self.hub.config.send_queue;
@@ -391,20 +373,16 @@ impl Conn {
             Ok(s) => s,
             Err(e) => return engine_error(id, &e),
         };
-        let pos = &sub.position;
-        let mut result = format!("{{\"offset\":{},\"epoch\":{}", pos.offset, json!(pos.epoch));
-        let recovered = sub.recovered();
-        let publications = sub.take_recovered();
-        if asked {
-            result.push_str(&format!(
-                ",\"recovered\":{recovered},\"publications\":{}",
-                publications_json(&publications)
-            ));
-        }
-        result.push('}');
+        let result = if asked {
+            let recovered = sub.recovered();
+            let publications = sub.take_recovered();
+            publications_reply(id, &sub.position, Some(recovered), &publications)
+        } else {
+            reply_ok(id, &sub.position)
+        };
         self.hub.subscribers.fetch_add(1, Ordering::Relaxed);
         let key = sub.subscription.channel_name().clone();
         self.subs.insert(key, sub.subscription.id());
-        reply_ok(id, &result)
+        result
     }
 }

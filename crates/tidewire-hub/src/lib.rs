@@ -7,8 +7,9 @@
 //!   offsets and epochs, history, gap-free resume, presence, namespaces, JWT auth, limits.
 //! - `/healthz`, `/metrics` (Prometheus), `POST /api/publish`, the demo pages.
 //!
-//! [`client`] is the other side: a `tidewire.v1` client that reconnects, resubscribes with
-//! `since` and reports what could not be recovered.
+//! The wire format is the `tidewire-hub-proto` crate's; the other side, a `tidewire.v1`
+//! client that reconnects, resubscribes with `since` and reports what could not be
+//! recovered, is the `tidewire-hub-client` crate (which does not depend on this one).
 //!
 //! [`node`] is this process's side of the channels (local subscribers, fan-out, recovery,
 //! presence) over the [`engine`]: a [`Broker`] and a [`PresenceStore`], chosen at run time.
@@ -19,7 +20,6 @@ mod api;
 pub mod auth;
 mod channel_endpoint;
 mod channels;
-pub mod client;
 mod config;
 pub mod engine;
 mod hub;

@@ -4,6 +4,7 @@
 //! policy. The room registry itself is `rooms`.
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Endpoint, Slot};
+use crate::channels::close_frame;
 use crate::hub::Hub;
 use crate::limits::{close_bounded, TokenBucket};
 use crate::metrics::HandshakeFailure;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
 use tidewire::{CloseCode, CloseFrame, Message, PreparedMessage};
+use tidewire_hub_proto::CloseCode as HubCode;
 use tokio::sync::broadcast;
 
 pub(crate) async fn room_upgrade(
@@ -140,7 +142,7 @@ async fn room_member(start: Box<RoomMember>) {
                     if !bucket.take(Instant::now()) {
                         metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("rate limit: at most {} messages per second", hub.config.publish_rate);
-                        Box::pin(close_bounded(&mut ws, CloseFrame::new(CloseCode(4029), reason))).await;
+                        Box::pin(close_bounded(&mut ws, close_frame(HubCode::MESSAGE_RATE_LIMITED, reason))).await;
                         break;
                     }
                     if let Some(prepared) = PreparedMessage::new(m) {

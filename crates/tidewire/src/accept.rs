@@ -132,10 +132,13 @@ impl ServerBuilder {
         self
     }
 
+    /// For the hyper upgrade (`upgrade` feature).
+    #[cfg(feature = "upgrade")]
     pub(crate) fn protocol_list(&self) -> &[String] {
         &self.protocols
     }
 
+    #[cfg(feature = "upgrade")]
     pub(crate) fn stream_options(&self) -> Options {
         self.options
     }

@@ -3,7 +3,8 @@
 //! It wraps [`ClientBuilder`] and works with any WebSocket server. When a connection ends
 //! it waits (exponential backoff with full jitter, [`Backoff`]; after a refusal with
 //! `Retry-After`, at least that long, up to the backoff's cap) and connects again, until a
-//! close code says not to ([`ClosePolicy`], the table of `docs/protocol.md`), the server
+//! close code says not to (a [`ClosePolicy`]: RFC 6455's codes by default, or the server
+//! protocol's table given to [`ReconnectBuilder::close_policy`]), the server
 //! refuses the handshake for good (a 4xx status), the attempts run out, or the application
 //! closes it. A heartbeat (ping frames, [`Heartbeat`]) notices a connection that went
 //! silent without closing, and ends it so that a new one is made.
@@ -41,7 +42,7 @@
 //!
 //! Not here: resending what was in flight when a connection dropped (between connections
 //! `send` fails with [`Error::is_not_connected`], and the application decides), and anything
-//! specific to one server's protocol (the hub's resubscription is `tidewire_hub::client`).
+//! specific to one server's protocol (the hub's resubscription and close codes are in the `tidewire-hub-client` crate).
 
 use crate::connect::ClientBuilder;
 use crate::error::{Error, Kind, Result};
@@ -138,30 +139,44 @@ impl Backoff {
     }
 }
 
-/// What a close code from the server tells a reconnecting client, per the close code
-/// table of `docs/protocol.md` (the hub's codes; other servers' codes in 4000–4499 are
-/// retried, 4500–4999 are terminal).
+/// What a reconnecting client does after the server closed with a code: the verdict of a
+/// close policy ([`ReconnectBuilder::close_policy`]).
+///
+/// The default policy, [`ClosePolicy::rfc6455`], knows only RFC 6455's codes. A server
+/// that gives its own codes (3000–4999) a meaning passes its table: the Tidewire hub's is in
+/// `tidewire-hub-proto`, and `tidewire-hub-client` sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClosePolicy {
-    /// Reconnect with backoff (1001, 1006, 1008, 1011, 1012, 1013, 4000, 4029, and any
-    /// code not listed elsewhere).
+    /// Reconnect with backoff.
     Reconnect,
-    /// Reconnect only with a new token (4001, token expired).
+    /// Reconnect only with a new token (see [`ReconnectBuilder::reconnect_with_new_token`]);
+    /// otherwise stop.
     ReconnectWithNewToken,
-    /// Do not reconnect: 1000 (normal closure), 1009 (message too big), 4003 (unsupported
-    /// data), 4008 (unauthorized) and 4500–4999 (terminal conditions).
+    /// Do not reconnect.
     Stop,
 }
 
 impl ClosePolicy {
-    /// The policy for `code`.
-    pub fn of(code: CloseCode) -> ClosePolicy {
-        match code.0 {
-            1000 | 1009 | 4003 | 4008 | 4500..=4999 => ClosePolicy::Stop,
-            4001 => ClosePolicy::ReconnectWithNewToken,
+    /// The default policy: stop after 1000 (normal closure: the server meant it) and 1009
+    /// (message too big: sending it again fails again), reconnect after anything else,
+    /// including every code of 3000–4999, whose meaning only the server's own protocol can
+    /// tell (RFC 6455 §7.4.2).
+    pub fn rfc6455(code: CloseCode) -> ClosePolicy {
+        match code {
+            CloseCode::NORMAL | CloseCode::MESSAGE_TOO_BIG => ClosePolicy::Stop,
             _ => ClosePolicy::Reconnect,
         }
+    }
+}
+
+/// A close policy as the builder keeps it.
+#[derive(Clone)]
+struct PolicyFn(Arc<dyn Fn(CloseCode) -> ClosePolicy + Send + Sync>);
+
+impl fmt::Debug for PolicyFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PolicyFn")
     }
 }
 
@@ -289,6 +304,7 @@ pub struct ReconnectBuilder {
     capacity: usize,
     seed: Option<u64>,
     new_tokens: bool,
+    policy: PolicyFn,
 }
 
 impl ReconnectBuilder {
@@ -302,6 +318,7 @@ impl ReconnectBuilder {
             capacity: 1024,
             seed: None,
             new_tokens: false,
+            policy: PolicyFn(Arc::new(ClosePolicy::rfc6455)),
         }
     }
 
@@ -343,10 +360,22 @@ impl ReconnectBuilder {
         self
     }
 
-    /// Reconnect after 4001 (token expired): the application sends a fresh token on each
-    /// new connection. Default false (4001 stops the client).
+    /// Reconnect after a close code whose policy is [`ClosePolicy::ReconnectWithNewToken`]
+    /// (the hub's 4001, token expired): the application sends a fresh token on each new
+    /// connection. Default false (such a code stops the client).
     pub fn reconnect_with_new_token(mut self, yes: bool) -> Self {
         self.new_tokens = yes;
+        self
+    }
+
+    /// Decides, for each close code the server sends, whether to reconnect. Default
+    /// [`ClosePolicy::rfc6455`]. Only codes that came in a close frame from the server
+    /// count: a connection that dropped (1006) is always reconnected.
+    pub fn close_policy(
+        mut self,
+        policy: impl Fn(CloseCode) -> ClosePolicy + Send + Sync + 'static,
+    ) -> Self {
+        self.policy = PolicyFn(Arc::new(policy));
         self
     }
 
@@ -367,6 +396,7 @@ impl ReconnectBuilder {
             backoff: self.backoff,
             rng,
             new_tokens: self.new_tokens,
+            policy: self.policy,
             cmds: cmd_rx,
             cmds_open: true,
             events: ev_tx,
@@ -539,6 +569,7 @@ struct Driver {
     backoff: Backoff,
     rng: StdRng,
     new_tokens: bool,
+    policy: PolicyFn,
     cmds: mpsc::Receiver<Command>,
     /// False once every [`Sender`] is gone (the events may still be read).
     cmds_open: bool,
@@ -633,7 +664,7 @@ impl Driver {
                     if self.emit(event).await.is_err() || local {
                         return;
                     }
-                    let stop = match ClosePolicy::of(code) {
+                    let stop = match (self.policy.0)(code) {
                         ClosePolicy::Reconnect => false,
                         ClosePolicy::ReconnectWithNewToken => !self.new_tokens,
                         ClosePolicy::Stop => true,
@@ -884,25 +915,24 @@ mod tests {
     }
 
     #[test]
-    fn close_policy_follows_the_protocol_table() {
-        for code in [1000, 1009, 4003, 4008, 4500, 4999] {
+    fn the_default_close_policy_knows_rfc_6455_only() {
+        for code in [1000, 1009] {
             assert_eq!(
-                ClosePolicy::of(CloseCode(code)),
+                ClosePolicy::rfc6455(CloseCode(code)),
                 ClosePolicy::Stop,
                 "{code}"
             );
         }
-        for code in [1001, 1006, 1008, 1011, 1012, 1013, 4000, 4029, 3000, 4499] {
+        for code in [
+            1001, 1002, 1003, 1006, 1007, 1008, 1010, 1011, 1012, 1013, 3000, 3999, 4000, 4001,
+            4003, 4008, 4500, 4999,
+        ] {
             assert_eq!(
-                ClosePolicy::of(CloseCode(code)),
+                ClosePolicy::rfc6455(CloseCode(code)),
                 ClosePolicy::Reconnect,
                 "{code}"
             );
         }
-        assert_eq!(
-            ClosePolicy::of(CloseCode(4001)),
-            ClosePolicy::ReconnectWithNewToken
-        );
     }
 
     fn quick() -> Backoff {
@@ -973,6 +1003,33 @@ mod tests {
         }
         assert!(c.next_event().await.is_none());
         assert!(c.send("late").await.unwrap_err().is_closed());
+    }
+
+    /// A server's own code means what the policy given to the builder says: 4321 is
+    /// retried by default and stops the client here.
+    #[tokio::test]
+    async fn the_close_policy_given_is_the_one_applied() {
+        let url = server(vec![("one", 4321), ("two", 4321)]).await;
+        let mut c = ReconnectingClient::builder(url)
+            .backoff(quick())
+            .close_policy(|code| match code.0 {
+                4321 => ClosePolicy::Stop,
+                _ => ClosePolicy::rfc6455(code),
+            })
+            .connect();
+        let mut seen = Vec::new();
+        loop {
+            match next(&mut c).await {
+                Event::GaveUp(GiveUp::CloseCode { code, .. }) => {
+                    seen.push(format!("gave up {}", code.0));
+                    break;
+                }
+                Event::Disconnected(d) => seen.push(format!("closed {}", d.code.0)),
+                Event::Reconnecting { .. } => seen.push("reconnecting".into()),
+                _ => {}
+            }
+        }
+        assert_eq!(seen, ["closed 4321", "gave up 4321"]);
     }
 
     #[tokio::test]

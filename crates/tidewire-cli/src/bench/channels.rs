@@ -31,12 +31,12 @@ use super::stats::{
 use super::{stop_signal, Common, Failure, Nofile, Progress, Target, Ws};
 use anyhow::{bail, Result};
 use clap::Args;
-use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidewire::{ClientBuilder, Message};
+use tidewire_hub_proto::{ErrorCode, Push, RawValue, Request, RequestId, ServerMessage};
 use tokio::sync::watch;
 
 #[derive(Debug, Args)]
@@ -87,8 +87,8 @@ pub struct ChannelsArgs {
 }
 
 /// The hub's error codes this mode reacts to (docs/protocol.md, "Error codes").
-const RATE_LIMITED: u64 = 107;
-const LIMIT_REACHED: u64 = 111;
+const RATE_LIMITED: u32 = ErrorCode::RATE_LIMITED.0;
+const LIMIT_REACHED: u32 = ErrorCode::LIMIT_REACHED.0;
 
 /// Publish request ids are this plus the channel's number within its connection;
 /// subscribe request ids are the number itself.
@@ -675,15 +675,19 @@ impl Conn {
                     break;
                 };
                 let i = self.first + j as u64;
-                let channel = serde_json::to_string(&sh.name(i)).unwrap_or_default();
+                let channel = sh.name(i);
                 let text = match op {
-                    Op::Subscribe => {
-                        format!("{{\"id\":{j},\"op\":\"subscribe\",\"channel\":{channel}}}")
+                    Op::Subscribe => Request::Subscribe {
+                        channel,
+                        since: None,
                     }
-                    Op::Publish => format!(
-                        "{{\"id\":{},\"op\":\"publish\",\"channel\":{channel},\"data\":{i}}}",
-                        PUBLISH_ID + j as u64
-                    ),
+                    .encode(&RequestId::from(j as u64)),
+                    Op::Publish => {
+                        let data = RawValue::from_string(i.to_string())
+                            .map_err(|e| Failure(format!("publication data: {e}")))?;
+                        Request::Publish { channel, data }
+                            .encode(&RequestId::from(PUBLISH_ID + j as u64))
+                    }
                 };
                 ws.queue(Message::text(text)).map_err(|e| Failure::ws(&e))?;
                 self.inflight += 1;
@@ -752,7 +756,7 @@ impl Conn {
         Ok(())
     }
 
-    fn reply(&mut self, id: Option<u64>, offset: Option<u64>, error: Option<u64>, sh: &Shared) {
+    fn reply(&mut self, id: Option<u64>, offset: Option<u64>, error: Option<u32>, sh: &Shared) {
         let (publish, j) = match id {
             Some(id) if id >= PUBLISH_ID => (true, id - PUBLISH_ID),
             Some(id) => (false, id),
@@ -797,18 +801,20 @@ impl Conn {
     /// A pushed message: a publication on one of this connection's channels must carry
     /// the channel's number as data, at the offset after the subscribe reply's.
     fn push(&mut self, text: &str, sh: &Shared) {
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
-            sh.errors.add("pushed message that is not JSON");
-            return;
+        let p = match ServerMessage::parse(text) {
+            Ok(ServerMessage::Push(Push::Publication(p))) => p,
+            Ok(_) => {
+                sh.other_pushes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                sh.errors.add("pushed message that is not tidewire.v1");
+                return;
+            }
         };
-        let Some(offset) = v.get("offset").and_then(Value::as_u64) else {
-            sh.other_pushes.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let i = v
-            .get("channel")
-            .and_then(Value::as_str)
-            .and_then(|c| c.strip_prefix(sh.prefix.as_str()))
+        let i = p
+            .channel
+            .strip_prefix(sh.prefix.as_str())
             .and_then(|rest| rest.parse::<u64>().ok());
         let chan = i
             .and_then(|i| i.checked_sub(self.first))
@@ -825,7 +831,7 @@ impl Conn {
         }
         sh.received.fetch_add(1, Ordering::Relaxed);
         let expected_offset = chan.position.map(|p| p + 1);
-        if v.get("data").and_then(Value::as_u64) != Some(i) || expected_offset != Some(offset) {
+        if p.data.get().parse::<u64>().ok() != Some(i) || expected_offset != Some(p.offset) {
             sh.wrong.fetch_add(1, Ordering::Relaxed);
             sh.errors
                 .add("publication with other data or offset than the one published");
@@ -863,6 +869,13 @@ mod tests {
         }
     }
 
+    /// A publication as the hub encodes it.
+    fn publication(channel: &str, offset: u64, data: &str) -> String {
+        let mut out = String::new();
+        tidewire_hub_proto::write_publication(&mut out, channel, offset, "e", data);
+        out
+    }
+
     #[tokio::test]
     async fn replies_and_publications_are_counted_per_channel() {
         let sh = shared("b-");
@@ -891,30 +904,21 @@ mod tests {
         assert_eq!(sh.acked.load(Ordering::Relaxed), 2);
         assert_eq!(c.missing(), 2);
         // Channel 10's publication, once and then again; channel 11's with wrong data.
-        let p10 = r#"{"channel":"b-10","offset":1,"epoch":"e","data":10}"#;
+        let p10 = &publication("b-10", 1, "10");
         c.push(p10, &sh);
         assert_eq!(c.missing(), 1);
         c.push(p10, &sh);
         assert_eq!(sh.duplicates.load(Ordering::Relaxed), 1);
-        c.push(
-            r#"{"channel":"b-11","offset":5,"epoch":"e","data":10}"#,
-            &sh,
-        );
+        c.push(&publication("b-11", 5, "10"), &sh);
         assert_eq!(sh.wrong.load(Ordering::Relaxed), 1);
         assert_eq!(sh.received.load(Ordering::Relaxed), 2);
         assert_eq!(c.missing(), 0);
         // Presence events, and channels of other connections.
         c.push(r#"{"channel":"b-10","join":{"client":"c-1"}}"#, &sh);
         assert_eq!(sh.other_pushes.load(Ordering::Relaxed), 1);
-        c.push(
-            r#"{"channel":"b-13","offset":1,"epoch":"e","data":13}"#,
-            &sh,
-        );
-        c.push(r#"{"channel":"b-9","offset":1,"epoch":"e","data":9}"#, &sh);
-        c.push(
-            r#"{"channel":"other","offset":1,"epoch":"e","data":9}"#,
-            &sh,
-        );
+        c.push(&publication("b-13", 1, "13"), &sh);
+        c.push(&publication("b-9", 1, "9"), &sh);
+        c.push(&publication("other", 1, "9"), &sh);
         assert_eq!(
             sh.errors.snapshot()["publication on a channel not subscribed here"],
             3

@@ -43,12 +43,19 @@ pub async fn client(addr: SocketAddr) -> Ws {
     client_q(addr, "").await
 }
 
-/// The next text message as JSON; panics on a close or after 20 s.
+/// The next text message as JSON; panics on a close or after 20 s, and on a message that
+/// `tidewire-hub-proto` does not read as a reply or a push: every test that reads the hub
+/// through here checks what the server writes against the protocol's types.
 pub async fn next_json(ws: &mut Ws) -> Value {
     let fut = async {
         loop {
             match ws.recv().await.expect("stream ended").expect("error") {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Text(t) => {
+                    if let Err(e) = tidewire_hub_proto::ServerMessage::parse(&t) {
+                        panic!("not tidewire.v1 ({e}): {t}");
+                    }
+                    return serde_json::from_str(&t).unwrap();
+                }
                 _ => continue,
             }
         }

@@ -23,7 +23,7 @@ pub use memory_broker::MemoryBroker;
 pub use memory_presence::MemoryPresence;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,40 +38,9 @@ pub const MAX_CHANNEL_LEN: usize = 255;
 /// `dyn Broker` and `dyn PresenceStore`, chosen at run time.
 pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
-/// A place in a channel's stream: the offset of the last publication seen and the epoch of
-/// the history it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct StreamPosition {
-    /// Offset of the last publication (0 before the first one).
-    pub offset: u64,
-    /// Generation of the channel's history.
-    pub epoch: String,
-}
-
-/// Who is present in a channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientInfo {
-    /// Connection id, unique per connection; the presence map's key. `client` on the wire.
-    #[serde(rename = "client")]
-    pub client_id: String,
-    /// Authenticated user, if any. `user` on the wire (`null` when anonymous).
-    #[serde(rename = "user", default)]
-    pub user_id: Option<String>,
-    /// Application data attached to the connection (the token's `info` claim).
-    #[serde(default)]
-    pub info: Option<serde_json::Value>,
-}
-
-impl ClientInfo {
-    /// An anonymous client without info.
-    pub fn new(client_id: impl Into<String>) -> Self {
-        ClientInfo {
-            client_id: client_id.into(),
-            user_id: None,
-            info: None,
-        }
-    }
-}
+/// A place in a channel's stream, and who is present in a channel: the wire's types
+/// (`tidewire-hub-proto`), which the engine keeps as they are sent.
+pub use tidewire_hub_proto::{ClientInfo, StreamPosition};
 
 /// One publication of a channel's stream.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,10 +3,10 @@
 
 use crate::engine::{ClientInfo, Error, ErrorKind, Publication};
 use bytes::Bytes;
-use serde::Serialize;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use tidewire::{Message, PreparedMessage};
+use tidewire_hub_proto as wire;
 
 /// What happened on a channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,34 +81,24 @@ impl Event {
     /// `{"channel":C,"join":{CLIENT}}` or `{"channel":C,"leave":{CLIENT}}`, where CLIENT is
     /// `{"client":..,"user":..,"info":..}` (`null` for an absent user or info).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(64 + self.channel.len());
-        s.push_str("{\"channel\":");
-        s.push_str(&json(&*self.channel));
+        let mut s = String::new();
         match &self.kind {
             EventKind::Publication {
                 offset,
                 epoch,
                 data,
             } => {
-                s.reserve(data.len());
-                s.push_str(",\"offset\":");
-                s.push_str(&offset.to_string());
-                s.push_str(",\"epoch\":");
-                s.push_str(&json(&**epoch));
-                s.push_str(",\"data\":");
                 // Checked to be one JSON value in UTF-8 when it was published.
-                s.push_str(std::str::from_utf8(data).unwrap_or("null"));
+                let data = std::str::from_utf8(data).unwrap_or("null");
+                wire::write_publication(&mut s, &self.channel, *offset, epoch, data);
             }
             EventKind::Join(client) => {
-                s.push_str(",\"join\":");
-                s.push_str(&json(client));
+                wire::write_presence(&mut s, &self.channel, wire::Presence::Join, client)
             }
             EventKind::Leave(client) => {
-                s.push_str(",\"leave\":");
-                s.push_str(&json(client));
+                wire::write_presence(&mut s, &self.channel, wire::Presence::Leave, client)
             }
         }
-        s.push('}');
         s
     }
 
@@ -129,11 +119,6 @@ impl fmt::Debug for Event {
             .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
-}
-
-fn json<T: Serialize + ?Sized>(v: &T) -> String {
-    // Strings, maps with string keys and `serde_json::Value` always serialize.
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// One JSON value in UTF-8, checked: what a node publishes, spliced into

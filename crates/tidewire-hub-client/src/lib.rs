@@ -1,4 +1,5 @@
-//! A `tidewire.v1` client (docs/protocol.md) that reconnects and resumes by itself.
+//! A `tidewire.v1` client (docs/protocol.md) for the Tidewire hub, which reconnects and
+//! resumes by itself.
 //!
 //! Built on [`tidewire::reconnect::ReconnectingClient`]: after every new connection it sends
 //! `connect` (with the token, a fresh one from [`HubClientBuilder::token_fn`] if given),
@@ -11,8 +12,8 @@
 //! on with new publications: nothing is silently lost.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), tidewire_hub::client::Error> {
-//! use tidewire_hub::client::{HubClient, Item};
+//! # async fn run() -> Result<(), tidewire_hub_client::Error> {
+//! use tidewire_hub_client::{HubClient, Item};
 //!
 //! let client = HubClient::builder("ws://127.0.0.1:8080/ws").connect();
 //! let mut news = client.subscribe("news").await?;
@@ -34,10 +35,19 @@
 //! subscription whose reader falls further behind stops receiving, and resumes with
 //! `since` once its reader has caught up (so a slow reader loses nothing either, as long
 //! as the channel's history reaches back).
+//!
+//! The wire format is `tidewire-hub-proto`'s, and so is the close-code table the
+//! reconnecting client applies ([`close_policy`]): after 4001 (token expired) it reconnects
+//! only with a [`HubClientBuilder::token_fn`], after 4003, 4008 and 4500–4999 it stops.
+//! This crate depends on `tidewire` and `tidewire-hub-proto` only, not on the server.
 
-use crate::engine::{ClientInfo, StreamPosition};
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(missing_docs)]
+
 use futures_util::future::BoxFuture;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -45,12 +55,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tidewire::reconnect::{self, Backoff, Disconnect, GiveUp, ReconnectBuilder};
+use tidewire::reconnect::{self, Backoff, ClosePolicy, Disconnect, GiveUp, ReconnectBuilder};
 use tidewire::{ClientBuilder, CloseCode, CloseFrame, Message};
+use tidewire_hub_proto::{
+    self as proto, CloseAction, ConnectResult, ErrorCode, HistoryResult, PresenceResult, Request,
+    RequestId, ServerMessage, SubscribeResult,
+};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-/// The subprotocol of docs/protocol.md.
-pub const PROTOCOL: &str = "tidewire.v1";
+pub use tidewire_hub_proto::{ClientInfo, StreamPosition, PROTOCOL};
+
+/// The hub's close-code table (`tidewire_hub_proto::close_action`) as a
+/// [`ClosePolicy`] for [`ReconnectBuilder::close_policy`]. [`HubClient::builder`] sets it;
+/// a plain [`tidewire::ReconnectingClient`] talking to the hub can use it too.
+pub fn close_policy(code: CloseCode) -> ClosePolicy {
+    match proto::close_action(code.0) {
+        CloseAction::Reconnect => ClosePolicy::Reconnect,
+        CloseAction::ReconnectWithNewToken => ClosePolicy::ReconnectWithNewToken,
+        CloseAction::Stop => ClosePolicy::Stop,
+    }
+}
 
 /// An error of a [`HubClient`] request.
 ///
@@ -146,14 +170,15 @@ pub struct Publication {
     pub data: Value,
 }
 
-impl Publication {
-    fn from_json(v: &Value) -> Option<Publication> {
-        Some(Publication {
-            channel: v.get("channel")?.as_str()?.to_owned(),
-            offset: v.get("offset")?.as_u64()?,
-            epoch: v.get("epoch")?.as_str()?.to_owned(),
-            data: v.get("data").cloned().unwrap_or(Value::Null),
-        })
+impl From<proto::Publication> for Publication {
+    fn from(p: proto::Publication) -> Self {
+        Publication {
+            // Checked to be one JSON value when the message was read.
+            data: serde_json::from_str(p.data.get()).unwrap_or(Value::Null),
+            channel: p.channel,
+            offset: p.offset,
+            epoch: p.epoch,
+        }
     }
 }
 
@@ -343,7 +368,7 @@ impl HubClient {
     pub fn builder(url: impl Into<String>) -> HubClientBuilder {
         let client = ClientBuilder::new(url).protocols([PROTOCOL]);
         HubClientBuilder {
-            reconnect: ReconnectBuilder::new(client),
+            reconnect: ReconnectBuilder::new(client).close_policy(close_policy),
             token: Token::None,
             buffer: 4096,
         }
@@ -377,47 +402,45 @@ impl HubClient {
 
     /// Publishes `data` on `channel`; returns its position (offset and epoch).
     pub async fn publish(&self, channel: &str, data: Value) -> Result<StreamPosition, Error> {
-        let r = self
-            .request(json!({"op": "publish", "channel": channel, "data": data}))
-            .await?;
-        position(&r).ok_or_else(|| Error::protocol("publish result without offset and epoch"))
+        let data = serde_json::value::to_raw_value(&data)
+            .map_err(|e| Error::protocol(format!("data: {e}")))?;
+        let request = Request::Publish {
+            channel: channel.to_owned(),
+            data,
+        };
+        self.typed(request, "publish").await
     }
 
     /// The newest `limit` publications of `channel` (the server caps `limit` at 10,000).
     pub async fn history(&self, channel: &str, limit: u32) -> Result<History, Error> {
-        let r = self
-            .request(json!({"op": "history", "channel": channel, "limit": limit}))
-            .await?;
-        let position =
-            position(&r).ok_or_else(|| Error::protocol("history result without position"))?;
-        let publications = r
-            .get("publications")
-            .and_then(Value::as_array)
-            .ok_or_else(|| Error::protocol("history result without publications"))?
-            .iter()
-            .map(|p| Publication::from_json(p).ok_or_else(|| Error::protocol("bad publication")))
-            .collect::<Result<_, _>>()?;
+        let request = Request::History {
+            channel: channel.to_owned(),
+            limit: Some(limit.into()),
+        };
+        let r: HistoryResult = self.typed(request, "history").await?;
         Ok(History {
-            position,
-            publications,
+            position: StreamPosition {
+                offset: r.offset,
+                epoch: r.epoch,
+            },
+            publications: r.publications.into_iter().map(Publication::from).collect(),
         })
     }
 
     /// Who is subscribed to `channel` (error 110 where the namespace has no presence).
     pub async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, Error> {
-        let r = self
-            .request(json!({"op": "presence", "channel": channel}))
-            .await?;
-        let clients = r
-            .get("clients")
-            .cloned()
-            .ok_or_else(|| Error::protocol("presence result without clients"))?;
-        serde_json::from_value(clients).map_err(|e| Error::protocol(e.to_string()))
+        let request = Request::Presence {
+            channel: channel.to_owned(),
+        };
+        let r: PresenceResult = self.typed(request, "presence").await?;
+        Ok(r.clients)
     }
 
     /// The application-level heartbeat (`op: ping`): returns when the server answered.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.request(json!({"op": "ping"})).await.map(drop)
+        self.send_request(Outgoing::Typed(Request::Ping))
+            .await
+            .map(drop)
     }
 
     /// Sends any request (a JSON object with an `op`; the `id` is added) and returns the
@@ -426,6 +449,17 @@ impl HubClient {
         let Value::Object(body) = body else {
             return Err(Error::protocol("a request is a JSON object"));
         };
+        let raw = self.send_request(Outgoing::Object(body)).await?;
+        serde_json::from_str(raw.get()).map_err(|e| Error::protocol(e.to_string()))
+    }
+
+    /// Sends `request` and reads its result as `T`.
+    async fn typed<T: DeserializeOwned>(&self, request: Request, op: &str) -> Result<T, Error> {
+        let raw = self.send_request(Outgoing::Typed(request)).await?;
+        parse(&raw, op)
+    }
+
+    async fn send_request(&self, body: Outgoing) -> Result<Box<RawValue>, Error> {
         let (done, rx) = oneshot::channel();
         self.command(Cmd::Request { body, done }).await?;
         rx.await.map_err(|_| Error::new(ErrorKind::Closed))?
@@ -503,20 +537,46 @@ impl futures_util::Stream for Subscription {
     }
 }
 
-fn position(v: &Value) -> Option<StreamPosition> {
-    Some(StreamPosition {
-        offset: v.get("offset")?.as_u64()?,
-        epoch: v.get("epoch")?.as_str()?.to_owned(),
+/// A request on its way out: typed, or any object from [`HubClient::request`].
+#[derive(Clone)]
+enum Outgoing {
+    Typed(Request),
+    Object(Map<String, Value>),
+}
+
+impl Outgoing {
+    /// The text message, with `id` first.
+    fn encode(self, id: u64) -> String {
+        match self {
+            Outgoing::Typed(r) => r.encode(&RequestId::from(id)),
+            Outgoing::Object(mut body) => {
+                body.insert("id".into(), id.into());
+                Value::Object(body).to_string()
+            }
+        }
+    }
+}
+
+/// `unsubscribe` from `channel`.
+fn unsubscribe_request(channel: &str) -> Outgoing {
+    Outgoing::Typed(Request::Unsubscribe {
+        channel: channel.to_owned(),
     })
 }
 
-type Reply = oneshot::Sender<Result<Value, Error>>;
+/// A raw `result` read as the `op`'s result type.
+fn parse<T: DeserializeOwned>(raw: &RawValue, op: &str) -> Result<T, Error> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::protocol(format!("{op} result: {e}")))
+}
+
+/// Where a request's caller waits for its raw `result`.
+type Reply = oneshot::Sender<Result<Box<RawValue>, Error>>;
 /// Where `subscribe` waits for its subscription's items.
 type Ready = oneshot::Sender<Result<mpsc::Receiver<Item>, Error>>;
 
 enum Cmd {
     Request {
-        body: Map<String, Value>,
+        body: Outgoing,
         done: Reply,
     },
     Subscribe {
@@ -579,7 +639,7 @@ struct Driver {
     conn: Option<u64>,
     pending: HashMap<u64, Pending>,
     /// Requests made between connections.
-    waiting: VecDeque<(Map<String, Value>, Reply)>,
+    waiting: VecDeque<(Outgoing, Reply)>,
     subs: HashMap<String, Sub>,
 }
 
@@ -639,9 +699,9 @@ impl Driver {
                 }
                 self.on_connected(c.connection).await;
             }
-            E::Message(Message::Text(text)) => match serde_json::from_str::<Value>(&text) {
-                Ok(v) => self.on_message(v).await,
-                Err(e) => self.emit(HubEvent::Error(Error::protocol(format!("not JSON: {e}")))),
+            E::Message(Message::Text(text)) => match ServerMessage::parse(&text) {
+                Ok(m) => self.on_message(m).await,
+                Err(e) => self.emit(HubEvent::Error(Error::protocol(e.to_string()))),
             },
             E::Message(_) => {
                 self.emit(HubEvent::Error(Error::protocol("a binary message")));
@@ -684,11 +744,7 @@ impl Driver {
             Token::Static(t) => Some(t.clone()),
             Token::Fn(f) => f().await,
         };
-        let mut body = Map::new();
-        body.insert("op".into(), "connect".into());
-        if let Some(t) = token {
-            body.insert("token".into(), t.into());
-        }
+        let body = Outgoing::Typed(Request::Connect { token, info: None });
         if !self.send(conn, body, Pending::Connect).await {
             return;
         }
@@ -712,7 +768,7 @@ impl Driver {
     }
 
     /// Sends a request on connection `conn`; false if that connection is gone.
-    async fn send(&mut self, conn: u64, body: Map<String, Value>, pending: Pending) -> bool {
+    async fn send(&mut self, conn: u64, body: Outgoing, pending: Pending) -> bool {
         self.try_send(conn, body, pending).await.is_ok()
     }
 
@@ -720,13 +776,12 @@ impl Driver {
     async fn try_send(
         &mut self,
         conn: u64,
-        mut body: Map<String, Value>,
+        body: Outgoing,
         pending: Pending,
     ) -> Result<(), Pending> {
         let id = self.next_id;
         self.next_id += 1;
-        body.insert("id".into(), id.into());
-        let text = Value::Object(body).to_string();
+        let text = body.encode(id);
         match self.plain.send_on(conn, Message::text(text)).await {
             Ok(()) => {
                 self.pending.insert(id, pending);
@@ -743,15 +798,10 @@ impl Driver {
         };
         sub.subscribing = true;
         let since = sub.position.clone();
-        let mut body = Map::new();
-        body.insert("op".into(), "subscribe".into());
-        body.insert("channel".into(), channel.into());
-        if let Some(p) = &since {
-            body.insert(
-                "since".into(),
-                json!({"offset": p.offset, "epoch": p.epoch}),
-            );
-        }
+        let body = Outgoing::Typed(Request::Subscribe {
+            channel: channel.to_owned(),
+            since: since.clone(),
+        });
         let pending = Pending::Subscribe {
             channel: channel.to_owned(),
             since,
@@ -766,9 +816,7 @@ impl Driver {
             // Resubscribed with `since` on the next connection anyway.
             return;
         };
-        let mut body = Map::new();
-        body.insert("op".into(), "unsubscribe".into());
-        body.insert("channel".into(), channel.into());
+        let body = unsubscribe_request(channel);
         if self.send(conn, body, Pending::Unsubscribe(None)).await {
             self.subscribe(conn, channel).await;
         }
@@ -790,7 +838,7 @@ impl Driver {
                 if let Some(old) = self.subs.get(&channel) {
                     if !old.tx.is_closed() {
                         let e = Error::new(ErrorKind::Server {
-                            code: 106,
+                            code: ErrorCode::ALREADY_SUBSCRIBED.0,
                             message: "already subscribed (by this client)".into(),
                         });
                         let _ = done.send(Err(e));
@@ -837,9 +885,7 @@ impl Driver {
             }
             return;
         };
-        let mut body = Map::new();
-        body.insert("op".into(), "unsubscribe".into());
-        body.insert("channel".into(), channel.into());
+        let body = unsubscribe_request(&channel);
         if let Err(Pending::Unsubscribe(Some(done))) =
             self.try_send(conn, body, Pending::Unsubscribe(done)).await
         {
@@ -848,59 +894,47 @@ impl Driver {
         }
     }
 
-    async fn on_message(&mut self, v: Value) {
-        if let Some(id) = v.get("id") {
-            let pending = id.as_u64().and_then(|id| self.pending.remove(&id));
-            let result = match (v.get("result"), v.get("error")) {
-                (Some(r), _) if v.get("ok") == Some(&Value::Bool(true)) => Ok(r.clone()),
-                (_, Some(e)) => Err(Error::new(ErrorKind::Server {
-                    code: e.get("code").and_then(Value::as_u64).unwrap_or(0) as u32,
-                    message: e
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                })),
-                _ => Err(Error::protocol(format!(
-                    "a reply without result or error: {v}"
-                ))),
-            };
-            match pending {
-                Some(p) => self.on_reply(p, result).await,
-                None => {
-                    if let Err(e) = result {
-                        self.emit(HubEvent::Error(e));
+    async fn on_message(&mut self, m: ServerMessage) {
+        let push = match m {
+            ServerMessage::Reply(reply) => {
+                let pending = reply.id.as_u64().and_then(|id| self.pending.remove(&id));
+                let result = reply.outcome.map_err(|e| {
+                    Error::new(ErrorKind::Server {
+                        code: e.code.0,
+                        message: e.message,
+                    })
+                });
+                match pending {
+                    Some(p) => self.on_reply(p, result).await,
+                    None => {
+                        if let Err(e) = result {
+                            self.emit(HubEvent::Error(e));
+                        }
                     }
                 }
-            }
-            return;
-        }
-        let Some(channel) = v.get("channel").and_then(Value::as_str).map(str::to_owned) else {
-            return;
-        };
-        if v.get("offset").is_some() {
-            let Some(p) = Publication::from_json(&v) else {
                 return;
-            };
-            let live = match self.subs.get(&channel) {
-                Some(s) => !s.subscribing,
-                None => false,
-            };
-            // Until its subscribe is answered a subscription takes nothing live: what was
-            // published meanwhile comes with the reply (or is older than its position).
-            if live {
-                self.deliver(&channel, p).await;
             }
-            return;
-        }
-        let item = if let Some(c) = v.get("join") {
-            serde_json::from_value(c.clone()).ok().map(Item::Join)
-        } else if let Some(c) = v.get("leave") {
-            serde_json::from_value(c.clone()).ok().map(Item::Leave)
-        } else {
-            None
+            ServerMessage::Push(push) => push,
         };
-        if let (Some(item), Some(sub)) = (item, self.subs.get(&channel)) {
+        let (channel, item) = match push {
+            proto::Push::Publication(p) => {
+                let live = match self.subs.get(&p.channel) {
+                    Some(s) => !s.subscribing,
+                    None => false,
+                };
+                // Until its subscribe is answered a subscription takes nothing live: what
+                // was published meanwhile comes with the reply (or is older than its
+                // position).
+                if live {
+                    let channel = p.channel.clone();
+                    self.deliver(&channel, p.into()).await;
+                }
+                return;
+            }
+            proto::Push::Join { channel, client } => (channel, Item::Join(client)),
+            proto::Push::Leave { channel, client } => (channel, Item::Leave(client)),
+        };
+        if let Some(sub) = self.subs.get(&channel) {
             if !sub.lagging {
                 // Presence is not recoverable: a full buffer drops it.
                 let _ = sub.tx.try_send(item);
@@ -950,7 +984,7 @@ impl Driver {
         }
     }
 
-    async fn on_reply(&mut self, pending: Pending, result: Result<Value, Error>) {
+    async fn on_reply(&mut self, pending: Pending, result: Result<Box<RawValue>, Error>) {
         match pending {
             Pending::App(done) => {
                 let _ = done.send(result);
@@ -960,14 +994,12 @@ impl Driver {
                     let _ = done.send(result.map(drop));
                 }
             }
-            Pending::Connect => match result {
+            Pending::Connect => match result.and_then(|r| parse::<ConnectResult>(&r, "connect")) {
                 Ok(r) => {
-                    let client = r.get("client").and_then(Value::as_str).unwrap_or("");
-                    let user = r.get("user").and_then(Value::as_str).map(str::to_owned);
                     self.emit(HubEvent::Connected {
                         connection: self.plain.connection().unwrap_or(0),
-                        client: client.to_owned(),
-                        user,
+                        client: r.client,
+                        user: r.user,
                     });
                 }
                 Err(e) => self.emit(HubEvent::Error(e)),
@@ -982,14 +1014,18 @@ impl Driver {
         &mut self,
         channel: &str,
         since: Option<StreamPosition>,
-        result: Result<Value, Error>,
+        result: Result<Box<RawValue>, Error>,
     ) {
         let Some(sub) = self.subs.get_mut(channel) else {
             return;
         };
         sub.subscribing = false;
-        let r = match result {
+        let r = match result.and_then(|r| parse::<SubscribeResult>(&r, "subscribe")) {
             Ok(r) => r,
+            Err(e) if e.is_protocol() => {
+                self.emit(HubEvent::Error(e));
+                return;
+            }
             Err(e) => {
                 if let Some(sub) = self.subs.remove(channel) {
                     match sub.ready {
@@ -1004,11 +1040,9 @@ impl Driver {
                 return;
             }
         };
-        let Some(now) = position(&r) else {
-            self.emit(HubEvent::Error(Error::protocol(
-                "subscribe result without position",
-            )));
-            return;
+        let now = StreamPosition {
+            offset: r.offset,
+            epoch: r.epoch,
         };
         let Some(since) = since else {
             // A first subscription: publications after `now` follow live.
@@ -1018,12 +1052,9 @@ impl Driver {
             }
             return;
         };
-        if r.get("recovered") == Some(&Value::Bool(true)) {
-            let publications = r.get("publications").and_then(Value::as_array);
-            for p in publications.into_iter().flatten() {
-                if let Some(p) = Publication::from_json(p) {
-                    self.deliver(channel, p).await;
-                }
+        if r.recovered == Some(true) {
+            for p in r.publications.into_iter().flatten() {
+                self.deliver(channel, p.into()).await;
             }
             return;
         }
@@ -1071,17 +1102,39 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use tidewire_hub_proto::{encode_ok, encode_publications_result, parse_request, Empty};
 
     #[test]
-    fn publications_parse_from_the_wire_form() {
-        let v = json!({"channel": "c", "offset": 7, "epoch": "e1", "data": {"n": 1}});
-        let p = Publication::from_json(&v).unwrap();
+    fn publications_convert_from_the_wire_form() {
+        let text = r#"{"channel":"c","offset":7,"epoch":"e1","data":{"n":1}}"#;
+        let Ok(ServerMessage::Push(proto::Push::Publication(p))) = ServerMessage::parse(text)
+        else {
+            panic!("not a publication");
+        };
+        let p = Publication::from(p);
         assert_eq!(
             (p.channel.as_str(), p.offset, p.epoch.as_str()),
             ("c", 7, "e1")
         );
         assert_eq!(p.data, json!({"n": 1}));
-        assert!(Publication::from_json(&json!({"channel": "c", "offset": "7"})).is_none());
+    }
+
+    #[test]
+    fn the_hub_close_table_is_the_policy() {
+        for (code, policy) in [
+            (1000, ClosePolicy::Stop),
+            (1001, ClosePolicy::Reconnect),
+            (4000, ClosePolicy::Reconnect),
+            (4001, ClosePolicy::ReconnectWithNewToken),
+            (4003, ClosePolicy::Stop),
+            (4008, ClosePolicy::Stop),
+            (4029, ClosePolicy::Reconnect),
+            (4499, ClosePolicy::Reconnect),
+            (4500, ClosePolicy::Stop),
+        ] {
+            assert_eq!(close_policy(CloseCode(code)), policy, "{code}");
+        }
     }
 
     /// A scripted tidewire.v1 server: the real hub never sends duplicates or gaps, so this
@@ -1091,19 +1144,35 @@ mod tests {
         use tidewire::WebSocketStream;
         use tokio::net::{TcpListener, TcpStream};
 
-        async fn request(ws: &mut WebSocketStream<TcpStream>) -> Value {
+        async fn request(ws: &mut WebSocketStream<TcpStream>) -> (RequestId, Request) {
             loop {
                 match ws.recv().await.unwrap().unwrap() {
-                    Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                    Message::Text(t) => return parse_request(&t).unwrap(),
                     _ => continue,
                 }
             }
         }
-        async fn push(ws: &mut WebSocketStream<TcpStream>, v: Value) {
-            ws.send(Message::text(v.to_string())).await.unwrap();
+        async fn push(ws: &mut WebSocketStream<TcpStream>, text: String) {
+            ws.send(Message::text(text)).await.unwrap();
         }
-        fn publication(offset: u64, epoch: &str) -> Value {
-            json!({"channel": "c", "offset": offset, "epoch": epoch, "data": offset})
+        fn publication(offset: u64, epoch: &str) -> String {
+            let mut out = String::new();
+            proto::write_publication(&mut out, "c", offset, epoch, &offset.to_string());
+            out
+        }
+        fn since(r: &Request) -> Option<(u64, &str)> {
+            match r {
+                Request::Subscribe { since, .. } => {
+                    since.as_ref().map(|p| (p.offset, p.epoch.as_str()))
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        fn position(offset: u64, epoch: &str) -> StreamPosition {
+            StreamPosition {
+                offset,
+                epoch: epoch.into(),
+            }
         }
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1115,64 +1184,39 @@ mod tests {
                 .accept(tcp)
                 .await
                 .unwrap();
-            let connect = request(&mut ws).await;
-            assert_eq!(connect["op"], "connect");
-            push(
-                &mut ws,
-                json!({"id": connect["id"], "ok": true, "result": {"client": "c-1", "user": null}}),
-            )
-            .await;
-            let sub = request(&mut ws).await;
-            assert_eq!(
-                (sub["op"].as_str(), sub.get("since")),
-                (Some("subscribe"), None)
-            );
-            push(
-                &mut ws,
-                json!({"id": sub["id"], "ok": true, "result": {"offset": 0, "epoch": "e"}}),
-            )
-            .await;
+            let (id, connect) = request(&mut ws).await;
+            assert_eq!(connect.op(), "connect");
+            let result = ConnectResult {
+                client: "c-1".into(),
+                user: None,
+                version: PROTOCOL.into(),
+            };
+            push(&mut ws, encode_ok(&id, &result)).await;
+            let (id, sub) = request(&mut ws).await;
+            assert_eq!(since(&sub), None);
+            push(&mut ws, encode_ok(&id, &position(0, "e"))).await;
             // 1, 2, then repeats, then a jump to 5.
             for offset in [1, 2, 2, 1, 5] {
                 push(&mut ws, publication(offset, "e")).await;
             }
-            let unsub = request(&mut ws).await;
-            assert_eq!(
-                (unsub["op"].as_str(), unsub["channel"].as_str()),
-                (Some("unsubscribe"), Some("c"))
-            );
-            push(
-                &mut ws,
-                json!({"id": unsub["id"], "ok": true, "result": {}}),
-            )
-            .await;
-            let resub = request(&mut ws).await;
-            assert_eq!(resub["since"], json!({"offset": 2, "epoch": "e"}));
-            let recovered: Vec<Value> = (2..=5).map(|o| publication(o, "e")).collect();
-            push(
-                &mut ws,
-                json!({"id": resub["id"], "ok": true, "result": {
-                "offset": 5, "epoch": "e", "recovered": true, "publications": recovered}}),
-            )
-            .await;
+            let (id, unsub) = request(&mut ws).await;
+            assert_eq!((unsub.op(), unsub.channel()), ("unsubscribe", Some("c")));
+            push(&mut ws, encode_ok(&id, &Empty {})).await;
+            let (id, resub) = request(&mut ws).await;
+            assert_eq!(since(&resub), Some((2, "e")));
+            let recovered: Vec<String> = (2..=5).map(|o| publication(o, "e")).collect();
+            let reply = encode_publications_result(&id, 5, "e", Some(true), recovered);
+            push(&mut ws, reply).await;
             push(&mut ws, publication(5, "e")).await;
             push(&mut ws, publication(6, "e")).await;
             // An epoch that changes under a live subscription: resubscribe, not recovered.
             push(&mut ws, publication(1, "f")).await;
-            let unsub = request(&mut ws).await;
-            push(
-                &mut ws,
-                json!({"id": unsub["id"], "ok": true, "result": {}}),
-            )
-            .await;
-            let resub = request(&mut ws).await;
-            assert_eq!(resub["since"], json!({"offset": 6, "epoch": "e"}));
-            push(
-                &mut ws,
-                json!({"id": resub["id"], "ok": true, "result": {
-                "offset": 10, "epoch": "f", "recovered": false, "publications": []}}),
-            )
-            .await;
+            let (id, _) = request(&mut ws).await;
+            push(&mut ws, encode_ok(&id, &Empty {})).await;
+            let (id, resub) = request(&mut ws).await;
+            assert_eq!(since(&resub), Some((6, "e")));
+            let reply = encode_publications_result(&id, 10, "f", Some(false), Vec::<String>::new());
+            push(&mut ws, reply).await;
             push(&mut ws, publication(11, "f")).await;
             let _ = ws.recv().await;
         });
