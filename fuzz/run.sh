@@ -29,7 +29,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(frame_header server_connection client_connection inflate server_connection_deflate)
+targets=(frame_header server_connection client_connection inflate server_connection_deflate hub_request hub_node)
 build_args=(--fuzz-dir "$fuzz_dir")
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
     build_args+=(--target-dir "$CARGO_TARGET_DIR/fuzz")
@@ -70,6 +70,14 @@ seed client_connection fragments '\x04\x02\x02ab\x8a\x00\x80\x01c\x88\x05\x0f\xa
 seed client_connection big '\x07\x82\x7e\x00\x80AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'
 seed handshake_request rfc 'GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n'
 seed handshake_response rfc 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n'
+
+# tidewire.v1 requests (docs/protocol.md), and a few steps of the node's model (three bytes
+# per step: client, channel, action).
+seed hub_request subscribe '{"id":1,"op":"subscribe","channel":"chat:a","since":{"offset":3,"epoch":"00ff"}}'
+seed hub_request publish '{"id":"x","op":"publish","channel":"news","data":{"text":"hi","n":[1,2.5e3,null]}}'
+seed hub_request connect '{"id":12345678901234567890123,"op":"connect","token":"t","info":{"name":"Ann"}}'
+seed hub_request history '{"op":"history","channel":"news","limit":10,"id":[1]}'
+seed hub_node steps '\x00\x00\x00\x01\x01\x05\x00\x00\x07\x02\x02\x00\x03\x03\x04\x00\x01\x09\x01\x00\x08'
 
 cargo fuzz build "${build_args[@]}"
 

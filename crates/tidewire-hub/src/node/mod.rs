@@ -673,5 +673,8 @@ impl Node {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod model;
 #[cfg(test)]
 mod tests;

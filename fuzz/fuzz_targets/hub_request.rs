@@ -1,0 +1,29 @@
+//! The `tidewire.v1` request parser on any text a client can send: it never panics, every
+//! answer is one JSON value, and the request's `id` comes back byte for byte.
+#![no_main]
+use tidewire_hub_proto::{encode_ok, parse_request, Empty};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    // Requests arrive in text messages, which the WebSocket layer has checked to be UTF-8.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_request(text) {
+        Ok((id, request)) => {
+            let reply = encode_ok(&id, &Empty {});
+            serde_json::from_str::<serde_json::Value>(&reply).expect("a reply is JSON");
+            assert!(reply.contains(id.get()), "the id is echoed as sent");
+            // What the server understood, written again, reads the same.
+            let again = request.encode(&id);
+            let (id2, request2) = parse_request(&again).expect("an encoded request parses");
+            assert_eq!(id2.get(), id.get());
+            assert_eq!(request2.op(), request.op());
+            assert_eq!(request2.channel(), request.channel());
+        }
+        Err(e) => {
+            let reply = e.reply();
+            serde_json::from_str::<serde_json::Value>(&reply).expect("an error reply is JSON");
+            assert!(reply.contains(e.id().get()), "the id is echoed as sent");
+        }
+    }
+});
