@@ -2,7 +2,7 @@
 //! registry and the channel engine, the connection counts, metrics and the shutdown watch.
 
 use crate::config::HubConfig;
-use crate::engine::MemoryEngine;
+use crate::engine::{Deliverer, MemoryEngine};
 use crate::log_budget::LogBudget;
 use crate::metrics::{Gauges, Metrics};
 use crate::rooms::Rooms;
@@ -29,6 +29,8 @@ pub struct Hub {
     pub(crate) refusal_log: LogBudget,
     /// The listener's count of clients refused for want of descriptors (set by `serve`).
     pub(crate) refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
+    /// One deliverer per runtime worker, started with the first connection.
+    deliverers: std::sync::OnceLock<Box<[Arc<Deliverer>]>>,
 }
 
 impl Hub {
@@ -57,6 +59,7 @@ impl Hub {
             metrics: Metrics::default(),
             refusal_log: LogBudget::new(20, std::time::Duration::from_secs(10)),
             refused: std::sync::OnceLock::new(),
+            deliverers: std::sync::OnceLock::new(),
         })
     }
 
@@ -74,7 +77,23 @@ impl Hub {
             channels: self.engine.len(),
             subscribers: self.subscribers.load(Ordering::Relaxed),
             refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
+            delivered: self.deliverers.get().map_or((0, 0), |ds| {
+                ds.iter().fold((0, 0), |(n, b), d| {
+                    let (dn, db) = d.sent();
+                    (n + dn, b + db)
+                })
+            }),
         })
+    }
+
+    /// The deliverer of connection `id`: as many as the runtime has workers, so that
+    /// fan-out writes spread over them. Call from inside the runtime.
+    pub(crate) fn deliverer(&self, id: u64) -> Arc<Deliverer> {
+        let all = self.deliverers.get_or_init(|| {
+            let workers = tokio::runtime::Handle::current().metrics().num_workers();
+            (0..workers.max(1)).map(|_| Deliverer::start()).collect()
+        });
+        all[id as usize % all.len()].clone()
     }
 
     pub(crate) fn next_client_id(&self) -> String {

@@ -20,6 +20,7 @@ mod channel_endpoint;
 mod channels;
 pub mod client;
 mod config;
+mod connection;
 pub mod engine;
 mod hub;
 mod limits;

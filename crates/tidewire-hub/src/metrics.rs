@@ -75,6 +75,9 @@ pub(crate) struct Gauges {
     pub subscribers: usize,
     /// Clients answered 503 by the listener because the process was out of descriptors.
     pub refused_out_of_descriptors: u64,
+    /// Messages and payload bytes written from the connections' outboxes (counted by the
+    /// deliverers, not here: see `engine::Deliverer`).
+    pub delivered: (u64, u64),
 }
 
 impl Metrics {
@@ -150,7 +153,7 @@ impl Metrics {
             "messages_sent_total",
             "counter",
             "Messages sent to clients (replies, publications, events, room messages).",
-            &[(String::new(), c(&self.messages_out))],
+            &[(String::new(), c(&self.messages_out) + g.delivered.0)],
         );
         metric(
             "received_bytes_total",
@@ -162,7 +165,7 @@ impl Metrics {
             "sent_bytes_total",
             "counter",
             "Payload bytes sent to clients (before compression).",
-            &[(String::new(), c(&self.bytes_out))],
+            &[(String::new(), c(&self.bytes_out) + g.delivered.1)],
         );
         metric(
             "rooms",
@@ -191,7 +194,7 @@ impl Metrics {
         metric(
             "slow_consumer_disconnects_total",
             "counter",
-            "Connections closed because they fell behind (4000 on /ws, 1008 in rooms).",
+            "Connections closed because they fell behind (close 4000, rooms and /ws).",
             &[(String::new(), c(&self.slow_consumers))],
         );
         metric(

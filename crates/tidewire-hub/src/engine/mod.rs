@@ -18,7 +18,9 @@ mod memory;
 mod outbox;
 
 pub use memory::MemoryEngine;
-pub use outbox::{Outbox, OutboxSender};
+#[cfg(test)]
+pub(crate) use outbox::outbox_size;
+pub use outbox::{Deliverer, Outbox, OutboxGuard, OutboxSender, Slow, Transmit};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,131 @@
+//! What both WebSocket endpoints (rooms and `/ws`) run each connection with: the socket in
+//! the connection's [`Outbox`] (so that the deliverer can write to it directly), the step
+//! that waits for the next message while moving queued deliveries into the socket, and the
+//! closes: a slow consumer is closed with 4000 on both endpoints, within 2 s.
+
+use crate::channels::close;
+use crate::engine::{Event, Outbox, Slow, Transmit};
+use crate::hub::Hub;
+use crate::limits::close_bounded;
+use futures_util::Stream;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use tidewire::upgrade::Upgraded;
+use tidewire::{CloseCode, CloseFrame, Message, PreparedMessage, WebSocketStream};
+
+/// An upgraded connection.
+pub(crate) type Socket = WebSocketStream<Upgraded>;
+
+impl Transmit for Socket {
+    fn queue_prepared(&mut self, msg: &PreparedMessage) -> bool {
+        WebSocketStream::queue_prepared(self, msg).is_ok()
+    }
+
+    fn write_now(&mut self) -> Option<usize> {
+        // Polled once with a waker that does nothing: the bytes the socket cannot take
+        // stay queued, and the outbox wakes the connection's task to write them (its own
+        // poll registers for write readiness).
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let done = {
+            let flush = std::pin::pin!(self.flush());
+            flush.poll(&mut cx)
+        };
+        match done {
+            Poll::Ready(Ok(())) => Some(0),
+            Poll::Ready(Err(_)) => None,
+            Poll::Pending => Some(self.connection().pending_transmit()),
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.connection().pending_transmit()
+    }
+}
+
+/// What a connection's task waits for.
+pub(crate) enum Step {
+    /// The next message, as `WebSocketStream::recv` gives it.
+    Message(Option<tidewire::Result<Message>>),
+    /// The connection cannot keep up with its deliveries.
+    Slow(Slow),
+}
+
+/// The next message from the peer. Meanwhile, whenever the task is woken, the deliveries
+/// queued in `outbox` that `keep` accepts (subscription id, event) are moved into the
+/// socket, and leave with its next write.
+pub(crate) fn next<'a>(
+    outbox: &'a Outbox,
+    mut keep: impl FnMut(u64, &Event) -> bool + 'a,
+) -> impl Future<Output = Step> + 'a {
+    poll_fn(move |cx| {
+        let polled =
+            outbox.poll_socket::<Socket, _>(cx, &mut keep, |ws, cx| Pin::new(ws).poll_next(cx));
+        polled.map(|r| match r {
+            Ok(m) => Step::Message(m),
+            Err(slow) => Step::Slow(slow),
+        })
+    })
+}
+
+/// Closes the connection with `frame`, waiting at most 2 s for the handshake. The outbox
+/// is closed from then on. Call it boxed: the socket is held across the wait.
+pub(crate) async fn close(outbox: &Outbox, frame: CloseFrame) {
+    let socket = outbox.lock().await.take::<Socket>();
+    if let Some(mut ws) = socket {
+        close_bounded(&mut ws, frame).await;
+    }
+}
+
+/// Closes a slow consumer with 4000, counted and logged (`who` says which connection).
+pub(crate) async fn close_slow(hub: &Hub, outbox: &Outbox, why: Slow, who: &str) {
+    hub.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(who, "slow consumer disconnected: {why}");
+    let frame = CloseFrame::new(
+        CloseCode(close::SLOW_CONSUMER),
+        format!("slow consumer: {why}"),
+    );
+    close(outbox, frame).await;
+}
+
+/// Closes the connection with 1001 because the server is shutting down (the peer gets
+/// the whole close timeout to answer).
+pub(crate) async fn close_going_away(outbox: &Outbox) {
+    let socket = outbox.lock().await.take::<Socket>();
+    if let Some(mut ws) = socket {
+        let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        let _ = ws.close(Some(frame)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, F: Future>(_: impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle connection holds, in bytes: its task's future (the task cell adds
+    /// tokio's header) and its outbox (which holds the socket).
+    #[test]
+    fn footprint() {
+        let ws_task = future_size(crate::channel_endpoint::serve_connection);
+        let room_task = future_size(crate::room_endpoint::room_member);
+        let outbox = crate::engine::outbox_size::<Socket>();
+        let conn = std::mem::size_of::<crate::channels::Conn>();
+        let socket = std::mem::size_of::<Socket>();
+        eprintln!("/ws task {ws_task}, room task {room_task}, outbox {outbox} (socket {socket}), Conn {conn}");
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        let changed = std::mem::size_of_val(&rx.changed());
+        eprintln!(
+            "changed {changed}, sleep {}, identity {}, bucket {}, step {}, message {}",
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<Option<crate::auth::Identity>>(),
+            std::mem::size_of::<crate::limits::TokenBucket>(),
+            std::mem::size_of::<Step>(),
+            std::mem::size_of::<Message>(),
+        );
+    }
+}
