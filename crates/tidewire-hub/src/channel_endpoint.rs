@@ -75,6 +75,43 @@ pub(crate) struct Start {
     pub(crate) ws: WebSocketStream<Upgraded>,
 }
 
+/// Answers one request, holding the socket lock meanwhile so that the events it causes (a
+/// subscribe's first publications, a publish to a channel this connection is in) leave
+/// after its reply. False when the connection has ended (closed here if need be).
+async fn answer(conn: &mut Conn, text: &str) -> bool {
+    let Some(outbox) = conn.outbox.as_ref() else {
+        return false;
+    };
+    let mut guard = outbox.lock().await;
+    let (reply, close) = match conn.handle(text).await {
+        Reply::Send(r) => (r, None),
+        Reply::SendAndClose(r, c) => (r, Some(c)),
+    };
+    conn.hub.metrics.sent(1, reply.len() as u64);
+    let queued = guard
+        .socket::<Socket>()
+        .map(|ws| ws.queue(Message::text(reply)));
+    if !matches!(queued, Some(Ok(()))) {
+        return false;
+    }
+    let subs = &conn.subs;
+    let drained = guard.drain::<Socket>(|id, event| subs.get(event.channel()) == Some(&id));
+    drop(guard);
+    let Some(outbox) = conn.outbox.as_ref() else {
+        return false;
+    };
+    if let Err(why) = drained {
+        connection::close_slow(&conn.hub, outbox, why, &conn.client_id).await;
+        return false;
+    }
+    if let Some(frame) = close {
+        tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
+        connection::close(outbox, frame).await;
+        return false;
+    }
+    true
+}
+
 /// Completes when the timer fires; never without one.
 async fn fire(timer: &mut Option<Timer>) {
     match timer {
@@ -120,7 +157,6 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         ),
         hub: hub.clone(),
     };
-    let mut shutdown = hub.shutdown.clone();
     let metrics = &hub.metrics;
     // Timers exist only while they can fire: an anonymous or authenticated connection
     // holds no connect deadline, one without an expiring token no expiry timer.
@@ -138,29 +174,9 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
             step = connection::next(outbox, current) => match step {
                 Step::Message(Some(Ok(Message::Text(text)))) => {
                     metrics.received(text.len());
-                    let Some(outbox) = conn.outbox.as_ref() else { break };
-                    // Held while the request is answered, so that the events it causes
-                    // (a subscribe's first publications, a publish to a channel this
-                    // connection is in) leave after its reply.
-                    let mut guard = outbox.lock().await;
-                    // Boxed: requests are rare next to deliveries, and the request handler's state
-                    // would otherwise be part of every idle connection.
-                    let reply = Box::pin(conn.handle(&text)).await;
-                    let (reply, close) = match reply {
-                        Reply::Send(r) => (r, None),
-                        Reply::SendAndClose(r, c) => (r, Some(c)),
-                    };
-                    metrics.sent(1, reply.len() as u64);
-                    let queued = guard.socket::<Socket>().map(|ws| ws.queue(Message::text(reply)));
-                    if !matches!(queued, Some(Ok(()))) {
-                        break;
-                    }
-                    let subs = &conn.subs;
-                    let drained = guard.drain::<Socket>(|id, event| subs.get(event.channel()) == Some(&id));
-                    drop(guard);
-                    let Some(outbox) = conn.outbox.as_ref() else { break };
-                    if let Err(why) = drained {
-                        Box::pin(connection::close_slow(&hub, outbox, why, &conn.client_id)).await;
+                    // Boxed: requests are rare next to deliveries, and their state would
+                    // otherwise be part of every idle connection.
+                    if !Box::pin(answer(&mut conn, &text)).await {
                         break;
                     }
                     if conn.identity_changed {
@@ -169,11 +185,6 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     }
                     if conn.authenticated {
                         connect_deadline = None;
-                    }
-                    if let Some(frame) = close {
-                        tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
-                        Box::pin(connection::close(outbox, frame)).await;
-                        break;
                     }
                 }
                 Step::Message(Some(Ok(Message::Binary(_)))) => {
@@ -191,6 +202,10 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     Box::pin(connection::close_slow(&hub, outbox, why, &conn.client_id)).await;
                     break;
                 }
+                Step::Shutdown => {
+                    Box::pin(connection::close_going_away(outbox)).await;
+                    break;
+                }
             },
             _ = fire(&mut token_expiry), if token_expiry.is_some() => {
                 let frame = CloseFrame::new(CloseCode(close::TOKEN_EXPIRED), "unauthorized: token expired");
@@ -200,10 +215,6 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
             _ = fire(&mut connect_deadline), if !conn.authenticated => {
                 let frame = CloseFrame::new(CloseCode(close::UNAUTHORIZED), "unauthorized: no connect with a token within 10 s");
                 Box::pin(connection::close(outbox, frame)).await;
-                break;
-            }
-            _ = shutdown.changed() => {
-                Box::pin(connection::close_going_away(outbox)).await;
                 break;
             }
         }

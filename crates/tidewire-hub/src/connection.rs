@@ -4,7 +4,7 @@
 //! closes: a slow consumer is closed with 4000 on both endpoints, within 2 s.
 
 use crate::channels::close;
-use crate::engine::{Event, Outbox, Slow, Transmit};
+use crate::engine::{Event, Outbox, Slow, Stop, Transmit};
 use crate::hub::Hub;
 use crate::limits::close_bounded;
 use futures_util::Stream;
@@ -50,6 +50,8 @@ pub(crate) enum Step {
     Message(Option<tidewire::Result<Message>>),
     /// The connection cannot keep up with its deliveries.
     Slow(Slow),
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// The next message from the peer. Meanwhile, whenever the task is woken, the deliveries
@@ -64,7 +66,8 @@ pub(crate) fn next<'a>(
             outbox.poll_socket::<Socket, _>(cx, &mut keep, |ws, cx| Pin::new(ws).poll_next(cx));
         polled.map(|r| match r {
             Ok(m) => Step::Message(m),
-            Err(slow) => Step::Slow(slow),
+            Err(Stop::Slow(slow)) => Step::Slow(slow),
+            Err(Stop::Shutdown) => Step::Shutdown,
         })
     })
 }

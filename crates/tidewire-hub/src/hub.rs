@@ -86,6 +86,13 @@ impl Hub {
         })
     }
 
+    /// Tells every connection that the server is shutting down (each closes with 1001).
+    pub(crate) fn shut_down_connections(&self) {
+        for d in self.deliverers.get().into_iter().flatten() {
+            d.shut_down();
+        }
+    }
+
     /// The deliverer of connection `id`: as many as the runtime has workers, so that
     /// fan-out writes spread over them. Call from inside the runtime.
     pub(crate) fn deliverer(&self, id: u64) -> Arc<Deliverer> {

@@ -119,7 +119,6 @@ pub(crate) async fn room_member(start: Box<RoomMember>) {
     hub.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let mut shutdown = hub.shutdown.clone();
     let echo = hub.config.echo_to_sender;
     let mut bucket = TokenBucket::new(
         hub.config.publish_rate,
@@ -128,47 +127,54 @@ pub(crate) async fn room_member(start: Box<RoomMember>) {
     );
     let metrics = &hub.metrics;
     loop {
-        tokio::select! {
-            step = connection::next(&outbox, |_, _| true) => match step {
-                Step::Message(Some(Ok(m))) => {
-                    if !m.is_data() {
-                        continue;
-                    }
-                    metrics.received(m.as_payload().len());
-                    if is_heartbeat(&hub.config.room_heartbeat, &m) {
-                        // The sender's own keepalive: answered here, never broadcast.
-                        let reply = &hub.config.room_heartbeat_reply;
-                        if !reply.is_empty() {
-                            let mut guard = outbox.lock().await;
-                            let queued = guard.socket::<Socket>().map(|ws| ws.queue(Message::text(reply.as_str())));
-                            if !matches!(queued, Some(Ok(()))) {
-                                break;
-                            }
-                            metrics.sent(1, reply.len() as u64);
+        match connection::next(&outbox, |_, _| true).await {
+            Step::Message(Some(Ok(m))) => {
+                if !m.is_data() {
+                    continue;
+                }
+                metrics.received(m.as_payload().len());
+                if is_heartbeat(&hub.config.room_heartbeat, &m) {
+                    // The sender's own keepalive: answered here, never broadcast.
+                    let reply = &hub.config.room_heartbeat_reply;
+                    if !reply.is_empty() {
+                        let mut guard = outbox.lock().await;
+                        let queued = guard
+                            .socket::<Socket>()
+                            .map(|ws| ws.queue(Message::text(reply.as_str())));
+                        if !matches!(queued, Some(Ok(()))) {
+                            break;
                         }
-                        continue;
+                        metrics.sent(1, reply.len() as u64);
                     }
-                    if !bucket.take(Instant::now()) {
-                        metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        let reason = format!("rate limit: at most {} messages per second", hub.config.publish_rate);
-                        Box::pin(connection::close(&outbox, CloseFrame::new(CloseCode(4029), reason))).await;
-                        break;
-                    }
-                    if let Some(prepared) = PreparedMessage::new(m) {
-                        membership.joined.send(id, echo, &Arc::new(prepared));
-                    }
+                    continue;
                 }
-                Step::Message(Some(Err(e))) => {
-                    tracing::debug!(id, room = ?membership.room, "connection ended: {e}");
+                if !bucket.take(Instant::now()) {
+                    metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "rate limit: at most {} messages per second",
+                        hub.config.publish_rate
+                    );
+                    Box::pin(connection::close(
+                        &outbox,
+                        CloseFrame::new(CloseCode(4029), reason),
+                    ))
+                    .await;
                     break;
                 }
-                Step::Message(None) => break,
-                Step::Slow(why) => {
-                    Box::pin(connection::close_slow(&hub, &outbox, why, &membership.room)).await;
-                    break;
+                if let Some(prepared) = PreparedMessage::new(m) {
+                    membership.joined.send(id, echo, &Arc::new(prepared));
                 }
-            },
-            _ = shutdown.changed() => {
+            }
+            Step::Message(Some(Err(e))) => {
+                tracing::debug!(id, room = ?membership.room, "connection ended: {e}");
+                break;
+            }
+            Step::Message(None) => break,
+            Step::Slow(why) => {
+                Box::pin(connection::close_slow(&hub, &outbox, why, &membership.room)).await;
+                break;
+            }
+            Step::Shutdown => {
                 Box::pin(connection::close_going_away(&outbox)).await;
                 break;
             }

@@ -20,7 +20,7 @@ mod outbox;
 pub use memory::MemoryEngine;
 #[cfg(test)]
 pub(crate) use outbox::outbox_size;
-pub use outbox::{Deliverer, Outbox, OutboxGuard, OutboxSender, Slow, Transmit};
+pub use outbox::{Deliverer, Outbox, OutboxGuard, OutboxSender, Slow, Stop, Transmit};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

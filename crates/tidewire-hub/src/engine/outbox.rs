@@ -84,6 +84,15 @@ impl fmt::Display for Slow {
     }
 }
 
+/// Why [`Outbox::poll_socket`] stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The connection is a slow consumer.
+    Slow(Slow),
+    /// The server is shutting down ([`Deliverer::shut_down`]).
+    Shutdown,
+}
+
 /// A queued delivery: a channel event for a subscription, or a frame (a room's message).
 enum Item {
     Event(u64, Arc<Event>),
@@ -143,6 +152,8 @@ struct Shared<S: ?Sized> {
     capacity: u32,
     max_bytes: usize,
     deliverer: Option<Arc<Deliverer>>,
+    /// Where the deliverer keeps it in its registry.
+    index: u32,
     socket: UnsafeCell<S>,
 }
 
@@ -163,6 +174,8 @@ struct State {
     overflowed: bool,
     /// On the deliverer's list.
     scheduled: bool,
+    /// The server is shutting down.
+    shutdown: bool,
     /// The connection's task, to wake when it has to take over.
     waker: Option<Waker>,
 }
@@ -215,6 +228,7 @@ impl Outbox {
         max_bytes: usize,
         deliverer: Option<Arc<Deliverer>>,
     ) -> Self {
+        let index = deliverer.as_ref().map_or(0, |d| d.reserve());
         let shared: Arc<Shared<Option<T>>> = Arc::new(Shared {
             state: Mutex::new(State::default()),
             closed: AtomicBool::new(false),
@@ -222,8 +236,13 @@ impl Outbox {
             capacity: capacity.clamp(1, u32::MAX as usize) as u32,
             max_bytes: max_bytes.max(1),
             deliverer,
+            index,
             socket: UnsafeCell::new(None),
         });
+        let shared: Arc<Link> = shared;
+        if let Some(d) = &shared.deliverer {
+            d.register(&shared);
+        }
         Outbox { shared }
     }
 
@@ -331,15 +350,21 @@ impl Outbox {
         cx: &mut Context<'_>,
         keep: impl FnMut(u64, &Event) -> bool,
         f: impl FnOnce(&mut T, &mut Context<'_>) -> Poll<R>,
-    ) -> Poll<Result<R, Slow>> {
+    ) -> Poll<Result<R, Stop>> {
         let Some(mut guard) = self.try_lock() else {
             // The deliverer is writing; it is done within microseconds.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         };
-        register(&mut self.shared.lock().waker, cx);
+        {
+            let mut st = self.shared.lock();
+            if st.shutdown {
+                return Poll::Ready(Err(Stop::Shutdown));
+            }
+            register(&mut st.waker, cx);
+        }
         if let Err(slow) = guard.drain::<T>(keep) {
-            return Poll::Ready(Err(slow));
+            return Poll::Ready(Err(Stop::Slow(slow)));
         }
         match guard.slot::<T>().and_then(|s| s.as_mut()) {
             Some(socket) => f(socket, cx).map(Ok),
@@ -360,6 +385,10 @@ impl Drop for Outbox {
         let mut st = self.shared.lock();
         st.items = VecDeque::new();
         st.bytes = 0;
+        drop(st);
+        if let Some(d) = &self.shared.deliverer {
+            d.unregister(self.shared.index);
+        }
     }
 }
 
@@ -584,6 +613,9 @@ fn wake(mut st: MutexGuard<'_, State>) {
 /// batch of deliveries instead of one per connection. See the module documentation.
 pub struct Deliverer {
     dirty: Mutex<Vec<Arc<Link>>>,
+    /// Every outbox of this deliverer, for [`Deliverer::shut_down`]: a connection's task
+    /// then waits for nothing else (no watch receiver, no future of its own for it).
+    registry: Mutex<Registry>,
     ready: tokio::sync::Notify,
     /// Messages and payload bytes written by this deliverer so far.
     sent: AtomicU64,
@@ -596,6 +628,13 @@ impl fmt::Debug for Deliverer {
     }
 }
 
+/// The outboxes of a deliverer: a slot each, reused.
+#[derive(Default)]
+struct Registry {
+    links: Vec<Option<std::sync::Weak<Link>>>,
+    free: Vec<u32>,
+}
+
 /// Outboxes handled per turn of the deliverer before it lets other tasks run.
 const PASS: usize = 1024;
 
@@ -604,6 +643,7 @@ impl Deliverer {
     pub fn start() -> Arc<Deliverer> {
         let d = Arc::new(Deliverer {
             dirty: Mutex::new(Vec::new()),
+            registry: Mutex::new(Registry::default()),
             ready: tokio::sync::Notify::new(),
             sent: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
@@ -618,6 +658,50 @@ impl Deliverer {
             self.sent.load(Ordering::Relaxed),
             self.sent_bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// Tells the task of every outbox that the server is shutting down: its
+    /// [`Outbox::poll_socket`] returns [`Stop::Shutdown`].
+    pub fn shut_down(&self) {
+        let links: Vec<Arc<Link>> = {
+            let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.links
+                .iter()
+                .flatten()
+                .filter_map(|w| w.upgrade())
+                .collect()
+        };
+        for link in links {
+            let mut st = link.lock();
+            st.shutdown = true;
+            wake(st);
+        }
+    }
+
+    fn reserve(&self) -> u32 {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        match r.free.pop() {
+            Some(i) => i,
+            None => {
+                r.links.push(None);
+                (r.links.len() - 1) as u32
+            }
+        }
+    }
+
+    fn register(&self, link: &Arc<Link>) {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = r.links.get_mut(link.index as usize) {
+            *slot = Some(Arc::downgrade(link));
+        }
+    }
+
+    fn unregister(&self, index: u32) {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = r.links.get_mut(index as usize) {
+            *slot = None;
+            r.free.push(index);
+        }
     }
 
     fn count(&self, n: u64, bytes: u64) {
@@ -818,6 +902,24 @@ mod tests {
         assert!(outbox.sender().push_frame(frame("0123456789")));
         let r = poll_fn(|cx| outbox.poll_socket::<Fake, ()>(cx, |_, _| true, |_, _| Poll::Pending))
             .await;
-        assert_eq!(r, Err(Slow::Socket));
+        assert_eq!(r, Err(Stop::Slow(Slow::Socket)));
+    }
+
+    #[tokio::test]
+    async fn shutdown_reaches_every_task_and_slots_are_reused() {
+        let d = Deliverer::start();
+        let outboxes: Vec<Outbox> = (0..3)
+            .map(|_| Outbox::for_socket::<Fake>(10, 1 << 20, Some(d.clone())))
+            .collect();
+        drop(Outbox::for_socket::<Fake>(10, 1 << 20, Some(d.clone())));
+        let again = Outbox::for_socket::<Fake>(10, 1 << 20, Some(d.clone()));
+        assert_eq!(again.shared.index, 3, "the freed slot is taken again");
+        d.shut_down();
+        for o in outboxes.iter().chain([&again]) {
+            o.attach(Fake::default());
+            let r = poll_fn(|cx| o.poll_socket::<Fake, ()>(cx, |_, _| true, |_, _| Poll::Pending))
+                .await;
+            assert_eq!(r, Err(Stop::Shutdown));
+        }
     }
 }
