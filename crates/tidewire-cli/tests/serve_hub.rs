@@ -299,14 +299,8 @@ async fn slow_consumer_closed_while_100_fast_subscribers_get_everything() {
     );
     // The server lets go of the slow one (after at most 2 s for its close handshake): 100
     // fast subscribers and the publisher remain.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while metric(srv.addr, "tidewire_connections{endpoint=\"ws\"}") > 101.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "slow consumer still held"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ws = "tidewire_connections{endpoint=\"ws\"}";
+    wait_for_metric(srv.addr, ws, |v| v <= 101.0, 5, "slow consumer still held").await;
     assert_eq!(metric(srv.addr, "tidewire_subscribers"), 100.0);
     drop(kept);
     drop(slow);
@@ -357,30 +351,40 @@ async fn slow_room_member_closed_while_the_others_get_everything() {
         .await
         .expect("the fast member fell behind")
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(srv.addr, "tidewire_slow_consumer_disconnects_total") < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no slow consumer closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let slow_total = "tidewire_slow_consumer_disconnects_total";
+    wait_for_metric(
+        srv.addr,
+        slow_total,
+        |v| v >= 1.0,
+        10,
+        "no slow consumer closed",
+    )
+    .await;
     // The server lets go of it (after at most 2 s for its close handshake, which its
     // 4 KiB receive window cannot take in time): the fast member and the sender remain.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while metric(srv.addr, "tidewire_connections{endpoint=\"rooms\"}") > 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "slow member still held"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rooms = "tidewire_connections{endpoint=\"rooms\"}";
+    wait_for_metric(srv.addr, rooms, |v| v <= 2.0, 5, "slow member still held").await;
     assert_eq!(
         metric(srv.addr, "tidewire_slow_consumer_disconnects_total"),
         1.0
     );
     drop(slow);
     drop((fast, sender));
+}
+
+/// Waits (at most `secs`) until metric `name` satisfies `ok`; fails with `what` otherwise.
+async fn wait_for_metric(
+    addr: std::net::SocketAddr,
+    name: &str,
+    ok: impl Fn(f64) -> bool,
+    secs: u64,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ok(metric(addr, name)) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn set_rcvbuf(s: &std::net::TcpStream, bytes: i32) {
