@@ -202,6 +202,10 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     Box::pin(connection::close_slow(&hub, outbox, why, &conn.client_id)).await;
                     break;
                 }
+                Step::Silent => {
+                    Box::pin(connection::close_silent(outbox)).await;
+                    break;
+                }
                 Step::Shutdown => {
                     Box::pin(connection::close_going_away(outbox)).await;
                     break;

@@ -42,6 +42,11 @@ impl Transmit for Socket {
     fn pending(&self) -> usize {
         self.connection().pending_transmit()
     }
+
+    fn queue_ping(&mut self) -> bool {
+        self.queue(Message::Ping(bytes::Bytes::from_static(b"tidewire")))
+            .is_ok()
+    }
 }
 
 /// What a connection's task waits for.
@@ -52,6 +57,8 @@ pub(crate) enum Step {
     Slow(Slow),
     /// The server is shutting down.
     Shutdown,
+    /// Nothing arrived from the peer for `heartbeat.idle_timeout`.
+    Silent,
 }
 
 /// The next message from the peer. Meanwhile, whenever the task is woken, the deliveries
@@ -65,9 +72,15 @@ pub(crate) fn next<'a>(
         let polled =
             outbox.poll_socket::<Socket, _>(cx, &mut keep, |ws, cx| Pin::new(ws).poll_next(cx));
         polled.map(|r| match r {
-            Ok(m) => Step::Message(m),
+            Ok(m) => {
+                if m.is_some() {
+                    outbox.seen();
+                }
+                Step::Message(m)
+            }
             Err(Stop::Slow(slow)) => Step::Slow(slow),
             Err(Stop::Shutdown) => Step::Shutdown,
+            Err(Stop::Silent) => Step::Silent,
         })
     })
 }
@@ -78,6 +91,17 @@ pub(crate) async fn close(outbox: &Outbox, frame: CloseFrame) {
     let socket = outbox.lock().await.take::<Socket>();
     if let Some(mut ws) = socket {
         close_bounded(&mut ws, frame).await;
+    }
+}
+
+/// Closes a connection whose peer has been silent for the heartbeat's timeout: 1011
+/// "keepalive timeout", without waiting for an answer (the peer is presumed gone).
+pub(crate) async fn close_silent(outbox: &Outbox) {
+    let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive timeout");
+    let socket = outbox.lock().await.take::<Socket>();
+    if let Some(mut ws) = socket {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), ws.close(Some(frame)))
+            .await;
     }
 }
 

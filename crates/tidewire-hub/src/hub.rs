@@ -39,9 +39,9 @@ impl Hub {
         let limits = tidewire::Limits::default()
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_message_size);
-        let options = Options::default()
-            .limits(limits)
-            .heartbeat(config.ping_interval, config.idle_timeout);
+        // No heartbeat timer per connection: the deliverers ping and time out their
+        // connections (`Hub::deliverer`).
+        let options = Options::default().limits(limits);
         let server = ServerBuilder::new()
             .options(options)
             .compression(config.compression);
@@ -98,7 +98,10 @@ impl Hub {
     pub(crate) fn deliverer(&self, id: u64) -> Arc<Deliverer> {
         let all = self.deliverers.get_or_init(|| {
             let workers = tokio::runtime::Handle::current().metrics().num_workers();
-            (0..workers.max(1)).map(|_| Deliverer::start()).collect()
+            let heartbeat = Some((self.config.ping_interval, self.config.idle_timeout));
+            (0..workers.max(1))
+                .map(|_| Deliverer::with_heartbeat(heartbeat))
+                .collect()
         });
         all[id as usize % all.len()].clone()
     }

@@ -174,6 +174,10 @@ pub(crate) async fn room_member(start: Box<RoomMember>) {
                 Box::pin(connection::close_slow(&hub, &outbox, why, &membership.room)).await;
                 break;
             }
+            Step::Silent => {
+                Box::pin(connection::close_silent(&outbox)).await;
+                break;
+            }
             Step::Shutdown => {
                 Box::pin(connection::close_going_away(&outbox)).await;
                 break;

@@ -51,6 +51,7 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tidewire::PreparedMessage;
 
 /// A connection's socket as the outbox sees it: frames go in, and are written without
@@ -64,6 +65,8 @@ pub trait Transmit: Send + 'static {
     fn write_now(&mut self) -> Option<usize>;
     /// Bytes queued and not yet written.
     fn pending(&self) -> usize;
+    /// Queues a ping (the heartbeat). False when the connection is closed.
+    fn queue_ping(&mut self) -> bool;
 }
 
 /// Why an outbox's connection is a slow consumer.
@@ -91,6 +94,8 @@ pub enum Stop {
     Slow(Slow),
     /// The server is shutting down ([`Deliverer::shut_down`]).
     Shutdown,
+    /// Nothing arrived from the peer for the heartbeat's timeout.
+    Silent,
 }
 
 /// A queued delivery: a channel event for a subscription, or a frame (a room's message).
@@ -140,6 +145,9 @@ impl Transmit for Detached {
     fn pending(&self) -> usize {
         match *self {}
     }
+    fn queue_ping(&mut self) -> bool {
+        match *self {}
+    }
 }
 
 /// One allocation per connection: the queue's state, then the socket (its type erased).
@@ -154,6 +162,8 @@ struct Shared<S: ?Sized> {
     deliverer: Option<Arc<Deliverer>>,
     /// Where the deliverer keeps it in its registry.
     index: u32,
+    /// When something last arrived from the peer (the deliverer's clock, ms).
+    seen: std::sync::atomic::AtomicU32,
     socket: UnsafeCell<S>,
 }
 
@@ -176,6 +186,10 @@ struct State {
     scheduled: bool,
     /// The server is shutting down.
     shutdown: bool,
+    /// The peer has been silent for the heartbeat's timeout.
+    silent: bool,
+    /// When the deliverer last pinged it (its clock, ms).
+    pinged: u32,
     /// The connection's task, to wake when it has to take over.
     waker: Option<Waker>,
 }
@@ -229,6 +243,7 @@ impl Outbox {
         deliverer: Option<Arc<Deliverer>>,
     ) -> Self {
         let index = deliverer.as_ref().map_or(0, |d| d.reserve());
+        let now = deliverer.as_ref().map_or(0, |d| d.now_ms());
         let shared: Arc<Shared<Option<T>>> = Arc::new(Shared {
             state: Mutex::new(State::default()),
             closed: AtomicBool::new(false),
@@ -237,6 +252,7 @@ impl Outbox {
             max_bytes: max_bytes.max(1),
             deliverer,
             index,
+            seen: std::sync::atomic::AtomicU32::new(now),
             socket: UnsafeCell::new(None),
         });
         let shared: Arc<Link> = shared;
@@ -289,6 +305,13 @@ impl Outbox {
             Poll::Pending
         })
         .await
+    }
+
+    /// Notes that something arrived from the peer (for the deliverer's heartbeat).
+    pub fn seen(&self) {
+        if let Some(d) = &self.shared.deliverer {
+            self.shared.seen.store(d.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Messages waiting.
@@ -360,6 +383,9 @@ impl Outbox {
             let mut st = self.shared.lock();
             if st.shutdown {
                 return Poll::Ready(Err(Stop::Shutdown));
+            }
+            if st.silent {
+                return Poll::Ready(Err(Stop::Silent));
             }
             register(&mut st.waker, cx);
         }
@@ -616,6 +642,10 @@ pub struct Deliverer {
     /// Every outbox of this deliverer, for [`Deliverer::shut_down`]: a connection's task
     /// then waits for nothing else (no watch receiver, no future of its own for it).
     registry: Mutex<Registry>,
+    /// Ping interval and silence timeout, if the deliverer runs the heartbeat.
+    heartbeat: Option<(Duration, Duration)>,
+    /// The clock of `seen` and `pinged`.
+    epoch: tokio::time::Instant,
     ready: tokio::sync::Notify,
     /// Messages and payload bytes written by this deliverer so far.
     sent: AtomicU64,
@@ -641,9 +671,19 @@ const PASS: usize = 1024;
 impl Deliverer {
     /// A deliverer and its task, on the current tokio runtime (panics outside one).
     pub fn start() -> Arc<Deliverer> {
+        Deliverer::with_heartbeat(None)
+    }
+
+    /// A deliverer that also runs the heartbeat of its connections, in place of a timer
+    /// per connection: every quarter of the shorter of `interval` and `timeout` it pings
+    /// each connection that has been quiet for `interval` (at most once per `interval`),
+    /// and tells the task of one silent for `timeout` ([`Stop::Silent`]).
+    pub fn with_heartbeat(heartbeat: Option<(Duration, Duration)>) -> Arc<Deliverer> {
         let d = Arc::new(Deliverer {
             dirty: Mutex::new(Vec::new()),
             registry: Mutex::new(Registry::default()),
+            heartbeat,
+            epoch: tokio::time::Instant::now(),
             ready: tokio::sync::Notify::new(),
             sent: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
@@ -663,18 +703,58 @@ impl Deliverer {
     /// Tells the task of every outbox that the server is shutting down: its
     /// [`Outbox::poll_socket`] returns [`Stop::Shutdown`].
     pub fn shut_down(&self) {
-        let links: Vec<Arc<Link>> = {
-            let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            r.links
-                .iter()
-                .flatten()
-                .filter_map(|w| w.upgrade())
-                .collect()
-        };
-        for link in links {
+        for link in self.links() {
             let mut st = link.lock();
             st.shutdown = true;
             wake(st);
+        }
+    }
+
+    /// The outboxes still open, taken out of the registry's lock.
+    fn links(&self) -> Vec<Arc<Link>> {
+        let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        r.links
+            .iter()
+            .flatten()
+            .filter_map(|w| w.upgrade())
+            .collect()
+    }
+
+    fn now_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+
+    /// One heartbeat tick over every outbox.
+    fn heartbeat(&self, interval: Duration, timeout: Duration) {
+        let (interval, timeout) = (interval.as_millis() as u32, timeout.as_millis() as u32);
+        let now = self.now_ms();
+        for link in self.links() {
+            let quiet = now.wrapping_sub(link.seen.load(Ordering::Relaxed));
+            let mut st = link.lock();
+            if quiet >= timeout {
+                st.silent = true;
+                wake(st);
+                continue;
+            }
+            if quiet < interval || now.wrapping_sub(st.pinged) < interval {
+                continue;
+            }
+            if !link.try_busy() {
+                continue; // the task is busy with it; next tick
+            }
+            // SAFETY: `busy` is held (released below).
+            let slot = unsafe { &mut *link.socket.get() };
+            let mut waiting = 0;
+            if let Some(socket) = slot.transmit() {
+                if socket.queue_ping() {
+                    st.pinged = now;
+                }
+                waiting = socket.write_now().unwrap_or(1);
+            }
+            link.busy.store(false, Ordering::Release);
+            if waiting > 0 {
+                wake(st);
+            }
         }
     }
 
@@ -723,8 +803,21 @@ impl Deliverer {
 
 async fn run(d: Arc<Deliverer>) {
     let mut batch: Vec<Arc<Link>> = Vec::new();
+    let period = d.heartbeat.map_or(Duration::from_secs(3600), |(i, t)| {
+        (i.min(t) / 4).max(Duration::from_millis(10))
+    });
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        d.ready.notified().await;
+        tokio::select! {
+            _ = d.ready.notified() => {}
+            _ = tick.tick() => {
+                if let Some((interval, timeout)) = d.heartbeat {
+                    d.heartbeat(interval, timeout);
+                }
+                continue;
+            }
+        }
         loop {
             std::mem::swap(
                 &mut batch,
@@ -856,6 +949,10 @@ mod tests {
         fn pending(&self) -> usize {
             self.queued.len()
         }
+        fn queue_ping(&mut self) -> bool {
+            self.queued.extend_from_slice(b"ping\n");
+            true
+        }
     }
 
     fn frame(text: &str) -> Arc<PreparedMessage> {
@@ -903,6 +1000,44 @@ mod tests {
         let r = poll_fn(|cx| outbox.poll_socket::<Fake, ()>(cx, |_, _| true, |_, _| Poll::Pending))
             .await;
         assert_eq!(r, Err(Stop::Slow(Slow::Socket)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_pings_quiet_connections_and_stops_silent_ones() {
+        let d =
+            Deliverer::with_heartbeat(Some((Duration::from_millis(300), Duration::from_secs(1))));
+        let (quiet, talking) = (
+            Outbox::for_socket::<Fake>(10, 1 << 20, Some(d.clone())),
+            Outbox::for_socket::<Fake>(10, 1 << 20, Some(d.clone())),
+        );
+        quiet.attach(Fake {
+            room: 1 << 20,
+            ..Fake::default()
+        });
+        talking.attach(Fake {
+            room: 1 << 20,
+            ..Fake::default()
+        });
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            talking.seen();
+        }
+        let written = |o: &Outbox| {
+            o.try_lock()
+                .unwrap()
+                .socket::<Fake>()
+                .unwrap()
+                .written
+                .clone()
+        };
+        assert!(written(&quiet).starts_with(b"ping\n"), "pinged");
+        assert!(
+            written(&talking).is_empty(),
+            "a connection that talks is not pinged"
+        );
+        let r = poll_fn(|cx| quiet.poll_socket::<Fake, ()>(cx, |_, _| true, |_, _| Poll::Pending))
+            .await;
+        assert_eq!(r, Err(Stop::Silent));
     }
 
     #[tokio::test]
