@@ -61,8 +61,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_ECHO_TO_SENDER")]
     echo_to_sender: bool,
 
-    /// Messages a room member may fall behind before it is disconnected (close 1008,
-    /// "slow consumer"). [default: 1024]
+    /// Messages a room member may fall behind before it is disconnected (close 4000,
+    /// "slow consumer", as on /ws). [default: 1024]
     #[arg(long, env = "TIDEWIRE_ROOM_BUFFER", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     room_buffer: Option<u64>,

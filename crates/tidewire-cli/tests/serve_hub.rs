@@ -299,17 +299,92 @@ async fn slow_consumer_closed_while_100_fast_subscribers_get_everything() {
     );
     // The server lets go of the slow one (after at most 2 s for its close handshake): 100
     // fast subscribers and the publisher remain.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while metric(srv.addr, "tidewire_connections{endpoint=\"ws\"}") > 101.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "slow consumer still held"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ws = "tidewire_connections{endpoint=\"ws\"}";
+    wait_for_metric(srv.addr, ws, |v| v <= 101.0, 5, "slow consumer still held").await;
     assert_eq!(metric(srv.addr, "tidewire_subscribers"), 100.0);
     drop(kept);
     drop(slow);
+}
+
+/// Rooms and `/ws` close a slow consumer the same way (issue 14: `connection::close_slow`,
+/// 4000), counted, while the other members get everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_room_member_closed_while_the_others_get_everything() {
+    // The slow one never reads: past the kernel's buffers (about 1.3 MB on loopback) and
+    // 1 MiB waiting in its socket, it is closed. The fast one keeps up (its queue holds 1 MiB
+    // too, more than the sender's task pushes between two turns of the deliverer).
+    let srv = serve(&["--publish-rate", "0", "--send-buffer", "1048576"]);
+    let (total, payload) = (3000usize, "x".repeat(2000));
+    let url = format!("ws://{}/rooms/firehose", srv.addr);
+    let mut slow = std::net::TcpStream::connect(srv.addr).unwrap();
+    set_rcvbuf(&slow, 4096);
+    slow.write_all(upgrade_request(srv.addr, "/rooms/firehose", "").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        slow.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let (mut fast, _) = tidewire::connect(&url).await.unwrap();
+    let (mut sender, _) = tidewire::connect(&url).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            match fast.recv().await {
+                Some(Ok(Message::Text(_))) => n += 1,
+                Some(Ok(Message::Close(f))) => panic!("the fast member was closed: {f:?}"),
+                Some(Ok(_)) => {}
+                other => panic!("the fast member lost its connection: {other:?}"),
+            }
+        }
+        fast
+    });
+    for i in 0..total {
+        sender.send(Message::text(payload.clone())).await.unwrap();
+        if i % 100 == 99 {
+            // Rooms have no acknowledgement: a little pacing keeps the fast reader fast.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let fast = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the fast member fell behind")
+        .unwrap();
+    let slow_total = "tidewire_slow_consumer_disconnects_total";
+    wait_for_metric(
+        srv.addr,
+        slow_total,
+        |v| v >= 1.0,
+        10,
+        "no slow consumer closed",
+    )
+    .await;
+    // The server lets go of it (after at most 2 s for its close handshake, which its
+    // 4 KiB receive window cannot take in time): the fast member and the sender remain.
+    let rooms = "tidewire_connections{endpoint=\"rooms\"}";
+    wait_for_metric(srv.addr, rooms, |v| v <= 2.0, 5, "slow member still held").await;
+    assert_eq!(
+        metric(srv.addr, "tidewire_slow_consumer_disconnects_total"),
+        1.0
+    );
+    drop(slow);
+    drop((fast, sender));
+}
+
+/// Waits (at most `secs`) until metric `name` satisfies `ok`; fails with `what` otherwise.
+async fn wait_for_metric(
+    addr: std::net::SocketAddr,
+    name: &str,
+    ok: impl Fn(f64) -> bool,
+    secs: u64,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ok(metric(addr, name)) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn set_rcvbuf(s: &std::net::TcpStream, bytes: i32) {

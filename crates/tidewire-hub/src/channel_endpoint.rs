@@ -2,17 +2,19 @@
 //! (answered by [`Conn`]) and writes the events of its subscriptions.
 //!
 //! The engine delivers the events into the connection's one [`Outbox`] (bounded by
-//! `limits.send_queue` events, whatever the number of subscriptions; created at the first
-//! subscribe, so an idle connection has none), and each event is written as a prepared
-//! message (serialized and framed once per event, whatever the number of subscribers). A
-//! connection whose outbox overflows, or whose socket has more than `send_buffer` bytes
-//! waiting, is a slow consumer, closed with 4000 so that it reconnects and resumes with
-//! `since`. It never holds up the other subscribers.
+//! `limits.send_queue` events and `send_buffer` bytes, whatever the number of
+//! subscriptions), which holds the socket: the hub's deliverer writes each event, a
+//! prepared message (serialized and framed once per event, whatever the number of
+//! subscribers), straight into it, and this task only takes over what the socket could not
+//! take at once (`connection`). A connection whose outbox overflows, or whose socket has
+//! more than `send_buffer` bytes waiting, is a slow consumer, closed with 4000 so that it
+//! reconnects and resumes with `since`. It never holds up the other subscribers.
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
 use crate::channels::{close_frame, Conn, Reply, Timer};
+use crate::connection::{self, Socket, Step};
 use crate::hub::Hub;
-use crate::limits::{close_bounded, TokenBucket};
+use crate::limits::TokenBucket;
 use crate::metrics::HandshakeFailure;
 use crate::node::{Event, Outbox, Subscription};
 use axum::extract::{RawQuery, State};
@@ -22,23 +24,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidewire::upgrade::Upgraded;
-use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
-use tidewire::{CloseCode, CloseFrame, Message, WebSocketStream};
+use tidewire::upgrade::{Upgraded, WebSocketUpgrade, WebSocketUpgradeRejection};
+use tidewire::{Message, WebSocketStream};
 use tidewire_hub_proto::CloseCode as HubCode;
 
 /// How long a connection may take to send `connect` where a token is required.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events written per wake-up at most, so one busy connection cannot starve its replies.
-const BATCH: usize = 64;
-
-/// The next event of the connection's outbox; never without one.
-async fn next_event(outbox: &Option<Outbox>) -> Result<(u64, Arc<Event>), crate::engine::Error> {
-    match outbox {
-        Some(o) => o.recv().await,
-        None => std::future::pending().await,
-    }
-}
 
 pub(crate) async fn channel_upgrade(
     State(hub): State<Arc<Hub>>,
@@ -85,6 +76,43 @@ pub(crate) struct Start {
     pub(crate) ws: WebSocketStream<Upgraded>,
 }
 
+/// Answers one request, holding the socket lock meanwhile so that the events it causes (a
+/// subscribe's first publications, a publish to a channel this connection is in) leave
+/// after its reply. False when the connection has ended (closed here if need be).
+async fn answer(conn: &mut Conn, text: &str) -> bool {
+    let Some(outbox) = conn.outbox.as_ref() else {
+        return false;
+    };
+    let mut guard = outbox.lock().await;
+    let (reply, close) = match conn.handle(text).await {
+        Reply::Send(r) => (r, None),
+        Reply::SendAndClose(r, c) => (r, Some(c)),
+    };
+    conn.hub.metrics.sent(1, reply.len() as u64);
+    let queued = guard
+        .socket::<Socket>()
+        .map(|ws| ws.queue(Message::text(reply)));
+    if !matches!(queued, Some(Ok(()))) {
+        return false;
+    }
+    let subs = &conn.subs;
+    let drained = guard.drain::<Socket>(|id, event| subs.get(event.channel()) == Some(&id));
+    drop(guard);
+    let Some(outbox) = conn.outbox.as_ref() else {
+        return false;
+    };
+    if let Err(why) = drained {
+        connection::close_slow(&conn.hub, outbox, why, &conn.client_id).await;
+        return false;
+    }
+    if let Some(frame) = close {
+        tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
+        connection::close(outbox, frame).await;
+        return false;
+    }
+    true
+}
+
 /// Completes when the timer fires; never without one.
 async fn fire(timer: &mut Option<Timer>) {
     match timer {
@@ -100,12 +128,20 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
             slot: _slot,
             identity,
         },
-        mut ws,
+        ws,
     } = *start;
-    hub.metrics
+    let n = hub
+        .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous());
+    // The socket lives in the outbox, where the deliverer writes events straight into it.
+    let outbox = Outbox::for_socket::<Socket>(
+        hub.config.send_queue,
+        hub.config.send_buffer,
+        Some(hub.deliverer(n)),
+    );
+    outbox.attach(ws);
     let mut conn = Conn {
         client_id: hub.next_client_id(),
         authenticated: !required || identity.is_some(),
@@ -114,7 +150,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         identity,
         client: None,
         subs: HashMap::new(),
-        outbox: None,
+        outbox: Some(outbox),
         bucket: TokenBucket::new(
             hub.config.publish_rate,
             hub.config.publish_burst,
@@ -122,9 +158,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         ),
         hub: hub.clone(),
     };
-    let mut shutdown = hub.shutdown.clone();
     let metrics = &hub.metrics;
-    let send_buffer = hub.config.send_buffer;
     // Timers exist only while they can fire: an anonymous or authenticated connection
     // holds no connect deadline, one without an expiring token no expiry timer.
     let mut connect_deadline =
@@ -132,20 +166,18 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
     // When the token in force expires; replaced by a `connect` with a fresh one.
     let mut token_expiry = conn.expiry_timer();
     tracing::debug!(client = %conn.client_id, "connected");
-    loop {
+    while let Some(outbox) = conn.outbox.as_ref() {
+        let subs = &conn.subs;
+        // Still queued after its subscription ended (an `unsubscribe`, maybe followed by a
+        // new subscribe): not for this client now.
+        let current = move |id, event: &Event| subs.get(event.channel()) == Some(&id);
         tokio::select! {
-            msg = ws.recv() => match msg {
-                Some(Ok(Message::Text(text))) => {
+            step = connection::next(outbox, current) => match step {
+                Step::Message(Some(Ok(Message::Text(text)))) => {
                     metrics.received(text.len());
-                    // Boxed: requests are rare next to deliveries, and the request handler's state
-                    // would otherwise be part of every idle connection.
-                    let reply = Box::pin(conn.handle(&text)).await;
-                    let (reply, close) = match reply {
-                        Reply::Send(r) => (r, None),
-                        Reply::SendAndClose(r, c) => (r, Some(c)),
-                    };
-                    metrics.sent(1, reply.len() as u64);
-                    if ws.queue(Message::text(reply)).is_err() {
+                    // Boxed: requests are rare next to deliveries, and their state would
+                    // otherwise be part of every idle connection.
+                    if !Box::pin(answer(&mut conn, &text)).await {
                         break;
                     }
                     if conn.identity_changed {
@@ -155,95 +187,45 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                     if conn.authenticated {
                         connect_deadline = None;
                     }
-                    if let Some(frame) = close {
-                        tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
-                        Box::pin(close_bounded(&mut ws, frame)).await;
-                        break;
-                    }
                 }
-                Some(Ok(Message::Binary(_))) => {
+                Step::Message(Some(Ok(Message::Binary(_)))) => {
                     let frame = close_frame(HubCode::UNSUPPORTED_DATA, "binary frames are not part of tidewire.v1");
-                    Box::pin(close_bounded(&mut ws, frame)).await;
+                    Box::pin(connection::close(outbox, frame)).await;
                     break;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
+                Step::Message(Some(Ok(_))) => {}
+                Step::Message(Some(Err(e))) => {
                     tracing::debug!(client = %conn.client_id, "connection ended: {e}");
                     break;
                 }
-                None => break,
-            },
-            first = next_event(&conn.outbox) => {
-                let mut next = Some(first);
-                let mut written = 0;
-                let mut sent = 0;
-                let mut bytes = 0;
-                let mut slow = false;
-                let mut failed = false;
-                while let Some(item) = next.take() {
-                    match item {
-                        // Still queued after its subscription ended (an `unsubscribe`,
-                        // maybe followed by a new subscribe): not for this client now.
-                        Ok((id, event)) if conn.subs.get(event.channel()) != Some(&id) => {}
-                        Ok((_, event)) => {
-                            let queued = match event.prepared() {
-                                Some(p) => {
-                                    bytes += p.payload().len() as u64;
-                                    ws.queue_prepared(p)
-                                }
-                                None => ws.queue(Message::text(event.to_json())),
-                            };
-                            if queued.is_err() {
-                                failed = true;
-                                break;
-                            }
-                            sent += 1;
-                        }
-                        Err(e) if e.is_lagged() => {
-                            slow = true;
-                            break;
-                        }
-                        Err(_) => {}
-                    }
-                    written += 1;
-                    if written < BATCH {
-                        // Whatever else is ready now leaves in the same write.
-                        next = conn.outbox.as_ref().and_then(|o| o.try_recv().transpose());
-                    }
-                }
-                // Shared counters are touched once per wake-up, not once per event: on a
-                // fan-out every connection's task passes here.
-                metrics.sent(sent, bytes);
-                if failed {
+                Step::Message(None) => break,
+                Step::Slow(why) => {
+                    Box::pin(connection::close_slow(&hub, outbox, why, &conn.client_id)).await;
                     break;
                 }
-                if slow || ws.connection().pending_transmit() > send_buffer {
-                    metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    let why = if slow { "its event queue overflowed (limits.send_queue)" } else { "send buffer full" };
-                    tracing::info!(client = %conn.client_id, "slow consumer disconnected: {why}");
-                    let frame = close_frame(HubCode::SLOW_CONSUMER, "slow consumer: resubscribe with since");
-                    Box::pin(close_bounded(&mut ws, frame)).await;
+                Step::Silent => {
+                    Box::pin(connection::close_silent(outbox)).await;
+                    break;
+                }
+                Step::Shutdown => {
+                    Box::pin(connection::close_going_away(outbox)).await;
                     break;
                 }
             },
             _ = fire(&mut token_expiry), if token_expiry.is_some() => {
                 let frame = close_frame(HubCode::TOKEN_EXPIRED, "unauthorized: token expired");
-                Box::pin(close_bounded(&mut ws, frame)).await;
+                Box::pin(connection::close(outbox, frame)).await;
                 break;
             }
             _ = fire(&mut connect_deadline), if !conn.authenticated => {
                 let frame = close_frame(HubCode::UNAUTHORIZED, "unauthorized: no connect with a token within 10 s");
-                Box::pin(close_bounded(&mut ws, frame)).await;
-                break;
-            }
-            _ = shutdown.changed() => {
-                let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-                let _ = Box::pin(ws.close(Some(frame))).await;
+                Box::pin(connection::close(outbox, frame)).await;
                 break;
             }
         }
     }
-    // Nothing more is delivered; then each subscription ends in the engine.
+    // Nothing more is delivered (the socket goes with the outbox); then each subscription
+    // ends in the engine.
     conn.outbox = None;
     let subs: Vec<Subscription> = conn
         .subs

@@ -66,7 +66,7 @@ pub struct HubConfig {
     /// The answer to a room heartbeat, empty for none. Default `pong`.
     pub room_heartbeat_reply: String,
     /// How many messages a room member may fall behind before it is disconnected as a
-    /// slow consumer. Default 1024.
+    /// slow consumer (close 4000, as on `/ws`). Default 1024.
     pub room_buffer: usize,
     /// Server pings: interval and the silence after which a connection is closed.
     /// Default 20 s and 60 s.
@@ -88,8 +88,9 @@ pub struct HubConfig {
     /// consumer. One queue per connection, filled as events come: nothing is
     /// preallocated, per connection or per channel. Default 4096.
     pub send_queue: usize,
-    /// Bytes a connection may have waiting for its socket before it is a slow consumer.
-    /// Default 4 MiB.
+    /// Bytes a connection may have waiting for its socket before it is a slow consumer
+    /// (closed with 4000); its queue (`send_queue` events, `room_buffer` room messages)
+    /// holds at most as many payload bytes too. Default 4 MiB.
     pub send_buffer: usize,
     /// Channels one connection may subscribe to. Default 1000.
     pub max_subscriptions: usize,

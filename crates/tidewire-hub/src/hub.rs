@@ -5,7 +5,7 @@ use crate::config::HubConfig;
 use crate::engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 use crate::log_budget::LogBudget;
 use crate::metrics::{self, Gauges, Metrics};
-use crate::node::{Node, NodeOptions};
+use crate::node::{Deliverer, Node, NodeOptions};
 use crate::rooms::Rooms;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct Hub {
     pub(crate) refusal_log: LogBudget,
     /// The listener's count of clients refused for want of descriptors (set by `serve`).
     pub(crate) refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
+    /// One deliverer per runtime worker, started with the first connection.
+    deliverers: std::sync::OnceLock<Box<[Arc<Deliverer>]>>,
 }
 
 impl Hub {
@@ -56,9 +58,9 @@ impl Hub {
         let limits = tidewire::Limits::default()
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_message_size);
-        let options = Options::default()
-            .limits(limits)
-            .heartbeat(config.ping_interval, config.idle_timeout);
+        // No heartbeat timer per connection: the deliverers ping and time out their
+        // connections (`Hub::deliverer`).
+        let options = Options::default().limits(limits);
         let server = ServerBuilder::new()
             .options(options)
             .compression(config.compression);
@@ -82,6 +84,7 @@ impl Hub {
             registry: metrics::registry(hub.clone()),
             refusal_log: LogBudget::new(20, std::time::Duration::from_secs(10)),
             refused: std::sync::OnceLock::new(),
+            deliverers: std::sync::OnceLock::new(),
         })
     }
 
@@ -94,6 +97,26 @@ impl Hub {
     /// encoded by `prometheus-client`. Fails only if the encoder refuses a value.
     pub fn metrics_text(&self) -> Result<String, std::fmt::Error> {
         metrics::encode(&self.registry)
+    }
+
+    /// Tells every connection that the server is shutting down (each closes with 1001).
+    pub(crate) fn shut_down_connections(&self) {
+        for d in self.deliverers.get().into_iter().flatten() {
+            d.shut_down();
+        }
+    }
+
+    /// The deliverer of connection `id`: as many as the runtime has workers, so that
+    /// fan-out writes spread over them. Call from inside the runtime.
+    pub(crate) fn deliverer(&self, id: u64) -> Arc<Deliverer> {
+        let all = self.deliverers.get_or_init(|| {
+            let workers = tokio::runtime::Handle::current().metrics().num_workers();
+            let heartbeat = Some((self.config.ping_interval, self.config.idle_timeout));
+            (0..workers.max(1))
+                .map(|_| Deliverer::with_heartbeat(heartbeat))
+                .collect()
+        });
+        all[id as usize % all.len()].clone()
     }
 
     pub(crate) fn next_client_id(&self) -> String {
@@ -122,6 +145,12 @@ impl metrics::Source for Hub {
                 .unwrap_or_else(|| self.node.channel_count()),
             subscribers: self.subscribers.load(Ordering::Relaxed),
             refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
+            delivered: self.deliverers.get().map_or((0, 0), |ds| {
+                ds.iter().fold((0, 0), |(n, b), d| {
+                    let (dn, db) = d.sent();
+                    (n + dn, b + db)
+                })
+            }),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod auth;
 mod channel_endpoint;
 mod channels;
 mod config;
+mod connection;
 pub mod engine;
 mod hub;
 mod limits;

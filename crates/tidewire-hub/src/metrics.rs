@@ -111,6 +111,9 @@ pub(crate) struct Gauges {
     pub subscribers: usize,
     /// Clients answered 503 by the listener because the process was out of descriptors.
     pub refused_out_of_descriptors: u64,
+    /// Messages and payload bytes written from the connections' outboxes (counted by the
+    /// deliverers, not here: see `node::Deliverer`).
+    pub delivered: (u64, u64),
 }
 
 impl Metrics {
@@ -216,7 +219,7 @@ impl<S: Source> Collector for Scrape<S> {
             enc,
             "messages_sent",
             "Messages sent to clients (replies, publications, events, room messages).",
-            c(&m.messages_out),
+            c(&m.messages_out) + g.delivered.0,
         )?;
         counter(
             enc,
@@ -228,7 +231,7 @@ impl<S: Source> Collector for Scrape<S> {
             enc,
             "sent_bytes",
             "Payload bytes sent to clients (before compression).",
-            c(&m.bytes_out),
+            c(&m.bytes_out) + g.delivered.1,
         )?;
         gauge(
             enc,
@@ -257,7 +260,7 @@ impl<S: Source> Collector for Scrape<S> {
         counter(
             enc,
             "slow_consumer_disconnects",
-            "Connections closed because they fell behind (4000 on /ws, 1008 in rooms).",
+            "Connections closed because they fell behind (close 4000, rooms and /ws).",
             c(&m.slow_consumers),
         )?;
         counter(
@@ -350,6 +353,7 @@ mod tests {
                 channels: 4,
                 subscribers: 5,
                 refused_out_of_descriptors: 6,
+                delivered: (0, 0),
             }
         }
     }
@@ -423,7 +427,7 @@ mod tests {
         ("tidewire_channels", "gauge", "Channels that exist in the engine (with subscribers or history)."),
         ("tidewire_subscribers", "gauge", "Channel subscriptions."),
         ("tidewire_publications_total", "counter", "Publications accepted from clients and the HTTP API."),
-        ("tidewire_slow_consumer_disconnects_total", "counter", "Connections closed because they fell behind (4000 on /ws, 1008 in rooms)."),
+        ("tidewire_slow_consumer_disconnects_total", "counter", "Connections closed because they fell behind (close 4000, rooms and /ws)."),
         ("tidewire_rate_limited_total", "counter", "Publications refused by the per-connection rate limit."),
         ("tidewire_auth_failures_total", "counter", "Tokens refused (in the URL or in connect)."),
         ("tidewire_handshake_failures_total", "counter", "WebSocket upgrades refused, by reason."),

@@ -1,13 +1,16 @@
 //! Raw rooms at `ws://HOST/rooms/{room}`: every text or binary message a member sends goes
 //! to the other members (the tutorial's chat), subprotocols by server preference, a text
 //! heartbeat answered to its sender alone, the publish rate limit and the slow-consumer
-//! policy. The room registry itself is `rooms`.
+//! policy (close 4000, as on `/ws`: `connection`). The room registry itself is `rooms`.
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Endpoint, Slot};
 use crate::channels::close_frame;
+use crate::connection::{self, Socket, Step};
 use crate::hub::Hub;
-use crate::limits::{close_bounded, TokenBucket};
+use crate::limits::TokenBucket;
 use crate::metrics::HandshakeFailure;
+use crate::node::Outbox;
+use crate::rooms::Room;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -15,9 +18,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
-use tidewire::{CloseCode, CloseFrame, Message, PreparedMessage};
+use tidewire::{Message, PreparedMessage};
 use tidewire_hub_proto::CloseCode as HubCode;
-use tokio::sync::broadcast;
 
 pub(crate) async fn room_upgrade(
     State(hub): State<Arc<Hub>>,
@@ -55,13 +57,21 @@ pub(crate) async fn room_upgrade(
         );
     }
     // Join before the 101 goes out: a message sent to the room right after the client's
-    // handshake completes must reach it. The membership leaves the room when dropped,
-    // whether or not the upgrade completes.
-    let (tx, rx) = hub.rooms.join(&room);
+    // handshake completes must reach it (it waits in the outbox until the socket is
+    // attached). The membership leaves the room when dropped, whether or not the upgrade
+    // completes.
+    let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
+    let outbox = Outbox::for_socket::<Socket>(
+        hub.rooms.capacity(),
+        hub.config.send_buffer,
+        Some(hub.deliverer(id)),
+    );
+    let joined = hub.rooms.join(&room, id, outbox.sender());
     let membership = Membership {
         hub: hub.clone(),
         room,
-        rx: Some(rx),
+        id,
+        joined,
         _slot: admitted.slot,
     };
     let hub2 = hub.clone();
@@ -69,127 +79,116 @@ pub(crate) async fn room_upgrade(
         room_member(Box::new(RoomMember {
             hub: hub2,
             membership,
-            tx,
+            outbox,
             ws,
         }))
     })
 }
 
-/// A room member's receiver; leaves the room when dropped.
+/// A room member; leaves the room when dropped.
 struct Membership {
     hub: Arc<Hub>,
     room: String,
-    rx: Option<broadcast::Receiver<crate::rooms::RoomMessage>>,
+    id: u64,
+    joined: Arc<Room>,
     _slot: Slot,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        drop(self.rx.take());
-        self.hub.rooms.leave(&self.room);
+        self.hub.rooms.leave(&self.room, self.id);
     }
 }
 
 /// What a room member's task starts from, boxed: an async fn keeps its arguments for its
 /// whole life, and this task lives as long as the connection.
-struct RoomMember {
+pub(crate) struct RoomMember {
     hub: Arc<Hub>,
     membership: Membership,
-    tx: broadcast::Sender<crate::rooms::RoomMessage>,
-    ws: tidewire::WebSocketStream<tidewire::upgrade::Upgraded>,
+    outbox: Outbox,
+    ws: Socket,
 }
 
-async fn room_member(start: Box<RoomMember>) {
+pub(crate) async fn room_member(start: Box<RoomMember>) {
     let RoomMember {
         hub,
-        mut membership,
-        tx,
-        mut ws,
+        membership,
+        outbox,
+        ws,
     } = *start;
-    let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
+    outbox.attach(ws);
+    let id = membership.id;
     hub.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let room = membership.room.clone();
-    let Some(mut rx) = membership.rx.take() else {
-        return;
-    };
-    let mut shutdown = hub.shutdown.clone();
     let echo = hub.config.echo_to_sender;
     let mut bucket = TokenBucket::new(
         hub.config.publish_rate,
         hub.config.publish_burst,
         Instant::now(),
     );
-    let send_buffer = hub.config.send_buffer;
     let metrics = &hub.metrics;
     loop {
-        tokio::select! {
-            msg = ws.recv() => match msg {
-                Some(Ok(m)) => {
-                    if !m.is_data() {
-                        continue;
-                    }
-                    metrics.received(m.as_payload().len());
-                    if is_heartbeat(&hub.config.room_heartbeat, &m) {
-                        // The sender's own keepalive: answered here, never broadcast.
-                        let reply = &hub.config.room_heartbeat_reply;
-                        if !reply.is_empty() && ws.queue(Message::text(reply.as_str())).is_err() {
+        match connection::next(&outbox, |_, _| true).await {
+            Step::Message(Some(Ok(m))) => {
+                if !m.is_data() {
+                    continue;
+                }
+                metrics.received(m.as_payload().len());
+                if is_heartbeat(&hub.config.room_heartbeat, &m) {
+                    // The sender's own keepalive: answered here, never broadcast.
+                    let reply = &hub.config.room_heartbeat_reply;
+                    if !reply.is_empty() {
+                        let mut guard = outbox.lock().await;
+                        let queued = guard
+                            .socket::<Socket>()
+                            .map(|ws| ws.queue(Message::text(reply.as_str())));
+                        if !matches!(queued, Some(Ok(()))) {
                             break;
                         }
-                        continue;
+                        metrics.sent(1, reply.len() as u64);
                     }
-                    if !bucket.take(Instant::now()) {
-                        metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        let reason = format!("rate limit: at most {} messages per second", hub.config.publish_rate);
-                        Box::pin(close_bounded(&mut ws, close_frame(HubCode::MESSAGE_RATE_LIMITED, reason))).await;
-                        break;
-                    }
-                    if let Some(prepared) = PreparedMessage::new(m) {
-                        // No receivers besides ourselves is fine: the room may be empty.
-                        let _ = tx.send((id, Arc::new(prepared)));
-                    }
+                    continue;
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(id, ?room, "connection ended: {e}");
+                if !bucket.take(Instant::now()) {
+                    metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "rate limit: at most {} messages per second",
+                        hub.config.publish_rate
+                    );
+                    Box::pin(connection::close(
+                        &outbox,
+                        close_frame(HubCode::MESSAGE_RATE_LIMITED, reason),
+                    ))
+                    .await;
                     break;
                 }
-                None => break,
-            },
-            got = rx.recv() => match got {
-                Ok((from, m)) => {
-                    if from != id || echo {
-                        if ws.queue_prepared(&m).is_err() {
-                            break;
-                        }
-                        metrics.sent(1, m.payload().len() as u64);
-                        if ws.connection().pending_transmit() > send_buffer {
-                            metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(id, ?room, "slow consumer disconnected: send buffer full");
-                            let frame = CloseFrame::new(CloseCode::POLICY_VIOLATION, "slow consumer: send buffer full");
-                            Box::pin(close_bounded(&mut ws, frame)).await;
-                            break;
-                        }
-                    }
+                if let Some(prepared) = PreparedMessage::new(m) {
+                    membership.joined.send(id, echo, &Arc::new(prepared));
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(id, ?room, "slow consumer disconnected: {n} messages behind");
-                    let reason = format!("slow consumer: {n} messages dropped");
-                    Box::pin(close_bounded(&mut ws, CloseFrame::new(CloseCode::POLICY_VIOLATION, reason))).await;
-                    break;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            _ = shutdown.changed() => {
-                let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-                let _ = Box::pin(ws.close(Some(frame))).await;
+            }
+            Step::Message(Some(Err(e))) => {
+                tracing::debug!(id, room = ?membership.room, "connection ended: {e}");
+                break;
+            }
+            Step::Message(None) => break,
+            Step::Slow(why) => {
+                Box::pin(connection::close_slow(&hub, &outbox, why, &membership.room)).await;
+                break;
+            }
+            Step::Silent => {
+                Box::pin(connection::close_silent(&outbox)).await;
+                break;
+            }
+            Step::Shutdown => {
+                Box::pin(connection::close_going_away(&outbox)).await;
                 break;
             }
         }
     }
-    drop(rx);
+    // Out of the room first, then the socket goes with the outbox.
     drop(membership);
+    drop(outbox);
 }
 
 /// Whether `m` is one of the room heartbeats: a text message equal to one of `texts`,

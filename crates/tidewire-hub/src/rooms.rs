@@ -1,24 +1,29 @@
-//! Raw rooms: named broadcast groups of WebSocket connections.
+//! Raw rooms: named groups of WebSocket connections, each member an [`OutboxSender`].
 //!
-//! Each room is a bounded `tokio::sync::broadcast` channel of prepared messages: a message
-//! is framed (and, for members without server context takeover, compressed) once, and every
-//! member's task queues the same `Bytes` on its socket. A member that falls more than
-//! `capacity` messages behind is a slow consumer and is disconnected (close 1008 with the
-//! reason), so it can never slow the others or grow the server's memory.
+//! A message is framed (and, for members without server context takeover, compressed) once
+//! as a prepared message and pushed into the outbox of every other member, from where the
+//! hub's deliverer writes it straight into the member's socket. A room is a map entry and a
+//! vector of its members: memory follows the members, nothing is preallocated per room. A
+//! member whose outbox overflows (`rooms.buffer` messages, or `send_buffer` bytes) is a
+//! slow consumer and is disconnected (close 4000, as on `/ws`), so it can never slow the
+//! others or grow the server's memory.
 
+use crate::node::OutboxSender;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tidewire::PreparedMessage;
-use tokio::sync::broadcast;
-
-/// A message in a room, with the connection id of its sender.
-pub type RoomMessage = (u64, Arc<PreparedMessage>);
 
 /// All rooms of a server.
 #[derive(Debug)]
 pub struct Rooms {
-    rooms: Mutex<HashMap<String, broadcast::Sender<RoomMessage>>>,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
     capacity: usize,
+}
+
+/// One room: its members, by connection id.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    members: Mutex<Vec<(u64, OutboxSender)>>,
 }
 
 impl Rooms {
@@ -30,35 +35,37 @@ impl Rooms {
         }
     }
 
-    /// Joins `room`, creating it if needed: returns the sender to publish with and a
-    /// receiver of everything published from now on.
-    pub fn join(
-        &self,
-        room: &str,
-    ) -> (
-        broadcast::Sender<RoomMessage>,
-        broadcast::Receiver<RoomMessage>,
-    ) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
-            .clone();
-        let rx = tx.subscribe();
-        (tx, rx)
+    /// Messages a member may fall behind before it is a slow consumer.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
-    /// Forgets `room` if nobody is in it any more.
-    pub fn leave(&self, room: &str) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if rooms.get(room).is_some_and(|tx| tx.receiver_count() == 0) {
+    /// Adds connection `id`, delivering into `outbox`, to `room` (created if needed):
+    /// everything sent to the room from now on reaches it.
+    pub(crate) fn join(&self, room: &str, id: u64, outbox: OutboxSender) -> Arc<Room> {
+        let mut rooms = lock(&self.rooms);
+        let r = rooms.entry(room.to_owned()).or_default().clone();
+        lock(&r.members).push((id, outbox));
+        r
+    }
+
+    /// Removes connection `id` from `room`, and forgets the room if nobody is left in it.
+    pub(crate) fn leave(&self, room: &str, id: u64) {
+        let mut rooms = lock(&self.rooms);
+        let Some(r) = rooms.get(room) else {
+            return;
+        };
+        let mut members = lock(&r.members);
+        members.retain(|(m, _)| *m != id);
+        if members.is_empty() {
+            drop(members);
             rooms.remove(room);
         }
     }
 
     /// Number of rooms with at least one member.
     pub fn len(&self) -> usize {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.rooms).len()
     }
 
     /// True when no room exists.
@@ -67,21 +74,42 @@ impl Rooms {
     }
 }
 
+impl Room {
+    /// Delivers `msg` from member `from` to every member, `from` too if `echo`. Never
+    /// waits: a member that cannot take it is a slow consumer.
+    pub(crate) fn send(&self, from: u64, echo: bool, msg: &Arc<PreparedMessage>) {
+        for (id, outbox) in lock(&self.members).iter() {
+            if *id != from || echo {
+                outbox.push_frame(msg.clone());
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::Outbox;
 
-    #[tokio::test]
-    async fn members_receive_and_empty_rooms_disappear() {
+    #[test]
+    fn members_receive_and_empty_rooms_disappear() {
         let rooms = Rooms::new(4);
-        let (tx, mut a) = rooms.join("lobby");
-        let (_, mut b) = rooms.join("lobby");
+        let (a, b) = (Outbox::new(4), Outbox::new(4));
+        let room = rooms.join("lobby", 1, a.sender());
+        rooms.join("lobby", 2, b.sender());
         let msg = Arc::new(PreparedMessage::new(tidewire::Message::text("hi")).unwrap());
-        tx.send((1, msg)).unwrap();
-        assert_eq!(a.recv().await.unwrap().1.payload().as_ref(), b"hi");
-        assert_eq!(b.recv().await.unwrap().1.payload().as_ref(), b"hi");
-        drop((a, b));
-        rooms.leave("lobby");
+        room.send(1, false, &msg);
+        assert_eq!(a.len(), 0, "not to its sender");
+        assert_eq!(b.len(), 1);
+        room.send(1, true, &msg);
+        assert_eq!((a.len(), b.len()), (1, 2));
+        rooms.leave("lobby", 1);
+        assert_eq!(rooms.len(), 1);
+        rooms.leave("lobby", 2);
         assert!(rooms.is_empty());
     }
 }

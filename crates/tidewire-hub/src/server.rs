@@ -227,10 +227,12 @@ pub async fn serve(
         tokio::spawn(crate::pages::demo_ticker(hub.clone()));
     }
     let app = router(hub.clone());
+    let closing = hub.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: closing WebSocket connections with 1001");
         let _ = stop_tx.send(true);
+        closing.shut_down_connections();
     };
     serve_http(listener, app, tls, signal).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -22,7 +22,9 @@ mod outbox;
 
 pub use event::{Event, EventKind, Json};
 pub use namespaces::{namespace_of, NamespaceConfig, NamespaceOptions};
-pub use outbox::{Outbox, OutboxSender};
+#[cfg(test)]
+pub(crate) use outbox::outbox_size;
+pub use outbox::{Deliverer, Outbox, OutboxGuard, OutboxSender, Slow, Stop, Transmit};
 
 use crate::engine::{
     Broker, BrokerEvents, ClientInfo, Clock, Error, ErrorKind, HistoryQuery, PresenceStats,
