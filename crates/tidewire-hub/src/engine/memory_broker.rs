@@ -387,8 +387,23 @@ impl Broker for MemoryBroker {
         query: HistoryQuery,
         options: StreamOptions,
     ) -> EngineFuture<'a, HistoryPage> {
-        let r = self.with_stream(channel, Use::Create(options), |s, _, _| s.page(query));
-        Box::pin(std::future::ready(r.ok_or(Error::new(ErrorKind::Closed))))
+        // Reading the newest publications of a channel that has none creates nothing (a
+        // client cannot make streams by reading); a subscribe's read gives it its epoch.
+        let how = match query {
+            HistoryQuery::Newest(_) => Use::Existing,
+            _ => Use::Create(options),
+        };
+        let page = self
+            .with_stream(channel, how, |s, _, _| s.page(query))
+            .unwrap_or_else(|| HistoryPage {
+                publications: Vec::new(),
+                position: StreamPosition {
+                    offset: 0,
+                    epoch: String::new(),
+                },
+                complete: true,
+            });
+        Box::pin(std::future::ready(Ok(page)))
     }
 
     fn remove_history<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
@@ -544,6 +559,19 @@ mod tests {
         let after = b.history("a", HistoryQuery::Newest(10), o).await.unwrap();
         assert!(after.publications.is_empty());
         assert_eq!(after.position, pos.position, "the position stays");
+    }
+
+    #[tokio::test]
+    async fn reading_a_channel_that_does_not_exist_creates_nothing() {
+        let (b, _, _) = broker();
+        let o = options(10, 60);
+        let page = b.history("never", HistoryQuery::Newest(10), o).await.unwrap();
+        assert_eq!(page.position.offset, 0);
+        assert_eq!(page.position.epoch, "", "docs/protocol.md: no epoch yet");
+        assert!(page.publications.is_empty() && b.is_empty());
+        let pos = b.history("never", HistoryQuery::Position, o).await.unwrap();
+        assert_eq!(pos.position.epoch.len(), 16, "a subscribe's read makes the stream");
+        assert_eq!(b.len(), 1);
     }
 
     #[tokio::test]

@@ -148,8 +148,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// This node no longer wants `channel`'s events.
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()>;
 
-    /// Reads `channel`'s history and position (creating the stream, with a new epoch, if
-    /// there is none).
+    /// Reads `channel`'s history and position. [`HistoryQuery::Newest`] on a channel
+    /// without a stream creates none and answers offset 0 with an empty epoch (as
+    /// docs/protocol.md says); the other queries (a subscribe's) create the stream, with a
+    /// new epoch, if there is none.
     fn history<'a>(
         &'a self,
         channel: &'a str,
