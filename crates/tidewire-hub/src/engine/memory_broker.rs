@@ -565,12 +565,19 @@ mod tests {
     async fn reading_a_channel_that_does_not_exist_creates_nothing() {
         let (b, _, _) = broker();
         let o = options(10, 60);
-        let page = b.history("never", HistoryQuery::Newest(10), o).await.unwrap();
+        let page = b
+            .history("never", HistoryQuery::Newest(10), o)
+            .await
+            .unwrap();
         assert_eq!(page.position.offset, 0);
         assert_eq!(page.position.epoch, "", "docs/protocol.md: no epoch yet");
         assert!(page.publications.is_empty() && b.is_empty());
         let pos = b.history("never", HistoryQuery::Position, o).await.unwrap();
-        assert_eq!(pos.position.epoch.len(), 16, "a subscribe's read makes the stream");
+        assert_eq!(
+            pos.position.epoch.len(),
+            16,
+            "a subscribe's read makes the stream"
+        );
         assert_eq!(b.len(), 1);
     }
 
