@@ -1,9 +1,10 @@
 //! `tidewire bench`: the project's load generator, built on the project's own client.
 //!
-//! Four modes, one file each: `echo` (round trips against an echo server), `fanout`
+//! Five modes, one file each: `echo` (round trips against an echo server), `fanout`
 //! (publish-to-receive through the hub's `tidewire.v1` channels), `connections` (idle
-//! connections and the server memory they cost) and `channels` (many channels with one
-//! subscriber each, and the server memory per channel). This file holds what they share: the
+//! connections and the server memory they cost), `channels` (many channels with one
+//! subscriber each, and the server memory per channel) and `soak` (an hour of mixed
+//! traffic, the server's memory and descriptors sampled as it goes). This file holds what they share: the
 //! common flags, the runtime, how a connection is opened (optionally from a chosen source
 //! address, over `ClientBuilder::connect_on`), how failures are named, the phases of a run
 //! and the progress line.
@@ -20,6 +21,7 @@ mod connections;
 mod echo;
 mod fanout;
 mod payload;
+mod soak;
 mod stats;
 
 use anyhow::{bail, Context, Result};
@@ -54,6 +56,12 @@ enum Mode {
     /// subscriber each, --per-connection per connection, and report the server's memory
     /// per channel (with --server-pid); --publish checks each channel delivers.
     Channels(channels::ChannelsArgs),
+    /// A long run of mixed traffic against the hub (`ws://HOST/ws`): client sessions that
+    /// subscribe, resume with `since`, read slowly or not at all, and leave by a close or
+    /// an abrupt kill, while publications arrive (through the HTTP API with --api-key);
+    /// reports the server's RSS and descriptors every --interval and checks that nothing
+    /// was lost or duplicated.
+    Soak(soak::SoakArgs),
 }
 
 /// Flags every mode takes.
@@ -81,6 +89,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Mode::Fanout(a) => a.common.threads,
         Mode::Connections(a) => a.common.threads,
         Mode::Channels(a) => a.common.threads,
+        Mode::Soak(a) => a.common.threads,
     };
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -100,6 +109,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Mode::Fanout(a) => fanout::run(a, nofile).await,
             Mode::Connections(a) => connections::run(a, nofile).await,
             Mode::Channels(a) => channels::run(a, nofile).await,
+            Mode::Soak(a) => soak::run(a, nofile).await,
         }
     })
 }
@@ -287,6 +297,16 @@ impl Target {
         &self,
         source: Option<IpAddr>,
     ) -> Result<(Ws, axum::http::Response<()>), Failure> {
+        self.connect_with(source, None).await
+    }
+
+    /// [`connect`](Self::connect), with the socket's receive buffer set to `rcvbuf` bytes
+    /// before it connects (a reader that falls behind sooner; plain `ws://` only).
+    pub async fn connect_with(
+        &self,
+        source: Option<IpAddr>,
+        rcvbuf: Option<u32>,
+    ) -> Result<(Ws, axum::http::Response<()>), Failure> {
         if self.tls {
             // wss://: the library opens TCP and TLS itself (no source address choice).
             return self.builder.connect().await.map_err(|e| Failure::ws(&e));
@@ -300,6 +320,11 @@ impl Target {
             .map_err(|e| Failure::connect(&e))?;
             if let Some(ip) = source {
                 bind_source(&socket, ip).map_err(|e| Failure(format!("bind {ip}: {e}")))?;
+            }
+            if let Some(bytes) = rcvbuf {
+                socket
+                    .set_recv_buffer_size(bytes)
+                    .map_err(|e| Failure(format!("SO_RCVBUF {bytes}: {e}")))?;
             }
             let tcp = socket
                 .connect(self.addr)
