@@ -92,6 +92,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
 
+    /// Connections in their HTTP phase at once (accepted, not upgraded to a WebSocket:
+    /// a request being read or answered, keep-alive); further ones get 503.
+    /// [default: 10000]
+    #[arg(long, env = "TIDEWIRE_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    max_http_connections: Option<usize>,
+
     /// Publications per second per connection (token bucket; error 107 on /ws, close 4029
     /// in rooms), 0 for no limit. [default: 100]
     #[arg(long, env = "TIDEWIRE_PUBLISH_RATE", value_name = "PER_SEC")]
@@ -186,6 +192,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         args.max_message_size.map(|n| n as usize)
     );
     set!(c.max_connections, args.max_connections);
+    set!(c.max_http_connections, args.max_http_connections);
     set!(c.publish_rate, args.publish_rate);
     set!(c.publish_burst, args.publish_burst);
     set!(c.send_buffer, args.send_buffer);
@@ -241,6 +248,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             "api.key" => "--api-key",
             "allowed_origins" => "--allowed-origins",
             "limits.max_connections" => "--max-connections",
+            "limits.max_http_connections" => "--max-http-connections",
             "limits.publish_burst" => "--publish-burst",
             "limits.send_buffer" => "--send-buffer",
             _ => "--config",

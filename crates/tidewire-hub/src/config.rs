@@ -78,6 +78,12 @@ pub struct HubConfig {
     /// WebSocket connections held at once (rooms and channels); beyond it upgrades get
     /// 503. Default 100,000.
     pub max_connections: usize,
+    /// Connections in their HTTP phase at once: accepted and not yet upgraded to a
+    /// WebSocket nor closed (a request being read or answered, a keep-alive connection
+    /// between requests, a TLS handshake). Beyond it a new connection is answered `503`
+    /// with a reason and closed, its head barely read. A connection that upgrades leaves
+    /// this count for [`HubConfig::max_connections`]. Default 10,000.
+    pub max_http_connections: usize,
     /// Publications per second one connection may make (token bucket), 0 for no limit.
     /// Default 100.
     pub publish_rate: f64,
@@ -157,6 +163,7 @@ impl Default for HubConfig {
             idle_timeout: Duration::from_secs(60),
             max_message_size: 1 << 20,
             max_connections: 100_000,
+            max_http_connections: 10_000,
             publish_rate: 100.0,
             publish_burst: 200,
             send_queue: 4096,
@@ -336,6 +343,7 @@ struct Heartbeat {
 #[serde(deny_unknown_fields)]
 struct Limits {
     max_connections: Option<usize>,
+    max_http_connections: Option<usize>,
     max_message_size: Option<usize>,
     publish_rate: Option<f64>,
     publish_burst: Option<u32>,
@@ -481,6 +489,7 @@ impl HubConfig {
         set!(self.ping_interval, f.heartbeat.ping_interval.map(|s| s.0));
         set!(self.idle_timeout, f.heartbeat.idle_timeout.map(|s| s.0));
         set!(self.max_connections, f.limits.max_connections);
+        set!(self.max_http_connections, f.limits.max_http_connections);
         set!(self.max_message_size, f.limits.max_message_size);
         set!(self.publish_rate, f.limits.publish_rate);
         set!(self.publish_burst, f.limits.publish_burst);
@@ -590,6 +599,12 @@ impl HubConfig {
             return fail(
                 "limits.max_connections",
                 "must be at least 1 (0 would refuse every WebSocket with 503)",
+            );
+        }
+        if self.max_http_connections == 0 {
+            return fail(
+                "limits.max_http_connections",
+                "must be at least 1 (0 would refuse every request with 503)",
             );
         }
         if self.max_subscriptions == 0 {
@@ -773,6 +788,7 @@ publish = false
             idle_timeout: Duration::from_secs(2),
             max_message_size: 200,
             max_connections: 3,
+            max_http_connections: 4,
             publish_rate: 1.0,
             publish_burst: 1,
             send_queue: 9,

@@ -22,6 +22,8 @@ pub struct Hub {
     pub(crate) next_id: AtomicU64,
     pub(crate) room_conns: AtomicUsize,
     pub(crate) channel_conns: AtomicUsize,
+    /// Connections in their HTTP phase (`http_phase::HttpSlot`).
+    pub(crate) http_conns: AtomicUsize,
     pub(crate) subscribers: AtomicUsize,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) node: Node,
@@ -78,6 +80,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             room_conns: AtomicUsize::new(0),
             channel_conns: AtomicUsize::new(0),
+            http_conns: AtomicUsize::new(0),
             subscribers: AtomicUsize::new(0),
             shutdown,
             metrics: Metrics::default(),
@@ -136,6 +139,7 @@ impl metrics::Source for Hub {
         Gauges {
             rooms_connections: self.room_conns.load(Ordering::Relaxed),
             channel_connections: self.channel_conns.load(Ordering::Relaxed),
+            http_connections: self.http_conns.load(Ordering::Relaxed),
             rooms: self.rooms.len(),
             // What the engine holds where it can tell, else the channels this node serves.
             channels: self

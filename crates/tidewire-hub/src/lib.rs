@@ -23,6 +23,7 @@ mod channels;
 mod config;
 mod connection;
 pub mod engine;
+mod http_phase;
 mod hub;
 mod limits;
 mod log_budget;

@@ -78,6 +78,19 @@ impl HandshakeFailure {
     }
 }
 
+/// Why a connection was refused before its request was served, besides the refused
+/// WebSocket upgrades of [`HandshakeFailure`] (the `reason` label of
+/// `tidewire_refused_total`, which has those too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// A request head longer than 16 KiB: 431.
+    HeadTooLarge,
+    /// More than 64 header fields: 431.
+    TooManyHeaders,
+    /// `limits.max_http_connections` reached: 503.
+    HttpConnections,
+}
+
 /// Upper bounds of the publish latency histogram, in microseconds.
 const BUCKETS_US: [u64; 12] = [
     10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
@@ -96,6 +109,7 @@ pub struct Metrics {
     pub(crate) rate_limited: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     handshake_failures: [AtomicU64; 5],
+    refusals: [AtomicU64; 3],
     publish_buckets: [AtomicU64; BUCKETS_US.len()],
     publish_count: AtomicU64,
     publish_sum_ns: AtomicU64,
@@ -106,6 +120,8 @@ pub struct Metrics {
 pub(crate) struct Gauges {
     pub rooms_connections: usize,
     pub channel_connections: usize,
+    /// Connections accepted and not upgraded (yet): see `HubConfig::max_http_connections`.
+    pub http_connections: usize,
     pub rooms: usize,
     pub channels: usize,
     pub subscribers: usize,
@@ -119,6 +135,10 @@ pub(crate) struct Gauges {
 impl Metrics {
     pub(crate) fn handshake_failed(&self, why: HandshakeFailure) {
         self.handshake_failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refusals[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts `n` messages of `bytes` payload bytes in total sent to clients.
@@ -209,6 +229,12 @@ impl<S: Source> Collector for Scrape<S> {
             "reason",
             &[("open_files", g.refused_out_of_descriptors)],
         )?;
+        gauge(
+            enc,
+            "http_connections",
+            "Connections in their HTTP phase: accepted, not upgraded to a WebSocket (yet) nor closed (limits.max_http_connections).",
+            g.http_connections as u64,
+        )?;
         counter(
             enc,
             "messages_received",
@@ -284,6 +310,25 @@ impl<S: Source> Collector for Scrape<S> {
             "reason",
             &failures,
         )?;
+        let failure = |f: HandshakeFailure| c(&m.handshake_failures[f as usize]);
+        let refusal = |r: Refusal| c(&m.refusals[r as usize]);
+        labelled(
+            enc,
+            ("refused", MetricType::Counter),
+            REFUSED_HELP,
+            "reason",
+            &[
+                ("head_too_large", refusal(Refusal::HeadTooLarge)),
+                ("too_many_headers", refusal(Refusal::TooManyHeaders)),
+                ("http_connections", refusal(Refusal::HttpConnections)),
+                ("connections", failure(HandshakeFailure::Capacity)),
+                ("open_files", g.refused_out_of_descriptors),
+                ("bad_request", failure(HandshakeFailure::BadRequest)),
+                ("origin", failure(HandshakeFailure::Origin)),
+                ("auth", failure(HandshakeFailure::Auth)),
+                ("subprotocol", failure(HandshakeFailure::Subprotocol)),
+            ],
+        )?;
         // Per bucket, not cumulative: the encoder adds them up and writes `+Inf` as the count.
         let buckets: [(f64, u64); BUCKETS_US.len()] =
             std::array::from_fn(|i| (BUCKETS_US[i] as f64 / 1e6, c(&m.publish_buckets[i])));
@@ -301,6 +346,10 @@ impl<S: Source> Collector for Scrape<S> {
         )
     }
 }
+
+/// The help text of `tidewire_refused_total`: which reason is which, and which are also
+/// counted in the older families (the same events, not more of them).
+const REFUSED_HELP: &str = "Requests refused before they were served, by reason: head_too_large and too_many_headers (431: a head over 16 KiB or 64 header fields), http_connections (503: limits.max_http_connections), connections (503: limits.max_connections; max_connections in tidewire_handshake_failures_total), open_files (503: out of file descriptors; as in tidewire_connections_refused_total), and the WebSocket upgrades refused for bad_request, origin, auth and subprotocol (as in tidewire_handshake_failures_total).";
 
 /// An unlabelled counter: `name` without `_total`, which the encoder appends.
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
@@ -349,6 +398,7 @@ mod tests {
             Gauges {
                 rooms_connections: 1,
                 channel_connections: 2,
+                http_connections: 8,
                 rooms: 3,
                 channels: 4,
                 subscribers: 5,
@@ -415,10 +465,11 @@ mod tests {
     }
 
     /// Every family the hand-written page had, with its type and help text, in its order.
-    const FAMILIES: [(&str, &str, &str); 16] = [
+    const FAMILIES: [(&str, &str, &str); 18] = [
         ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
         ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
         ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
+        ("tidewire_http_connections", "gauge", "Connections in their HTTP phase: accepted, not upgraded to a WebSocket (yet) nor closed (limits.max_http_connections)."),
         ("tidewire_messages_received_total", "counter", "Messages received from clients."),
         ("tidewire_messages_sent_total", "counter", "Messages sent to clients (replies, publications, events, room messages)."),
         ("tidewire_received_bytes_total", "counter", "Payload bytes received from clients."),
@@ -431,6 +482,7 @@ mod tests {
         ("tidewire_rate_limited_total", "counter", "Publications refused by the per-connection rate limit."),
         ("tidewire_auth_failures_total", "counter", "Tokens refused (in the URL or in connect)."),
         ("tidewire_handshake_failures_total", "counter", "WebSocket upgrades refused, by reason."),
+        ("tidewire_refused_total", "counter", REFUSED_HELP),
         ("tidewire_publish_duration_seconds", "histogram", "Time from a publish request to the engine's answer (history stored, subscribers' queues filled)."),
     ];
 
@@ -443,6 +495,12 @@ mod tests {
         m.handshake_failed(HandshakeFailure::Origin);
         m.handshake_failed(HandshakeFailure::Capacity);
         m.handshake_failed(HandshakeFailure::Capacity);
+        m.refused(Refusal::HeadTooLarge);
+        m.refused(Refusal::TooManyHeaders);
+        m.refused(Refusal::TooManyHeaders);
+        m.refused(Refusal::HttpConnections);
+        m.refused(Refusal::HttpConnections);
+        m.refused(Refusal::HttpConnections);
         m.received(10);
         m.received(5);
         m.sent(3, 40);
@@ -473,6 +531,7 @@ mod tests {
                 "tidewire_connections_refused_total{reason=\"open_files\"}".into(),
                 6.0,
             ),
+            ("tidewire_http_connections".into(), 8.0),
             ("tidewire_messages_received_total".into(), c(&m.messages_in)),
             ("tidewire_messages_sent_total".into(), c(&m.messages_out)),
             ("tidewire_received_bytes_total".into(), c(&m.bytes_in)),
@@ -494,6 +553,19 @@ mod tests {
                 r.label()
             );
             expected.push((series, reason(r)));
+        }
+        for (r, v) in [
+            ("head_too_large", 1.0),
+            ("too_many_headers", 2.0),
+            ("http_connections", 3.0),
+            ("connections", 2.0),
+            ("open_files", 6.0),
+            ("bad_request", 0.0),
+            ("origin", 1.0),
+            ("auth", 0.0),
+            ("subprotocol", 0.0),
+        ] {
+            expected.push((format!("tidewire_refused_total{{reason=\"{r}\"}}"), v));
         }
         let samples: Vec<(String, f64)> = families
             .iter()

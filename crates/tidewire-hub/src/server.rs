@@ -1,11 +1,14 @@
 //! The HTTP side of `tidewire serve`: the routes, the listener (plain or TLS, reloaded on
 //! SIGHUP), request-head timeouts, and graceful shutdown. What each route does is in its own
-//! module: `admission`, `room_endpoint`, `channels`, `api`, `pages`.
+//! module: `admission`, `room_endpoint`, `channels`, `api`, `pages`; how many connections
+//! may be in their HTTP phase and how large a head may be, in `http_phase`.
 
 use crate::api::api_publish;
 use crate::channel_endpoint::channel_upgrade;
 use crate::config::{HubConfig, TlsFiles};
+use crate::http_phase::{answer_and_close, read_head, Head, HttpSlot, Prefixed};
 use crate::hub::Hub;
+use crate::metrics::Refusal;
 use crate::room_endpoint::room_upgrade;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
@@ -82,42 +85,67 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS acceptor in force: replaced whole on reload, taken per new connection.
 type SharedAcceptor = Arc<std::sync::RwLock<tidewire::tokio_rustls::TlsAcceptor>>;
 
+/// How often the refusals for `limits.max_http_connections` may be logged.
+const BUSY_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts and serves HTTP/1.1 (with upgrades; over TLS when `tls` is set) until `signal`
 /// resolves; then stops accepting and lets the HTTP connections in flight finish, for at
 /// most 5 s (upgraded WebSocket connections are the hub's, closed by its shutdown watch).
+/// Beyond `limits.max_http_connections` connections in their HTTP phase, a new one is
+/// answered 503 and closed.
 async fn serve_http(
     mut listener: tidewire::Listener,
+    hub: Arc<Hub>,
     app: Router,
     tls: Option<SharedAcceptor>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The first head of a connection is bounded by `read_head`; these bound the heads that
+    // follow on a keep-alive connection the same way (hyper answers 431), and the read
+    // buffer (a request body is read through it, a buffer at a time).
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(crate::http_phase::MAX_HEAD)
+        .max_headers(crate::http_phase::MAX_HEADERS)
+        .max_buf_size(crate::http_phase::MAX_HEAD);
     let (closing_tx, closing_rx) = watch::channel(false);
+    let mut last_busy_warning: Option<std::time::Instant> = None;
     tokio::pin!(signal);
     loop {
         let (tcp, peer) = tokio::select! {
             conn = listener.accept() => conn,
             () = &mut signal => break,
         };
+        let acceptor = tls.as_ref().map(|shared| match shared.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        });
+        let Some(slot) = HttpSlot::take(&hub) else {
+            hub.metrics.refused(Refusal::HttpConnections);
+            if !last_busy_warning.is_some_and(|t| t.elapsed() < BUSY_WARN_EVERY) {
+                last_busy_warning = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "{} connections are in their HTTP phase (limits.max_http_connections): answering new ones 503 (see tidewire_refused_total on /metrics)",
+                    hub.config.max_http_connections
+                );
+            }
+            tokio::spawn(refuse_busy(tcp, acceptor));
+            continue;
+        };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let closing = closing_rx.clone();
         let http = http.clone();
-        match &tls {
+        match acceptor {
             None => {
-                tokio::spawn(serve_one(http, tcp, service, closing, peer));
+                tokio::spawn(serve_one(http, tcp, service, closing, peer, slot));
             }
-            Some(shared) => {
-                let acceptor = match shared.read() {
-                    Ok(a) => a.clone(),
-                    Err(poisoned) => poisoned.into_inner().clone(),
-                };
+            Some(acceptor) => {
                 tokio::spawn(async move {
                     // The TLS handshake is bounded like a request head: a silent client
                     // must not hold its descriptor.
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => serve_one(http, tls, service, closing, peer).await,
+                        Ok(Ok(tls)) => serve_one(http, tls, service, closing, peer, slot).await,
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -131,19 +159,64 @@ async fn serve_http(
     let _ = tokio::time::timeout(Duration::from_secs(5), closing_tx.closed()).await;
 }
 
-/// Serves one HTTP connection (plain or TLS) until it ends, or gracefully once `closing`
-/// turns true.
+/// The answer beyond `limits.max_http_connections`.
+const BUSY: &str = "server busy: too many connections in their HTTP phase (limits.max_http_connections), try again later";
+
+/// Answers a connection beyond `limits.max_http_connections` with 503 and closes it,
+/// without waiting for its request (over TLS, after a handshake of at most a second).
+async fn refuse_busy(tcp: tokio::net::TcpStream, tls: Option<tidewire::tokio_rustls::TlsAcceptor>) {
+    match tls {
+        None => answer_and_close(tcp, StatusCode::SERVICE_UNAVAILABLE, BUSY).await,
+        Some(acceptor) => {
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(1), acceptor.accept(tcp)).await
+            {
+                answer_and_close(tls, StatusCode::SERVICE_UNAVAILABLE, BUSY).await;
+            }
+        }
+    }
+}
+
+/// Serves one HTTP connection (plain or TLS) until it ends or upgrades, or gracefully once
+/// `closing` turns true. Its first request head is read here first (`http_phase`): one
+/// over the limits is answered 431 with the reason. `slot` counts the connection against
+/// `limits.max_http_connections` until this returns.
 async fn serve_one<I>(
     http: hyper::server::conn::http1::Builder,
-    io: I,
+    mut io: I,
     service: hyper_util::service::TowerToHyperService<Router>,
     mut closing: watch::Receiver<bool>,
     peer: SocketAddr,
+    slot: HttpSlot,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let head = tokio::select! {
+        head = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut io)) => head,
+        // Shutting down: a connection without a whole request yet is closed, as hyper does.
+        _ = closing.wait_for(|c| *c) => return,
+    };
+    let prefix = match head {
+        Ok(Head::Read(prefix)) => prefix,
+        // Over a limit (431), or the client is gone.
+        Ok(head) => {
+            if let Some((why, reason)) = head.refusal() {
+                slot.hub().metrics.refused(why);
+                tracing::debug!(%peer, "request refused with 431: {reason}");
+                answer_and_close(io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason).await;
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request head within {} s", HEADER_READ_TIMEOUT.as_secs());
+            return;
+        }
+    };
     let conn = http
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(Prefixed::new(prefix, io)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -154,6 +227,11 @@ async fn serve_one<I>(
         }
     };
     if let Err(e) = result {
+        // A later head of a keep-alive connection over the limits: hyper answered 431
+        // (without telling a long head from too many fields).
+        if e.is_parse_too_large() {
+            slot.hub().metrics.refused(Refusal::HeadTooLarge);
+        }
         tracing::debug!(%peer, "HTTP connection ended: {e}");
     }
 }
@@ -234,7 +312,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         closing.shut_down_connections();
     };
-    serve_http(listener, app, tls, signal).await;
+    serve_http(listener, hub.clone(), app, tls, signal).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
