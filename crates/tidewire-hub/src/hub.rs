@@ -40,10 +40,11 @@ impl Hub {
     /// A hub with `config` on the in-memory engine, whose connections close when
     /// `shutdown` turns true.
     pub fn new(config: HubConfig, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
+        let broker = MemoryBroker::new().max_streams(config.max_channels);
         Self::with_engine(
             config,
             shutdown,
-            Arc::new(MemoryBroker::new()),
+            Arc::new(broker),
             Arc::new(MemoryPresence::new()),
         )
     }
