@@ -9,14 +9,6 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tidewire::Message;
 
-fn config_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidewire-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// The server's resident memory, in KiB.
 fn rss_kib(srv: &Serve) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
@@ -140,7 +132,7 @@ async fn subscribes_beyond_the_rate_get_107() {
 /// error 111; channels that exist still work, and a channel that goes makes room.
 #[tokio::test]
 async fn channels_beyond_max_channels_get_111() {
-    let config = config_file("max-channels.toml", "[limits]\nmax_channels = 5\n");
+    let config = common::temp_file("max-channels.toml", "[limits]\nmax_channels = 5\n");
     let srv = serve(&["--no-demo", "--config", config.to_str().unwrap()]);
     let mut ws = client(srv.addr).await;
     let mut p = Vec::new();

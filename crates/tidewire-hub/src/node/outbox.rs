@@ -1029,10 +1029,9 @@ mod tests {
         Arc::new(PreparedMessage::new(tidewire::Message::text(text.to_owned())).unwrap())
     }
 
-    /// The deliverer writes without waking the connection's task; what the socket cannot
-    /// take is left to the task, in order.
-    #[tokio::test]
-    async fn the_deliverer_writes_and_leaves_the_rest_to_the_task() {
+    /// An outbox whose socket takes 6 bytes, after the deliverer has written "one" and
+    /// "two" to it ("o\n" left waiting).
+    async fn two_frames_in_a_socket_with_room_for_6() -> (Arc<Deliverer>, Outbox) {
         let d = Deliverer::start();
         let outbox = Outbox::for_socket::<Fake>(100, 1 << 20, Some(d.clone()));
         outbox.attach(Fake {
@@ -1044,6 +1043,15 @@ mod tests {
         while d.sent().0 < 2 {
             tokio::task::yield_now().await;
         }
+        (d, outbox)
+    }
+
+    /// The deliverer writes without waking the connection's task; what the socket cannot
+    /// take is left to the task, in order.
+    #[tokio::test]
+    async fn the_deliverer_writes_and_leaves_the_rest_to_the_task() {
+        let (_deliverer, outbox) = two_frames_in_a_socket_with_room_for_6().await;
+        let tx = outbox.sender();
         let mut g = outbox.try_lock().unwrap();
         let socket = g.socket::<Fake>().unwrap();
         assert_eq!(socket.written, b"one\ntw");
@@ -1063,17 +1071,8 @@ mod tests {
 
     #[tokio::test]
     async fn queued_bytes_follow_the_queue_and_the_socket() {
-        let d = Deliverer::start();
-        let outbox = Outbox::for_socket::<Fake>(100, 1 << 20, Some(d.clone()));
-        outbox.attach(Fake {
-            room: 6,
-            ..Fake::default()
-        });
+        let (d, outbox) = two_frames_in_a_socket_with_room_for_6().await;
         let tx = outbox.sender();
-        assert!(tx.push_frame(frame("one")) && tx.push_frame(frame("two")));
-        while d.sent().0 < 2 {
-            tokio::task::yield_now().await;
-        }
         assert_eq!(d.queued(), 2, "\"o\\n\" still waiting in the socket");
         // The task holds the socket: the deliverer leaves the queue alone.
         let g = outbox.try_lock().unwrap();
