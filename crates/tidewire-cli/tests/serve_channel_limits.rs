@@ -133,7 +133,14 @@ async fn subscribes_beyond_the_rate_get_107() {
 #[tokio::test]
 async fn channels_beyond_max_channels_get_111() {
     let config = common::temp_file("max-channels.toml", "[limits]\nmax_channels = 5\n");
-    let srv = serve(&["--no-demo", "--config", config.to_str().unwrap()]);
+    let key = "a-key-of-16-chars-or-more";
+    let srv = serve(&[
+        "--no-demo",
+        "--config",
+        config.to_str().unwrap(),
+        "--api-key",
+        key,
+    ]);
     let mut ws = client(srv.addr).await;
     let mut p = Vec::new();
     for n in 0..4 {
@@ -169,6 +176,17 @@ async fn channels_beyond_max_channels_get_111() {
     )
     .await;
     assert_eq!(r["error"]["code"], 111, "{r}");
+    let body = r#"{"channel":"chat:api","data":1}"#;
+    let response = http(
+        srv.addr,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("limits.max_channels"), "{response}");
     // Existing channels still take publications and subscribers.
     let r = request(
         &mut ws,
