@@ -42,7 +42,8 @@ impl ErrorCode {
     pub const NOT_SUBSCRIBED: ErrorCode = ErrorCode(105);
     /// 106: `subscribe` to a channel this connection is already subscribed to.
     pub const ALREADY_SUBSCRIBED: ErrorCode = ErrorCode(106);
-    /// 107: over the connection's publish rate (`limits.publish_rate`).
+    /// 107: over the connection's publish or subscribe rate (`limits.publish_rate`,
+    /// `limits.subscribe_rate`).
     pub const RATE_LIMITED: ErrorCode = ErrorCode(107);
     /// 108: reserved (an oversized message is closed with 1009 instead; never sent).
     pub const RESERVED_108: ErrorCode = ErrorCode(108);
@@ -50,7 +51,8 @@ impl ErrorCode {
     pub const UNAUTHORIZED: ErrorCode = ErrorCode(109);
     /// 110: not available in this namespace (presence is off).
     pub const NOT_AVAILABLE: ErrorCode = ErrorCode(110);
-    /// 111: too many subscriptions on this connection (`limits.max_subscriptions`).
+    /// 111: too many subscriptions on this connection (`limits.max_subscriptions`), or too
+    /// many channels on the server (`limits.max_channels`).
     pub const LIMIT_REACHED: ErrorCode = ErrorCode(111);
 
     /// Every code of the table, in order.

@@ -65,6 +65,10 @@ pub(crate) async fn api_publish(
             )
                 .into_response()
         }
+        // The server holds as many channels as it may: not the request's fault.
+        Err(e) if e.is_too_many_channels() => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
         Err(e) => (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response(),
     }
 }

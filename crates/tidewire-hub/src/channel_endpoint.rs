@@ -156,6 +156,11 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
             hub.config.publish_burst,
             Instant::now(),
         ),
+        sub_bucket: TokenBucket::new(
+            hub.config.subscribe_rate,
+            hub.config.subscribe_burst,
+            Instant::now(),
+        ),
         hub: hub.clone(),
     };
     let metrics = &hub.metrics;

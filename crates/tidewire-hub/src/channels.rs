@@ -50,6 +50,8 @@ fn engine_error(id: &RequestId, e: &crate::engine::Error) -> String {
         ErrorCode::BAD_REQUEST
     } else if e.is_not_available() {
         ErrorCode::NOT_AVAILABLE
+    } else if e.is_too_many_channels() {
+        ErrorCode::LIMIT_REACHED
     } else {
         ErrorCode::INTERNAL
     };
@@ -133,6 +135,8 @@ pub(crate) struct Conn {
     /// Where the node delivers the events of every subscription; made at the first.
     pub(crate) outbox: Option<Outbox>,
     pub(crate) bucket: TokenBucket,
+    /// The subscribe rate limit (`limits.subscribe_rate`).
+    pub(crate) sub_bucket: TokenBucket,
 }
 
 /// A timer that fires once.
@@ -360,6 +364,13 @@ impl Conn {
                 self.hub.config.max_subscriptions
             );
             return reply_err(id, ErrorCode::LIMIT_REACHED, &msg);
+        }
+        if !self.sub_bucket.take(Instant::now()) {
+            let msg = format!(
+                "rate limited: at most {} subscribes per second (limits.subscribe_rate)",
+                self.hub.config.subscribe_rate
+            );
+            return reply_err(id, ErrorCode::RATE_LIMITED, &msg);
         }
         let asked = since.is_some();
         let hub = self.hub.clone();

@@ -100,6 +100,18 @@ pub struct HubConfig {
     pub send_buffer: usize,
     /// Channels one connection may subscribe to. Default 1000.
     pub max_subscriptions: usize,
+    /// Subscribes per second one connection may make (token bucket), 0 for no limit;
+    /// beyond it a subscribe gets error 107. Default 100: churn through channels costs
+    /// the engine work, and a connection's subscriptions are capped anyway.
+    pub subscribe_rate: f64,
+    /// Bucket size of the subscribe rate limit. Default 1000, so that a client can take
+    /// `max_subscriptions` channels at once when it connects.
+    pub subscribe_burst: u32,
+    /// Channels (the engine's streams: with subscribers, history, or a position kept
+    /// for resuming) the server holds at most; a subscribe or publish that would make one
+    /// more gets error 111. Default 1,000,000 (each costs about 100 bytes plus its
+    /// history).
+    pub max_channels: usize,
     /// permessage-deflate policy, `None` for off. Default on, without server context
     /// takeover, so that a broadcast is compressed once for all members.
     pub compression: Option<DeflateConfig>,
@@ -169,6 +181,9 @@ impl Default for HubConfig {
             send_queue: 4096,
             send_buffer: 4 << 20,
             max_subscriptions: 1000,
+            subscribe_rate: 100.0,
+            subscribe_burst: 1000,
+            max_channels: crate::engine::DEFAULT_MAX_STREAMS,
             compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
             auth: None,
             api_key: None,
@@ -350,6 +365,9 @@ struct Limits {
     send_queue: Option<usize>,
     send_buffer: Option<usize>,
     max_subscriptions: Option<usize>,
+    subscribe_rate: Option<f64>,
+    subscribe_burst: Option<u32>,
+    max_channels: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -496,6 +514,9 @@ impl HubConfig {
         set!(self.send_queue, f.limits.send_queue);
         set!(self.send_buffer, f.limits.send_buffer);
         set!(self.max_subscriptions, f.limits.max_subscriptions);
+        set!(self.subscribe_rate, f.limits.subscribe_rate);
+        set!(self.subscribe_burst, f.limits.subscribe_burst);
+        set!(self.max_channels, f.limits.max_channels);
         set!(self.echo_to_sender, f.rooms.echo_to_sender);
         set!(self.room_buffer, f.rooms.buffer);
         set!(self.room_protocols, f.rooms.protocols);
@@ -582,6 +603,18 @@ impl HubConfig {
                 "limits.publish_rate",
                 "must be a number of publications per second, 0 for no limit",
             );
+        }
+        if !(self.subscribe_rate >= 0.0 && self.subscribe_rate.is_finite()) {
+            return fail(
+                "limits.subscribe_rate",
+                "must be a number of subscribes per second, 0 for no limit",
+            );
+        }
+        if self.subscribe_burst == 0 {
+            return fail("limits.subscribe_burst", "must be at least 1");
+        }
+        if self.max_channels == 0 {
+            return fail("limits.max_channels", "must be at least 1");
         }
         if self.send_queue == 0 {
             return fail("limits.send_queue", "must be at least 1");

@@ -42,10 +42,11 @@ impl Hub {
     /// A hub with `config` on the in-memory engine, whose connections close when
     /// `shutdown` turns true.
     pub fn new(config: HubConfig, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
+        let broker = MemoryBroker::new().max_streams(config.max_channels);
         Self::with_engine(
             config,
             shutdown,
-            Arc::new(MemoryBroker::new()),
+            Arc::new(broker),
             Arc::new(MemoryPresence::new()),
         )
     }
@@ -136,18 +137,23 @@ impl metrics::Source for Hub {
     }
 
     fn gauges(&self) -> Gauges {
+        let broker = self.node.broker();
         Gauges {
             rooms_connections: self.room_conns.load(Ordering::Relaxed),
             channel_connections: self.channel_conns.load(Ordering::Relaxed),
             http_connections: self.http_conns.load(Ordering::Relaxed),
             rooms: self.rooms.len(),
             // What the engine holds where it can tell, else the channels this node serves.
-            channels: self
-                .node
-                .broker()
+            channels: broker
                 .stream_count()
                 .unwrap_or_else(|| self.node.channel_count()),
             subscribers: self.subscribers.load(Ordering::Relaxed),
+            channels_by_namespace: channels_by_namespace(&**broker),
+            history_bytes: broker.history_bytes().unwrap_or(0),
+            queued_bytes: self
+                .deliverers
+                .get()
+                .map_or(0, |ds| ds.iter().map(|d| d.queued()).sum()),
             refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
             delivered: self.deliverers.get().map_or((0, 0), |ds| {
                 ds.iter().fold((0, 0), |(n, b), d| {
@@ -157,4 +163,19 @@ impl metrics::Source for Hub {
             }),
         }
     }
+}
+
+/// The engine's streams by namespace, sorted, `default` for names without a colon.
+fn channels_by_namespace(broker: &dyn Broker) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = broker
+        .streams_by_namespace()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ns, n)| {
+            let ns = if ns.is_empty() { "default".into() } else { ns };
+            (ns, n as u64)
+        })
+        .collect();
+    all.sort();
+    all
 }

@@ -125,6 +125,13 @@ pub(crate) struct Gauges {
     pub rooms: usize,
     pub channels: usize,
     pub subscribers: usize,
+    /// Channels the engine holds by namespace (`default` for names without a colon),
+    /// where the engine can tell.
+    pub channels_by_namespace: Vec<(String, u64)>,
+    /// Bytes held by history in this process (data and per-publication overhead).
+    pub history_bytes: u64,
+    /// Bytes waiting in connections' outboxes and their sockets.
+    pub queued_bytes: u64,
     /// Clients answered 503 by the listener because the process was out of descriptors.
     pub refused_out_of_descriptors: u64,
     /// Messages and payload bytes written from the connections' outboxes (counted by the
@@ -277,6 +284,30 @@ impl<S: Source> Collector for Scrape<S> {
             "Channel subscriptions.",
             g.subscribers as u64,
         )?;
+        let by_namespace: Vec<(&str, u64)> = g
+            .channels_by_namespace
+            .iter()
+            .map(|(ns, n)| (ns.as_str(), *n))
+            .collect();
+        labelled(
+            enc,
+            ("channels_by_namespace", MetricType::Gauge),
+            "Channels that exist in the engine, by namespace (default: names without a colon).",
+            "namespace",
+            &by_namespace,
+        )?;
+        gauge(
+            enc,
+            "history_bytes",
+            "Bytes held by channel history: publications' data plus the engine's overhead per kept publication.",
+            g.history_bytes,
+        )?;
+        gauge(
+            enc,
+            "queued_bytes",
+            "Bytes waiting to be sent to clients: queued in their outboxes and waiting in their sockets.",
+            g.queued_bytes,
+        )?;
         counter(
             enc,
             "publications",
@@ -402,6 +433,9 @@ mod tests {
                 rooms: 3,
                 channels: 4,
                 subscribers: 5,
+                channels_by_namespace: vec![("chat".into(), 3), ("default".into(), 1)],
+                history_bytes: 7,
+                queued_bytes: 8,
                 refused_out_of_descriptors: 6,
                 delivered: (0, 0),
             }
@@ -465,7 +499,7 @@ mod tests {
     }
 
     /// Every family the hand-written page had, with its type and help text, in its order.
-    const FAMILIES: [(&str, &str, &str); 18] = [
+    const FAMILIES: [(&str, &str, &str); 21] = [
         ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
         ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
         ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
@@ -477,6 +511,9 @@ mod tests {
         ("tidewire_rooms", "gauge", "Raw rooms with at least one member."),
         ("tidewire_channels", "gauge", "Channels that exist in the engine (with subscribers or history)."),
         ("tidewire_subscribers", "gauge", "Channel subscriptions."),
+        ("tidewire_channels_by_namespace", "gauge", "Channels that exist in the engine, by namespace (default: names without a colon)."),
+        ("tidewire_history_bytes", "gauge", "Bytes held by channel history: publications' data plus the engine's overhead per kept publication."),
+        ("tidewire_queued_bytes", "gauge", "Bytes waiting to be sent to clients: queued in their outboxes and waiting in their sockets."),
         ("tidewire_publications_total", "counter", "Publications accepted from clients and the HTTP API."),
         ("tidewire_slow_consumer_disconnects_total", "counter", "Connections closed because they fell behind (close 4000, rooms and /ws)."),
         ("tidewire_rate_limited_total", "counter", "Publications refused by the per-connection rate limit."),
@@ -539,6 +576,16 @@ mod tests {
             ("tidewire_rooms".into(), 3.0),
             ("tidewire_channels".into(), 4.0),
             ("tidewire_subscribers".into(), 5.0),
+            (
+                "tidewire_channels_by_namespace{namespace=\"chat\"}".into(),
+                3.0,
+            ),
+            (
+                "tidewire_channels_by_namespace{namespace=\"default\"}".into(),
+                1.0,
+            ),
+            ("tidewire_history_bytes".into(), 7.0),
+            ("tidewire_queued_bytes".into(), 8.0),
             ("tidewire_publications_total".into(), c(&m.publications)),
             (
                 "tidewire_slow_consumer_disconnects_total".into(),

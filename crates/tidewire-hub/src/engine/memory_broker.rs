@@ -11,6 +11,17 @@
 //! `recovered: true` when nothing was published meanwhile, instead of finding a new
 //! epoch), then it is dropped and a later use starts a new epoch. History is trimmed by
 //! count when publishing and by age whenever the stream is touched or swept.
+//!
+//! A stream that was never published to (offset 0) is dropped as soon as the node
+//! unsubscribes: subscribing to many names and leaving leaves nothing behind (issue 15).
+//! Its epoch is not lost with it: a stream starts with the epoch of its slot (one of
+//! [`EPOCH_SLOTS`] by the name's hash), and a slot takes a new random epoch whenever a
+//! stream of it that had publications is dropped. So a client that saw offset 0 and comes
+//! back to a stream made again at offset 0 resumes with `recovered: true`, while one whose
+//! publications were forgotten meanwhile finds a new epoch, as before.
+//!
+//! At most `max_streams` streams are held ([`MemoryBroker::max_streams`]): a call that
+//! would make one more fails with [`Error::is_too_many_channels`], and nothing grows.
 
 use super::{
     Broker, BrokerEvents, ClientInfo, Clock, EngineFuture, Error, ErrorKind, HistoryPage,
@@ -20,7 +31,7 @@ use bytes::Bytes;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +39,51 @@ use std::time::{Duration, Instant};
 /// each other.
 const SHARDS: usize = 64;
 
-type Shard = HashMap<Arc<str>, Box<Stream>>;
+/// Epoch slots of a shard: a stream starts with its slot's epoch (see the module's
+/// documentation). 64 × 64 = 4,096 slots in all.
+const EPOCH_SLOTS: usize = 64;
+
+/// Memory a kept publication costs besides its data: its slot in the history deque (the
+/// time it was published and the [`Publication`]), counted in `history_bytes`.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<(Instant, Publication)>();
+
+/// Streams held when nothing else is said ([`MemoryBroker::max_streams`]).
+pub const DEFAULT_MAX_STREAMS: usize = 1_000_000;
+
+#[derive(Debug)]
+struct Shard {
+    streams: HashMap<Arc<str>, Box<Stream>>,
+    epochs: [u64; EPOCH_SLOTS],
+    /// Streams held by namespace (the name's part before `:`, `""` without one).
+    by_namespace: HashMap<Box<str>, usize>,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            streams: HashMap::new(),
+            epochs: std::array::from_fn(|_| new_epoch()),
+            by_namespace: HashMap::new(),
+        }
+    }
+
+    fn count(&mut self, channel: &str, add: bool) {
+        let ns = channel.split_once(':').map_or("", |(ns, _)| ns);
+        if add {
+            match self.by_namespace.get_mut(ns) {
+                Some(n) => *n += 1,
+                None => {
+                    self.by_namespace.insert(ns.into(), 1);
+                }
+            }
+        } else if let Some(n) = self.by_namespace.get_mut(ns) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_namespace.remove(ns);
+            }
+        }
+    }
+}
 
 /// Channel streams and their delivery, in this process: a [`Broker`] for one node.
 #[derive(Debug)]
@@ -39,6 +94,11 @@ pub struct MemoryBroker {
     /// Idle streams' expiry is kept in whole seconds since this.
     start: Instant,
     events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// Streams held, and the most allowed.
+    streams: AtomicUsize,
+    max_streams: usize,
+    /// Bytes held by history: data plus [`ENTRY_OVERHEAD`] per kept publication.
+    history_bytes: AtomicU64,
 }
 
 /// The publications a stream keeps.
@@ -70,9 +130,9 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(options: StreamOptions) -> Self {
+    fn new(options: StreamOptions, epoch: u64) -> Self {
         Stream {
-            epoch: new_epoch(),
+            epoch,
             offset: 0,
             history: None,
             idle_until: 0,
@@ -115,11 +175,14 @@ impl Stream {
         self.history.as_ref().map_or(0, |k| k.publications.len())
     }
 
-    /// Keeps `publication`, just published, within `size`.
-    fn keep(&mut self, publication: Publication, size: usize, now: Instant) {
+    /// Keeps `publication`, just published, within `size`; returns the bytes of history
+    /// added and removed.
+    fn keep(&mut self, publication: Publication, size: usize, now: Instant) -> (u64, u64) {
         if size == 0 {
-            return;
+            return (0, 0);
         }
+        let added = entry_bytes(&publication);
+        let mut removed = 0;
         let kept = self.history.get_or_insert_with(|| {
             Box::new(Kept {
                 epoch: publication.epoch.clone(),
@@ -128,34 +191,50 @@ impl Stream {
         });
         kept.publications.push_back((now, publication));
         while kept.publications.len() > size {
-            kept.publications.pop_front();
+            if let Some((_, p)) = kept.publications.pop_front() {
+                removed += entry_bytes(&p);
+            }
         }
+        (added, removed)
+    }
+
+    /// Bytes its history holds.
+    fn history_bytes(&self) -> u64 {
+        self.kept().map(entry_bytes).sum()
     }
 
     /// Drops publications as old as the TTL; a stream left with none gives the memory
-    /// back.
-    fn trim(&mut self, now: Instant) {
+    /// back. Returns the bytes of history removed.
+    fn trim(&mut self, now: Instant) -> u64 {
         let ttl = self.ttl();
         let Some(kept) = &mut self.history else {
-            return;
+            return 0;
         };
+        let mut removed = 0;
         while let Some((at, _)) = kept.publications.front() {
             if now.saturating_duration_since(*at) < ttl {
                 break;
             }
-            kept.publications.pop_front();
+            if let Some((_, p)) = kept.publications.pop_front() {
+                removed += entry_bytes(&p);
+            }
         }
         if kept.publications.is_empty() {
             self.history = None;
         }
+        removed
     }
 
     /// Notes whether the stream is idle now; true once it has been idle for a whole
-    /// history TTL, when it may be forgotten.
+    /// history TTL, when it may be forgotten, and at once when it was never published to
+    /// (its slot keeps its epoch).
     fn expired(&mut self, now_secs: u32) -> bool {
         if self.subscribed || self.history.is_some() {
             self.idle_until = 0;
             return false;
+        }
+        if self.offset == 0 {
+            return true;
         }
         if self.idle_until == 0 {
             let ttl = self.ttl().as_secs_f64().ceil() as u64;
@@ -197,6 +276,11 @@ impl Stream {
     }
 }
 
+/// What a kept publication costs in `history_bytes`.
+fn entry_bytes(p: &Publication) -> u64 {
+    (p.data.len() + ENTRY_OVERHEAD) as u64
+}
+
 fn ttl_ms(ttl: Duration) -> u32 {
     u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX)
 }
@@ -219,11 +303,48 @@ impl MemoryBroker {
     /// A broker reading `clock` (tests pass a [`super::ManualClock`]).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         MemoryBroker {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             hasher: RandomState::new(),
             start: clock.now(),
             clock,
             events: OnceLock::new(),
+            streams: AtomicUsize::new(0),
+            max_streams: DEFAULT_MAX_STREAMS,
+            history_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Holds at most `n` streams (default [`DEFAULT_MAX_STREAMS`]): a publish or subscribe
+    /// that would make one more fails with [`Error::is_too_many_channels`].
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n;
+        self
+    }
+
+    /// Bytes held by history: the data of the kept publications plus the broker's
+    /// per-publication overhead, kept up to date as publications come and go.
+    pub fn history_bytes(&self) -> u64 {
+        self.history_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new stream, unless there are `max_streams` already.
+    fn reserve(&self) -> bool {
+        self.streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_streams).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Forgets a stream taken from `shard`: gives its count and history back, and gives
+    /// its slot a new epoch when it had publications (they are forgotten with it).
+    fn forget(&self, shard: &mut Shard, slot: usize, channel: &str, stream: &Stream) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+        self.history_bytes
+            .fetch_sub(stream.history_bytes(), Ordering::Relaxed);
+        shard.count(channel, false);
+        if stream.offset > 0 {
+            shard.epochs[slot] = new_epoch();
         }
     }
 
@@ -235,7 +356,7 @@ impl MemoryBroker {
 
     /// Number of streams held.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.streams.load(Ordering::Relaxed)
     }
 
     /// True when no stream is held.
@@ -246,55 +367,87 @@ impl MemoryBroker {
     /// Whether the node is subscribed to `channel`.
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.shard(channel)
+            .0
+            .streams
             .get(channel)
             .is_some_and(|s| s.subscribed)
     }
 
-    /// The locked shard that holds `channel`.
-    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+    fn hash(&self, channel: &str) -> usize {
         let mut h = self.hasher.build_hasher();
         h.write(channel.as_bytes());
-        lock(&self.shards[h.finish() as usize % SHARDS])
+        h.finish() as usize
+    }
+
+    /// The locked shard that holds `channel`, and the channel's epoch slot in it.
+    fn shard(&self, channel: &str) -> (MutexGuard<'_, Shard>, usize) {
+        let h = self.hash(channel);
+        (lock(&self.shards[h % SHARDS]), (h / SHARDS) % EPOCH_SLOTS)
+    }
+
+    /// Streams held by namespace (the name's part before `:`; `""` for names without
+    /// one), in no order.
+    pub fn streams_by_namespace(&self) -> Vec<(String, usize)> {
+        let mut all: HashMap<String, usize> = HashMap::new();
+        for shard in self.shards.iter() {
+            for (ns, n) in lock(shard).by_namespace.iter() {
+                *all.entry(ns.to_string()).or_default() += n;
+            }
+        }
+        all.into_iter().collect()
     }
 
     /// Runs `f` on `channel`'s stream after trimming its history, then drops the stream
     /// if it is left idle long enough. `f` gets the node's event sink when the node is
     /// subscribed. An absent stream is created with `options` ([`Use::Create`]; also the
     /// TTL of an existing one), with a TTL of 0 until the node says more ([`Use::Keep`]),
-    /// or not at all ([`Use::Existing`], `None` then).
+    /// or not at all ([`Use::Existing`], `None` then). A stream that cannot be made
+    /// (`max_streams`) gives `Some(Err)`.
     fn with_stream<R>(
         &self,
         channel: &str,
         how: Use<'_>,
         f: impl FnOnce(&mut Stream, Instant, Option<&Arc<dyn BrokerEvents>>) -> R,
-    ) -> Option<R> {
+    ) -> Option<Result<R, Error>> {
         let now = self.clock.now();
         let now_secs = self.secs(now);
-        let mut shard = self.shard(channel);
-        let stream = match (shard.get_mut(channel), how) {
-            (Some(s), Use::Create(o)) => {
-                s.ttl_ms = ttl_ms(o.history_ttl);
-                s
+        let (mut guard, slot) = self.shard(channel);
+        let shard = &mut *guard;
+        if !shard.streams.contains_key(channel) {
+            let (name, options) = match how {
+                Use::Create(o) => (Arc::from(channel), o),
+                // The TTL comes with the node's next history read.
+                Use::Keep(name) => (
+                    name.clone(),
+                    StreamOptions {
+                        history_size: 0,
+                        history_ttl: Duration::ZERO,
+                    },
+                ),
+                Use::Existing => return None,
+            };
+            if !self.reserve() {
+                return Some(Err(Error::new(ErrorKind::TooManyChannels)));
             }
-            (Some(s), _) => s,
-            (None, Use::Create(o)) => shard
-                .entry(Arc::from(channel))
-                .or_insert_with(|| Box::new(Stream::new(o))),
-            (None, Use::Keep(name)) => shard.entry(name.clone()).or_insert_with(|| {
-                Box::new(Stream::new(StreamOptions {
-                    history_size: 0,
-                    history_ttl: Duration::ZERO,
-                }))
-            }),
-            (None, Use::Existing) => return None,
-        };
-        stream.trim(now);
+            shard.count(channel, true);
+            let stream = Stream::new(options, shard.epochs[slot]);
+            shard.streams.insert(name, Box::new(stream));
+        } else if let Use::Create(o) = how {
+            if let Some(s) = shard.streams.get_mut(channel) {
+                s.ttl_ms = ttl_ms(o.history_ttl);
+            }
+        }
+        let stream = shard.streams.get_mut(channel)?;
+        let trimmed = stream.trim(now);
         let events = self.events.get().filter(|_| stream.subscribed);
         let r = f(stream, now, events);
+        self.history_bytes.fetch_sub(trimmed, Ordering::Relaxed);
         if stream.expired(now_secs) {
-            shard.remove(channel);
+            if let Some(stream) = shard.streams.remove(channel) {
+                self.forget(shard, slot, channel, &stream);
+            }
         }
-        Some(r)
+        Some(Ok(r))
     }
 }
 
@@ -338,10 +491,13 @@ impl Broker for MemoryBroker {
             if let Some(events) = events {
                 events.publication(channel, publication.clone());
             }
-            s.keep(publication, options.history_size, now);
+            let (added, removed) = s.keep(publication, options.history_size, now);
+            self.history_bytes.fetch_add(added, Ordering::Relaxed);
+            self.history_bytes.fetch_sub(removed, Ordering::Relaxed);
             s.position()
         });
-        Box::pin(std::future::ready(r.ok_or(Error::new(ErrorKind::Closed))))
+        let r = r.unwrap_or_else(|| Err(Error::new(ErrorKind::Closed)));
+        Box::pin(std::future::ready(r))
     }
 
     fn publish_join<'a>(
@@ -372,8 +528,8 @@ impl Broker for MemoryBroker {
 
     fn subscribe<'a>(&'a self, channel: &'a Arc<str>) -> EngineFuture<'a, ()> {
         // The TTL of a stream created here comes with the node's next history read.
-        self.with_stream(channel, Use::Keep(channel), |s, _, _| s.subscribed = true);
-        Box::pin(std::future::ready(Ok(())))
+        let r = self.with_stream(channel, Use::Keep(channel), |s, _, _| s.subscribed = true);
+        Box::pin(std::future::ready(r.unwrap_or(Ok(()))))
     }
 
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
@@ -395,19 +551,25 @@ impl Broker for MemoryBroker {
         };
         let page = self
             .with_stream(channel, how, |s, _, _| s.page(query))
-            .unwrap_or_else(|| HistoryPage {
-                publications: Vec::new(),
-                position: StreamPosition {
-                    offset: 0,
-                    epoch: String::new(),
-                },
-                complete: true,
+            .unwrap_or_else(|| {
+                Ok(HistoryPage {
+                    publications: Vec::new(),
+                    position: StreamPosition {
+                        offset: 0,
+                        epoch: String::new(),
+                    },
+                    complete: true,
+                })
             });
-        Box::pin(std::future::ready(Ok(page)))
+        Box::pin(std::future::ready(page))
     }
 
     fn remove_history<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
-        self.with_stream(channel, Use::Existing, |s, _, _| s.history = None);
+        self.with_stream(channel, Use::Existing, |s, _, _| {
+            self.history_bytes
+                .fetch_sub(s.history_bytes(), Ordering::Relaxed);
+            s.history = None;
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -415,16 +577,40 @@ impl Broker for MemoryBroker {
         let now = self.clock.now();
         let now_secs = self.secs(now);
         for shard in self.shards.iter() {
-            lock(shard).retain(|_, s| {
-                s.trim(now);
-                !s.expired(now_secs)
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            let mut gone = Vec::new();
+            shard.streams.retain(|name, s| {
+                let trimmed = s.trim(now);
+                self.history_bytes.fetch_sub(trimmed, Ordering::Relaxed);
+                let expired = s.expired(now_secs);
+                if expired {
+                    gone.push((name.clone(), s.offset));
+                }
+                !expired
             });
+            for (name, offset) in gone {
+                self.streams.fetch_sub(1, Ordering::Relaxed);
+                shard.count(&name, false);
+                if offset > 0 {
+                    let slot = (self.hash(&name) / SHARDS) % EPOCH_SLOTS;
+                    shard.epochs[slot] = new_epoch();
+                }
+            }
         }
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn stream_count(&self) -> Option<usize> {
         Some(self.len())
+    }
+
+    fn streams_by_namespace(&self) -> Option<Vec<(String, usize)>> {
+        Some(MemoryBroker::streams_by_namespace(self))
+    }
+
+    fn history_bytes(&self) -> Option<u64> {
+        Some(MemoryBroker::history_bytes(self))
     }
 }
 
@@ -498,7 +684,6 @@ mod tests {
         assert_eq!((p1.offset, p2.offset, other.offset), (1, 2, 1));
         assert_eq!(p1.epoch, p2.epoch);
         assert_eq!(p1.epoch.len(), 16);
-        assert_ne!(p1.epoch, other.epoch);
     }
 
     #[tokio::test]
@@ -573,12 +758,87 @@ mod tests {
         assert_eq!(page.position.epoch, "", "docs/protocol.md: no epoch yet");
         assert!(page.publications.is_empty() && b.is_empty());
         let pos = b.history("never", HistoryQuery::Position, o).await.unwrap();
-        assert_eq!(
-            pos.position.epoch.len(),
-            16,
-            "a subscribe's read makes the stream"
-        );
+        assert_eq!(pos.position.epoch.len(), 16, "a subscribe's read has one");
+        assert!(b.is_empty(), "never published, not subscribed: not kept");
+        b.subscribe(&Arc::from("never")).await.unwrap();
+        let sub = b.history("never", HistoryQuery::Position, o).await.unwrap();
+        assert_eq!(sub.position, pos.position, "the slot's epoch");
         assert_eq!(b.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_never_published_to_goes_with_its_last_subscriber() {
+        let (b, _, _) = broker();
+        let o = options(10, 60);
+        let mut seen = Vec::new();
+        for n in 0..1000 {
+            let name: Arc<str> = Arc::from(format!("flood{n}"));
+            b.subscribe(&name).await.unwrap();
+            let page = b.history(&name, HistoryQuery::Position, o).await.unwrap();
+            seen.push((name, page.position));
+        }
+        assert_eq!(b.len(), 1000);
+        for (name, _) in &seen {
+            b.unsubscribe(name).await.unwrap();
+        }
+        assert!(b.is_empty(), "nothing left behind");
+        assert!(b.streams_by_namespace().is_empty());
+        // Coming back finds the same epoch at offset 0: nothing was missed.
+        for (name, position) in &seen[..10] {
+            let since = HistoryQuery::Since(position.clone());
+            assert!(b.history(name, since, o).await.unwrap().complete);
+        }
+    }
+
+    #[tokio::test]
+    async fn at_most_max_streams_are_held() {
+        let clock = ManualClock::new();
+        let b = MemoryBroker::with_clock(Arc::new(clock.clone())).max_streams(3);
+        let o = options(10, 60);
+        for ch in ["a", "b", "c"] {
+            b.publish(ch, data(1), o).await.unwrap();
+        }
+        let e = b.publish("d", data(1), o).await.unwrap_err();
+        assert!(e.is_too_many_channels(), "{e}");
+        let e = b.subscribe(&Arc::from("d")).await.unwrap_err();
+        assert!(e.is_too_many_channels());
+        let e = b.history("d", HistoryQuery::Position, o).await.unwrap_err();
+        assert!(e.is_too_many_channels());
+        assert_eq!(b.len(), 3);
+        // Existing streams still take publications, and a stream that goes makes room.
+        assert_eq!(b.publish("a", data(2), o).await.unwrap().offset, 2);
+        for _ in 0..2 {
+            clock.advance(Duration::from_secs(61));
+            b.sweep().await.unwrap();
+        }
+        assert!(b.is_empty());
+        b.publish("d", data(1), o).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn history_bytes_and_namespaces_are_counted_as_they_change() {
+        let (b, clock, _) = broker();
+        let o = options(2, 60);
+        let entry = (ENTRY_OVERHEAD + data(1).len()) as u64;
+        assert_eq!(b.history_bytes(), 0);
+        b.publish("chat:a", data(1), o).await.unwrap();
+        b.publish("chat:b", data(1), o).await.unwrap();
+        b.publish("news", data(1), o).await.unwrap();
+        assert_eq!(b.history_bytes(), 3 * entry);
+        let mut ns = b.streams_by_namespace();
+        ns.sort();
+        assert_eq!(ns, [("".to_string(), 1), ("chat".to_string(), 2)]);
+        b.publish("news", data(2), o).await.unwrap();
+        b.publish("news", data(3), o).await.unwrap();
+        assert_eq!(b.history_bytes(), 4 * entry, "trimmed to 2 by count");
+        b.remove_history("chat:a").await.unwrap();
+        assert_eq!(b.history_bytes(), 3 * entry);
+        clock.advance(Duration::from_secs(61));
+        b.sweep().await.unwrap();
+        assert_eq!(b.history_bytes(), 0, "trimmed by age");
+        clock.advance(Duration::from_secs(61));
+        b.sweep().await.unwrap();
+        assert!(b.streams_by_namespace().is_empty());
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ mod memory_broker;
 mod memory_presence;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use memory_broker::MemoryBroker;
+pub use memory_broker::{MemoryBroker, DEFAULT_MAX_STREAMS};
 pub use memory_presence::MemoryPresence;
 
 use bytes::Bytes;
@@ -168,6 +168,18 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Streams held, where the broker can tell cheaply (for metrics).
     fn stream_count(&self) -> Option<usize>;
+
+    /// Streams held by namespace (the name's part before `:`, `""` for names without
+    /// one), where the broker can tell cheaply (for metrics).
+    fn streams_by_namespace(&self) -> Option<Vec<(String, usize)>> {
+        None
+    }
+
+    /// Bytes this process holds for history (data and per-publication overhead), where
+    /// the broker keeps history in this process (for metrics).
+    fn history_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Who is present in each channel, with a time to live: a node refreshes the entries of its
@@ -216,6 +228,7 @@ pub(crate) enum ErrorKind {
     UnknownNamespace,
     InvalidData,
     NotAvailable,
+    TooManyChannels,
     Lagged(u64),
     Closed,
     Timeout(&'static str),
@@ -267,6 +280,12 @@ impl Error {
         matches!(self.kind, ErrorKind::NotAvailable)
     }
 
+    /// The engine holds as many channels as it may (`limits.max_channels`): the call
+    /// would have made one more.
+    pub fn is_too_many_channels(&self) -> bool {
+        matches!(self.kind, ErrorKind::TooManyChannels)
+    }
+
     /// A slow consumer: the subscriber fell behind and this many events were dropped for
     /// it. Close the connection and let the client resume from history.
     pub fn is_lagged(&self) -> bool {
@@ -314,6 +333,9 @@ impl fmt::Display for Error {
             ErrorKind::UnknownNamespace => f.write_str("unknown namespace"),
             ErrorKind::InvalidData => f.write_str("data is not JSON"),
             ErrorKind::NotAvailable => f.write_str("not available in this namespace"),
+            ErrorKind::TooManyChannels => {
+                f.write_str("too many channels on this server (limits.max_channels)")
+            }
             ErrorKind::Lagged(n) => write!(f, "slow consumer: {n} events dropped"),
             ErrorKind::Closed => f.write_str("engine closed"),
             ErrorKind::Timeout(what) => write!(f, "engine timeout: {what} took too long"),

@@ -93,6 +93,12 @@ impl Broker for Recording {
     fn stream_count(&self) -> Option<usize> {
         self.inner.stream_count()
     }
+    fn streams_by_namespace(&self) -> Option<Vec<(String, usize)>> {
+        Broker::streams_by_namespace(&self.inner)
+    }
+    fn history_bytes(&self) -> Option<u64> {
+        Broker::history_bytes(&self.inner)
+    }
 }
 
 pub struct Harness {

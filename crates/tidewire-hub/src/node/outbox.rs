@@ -37,6 +37,14 @@
 //! not look at it: the connection's task holds the lock while it changes its
 //! subscriptions, and drains the outbox through that filter before letting go.
 //!
+//! # Queued bytes
+//!
+//! A deliverer keeps the sum, over its outboxes, of the payload bytes queued and the bytes
+//! their sockets had waiting when last seen ([`Deliverer::queued`], the metric
+//! `tidewire_queued_bytes`): each outbox adds what changed when its queue changes and when
+//! its socket is written (by the deliverer or by the task's poll), and takes everything
+//! back when it goes.
+//!
 //! The receiving side ([`Outbox`]) belongs to the connection; the engine keeps
 //! [`OutboxSender`]s. Dropping the [`Outbox`] closes it, and engines forget closed senders
 //! the next time they deliver, so a connection that ends without unsubscribing leaves
@@ -49,7 +57,7 @@ use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -165,6 +173,9 @@ struct Shared<S: ?Sized> {
     index: u32,
     /// When something last arrived from the peer (the deliverer's clock, ms).
     seen: std::sync::atomic::AtomicU32,
+    /// Bytes the socket had waiting when last seen (by the holder of `busy`), counted in
+    /// the deliverer's [`Deliverer::queued`].
+    waiting: AtomicUsize,
     socket: UnsafeCell<S>,
 }
 
@@ -254,6 +265,7 @@ impl Outbox {
             deliverer,
             index,
             seen: std::sync::atomic::AtomicU32::new(now),
+            waiting: AtomicUsize::new(0),
             socket: UnsafeCell::new(None),
         });
         let shared: Arc<Link> = shared;
@@ -284,7 +296,7 @@ impl Outbox {
                 return Ok(Some((id, event)));
             }
         }
-        st.bytes = 0;
+        self.shared.set_bytes(&mut st, 0);
         Ok(None)
     }
 
@@ -394,7 +406,11 @@ impl Outbox {
             return Poll::Ready(Err(Stop::Slow(slow)));
         }
         match guard.slot::<T>().and_then(|s| s.as_mut()) {
-            Some(socket) => f(socket, cx).map(Ok),
+            Some(socket) => {
+                let r = f(socket, cx);
+                self.shared.set_waiting(socket.pending());
+                r.map(Ok)
+            }
             None => Poll::Pending,
         }
     }
@@ -408,10 +424,11 @@ impl Drop for Outbox {
         let guard = self.spin_lock();
         // SAFETY: the guard holds `busy`.
         unsafe { (*guard.shared.socket.get()).clear() };
+        self.shared.set_waiting(0);
         drop(guard);
         let mut st = self.shared.lock();
         st.items = VecDeque::new();
-        st.bytes = 0;
+        self.shared.set_bytes(&mut st, 0);
         drop(st);
         if let Some(d) = &self.shared.deliverer {
             d.unregister(self.shared.index);
@@ -441,9 +458,10 @@ impl OutboxGuard {
     pub fn take<T: Transmit>(&mut self) -> Option<T> {
         self.shared.closed.store(true, Ordering::Release);
         let socket = self.slot::<T>().and_then(Option::take);
+        self.shared.set_waiting(0);
         let mut st = self.shared.lock();
         st.items = VecDeque::new();
-        st.bytes = 0;
+        self.shared.set_bytes(&mut st, 0);
         socket
     }
 
@@ -478,12 +496,14 @@ impl OutboxGuard {
                 }
             }
         }
-        st.bytes = 0;
+        shared.set_bytes(&mut st, 0);
         drop(st);
         if let Some(d) = &shared.deliverer {
             d.count(n, bytes);
         }
-        if socket.pending() > shared.max_bytes {
+        let waiting = socket.pending();
+        shared.set_waiting(waiting);
+        if waiting > shared.max_bytes {
             return Err(Slow::Socket);
         }
         Ok(())
@@ -530,7 +550,8 @@ impl OutboxSender {
         }
         let was_empty = st.items.is_empty();
         st.items.push_back(item);
-        st.bytes += size;
+        let bytes = st.bytes + size;
+        shared.set_bytes(&mut st, bytes);
         match &shared.deliverer {
             Some(d) if !st.scheduled => {
                 st.scheduled = true;
@@ -569,6 +590,22 @@ impl<S: ?Sized> Shared<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets the queue's payload bytes, telling the deliverer's count the difference.
+    fn set_bytes(&self, st: &mut State, bytes: usize) {
+        if let Some(d) = &self.deliverer {
+            d.requeued(st.bytes, bytes);
+        }
+        st.bytes = bytes;
+    }
+
+    /// Notes the bytes the socket has waiting; only by the holder of `busy`.
+    fn set_waiting(&self, waiting: usize) {
+        let before = self.waiting.swap(waiting, Ordering::Relaxed);
+        if let Some(d) = &self.deliverer {
+            d.requeued(before, waiting);
+        }
+    }
+
     fn try_busy(&self) -> bool {
         self.busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -604,9 +641,10 @@ impl Link {
                 n += 1;
             }
         }
-        st.bytes = 0;
+        self.set_bytes(&mut st, 0);
         drop(st);
         let left = socket.write_now();
+        self.set_waiting(left.unwrap_or(0));
         self.busy.store(false, Ordering::Release);
         match left {
             Some(0) => {}
@@ -659,6 +697,9 @@ pub struct Deliverer {
     /// Messages and payload bytes written by this deliverer so far.
     sent: AtomicU64,
     sent_bytes: AtomicU64,
+    /// Bytes queued in its outboxes and waiting in their sockets (see the module's
+    /// documentation, "Queued bytes").
+    queued: AtomicU64,
 }
 
 impl fmt::Debug for Deliverer {
@@ -696,6 +737,7 @@ impl Deliverer {
             ready: tokio::sync::Notify::new(),
             sent: AtomicU64::new(0),
             sent_bytes: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
         });
         tokio::spawn(run(d.clone()));
         d
@@ -707,6 +749,23 @@ impl Deliverer {
             self.sent.load(Ordering::Relaxed),
             self.sent_bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// Bytes queued in this deliverer's outboxes and waiting in their sockets, as last
+    /// seen.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// One of its outboxes went from `before` to `after` bytes queued (or waiting).
+    fn requeued(&self, before: usize, after: usize) {
+        if after > before {
+            self.queued
+                .fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else if before > after {
+            self.queued
+                .fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
     }
 
     /// Tells the task of every outbox that the server is shutting down: its
@@ -758,7 +817,9 @@ impl Deliverer {
                 if socket.queue_ping() {
                     st.pinged = now;
                 }
-                waiting = socket.write_now().unwrap_or(1);
+                let left = socket.write_now();
+                link.set_waiting(left.unwrap_or(0));
+                waiting = left.unwrap_or(1);
             }
             link.busy.store(false, Ordering::Release);
             if waiting > 0 {
@@ -968,10 +1029,9 @@ mod tests {
         Arc::new(PreparedMessage::new(tidewire::Message::text(text.to_owned())).unwrap())
     }
 
-    /// The deliverer writes without waking the connection's task; what the socket cannot
-    /// take is left to the task, in order.
-    #[tokio::test]
-    async fn the_deliverer_writes_and_leaves_the_rest_to_the_task() {
+    /// An outbox whose socket takes 6 bytes, after the deliverer has written "one" and
+    /// "two" to it ("o\n" left waiting).
+    async fn two_frames_in_a_socket_with_room_for_6() -> (Arc<Deliverer>, Outbox) {
         let d = Deliverer::start();
         let outbox = Outbox::for_socket::<Fake>(100, 1 << 20, Some(d.clone()));
         outbox.attach(Fake {
@@ -983,6 +1043,15 @@ mod tests {
         while d.sent().0 < 2 {
             tokio::task::yield_now().await;
         }
+        (d, outbox)
+    }
+
+    /// The deliverer writes without waking the connection's task; what the socket cannot
+    /// take is left to the task, in order.
+    #[tokio::test]
+    async fn the_deliverer_writes_and_leaves_the_rest_to_the_task() {
+        let (_deliverer, outbox) = two_frames_in_a_socket_with_room_for_6().await;
+        let tx = outbox.sender();
         let mut g = outbox.try_lock().unwrap();
         let socket = g.socket::<Fake>().unwrap();
         assert_eq!(socket.written, b"one\ntw");
@@ -998,6 +1067,27 @@ mod tests {
         })
         .await;
         assert_eq!(polled.unwrap(), b"o\nthree\n");
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_follow_the_queue_and_the_socket() {
+        let (d, outbox) = two_frames_in_a_socket_with_room_for_6().await;
+        let tx = outbox.sender();
+        assert_eq!(d.queued(), 2, "\"o\\n\" still waiting in the socket");
+        // The task holds the socket: the deliverer leaves the queue alone.
+        let g = outbox.try_lock().unwrap();
+        assert!(tx.push_frame(frame("three")));
+        assert_eq!(d.queued(), 2 + 5);
+        tokio::task::yield_now().await;
+        drop(g);
+        let polled = poll_fn(|cx| {
+            outbox.poll_socket::<Fake, _>(cx, |_, _| true, |s, _| Poll::Ready(s.queued.len()))
+        })
+        .await;
+        assert_eq!(polled.unwrap(), 8);
+        assert_eq!(d.queued(), 8, "moved from the queue to the socket");
+        drop(outbox);
+        assert_eq!(d.queued(), 0, "a closed connection holds nothing");
     }
 
     #[tokio::test]

@@ -311,10 +311,25 @@ async fn idle_channel_keeps_its_epoch_for_a_ttl() {
     h.node.sweep().await;
     let later = h
         .node
+        .subscribe("news", client("c"), Some(position.clone()), outbox.sender())
+        .await
+        .unwrap();
+    assert!(later.recovered(), "never published: nothing was missed");
+    h.node.unsubscribe(later.subscription, &client("c")).await;
+    // A publication while nobody listens, forgotten after its TTL and the idle TTL: the
+    // stream comes back with a new epoch, so the client learns it missed something.
+    h.node.publish("news", json(1)).await.unwrap();
+    for _ in 0..2 {
+        h.clock.advance(Duration::from_secs(61));
+        h.node.sweep().await;
+    }
+    assert!(h.broker.inner.is_empty());
+    let last = h
+        .node
         .subscribe("news", client("c"), Some(position), outbox.sender())
         .await
         .unwrap();
-    assert!(matches!(later.recovery, Recovery::Failed), "a new epoch");
+    assert!(matches!(last.recovery, Recovery::Failed), "a new epoch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,4 +431,30 @@ async fn randomized_model_of_clients() {
         let mut draw = |n: u64| Some(rng.below(n));
         run(&mut draw, 600, &format!("seed {seed}")).await;
     }
+}
+
+/// Issue 15, defect 1: subscribing to many names and leaving left a stream per name for
+/// the whole history TTL, so reconnecting grew the server without bound.
+#[tokio::test]
+async fn subscribe_floods_leave_no_streams_behind() {
+    let h = harness(10);
+    for conn in 0..50 {
+        let outbox = Outbox::new(8);
+        let mut subs = Vec::new();
+        for n in 0..1000 {
+            let channel = format!("flood{conn}x{n}");
+            let s = h
+                .node
+                .subscribe(&channel, client("c"), None, outbox.sender());
+            subs.push(s.await.unwrap().subscription);
+        }
+        assert_eq!(h.broker.inner.len(), 1000);
+        // The connection ends: every subscription ends with it.
+        for s in subs {
+            h.node.unsubscribe(s, &client("c")).await;
+        }
+        assert!(h.broker.inner.is_empty(), "connection {conn}");
+    }
+    assert_eq!(h.node.channel_count(), 0);
+    assert_eq!(h.broker.inner.history_bytes(), 0);
 }
