@@ -6,6 +6,7 @@ use crate::api::api_publish;
 use crate::channel_endpoint::channel_upgrade;
 use crate::config::{HubConfig, TlsFiles};
 use crate::hub::Hub;
+use crate::log_text;
 use crate::room_endpoint::room_upgrade;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
@@ -118,7 +119,9 @@ async fn serve_http(
                     // must not hold its descriptor.
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => serve_one(http, tls, service, closing, peer).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {}", log_text::peer(&e))
+                        }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
@@ -154,7 +157,7 @@ async fn serve_one<I>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, "HTTP connection ended: {e}");
+        tracing::debug!(%peer, "HTTP connection ended: {}", log_text::peer(&e));
     }
 }
 
