@@ -97,14 +97,14 @@ async fn forge(addr: SocketAddr) {
     {
         let reply = request(
             &mut ws,
-            json!({"id": id, "subscribe": {"channel": channel}}),
+            json!({"id": id, "op": "subscribe", "channel": channel}),
             &mut pushed,
         )
         .await;
         assert!(reply.get("id").is_some(), "{reply}");
         let _ = request(
             &mut ws,
-            json!({"id": id + 100, "publish": {"channel": channel, "data": {"x": channel}}}),
+            json!({"id": id + 100, "op": "publish", "channel": channel, "data": {"x": channel}}),
             &mut pushed,
         )
         .await;
