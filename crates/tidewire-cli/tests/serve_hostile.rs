@@ -245,6 +245,52 @@ async fn hostile_ws(addr: SocketAddr) {
         Message::Text(t) => assert!(t.starts_with(&format!(r#"{{"id":{closed},"ok":true"#))),
         other => panic!("{other:?}"),
     }
+    // Extreme values of valid types: a history limit of 2^64 - 1, a since beyond the
+    // channel, an epoch of 500 KB.
+    let r = request(
+        &mut ws,
+        json!({"id": 60, "op": "history", "channel": "chat:x", "limit": u64::MAX}),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r:.300}");
+    for (id, since) in [
+        (61, json!({"offset": u64::MAX, "epoch": "e"})),
+        (62, json!({"offset": 0, "epoch": "e".repeat(500_000)})),
+    ] {
+        let r = request(
+            &mut ws,
+            json!({"id": id, "op": "subscribe", "channel": format!("chat:since{id}"), "since": since}),
+            &mut Vec::new(),
+        )
+        .await;
+        assert_eq!(r["result"]["recovered"], false, "{r:.300}");
+    }
+    let r = request(
+        &mut ws,
+        json!({"id": 63, "op": "subscribe", "channel": "chat:since61"}),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(error_code(&r), 106, "{r:.300}");
+    let r = request(
+        &mut ws,
+        json!({"id": 64, "op": "unsubscribe", "channel": "chat:never"}),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(error_code(&r), 105, "{r:.300}");
+    // `connect`'s info: at most 1 KiB, and a value the presence can show (nested at most
+    // 128 deep, serde_json's limit): 101 otherwise.
+    let deep_info = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    for (id, info) in [(70, format!("\"{}\"", "i".repeat(2000))), (71, deep_info)] {
+        let r = reply_to(
+            &mut ws,
+            format!(r#"{{"id":{id},"op":"connect","info":{info}}}"#),
+        )
+        .await;
+        assert_eq!(error_code(&r), 101, "{r:.300}");
+    }
     // A message just under the limit is accepted (a publication of ~1 MiB).
     let big = "y".repeat(MAX_MESSAGE - 200);
     let r = request(
@@ -276,6 +322,21 @@ async fn hostile_ws(addr: SocketAddr) {
         frame(true, 0x0, &part, mask),
     ];
     assert_eq!(raw_close_code(addr, "/ws", &fragments), 1009);
+    // A ping of 126 bytes (control frames carry at most 125): 1002.
+    let ping = frame(true, 0x9, &[b'p'; 126], mask);
+    assert_eq!(raw_close_code(addr, "/ws", &[ping]), 1002);
+    // A deflate bomb: 3 MiB of spaces compressed to a few KiB: 1009 once inflated past
+    // max_message_size.
+    let (mut ws, _) = tidewire::ClientBuilder::new(format!("ws://{addr}/ws"))
+        .protocols(["tidewire.v1"])
+        .compression(Some(tidewire::DeflateConfig::default()))
+        .connect()
+        .await
+        .unwrap();
+    assert!(ws.compression().is_some());
+    let bomb = format!(r#"{{"id":1,"op":"ping","pad":"{}"}}"#, " ".repeat(3 << 20));
+    ws.send(Message::text(bomb)).await.unwrap();
+    assert_eq!(close_of(&mut ws).await.0, 1009);
     // A frame header announcing 2^62 bytes: 1009 from the header alone.
     let mut huge = vec![0x81, 0xff];
     huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
