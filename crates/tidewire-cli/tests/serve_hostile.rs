@@ -36,6 +36,11 @@ fn rss(pid: u32) -> u64 {
     kib << 10
 }
 
+/// Sends a request and returns its reply (pushes meanwhile are dropped).
+async fn ask(ws: &mut Ws, req: Value) -> Value {
+    request(ws, req, &mut Vec::new()).await
+}
+
 /// Sends `text` as one message and returns the next reply (or push) as JSON.
 async fn reply_to(ws: &mut Ws, text: impl Into<String>) -> Value {
     ws.send(Message::text(text.into())).await.unwrap();
@@ -50,7 +55,7 @@ fn error_code(v: &Value) -> u64 {
 
 /// The connection is still usable: a ping gets its reply.
 async fn still_open(ws: &mut Ws) {
-    let r = request(ws, json!({"id": "alive", "op": "ping"}), &mut Vec::new()).await;
+    let r = ask(ws, json!({"id": "alive", "op": "ping"})).await;
     assert_eq!(r["ok"], true, "{r}");
 }
 
@@ -171,7 +176,7 @@ async fn hostile_ws(addr: SocketAddr) {
     ] {
         let mut req = bad.clone();
         req["id"] = json!(id);
-        let r = request(&mut ws, req, &mut Vec::new()).await;
+        let r = ask(&mut ws, req).await;
         assert_eq!(error_code(&r), 101, "{bad}: {r}");
     }
     // Any JSON value is an id, echoed byte for byte.
@@ -203,19 +208,17 @@ async fn hostile_ws(addr: SocketAddr) {
         (32, "x".repeat(100_000)),
         (33, "nope:room".into()),
     ] {
-        let r = request(
+        let r = ask(
             &mut ws,
             json!({"id": id, "op": "subscribe", "channel": name}),
-            &mut Vec::new(),
         )
         .await;
         assert_eq!(error_code(&r), 103, "{name:.40}: {r}");
     }
     let odd = "chat:\u{0}\n\u{202e}\u{1b}[31m";
-    let r = request(
+    let r = ask(
         &mut ws,
         json!({"id": 34, "op": "publish", "channel": odd, "data": {"k": odd}}),
-        &mut Vec::new(),
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
@@ -247,10 +250,9 @@ async fn hostile_ws(addr: SocketAddr) {
     }
     // Extreme values of valid types: a history limit of 2^64 - 1, a since beyond the
     // channel, an epoch of 500 KB.
-    let r = request(
+    let r = ask(
         &mut ws,
         json!({"id": 60, "op": "history", "channel": "chat:x", "limit": u64::MAX}),
-        &mut Vec::new(),
     )
     .await;
     assert_eq!(r["ok"], true, "{r:.300}");
@@ -258,25 +260,19 @@ async fn hostile_ws(addr: SocketAddr) {
         (61, json!({"offset": u64::MAX, "epoch": "e"})),
         (62, json!({"offset": 0, "epoch": "e".repeat(500_000)})),
     ] {
-        let r = request(
-            &mut ws,
-            json!({"id": id, "op": "subscribe", "channel": format!("chat:since{id}"), "since": since}),
-            &mut Vec::new(),
-        )
+        let r = ask(&mut ws, json!({"id": id, "op": "subscribe", "channel": format!("chat:since{id}"), "since": since}))
         .await;
         assert_eq!(r["result"]["recovered"], false, "{r:.300}");
     }
-    let r = request(
+    let r = ask(
         &mut ws,
         json!({"id": 63, "op": "subscribe", "channel": "chat:since61"}),
-        &mut Vec::new(),
     )
     .await;
     assert_eq!(error_code(&r), 106, "{r:.300}");
-    let r = request(
+    let r = ask(
         &mut ws,
         json!({"id": 64, "op": "unsubscribe", "channel": "chat:never"}),
-        &mut Vec::new(),
     )
     .await;
     assert_eq!(error_code(&r), 105, "{r:.300}");
@@ -293,10 +289,9 @@ async fn hostile_ws(addr: SocketAddr) {
     }
     // A message just under the limit is accepted (a publication of ~1 MiB).
     let big = "y".repeat(MAX_MESSAGE - 200);
-    let r = request(
+    let r = ask(
         &mut ws,
         json!({"id": 50, "op": "publish", "channel": "typing:big", "data": big}),
-        &mut Vec::new(),
     )
     .await;
     assert_eq!(r["ok"], true, "{r:.200}");
@@ -455,10 +450,9 @@ async fn issue_15_hostile_input_gets_documented_answers_and_hurts_no_one() {
 
     // The steady pair: a subscriber, and a publisher at 50 per second.
     let mut sub = client(addr).await;
-    let r = request(
+    let r = ask(
         &mut sub,
         json!({"id": 1, "op": "subscribe", "channel": "chat:steady"}),
-        &mut Vec::new(),
     )
     .await;
     let start = r["result"]["offset"].as_u64().unwrap();
@@ -470,10 +464,9 @@ async fn issue_15_hostile_input_gets_documented_answers_and_hurts_no_one() {
         let mut id = 0u64;
         while !stopped.load(Ordering::Relaxed) {
             id += 1;
-            let r = request(
+            let r = ask(
                 &mut ws,
                 json!({"id": id, "op": "publish", "channel": "chat:steady", "data": {"n": id}}),
-                &mut Vec::new(),
             )
             .await;
             offsets.push(r["result"]["offset"].as_u64().expect("published"));

@@ -144,7 +144,20 @@ async fn log_of(format: &str) -> Vec<String> {
     let _ = child.wait();
     std::thread::sleep(Duration::from_millis(200));
     let lines = log.lines();
-    assert!(lines.len() >= 5, "too few lines:\n{}", lines.join("\n"));
+    let all = lines.join("\n");
+    // The forged texts were logged (escaped), not dropped, the slow consumer's line too,
+    // and no line is longer than its bounded peer texts make it.
+    assert!(
+        all.contains("forged") && all.contains("slow consumer"),
+        "{all}"
+    );
+    for line in &lines {
+        assert!(
+            line.len() < 2000,
+            "a long line ({} bytes): {line}",
+            line.len()
+        );
+    }
     lines
 }
 
@@ -170,13 +183,7 @@ fn human_prefix(line: &str) -> bool {
 async fn issue_15_peer_text_cannot_forge_human_log_lines() {
     let lines = log_of("human").await;
     let all = lines.join("\n");
-    assert!(all.contains("slow consumer"), "{all}");
     for line in &lines {
-        assert!(
-            line.len() < 2000,
-            "a long line ({} bytes): {line}",
-            line.len()
-        );
         assert!(
             human_prefix(line),
             "a line without the prefix:\n{line}\n\nlog:\n{all}"
@@ -186,8 +193,6 @@ async fn issue_15_peer_text_cannot_forge_human_log_lines() {
             "raw control/bidi character:\n{line:?}"
         );
     }
-    // The forged texts were logged (escaped), not dropped.
-    assert!(all.contains("forged"), "{all}");
 }
 
 #[tokio::test]
@@ -207,13 +212,7 @@ async fn issue_15_peer_text_cannot_forge_json_log_lines() {
             _ => {}
         }
     }
-    assert!(all.contains("slow consumer"), "{all}");
     for line in &lines {
-        assert!(
-            line.len() < 2000,
-            "a long line ({} bytes): {line}",
-            line.len()
-        );
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{line}\n\nlog:\n{all}"));
         assert!(
@@ -222,5 +221,4 @@ async fn issue_15_peer_text_cannot_forge_json_log_lines() {
         );
         check(&v, line);
     }
-    assert!(all.contains("forged"), "{all}");
 }
