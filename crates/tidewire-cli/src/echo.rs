@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tidewire::{Limits, Message, Options, ServerBuilder};
+use tidewire_hub::log_text;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
@@ -161,7 +162,9 @@ async fn serve(args: EchoArgs) -> Result<()> {
                     let Accepting { builder, io, peer } = *start;
                     match acceptor.accept(io).await {
                         Ok(io) => echo(Box::new(Accepting { builder, io, peer })).await,
-                        Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(e) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {}", log_text::peer(&e))
+                        }
                     }
                 }));
             }
@@ -183,7 +186,7 @@ where
     let handshake = Box::pin(async move {
         let Accepting { builder, io, peer } = *start;
         builder.accept(io).await.map_err(|e| {
-            tracing::debug!(%peer, "handshake failed: {e}");
+            tracing::debug!(%peer, "handshake failed: {}", log_text::peer(&e));
         })
     });
     let Ok(mut ws) = handshake.await else {
@@ -197,7 +200,7 @@ where
             Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => ws.queue(m).is_ok(),
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
-                tracing::debug!("connection ended: {e}");
+                tracing::debug!("connection ended: {}", log_text::peer(&e));
                 break;
             }
         };

@@ -6,6 +6,7 @@
 use crate::auth::{AuthError, Identity};
 use crate::config::HubConfig;
 use crate::hub::{Hub, CHANNEL_PROTOCOL};
+use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -96,22 +97,17 @@ pub(crate) fn note_refusal(
         );
     }
     if log {
-        let origin = headers.get(header::ORIGIN).map(|o| {
-            String::from_utf8_lossy(o.as_bytes())
-                .escape_debug()
-                .to_string()
-        });
-        let agent = headers.get(header::USER_AGENT).map(|a| {
-            String::from_utf8_lossy(a.as_bytes())
-                .escape_debug()
-                .to_string()
-        });
+        let text = |name| {
+            headers
+                .get(name)
+                .map_or("-".into(), |v| String::from_utf8_lossy(v.as_bytes()))
+        };
         tracing::info!(
             status = status.as_u16(),
-            origin = origin.as_deref().unwrap_or("-"),
-            user_agent = agent.as_deref().unwrap_or("-"),
+            origin = peer(text(header::ORIGIN)).to_string(),
+            user_agent = peer(text(header::USER_AGENT)).to_string(),
             "handshake refused: {}",
-            reason.escape_debug()
+            peer(reason)
         );
     }
 }

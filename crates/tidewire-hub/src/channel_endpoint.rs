@@ -15,6 +15,7 @@ use crate::channels::{close_frame, Conn, Reply, Timer};
 use crate::connection::{self, Socket, Step};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
+use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
 use crate::node::{Event, Outbox, Subscription};
 use axum::extract::{RawQuery, State};
@@ -106,7 +107,7 @@ async fn answer(conn: &mut Conn, text: &str) -> bool {
         return false;
     }
     if let Some(frame) = close {
-        tracing::debug!(client = %conn.client_id, reason = %frame.reason, "closing");
+        tracing::debug!(client = %conn.client_id, reason = peer(&frame.reason).to_string(), "closing");
         connection::close(outbox, frame).await;
         return false;
     }
@@ -200,7 +201,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
                 }
                 Step::Message(Some(Ok(_))) => {}
                 Step::Message(Some(Err(e))) => {
-                    tracing::debug!(client = %conn.client_id, "connection ended: {e}");
+                    tracing::debug!(client = %conn.client_id, "connection ended: {}", peer(&e));
                     break;
                 }
                 Step::Message(None) => break,

@@ -301,8 +301,15 @@ impl Conn {
                 let msg = format!("info is larger than {MAX_INFO} bytes");
                 return reply_err(id, ErrorCode::BAD_REQUEST, &msg).into();
             }
-            // At most MAX_INFO bytes of checked JSON: presence shows it as a value.
-            Some(raw) => serde_json::from_str::<Value>(raw.get()).ok(),
+            // At most MAX_INFO bytes of checked JSON: presence shows it as a value. One
+            // nested deeper than serde_json reads (128) is refused, not dropped unseen.
+            Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    let msg = "info is nested more than 128 deep";
+                    return reply_err(id, ErrorCode::BAD_REQUEST, msg).into();
+                }
+            },
         };
         match (&self.hub.config.auth, token) {
             (Some(auth), Some(token)) => match auth.verify(token) {

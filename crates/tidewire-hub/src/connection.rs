@@ -6,6 +6,7 @@
 use crate::channels::close_frame;
 use crate::hub::Hub;
 use crate::limits::close_bounded;
+use crate::log_text::peer;
 use crate::node::{Event, Outbox, Slow, Stop, Transmit};
 use futures_util::Stream;
 use std::future::{poll_fn, Future};
@@ -108,7 +109,10 @@ pub(crate) async fn close_silent(outbox: &Outbox) {
 /// Closes a slow consumer with 4000, counted and logged (`who` says which connection).
 pub(crate) async fn close_slow(hub: &Hub, outbox: &Outbox, why: Slow, who: &str) {
     hub.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(who, "slow consumer disconnected: {why}");
+    tracing::info!(
+        who = peer(who).to_string(),
+        "slow consumer disconnected: {why}"
+    );
     let frame = close_frame(
         tidewire_hub_proto::CloseCode::SLOW_CONSUMER,
         format!("slow consumer: {why}; resubscribe with since"),

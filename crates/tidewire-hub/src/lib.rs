@@ -27,6 +27,7 @@ mod http_phase;
 mod hub;
 mod limits;
 mod log_budget;
+pub mod log_text;
 mod metrics;
 pub mod node;
 mod pages;
@@ -40,6 +41,7 @@ pub use config::{
 };
 pub use engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 pub use hub::Hub;
+pub use log_text::peer;
 pub use metrics::Metrics;
 pub use node::{NamespaceConfig, NamespaceOptions, Node, NodeOptions};
 pub use rooms::Rooms;

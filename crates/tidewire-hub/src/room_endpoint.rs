@@ -8,6 +8,7 @@ use crate::channels::close_frame;
 use crate::connection::{self, Socket, Step};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
+use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
 use crate::node::Outbox;
 use crate::rooms::Room;
@@ -168,7 +169,12 @@ pub(crate) async fn room_member(start: Box<RoomMember>) {
                 }
             }
             Step::Message(Some(Err(e))) => {
-                tracing::debug!(id, room = ?membership.room, "connection ended: {e}");
+                tracing::debug!(
+                    id,
+                    room = peer(&membership.room).to_string(),
+                    "connection ended: {}",
+                    peer(&e)
+                );
                 break;
             }
             Step::Message(None) => break,

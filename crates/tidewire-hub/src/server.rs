@@ -8,6 +8,7 @@ use crate::channel_endpoint::channel_upgrade;
 use crate::config::{HubConfig, TlsFiles};
 use crate::http_phase::{answer_and_close, read_head, Head, HttpSlot, Prefixed};
 use crate::hub::Hub;
+use crate::log_text;
 use crate::metrics::Refusal;
 use crate::room_endpoint::room_upgrade;
 use axum::extract::State;
@@ -146,7 +147,9 @@ async fn serve_http(
                     // must not hold its descriptor.
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => serve_one(http, tls, service, closing, peer, slot).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {}", log_text::peer(&e))
+                        }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
@@ -232,7 +235,7 @@ async fn serve_one<I>(
         if e.is_parse_too_large() {
             slot.hub().metrics.refused(Refusal::HeadTooLarge);
         }
-        tracing::debug!(%peer, "HTTP connection ended: {e}");
+        tracing::debug!(%peer, "HTTP connection ended: {}", log_text::peer(&e));
     }
 }
 

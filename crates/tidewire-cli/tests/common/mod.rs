@@ -265,3 +265,15 @@ pub fn good_roundtrip(addr: SocketAddr, text: &str) {
     s.write_all(&masked(8, &1000u16.to_be_bytes())).unwrap();
     expect_close(&mut s, 1000);
 }
+
+/// Like [`spawn_logged`], with extra environment variables (e.g. `TIDEWIRE_LOG=debug`).
+pub fn spawn_logged_env(
+    command: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewire"));
+    cmd.args([command, "--listen", "127.0.0.1:0"]).args(extra);
+    cmd.envs(env.iter().copied());
+    started_with(cmd, Stdio::piped())
+}

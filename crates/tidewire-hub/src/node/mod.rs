@@ -30,6 +30,7 @@ use crate::engine::{
     Broker, BrokerEvents, ClientInfo, Clock, Error, ErrorKind, HistoryQuery, PresenceStats,
     PresenceStore, Publication, StreamPosition, SystemClock,
 };
+use crate::log_text::peer;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::future::Future;
@@ -579,7 +580,11 @@ impl Node {
                     .call("unsubscribe", self.broker.unsubscribe(channel))
                     .await
                 {
-                    tracing::warn!(channel, "broker unsubscribe failed: {e}");
+                    tracing::warn!(
+                        channel = peer(channel).to_string(),
+                        "broker unsubscribe failed: {}",
+                        peer(&e)
+                    );
                 }
             }
             removed
@@ -596,7 +601,11 @@ impl Node {
                     .await
             };
             if let Err(e) = left.await {
-                tracing::warn!(channel, "presence leave failed: {e}");
+                tracing::warn!(
+                    channel = peer(channel).to_string(),
+                    "presence leave failed: {}",
+                    peer(&e)
+                );
             }
         }
     }
@@ -646,10 +655,10 @@ impl Node {
     /// node's presence entries every third of their TTL.
     pub async fn sweep(&self) {
         if let Err(e) = self.call("sweep", self.broker.sweep()).await {
-            tracing::warn!("broker sweep failed: {e}");
+            tracing::warn!("broker sweep failed: {}", peer(&e));
         }
         if let Err(e) = self.call("sweep", self.presence.sweep()).await {
-            tracing::warn!("presence sweep failed: {e}");
+            tracing::warn!("presence sweep failed: {}", peer(&e));
         }
         let due = {
             let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
@@ -668,7 +677,11 @@ impl Node {
             for (channel, client) in self.registry.present(&self.namespaces) {
                 let refresh = self.presence.add(&channel, client, ttl);
                 if let Err(e) = self.call("presence", refresh).await {
-                    tracing::warn!(%channel, "presence refresh failed: {e}");
+                    tracing::warn!(
+                        channel = peer(&channel).to_string(),
+                        "presence refresh failed: {}",
+                        peer(&e)
+                    );
                 }
             }
         }
