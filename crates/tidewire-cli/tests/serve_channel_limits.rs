@@ -277,3 +277,95 @@ async fn gauges_show_channels_history_and_queued_bytes() {
     drop(slow);
     wait_for_metric(&srv, "tidewire_queued_bytes", |v| v == 0.0, "queued after").await;
 }
+
+/// History is bounded in bytes, all channels together (`limits.max_history_bytes`): one
+/// client publishing large messages at full speed used to make the server keep
+/// `history_size` of them per channel for the TTL (1,000 × 1 MiB per channel). Past the
+/// bound every publication is still delivered, the channel sheds its oldest, and a resume
+/// from before what is left gets `recovered: false`.
+#[tokio::test]
+async fn history_stays_within_max_history_bytes() {
+    const BOUND: f64 = 4.0 * 1024.0 * 1024.0;
+    const COUNT: u64 = 100;
+    let config = common::temp_file(
+        "max-history.toml",
+        "[limits]\nmax_history_bytes = 4194304\npublish_rate = 0\n",
+    );
+    let srv = serve(&["--no-demo", "--config", config.to_str().unwrap()]);
+    let mut subscriber = client(srv.addr).await;
+    let mut p = Vec::new();
+    let r = request(
+        &mut subscriber,
+        json!({"id": 1, "op": "subscribe", "channel": "chat:big"}),
+        &mut p,
+    )
+    .await;
+    let epoch = r["result"]["epoch"].as_str().unwrap().to_owned();
+    let before = rss_kib(&srv);
+    let mut publisher = client(srv.addr).await;
+    let big = "x".repeat(500_000);
+    for n in 0..COUNT {
+        let r = request(
+            &mut publisher,
+            json!({"id": n, "op": "publish", "channel": "chat:big", "data": big}),
+            &mut p,
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+        // Read as we go, so that the subscriber is no slow consumer.
+        while let Ok(m) = tokio::time::timeout(Duration::from_millis(1), subscriber.recv()).await {
+            if let Some(Ok(Message::Text(t))) = m {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v.get("offset").is_some() {
+                    p.push(v);
+                }
+            }
+        }
+    }
+    while (p.len() as u64) < COUNT {
+        let v = next_json(&mut subscriber).await;
+        if v.get("offset").is_some() {
+            p.push(v);
+        }
+    }
+    let offsets: Vec<u64> = p.iter().filter_map(|v| v["offset"].as_u64()).collect();
+    assert_eq!(
+        offsets,
+        (1..=COUNT).collect::<Vec<_>>(),
+        "every one delivered"
+    );
+    let held = metric(srv.addr, "tidewire_history_bytes");
+    assert!(held <= BOUND, "history holds {held} bytes");
+    assert!(held > BOUND / 2.0, "and keeps what fits: {held}");
+    assert!(metric(srv.addr, "tidewire_history_shed_total") >= 90.0);
+    let grown = rss_kib(&srv).saturating_sub(before);
+    // 100 × 500 KB (49 MiB) went through; without the bound all of it stayed.
+    assert!(grown < 24 * 1024, "RSS grew {grown} KiB");
+    let mut late = client(srv.addr).await;
+    let r = request(
+        &mut late,
+        json!({"id": 1, "op": "subscribe", "channel": "chat:big",
+               "since": {"offset": 0, "epoch": epoch}}),
+        &mut Vec::new(),
+    )
+    .await;
+    assert_eq!(r["result"]["recovered"], false, "{r}");
+    let r = request(
+        &mut late,
+        json!({"id": 2, "op": "history", "channel": "chat:big", "limit": 100}),
+        &mut Vec::new(),
+    )
+    .await;
+    let kept: Vec<u64> = r["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["offset"].as_u64())
+        .collect();
+    assert!(!kept.is_empty() && kept.len() < 10, "{kept:?}");
+    assert_eq!(
+        *kept.last().unwrap(),
+        COUNT,
+        "history ends at the channel's offset"
+    );
+}

@@ -112,6 +112,11 @@ pub struct HubConfig {
     /// more gets error 111. Default 1,000,000 (each costs about 100 bytes plus its
     /// history).
     pub max_channels: usize,
+    /// Bytes of channel history (data plus per-publication overhead) the server holds at
+    /// most, all channels together. A publication that takes the total past it is still
+    /// delivered; its channel's oldest publications leave history at once (resumes past
+    /// them get `recovered: false`). Default 512 MiB.
+    pub max_history_bytes: u64,
     /// permessage-deflate policy, `None` for off. Default on, without server context
     /// takeover, so that a broadcast is compressed once for all members.
     pub compression: Option<DeflateConfig>,
@@ -184,6 +189,7 @@ impl Default for HubConfig {
             subscribe_rate: 100.0,
             subscribe_burst: 1000,
             max_channels: crate::engine::DEFAULT_MAX_STREAMS,
+            max_history_bytes: crate::engine::DEFAULT_MAX_HISTORY_BYTES,
             compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
             auth: None,
             api_key: None,
@@ -368,6 +374,7 @@ struct Limits {
     subscribe_rate: Option<f64>,
     subscribe_burst: Option<u32>,
     max_channels: Option<usize>,
+    max_history_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -517,6 +524,7 @@ impl HubConfig {
         set!(self.subscribe_rate, f.limits.subscribe_rate);
         set!(self.subscribe_burst, f.limits.subscribe_burst);
         set!(self.max_channels, f.limits.max_channels);
+        set!(self.max_history_bytes, f.limits.max_history_bytes);
         set!(self.echo_to_sender, f.rooms.echo_to_sender);
         set!(self.room_buffer, f.rooms.buffer);
         set!(self.room_protocols, f.rooms.protocols);

@@ -42,7 +42,9 @@ impl Hub {
     /// A hub with `config` on the in-memory engine, whose connections close when
     /// `shutdown` turns true.
     pub fn new(config: HubConfig, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
-        let broker = MemoryBroker::new().max_streams(config.max_channels);
+        let broker = MemoryBroker::new()
+            .max_streams(config.max_channels)
+            .max_history_bytes(config.max_history_bytes);
         Self::with_engine(
             config,
             shutdown,
@@ -150,6 +152,7 @@ impl metrics::Source for Hub {
             subscribers: self.subscribers.load(Ordering::Relaxed),
             channels_by_namespace: channels_by_namespace(&**broker),
             history_bytes: broker.history_bytes().unwrap_or(0),
+            history_shed: broker.history_shed().unwrap_or(0),
             queued_bytes: self
                 .deliverers
                 .get()

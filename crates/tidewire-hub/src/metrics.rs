@@ -130,6 +130,8 @@ pub(crate) struct Gauges {
     pub channels_by_namespace: Vec<(String, u64)>,
     /// Bytes held by history in this process (data and per-publication overhead).
     pub history_bytes: u64,
+    /// Publications dropped from history early to stay within `limits.max_history_bytes`.
+    pub history_shed: u64,
     /// Bytes waiting in connections' outboxes and their sockets.
     pub queued_bytes: u64,
     /// Clients answered 503 by the listener because the process was out of descriptors.
@@ -302,6 +304,12 @@ impl<S: Source> Collector for Scrape<S> {
             "Bytes held by channel history: publications' data plus the engine's overhead per kept publication.",
             g.history_bytes,
         )?;
+        counter(
+            enc,
+            "history_shed",
+            "Publications dropped from channel history early to keep it within limits.max_history_bytes (resumes past them get recovered: false).",
+            g.history_shed,
+        )?;
         gauge(
             enc,
             "queued_bytes",
@@ -435,6 +443,7 @@ mod tests {
                 subscribers: 5,
                 channels_by_namespace: vec![("chat".into(), 3), ("default".into(), 1)],
                 history_bytes: 7,
+                history_shed: 9,
                 queued_bytes: 8,
                 refused_out_of_descriptors: 6,
                 delivered: (0, 0),
@@ -499,7 +508,7 @@ mod tests {
     }
 
     /// Every family the hand-written page had, with its type and help text, in its order.
-    const FAMILIES: [(&str, &str, &str); 21] = [
+    const FAMILIES: [(&str, &str, &str); 22] = [
         ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
         ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
         ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
@@ -513,6 +522,7 @@ mod tests {
         ("tidewire_subscribers", "gauge", "Channel subscriptions."),
         ("tidewire_channels_by_namespace", "gauge", "Channels that exist in the engine, by namespace (default: names without a colon)."),
         ("tidewire_history_bytes", "gauge", "Bytes held by channel history: publications' data plus the engine's overhead per kept publication."),
+        ("tidewire_history_shed_total", "counter", "Publications dropped from channel history early to keep it within limits.max_history_bytes (resumes past them get recovered: false)."),
         ("tidewire_queued_bytes", "gauge", "Bytes waiting to be sent to clients: queued in their outboxes and waiting in their sockets."),
         ("tidewire_publications_total", "counter", "Publications accepted from clients and the HTTP API."),
         ("tidewire_slow_consumer_disconnects_total", "counter", "Connections closed because they fell behind (close 4000, rooms and /ws)."),
@@ -585,6 +595,7 @@ mod tests {
                 1.0,
             ),
             ("tidewire_history_bytes".into(), 7.0),
+            ("tidewire_history_shed_total".into(), 9.0),
             ("tidewire_queued_bytes".into(), 8.0),
             ("tidewire_publications_total".into(), c(&m.publications)),
             (

@@ -50,6 +50,9 @@ const ENTRY_OVERHEAD: usize = std::mem::size_of::<(Instant, Publication)>();
 /// Streams held when nothing else is said ([`MemoryBroker::max_streams`]).
 pub const DEFAULT_MAX_STREAMS: usize = 1_000_000;
 
+/// Bytes of history held when nothing else is said ([`MemoryBroker::max_history_bytes`]).
+pub const DEFAULT_MAX_HISTORY_BYTES: u64 = 512 << 20;
+
 #[derive(Debug)]
 struct Shard {
     streams: HashMap<Arc<str>, Box<Stream>>,
@@ -99,6 +102,9 @@ pub struct MemoryBroker {
     max_streams: usize,
     /// Bytes held by history: data plus [`ENTRY_OVERHEAD`] per kept publication.
     history_bytes: AtomicU64,
+    max_history_bytes: u64,
+    /// Publications dropped from history early to stay within `max_history_bytes`.
+    history_shed: AtomicU64,
 }
 
 /// The publications a stream keeps.
@@ -196,6 +202,27 @@ impl Stream {
             }
         }
         (added, removed)
+    }
+
+    /// Drops the oldest kept publications until `excess` bytes are freed or none is left
+    /// (history still ends at the stream's offset). Returns the bytes and publications
+    /// dropped.
+    fn shed(&mut self, excess: u64) -> (u64, u64) {
+        let Some(kept) = &mut self.history else {
+            return (0, 0);
+        };
+        let (mut freed, mut count) = (0, 0);
+        while freed < excess {
+            let Some((_, p)) = kept.publications.pop_front() else {
+                break;
+            };
+            freed += entry_bytes(&p);
+            count += 1;
+        }
+        if kept.publications.is_empty() {
+            self.history = None;
+        }
+        (freed, count)
     }
 
     /// Bytes its history holds.
@@ -311,7 +338,25 @@ impl MemoryBroker {
             streams: AtomicUsize::new(0),
             max_streams: DEFAULT_MAX_STREAMS,
             history_bytes: AtomicU64::new(0),
+            max_history_bytes: DEFAULT_MAX_HISTORY_BYTES,
+            history_shed: AtomicU64::new(0),
         }
+    }
+
+    /// Holds at most about `n` bytes of history in all (default
+    /// [`DEFAULT_MAX_HISTORY_BYTES`]): a publication that takes the total past it is
+    /// delivered as always, and its channel's oldest publications (the new one too, if
+    /// need be) leave history at once. A client that resumes past what is left gets
+    /// `recovered: false`, as when `history_size` trims; nothing is refused.
+    pub fn max_history_bytes(mut self, n: u64) -> Self {
+        self.max_history_bytes = n;
+        self
+    }
+
+    /// Publications dropped from history early to stay within
+    /// [`max_history_bytes`](Self::max_history_bytes), since the start.
+    pub fn history_shed(&self) -> u64 {
+        self.history_shed.load(Ordering::Relaxed)
     }
 
     /// Holds at most `n` streams (default [`DEFAULT_MAX_STREAMS`]): a publish or subscribe
@@ -492,8 +537,14 @@ impl Broker for MemoryBroker {
                 events.publication(channel, publication.clone());
             }
             let (added, removed) = s.keep(publication, options.history_size, now);
-            self.history_bytes.fetch_add(added, Ordering::Relaxed);
+            let before = self.history_bytes.fetch_add(added, Ordering::Relaxed);
             self.history_bytes.fetch_sub(removed, Ordering::Relaxed);
+            let total = (before + added).saturating_sub(removed);
+            if total > self.max_history_bytes {
+                let (freed, count) = s.shed(total - self.max_history_bytes);
+                self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+                self.history_shed.fetch_add(count, Ordering::Relaxed);
+            }
             s.position()
         });
         let r = r.unwrap_or_else(|| Err(Error::new(ErrorKind::Closed)));
@@ -611,6 +662,10 @@ impl Broker for MemoryBroker {
 
     fn history_bytes(&self) -> Option<u64> {
         Some(MemoryBroker::history_bytes(self))
+    }
+
+    fn history_shed(&self) -> Option<u64> {
+        Some(MemoryBroker::history_shed(self))
     }
 }
 
@@ -839,6 +894,58 @@ mod tests {
         clock.advance(Duration::from_secs(61));
         b.sweep().await.unwrap();
         assert!(b.streams_by_namespace().is_empty());
+    }
+
+    #[tokio::test]
+    async fn history_stays_within_its_memory_bound_and_resumes_past_it_are_not_recovered() {
+        let clock = ManualClock::new();
+        let entry = (ENTRY_OVERHEAD + data(1).len()) as u64;
+        // Room for 10 publications in all; each channel may keep 100 by count.
+        let b = MemoryBroker::with_clock(Arc::new(clock.clone())).max_history_bytes(10 * entry);
+        let rec = Arc::new(Recorder::default());
+        b.start(rec.clone());
+        let o = options(100, 600);
+        for c in ["a", "b"] {
+            b.subscribe(&Arc::from(c)).await.unwrap();
+        }
+        for n in 1..=8 {
+            b.publish("a", data(n), o).await.unwrap();
+        }
+        let b1 = b.publish("b", data(1), o).await.unwrap();
+        for n in 2..=8 {
+            b.publish("b", data(n), o).await.unwrap();
+            assert!(b.history_bytes() <= 10 * entry, "within the bound");
+        }
+        assert_eq!(b.history_bytes(), 10 * entry);
+        assert_eq!(
+            b.history_shed(),
+            6,
+            "b, which passed the bound, shed its oldest"
+        );
+        // Every publication was delivered all the same.
+        assert_eq!(rec.0.lock().unwrap().len(), 16);
+        // What is left of b is consecutive and ends at its offset; a resume from before
+        // it is not recovered, one within it is; a keeps all 8.
+        let since = |offset| {
+            HistoryQuery::Since(StreamPosition {
+                offset,
+                epoch: b1.epoch.clone(),
+            })
+        };
+        let page = b.history("b", since(0), o).await.unwrap();
+        assert!(!page.complete);
+        let page = b.history("b", since(6), o).await.unwrap();
+        assert!(page.complete);
+        assert_eq!(offsets(&page.publications), [7, 8]);
+        let page = b.history("a", HistoryQuery::Newest(100), o).await.unwrap();
+        assert_eq!(page.publications.len(), 8);
+        // One publication bigger than the whole bound is delivered and not kept.
+        let big = Bytes::from(format!("\"{}\"", "x".repeat(20 * entry as usize)));
+        b.publish("c", big, o).await.unwrap();
+        assert!(b.history_bytes() <= 10 * entry);
+        let page = b.history("c", HistoryQuery::Newest(10), o).await.unwrap();
+        assert!(page.publications.is_empty());
+        assert_eq!(page.position.offset, 1);
     }
 
     #[tokio::test]

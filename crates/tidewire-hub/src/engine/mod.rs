@@ -19,7 +19,7 @@ mod memory_broker;
 mod memory_presence;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use memory_broker::{MemoryBroker, DEFAULT_MAX_STREAMS};
+pub use memory_broker::{MemoryBroker, DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_STREAMS};
 pub use memory_presence::MemoryPresence;
 
 use bytes::Bytes;
@@ -178,6 +178,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Bytes this process holds for history (data and per-publication overhead), where
     /// the broker keeps history in this process (for metrics).
     fn history_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Publications dropped from history early to keep it within its memory bound, where
+    /// the broker keeps history in this process (for metrics).
+    fn history_shed(&self) -> Option<u64> {
         None
     }
 }

@@ -99,6 +99,10 @@ impl Broker for Recording {
     fn history_bytes(&self) -> Option<u64> {
         Broker::history_bytes(&self.inner)
     }
+
+    fn history_shed(&self) -> Option<u64> {
+        Broker::history_shed(&self.inner)
+    }
 }
 
 pub struct Harness {
