@@ -126,6 +126,13 @@ async fn subscribes_beyond_the_rate_get_107() {
     let mut p = Vec::new();
     let r = request(&mut ws, json!({"id": "p", "op": "ping"}), &mut p).await;
     assert_eq!(r["ok"], true);
+    assert_eq!(
+        metric(
+            srv.addr,
+            "tidewire_refused_total{reason=\"subscribe_rate\"}"
+        ),
+        limited.len() as f64
+    );
 }
 
 /// `limits.max_channels`: a subscribe or publish that would make one channel more gets
@@ -219,6 +226,31 @@ async fn channels_beyond_max_channels_get_111() {
     .await;
     assert_eq!(r["ok"], true, "room again: {r}");
     assert_eq!(metric(srv.addr, "tidewire_channels"), 5.0);
+    // Counted by reason: the subscribe, the publish and the API's publish refused; then
+    // the API's own refusals.
+    let refused = |reason: &str| {
+        metric(
+            srv.addr,
+            &format!("tidewire_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("max_channels"), 3.0);
+    for (auth, body) in [
+        ("apikey wrong-key-wrong-key", "{}"),
+        (&*format!("apikey {key}"), "{"),
+    ] {
+        let response = http(
+            srv.addr,
+            &format!(
+                "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(!response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    assert_eq!(refused("api_auth"), 1.0);
+    assert_eq!(refused("api_bad_request"), 1.0);
 }
 
 /// The gauges of what clients make the server hold: channels by namespace, history bytes,

@@ -1,6 +1,7 @@
 //! The HTTP API for backends: `POST /api/publish` with `Authorization: apikey KEY`.
 
 use crate::hub::Hub;
+use crate::metrics::Refusal;
 use crate::node::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -26,6 +27,7 @@ pub(crate) async fn api_publish(
     body: Bytes,
 ) -> Response {
     let Some(key) = &hub.config.api_key else {
+        hub.metrics.refused(Refusal::ApiAuth);
         return (
             StatusCode::FORBIDDEN,
             "the HTTP API is off: set api.key in the configuration\n",
@@ -37,6 +39,7 @@ pub(crate) async fn api_publish(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("apikey "));
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        hub.metrics.refused(Refusal::ApiAuth);
         return (
             StatusCode::UNAUTHORIZED,
             "unauthorized: send Authorization: apikey KEY\n",
@@ -46,11 +49,12 @@ pub(crate) async fn api_publish(
     let req: ApiPublish = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
+            hub.metrics.refused(Refusal::ApiBadRequest);
             return (
                 StatusCode::BAD_REQUEST,
                 format!("bad request: expected {{\"channel\":C,\"data\":ANY}}: {e}\n"),
             )
-                .into_response()
+                .into_response();
         }
     };
     let start = Instant::now();
@@ -67,9 +71,13 @@ pub(crate) async fn api_publish(
         }
         // The server holds as many channels as it may: not the request's fault.
         Err(e) if e.is_too_many_channels() => {
+            hub.metrics.refused(Refusal::MaxChannels);
             (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response(),
+        Err(e) => {
+            hub.metrics.refused(Refusal::ApiBadRequest);
+            (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response()
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use crate::auth::{AuthError, Identity};
 use crate::engine::{ClientInfo, StreamPosition};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
+use crate::metrics::{Metrics, Refusal};
 use crate::node::{Event, Json, NamespaceOptions, Outbox, Subscription};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -43,7 +44,10 @@ fn reply_err(id: &RequestId, code: ErrorCode, message: &str) -> String {
     wire::encode_error(id, code, message)
 }
 
-fn engine_error(id: &RequestId, e: &crate::engine::Error) -> String {
+fn engine_error(metrics: &Metrics, id: &RequestId, e: &crate::engine::Error) -> String {
+    if e.is_too_many_channels() {
+        metrics.refused(Refusal::MaxChannels);
+    }
     let code = if e.is_invalid_channel() || e.is_unknown_namespace() {
         ErrorCode::UNKNOWN_CHANNEL
     } else if e.is_invalid_data() {
@@ -261,7 +265,7 @@ impl Conn {
                             .fetch_add(1, Ordering::Relaxed);
                         reply_ok(&id, &p)
                     }
-                    Err(e) => engine_error(&id, &e),
+                    Err(e) => engine_error(&self.hub.metrics, &id, &e),
                 }
             }
             Request::History { channel, limit } => {
@@ -272,7 +276,7 @@ impl Conn {
                 let limit = limit.unwrap_or(HISTORY_DEFAULT).min(HISTORY_MAX) as usize;
                 match node.history(ch, limit).await {
                     Ok(h) => publications_reply(&id, &h.position, None, &h.publications),
-                    Err(e) => engine_error(&id, &e),
+                    Err(e) => engine_error(&self.hub.metrics, &id, &e),
                 }
             }
             Request::Presence { channel } => {
@@ -282,7 +286,7 @@ impl Conn {
                 }
                 match node.presence(ch).await {
                     Ok(clients) => reply_ok(&id, &PresenceResult { clients }),
-                    Err(e) => engine_error(&id, &e),
+                    Err(e) => engine_error(&self.hub.metrics, &id, &e),
                 }
             }
         };
@@ -373,6 +377,7 @@ impl Conn {
             return reply_err(id, ErrorCode::LIMIT_REACHED, &msg);
         }
         if !self.sub_bucket.take(Instant::now()) {
+            self.hub.metrics.refused(Refusal::SubscribeRate);
             let msg = format!(
                 "rate limited: at most {} subscribes per second (limits.subscribe_rate)",
                 self.hub.config.subscribe_rate
@@ -389,7 +394,7 @@ impl Conn {
         let client = self.client_info();
         let mut sub = match hub.node.subscribe(ch, client, since, outbox).await {
             Ok(s) => s,
-            Err(e) => return engine_error(id, &e),
+            Err(e) => return engine_error(&hub.metrics, id, &e),
         };
         let result = if asked {
             let recovered = sub.recovered();

@@ -89,6 +89,15 @@ pub(crate) enum Refusal {
     TooManyHeaders,
     /// `limits.max_http_connections` reached: 503.
     HttpConnections,
+    /// A subscribe beyond `limits.subscribe_rate`: error 107.
+    SubscribeRate,
+    /// A subscribe or publish that would pass `limits.max_channels`: error 111 (the HTTP
+    /// API: 503).
+    MaxChannels,
+    /// `POST /api/*` without the right key, or with the API off: 401, 403.
+    ApiAuth,
+    /// `POST /api/*` whose body is not what the route takes: 400.
+    ApiBadRequest,
 }
 
 /// Upper bounds of the publish latency histogram, in microseconds.
@@ -109,7 +118,7 @@ pub struct Metrics {
     pub(crate) rate_limited: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     handshake_failures: [AtomicU64; 5],
-    refusals: [AtomicU64; 3],
+    refusals: [AtomicU64; 7],
     publish_buckets: [AtomicU64; BUCKETS_US.len()],
     publish_count: AtomicU64,
     publish_sum_ns: AtomicU64,
@@ -360,6 +369,10 @@ impl<S: Source> Collector for Scrape<S> {
                 ("head_too_large", refusal(Refusal::HeadTooLarge)),
                 ("too_many_headers", refusal(Refusal::TooManyHeaders)),
                 ("http_connections", refusal(Refusal::HttpConnections)),
+                ("subscribe_rate", refusal(Refusal::SubscribeRate)),
+                ("max_channels", refusal(Refusal::MaxChannels)),
+                ("api_auth", refusal(Refusal::ApiAuth)),
+                ("api_bad_request", refusal(Refusal::ApiBadRequest)),
                 ("connections", failure(HandshakeFailure::Capacity)),
                 ("open_files", g.refused_out_of_descriptors),
                 ("bad_request", failure(HandshakeFailure::BadRequest)),
@@ -388,7 +401,7 @@ impl<S: Source> Collector for Scrape<S> {
 
 /// The help text of `tidewire_refused_total`: which reason is which, and which are also
 /// counted in the older families (the same events, not more of them).
-const REFUSED_HELP: &str = "Requests refused before they were served, by reason: head_too_large and too_many_headers (431: a head over 16 KiB or 64 header fields), http_connections (503: limits.max_http_connections), connections (503: limits.max_connections; max_connections in tidewire_handshake_failures_total), open_files (503: out of file descriptors; as in tidewire_connections_refused_total), and the WebSocket upgrades refused for bad_request, origin, auth and subprotocol (as in tidewire_handshake_failures_total).";
+const REFUSED_HELP: &str = "Requests refused before they were served, by reason: head_too_large and too_many_headers (431: a head over 16 KiB or 64 header fields), http_connections (503: limits.max_http_connections), subscribe_rate (error 107: limits.subscribe_rate), max_channels (error 111, or 503 from the HTTP API: limits.max_channels), api_auth (401/403: no or a wrong API key, or the API off), api_bad_request (400: a body the API route does not take), connections (503: limits.max_connections; max_connections in tidewire_handshake_failures_total), open_files (503: out of file descriptors; as in tidewire_connections_refused_total), and the WebSocket upgrades refused for bad_request, origin, auth and subprotocol (as in tidewire_handshake_failures_total).";
 
 /// An unlabelled counter: `name` without `_total`, which the encoder appends.
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
@@ -616,6 +629,10 @@ mod tests {
             ("head_too_large", 1.0),
             ("too_many_headers", 2.0),
             ("http_connections", 3.0),
+            ("subscribe_rate", 0.0),
+            ("max_channels", 0.0),
+            ("api_auth", 0.0),
+            ("api_bad_request", 0.0),
             ("connections", 2.0),
             ("open_files", 6.0),
             ("bad_request", 0.0),
