@@ -98,6 +98,21 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_MAX_HTTP_CONNECTIONS", value_name = "N")]
     max_http_connections: Option<usize>,
 
+    /// Channels the server holds at most (subscribed, with history, or kept to resume); a
+    /// subscribe or publish that would make one more gets error 111. [default: 1000000]
+    #[arg(long, env = "TIDEWIRE_MAX_CHANNELS", value_name = "N")]
+    max_channels: Option<usize>,
+
+    /// Bytes of channel history held at most, all channels together; the channel whose
+    /// publication passes it sheds its oldest. [default: 536870912]
+    #[arg(long, env = "TIDEWIRE_MAX_HISTORY_BYTES", value_name = "BYTES")]
+    max_history_bytes: Option<u64>,
+
+    /// Subscribes per second per connection (token bucket; error 107), 0 for no limit.
+    /// [default: 100]
+    #[arg(long, env = "TIDEWIRE_SUBSCRIBE_RATE", value_name = "PER_SEC")]
+    subscribe_rate: Option<f64>,
+
     /// Publications per second per connection (token bucket; error 107 on /ws, close 4029
     /// in rooms), 0 for no limit. [default: 100]
     #[arg(long, env = "TIDEWIRE_PUBLISH_RATE", value_name = "PER_SEC")]
@@ -193,6 +208,9 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
     );
     set!(c.max_connections, args.max_connections);
     set!(c.max_http_connections, args.max_http_connections);
+    set!(c.max_channels, args.max_channels);
+    set!(c.max_history_bytes, args.max_history_bytes);
+    set!(c.subscribe_rate, args.subscribe_rate);
     set!(c.publish_rate, args.publish_rate);
     set!(c.publish_burst, args.publish_burst);
     set!(c.send_buffer, args.send_buffer);
@@ -249,6 +267,8 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             "allowed_origins" => "--allowed-origins",
             "limits.max_connections" => "--max-connections",
             "limits.max_http_connections" => "--max-http-connections",
+            "limits.max_channels" => "--max-channels",
+            "limits.subscribe_rate" => "--subscribe-rate",
             "limits.publish_burst" => "--publish-burst",
             "limits.send_buffer" => "--send-buffer",
             _ => "--config",
