@@ -36,7 +36,7 @@ enum Command {
     /// pages on). --config FILE reads TOML over the defaults; every flag can also be set
     /// with its TIDEWIRE_* environment variable. SIGINT or SIGTERM closes every WebSocket
     /// with 1001, drains, and exits 0.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Load generator: echo round trips, hub fan-out, idle connections.
     ///
     /// Uses Tidewire's own client. With --server-pid it reports the server's CPU time per
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             raise_fd_limit();
             echo::run(args)
         }
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Genconfig(args) => genconfig::run(args),
