@@ -1,6 +1,7 @@
 //! What a client can make the hub hold through channels, against a real `tidewire serve`:
 //! subscribe floods by reconnecting (issue 15, defect 1), the subscribe rate, the
-//! server-wide bound on channels, and the gauges that show what is held.
+//! server-wide bounds on channels and on history bytes, a message that would have been
+//! expanded into a tree (defect 4), and the gauges that show what is held.
 
 mod common;
 
@@ -400,4 +401,58 @@ async fn history_stays_within_max_history_bytes() {
         COUNT,
         "history ends at the channel's offset"
     );
+}
+
+/// The server's peak resident memory (VmHWM), in KiB.
+fn peak_kib(srv: &Serve) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Issue 15, defect 4: a publication's `data` used to be expanded into a `serde_json::Value`
+/// tree, so a 2 MB array of a million elements cost the server +41.7 MiB at its peak. Now
+/// it goes from the socket to every subscriber as the bytes sent (checked, never
+/// expanded): the peak grows by a few copies of the message, not by a tree.
+#[tokio::test]
+async fn a_million_element_array_costs_a_few_copies_of_itself() {
+    let srv = serve(&["--no-demo", "--max-message-size", "4194304"]);
+    let mut subscriber = client(srv.addr).await;
+    let mut publisher = client(srv.addr).await;
+    let mut p = Vec::new();
+    let r = request(
+        &mut subscriber,
+        json!({"id": 1, "op": "subscribe", "channel": "typing:big"}),
+        &mut p,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    // Warm-up with a small array: buffers and pools reach their working size.
+    let small = format!("[{}0]", "0,".repeat(1000));
+    let text = format!(r#"{{"id":1,"op":"publish","channel":"typing:big","data":{small}}}"#);
+    publisher.send(Message::text(text)).await.unwrap();
+    let _ = next_json(&mut publisher).await;
+    let _ = next_json(&mut subscriber).await;
+    let before = peak_kib(&srv);
+    // 2 MB: a million zeros. Typing keeps no history, so the figure is the path's alone.
+    let big = format!("[{}0]", "0,".repeat(999_999));
+    let text = format!(r#"{{"id":2,"op":"publish","channel":"typing:big","data":{big}}}"#);
+    publisher.send(Message::text(text)).await.unwrap();
+    let r = next_json(&mut publisher).await;
+    assert_eq!(r["ok"], true, "{:.200}", r.to_string());
+    let pushed = match subscriber.recv().await {
+        Some(Ok(Message::Text(t))) => t,
+        other => panic!("{other:?}"),
+    };
+    assert!(pushed.as_str().contains(&big), "delivered as sent");
+    let grown = peak_kib(&srv).saturating_sub(before);
+    // The message is 2 MiB: reading it, the publication and its frame are a few copies.
+    assert!(
+        grown < 16 * 1024,
+        "peak RSS grew {grown} KiB for a 2 MiB message"
+    );
+    eprintln!("peak RSS grew {grown} KiB for a 2 MiB message of a million elements");
 }
