@@ -19,7 +19,7 @@
 #   SOAK_MAX_RSS_GROWTH [32]  MiB the server's RSS may grow after the warm-up
 #   SOAK_MAX_FD_GROWTH [64]   descriptors it may gain after the warm-up (client slots come
 #                             and go: at most SOAK_CLIENTS + a few are open at once)
-#   SOAK_PORT [18766]
+#   SOAK_PORT [0]             the server's port; 0: one the system picks (read from its log)
 #   SOAK_OUT [benches/results/soak-DATE]  where the logs and the JSON report go
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +40,7 @@ warmup=${SOAK_WARMUP:-300}
 clients=${SOAK_CLIENTS:-200}
 max_rss=${SOAK_MAX_RSS_GROWTH:-32}
 max_fd=${SOAK_MAX_FD_GROWTH:-64}
-port=${SOAK_PORT:-18766}
+port=${SOAK_PORT:-0}
 out=${SOAK_OUT:-$root/benches/results/soak-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
@@ -76,11 +76,22 @@ trap cleanup EXIT
 "$bin" serve --listen "127.0.0.1:$port" --no-demo --config "$out/soak.toml" \
   --send-buffer 262144 --api-key "$key" >"$out/serve.log" 2>&1 &
 server_pid=$!
+# The port it listens on, from its first line ("... listening on http://127.0.0.1:PORT/ ...");
+# a server that exits (a port in use, a bad flag) ends the run with its reason.
+alive() { [[ -e /proc/$server_pid ]] && ! grep -q '^State:.*Z' "/proc/$server_pid/status" 2>/dev/null; }
+listening=
 for _ in $(seq 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  kill -0 "$server_pid" 2>/dev/null || { echo "soak.sh: the server exited:" >&2; tail "$out/serve.log" >&2; exit 1; }
+  listening=$(grep -o 'listening on http://127\.0\.0\.1:[0-9]*' "$out/serve.log" | head -n 1 || true)
+  [[ -n $listening ]] && break
+  alive || break
   sleep 0.1
 done
+if [[ -z $listening ]]; then
+  echo "soak.sh: the server did not start; its log:" >&2
+  cat "$out/serve.log" >&2
+  exit 1
+fi
+port=${listening##*:}
 
 echo "soak: $seconds s, samples every $interval s, judged after $warmup s; logs in $out"
 rc=0
@@ -91,7 +102,7 @@ timeout --kill-after=10 $((seconds + 120)) \
   --api-key "$key" --server-pid "$server_pid" \
   --max-rss-growth "$max_rss" --max-fd-growth "$max_fd" --json \
   >"$out/report.json" 2> >(tee "$out/samples.log" >&2) || rc=$?
-python3 - "$out/report.json" <<'PY' || true
+[[ -s $out/report.json ]] && python3 - "$out/report.json" <<'PY' || true
 import json, sys
 r = json.load(open(sys.argv[1]))
 print("minute  RSS MiB  fds  open  sessions  published  received")
@@ -104,7 +115,7 @@ keys = ["sessions", "abrupt_kills", "slow_sessions", "closed_by_server", "resume
         "failures"]
 print({k: r.get(k) for k in keys})
 PY
-if ! kill -0 "$server_pid" 2>/dev/null; then
+if ! alive; then
   echo "soak.sh: the server died during the run; last lines of its log:" >&2
   tail -n 20 "$out/serve.log" >&2
   rc=1
