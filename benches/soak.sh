@@ -99,7 +99,7 @@ timeout --kill-after=10 $((seconds + 120)) \
   "$bin" bench soak "ws://127.0.0.1:$port/ws" --prefix "soak:$RANDOM-" \
   --duration "$seconds" --interval "$interval" --warmup "$warmup" \
   --clients "$clients" --channels 20 --rate 100 --payload 8000 --slow 0.1 \
-  --api-key "$key" --server-pid "$server_pid" \
+  --api-key "$key" --server-pid "$server_pid" --history-size 400 \
   --max-rss-growth "$max_rss" --max-fd-growth "$max_fd" --json \
   >"$out/report.json" 2> >(tee "$out/samples.log" >&2) || rc=$?
 [[ -s $out/report.json ]] && python3 - "$out/report.json" <<'PY' || true
@@ -110,7 +110,7 @@ for s in r.get("samples", []):
     print(f'{s["at_s"] / 60:6.1f}  {s["rss_kb"] / 1024:7.1f}  {s["fds"]:3}  {s["open"]:4}  '
           f'{s["sessions"]:8}  {s["published"]:9}  {s["received"]:8}')
 keys = ["sessions", "abrupt_kills", "slow_sessions", "closed_by_server", "resumes",
-        "published", "received", "gaps", "duplicates", "unrecovered",
+        "published", "received", "gaps", "duplicates", "unrecovered", "beyond_history",
         "rss_after_warmup_kb", "rss_max_kb", "rss_growth_mib", "fds_after_warmup", "fds_max",
         "failures"]
 print({k: r.get(k) for k in keys})

@@ -16,7 +16,9 @@
 //! Every slot checks what the hub promises across its sessions: each channel's offsets
 //! arrive exactly once and in order, the resume (`since`) recovers every publication
 //! missed while away (`recovered: true`, the same epoch). A gap, a duplicate or a failed
-//! recovery is counted and fails the run.
+//! recovery is counted and fails the run; with `--history-size`, a resume that missed more
+//! than history keeps is counted apart (the hub is right not to recover it), and every
+//! failed recovery is reported with how much it missed and how long the slot was away.
 //!
 //! With `--server-pid`, the server's VmRSS and open descriptors (`/proc/PID/fd`) are read
 //! every `--interval` and printed as one line each. The verdict compares every sample
@@ -92,6 +94,12 @@ pub struct SoakArgs {
     #[arg(long, value_name = "NAME")]
     prefix: Option<String>,
 
+    /// The channels' history_size on the server: a resume that missed more than this is
+    /// counted as beyond history (the hub is right to answer `recovered: false`), not as
+    /// a failure. Without it every resume not recovered fails the run.
+    #[arg(long, value_name = "N")]
+    history_size: Option<u64>,
+
     /// Fail when the server's RSS grows more than this many MiB after the warm-up.
     #[arg(long, value_name = "MIB", value_parser = parse_mib)]
     max_rss_growth: Option<f64>,
@@ -164,6 +172,9 @@ struct Shared {
     gaps: AtomicU64,
     duplicates: AtomicU64,
     unrecovered: AtomicU64,
+    /// Resumes that missed more than `history_size` publications (not recovered, rightly).
+    beyond_history: AtomicU64,
+    history_size: Option<u64>,
 }
 
 /// One sample of the server.
@@ -204,7 +215,10 @@ pub async fn run(args: SoakArgs, nofile: Nofile) -> Result<()> {
     let names: Arc<Vec<String>> =
         Arc::new((0..args.channels).map(|i| format!("{prefix}{i}")).collect());
 
-    let sh = Arc::new(Shared::default());
+    let sh = Arc::new(Shared {
+        history_size: args.history_size,
+        ..Shared::default()
+    });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
 
@@ -313,6 +327,7 @@ fn report(
         ("gaps", &sh.gaps),
         ("duplicates", &sh.duplicates),
         ("unrecovered", &sh.unrecovered),
+        ("beyond_history", &sh.beyond_history),
     ];
     for (k, v) in pairs {
         r.field(k, c(v));
@@ -343,10 +358,11 @@ fn report(
     r.row(
         "delivery",
         format!(
-            "{} gaps, {} duplicates, {} resumes not recovered",
+            "{} gaps, {} duplicates, {} resumes not recovered, {} beyond history",
             c(&sh.gaps),
             c(&sh.duplicates),
-            c(&sh.unrecovered)
+            c(&sh.unrecovered),
+            c(&sh.beyond_history)
         ),
     );
     let mut failures = Vec::new();
@@ -619,6 +635,8 @@ async fn ws_publish(
 /// A client slot: what it has seen of its channels, across its sessions.
 struct Slot {
     rng: Rng,
+    /// When the slot last read a message (for the report of a resume not recovered).
+    seen_at: Instant,
     /// Its channels and, once known, the position of the last publication seen on each.
     channels: Vec<(String, Option<StreamPosition>)>,
 }
@@ -634,6 +652,7 @@ impl Slot {
         }
         Slot {
             rng: Rng::new(u64::from(i) + 1),
+            seen_at: Instant::now(),
             channels,
         }
     }
@@ -756,7 +775,9 @@ impl Slot {
             Some(Ok(_)) => return Ok(true),
             Some(Err(e)) => return Err(Failure::ws(&e)),
         };
-        match ServerMessage::parse(text.as_str()) {
+        let parsed = ServerMessage::parse(text.as_str());
+        let seen_before = std::mem::replace(&mut self.seen_at, Instant::now());
+        match parsed {
             Ok(ServerMessage::Reply(reply)) => {
                 let j = reply.id.as_u64().unwrap_or(u64::MAX) as usize;
                 let Some((channel, since)) = self.channels.get_mut(j) else {
@@ -772,7 +793,19 @@ impl Slot {
                 match since.take() {
                     Some(prev) => {
                         if result.recovered != Some(true) || result.epoch != prev.epoch {
-                            sh.unrecovered.fetch_add(1, Ordering::Relaxed);
+                            let missed = result.offset.saturating_sub(prev.offset);
+                            let away = seen_before.elapsed().as_secs_f64();
+                            let same = result.epoch == prev.epoch;
+                            if same && sh.history_size.is_some_and(|h| missed > h) {
+                                sh.beyond_history.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                sh.unrecovered.fetch_add(1, Ordering::Relaxed);
+                                sh.errors.add(format!(
+                                    "resume not recovered: {missed} missed, {away:.0} s after \
+                                     the slot last read, epoch {}",
+                                    if same { "the same" } else { "changed" }
+                                ));
+                            }
                             *since = Some(StreamPosition {
                                 offset: result.offset,
                                 epoch: result.epoch,
@@ -803,6 +836,7 @@ impl Slot {
                 {
                     if p.epoch != pos.epoch {
                         sh.unrecovered.fetch_add(1, Ordering::Relaxed);
+                        sh.errors.add("a live publication in another epoch");
                         *pos = StreamPosition {
                             offset: p.offset,
                             epoch: p.epoch,
