@@ -10,14 +10,20 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tidewire::Message;
 
-/// The server's resident memory, in KiB.
-fn rss_kib(srv: &Serve) -> u64 {
+/// A figure of the server's `/proc/PID/status` in KiB: `VmRSS` (resident now) or `VmHWM`
+/// (its peak).
+fn status_kib(srv: &Serve, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .expect(field)
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(srv: &Serve) -> u64 {
+    status_kib(srv, "VmRSS")
 }
 
 async fn wait_for_metric(srv: &Serve, name: &str, ok: impl Fn(f64) -> bool, what: &str) {
@@ -403,16 +409,6 @@ async fn history_stays_within_max_history_bytes() {
     );
 }
 
-/// The server's peak resident memory (VmHWM), in KiB.
-fn peak_kib(srv: &Serve) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// Issue 15, defect 4: a publication's `data` used to be expanded into a `serde_json::Value`
 /// tree, so a 2 MB array of a million elements cost the server +41.7 MiB at its peak. Now
 /// it goes from the socket to every subscriber as the bytes sent (checked, never
@@ -436,7 +432,7 @@ async fn a_million_element_array_costs_a_few_copies_of_itself() {
     publisher.send(Message::text(text)).await.unwrap();
     let _ = next_json(&mut publisher).await;
     let _ = next_json(&mut subscriber).await;
-    let before = peak_kib(&srv);
+    let before = status_kib(&srv, "VmHWM");
     // 2 MB: a million zeros. Typing keeps no history, so the figure is the path's alone.
     let big = format!("[{}0]", "0,".repeat(999_999));
     let text = format!(r#"{{"id":2,"op":"publish","channel":"typing:big","data":{big}}}"#);
@@ -448,7 +444,7 @@ async fn a_million_element_array_costs_a_few_copies_of_itself() {
         other => panic!("{other:?}"),
     };
     assert!(pushed.as_str().contains(&big), "delivered as sent");
-    let grown = peak_kib(&srv).saturating_sub(before);
+    let grown = status_kib(&srv, "VmHWM").saturating_sub(before);
     // The message is 2 MiB: reading it, the publication and its frame are a few copies.
     assert!(
         grown < 16 * 1024,
