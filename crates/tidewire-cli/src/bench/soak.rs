@@ -189,17 +189,12 @@ struct Sample {
     received: u64,
 }
 
-/// Open descriptors of the process (`/proc/PID/fd`).
-fn fd_count(p: Proc) -> std::io::Result<u64> {
-    Ok(std::fs::read_dir(format!("/proc/{}/fd", p.pid))?.count() as u64)
-}
-
 pub async fn run(args: SoakArgs, nofile: Nofile) -> Result<()> {
     nofile.check(u64::from(args.clients) + 1);
     let server = args.common.server_pid.map(|pid| Proc { pid });
     if let Some(p) = server {
         p.rss_kb()
-            .and_then(|_| fd_count(p))
+            .and_then(|_| p.fds())
             .with_context(|| format!("cannot read /proc/{} (--server-pid)", p.pid))?;
     }
     let builder = ClientBuilder::new(&args.url).protocols(["tidewire.v1"]);
@@ -259,7 +254,7 @@ pub async fn run(args: SoakArgs, nofile: Nofile) -> Result<()> {
             let s = Sample {
                 at: started.elapsed().as_secs_f64(),
                 rss_kb: server.map_or(Ok(0), |p| p.rss_kb())?,
-                fds: server.map_or(Ok(0), fd_count)?,
+                fds: server.map_or(Ok(0), |p| p.fds())?,
                 open: sh.open.load(Ordering::Relaxed),
                 sessions: sh.sessions.load(Ordering::Relaxed),
                 published: sh.published.load(Ordering::Relaxed),

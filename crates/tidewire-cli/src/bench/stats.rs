@@ -197,6 +197,11 @@ impl Proc {
         Ok(total)
     }
 
+    /// Open file descriptors (entries of `/proc/PID/fd`).
+    pub fn fds(&self) -> std::io::Result<u64> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count() as u64)
+    }
+
     /// Resident memory in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kb(&self) -> std::io::Result<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;

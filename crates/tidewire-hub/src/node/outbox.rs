@@ -598,9 +598,14 @@ impl<S: ?Sized> Shared<S> {
         st.bytes = bytes;
     }
 
-    /// Notes the bytes the socket has waiting; only by the holder of `busy`.
+    /// Notes the bytes the socket has waiting; only by the holder of `busy`, so a load and
+    /// a store do (no read-modify-write on every delivery, where it is almost always 0).
     fn set_waiting(&self, waiting: usize) {
-        let before = self.waiting.swap(waiting, Ordering::Relaxed);
+        let before = self.waiting.load(Ordering::Relaxed);
+        if before == waiting {
+            return;
+        }
+        self.waiting.store(waiting, Ordering::Relaxed);
         if let Some(d) = &self.deliverer {
             d.requeued(before, waiting);
         }
