@@ -99,3 +99,51 @@ async fn rooms_broadcast_pages_and_graceful_shutdown() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A client that sends its first frames in the same write as its handshake (without
+/// waiting for the 101): the hub reads those bytes ahead, with the request head, and must
+/// hand them to the WebSocket stream in order, on rooms and on `/ws`.
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_not_lost() {
+    let (mut child, addr) = spawn("serve", &[]);
+    let (mut listener, _) = tidewire::connect(&format!("ws://{addr}/rooms/early"))
+        .await
+        .unwrap();
+    let mut bytes = format!(
+        "GET /rooms/early HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.extend(common::masked(1, b"first"));
+    bytes.extend(common::masked(1, b"second"));
+    let mut early = common::connect(addr);
+    early.write_all(&bytes).unwrap();
+    let (status, head) = common::read_head(&mut early);
+    assert_eq!(status, 101, "{head}");
+    for want in ["first", "second"] {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+            .await
+            .expect("the early frames reach the room");
+        assert_eq!(got.unwrap().unwrap(), Message::text(want));
+    }
+
+    // On /ws: a request in the handshake's write is answered.
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: tidewire.v1\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.extend(common::masked(1, br#"{"id":7,"op":"ping"}"#));
+    let mut early = common::connect(addr);
+    early.write_all(&bytes).unwrap();
+    let (status, head) = common::read_head(&mut early);
+    assert_eq!(status, 101, "{head}");
+    let (opcode, payload) = common::read_frame(&mut early).expect("a reply");
+    assert_eq!(opcode, 1);
+    let reply: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        (reply["id"].as_u64(), reply["ok"].as_bool()),
+        (Some(7), Some(true)),
+        "{reply}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -12,12 +12,12 @@
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Admitted, Endpoint};
 use crate::channels::{close_frame, Conn, Reply, Timer};
-use crate::connection::{self, Socket, Step};
+use crate::connection::{self, unbox, Io, Socket, Step};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
-use crate::node::{Event, Outbox, Subscription};
+use crate::node::{Event, Outbox, Slow, Subscription};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -25,8 +25,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tidewire::upgrade::{Upgraded, WebSocketUpgrade, WebSocketUpgradeRejection};
-use tidewire::{Message, WebSocketStream};
+use tidewire::upgrade::{WebSocketUpgrade, WebSocketUpgradeRejection};
+use tidewire::{Message, Utf8Bytes};
 use tidewire_hub_proto::CloseCode as HubCode;
 
 /// How long a connection may take to send `connect` where a token is required.
@@ -63,7 +63,7 @@ pub(crate) async fn channel_upgrade(
         serve_connection(Box::new(Start {
             hub: hub2,
             admitted,
-            ws,
+            ws: ws.map_io(Io::from_upgraded),
         }))
     })
 }
@@ -74,21 +74,22 @@ pub(crate) async fn channel_upgrade(
 pub(crate) struct Start {
     pub(crate) hub: Arc<Hub>,
     pub(crate) admitted: Admitted,
-    pub(crate) ws: WebSocketStream<Upgraded>,
+    pub(crate) ws: Socket,
 }
 
 /// Answers one request, holding the socket lock meanwhile so that the events it causes (a
 /// subscribe's first publications, a publish to a channel this connection is in) leave
 /// after its reply. False when the connection has ended (closed here if need be).
-async fn answer(conn: &mut Conn, text: &str) -> bool {
+async fn answer(conn: &mut Conn, text: Utf8Bytes) -> bool {
     let Some(outbox) = conn.outbox.as_ref() else {
         return false;
     };
     let mut guard = outbox.lock().await;
-    let (reply, close) = match conn.handle(text).await {
+    let (reply, close) = match conn.handle(&text).await {
         Reply::Send(r) => (r, None),
         Reply::SendAndClose(r, c) => (r, Some(c)),
     };
+    drop(text);
     conn.hub.metrics.sent(1, reply.len() as u64);
     let queued = guard
         .socket::<Socket>()
@@ -122,33 +123,97 @@ async fn fire(timer: &mut Option<Timer>) {
     }
 }
 
-pub(crate) async fn serve_connection(start: Box<Start>) {
+/// What a connection's task does after a step, decided without waiting: the task's future
+/// holds its [`Conn`] and its timers, and every wait but the read is boxed, so that an
+/// idle connection costs little more than those (issue 14: 1.5 KB per idle `/ws`
+/// connection with its outbox, socket and registration).
+enum Next {
+    /// Read on.
+    Read,
+    /// A request to answer.
+    Request(Utf8Bytes),
+    /// The connection has ended (closed by the peer, or broken).
+    Ended,
+    /// Close it, as [`close`] says.
+    Close(Closing),
+}
+
+enum Closing {
+    Binary,
+    Slow(Slow),
+    Silent,
+    Shutdown,
+    TokenExpired,
+    NoConnect,
+}
+
+fn on_step(conn: &Conn, step: Step) -> Next {
+    match step {
+        Step::Message(Some(Ok(Message::Text(text)))) => {
+            conn.hub.metrics.received(text.len());
+            Next::Request(text)
+        }
+        Step::Message(Some(Ok(Message::Binary(_)))) => Next::Close(Closing::Binary),
+        Step::Message(Some(Ok(_))) => Next::Read,
+        Step::Message(Some(Err(e))) => {
+            tracing::debug!(client = %conn.client_id, "connection ended: {}", peer(&e));
+            Next::Ended
+        }
+        Step::Message(None) => Next::Ended,
+        Step::Slow(why) => Next::Close(Closing::Slow(why)),
+        Step::Silent => Next::Close(Closing::Silent),
+        Step::Shutdown => Next::Close(Closing::Shutdown),
+    }
+}
+
+async fn close(conn: &Conn, why: Closing) {
+    let Some(outbox) = conn.outbox.as_ref() else {
+        return;
+    };
+    let frame = match why {
+        Closing::Slow(why) => {
+            return connection::close_slow(&conn.hub, outbox, why, &conn.client_id).await
+        }
+        Closing::Silent => return connection::close_silent(outbox).await,
+        Closing::Shutdown => return connection::close_going_away(outbox).await,
+        Closing::Binary => close_frame(
+            HubCode::UNSUPPORTED_DATA,
+            "binary frames are not part of tidewire.v1",
+        ),
+        Closing::TokenExpired => close_frame(HubCode::TOKEN_EXPIRED, "unauthorized: token expired"),
+        Closing::NoConnect => close_frame(
+            HubCode::UNAUTHORIZED,
+            "unauthorized: no connect with a token within 10 s",
+        ),
+    };
+    connection::close(outbox, frame).await;
+}
+
+/// The connection's state from its start: the socket goes into the outbox, where the
+/// deliverer writes events straight into it.
+fn start(start: Start) -> Conn {
     let Start {
         hub,
-        admitted: Admitted {
-            slot: _slot,
-            identity,
-        },
+        admitted: Admitted { slot, identity },
         ws,
-    } = *start;
+    } = start;
     let n = hub
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous());
-    // The socket lives in the outbox, where the deliverer writes events straight into it.
     let outbox = Outbox::for_socket::<Socket>(
         hub.config.send_queue,
         hub.config.send_buffer,
         Some(hub.deliverer(n)),
     );
     outbox.attach(ws);
-    let mut conn = Conn {
+    Conn {
         client_id: hub.next_client_id(),
         authenticated: !required || identity.is_some(),
         own_info: None,
         identity_changed: false,
-        identity,
+        identity: identity.map(Box::new),
         client: None,
         subs: HashMap::new(),
         outbox: Some(outbox),
@@ -162,9 +227,14 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
             hub.config.subscribe_burst,
             Instant::now(),
         ),
-        hub: hub.clone(),
-    };
-    let metrics = &hub.metrics;
+        _slot: slot,
+        hub,
+    }
+}
+
+/// Serves one `/ws` connection until it ends.
+pub(crate) async fn serve_connection(start_: Box<Start>) {
+    let mut conn = start(unbox(start_));
     // Timers exist only while they can fire: an anonymous or authenticated connection
     // holds no connect deadline, one without an expiring token no expiry timer.
     let mut connect_deadline =
@@ -177,61 +247,44 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         // Still queued after its subscription ended (an `unsubscribe`, maybe followed by a
         // new subscribe): not for this client now.
         let current = move |id, event: &Event| subs.get(event.channel()) == Some(&id);
-        tokio::select! {
-            step = connection::next(outbox, current) => match step {
-                Step::Message(Some(Ok(Message::Text(text)))) => {
-                    metrics.received(text.len());
-                    // Boxed: requests are rare next to deliveries, and their state would
-                    // otherwise be part of every idle connection.
-                    if !Box::pin(answer(&mut conn, &text)).await {
-                        break;
-                    }
-                    if conn.identity_changed {
-                        conn.identity_changed = false;
-                        token_expiry = conn.expiry_timer();
-                    }
-                    if conn.authenticated {
-                        connect_deadline = None;
-                    }
-                }
-                Step::Message(Some(Ok(Message::Binary(_)))) => {
-                    let frame = close_frame(HubCode::UNSUPPORTED_DATA, "binary frames are not part of tidewire.v1");
-                    Box::pin(connection::close(outbox, frame)).await;
-                    break;
-                }
-                Step::Message(Some(Ok(_))) => {}
-                Step::Message(Some(Err(e))) => {
-                    tracing::debug!(client = %conn.client_id, "connection ended: {}", peer(&e));
-                    break;
-                }
-                Step::Message(None) => break,
-                Step::Slow(why) => {
-                    Box::pin(connection::close_slow(&hub, outbox, why, &conn.client_id)).await;
-                    break;
-                }
-                Step::Silent => {
-                    Box::pin(connection::close_silent(outbox)).await;
-                    break;
-                }
-                Step::Shutdown => {
-                    Box::pin(connection::close_going_away(outbox)).await;
-                    break;
-                }
-            },
+        let next = tokio::select! {
+            step = connection::next(outbox, current) => on_step(&conn, step),
             _ = fire(&mut token_expiry), if token_expiry.is_some() => {
-                let frame = close_frame(HubCode::TOKEN_EXPIRED, "unauthorized: token expired");
-                Box::pin(connection::close(outbox, frame)).await;
-                break;
+                Next::Close(Closing::TokenExpired)
             }
             _ = fire(&mut connect_deadline), if !conn.authenticated => {
-                let frame = close_frame(HubCode::UNAUTHORIZED, "unauthorized: no connect with a token within 10 s");
-                Box::pin(connection::close(outbox, frame)).await;
+                Next::Close(Closing::NoConnect)
+            }
+        };
+        match next {
+            Next::Read => {}
+            Next::Request(text) => {
+                // Boxed: requests are rare next to deliveries, and their state would
+                // otherwise be part of every idle connection.
+                if !Box::pin(answer(&mut conn, text)).await {
+                    break;
+                }
+                if conn.identity_changed {
+                    conn.identity_changed = false;
+                    token_expiry = conn.expiry_timer();
+                }
+                if conn.authenticated {
+                    connect_deadline = None;
+                }
+            }
+            Next::Ended => break,
+            Next::Close(why) => {
+                Box::pin(close(&conn, why)).await;
                 break;
             }
         }
     }
-    // Nothing more is delivered (the socket goes with the outbox); then each subscription
-    // ends in the engine.
+    Box::pin(end(conn)).await;
+}
+
+/// Nothing more is delivered (the socket goes with the outbox); then each subscription
+/// ends in the engine.
+async fn end(mut conn: Conn) {
     conn.outbox = None;
     let subs: Vec<Subscription> = conn
         .subs
@@ -239,7 +292,7 @@ pub(crate) async fn serve_connection(start: Box<Start>) {
         .map(|(channel, id)| Subscription::new(id, channel))
         .collect();
     for sub in subs {
-        Box::pin(conn.end(sub)).await;
+        conn.end(sub).await;
     }
     tracing::debug!(client = %conn.client_id, "disconnected");
 }

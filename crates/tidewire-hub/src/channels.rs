@@ -125,10 +125,11 @@ fn unauthenticated(id: &RequestId) -> Reply {
 pub(crate) struct Conn {
     pub(crate) hub: Arc<Hub>,
     pub(crate) client_id: String,
-    pub(crate) identity: Option<Identity>,
+    /// Boxed: most connections have none, and every connection holds this field.
+    pub(crate) identity: Option<Box<Identity>>,
     pub(crate) authenticated: bool,
     /// `info` given in `connect`, shown in presence unless the token has one.
-    pub(crate) own_info: Option<Value>,
+    pub(crate) own_info: Option<Box<Value>>,
     /// A `connect` brought a new token: its expiry must be armed.
     pub(crate) identity_changed: bool,
     /// Who this connection is in presence, once asked for (see `client_info`).
@@ -141,6 +142,8 @@ pub(crate) struct Conn {
     pub(crate) bucket: TokenBucket,
     /// The subscribe rate limit (`limits.subscribe_rate`).
     pub(crate) sub_bucket: TokenBucket,
+    /// Counted against `limits.max_connections` while it lives.
+    pub(crate) _slot: crate::admission::Slot,
 }
 
 /// A timer that fires once.
@@ -177,7 +180,7 @@ impl Conn {
         }
         // The token's `info` claim, when there is one, wins over what the client says.
         if info.info.is_none() {
-            info.info = self.own_info.clone();
+            info.info = self.own_info.as_deref().cloned();
         }
         self.client.insert(Arc::new(info)).clone()
     }
@@ -318,7 +321,7 @@ impl Conn {
         match (&self.hub.config.auth, token) {
             (Some(auth), Some(token)) => match auth.verify(token) {
                 Ok(identity) => {
-                    self.identity = Some(identity);
+                    self.identity = Some(Box::new(identity));
                     self.client = None;
                     self.authenticated = true;
                     self.identity_changed = true;
@@ -346,7 +349,7 @@ impl Conn {
             _ => {}
         }
         if info.is_some() {
-            self.own_info = info;
+            self.own_info = info.map(Box::new);
             self.client = None;
         }
         let result = ConnectResult {

@@ -193,6 +193,11 @@ impl<I> Prefixed<I> {
     pub(crate) fn new(prefix: Bytes, io: I) -> Self {
         Prefixed { prefix, io }
     }
+
+    /// The bytes not read yet, and the connection.
+    pub(crate) fn into_parts(self) -> (Bytes, I) {
+        (self.prefix, self.io)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {

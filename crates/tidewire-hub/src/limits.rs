@@ -5,19 +5,21 @@ use std::time::{Duration, Instant};
 use tidewire::CloseFrame;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. Rate 0: no limit.
+/// Every connection holds one or two, so in single precision (whole tokens are exact up
+/// to 2^24, far above any useful burst).
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
+    rate: f32,
+    burst: f32,
+    tokens: f32,
     last: Instant,
 }
 
 impl TokenBucket {
     pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
+        let burst = burst.max(1) as f32;
         TokenBucket {
-            rate,
+            rate: rate as f32,
             burst,
             tokens: burst,
             last: now,
@@ -29,7 +31,7 @@ impl TokenBucket {
         if self.rate <= 0.0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {

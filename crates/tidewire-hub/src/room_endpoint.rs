@@ -5,12 +5,12 @@
 
 use crate::admission::{admit, refuse, subprotocol_refusal, upgrade_refused, Endpoint, Slot};
 use crate::channels::close_frame;
-use crate::connection::{self, Socket, Step};
+use crate::connection::{self, unbox, Io, Socket, Step};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
-use crate::node::Outbox;
+use crate::node::{Outbox, Slow};
 use crate::rooms::Room;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -75,13 +75,11 @@ pub(crate) async fn room_upgrade(
         joined,
         _slot: admitted.slot,
     };
-    let hub2 = hub.clone();
     ws.server(hub.room_server.clone()).on_upgrade(move |ws| {
         room_member(Box::new(RoomMember {
-            hub: hub2,
             membership,
             outbox,
-            ws,
+            ws: ws.map_io(Io::from_upgraded),
         }))
     })
 }
@@ -104,97 +102,164 @@ impl Drop for Membership {
 /// What a room member's task starts from, boxed: an async fn keeps its arguments for its
 /// whole life, and this task lives as long as the connection.
 pub(crate) struct RoomMember {
-    hub: Arc<Hub>,
     membership: Membership,
     outbox: Outbox,
     ws: Socket,
 }
 
+/// A room member for the life of its connection. Its task's future holds this and little
+/// else (every wait but the read is boxed), so an idle member costs this, its outbox and
+/// the socket's registration.
+struct Member {
+    /// Dropped first: out of the room before the socket goes with the outbox.
+    membership: Membership,
+    outbox: Outbox,
+    bucket: TokenBucket,
+}
+
+/// What a member's task does after a step, decided without waiting.
+enum Next {
+    /// Read on.
+    Read,
+    /// Answer the sender's heartbeat.
+    Heartbeat,
+    /// The connection has ended (closed by the peer, or broken).
+    Ended,
+    /// Close it, as [`Member::close`] says.
+    Close(Closing),
+}
+
+enum Closing {
+    RateLimited,
+    Slow(Slow),
+    Silent,
+    Shutdown,
+}
+
 pub(crate) async fn room_member(start: Box<RoomMember>) {
-    let RoomMember {
-        hub,
-        membership,
-        outbox,
-        ws,
-    } = *start;
-    outbox.attach(ws);
-    let id = membership.id;
-    hub.metrics
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
-    let echo = hub.config.echo_to_sender;
-    let mut bucket = TokenBucket::new(
-        hub.config.publish_rate,
-        hub.config.publish_burst,
-        Instant::now(),
-    );
-    let metrics = &hub.metrics;
+    let mut member = Member::start(unbox(start));
     loop {
-        match connection::next(&outbox, |_, _| true).await {
-            Step::Message(Some(Ok(m))) => {
-                if !m.is_data() {
-                    continue;
-                }
-                metrics.received(m.as_payload().len());
-                if is_heartbeat(&hub.config.room_heartbeat, &m) {
-                    // The sender's own keepalive: answered here, never broadcast.
-                    let reply = &hub.config.room_heartbeat_reply;
-                    if !reply.is_empty() {
-                        let mut guard = outbox.lock().await;
-                        let queued = guard
-                            .socket::<Socket>()
-                            .map(|ws| ws.queue(Message::text(reply.as_str())));
-                        if !matches!(queued, Some(Ok(()))) {
-                            break;
-                        }
-                        metrics.sent(1, reply.len() as u64);
-                    }
-                    continue;
-                }
-                if !bucket.take(Instant::now()) {
-                    metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    let reason = format!(
-                        "rate limit: at most {} messages per second",
-                        hub.config.publish_rate
-                    );
-                    Box::pin(connection::close(
-                        &outbox,
-                        close_frame(HubCode::MESSAGE_RATE_LIMITED, reason),
-                    ))
-                    .await;
+        let step = connection::next(&member.outbox, |_, _| true).await;
+        match member.on_step(step) {
+            Next::Read => {}
+            Next::Heartbeat => {
+                if !Box::pin(member.answer_heartbeat()).await {
                     break;
                 }
-                if let Some(prepared) = PreparedMessage::new(m) {
-                    membership.joined.send(id, echo, &Arc::new(prepared));
-                }
             }
-            Step::Message(Some(Err(e))) => {
-                tracing::debug!(
-                    id,
-                    room = peer(&membership.room).to_string(),
-                    "connection ended: {}",
-                    peer(&e)
-                );
-                break;
-            }
-            Step::Message(None) => break,
-            Step::Slow(why) => {
-                Box::pin(connection::close_slow(&hub, &outbox, why, &membership.room)).await;
-                break;
-            }
-            Step::Silent => {
-                Box::pin(connection::close_silent(&outbox)).await;
-                break;
-            }
-            Step::Shutdown => {
-                Box::pin(connection::close_going_away(&outbox)).await;
+            Next::Ended => break,
+            Next::Close(why) => {
+                Box::pin(member.close(why)).await;
                 break;
             }
         }
     }
-    // Out of the room first, then the socket goes with the outbox.
-    drop(membership);
-    drop(outbox);
+}
+
+impl Member {
+    fn start(start: RoomMember) -> Member {
+        let RoomMember {
+            membership,
+            outbox,
+            ws,
+        } = start;
+        outbox.attach(ws);
+        let hub = &membership.hub;
+        hub.metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        Member {
+            bucket: TokenBucket::new(
+                hub.config.publish_rate,
+                hub.config.publish_burst,
+                Instant::now(),
+            ),
+            membership,
+            outbox,
+        }
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.membership.hub
+    }
+
+    /// Broadcasts a data message (unless it is a heartbeat or over the rate limit).
+    fn on_step(&mut self, step: Step) -> Next {
+        let hub = &*self.membership.hub;
+        let metrics = &hub.metrics;
+        match step {
+            Step::Message(Some(Ok(m))) => {
+                if !m.is_data() {
+                    return Next::Read;
+                }
+                metrics.received(m.as_payload().len());
+                if is_heartbeat(&hub.config.room_heartbeat, &m) {
+                    // The sender's own keepalive: answered here, never broadcast.
+                    return if hub.config.room_heartbeat_reply.is_empty() {
+                        Next::Read
+                    } else {
+                        Next::Heartbeat
+                    };
+                }
+                if !self.bucket.take(Instant::now()) {
+                    metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    return Next::Close(Closing::RateLimited);
+                }
+                if let Some(prepared) = PreparedMessage::new(m) {
+                    let echo = hub.config.echo_to_sender;
+                    let m = &self.membership;
+                    m.joined.send(m.id, echo, &Arc::new(prepared));
+                }
+                Next::Read
+            }
+            Step::Message(Some(Err(e))) => {
+                tracing::debug!(
+                    id = self.membership.id,
+                    room = peer(&self.membership.room).to_string(),
+                    "connection ended: {}",
+                    peer(&e)
+                );
+                Next::Ended
+            }
+            Step::Message(None) => Next::Ended,
+            Step::Slow(why) => Next::Close(Closing::Slow(why)),
+            Step::Silent => Next::Close(Closing::Silent),
+            Step::Shutdown => Next::Close(Closing::Shutdown),
+        }
+    }
+
+    /// Queues the heartbeat's reply; false if the socket is gone.
+    async fn answer_heartbeat(&self) -> bool {
+        let reply = &self.hub().config.room_heartbeat_reply;
+        let mut guard = self.outbox.lock().await;
+        let queued = guard
+            .socket::<Socket>()
+            .map(|ws| ws.queue(Message::text(reply.as_str())));
+        if !matches!(queued, Some(Ok(()))) {
+            return false;
+        }
+        self.hub().metrics.sent(1, reply.len() as u64);
+        true
+    }
+
+    async fn close(&self, why: Closing) {
+        let hub = self.hub();
+        match why {
+            Closing::RateLimited => {
+                let reason = format!(
+                    "rate limit: at most {} messages per second",
+                    hub.config.publish_rate
+                );
+                let frame = close_frame(HubCode::MESSAGE_RATE_LIMITED, reason);
+                connection::close(&self.outbox, frame).await;
+            }
+            Closing::Slow(why) => {
+                connection::close_slow(hub, &self.outbox, why, &self.membership.room).await
+            }
+            Closing::Silent => connection::close_silent(&self.outbox).await,
+            Closing::Shutdown => connection::close_going_away(&self.outbox).await,
+        }
+    }
 }
 
 /// Whether `m` is one of the room heartbeats: a text message equal to one of `texts`,
