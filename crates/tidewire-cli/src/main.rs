@@ -14,6 +14,25 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read at its start (`_RJEM_MALLOC_CONF` in the environment overrides
+/// them). A background thread returns the pages a burst freed to the system once they have
+/// been unused for `dirty_decay_ms` (10 s); without it jemalloc purges only when it is
+/// called again, so a hub that went quiet after a burst of subscribes kept the burst's read
+/// buffers resident (10,000 channels: 520-540 bytes of RSS each, 427 with the purge, for
+/// about 330 bytes held).
+#[cfg(feature = "jemalloc")]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: MallocConf = MallocConf(c"background_thread:true".as_ptr());
+
+/// A C string pointer that may be a `static` (jemalloc reads `const char *malloc_conf`).
+#[cfg(feature = "jemalloc")]
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points to a string literal, never written.
+#[cfg(feature = "jemalloc")]
+unsafe impl Sync for MallocConf {}
+
 /// Tidewire: a WebSocket stack and real-time hub.
 #[derive(Debug, Parser)]
 #[command(name = "tidewire", version, about, long_about = None)]

@@ -21,7 +21,6 @@ use crate::node::{Event, Outbox, Slow, Subscription};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +97,7 @@ async fn answer(conn: &mut Conn, text: Utf8Bytes) -> bool {
         return false;
     }
     let subs = &conn.subs;
-    let drained = guard.drain::<Socket>(|id, event| subs.get(event.channel()) == Some(&id));
+    let drained = guard.drain::<Socket>(|id, event| subs.get(event.channel()) == Some(id));
     drop(guard);
     let Some(outbox) = conn.outbox.as_ref() else {
         return false;
@@ -215,7 +214,7 @@ fn start(start: Start) -> Conn {
         identity_changed: false,
         identity: identity.map(Box::new),
         client: None,
-        subs: HashMap::new(),
+        subs: Default::default(),
         outbox: Some(outbox),
         bucket: TokenBucket::new(
             hub.config.publish_rate,
@@ -246,7 +245,7 @@ pub(crate) async fn serve_connection(start_: Box<Start>) {
         let subs = &conn.subs;
         // Still queued after its subscription ended (an `unsubscribe`, maybe followed by a
         // new subscribe): not for this client now.
-        let current = move |id, event: &Event| subs.get(event.channel()) == Some(&id);
+        let current = move |id, event: &Event| subs.get(event.channel()) == Some(id);
         let next = tokio::select! {
             step = connection::next(outbox, current) => on_step(&conn, step),
             _ = fire(&mut token_expiry), if token_expiry.is_some() => {
@@ -288,7 +287,8 @@ async fn end(mut conn: Conn) {
     conn.outbox = None;
     let subs: Vec<Subscription> = conn
         .subs
-        .drain()
+        .take_all()
+        .into_iter()
         .map(|(channel, id)| Subscription::new(id, channel))
         .collect();
     for sub in subs {

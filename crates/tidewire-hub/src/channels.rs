@@ -15,7 +15,6 @@ use crate::node::{Event, Json, NamespaceOptions, Outbox, Subscription};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -134,9 +133,9 @@ pub(crate) struct Conn {
     pub(crate) identity_changed: bool,
     /// Who this connection is in presence, once asked for (see `client_info`).
     pub(crate) client: Option<Arc<ClientInfo>>,
-    /// Subscribed channels and the node's id of each subscription (the key shares the
-    /// node's copy of the name: a subscription costs one map entry here).
-    pub(crate) subs: HashMap<Arc<str>, u64>,
+    /// Subscribed channels and the node's id of each subscription (sharing the node's
+    /// copy of the name).
+    pub(crate) subs: Subscriptions,
     /// Where the node delivers the events of every subscription; made at the first.
     pub(crate) outbox: Option<Outbox>,
     pub(crate) bucket: TokenBucket,
@@ -144,6 +143,53 @@ pub(crate) struct Conn {
     pub(crate) sub_bucket: TokenBucket,
     /// Counted against `limits.max_connections` while it lives.
     pub(crate) _slot: crate::admission::Slot,
+}
+
+/// A connection's subscriptions: channel name (the node's copy) and the node's id of the
+/// subscription, in a vector sorted by name. 24 bytes a subscription, where a hash map cost
+/// about 50 at its load factor and left its outgrown tables behind as it grew (a connection
+/// with hundreds of per-user channels: issue 14's memory per channel). A lookup, made per
+/// event that waited in the outbox (not per event the deliverer writes), is a binary search
+/// over at most `limits.max_subscriptions` names.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions(Vec<(Arc<str>, u64)>);
+
+impl Subscriptions {
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(name, _)| (**name).cmp(channel))
+    }
+
+    /// The id of the subscription to `channel`, if any.
+    pub(crate) fn get(&self, channel: &str) -> Option<u64> {
+        self.find(channel).ok().map(|i| self.0[i].1)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds (or replaces) the subscription to `channel`.
+    pub(crate) fn insert(&mut self, channel: Arc<str>, id: u64) {
+        match self.find(&channel) {
+            Ok(i) => self.0[i].1 = id,
+            Err(i) => self.0.insert(i, (channel, id)),
+        }
+    }
+
+    /// Takes the subscription to `channel` out; the vector shrinks when mostly empty.
+    pub(crate) fn remove(&mut self, channel: &str) -> Option<(Arc<str>, u64)> {
+        let i = self.find(channel).ok()?;
+        let entry = self.0.remove(i);
+        if self.0.len() < self.0.capacity() / 4 {
+            self.0.shrink_to(self.0.len() * 2);
+        }
+        Some(entry)
+    }
+
+    /// Takes every subscription out.
+    pub(crate) fn take_all(&mut self) -> Vec<(Arc<str>, u64)> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 /// A timer that fires once.
@@ -226,7 +272,7 @@ impl Conn {
             Request::Connect { token, info } => return self.connect(&id, token.as_deref(), info),
             Request::Ping => reply_ok(&id, &Empty {}),
             Request::Subscribe { channel, since } => self.subscribe(&id, &channel, since).await,
-            Request::Unsubscribe { channel } => match self.subs.remove_entry(channel.as_str()) {
+            Request::Unsubscribe { channel } => match self.subs.remove(channel.as_str()) {
                 Some((channel, sub_id)) => {
                     self.end(Subscription::new(sub_id, channel)).await;
                     reply_ok(&id, &Empty {})
@@ -369,7 +415,7 @@ impl Conn {
         if let Err(r) = self.namespace(id, ch) {
             return r;
         }
-        if self.subs.contains_key(ch) {
+        if self.subs.get(ch).is_some() {
             return reply_err(id, ErrorCode::ALREADY_SUBSCRIBED, "already subscribed");
         }
         if self.subs.len() >= self.hub.config.max_subscriptions {
@@ -410,5 +456,44 @@ impl Conn {
         let key = sub.subscription.channel_name().clone();
         self.subs.insert(key, sub.subscription.id());
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Subscriptions;
+    use std::sync::Arc;
+
+    #[test]
+    fn subscriptions_find_replace_and_remove_by_name() {
+        let mut subs = Subscriptions::default();
+        let names = ["m", "a", "z", "chat:b", "chat:a", "b"];
+        for (i, n) in names.iter().enumerate() {
+            subs.insert(Arc::from(*n), i as u64);
+        }
+        assert_eq!(subs.len(), names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(subs.get(n), Some(i as u64), "{n}");
+        }
+        assert_eq!(subs.get("chat:c"), None);
+        subs.insert(Arc::from("z"), 99);
+        assert_eq!((subs.get("z"), subs.len()), (Some(99), names.len()));
+        let (name, id) = subs.remove("chat:a").unwrap();
+        assert_eq!((&*name, id), ("chat:a", 4));
+        assert_eq!(subs.remove("chat:a"), None);
+        assert_eq!(subs.get("chat:b"), Some(3));
+        // Emptied, it gives its memory back as it goes.
+        for i in 0..1000 {
+            subs.insert(Arc::from(format!("u{i}").as_str()), 0);
+        }
+        for i in 0..1000 {
+            subs.remove(&format!("u{i}"));
+        }
+        assert!(subs.0.capacity() < 64, "capacity {}", subs.0.capacity());
+        let all: Vec<_> = subs.take_all().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            all.iter().map(|n| &**n).collect::<Vec<_>>(),
+            ["a", "b", "chat:b", "m", "z"]
+        );
     }
 }
