@@ -18,7 +18,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// them). A background thread returns the pages a burst freed to the system once they have
 /// been unused for `dirty_decay_ms` (10 s); without it jemalloc purges only when it is
 /// called again, so a hub that went quiet after a burst of subscribes kept the burst's read
-/// buffers resident (10,000 channels: 520-540 bytes of RSS each, 427 with the purge, for
+/// buffers resident (10,000 channels: 506-541 bytes of RSS each, 404-421 once purged, for
 /// about 330 bytes held).
 #[cfg(feature = "jemalloc")]
 #[export_name = "_rjem_malloc_conf"]

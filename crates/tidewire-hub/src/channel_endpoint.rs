@@ -17,7 +17,7 @@ use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
-use crate::node::{Event, Outbox, Slow, Subscription};
+use crate::node::{Event, Outbox, Stop, Subscription};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -139,9 +139,7 @@ enum Next {
 
 enum Closing {
     Binary,
-    Slow(Slow),
-    Silent,
-    Shutdown,
+    Stopped(Stop),
     TokenExpired,
     NoConnect,
 }
@@ -159,9 +157,7 @@ fn on_step(conn: &Conn, step: Step) -> Next {
             Next::Ended
         }
         Step::Message(None) => Next::Ended,
-        Step::Slow(why) => Next::Close(Closing::Slow(why)),
-        Step::Silent => Next::Close(Closing::Silent),
-        Step::Shutdown => Next::Close(Closing::Shutdown),
+        Step::Stop(stop) => Next::Close(Closing::Stopped(stop)),
     }
 }
 
@@ -170,11 +166,9 @@ async fn close(conn: &Conn, why: Closing) {
         return;
     };
     let frame = match why {
-        Closing::Slow(why) => {
-            return connection::close_slow(&conn.hub, outbox, why, &conn.client_id).await
+        Closing::Stopped(stop) => {
+            return connection::close_stopped(&conn.hub, outbox, stop, &conn.client_id).await
         }
-        Closing::Silent => return connection::close_silent(outbox).await,
-        Closing::Shutdown => return connection::close_going_away(outbox).await,
         Closing::Binary => close_frame(
             HubCode::UNSUPPORTED_DATA,
             "binary frames are not part of tidewire.v1",
@@ -285,14 +279,8 @@ pub(crate) async fn serve_connection(start_: Box<Start>) {
 /// ends in the engine.
 async fn end(mut conn: Conn) {
     conn.outbox = None;
-    let subs: Vec<Subscription> = conn
-        .subs
-        .take_all()
-        .into_iter()
-        .map(|(channel, id)| Subscription::new(id, channel))
-        .collect();
-    for sub in subs {
-        conn.end(sub).await;
+    for (channel, id) in conn.subs.take_all() {
+        conn.end(Subscription::new(id, channel)).await;
     }
     tracing::debug!(client = %conn.client_id, "disconnected");
 }

@@ -164,12 +164,9 @@ pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
 pub(crate) enum Step {
     /// The next message, as `WebSocketStream::recv` gives it.
     Message(Option<tidewire::Result<Message>>),
-    /// The connection cannot keep up with its deliveries.
-    Slow(Slow),
-    /// The server is shutting down.
-    Shutdown,
-    /// Nothing arrived from the peer for `heartbeat.idle_timeout`.
-    Silent,
+    /// The outbox stopped the wait: a slow consumer, the server shutting down, or a peer
+    /// silent for `heartbeat.idle_timeout`. [`close_stopped`] closes the connection for it.
+    Stop(Stop),
 }
 
 /// The next message from the peer. Meanwhile, whenever the task is woken, the deliveries
@@ -189,9 +186,7 @@ pub(crate) fn next<'a>(
                 }
                 Step::Message(m)
             }
-            Err(Stop::Slow(slow)) => Step::Slow(slow),
-            Err(Stop::Shutdown) => Step::Shutdown,
-            Err(Stop::Silent) => Step::Silent,
+            Err(stop) => Step::Stop(stop),
         })
     })
 }
@@ -205,9 +200,19 @@ pub(crate) async fn close(outbox: &Outbox, frame: CloseFrame) {
     }
 }
 
+/// Closes the connection for what stopped its wait, with the same code on both endpoints
+/// (`who` names the connection in the log line of a slow consumer).
+pub(crate) async fn close_stopped(hub: &Hub, outbox: &Outbox, stop: Stop, who: &str) {
+    match stop {
+        Stop::Slow(why) => close_slow(hub, outbox, why, who).await,
+        Stop::Silent => close_silent(outbox).await,
+        Stop::Shutdown => close_going_away(outbox).await,
+    }
+}
+
 /// Closes a connection whose peer has been silent for the heartbeat's timeout: 1011
 /// "keepalive timeout", without waiting for an answer (the peer is presumed gone).
-pub(crate) async fn close_silent(outbox: &Outbox) {
+async fn close_silent(outbox: &Outbox) {
     let frame = CloseFrame::new(CloseCode::INTERNAL_ERROR, "keepalive timeout");
     let socket = outbox.lock().await.take::<Socket>();
     if let Some(mut ws) = socket {
@@ -232,7 +237,7 @@ pub(crate) async fn close_slow(hub: &Hub, outbox: &Outbox, why: Slow, who: &str)
 
 /// Closes the connection with 1001 because the server is shutting down (the peer gets
 /// the whole close timeout to answer).
-pub(crate) async fn close_going_away(outbox: &Outbox) {
+async fn close_going_away(outbox: &Outbox) {
     let socket = outbox.lock().await.take::<Socket>();
     if let Some(mut ws) = socket {
         let frame = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
@@ -260,7 +265,7 @@ mod tests {
         let room_task = future_size(crate::room_endpoint::room_member);
         let outbox = crate::node::outbox_size::<Socket>();
         let socket = std::mem::size_of::<Socket>();
-        eprintln!("/ws task {ws_task}, room task {room_task}, outbox {outbox} (socket {socket}, io {}, tcp {})", std::mem::size_of::<Io>(), std::mem::size_of::<TcpStream>());
+        eprintln!("/ws task {ws_task}, room task {room_task}, outbox {outbox} (socket {socket})");
         assert!(ws_task <= 384, "/ws task {ws_task}");
         assert!(room_task <= 160, "room task {room_task}");
         // tokio's TcpStream is 32 bytes in a release build and 40 in a debug one: the bound

@@ -10,7 +10,7 @@ use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::log_text::peer;
 use crate::metrics::HandshakeFailure;
-use crate::node::{Outbox, Slow};
+use crate::node::{Outbox, Stop};
 use crate::rooms::Room;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -131,9 +131,7 @@ enum Next {
 
 enum Closing {
     RateLimited,
-    Slow(Slow),
-    Silent,
-    Shutdown,
+    Stopped(Stop),
 }
 
 pub(crate) async fn room_member(start: Box<RoomMember>) {
@@ -222,9 +220,7 @@ impl Member {
                 Next::Ended
             }
             Step::Message(None) => Next::Ended,
-            Step::Slow(why) => Next::Close(Closing::Slow(why)),
-            Step::Silent => Next::Close(Closing::Silent),
-            Step::Shutdown => Next::Close(Closing::Shutdown),
+            Step::Stop(stop) => Next::Close(Closing::Stopped(stop)),
         }
     }
 
@@ -253,11 +249,9 @@ impl Member {
                 let frame = close_frame(HubCode::MESSAGE_RATE_LIMITED, reason);
                 connection::close(&self.outbox, frame).await;
             }
-            Closing::Slow(why) => {
-                connection::close_slow(hub, &self.outbox, why, &self.membership.room).await
+            Closing::Stopped(stop) => {
+                connection::close_stopped(hub, &self.outbox, stop, &self.membership.room).await
             }
-            Closing::Silent => connection::close_silent(&self.outbox).await,
-            Closing::Shutdown => connection::close_going_away(&self.outbox).await,
         }
     }
 }

@@ -510,8 +510,9 @@ mod pool {
     /// Buffers kept per thread. A thread polls one connection at a time, and a drained
     /// buffer goes back before the next connection takes one, so a steady load rotates
     /// one or two; more only pile up after a burst in which many connections were woken
-    /// mid-frame (64 KiB each, kept for nothing afterwards: 4 MiB per thread at 64, which
-    /// was 131 bytes of every channel in `tidewire bench channels` at 10,000).
+    /// mid-frame (64 KiB each, kept for nothing afterwards: up to 4 MiB per thread at 64;
+    /// 131 bytes of every channel allocated in `tidewire bench channels` at 10,000, though
+    /// only their touched pages were resident).
     const POOL_MAX: usize = 8;
 
     thread_local! {
