@@ -402,11 +402,24 @@ impl HubClient {
 
     /// Publishes `data` on `channel`; returns its position (offset and epoch).
     pub async fn publish(&self, channel: &str, data: Value) -> Result<StreamPosition, Error> {
+        self.publish_once(channel, data, None).await
+    }
+
+    /// [`Client::publish`] with an idempotency key: a retry with the same key (after
+    /// error 112, or a connection lost before the reply) publishes at most once and
+    /// returns the first publication's position.
+    pub async fn publish_once(
+        &self,
+        channel: &str,
+        data: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<StreamPosition, Error> {
         let data = serde_json::value::to_raw_value(&data)
             .map_err(|e| Error::protocol(format!("data: {e}")))?;
         let request = Request::Publish {
             channel: channel.to_owned(),
             data,
+            idempotency_key: idempotency_key.map(str::to_owned),
         };
         self.typed(request, "publish").await
     }

@@ -54,9 +54,13 @@ impl ErrorCode {
     /// 111: too many subscriptions on this connection (`limits.max_subscriptions`), or too
     /// many channels on the server (`limits.max_channels`).
     pub const LIMIT_REACHED: ErrorCode = ErrorCode(111);
+    /// 112: the engine behind the hub (Redis, NATS) did not answer in time or is
+    /// unreachable: retryable. A `publish` that got it may or may not have been applied;
+    /// retry it with the same `idempotency_key` to publish at most once.
+    pub const UNAVAILABLE: ErrorCode = ErrorCode(112);
 
     /// Every code of the table, in order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::INTERNAL,
         ErrorCode::BAD_REQUEST,
         ErrorCode::UNKNOWN_OP,
@@ -69,6 +73,7 @@ impl ErrorCode {
         ErrorCode::UNAUTHORIZED,
         ErrorCode::NOT_AVAILABLE,
         ErrorCode::LIMIT_REACHED,
+        ErrorCode::UNAVAILABLE,
     ];
 
     /// What the code means, as `docs/protocol.md` says; `None` for a code not in the table.
@@ -86,6 +91,7 @@ impl ErrorCode {
             109 => "unauthorized",
             110 => "not available",
             111 => "limit reached",
+            112 => "temporarily unavailable",
             _ => return None,
         })
     }
@@ -169,9 +175,9 @@ mod tests {
     #[test]
     fn error_codes_are_the_documented_numbers() {
         let numbers: Vec<u32> = ErrorCode::ALL.iter().map(|c| c.0).collect();
-        assert_eq!(numbers, (100..=111).collect::<Vec<_>>());
+        assert_eq!(numbers, (100..=112).collect::<Vec<_>>());
         assert!(ErrorCode::ALL.iter().all(|c| c.meaning().is_some()));
-        assert_eq!(ErrorCode(112).meaning(), None);
+        assert_eq!(ErrorCode(113).meaning(), None);
         assert_eq!(ErrorCode::UNKNOWN_OP.to_string(), "102 (unknown op)");
         assert_eq!(
             serde_json::to_string(&ErrorCode::LIMIT_REACHED).unwrap(),

@@ -21,7 +21,7 @@
 //! use tidewire_hub_proto::{encode_error, encode_ok, parse_request, ErrorCode, Request, StreamPosition};
 //!
 //! let (id, request) = parse_request(r#"{"id":12345678901234567890123,"op":"publish","channel":"news","data":{"n": 1}}"#)?;
-//! let Request::Publish { channel, data } = request else { unreachable!() };
+//! let Request::Publish { channel, data, .. } = request else { unreachable!() };
 //! assert_eq!((channel.as_str(), data.get()), ("news", r#"{"n": 1}"#));
 //! let position = StreamPosition { offset: 46, epoch: "7f3a".into() };
 //! assert_eq!(
@@ -53,7 +53,7 @@ pub use reply::{
     encode_error, encode_ok, encode_publications_result, ConnectResult, Empty, ErrorBody,
     HistoryResult, PresenceResult, Reply, SubscribeResult,
 };
-pub use request::{parse_request, Request, RequestError, RequestId};
+pub use request::{parse_request, Request, RequestError, RequestId, MAX_IDEMPOTENCY_KEY};
 pub use serde_json::value::RawValue;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -170,6 +170,8 @@ pub(crate) struct Members<'a> {
     pub join: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     pub leave: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub idempotency_key: Option<&'a RawValue>,
 }
 
 impl<'a> Members<'a> {

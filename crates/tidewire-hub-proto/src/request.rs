@@ -110,6 +110,10 @@ pub enum Request {
         channel: String,
         /// Any one JSON value (`null` too), raw as sent, delivered unchanged.
         data: Box<RawValue>,
+        /// Publishes at most once: a retry with the same key on the same channel (within
+        /// its history TTL) is not published again and gets the first one's position.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
     },
     /// `history`: the newest publications.
     History {
@@ -232,6 +236,9 @@ fn absent(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
 }
 
+/// Longest `idempotency_key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
 /// Reads one request (the text of one message). On success the `id` to echo and the
 /// request; on failure the error reply to send, with the `id` when it could be read.
 ///
@@ -293,6 +300,17 @@ pub fn parse_request(text: &str) -> Result<(RequestId, Request), RequestError> {
         "publish" => Request::Publish {
             channel: channel()?,
             data: m.data.ok_or_else(|| bad(op, "missing data"))?.to_owned(),
+            idempotency_key: match absent(m.idempotency_key) {
+                None => None,
+                Some(raw) => {
+                    let key: String =
+                        typed(raw).ok_or_else(|| bad(op, "idempotency_key must be a string"))?;
+                    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                        return Err(bad(op, "idempotency_key must be 1 to 128 bytes"));
+                    }
+                    Some(key)
+                }
+            },
         },
         "history" => Request::History {
             channel: channel()?,
@@ -389,7 +407,7 @@ mod tests {
         let (_, r) =
             ok(r#"{"id":5,"op":"publish","channel":"c","data": {"text":"hi", "n":[1, 2.50]}}"#);
         match r {
-            Request::Publish { channel, data } => {
+            Request::Publish { channel, data, .. } => {
                 assert_eq!(channel, "c");
                 // Raw: as sent, spaces and number forms included.
                 assert_eq!(data.get(), r#"{"text":"hi", "n":[1, 2.50]}"#);
@@ -576,6 +594,7 @@ mod tests {
                 Request::Publish {
                     channel: "c".into(),
                     data: RawValue::from_string(r#"{"n": 1}"#.into()).unwrap(),
+                    idempotency_key: None,
                 },
                 r#"{"id":9,"op":"publish","channel":"c","data":{"n": 1}}"#,
             ),

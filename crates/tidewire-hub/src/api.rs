@@ -17,6 +17,9 @@ struct ApiPublish {
     channel: String,
     /// Kept as the bytes sent (checked, never expanded into a tree).
     data: Box<serde_json::value::RawValue>,
+    /// Publishes at most once (docs/protocol.md, `publish`).
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// `POST /api/publish` with `Authorization: apikey KEY` and `{"channel":C,"data":ANY}`:
@@ -26,25 +29,8 @@ pub(crate) async fn api_publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(key) = &hub.config.api_key else {
-        hub.metrics.refused(Refusal::ApiAuth);
-        return (
-            StatusCode::FORBIDDEN,
-            "the HTTP API is off: set api.key in the configuration\n",
-        )
-            .into_response();
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("apikey "));
-    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-        hub.metrics.refused(Refusal::ApiAuth);
-        return (
-            StatusCode::UNAUTHORIZED,
-            "unauthorized: send Authorization: apikey KEY\n",
-        )
-            .into_response();
+    if let Err(refused) = authorize(&hub, &headers) {
+        return refused;
     }
     let req: ApiPublish = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -57,8 +43,21 @@ pub(crate) async fn api_publish(
                 .into_response();
         }
     };
+    let key = req.idempotency_key.as_deref();
+    if key.is_some_and(|k| k.is_empty() || k.len() > tidewire_hub_proto::MAX_IDEMPOTENCY_KEY) {
+        hub.metrics.refused(Refusal::ApiBadRequest);
+        return (
+            StatusCode::BAD_REQUEST,
+            "bad request: idempotency_key must be 1 to 128 bytes\n",
+        )
+            .into_response();
+    }
     let start = Instant::now();
-    match hub.node.publish(&req.channel, Json::from(req.data)).await {
+    match hub
+        .node
+        .publish_once(&req.channel, Json::from(req.data), key)
+        .await
+    {
         Ok(p) => {
             hub.metrics.publish_latency(start.elapsed());
             hub.metrics.publications.fetch_add(1, Ordering::Relaxed);
@@ -74,11 +73,43 @@ pub(crate) async fn api_publish(
             hub.metrics.refused(Refusal::MaxChannels);
             (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
         }
+        // The engine is down or slow: retry (with the same idempotency_key).
+        Err(e) if e.is_temporary() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            format!("temporarily unavailable, retry with the same idempotency_key: {e}\n"),
+        )
+            .into_response(),
         Err(e) => {
             hub.metrics.refused(Refusal::ApiBadRequest);
             (StatusCode::BAD_REQUEST, format!("bad request: {e}\n")).into_response()
         }
     }
+}
+
+/// Checks `Authorization: apikey KEY`; the refusal to send otherwise.
+pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(key) = &hub.config.api_key else {
+        hub.metrics.refused(Refusal::ApiAuth);
+        return Err((
+            StatusCode::FORBIDDEN,
+            "the HTTP API is off: set api.key in the configuration\n",
+        )
+            .into_response());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        hub.metrics.refused(Refusal::ApiAuth);
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: send Authorization: apikey KEY\n",
+        )
+            .into_response());
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

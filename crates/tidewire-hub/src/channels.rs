@@ -55,6 +55,8 @@ fn engine_error(metrics: &Metrics, id: &RequestId, e: &crate::engine::Error) -> 
         ErrorCode::NOT_AVAILABLE
     } else if e.is_too_many_channels() {
         ErrorCode::LIMIT_REACHED
+    } else if e.is_temporary() {
+        ErrorCode::UNAVAILABLE
     } else {
         ErrorCode::INTERNAL
     };
@@ -279,7 +281,11 @@ impl Conn {
                 }
                 None => reply_err(&id, ErrorCode::NOT_SUBSCRIBED, "not subscribed"),
             },
-            Request::Publish { channel, data } => {
+            Request::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => {
                 let ch = channel.as_str();
                 let ns = match self.namespace(&id, ch) {
                     Ok(ns) => ns,
@@ -305,7 +311,8 @@ impl Conn {
                     return reply_err(&id, ErrorCode::RATE_LIMITED, &msg).into();
                 }
                 // The raw JSON as the request carried it (checked when it was read).
-                match node.publish(ch, Json::from(data)).await {
+                let key = idempotency_key.as_deref();
+                match node.publish_once(ch, Json::from(data), key).await {
                     Ok(p) => {
                         self.hub.metrics.publish_latency(now.elapsed());
                         self.hub

@@ -30,8 +30,9 @@ impl Broker for Recording {
         channel: &'a str,
         data: Bytes,
         options: StreamOptions,
+        key: Option<&'a str>,
     ) -> EngineFuture<'a, StreamPosition> {
-        self.inner.publish(channel, data, options)
+        self.inner.publish(channel, data, options, key)
     }
     fn publish_join<'a>(
         &'a self,

@@ -685,8 +685,12 @@ impl Conn {
                     Op::Publish => {
                         let data = RawValue::from_string(i.to_string())
                             .map_err(|e| Failure(format!("publication data: {e}")))?;
-                        Request::Publish { channel, data }
-                            .encode(&RequestId::from(PUBLISH_ID + j as u64))
+                        Request::Publish {
+                            channel,
+                            data,
+                            idempotency_key: None,
+                        }
+                        .encode(&RequestId::from(PUBLISH_ID + j as u64))
                     }
                 };
                 ws.queue(Message::text(text)).map_err(|e| Failure::ws(&e))?;

@@ -667,6 +667,7 @@ async fn publish(
             let request = Request::Publish {
                 channel: channel.to_owned(),
                 data,
+                idempotency_key: None,
             };
             let text = request.encode(&RequestId::from(next_id));
             if let Err(e) = ws.queue(Message::text(text)) {

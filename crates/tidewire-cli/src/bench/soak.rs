@@ -598,6 +598,7 @@ async fn ws_publish(
     let text = Request::Publish {
         channel: channel.to_owned(),
         data,
+        idempotency_key: None,
     }
     .encode(&RequestId::from(n));
     let exchange = async {

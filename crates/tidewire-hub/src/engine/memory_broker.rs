@@ -133,7 +133,16 @@ struct Stream {
     ttl_ms: u32,
     /// The node is subscribed: deliver to it.
     subscribed: bool,
+    /// Idempotency keys of recent publications (none, one null pointer, until a publish
+    /// gives one).
+    keys: Option<Box<Keys>>,
 }
+
+/// Idempotency keys of a stream's recent publications: key → (offset, when published).
+type Keys = HashMap<Box<str>, (u64, Instant)>;
+
+/// Idempotency keys a stream holds at most; past it, the oldest go first.
+const MAX_KEYS: usize = 4096;
 
 impl Stream {
     fn new(options: StreamOptions, epoch: u64) -> Self {
@@ -144,7 +153,41 @@ impl Stream {
             idle_until: 0,
             ttl_ms: ttl_ms(options.history_ttl),
             subscribed: false,
+            keys: None,
         }
+    }
+
+    /// The offset already published with `key` within the TTL, if any.
+    fn published_with(&mut self, key: &str, now: Instant) -> Option<u64> {
+        let ttl = self.ttl();
+        let keys = self.keys.as_mut()?;
+        match keys.get(key) {
+            Some(&(offset, at)) if now.saturating_duration_since(at) < ttl => Some(offset),
+            Some(_) => {
+                keys.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers that `offset` was published with `key`.
+    fn remember(&mut self, key: &str, offset: u64, now: Instant) {
+        let ttl = self.ttl();
+        let keys = self.keys.get_or_insert_with(Default::default);
+        if keys.len() >= MAX_KEYS {
+            keys.retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
+        }
+        if keys.len() >= MAX_KEYS {
+            if let Some(oldest) = keys
+                .iter()
+                .min_by_key(|(_, (o, _))| *o)
+                .map(|(k, _)| k.clone())
+            {
+                keys.remove(&oldest);
+            }
+        }
+        keys.insert(key.into(), (offset, now));
     }
 
     fn ttl(&self) -> Duration {
@@ -525,8 +568,18 @@ impl Broker for MemoryBroker {
         channel: &'a str,
         data: Bytes,
         options: StreamOptions,
+        idempotency_key: Option<&'a str>,
     ) -> EngineFuture<'a, StreamPosition> {
         let r = self.with_stream(channel, Use::Create(options), |s, now, events| {
+            if let Some(key) = idempotency_key {
+                if let Some(offset) = s.published_with(key, now) {
+                    return StreamPosition {
+                        offset,
+                        epoch: s.epoch_str(),
+                    };
+                }
+                s.remember(key, s.offset + 1, now);
+            }
             s.offset += 1;
             let publication = Publication {
                 offset: s.offset,
@@ -698,6 +751,7 @@ mod tests {
                 .push(format!("{channel} leave {}", c.client_id));
         }
         fn link_restored(&self) {}
+        fn channel_lost(&self, _: &str) {}
     }
 
     fn options(size: usize, ttl_secs: u64) -> StreamOptions {
@@ -726,16 +780,42 @@ mod tests {
     #[test]
     fn a_stream_is_small() {
         // docs/design.md ("Memory") quotes this size.
-        assert_eq!(std::mem::size_of::<Stream>(), 40);
+        assert_eq!(std::mem::size_of::<Stream>(), 48);
+    }
+
+    #[tokio::test]
+    async fn a_key_publishes_once_within_the_ttl() {
+        let (b, clock, rec) = broker();
+        let o = options(10, 60);
+        let ch: Arc<str> = Arc::from("a");
+        b.subscribe(&ch).await.unwrap();
+        let first = b.publish("a", data(1), o, Some("k1")).await.unwrap();
+        let retry = b.publish("a", data(1), o, Some("k1")).await.unwrap();
+        assert_eq!(first, retry);
+        let other = b.publish("a", data(2), o, Some("k2")).await.unwrap();
+        assert_eq!(other.offset, 2);
+        // Another channel has its own keys.
+        assert_eq!(
+            b.publish("b", data(1), o, Some("k1")).await.unwrap().offset,
+            1
+        );
+        assert_eq!(
+            rec.0.lock().unwrap().len(),
+            2,
+            "the retry was not delivered"
+        );
+        clock.advance(Duration::from_secs(61));
+        let late = b.publish("a", data(1), o, Some("k1")).await.unwrap();
+        assert_eq!(late.offset, 3, "a key is forgotten after the history TTL");
     }
 
     #[tokio::test]
     async fn offsets_increase_from_one_in_one_epoch() {
         let (b, _, _) = broker();
         let o = options(10, 60);
-        let p1 = b.publish("a", data(1), o).await.unwrap();
-        let p2 = b.publish("a", data(2), o).await.unwrap();
-        let other = b.publish("b", data(1), o).await.unwrap();
+        let p1 = b.publish("a", data(1), o, None).await.unwrap();
+        let p2 = b.publish("a", data(2), o, None).await.unwrap();
+        let other = b.publish("b", data(1), o, None).await.unwrap();
         assert_eq!((p1.offset, p2.offset, other.offset), (1, 2, 1));
         assert_eq!(p1.epoch, p2.epoch);
         assert_eq!(p1.epoch.len(), 16);
@@ -745,14 +825,14 @@ mod tests {
     async fn only_subscribed_channels_are_delivered_in_order() {
         let (b, _, rec) = broker();
         let o = options(10, 60);
-        b.publish("a", data(1), o).await.unwrap();
+        b.publish("a", data(1), o, None).await.unwrap();
         b.subscribe(&Arc::from("a")).await.unwrap();
-        b.publish("a", data(2), o).await.unwrap();
+        b.publish("a", data(2), o, None).await.unwrap();
         b.publish_join("a", &ClientInfo::new("c1")).await.unwrap();
-        b.publish("b", data(1), o).await.unwrap();
+        b.publish("b", data(1), o, None).await.unwrap();
         b.publish_leave("a", &ClientInfo::new("c1")).await.unwrap();
         b.unsubscribe("a").await.unwrap();
-        b.publish("a", data(3), o).await.unwrap();
+        b.publish("a", data(3), o, None).await.unwrap();
         assert_eq!(*rec.0.lock().unwrap(), ["a 2", "a join c1", "a leave c1"]);
     }
 
@@ -761,7 +841,7 @@ mod tests {
         let (b, _, _) = broker();
         let o = options(3, 60);
         for n in 1..=5 {
-            b.publish("a", data(n), o).await.unwrap();
+            b.publish("a", data(n), o, None).await.unwrap();
         }
         let newest = b.history("a", HistoryQuery::Newest(2), o).await.unwrap();
         assert_eq!(offsets(&newest.publications), [4, 5]);
@@ -851,9 +931,9 @@ mod tests {
         let b = MemoryBroker::with_clock(Arc::new(clock.clone())).max_streams(3);
         let o = options(10, 60);
         for ch in ["a", "b", "c"] {
-            b.publish(ch, data(1), o).await.unwrap();
+            b.publish(ch, data(1), o, None).await.unwrap();
         }
-        let e = b.publish("d", data(1), o).await.unwrap_err();
+        let e = b.publish("d", data(1), o, None).await.unwrap_err();
         assert!(e.is_too_many_channels(), "{e}");
         let e = b.subscribe(&Arc::from("d")).await.unwrap_err();
         assert!(e.is_too_many_channels());
@@ -861,13 +941,13 @@ mod tests {
         assert!(e.is_too_many_channels());
         assert_eq!(b.len(), 3);
         // Existing streams still take publications, and a stream that goes makes room.
-        assert_eq!(b.publish("a", data(2), o).await.unwrap().offset, 2);
+        assert_eq!(b.publish("a", data(2), o, None).await.unwrap().offset, 2);
         for _ in 0..2 {
             clock.advance(Duration::from_secs(61));
             b.sweep().await.unwrap();
         }
         assert!(b.is_empty());
-        b.publish("d", data(1), o).await.unwrap();
+        b.publish("d", data(1), o, None).await.unwrap();
     }
 
     #[tokio::test]
@@ -876,15 +956,15 @@ mod tests {
         let o = options(2, 60);
         let entry = (ENTRY_OVERHEAD + data(1).len()) as u64;
         assert_eq!(b.history_bytes(), 0);
-        b.publish("chat:a", data(1), o).await.unwrap();
-        b.publish("chat:b", data(1), o).await.unwrap();
-        b.publish("news", data(1), o).await.unwrap();
+        b.publish("chat:a", data(1), o, None).await.unwrap();
+        b.publish("chat:b", data(1), o, None).await.unwrap();
+        b.publish("news", data(1), o, None).await.unwrap();
         assert_eq!(b.history_bytes(), 3 * entry);
         let mut ns = b.streams_by_namespace();
         ns.sort();
         assert_eq!(ns, [("".to_string(), 1), ("chat".to_string(), 2)]);
-        b.publish("news", data(2), o).await.unwrap();
-        b.publish("news", data(3), o).await.unwrap();
+        b.publish("news", data(2), o, None).await.unwrap();
+        b.publish("news", data(3), o, None).await.unwrap();
         assert_eq!(b.history_bytes(), 4 * entry, "trimmed to 2 by count");
         b.remove_history("chat:a").await.unwrap();
         assert_eq!(b.history_bytes(), 3 * entry);
@@ -909,11 +989,11 @@ mod tests {
             b.subscribe(&Arc::from(c)).await.unwrap();
         }
         for n in 1..=8 {
-            b.publish("a", data(n), o).await.unwrap();
+            b.publish("a", data(n), o, None).await.unwrap();
         }
-        let b1 = b.publish("b", data(1), o).await.unwrap();
+        let b1 = b.publish("b", data(1), o, None).await.unwrap();
         for n in 2..=8 {
-            b.publish("b", data(n), o).await.unwrap();
+            b.publish("b", data(n), o, None).await.unwrap();
             assert!(b.history_bytes() <= 10 * entry, "within the bound");
         }
         assert_eq!(b.history_bytes(), 10 * entry);
@@ -941,7 +1021,7 @@ mod tests {
         assert_eq!(page.publications.len(), 8);
         // One publication bigger than the whole bound is delivered and not kept.
         let big = Bytes::from(format!("\"{}\"", "x".repeat(20 * entry as usize)));
-        b.publish("c", big, o).await.unwrap();
+        b.publish("c", big, o, None).await.unwrap();
         assert!(b.history_bytes() <= 10 * entry);
         let page = b.history("c", HistoryQuery::Newest(10), o).await.unwrap();
         assert!(page.publications.is_empty());
@@ -952,7 +1032,7 @@ mod tests {
     async fn idle_streams_keep_their_epoch_for_a_ttl_then_go() {
         let (b, clock, _) = broker();
         let o = options(10, 60);
-        let first = b.publish("a", data(1), o).await.unwrap();
+        let first = b.publish("a", data(1), o, None).await.unwrap();
         clock.advance(Duration::from_secs(61));
         b.sweep().await.unwrap();
         // History expired: the stream is idle from now, and kept for one more TTL.
@@ -962,7 +1042,7 @@ mod tests {
         clock.advance(Duration::from_secs(61));
         b.sweep().await.unwrap();
         assert!(b.is_empty());
-        let again = b.publish("a", data(2), o).await.unwrap();
+        let again = b.publish("a", data(2), o, None).await.unwrap();
         assert_eq!(again.offset, 1);
         assert_ne!(again.epoch, first.epoch, "a new epoch");
     }

@@ -101,6 +101,10 @@ pub trait BrokerEvents: Send + Sync + 'static {
     /// The link to the broker was lost and is back: publications may have been missed
     /// meanwhile, on any channel. The node tells its subscribers to resume from history.
     fn link_restored(&self);
+    /// Publications of `channel` were missed and the broker could not fill the gap from
+    /// history (or the channel's epoch changed under it): the node tells that channel's
+    /// subscribers to resume from history.
+    fn channel_lost(&self, channel: &str);
 }
 
 impl fmt::Debug for dyn BrokerEvents {
@@ -121,11 +125,17 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Appends `data` to `channel`'s stream and delivers it to every subscribed node.
     /// Returns its position.
+    ///
+    /// With an `idempotency_key`, a publication with the same key on the same channel
+    /// within the history TTL is not appended again: the call returns the first one's
+    /// position. A retry after an error or a timeout (which may have been applied) thus
+    /// publishes at most once.
     fn publish<'a>(
         &'a self,
         channel: &'a str,
         data: Bytes,
         options: StreamOptions,
+        idempotency_key: Option<&'a str>,
     ) -> EngineFuture<'a, StreamPosition>;
 
     /// Delivers a join event on `channel` to every subscribed node (not kept).
@@ -186,6 +196,86 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn history_shed(&self) -> Option<u64> {
         None
     }
+
+    /// The engine's health as this node sees it, without waiting (a networked engine
+    /// keeps it up to date in the background). Always up in memory.
+    fn health(&self) -> EngineHealth {
+        EngineHealth {
+            engine: "memory",
+            shards: Vec::new(),
+        }
+    }
+
+    /// Records this node in the cluster's registry, to expire after `ttl` unless
+    /// announced again. Nothing to do in memory (a cluster of one).
+    fn announce<'a>(&'a self, _node: &'a NodeStatus, _ttl: Duration) -> EngineFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The nodes of the cluster that announced themselves and have not expired, this one
+    /// included; empty for an engine without a registry (memory: a cluster of one).
+    fn nodes(&self) -> EngineFuture<'_, Vec<NodeStatus>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// A node as the cluster's registry holds it (`GET /api/cluster`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    /// Unique in the cluster (`--node-name`, or generated).
+    pub name: String,
+    /// Open WebSocket connections.
+    pub connections: u64,
+    /// Subscriptions of its connections.
+    pub subscriptions: u64,
+    /// Channels with at least one of its subscribers.
+    pub channels: u64,
+    /// Seconds since the Unix epoch when it started.
+    pub started: u64,
+    /// Seconds since the Unix epoch of this announcement.
+    pub updated: u64,
+    /// Its version.
+    pub version: String,
+}
+
+/// The engine's health: up when every shard is ([`Broker::health`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineHealth {
+    /// `memory`, `redis` or `nats`.
+    pub engine: &'static str,
+    /// One per shard (server or cluster) of a networked engine; empty in memory.
+    pub shards: Vec<ShardHealth>,
+}
+
+impl EngineHealth {
+    /// True when every shard is up.
+    pub fn is_up(&self) -> bool {
+        self.shards.iter().all(|s| s.up)
+    }
+
+    /// Why the engine is not up: the first failing shard's reason.
+    pub fn reason(&self) -> Option<String> {
+        self.shards
+            .iter()
+            .find(|s| !s.up)
+            .map(|s| format!("{}: {}", s.address, s.reason.as_deref().unwrap_or("down")))
+    }
+}
+
+/// One shard of a networked engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ShardHealth {
+    /// Its address, without credentials.
+    pub address: String,
+    /// Answered the last probe in time.
+    pub up: bool,
+    /// Why it is not up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The last probe's round trip, in microseconds.
+    pub latency_us: u64,
+    /// Times the link was established again after it was lost.
+    pub reconnects: u64,
 }
 
 /// Who is present in each channel, with a time to live: a node refreshes the entries of its

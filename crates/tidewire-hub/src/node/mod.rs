@@ -388,6 +388,14 @@ impl BrokerEvents for Registry {
             }
         }
     }
+
+    fn channel_lost(&self, channel: &str) {
+        if let Some(local) = self.shard(channel).channels.get(channel) {
+            for sub in local.subs.as_slice() {
+                sub.outbox.mark_lagged();
+            }
+        }
+    }
 }
 
 /// This process's side of the hub's channels (see the module's documentation).
@@ -487,13 +495,24 @@ impl Node {
     /// Publishes `data` on `channel`: kept in history and delivered to every subscriber,
     /// on every node. Returns its position.
     pub async fn publish(&self, channel: &str, data: Json) -> Result<StreamPosition, Error> {
+        self.publish_once(channel, data, None).await
+    }
+
+    /// [`Node::publish`] with an idempotency key: a second publication with the same key
+    /// on the same channel within its history TTL is not published again, and returns the
+    /// first one's position (see [`Broker::publish`]).
+    pub async fn publish_once(
+        &self,
+        channel: &str,
+        data: Json,
+        idempotency_key: Option<&str>,
+    ) -> Result<StreamPosition, Error> {
         let ns = self.namespaces.check(channel)?;
         let stream = ns.stream();
-        self.call(
-            "publish",
-            self.broker.publish(channel, data.into_bytes(), stream),
-        )
-        .await
+        let publish = self
+            .broker
+            .publish(channel, data.into_bytes(), stream, idempotency_key);
+        self.call("publish", publish).await
     }
 
     /// Subscribes `client` to `channel`, its live events going into `outbox` (the

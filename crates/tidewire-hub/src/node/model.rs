@@ -46,8 +46,9 @@ impl Broker for Recording {
         channel: &'a str,
         data: Bytes,
         options: StreamOptions,
+        key: Option<&'a str>,
     ) -> EngineFuture<'a, StreamPosition> {
-        self.inner.publish(channel, data, options)
+        self.inner.publish(channel, data, options, key)
     }
     fn publish_join<'a>(&'a self, channel: &'a str, c: &'a ClientInfo) -> EngineFuture<'a, ()> {
         self.inner.publish_join(channel, c)
@@ -75,11 +76,11 @@ impl Broker for Recording {
             let race = self.race.lock().unwrap().take();
             let (before, after) = race.unwrap_or((0, 0));
             for _ in 0..before {
-                self.inner.publish(channel, data(0), options).await?;
+                self.inner.publish(channel, data(0), options, None).await?;
             }
             let page = self.inner.history(channel, query, options).await?;
             for _ in 0..after {
-                self.inner.publish(channel, data(0), options).await?;
+                self.inner.publish(channel, data(0), options, None).await?;
             }
             Ok(page)
         })
