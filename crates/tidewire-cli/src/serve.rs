@@ -181,6 +181,26 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_key: Option<String>,
+
+    /// The engine: memory (the default: one node), redis://HOST:PORT[/DB] (given several
+    /// times: channels sharded over the servers) or nats://HOST:PORT (JetStream). Nodes on
+    /// the same engine form one cluster (docs/scaling.md).
+    #[arg(
+        long = "engine",
+        env = "TIDEWIRE_ENGINE",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    engine: Vec<String>,
+
+    /// This node's name, unique in the cluster (GET /api/cluster). [default: generated]
+    #[arg(long, env = "TIDEWIRE_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+
+    /// On SIGTERM, close the WebSockets with 1012 spread over this long, so that clients
+    /// move to other nodes a few at a time and resume there. [default: 0s, all at once]
+    #[arg(long, env = "TIDEWIRE_DRAIN", value_name = "DURATION", value_parser = duration)]
+    drain: Option<std::time::Duration>,
 }
 
 /// The configuration these arguments describe.
@@ -245,6 +265,13 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         }
     }
     set!(c.api_key, args.api_key.clone().map(Some));
+    if !args.engine.is_empty() {
+        tidewire_hub::check_engine(&args.engine)
+            .map_err(|e| anyhow::anyhow!("--engine (TIDEWIRE_ENGINE): {e}"))?;
+        c.engine = args.engine.clone();
+    }
+    set!(c.node_name, args.node_name.clone().map(Some));
+    set!(c.drain, args.drain);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let files = tidewire_hub::TlsFiles {
             cert: cert.clone(),

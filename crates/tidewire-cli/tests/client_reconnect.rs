@@ -76,27 +76,6 @@ async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
         .unwrap_or_else(|_| panic!("{what}: not within 20 s"));
 }
 
-/// Publishes `range` on `channel` over its own direct connection, pipelined 50 at a time,
-/// and checks every reply.
-async fn publish_range(ws: &mut common::hub::Ws, channel: &str, range: std::ops::Range<u64>) {
-    let ids: Vec<u64> = range.collect();
-    for chunk in ids.chunks(50) {
-        for &n in chunk {
-            let req = json!({"id": n, "op": "publish", "channel": channel, "data": {"n": n}});
-            ws.queue(Message::text(req.to_string())).unwrap();
-        }
-        ws.flush().await.unwrap();
-        let mut replies = 0;
-        while replies < chunk.len() {
-            let v = common::hub::next_json(ws).await;
-            if v.get("id").is_some() {
-                assert_eq!(v["ok"], true, "{v}");
-                replies += 1;
-            }
-        }
-    }
-}
-
 /// (a) 5,000 publications while the connection is cut 20 times: every one arrives exactly
 /// once, in order, and nothing is reported lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,12 +115,12 @@ async fn every_publication_exactly_once_across_20_cuts() {
     let mut publisher = common::hub::client(srv.addr).await;
     let segment = TOTAL / (CUTS + 1);
     for k in 0..CUTS {
-        publish_range(&mut publisher, "feed", k * segment..(k + 1) * segment).await;
+        common::hub::publish_range(&mut publisher, "feed", k * segment..(k + 1) * segment).await;
         // Cut an established connection each time: the (k+1)-th, once it has resubscribed.
         wait_for("reconnect", || counts.connected.load(Ordering::SeqCst) > k).await;
         proxy.sever();
     }
-    publish_range(&mut publisher, "feed", CUTS * segment..TOTAL).await;
+    common::hub::publish_range(&mut publisher, "feed", CUTS * segment..TOTAL).await;
 
     let got = timeout(Duration::from_secs(30), reader)
         .await
@@ -437,7 +416,7 @@ async fn slow_subscription_reader_resumes_without_loss() {
         .connect();
     let mut sub = client.subscribe("slow").await.unwrap();
     let mut publisher = common::hub::client(srv.addr).await;
-    publish_range(&mut publisher, "slow", 0..500).await;
+    common::hub::publish_range(&mut publisher, "slow", 0..500).await;
     // Nothing read yet: far more than 16 were published.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut got = Vec::new();

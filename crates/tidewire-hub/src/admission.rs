@@ -176,6 +176,16 @@ pub(crate) fn admit(
         endpoint,
     };
     slot.counter().fetch_add(1, Ordering::Relaxed);
+    if hub.draining.load(Ordering::Relaxed) {
+        drop(slot);
+        return Err(refuse(
+            hub,
+            HandshakeFailure::Capacity,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is draining: connect to another one".to_owned(),
+            headers,
+        ));
+    }
     if hub.connections() > hub.config.max_connections {
         drop(slot);
         return Err(refuse(

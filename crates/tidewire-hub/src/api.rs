@@ -30,7 +30,7 @@ pub(crate) async fn api_publish(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = authorize(&hub, &headers) {
-        return refused;
+        return *refused;
     }
     let req: ApiPublish = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -87,15 +87,62 @@ pub(crate) async fn api_publish(
     }
 }
 
+/// `GET /api/cluster` with the API key: the nodes of the cluster (their connections,
+/// subscriptions and channels), this node's name, and the engine's shards with their
+/// health.
+pub(crate) async fn api_cluster(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&hub, &headers) {
+        return *refused;
+    }
+    let broker = hub.node.broker();
+    let health = broker.health();
+    let mut nodes =
+        match tokio::time::timeout(std::time::Duration::from_secs(3), broker.nodes()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("engine unavailable: {e}\n"),
+                )
+                    .into_response()
+            }
+            Err(_) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "engine unavailable: no answer in 3 s\n",
+                )
+                    .into_response()
+            }
+        };
+    if !nodes.iter().any(|n| n.name == hub.node_name) {
+        nodes.push(hub.status());
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let body = serde_json::json!({
+        "node": hub.node_name,
+        "engine": health.engine,
+        "up": health.is_up(),
+        "shards": health.shards,
+        "nodes": nodes,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// Checks `Authorization: apikey KEY`; the refusal to send otherwise.
-pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(key) = &hub.config.api_key else {
         hub.metrics.refused(Refusal::ApiAuth);
-        return Err((
-            StatusCode::FORBIDDEN,
-            "the HTTP API is off: set api.key in the configuration\n",
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                "the HTTP API is off: set api.key in the configuration\n",
+            )
+                .into_response(),
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -103,11 +150,13 @@ pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Response> 
         .and_then(|v| v.strip_prefix("apikey "));
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
         hub.metrics.refused(Refusal::ApiAuth);
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "unauthorized: send Authorization: apikey KEY\n",
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: send Authorization: apikey KEY\n",
+            )
+                .into_response(),
+        ));
     }
     Ok(())
 }

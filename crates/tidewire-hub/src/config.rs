@@ -129,6 +129,16 @@ pub struct HubConfig {
     /// Serve `https://` and `wss://` with this certificate chain and key (PEM files), read
     /// at start and again on SIGHUP; `None` (the default) for plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The engine: `["memory"]` (the default: one node), or the `redis://` URLs (one
+    /// server, or several with channels sharded over them) or the `nats://` URL shared by
+    /// the nodes of a cluster (docs/scaling.md).
+    pub engine: Vec<String>,
+    /// This node's name, unique in the cluster; generated when `None`.
+    pub node_name: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long to spread the closing of WebSockets over (1012,
+    /// "service restart": clients reconnect, to another node, and resume). Default 0:
+    /// all at once (with 1001). New upgrades are refused from the start of the drain.
+    pub drain: Duration,
 }
 
 /// The PEM files of a TLS server: read at start, and again on each SIGHUP (a renewed
@@ -195,6 +205,9 @@ impl Default for HubConfig {
             api_key: None,
             namespaces: default_namespaces(),
             tls: None,
+            engine: vec!["memory".into()],
+            node_name: None,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -344,6 +357,16 @@ struct File {
     #[serde(default)]
     namespaces: BTreeMap<String, Namespace>,
     tls: Option<Tls>,
+    #[serde(default)]
+    engine: Engine,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Engine {
+    urls: Option<Vec<String>>,
+    node_name: Option<String>,
+    drain: Option<Secs>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -553,6 +576,12 @@ impl HubConfig {
             self.auth = Some(auth);
         }
         set!(self.api_key, f.api.key.map(Some));
+        if let Some(urls) = f.engine.urls {
+            check_engine(&urls).map_err(|e| invalid("engine.urls", e))?;
+            self.engine = urls;
+        }
+        set!(self.node_name, f.engine.node_name.map(Some));
+        set!(self.drain, f.engine.drain.map(|s| s.0));
         if let Some(t) = f.tls {
             // Relative to the file, as auth.rsa_public_key_file is.
             let dir = path.parent().unwrap_or(Path::new("."));
@@ -721,6 +750,45 @@ fn check_origin(origin: &str) -> Result<(), String> {
         if !host.is_empty() && !port.contains(']') && port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(hint("has a bad port"));
         }
+    }
+    Ok(())
+}
+
+/// Checks a list of engine URLs (`--engine`, `engine.urls`): one `memory`, one `nats://`,
+/// or one or more `redis://` (sharded); what is wrong, for people.
+pub fn check_engine(urls: &[String]) -> Result<(), String> {
+    let Some(first) = urls.first() else {
+        return Err("no engine given: memory, redis://HOST:PORT or nats://HOST:PORT".into());
+    };
+    let scheme = |u: &str| {
+        u.split_once("://")
+            .map_or(u.to_owned(), |(s, _)| s.to_owned())
+    };
+    for u in urls {
+        let s = scheme(u);
+        match s.as_str() {
+            "memory" | "redis" | "rediss" | "nats" => {}
+            "redis+sentinel" | "redis+cluster" => {
+                return Err(format!(
+                    "{u}: Redis Sentinel and Redis Cluster are not supported yet; \
+                     give the master's redis:// URL, or several redis:// URLs to shard"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                "{u}: unknown engine (expected memory, redis://HOST:PORT[/DB] or nats://HOST:PORT)"
+            ))
+            }
+        }
+    }
+    let first = scheme(first);
+    if urls.len() > 1 && !urls.iter().all(|u| scheme(u).starts_with("redis")) {
+        return Err(
+            "only redis:// URLs can be given several times (channels are sharded over them)".into(),
+        );
+    }
+    if first == "memory" && urls.len() > 1 {
+        return Err("memory is a single engine".into());
     }
     Ok(())
 }

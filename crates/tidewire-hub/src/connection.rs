@@ -207,6 +207,13 @@ pub(crate) async fn close_stopped(hub: &Hub, outbox: &Outbox, stop: Stop, who: &
         Stop::Slow(why) => close_slow(hub, outbox, why, who).await,
         Stop::Silent => close_silent(outbox).await,
         Stop::Shutdown => close_going_away(outbox).await,
+        Stop::Restart => {
+            let frame = CloseFrame::new(
+                CloseCode::SERVICE_RESTART,
+                "service restart: reconnect and resume",
+            );
+            close(outbox, frame).await
+        }
     }
 }
 

@@ -36,6 +36,17 @@ pub struct Hub {
     pub(crate) refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
     /// One deliverer per runtime worker, started with the first connection.
     deliverers: std::sync::OnceLock<Box<[Arc<Deliverer>]>>,
+    /// This node's name in the cluster (`--node-name`, or generated).
+    pub(crate) node_name: String,
+    /// Prefix of client ids with a networked engine, so that they are unique in the
+    /// cluster; empty in memory.
+    client_prefix: String,
+    /// Seconds since the Unix epoch when the hub started.
+    pub(crate) started: u64,
+    /// A drain has begun: new upgrades are refused, `/readyz` answers 503.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Nodes seen alive in the cluster's registry at the last announcement.
+    pub(crate) cluster_nodes: AtomicU64,
 }
 
 impl Hub {
@@ -51,6 +62,45 @@ impl Hub {
             Arc::new(broker),
             Arc::new(MemoryPresence::new()),
         )
+    }
+
+    /// A hub with `config` on the engine it names (`config.engine`): memory, or connected
+    /// to Redis or NATS. Fails when the engine cannot be reached (the error names it).
+    pub async fn connect(
+        config: HubConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Arc<Hub>> {
+        crate::config::check_engine(&config.engine).map_err(std::io::Error::other)?;
+        let first = config.engine.first().map_or("memory", String::as_str);
+        if first == "memory" {
+            return Ok(Self::new(config, shutdown));
+        }
+        let node = config.node_name.clone().unwrap_or_else(generated_node_name);
+        let failed = |e: crate::engine::Error| {
+            std::io::Error::other(format!("engine {}: {e}", config.engine.join(",")))
+        };
+        if first.starts_with("redis") {
+            #[cfg(feature = "redis")]
+            {
+                let engine = crate::engine::RedisEngine::connect(&config.engine, &node)
+                    .await
+                    .map_err(failed)?;
+                let mut config = config;
+                config.node_name = Some(node);
+                return Ok(Self::with_engine(config, shutdown, engine.clone(), engine));
+            }
+            #[cfg(not(feature = "redis"))]
+            {
+                let _ = failed;
+                return Err(std::io::Error::other(
+                    "this build has no Redis engine (cargo feature `redis`)",
+                ));
+            }
+        }
+        let _ = failed;
+        Err(std::io::Error::other(format!(
+            "engine {first}: not in this build"
+        )))
     }
 
     /// A hub with `config` on `broker` and `presence`.
@@ -69,7 +119,19 @@ impl Hub {
         let server = ServerBuilder::new()
             .options(options)
             .compression(config.compression);
+        let networked = broker.health().engine != "memory";
+        let node_name = config.node_name.clone().unwrap_or_else(generated_node_name);
+        let client_prefix = if networked {
+            format!("{:08x}-", rand::random::<u32>())
+        } else {
+            String::new()
+        };
         Arc::new_cyclic(|hub| Hub {
+            node_name,
+            client_prefix,
+            started: unix_now(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            cluster_nodes: AtomicU64::new(1),
             rooms: Rooms::new(config.room_buffer),
             channel_server: server.clone().protocols([CHANNEL_PROTOCOL]),
             room_server: server.protocols(config.room_protocols.iter().cloned()),
@@ -126,8 +188,51 @@ impl Hub {
     }
 
     pub(crate) fn next_client_id(&self) -> String {
-        format!("c-{:x}", self.next_id.fetch_add(1, Ordering::Relaxed))
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("c-{}{n:x}", self.client_prefix)
     }
+
+    /// This node as the cluster's registry shows it.
+    pub(crate) fn status(&self) -> crate::engine::NodeStatus {
+        crate::engine::NodeStatus {
+            name: self.node_name.clone(),
+            connections: self.connections() as u64,
+            subscriptions: self.subscribers.load(Ordering::Relaxed) as u64,
+            channels: self.node.channel_count() as u64,
+            started: self.started,
+            updated: unix_now(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Tells at most `n` more connections to move to another node (1012); returns how
+    /// many were told.
+    pub(crate) fn restart_some(&self, n: usize) -> usize {
+        let mut told = 0;
+        for d in self.deliverers.get().into_iter().flatten() {
+            told += d.restart_some(n - told);
+            if told == n {
+                break;
+            }
+        }
+        told
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `HOST-XXXXXX`: the host name and a random part (several nodes may share a host).
+fn generated_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// The subprotocol of `/ws` (docs/protocol.md).
@@ -158,6 +263,18 @@ impl metrics::Source for Hub {
                 .get()
                 .map_or(0, |ds| ds.iter().map(|d| d.queued()).sum()),
             refused_out_of_descriptors: self.refused.get().map_or(0, |c| c.get()),
+            engine: {
+                let h = broker.health();
+                crate::metrics::EngineGauges {
+                    up: h.is_up(),
+                    reconnects: h.shards.iter().map(|s| s.reconnects).sum(),
+                    latency_us: h.shards.iter().map(|s| s.latency_us).max().unwrap_or(0),
+                    repairs: h.repairs,
+                    lost: h.lost,
+                    reaped: h.reaped,
+                }
+            },
+            cluster_nodes: self.cluster_nodes.load(Ordering::Relaxed).max(1),
             delivered: self.deliverers.get().map_or((0, 0), |ds| {
                 ds.iter().fold((0, 0), |(n, b), d| {
                     let (dn, db) = d.sent();

@@ -148,6 +148,10 @@ pub(crate) struct Gauges {
     /// Messages and payload bytes written from the connections' outboxes (counted by the
     /// deliverers, not here: see `node::Deliverer`).
     pub delivered: (u64, u64),
+    /// The engine's health and counters.
+    pub engine: EngineGauges,
+    /// Nodes in the cluster's registry.
+    pub cluster_nodes: u64,
 }
 
 impl Metrics {
@@ -395,8 +399,63 @@ impl<S: Source> Collector for Scrape<S> {
             c(&m.publish_count),
             &buckets,
             None,
+        )?;
+        let e = &g.engine;
+        gauge(
+            enc,
+            "engine_up",
+            "1 while every shard of the engine answers its probes (memory: always), 0 otherwise (/healthz answers 503).",
+            u64::from(e.up),
+        )?;
+        counter(
+            enc,
+            "engine_reconnects",
+            "Times a link to the engine (its subscriber connection) was established again after it was lost or stalled.",
+            e.reconnects,
+        )?;
+        enc.encode_descriptor(
+            "engine_latency_seconds",
+            "Round trip of the last probe of the engine (the slowest shard).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(e.latency_us as f64 / 1e6))?;
+        counter(
+            enc,
+            "engine_gap_repairs",
+            "Gaps in a channel's live stream from the engine filled from history.",
+            e.repairs,
+        )?;
+        counter(
+            enc,
+            "engine_channels_lost",
+            "Times a channel's subscribers were told to resume (close 4000) because a gap could not be filled from history or the channel's epoch changed.",
+            e.lost,
+        )?;
+        counter(
+            enc,
+            "presence_reaped",
+            "Presence entries of dead nodes removed by this node, each with a leave event.",
+            e.reaped,
+        )?;
+        gauge(
+            enc,
+            "cluster_nodes",
+            "Nodes of the cluster seen alive in the engine's registry (1 with the memory engine).",
+            g.cluster_nodes,
         )
     }
+}
+
+/// What `/metrics` shows of the engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct EngineGauges {
+    pub up: bool,
+    pub reconnects: u64,
+    pub latency_us: u64,
+    pub repairs: u64,
+    pub lost: u64,
+    pub reaped: u64,
 }
 
 /// The help text of `tidewire_refused_total`: which reason is which, and which are also
@@ -460,6 +519,15 @@ mod tests {
                 queued_bytes: 8,
                 refused_out_of_descriptors: 6,
                 delivered: (0, 0),
+                engine: EngineGauges {
+                    up: true,
+                    reconnects: 2,
+                    latency_us: 250,
+                    repairs: 3,
+                    lost: 1,
+                    reaped: 4,
+                },
+                cluster_nodes: 2,
             }
         }
     }
@@ -521,7 +589,7 @@ mod tests {
     }
 
     /// Every family the hand-written page had, with its type and help text, in its order.
-    const FAMILIES: [(&str, &str, &str); 22] = [
+    const FAMILIES: [(&str, &str, &str); 29] = [
         ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
         ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
         ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
@@ -544,6 +612,13 @@ mod tests {
         ("tidewire_handshake_failures_total", "counter", "WebSocket upgrades refused, by reason."),
         ("tidewire_refused_total", "counter", REFUSED_HELP),
         ("tidewire_publish_duration_seconds", "histogram", "Time from a publish request to the engine's answer (history stored, subscribers' queues filled)."),
+        ("tidewire_engine_up", "gauge", "1 while every shard of the engine answers its probes (memory: always), 0 otherwise (/healthz answers 503)."),
+        ("tidewire_engine_reconnects_total", "counter", "Times a link to the engine (its subscriber connection) was established again after it was lost or stalled."),
+        ("tidewire_engine_latency_seconds", "gauge", "Round trip of the last probe of the engine (the slowest shard)."),
+        ("tidewire_engine_gap_repairs_total", "counter", "Gaps in a channel's live stream from the engine filled from history."),
+        ("tidewire_engine_channels_lost_total", "counter", "Times a channel's subscribers were told to resume (close 4000) because a gap could not be filled from history or the channel's epoch changed."),
+        ("tidewire_presence_reaped_total", "counter", "Presence entries of dead nodes removed by this node, each with a leave event."),
+        ("tidewire_cluster_nodes", "gauge", "Nodes of the cluster seen alive in the engine's registry (1 with the memory engine)."),
     ];
 
     #[test]
@@ -678,7 +753,7 @@ mod tests {
             }
         }
         assert_eq!(le.last(), Some(&(f64::INFINITY, 3.0)));
-        let tail: Vec<_> = histogram[le.len()..].to_vec();
+        let tail: Vec<_> = histogram[le.len()..le.len() + 2].to_vec();
         assert_eq!(
             tail,
             [
@@ -689,6 +764,21 @@ mod tests {
                 ),
             ]
         );
+        // The engine's families, from the gauges.
+        let engine: Vec<_> = histogram[le.len() + 2..].to_vec();
+        let want: Vec<(String, f64)> = [
+            ("tidewire_engine_up", 1.0),
+            ("tidewire_engine_reconnects_total", 2.0),
+            ("tidewire_engine_latency_seconds", 0.00025),
+            ("tidewire_engine_gap_repairs_total", 3.0),
+            ("tidewire_engine_channels_lost_total", 1.0),
+            ("tidewire_presence_reaped_total", 4.0),
+            ("tidewire_cluster_nodes", 2.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(engine, want);
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
         router = crate::pages::routes(router);
     }
     router
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/cluster", get(crate::api::api_cluster))
         .route("/metrics", get(metrics))
         .route("/rooms/{room}", get(room_upgrade))
         .route("/ws", get(channel_upgrade))
@@ -47,6 +49,29 @@ pub fn router(hub: Arc<Hub>) -> Router {
             )
         })
         .with_state(hub)
+}
+
+/// 200 while the engine answers; 503 with the reason when it does not (within 5 s of a
+/// Redis that refuses or hangs: its prober's 2 s timeout, every second).
+async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
+    let health = hub.node.broker().health();
+    match health.reason() {
+        None => "ok\n".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("engine unavailable: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// For load balancers: 503 while draining (no new WebSockets here) or while the engine is
+/// unavailable; 200 otherwise.
+async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    healthz(State(hub)).await
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
@@ -124,7 +149,7 @@ async fn serve_http(
         });
         let Some(slot) = HttpSlot::take(&hub) else {
             hub.metrics.refused(Refusal::HttpConnections);
-            if !last_busy_warning.is_some_and(|t| t.elapsed() < BUSY_WARN_EVERY) {
+            if last_busy_warning.is_none_or(|t| t.elapsed() >= BUSY_WARN_EVERY) {
                 last_busy_warning = Some(std::time::Instant::now());
                 tracing::warn!(
                     "{} connections are in their HTTP phase (limits.max_http_connections): answering new ones 503 (see tidewire_refused_total on /metrics)",
@@ -267,6 +292,67 @@ async fn reload_tls_on_sighup(files: TlsFiles, shared: SharedAcceptor) {
     }
 }
 
+/// Every 2 s: this node's entry in the cluster's registry (with a 6 s TTL, after which
+/// the other nodes reap its presence).
+async fn announce(hub: std::sync::Weak<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let status = hub.status();
+        let call = hub.node.broker().announce(&status, Duration::from_secs(6));
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(())) => {
+                let nodes = tokio::time::timeout(Duration::from_secs(2), hub.node.broker().nodes());
+                if let Ok(Ok(nodes)) = nodes.await {
+                    let n = nodes.len().max(1) as u64;
+                    hub.cluster_nodes
+                        .store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("engine: announcing this node failed: {e}"),
+            Err(_) => tracing::warn!("engine: announcing this node took over 2 s"),
+        }
+    }
+}
+
+/// The drain before a stop (`drain` in the configuration): new upgrades are refused and
+/// `/readyz` answers 503 at once, then the WebSockets are closed with 1012 a few at a time
+/// over the drain period, so that their clients reconnect to other nodes without a
+/// stampede, and resume there.
+async fn drain(hub: &Arc<Hub>) {
+    let period = hub.config.drain;
+    hub.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    if period.is_zero() {
+        return;
+    }
+    let total = hub.connections();
+    tracing::info!(
+        connections = total,
+        ?period,
+        "draining: closing WebSockets with 1012"
+    );
+    let step = Duration::from_millis(100);
+    let steps = (period.as_millis() / step.as_millis()).max(1) as usize;
+    let mut tick = tokio::time::interval(step);
+    for i in 1..=steps {
+        tick.tick().await;
+        // Told so far should reach i/steps of the total.
+        let due = total * i / steps - total * (i - 1) / steps;
+        hub.restart_some(due);
+        if hub.connections() == 0 {
+            break;
+        }
+    }
+    // Whatever connected meanwhile (none: upgrades are refused) or was missed.
+    hub.restart_some(usize::MAX);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the hub until `shutdown` resolves, then closes every WebSocket with 1001, waits
 /// (at most 5 s) for them to finish, and returns.
 pub async fn serve(
@@ -287,7 +373,7 @@ pub async fn serve(
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let hub = Hub::new(config, stop_rx);
+    let hub = Hub::connect(config, stop_rx).await?;
     let _ = hub.refused.set(listener.refused());
     let (http, ws) = if tls.is_some() {
         ("https", "wss")
@@ -304,6 +390,7 @@ pub async fn serve(
             sweeper.node.sweep().await;
         }
     });
+    tokio::spawn(announce(Arc::downgrade(&hub)));
     if hub.config.demo {
         tokio::spawn(crate::pages::demo_ticker(hub.clone()));
     }
@@ -311,6 +398,7 @@ pub async fn serve(
     let closing = hub.clone();
     let signal = async move {
         shutdown.await;
+        drain(&closing).await;
         tracing::info!("shutting down: closing WebSocket connections with 1001");
         let _ = stop_tx.send(true);
         closing.shut_down_connections();

@@ -78,6 +78,28 @@ pub async fn request(ws: &mut Ws, req: Value, pushed: &mut Vec<Value>) -> Value 
     }
 }
 
+/// Publishes `range` on `channel` (data `{"n": N}`), 50 requests in flight at a time, and
+/// checks every reply.
+pub async fn publish_range(ws: &mut Ws, channel: &str, range: std::ops::Range<u64>) {
+    let ids: Vec<u64> = range.collect();
+    for chunk in ids.chunks(50) {
+        for &n in chunk {
+            let req =
+                serde_json::json!({"id": n, "op": "publish", "channel": channel, "data": {"n": n}});
+            ws.queue(Message::text(req.to_string())).unwrap();
+        }
+        ws.flush().await.unwrap();
+        let mut replies = 0;
+        while replies < chunk.len() {
+            let v = next_json(ws).await;
+            if v.get("id").is_some() {
+                assert_eq!(v["ok"], true, "{v}");
+                replies += 1;
+            }
+        }
+    }
+}
+
 /// Reads until the server's close frame; returns its code and reason.
 pub async fn close_of(ws: &mut Ws) -> (u16, String) {
     let fut = async {

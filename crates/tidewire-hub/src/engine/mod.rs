@@ -17,10 +17,14 @@
 mod clock;
 mod memory_broker;
 mod memory_presence;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory_broker::{MemoryBroker, DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_STREAMS};
 pub use memory_presence::MemoryPresence;
+#[cfg(feature = "redis")]
+pub use redis::RedisEngine;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -202,7 +206,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn health(&self) -> EngineHealth {
         EngineHealth {
             engine: "memory",
-            shards: Vec::new(),
+            ..EngineHealth::default()
         }
     }
 
@@ -245,6 +249,13 @@ pub struct EngineHealth {
     pub engine: &'static str,
     /// One per shard (server or cluster) of a networked engine; empty in memory.
     pub shards: Vec<ShardHealth>,
+    /// Gaps in live streams filled from history.
+    pub repairs: u64,
+    /// Channels whose subscribers were told to resume (a gap history could not fill, or a
+    /// new epoch).
+    pub lost: u64,
+    /// Presence entries of dead nodes this node removed (each with its leave).
+    pub reaped: u64,
 }
 
 impl EngineHealth {

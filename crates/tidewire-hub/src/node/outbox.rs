@@ -103,8 +103,23 @@ pub enum Stop {
     Slow(Slow),
     /// The server is shutting down ([`Deliverer::shut_down`]).
     Shutdown,
+    /// The server is draining: this connection is to move to another node and resume
+    /// there ([`Deliverer::restart_some`]).
+    Restart,
     /// Nothing arrived from the peer for the heartbeat's timeout.
     Silent,
+}
+
+/// Whether a connection is to end because of the server (a bool's size: the outbox's
+/// state is counted in every idle connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Halt {
+    #[default]
+    No,
+    /// The server is stopping (1001).
+    Stop,
+    /// The server is draining: move to another node (1012).
+    Move,
 }
 
 /// A queued delivery: a channel event for a subscription, or a frame (a room's message).
@@ -196,8 +211,8 @@ struct State {
     overflowed: bool,
     /// On the deliverer's list.
     scheduled: bool,
-    /// The server is shutting down.
-    shutdown: bool,
+    /// The server is shutting down (or draining).
+    shutdown: Halt,
     /// The peer has been silent for the heartbeat's timeout.
     silent: bool,
     /// When the deliverer last pinged it (its clock, ms).
@@ -394,8 +409,10 @@ impl Outbox {
         };
         {
             let mut st = self.shared.lock();
-            if st.shutdown {
-                return Poll::Ready(Err(Stop::Shutdown));
+            match st.shutdown {
+                Halt::No => {}
+                Halt::Stop => return Poll::Ready(Err(Stop::Shutdown)),
+                Halt::Move => return Poll::Ready(Err(Stop::Restart)),
             }
             if st.silent {
                 return Poll::Ready(Err(Stop::Silent));
@@ -778,9 +795,29 @@ impl Deliverer {
     pub fn shut_down(&self) {
         for link in self.links() {
             let mut st = link.lock();
-            st.shutdown = true;
+            st.shutdown = Halt::Stop;
             wake(st);
         }
+    }
+
+    /// Tells the tasks of at most `n` outboxes not told yet that they are to move to
+    /// another node (a drain): their [`Outbox::poll_socket`] returns [`Stop::Restart`].
+    /// Returns how many were told.
+    pub fn restart_some(&self, n: usize) -> usize {
+        let mut told = 0;
+        for link in self.links() {
+            if told == n {
+                break;
+            }
+            let mut st = link.lock();
+            if st.shutdown != Halt::No {
+                continue;
+            }
+            st.shutdown = Halt::Move;
+            wake(st);
+            told += 1;
+        }
+        told
     }
 
     /// The outboxes still open, taken out of the registry's lock.

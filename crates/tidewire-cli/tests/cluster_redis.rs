@@ -1,0 +1,527 @@
+//! Several `tidewire serve` nodes on one Redis (the test's own `redis-server` on a spare
+//! port): publications cross nodes in order, clients resume on another node after theirs
+//! was killed, and the engine's failures (Redis killed, restarted empty, hung, its pub/sub
+//! connection killed) cost no publication silently (issue 16's guarantees).
+//!
+//! Ignored by `cargo test --workspace` (a fresh machine may have no `redis-server`); the
+//! fault step of `.ci/run` runs them: `cargo test -p tidewire-cli --test cluster_redis --
+//! --ignored`.
+
+mod common;
+
+use common::cluster::{signal, Balancer, Redis};
+use common::hub::{client, http, http_get, metric, next_json, publish_range, request, Serve};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tidewire::reconnect::Backoff;
+use tidewire::Message;
+use tidewire_hub_client::{HubClient, Item, Subscription};
+use tokio::time::{timeout, Instant};
+
+const API_KEY: &str = "cluster-test-key-0123456789";
+
+fn config() -> std::path::PathBuf {
+    common::temp_file(
+        "cluster.toml",
+        "[namespaces.default]\nhistory_size = 10000\nhistory_ttl = \"10m\"\npresence = false\n\
+         [namespaces.room]\npresence = true\nhistory_size = 100\nhistory_ttl = \"10m\"\n",
+    )
+}
+
+/// A node on `redis` listening on `listen` (`127.0.0.1:0` for any port).
+fn node(redis: &Redis, listen: &str, name: &str, extra: &[&str]) -> Serve {
+    let config = config();
+    let url = redis.url();
+    let mut args = vec![
+        "--engine",
+        &url,
+        "--node-name",
+        name,
+        "--config",
+        config.to_str().unwrap(),
+        "--publish-rate",
+        "0",
+        "--subscribe-rate",
+        "0",
+        "--no-demo",
+        "--api-key",
+        API_KEY,
+    ];
+    args.extend_from_slice(extra);
+    let (child, addr) = common::spawn_at("serve", listen, &args);
+    Serve { child, addr }
+}
+
+/// Reads `n` publications from `sub`: each (offset, n) in order; panics on an
+/// unrecoverable gap or a stall.
+async fn read_publications(sub: &mut Subscription, n: usize) -> Vec<(u64, u64)> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match timeout(Duration::from_secs(20), sub.next()).await {
+            Ok(Some(Item::Publication(p))) => got.push((p.offset, p.data["n"].as_u64().unwrap())),
+            Ok(Some(Item::Unrecoverable { .. })) => {
+                panic!("reported unrecoverable after {} publications", got.len())
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("subscription ended after {}", got.len()),
+            Err(_) => panic!("stalled after {} publications", got.len()),
+        }
+    }
+    got
+}
+
+fn exactly_once_in_order(got: &[(u64, u64)], first_n: u64) {
+    for (i, (offset, n)) in got.iter().enumerate() {
+        assert_eq!(*offset, i as u64 + 1, "offset at {i}");
+        assert_eq!(*n, first_n + i as u64, "publication at {i}");
+    }
+}
+
+fn hub_client(addr: SocketAddr) -> Arc<HubClient> {
+    Arc::new(
+        HubClient::builder(format!("ws://{addr}/ws"))
+            .backoff(Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ))
+            .connect(),
+    )
+}
+
+fn api_get(addr: SocketAddr, path: &str) -> String {
+    http(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {API_KEY}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Publications on one node reach a subscriber on the other in order, exactly once; both
+/// nodes read the same history; an idempotency key publishes once whichever node gets
+/// the retry; `/api/cluster` lists both nodes and the shard's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn two_nodes_share_channels_history_and_idempotency() {
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+
+    let reader = hub_client(b.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let mut publisher = client(a.addr).await;
+    publish_range(&mut publisher, "feed", 0..500).await;
+    let got = read_publications(&mut sub, 500).await;
+    exactly_once_in_order(&got, 0);
+
+    // History from the other node: the same publications.
+    let mut ws_b = client(b.addr).await;
+    let mut pushed = Vec::new();
+    let h = request(
+        &mut ws_b,
+        json!({"id": 1, "op": "history", "channel": "feed", "limit": 10}),
+        &mut pushed,
+    )
+    .await;
+    let offsets: Vec<u64> = h["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (491..=500).collect::<Vec<_>>());
+
+    // The same key on both nodes: one publication.
+    let publish = |id: u64| json!({"id": id, "op": "publish", "channel": "feed", "data": {"n": 500}, "idempotency_key": "k-500"});
+    let first = request(&mut publisher, publish(900), &mut pushed).await;
+    let retry = request(&mut ws_b, publish(901), &mut pushed).await;
+    assert_eq!(first["result"], retry["result"], "{first} {retry}");
+    assert_eq!(first["result"]["offset"], 501);
+    let next = request(
+        &mut ws_b,
+        json!({"id": 902, "op": "publish", "channel": "feed", "data": {"n": 501}}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(next["result"]["offset"], 502);
+    let got = read_publications(&mut sub, 2).await;
+    assert_eq!(got, vec![(501, 500), (502, 501)]);
+
+    // Client ids are unique across the cluster.
+    let hello = |id| json!({"id": id, "op": "connect"});
+    let ca = request(&mut publisher, hello(3), &mut pushed).await;
+    let cb = request(&mut ws_b, hello(3), &mut pushed).await;
+    assert_ne!(ca["result"]["client"], cb["result"]["client"]);
+
+    // The registry: both nodes, with their connections; the shard up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cluster: Value = serde_json::from_str(body(&api_get(a.addr, "/api/cluster"))).unwrap();
+        let names: Vec<&str> = cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        if names == ["node-a", "node-b"] && cluster["nodes"][1]["connections"].as_u64() >= Some(2) {
+            assert_eq!(cluster["engine"], "redis");
+            assert_eq!(cluster["up"], true);
+            assert_eq!(cluster["shards"][0]["up"], true, "{cluster}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{cluster}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(http_get(a.addr, "/api/cluster").starts_with("HTTP/1.1 401"));
+    assert!(http_get(b.addr, "/healthz").starts_with("HTTP/1.1 200"));
+}
+
+/// A client's node is killed with SIGKILL at random points of a stream published on the
+/// other node: the client reconnects through the balancer to the surviving node and
+/// resumes there; every publication arrives exactly once, in order, never unrecoverable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn resume_on_another_node_after_sigkill() {
+    const TOTAL: u64 = 3000;
+    const KILLS: u64 = 3;
+    let redis = Redis::start();
+    let a_listen = format!("127.0.0.1:{}", common::cluster::free_port());
+    let mut a = node(&redis, &a_listen, "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    // The balancer tries node A first for every connection.
+    let lb = Balancer::start(vec![a.addr, a.addr, a.addr, b.addr]).await;
+    let reader = hub_client(lb.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let reading = tokio::spawn(async move { read_publications(&mut sub, TOTAL as usize).await });
+
+    let mut publisher = client(b.addr).await;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let segment = TOTAL / (KILLS + 1);
+    for k in 0..KILLS {
+        // A random point within the segment.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let cut = k * segment + rng % segment;
+        publish_range(&mut publisher, "feed", k * segment..cut).await;
+        a.child.kill().unwrap();
+        a.child.wait().unwrap();
+        publish_range(&mut publisher, "feed", cut..(k + 1) * segment).await;
+        // Node A comes back (as systemd would restart it) for the next round.
+        a = node(&redis, &a_listen, "node-a", &[]);
+    }
+    publish_range(&mut publisher, "feed", KILLS * segment..TOTAL).await;
+    let got = timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("reader did not finish")
+        .unwrap();
+    exactly_once_in_order(&got, 0);
+}
+
+/// The subscriber connection of a node is killed by Redis (`CLIENT KILL TYPE pubsub`)
+/// in the middle of a stream: the node subscribes again and fills the gap from history;
+/// the client sees every publication once, in order, and nothing unrecoverable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_killed_pubsub_connection_is_repaired_from_history() {
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    let reader = hub_client(b.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let reading = tokio::spawn(async move { read_publications(&mut sub, 2000).await });
+    let mut publisher = client(a.addr).await;
+    let killer = {
+        let port = redis.port;
+        tokio::task::spawn_blocking(move || {
+            let mut killed = 0;
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(150));
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "CLIENT", "KILL", "TYPE", "pubsub"])
+                    .output()
+                    .unwrap();
+                killed += String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+            killed
+        })
+    };
+    for k in 0..20 {
+        publish_range(&mut publisher, "feed", k * 100..(k + 1) * 100).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let killed = killer.await.unwrap();
+    assert!(killed >= 5, "killed {killed} pub/sub connections");
+    let got = timeout(Duration::from_secs(30), reading)
+        .await
+        .unwrap()
+        .unwrap();
+    exactly_once_in_order(&got, 0);
+    // The node itself filled the gaps: its subscriber reconnected each time, no channel was
+    // given up, and the client never had to resume.
+    let reconnects = metric(b.addr, "tidewire_engine_reconnects_total");
+    let repairs = metric(b.addr, "tidewire_engine_gap_repairs_total");
+    assert!(reconnects >= 5.0, "{reconnects}");
+    assert_eq!(metric(b.addr, "tidewire_engine_channels_lost_total"), 0.0);
+    assert_eq!(metric(b.addr, "tidewire_connections_total"), 1.0);
+    eprintln!(
+        "{killed} pub/sub connections killed; {reconnects} reconnects, {repairs} gaps filled"
+    );
+}
+
+/// Redis killed: `/healthz` answers 503 within 5 s with the reason, a publish gets error
+/// 112 within 5 s and the WebSocket stays open. Redis back empty: publishing works again
+/// within 2 s, and the subscriber is told its position is gone (a new epoch), never given
+/// wrong data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn redis_lost_and_back_empty() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let reader = hub_client(a.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let mut publisher = client(a.addr).await;
+    publish_range(&mut publisher, "feed", 0..10).await;
+    let got = read_publications(&mut sub, 10).await;
+    exactly_once_in_order(&got, 0);
+
+    redis.kill();
+    let lost = Instant::now();
+    loop {
+        let r = http_get(a.addr, "/healthz");
+        if r.starts_with("HTTP/1.1 503") {
+            assert!(body(&r).contains("engine unavailable"), "{r}");
+            break;
+        }
+        assert!(
+            lost.elapsed() < Duration::from_secs(5),
+            "still healthy: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pushed = Vec::new();
+    let t = Instant::now();
+    let reply = request(
+        &mut publisher,
+        json!({"id": 77, "op": "publish", "channel": "feed", "data": {"n": 10}}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(http_get(a.addr, "/readyz").starts_with("HTTP/1.1 503"));
+
+    redis.restart();
+    let back = Instant::now();
+    let position = loop {
+        let reply = request(
+            &mut publisher,
+            json!({"id": 78, "op": "publish", "channel": "feed", "data": {"n": 1000}}),
+            &mut pushed,
+        )
+        .await;
+        if reply["ok"] == true {
+            break reply["result"].clone();
+        }
+        assert!(back.elapsed() < Duration::from_secs(2), "{reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Redis came back empty: a new epoch, from offset 1.
+    assert_eq!(position["offset"], 1);
+    assert_ne!(position["epoch"].as_str(), Some(""));
+    loop {
+        match timeout(Duration::from_secs(10), sub.next()).await.unwrap() {
+            Some(Item::Unrecoverable { epoch_changed, .. }) => {
+                assert!(epoch_changed);
+                break;
+            }
+            Some(Item::Publication(p)) => {
+                panic!("a publication of the new epoch before the loss was told: {p:?}")
+            }
+            Some(_) => {}
+            None => panic!("subscription ended"),
+        }
+    }
+    let back = Instant::now();
+    while !http_get(a.addr, "/healthz").starts_with("HTTP/1.1 200") {
+        assert!(back.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A hung Redis (SIGSTOP): `/healthz` says so within 5 s, publishes fail with 112 within
+/// 5 s; after SIGCONT everything works again and nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_hung_redis_is_detected_and_survived() {
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    let reader = hub_client(b.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let mut publisher = client(a.addr).await;
+    publish_range(&mut publisher, "feed", 0..10).await;
+
+    redis.signal("-STOP");
+    let hung = Instant::now();
+    while !http_get(a.addr, "/healthz").starts_with("HTTP/1.1 503") {
+        assert!(
+            hung.elapsed() < Duration::from_secs(5),
+            "not seen within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pushed = Vec::new();
+    let t = Instant::now();
+    let reply = request(
+        &mut publisher,
+        json!({"id": 5, "op": "publish", "channel": "feed", "data": {"n": 10}, "idempotency_key": "p-10"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+    assert!(
+        t.elapsed() < Duration::from_millis(5500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    redis.signal("-CONT");
+    // The retry with the same key publishes at most once, whether or not the first
+    // attempt was applied when Redis woke up.
+    let back = Instant::now();
+    loop {
+        let reply = request(
+            &mut publisher,
+            json!({"id": 6, "op": "publish", "channel": "feed", "data": {"n": 10}, "idempotency_key": "p-10"}),
+            &mut pushed,
+        )
+        .await;
+        if reply["ok"] == true {
+            assert_eq!(reply["result"]["offset"], 11);
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "{reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish_range(&mut publisher, "feed", 11..20).await;
+    let got = read_publications(&mut sub, 20).await;
+    exactly_once_in_order(&got, 0);
+}
+
+/// 200 clients present in a channel on a node killed with SIGKILL: a subscriber on the
+/// other node gets their 200 leaves within 10 s, and presence is left with itself only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_crashed_nodes_clients_leave_presence() {
+    const CLIENTS: usize = 200;
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    let mut watcher = client(b.addr).await;
+    let mut pushed = Vec::new();
+    let r = request(
+        &mut watcher,
+        json!({"id": 1, "op": "subscribe", "channel": "room:lobby"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut members = Vec::new();
+    for i in 0..CLIENTS {
+        let mut ws = client(a.addr).await;
+        let r = request(
+            &mut ws,
+            json!({"id": i, "op": "subscribe", "channel": "room:lobby"}),
+            &mut pushed,
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+        members.push(ws);
+    }
+    let mut joins = pushed.iter().filter(|v| v.get("join").is_some()).count();
+    while joins < CLIENTS + 1 {
+        if next_json(&mut watcher).await.get("join").is_some() {
+            joins += 1;
+        }
+    }
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    let mut leaves = 0;
+    while leaves < CLIENTS {
+        let v = timeout(Duration::from_secs(12), next_json(&mut watcher))
+            .await
+            .expect("leaves stopped coming");
+        if v.get("leave").is_some() {
+            leaves += 1;
+        }
+    }
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "leaves took {took:?}");
+    let p = request(
+        &mut watcher,
+        json!({"id": 2, "op": "presence", "channel": "room:lobby"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(p["result"]["clients"].as_array().unwrap().len(), 1, "{p}");
+    eprintln!("{CLIENTS} leaves within {took:?} of the SIGKILL");
+    drop(members);
+}
+
+/// SIGTERM with `--drain 2s`: `/readyz` answers 503 at once, new upgrades are refused,
+/// and the node's 300 WebSockets are closed with 1012 spread over the drain (not all at
+/// once); their clients resume on the other node without losing a publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn drain_spreads_1012_over_the_period() {
+    const CLIENTS: usize = 300;
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &["--drain", "2s"]);
+    let _b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    let mut conns = Vec::new();
+    for _ in 0..CLIENTS {
+        conns.push(client(a.addr).await);
+    }
+    let start = Instant::now();
+    signal(&a.child, "-TERM");
+    let mut times = Vec::new();
+    let waits = conns.into_iter().map(|mut ws| async move {
+        let (code, reason) = common::hub::close_of(&mut ws).await;
+        (code, reason, Instant::now())
+    });
+    let ready = {
+        let addr = a.addr;
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            http_get(addr, "/readyz")
+        })
+    };
+    for (code, reason, at) in futures_util::future::join_all(waits).await {
+        assert_eq!(code, 1012, "{reason}");
+        times.push(at - start);
+    }
+    let r = ready.await.unwrap();
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.contains("draining"),
+        "{r}"
+    );
+    times.sort();
+    let (first, last) = (times[0], times[CLIENTS - 1]);
+    assert!(
+        last - first >= Duration::from_millis(1200),
+        "{first:?}..{last:?}"
+    );
+    assert!(last < Duration::from_secs(4), "{last:?}");
+}

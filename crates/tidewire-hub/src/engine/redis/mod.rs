@@ -1,0 +1,670 @@
+//! The Redis engine: channel streams, their live delivery and presence in Redis, shared by
+//! every node started with the same `--engine redis://...`.
+//!
+//! - **Publish** is one Lua script ([`keys::PUBLISH`]): the next offset, the history
+//!   stream's append with its length cap, the expiries, and the `PUBLISH` of the
+//!   publication on the channel's pub/sub channel, all in one step, so every node sees a
+//!   channel's publications in offset order and a history read after a publish holds it.
+//!   An idempotency key is remembered (with the publication's position) for the history
+//!   TTL in the same step.
+//! - **History** is read by one script too ([`keys::HISTORY`]): the position and the
+//!   publications together, never a partial page; a resume that history cannot fully
+//!   serve is answered `complete: false`.
+//! - **Epochs**: a channel's epoch is made (by the node, random) when its keys do not exist.
+//!   Redis restarted empty, an evicted key or a failover that lost writes all give a new
+//!   epoch, so a resume gets `recovered: false`, never wrong data.
+//! - **Live delivery**: one subscriber connection per Redis server and node
+//!   ([`shard`]), which repairs gaps from history and detects a stalled connection.
+//! - **Presence**: a hash and an expiry set per channel; each node also lists its entries
+//!   in a set of its own, so that when a node stops announcing itself (it crashed),
+//!   another node removes its entries and publishes their leaves, exactly once (the
+//!   removal and the leave are one script, which finds the entry only once).
+//! - **Sharding**: with several `redis://` URLs, each channel lives on one of them, chosen
+//!   by rendezvous hashing of its name (a fixed hash, so every node agrees; adding a server
+//!   moves only the channels that go to it). The node registry is on the first.
+
+mod keys;
+mod shard;
+
+use super::{
+    Broker, BrokerEvents, ClientInfo, EngineFuture, EngineHealth, Error, HistoryPage, HistoryQuery,
+    NodeStatus, PresenceStats, PresenceStore, Publication, StreamOptions, StreamPosition,
+};
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use shard::{Command, Shard, Subscriber};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Counters of the engine, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Gaps in a live stream filled from history.
+    pub(crate) repairs: AtomicU64,
+    /// Channels whose subscribers were told to resume (a gap history could not fill, or a
+    /// new epoch).
+    pub(crate) lost: AtomicU64,
+    /// Presence entries of dead nodes removed (each with its leave).
+    pub(crate) reaped: AtomicU64,
+}
+
+/// The Redis engine: a [`Broker`] and a [`PresenceStore`] over one or more Redis servers.
+pub struct RedisEngine {
+    node: String,
+    shards: Vec<Shard>,
+    /// The subscriber tasks' halves, until [`Broker::start`] gives the node.
+    pending: Mutex<Vec<(redis::Client, mpsc::UnboundedReceiver<Command>)>>,
+    counters: Arc<Counters>,
+    runtime: tokio::runtime::Handle,
+    events: OnceLock<Arc<dyn BrokerEvents>>,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("node", &self.node)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+/// Presence entries of this node are refreshed well within this; a node that stops
+/// announcing itself for [`NODE_TTL`] has its entries reaped by another.
+const NODE_TTL: Duration = Duration::from_secs(6);
+
+impl RedisEngine {
+    /// Connects to every `redis://` URL (channels are sharded over them) as node `node`
+    /// (unique in the cluster). Fails when a server does not answer within 4 s or a URL
+    /// is wrong.
+    pub async fn connect(urls: &[String], node: &str) -> Result<Arc<RedisEngine>, Error> {
+        if urls.is_empty() {
+            return Err(Error::backend("no redis:// URL given", false));
+        }
+        let mut shards = Vec::new();
+        let mut pending = Vec::new();
+        for url in urls {
+            let (shard, client, rx) = Shard::connect(url).await?;
+            shards.push(shard);
+            pending.push((client, rx));
+        }
+        let engine = Arc::new(RedisEngine {
+            node: node.to_owned(),
+            shards,
+            pending: Mutex::new(pending),
+            counters: Arc::new(Counters::default()),
+            runtime: tokio::runtime::Handle::current(),
+            events: OnceLock::new(),
+        });
+        for shard in &engine.shards {
+            engine.runtime.spawn(shard::prober(
+                shard.conn.clone(),
+                Arc::downgrade(&shard.state),
+                keys::probe(node),
+            ));
+        }
+        engine.runtime.spawn(reaper(Arc::downgrade(&engine)));
+        Ok(engine)
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// The counters of gap repairs, lost channels and reaped presence entries.
+    pub fn counters(&self) -> (u64, u64, u64) {
+        let c = &self.counters;
+        (
+            c.repairs.load(Ordering::Relaxed),
+            c.lost.load(Ordering::Relaxed),
+            c.reaped.load(Ordering::Relaxed),
+        )
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
+        &self.shards[pick(channel, &self.shards)]
+    }
+
+    fn conn(&self, channel: &str) -> ConnectionManager {
+        self.shard(channel).conn.clone()
+    }
+
+    /// The shard holding the node registry.
+    fn registry(&self) -> ConnectionManager {
+        self.shards[0].conn.clone()
+    }
+
+    /// Removes node `name`'s presence entries (it stopped announcing itself), publishing a
+    /// leave for each that was still there. Claimed first, so one node does it.
+    async fn reap(&self, name: &str) -> Result<(), Error> {
+        let mut reg = self.registry();
+        let claim: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:reaping", keys::node(name)))
+            .arg(&self.node)
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000)
+            .query_async(&mut reg)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        if claim.is_none() {
+            return Ok(()); // another node is on it
+        }
+        let set = keys::node_presence(name);
+        let remove = redis::Script::new(keys::PRESENCE_REMOVE);
+        loop {
+            let batch: Vec<String> = redis::cmd("SPOP")
+                .arg(&set)
+                .arg(500)
+                .query_async(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            if batch.is_empty() {
+                break;
+            }
+            for entry in batch {
+                let Some((channel, client)) = entry.split_once('\0') else {
+                    continue;
+                };
+                let mut conn = self.conn(channel);
+                let removed: u64 = remove
+                    .key(keys::presence(channel))
+                    .key(keys::presence_expiry(channel))
+                    .arg(client)
+                    .arg(keys::live(channel))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_error(&e))?;
+                self.counters.reaped.fetch_add(removed, Ordering::Relaxed);
+            }
+        }
+        redis::pipe()
+            .zrem(keys::NODES, name)
+            .del(keys::node(name))
+            .ignore()
+            .query_async::<()>(&mut reg)
+            .await
+            .map_err(|e| redis_error(&e))?;
+        tracing::info!(node = name, "engine: reaped a dead node's presence");
+        Ok(())
+    }
+}
+
+/// Every 2 s: reaps the presence of nodes that stopped announcing themselves.
+async fn reaper(engine: std::sync::Weak<RedisEngine>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let dead = async {
+            let mut reg = engine.registry();
+            let cutoff = now_ms().saturating_sub(NODE_TTL.as_millis() as u64);
+            let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(keys::NODES)
+                .arg("-inf")
+                .arg(cutoff)
+                .query_async(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            Ok::<_, Error>(dead)
+        };
+        let dead = match tokio::time::timeout(Duration::from_secs(3), dead).await {
+            Ok(Ok(d)) => d,
+            _ => continue,
+        };
+        for name in dead.iter().filter(|n| **n != engine.node) {
+            let reap = tokio::time::timeout(Duration::from_secs(10), engine.reap(name));
+            if let Ok(Err(e)) = reap.await {
+                tracing::warn!(node = name.as_str(), "engine: reaping failed: {e}");
+            }
+        }
+    }
+}
+
+/// Rendezvous hashing: the shard whose hash with the channel is highest.
+fn pick(channel: &str, shards: &[Shard]) -> usize {
+    if shards.len() == 1 {
+        return 0;
+    }
+    (0..shards.len())
+        .max_by_key(|&i| fnv1a(shards[i].address.as_bytes(), channel.as_bytes()))
+        .unwrap_or(0)
+}
+
+/// FNV-1a over `a`, a separator and `b`: the same on every node and every build.
+fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in a.iter().chain(&[0xff]).chain(b) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Mix, so that close inputs spread over the shards.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn ttl_ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1000)
+}
+
+/// A Redis failure as an engine error: temporary unless Redis refused the command itself.
+pub(crate) fn redis_error(e: &redis::RedisError) -> Error {
+    let refused = matches!(
+        e.kind(),
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+    );
+    Error::backend(e.to_string(), !refused)
+}
+
+/// The arguments of [`keys::HISTORY`].
+pub(crate) struct HistoryArgs<'a> {
+    mode: &'static str,
+    n: u64,
+    epoch: &'a str,
+    create: bool,
+    ttl_ms: u64,
+    size: u64,
+}
+
+impl<'a> HistoryArgs<'a> {
+    fn new(query: &'a HistoryQuery, options: StreamOptions) -> Self {
+        let (mode, n, epoch, create) = match query {
+            HistoryQuery::Position => ("pos", 0, "", true),
+            HistoryQuery::Newest(n) => ("newest", *n as u64, "", false),
+            HistoryQuery::Since(p) => ("since", p.offset, p.epoch.as_str(), true),
+        };
+        HistoryArgs {
+            mode,
+            n,
+            epoch,
+            create,
+            ttl_ms: ttl_ms(options.history_ttl),
+            size: options.history_size as u64,
+        }
+    }
+
+    /// A gap repair: everything after `since`, as far as the stream keeps it, without
+    /// touching the channel's expiry.
+    pub(crate) fn repair(since: u64, epoch: &'a str) -> Self {
+        HistoryArgs {
+            mode: "since",
+            n: since,
+            epoch,
+            create: false,
+            ttl_ms: 10 * 365 * 24 * 3600 * 1000,
+            size: u64::MAX >> 12,
+        }
+    }
+}
+
+/// Runs [`keys::HISTORY`] on `conn` for `channel`.
+pub(crate) async fn history_call(
+    conn: &mut ConnectionManager,
+    channel: &str,
+    args: HistoryArgs<'_>,
+) -> Result<HistoryPage, Error> {
+    static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(keys::HISTORY));
+    let (offset, epoch, complete, flat): (u64, String, u8, Vec<redis::Value>) = script
+        .key(keys::meta(channel))
+        .key(keys::stream(channel))
+        .arg(args.mode)
+        .arg(args.n)
+        .arg(args.epoch)
+        .arg(if args.create { "1" } else { "0" })
+        .arg(new_epoch())
+        .arg(args.ttl_ms)
+        .arg(args.size)
+        .invoke_async(conn)
+        .await
+        .map_err(|e| redis_error(&e))?;
+    let shared: Arc<str> = Arc::from(epoch.as_str());
+    let mut publications = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(o), Some(d)) = (it.next(), it.next()) {
+        let offset: u64 =
+            redis::from_redis_value(o).map_err(|e| Error::backend(e.to_string(), false))?;
+        let data: Vec<u8> =
+            redis::from_redis_value(d).map_err(|e| Error::backend(e.to_string(), false))?;
+        publications.push(Publication {
+            offset,
+            epoch: shared.clone(),
+            data: Bytes::from(data),
+        });
+    }
+    Ok(HistoryPage {
+        publications,
+        position: StreamPosition { offset, epoch },
+        complete: complete == 1,
+    })
+}
+
+fn boxed<'a, T: Send + 'a>(
+    f: impl std::future::Future<Output = Result<T, Error>> + Send + 'a,
+) -> EngineFuture<'a, T> {
+    Box::pin(f)
+}
+
+impl Broker for RedisEngine {
+    fn start(&self, events: Arc<dyn BrokerEvents>) {
+        if self.events.set(events.clone()).is_err() {
+            return;
+        }
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (shard, (client, rx)) in self.shards.iter().zip(pending) {
+            let subscriber = Subscriber {
+                client,
+                conn: shard.conn.clone(),
+                state: shard.state.clone(),
+                events: events.clone(),
+                counters: self.counters.clone(),
+                probe_channel: keys::probe(&self.node),
+                channels: HashMap::new(),
+            };
+            self.runtime.spawn(subscriber.run(rx));
+        }
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: Bytes,
+        options: StreamOptions,
+        idempotency_key: Option<&'a str>,
+    ) -> EngineFuture<'a, StreamPosition> {
+        boxed(async move {
+            static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(keys::PUBLISH));
+            let mut conn = self.conn(channel);
+            let mut call = script.key(keys::meta(channel));
+            call.key(keys::stream(channel));
+            if let Some(k) = idempotency_key {
+                call.key(keys::idempotency(channel, k));
+            }
+            let (offset, epoch): (u64, String) = call
+                .arg(keys::live(channel))
+                .arg(&data[..])
+                .arg(options.history_size as u64)
+                .arg(ttl_ms(options.history_ttl))
+                .arg(new_epoch())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            Ok(StreamPosition { offset, epoch })
+        })
+    }
+
+    fn publish_join<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a ClientInfo,
+    ) -> EngineFuture<'a, ()> {
+        self.publish_presence(channel, b'j', client)
+    }
+
+    fn publish_leave<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a ClientInfo,
+    ) -> EngineFuture<'a, ()> {
+        self.publish_presence(channel, b'l', client)
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a Arc<str>) -> EngineFuture<'a, ()> {
+        boxed(async move {
+            let (tx, rx) = oneshot::channel();
+            self.shard(channel)
+                .commands
+                .send(Command::Subscribe(channel.clone(), tx))
+                .map_err(|_| Error::backend("engine stopped", true))?;
+            rx.await
+                .map_err(|_| Error::backend("engine stopped", true))?
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        let sent = self
+            .shard(channel)
+            .commands
+            .send(Command::Unsubscribe(Arc::from(channel)));
+        let r = sent.map_err(|_| Error::backend("engine stopped", true));
+        Box::pin(std::future::ready(r))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+        options: StreamOptions,
+    ) -> EngineFuture<'a, HistoryPage> {
+        boxed(async move {
+            let mut conn = self.conn(channel);
+            history_call(&mut conn, channel, HistoryArgs::new(&query, options)).await
+        })
+    }
+
+    fn remove_history<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        boxed(async move {
+            let mut conn = self.conn(channel);
+            redis::cmd("DEL")
+                .arg(keys::stream(channel))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))
+        })
+    }
+
+    fn sweep(&self) -> EngineFuture<'_, ()> {
+        // Redis expires keys by itself.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn stream_count(&self) -> Option<usize> {
+        None
+    }
+
+    fn health(&self) -> EngineHealth {
+        let (repairs, lost, reaped) = self.counters();
+        EngineHealth {
+            engine: "redis",
+            shards: self.shards.iter().map(Shard::health).collect(),
+            repairs,
+            lost,
+            reaped,
+        }
+    }
+
+    fn announce<'a>(&'a self, node: &'a NodeStatus, ttl: Duration) -> EngineFuture<'a, ()> {
+        boxed(async move {
+            let json = serde_json::to_string(node).map_err(|e| Error::backend(e, false))?;
+            let mut reg = self.registry();
+            redis::pipe()
+                .cmd("SET")
+                .arg(keys::node(&node.name))
+                .arg(json)
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .ignore()
+                .zadd(keys::NODES, &node.name, now_ms())
+                .ignore()
+                .query_async::<()>(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))
+        })
+    }
+
+    fn nodes(&self) -> EngineFuture<'_, Vec<NodeStatus>> {
+        boxed(async move {
+            let mut reg = self.registry();
+            let names: Vec<String> = redis::cmd("ZRANGE")
+                .arg(keys::NODES)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut get = redis::cmd("MGET");
+            for n in &names {
+                get.arg(keys::node(n));
+            }
+            let all: Vec<Option<String>> = get
+                .query_async(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            Ok(all
+                .into_iter()
+                .flatten()
+                .filter_map(|j| serde_json::from_str(&j).ok())
+                .collect())
+        })
+    }
+}
+
+impl RedisEngine {
+    fn publish_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        kind: u8,
+        client: &'a ClientInfo,
+    ) -> EngineFuture<'a, ()> {
+        boxed(async move {
+            let mut payload = vec![kind];
+            serde_json::to_writer(&mut payload, client).map_err(|e| Error::backend(e, false))?;
+            let mut conn = self.conn(channel);
+            redis::cmd("PUBLISH")
+                .arg(keys::live(channel))
+                .arg(payload)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))
+        })
+    }
+}
+
+impl PresenceStore for RedisEngine {
+    fn add<'a>(
+        &'a self,
+        channel: &'a Arc<str>,
+        client: Arc<ClientInfo>,
+        ttl: Duration,
+    ) -> EngineFuture<'a, ()> {
+        boxed(async move {
+            static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(keys::PRESENCE_ADD));
+            let json = serde_json::to_string(&*client).map_err(|e| Error::backend(e, false))?;
+            let mut conn = self.conn(channel);
+            let ttl = ttl_ms(ttl);
+            script
+                .key(keys::presence(channel))
+                .key(keys::presence_expiry(channel))
+                .arg(&client.client_id)
+                .arg(json)
+                .arg(now_ms() + ttl)
+                .arg(ttl)
+                .invoke_async::<()>(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            let mut reg = self.registry();
+            redis::cmd("SADD")
+                .arg(keys::node_presence(&self.node))
+                .arg(format!("{channel}\0{}", client.client_id))
+                .query_async::<()>(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))
+        })
+    }
+
+    fn remove<'a>(&'a self, channel: &'a str, client_id: &'a str) -> EngineFuture<'a, ()> {
+        boxed(async move {
+            static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(keys::PRESENCE_REMOVE));
+            let mut conn = self.conn(channel);
+            script
+                .key(keys::presence(channel))
+                .key(keys::presence_expiry(channel))
+                .arg(client_id)
+                .arg("")
+                .invoke_async::<()>(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            let mut reg = self.registry();
+            redis::cmd("SREM")
+                .arg(keys::node_presence(&self.node))
+                .arg(format!("{channel}\0{client_id}"))
+                .query_async::<()>(&mut reg)
+                .await
+                .map_err(|e| redis_error(&e))
+        })
+    }
+
+    fn list<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, Vec<ClientInfo>> {
+        boxed(async move {
+            static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(keys::PRESENCE_LIST));
+            let mut conn = self.conn(channel);
+            let all: Vec<Option<String>> = script
+                .key(keys::presence(channel))
+                .key(keys::presence_expiry(channel))
+                .arg(now_ms())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| redis_error(&e))?;
+            let mut seen = HashSet::new();
+            Ok(all
+                .into_iter()
+                .flatten()
+                .filter_map(|j| serde_json::from_str::<ClientInfo>(&j).ok())
+                .filter(|c| seen.insert(c.client_id.clone()))
+                .collect())
+        })
+    }
+
+    fn stats<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, PresenceStats> {
+        boxed(async move {
+            let all = self.list(channel).await?;
+            let users: HashSet<&str> = all.iter().filter_map(|c| c.user_id.as_deref()).collect();
+            Ok(PresenceStats {
+                clients: all.len(),
+                users: users.len(),
+            })
+        })
+    }
+
+    fn sweep(&self) -> EngineFuture<'_, ()> {
+        // Entries expire in Redis; a dead node's are reaped with their leaves (`reaper`).
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_fixed() {
+        // Every node, on every build, must pick the same shard for a channel.
+        assert_eq!(fnv1a(b"a", b"b"), fnv1a(b"a", b"b"));
+        assert_ne!(fnv1a(b"a", b"b"), fnv1a(b"a", b"c"));
+        // FNV-1a 64 then a murmur3 finalizer, computed independently (Python).
+        assert_eq!(fnv1a(b"redis://h:1/0", b"news"), 0xf877_b689_77e6_9cd6);
+    }
+}

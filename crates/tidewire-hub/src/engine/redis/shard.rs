@@ -1,0 +1,497 @@
+//! One Redis server of the engine: a command connection (reconnecting by itself), a
+//! subscriber connection owned by one task, and a prober that keeps the shard's health.
+//!
+//! The subscriber task is the only place where a channel's live messages come in. It keeps,
+//! per subscribed channel, the last offset and epoch it handed to the node, so that:
+//! - a publication at the next offset is delivered;
+//! - one at an offset already delivered is dropped (never two payloads for one offset);
+//! - one past a gap (the connection was lost, or Redis dropped it for an output buffer
+//!   overflow) is preceded by the missing ones, read from history; when history no longer
+//!   has them, the node is told ([`BrokerEvents::channel_lost`]) and that channel's
+//!   subscribers resume by themselves;
+//! - a new epoch (Redis lost the channel's data) is a lost channel too.
+//!
+//! After its connection comes back, the task subscribes again to every channel and repairs
+//! each from history the same way; a channel that has had no publication since it was
+//! subscribed has no known position to repair from, so it is lost (its subscribers resume
+//! from their own position, exactly).
+//!
+//! The prober publishes on this node's probe channel every second through the command
+//! connection: the round trip is the shard's latency, a failure or no answer within
+//! [`PROBE_TIMEOUT`] marks it down (`/healthz` answers 503 with the reason), and a probe
+//! that reaches no subscriber, or that the subscriber task has not seen for
+//! [`STALL_AFTER`], means the subscriber connection stalled silently: it is replaced.
+
+use super::keys::{self, Message};
+use super::{history_call, redis_error, Counters, HistoryArgs};
+use crate::engine::{BrokerEvents, ClientInfo, Error, Publication, ShardHealth};
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Longest a probe may take before the shard is marked down.
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the prober probes.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A subscriber connection that has seen no probe for this long, while probes are
+/// published, is replaced.
+pub(super) const STALL_AFTER: Duration = Duration::from_secs(5);
+/// Longest a (re)subscribe or a gap repair may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the node asks of the subscriber task.
+#[derive(Debug)]
+pub(super) enum Command {
+    Subscribe(Arc<str>, oneshot::Sender<Result<(), Error>>),
+    Unsubscribe(Arc<str>),
+}
+
+/// The health of a shard, kept by its prober and subscriber task.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    commands_up: AtomicBool,
+    subscriber_up: AtomicBool,
+    latency_us: AtomicU64,
+    reconnects: AtomicU64,
+    reason: Mutex<Option<String>>,
+    /// When the subscriber task last saw a probe (ms since `born`).
+    probe_seen_ms: AtomicU64,
+    /// A probe reached no subscriber: the subscriber connection is gone.
+    probe_unheard: AtomicBool,
+    born: OnceInstant,
+}
+
+#[derive(Debug)]
+struct OnceInstant(Instant);
+
+impl Default for OnceInstant {
+    fn default() -> Self {
+        OnceInstant(Instant::now())
+    }
+}
+
+impl State {
+    fn ms(&self) -> u64 {
+        self.born.0.elapsed().as_millis() as u64
+    }
+
+    fn set_reason(&self, reason: Option<String>) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+}
+
+/// One Redis server.
+#[derive(Debug)]
+pub(super) struct Shard {
+    pub(super) address: String,
+    pub(super) conn: ConnectionManager,
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    pub(super) state: Arc<State>,
+}
+
+impl Shard {
+    /// Connects the command connection; the subscriber task and the prober start with
+    /// [`Shard::start`].
+    pub(super) async fn connect(
+        url: &str,
+    ) -> Result<(Shard, redis::Client, mpsc::UnboundedReceiver<Command>), Error> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::backend(format!("engine URL {url:?}: {e}"), false))?;
+        let address = address_of(&client);
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            CALL_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| Error::backend(format!("{address}: no answer in 4 s"), true))?
+        .map_err(|e| Error::backend(format!("{address}: {e}"), true))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(State::default());
+        state.commands_up.store(true, Ordering::Relaxed);
+        Ok((
+            Shard {
+                address,
+                conn,
+                commands: tx,
+                state,
+            },
+            client,
+            rx,
+        ))
+    }
+
+    pub(super) fn health(&self) -> ShardHealth {
+        let s = &self.state;
+        let commands = s.commands_up.load(Ordering::Relaxed);
+        let subscriber = s.subscriber_up.load(Ordering::Relaxed);
+        let reason = s.reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        ShardHealth {
+            address: self.address.clone(),
+            up: commands && subscriber,
+            reason: if commands && subscriber { None } else { reason },
+            latency_us: s.latency_us.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// `host:port/db` of a client, without credentials.
+fn address_of(client: &redis::Client) -> String {
+    let info = client.get_connection_info();
+    let db = info.redis_settings().db();
+    format!("redis://{}/{db}", info.addr())
+}
+
+/// Probes the shard every second until the engine is dropped.
+pub(super) async fn prober(
+    mut conn: ConnectionManager,
+    state: std::sync::Weak<State>,
+    probe_channel: String,
+) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        seq += 1;
+        let start = Instant::now();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&probe_channel).arg(seq);
+        let probe = publish.query_async::<u64>(&mut conn);
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(heard)) => {
+                state
+                    .latency_us
+                    .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if !state.commands_up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("engine: Redis answers again");
+                }
+                // Our own subscriber connection listens on the probe channel.
+                state.probe_unheard.store(heard == 0, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                if state.commands_up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("engine: Redis probe failed: {e}");
+                }
+                state.set_reason(Some(format!("probe failed: {e}")));
+            }
+            Err(_) => {
+                if state.commands_up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("engine: Redis did not answer a probe in 2 s");
+                }
+                state.set_reason(Some("no answer to a probe in 2 s".into()));
+            }
+        }
+    }
+}
+
+/// Where a subscribed channel's stream is, as delivered to the node.
+#[derive(Debug, Default)]
+pub(super) struct Track {
+    /// Unknown until the first publication since the subscribe.
+    epoch: Option<Arc<str>>,
+    offset: u64,
+}
+
+/// The subscriber task of a shard: see the module's documentation.
+pub(super) struct Subscriber {
+    pub(super) client: redis::Client,
+    pub(super) conn: ConnectionManager,
+    pub(super) state: Arc<State>,
+    pub(super) events: Arc<dyn BrokerEvents>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) probe_channel: String,
+    pub(super) channels: HashMap<Arc<str>, Track>,
+}
+
+impl Subscriber {
+    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut connected_before = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let connect = tokio::time::timeout(CALL_TIMEOUT, self.client.get_async_pubsub());
+            let pubsub = match connect.await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    self.down(format!("subscriber connection: {e}"));
+                    if !self.wait_down(&mut commands, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(_) => {
+                    self.down("subscriber connection: no answer in 2 s".into());
+                    if !self.wait_down(&mut commands, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let mut names: Vec<String> = self.channels.keys().map(|c| keys::live(c)).collect();
+            names.push(self.probe_channel.clone());
+            match tokio::time::timeout(CALL_TIMEOUT * 2, sink.subscribe(&names)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    self.down("subscribing again failed".into());
+                    if !self.wait_down(&mut commands, backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            backoff = Duration::from_millis(50);
+            self.state
+                .probe_seen_ms
+                .store(self.state.ms(), Ordering::Relaxed);
+            self.state.probe_unheard.store(false, Ordering::Relaxed);
+            self.state.subscriber_up.store(true, Ordering::Relaxed);
+            if connected_before {
+                self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    channels = self.channels.len(),
+                    "engine: subscriber connection back; repairing channels from history"
+                );
+                let names: Vec<Arc<str>> = self.channels.keys().cloned().collect();
+                for name in names {
+                    self.repair(&name, None).await;
+                }
+            }
+            connected_before = true;
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            let why = loop {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(Command::Subscribe(name, ack)) => {
+                            if ack.is_closed() {
+                                continue; // the node gave up waiting
+                            }
+                            let live = keys::live(&name);
+                            match tokio::time::timeout(CALL_TIMEOUT, sink.subscribe(&live)).await {
+                                Ok(Ok(())) => {
+                                    self.channels.entry(name).or_default();
+                                    let _ = ack.send(Ok(()));
+                                }
+                                Ok(Err(e)) => {
+                                    let _ = ack.send(Err(redis_error(&e)));
+                                    break format!("subscribe failed: {e}");
+                                }
+                                Err(_) => {
+                                    let _ = ack.send(Err(Error::timeout("subscribe")));
+                                    break "subscribe: no answer in 2 s".to_owned();
+                                }
+                            }
+                        }
+                        Some(Command::Unsubscribe(name)) => {
+                            self.channels.remove(&name);
+                            let live = keys::live(&name);
+                            match tokio::time::timeout(CALL_TIMEOUT, sink.unsubscribe(&live)).await {
+                                Ok(Ok(())) => {}
+                                _ => break "unsubscribe failed".to_owned(),
+                            }
+                        }
+                    },
+                    message = stream.next() => match message {
+                        Some(m) => self.message(m).await,
+                        None => break "subscriber connection lost".to_owned(),
+                    },
+                    _ = tick.tick() => {
+                        let unseen = self.state.ms()
+                            .saturating_sub(self.state.probe_seen_ms.load(Ordering::Relaxed));
+                        let commands_up = self.state.commands_up.load(Ordering::Relaxed);
+                        if commands_up && self.state.probe_unheard.load(Ordering::Relaxed) {
+                            break "the subscriber connection no longer hears probes".to_owned();
+                        }
+                        if commands_up && unseen > STALL_AFTER.as_millis() as u64 {
+                            break format!("no probe heard for {} ms: stalled", unseen);
+                        }
+                    }
+                }
+            };
+            tracing::warn!("engine: {why}; reconnecting");
+            self.down(why);
+        }
+    }
+
+    fn down(&self, why: String) {
+        self.state.subscriber_up.store(false, Ordering::Relaxed);
+        self.state.set_reason(Some(why));
+    }
+
+    /// While disconnected: answers subscribes at once (temporarily unavailable), applies
+    /// unsubscribes, for `pause`. False when the engine is gone.
+    async fn wait_down(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        pause: Duration,
+    ) -> bool {
+        let until = tokio::time::sleep(pause);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => return true,
+                command = commands.recv() => match command {
+                    None => return false,
+                    Some(Command::Subscribe(_, ack)) => {
+                        let _ = ack.send(Err(Error::backend("Redis is unreachable", true)));
+                    }
+                    Some(Command::Unsubscribe(name)) => {
+                        self.channels.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn message(&mut self, m: redis::Msg) {
+        let name = m.get_channel_name();
+        if name == self.probe_channel {
+            self.state
+                .probe_seen_ms
+                .store(self.state.ms(), Ordering::Relaxed);
+            return;
+        }
+        let Some(channel) = keys::channel_of_live(name) else {
+            return;
+        };
+        let Some((channel, _)) = self.channels.get_key_value(channel) else {
+            return; // unsubscribed meanwhile
+        };
+        let channel = channel.clone();
+        match Message::parse(m.get_payload_bytes()) {
+            Some(Message::Publication {
+                offset,
+                epoch,
+                data,
+            }) => self.publication(&channel, offset, epoch, data).await,
+            Some(Message::Join(json)) => {
+                if let Ok(c) = serde_json::from_slice::<ClientInfo>(&json) {
+                    self.events.join(&channel, &c);
+                }
+            }
+            Some(Message::Leave(json)) => {
+                if let Ok(c) = serde_json::from_slice::<ClientInfo>(&json) {
+                    self.events.leave(&channel, &c);
+                }
+            }
+            None => tracing::debug!("engine: unknown message on {name}"),
+        }
+    }
+
+    async fn publication(
+        &mut self,
+        channel: &Arc<str>,
+        offset: u64,
+        epoch: String,
+        data: bytes::Bytes,
+    ) {
+        let Some(track) = self.channels.get(channel) else {
+            return;
+        };
+        let (known, last) = (track.epoch.clone(), track.offset);
+        let epoch: Arc<str> = match known {
+            Some(e) if *e == *epoch => {
+                if offset <= last {
+                    return; // delivered already (by a repair)
+                }
+                if offset > last + 1 {
+                    self.repair(channel, Some(offset)).await;
+                    let Some(t) = self.channels.get(channel) else {
+                        return;
+                    };
+                    if t.epoch.is_some() && offset <= t.offset {
+                        return;
+                    }
+                }
+                e
+            }
+            Some(_) => {
+                // A new epoch: Redis lost this channel's data; its subscribers' positions
+                // mean nothing in the new one.
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                self.events.channel_lost(channel);
+                Arc::from(epoch.as_str())
+            }
+            None => Arc::from(epoch.as_str()),
+        };
+        let Some(track) = self.channels.get_mut(channel) else {
+            return;
+        };
+        track.epoch = Some(epoch);
+        track.offset = offset;
+        self.deliver(channel, offset, data);
+    }
+
+    fn deliver(&self, channel: &Arc<str>, offset: u64, data: bytes::Bytes) {
+        let Some(epoch) = self.channels.get(channel).and_then(|t| t.epoch.clone()) else {
+            return;
+        };
+        self.events.publication(
+            channel,
+            Publication {
+                offset,
+                epoch,
+                data,
+            },
+        );
+    }
+
+    /// Delivers what `channel` missed after its tracked position, read from history (up to
+    /// but not including `before`, when given). When history cannot fill the gap, or the
+    /// position is unknown, the channel is lost: its subscribers resume by themselves.
+    async fn repair(&mut self, channel: &Arc<str>, before: Option<u64>) {
+        let Some(track) = self.channels.get(channel) else {
+            return;
+        };
+        let Some(epoch) = track.epoch.clone() else {
+            self.lose(channel);
+            return;
+        };
+        let since = track.offset;
+        let args = HistoryArgs::repair(since, &epoch);
+        let read = history_call(&mut self.conn, channel, args);
+        let page = match tokio::time::timeout(CALL_TIMEOUT / 2, read).await {
+            Ok(Ok(page)) if page.complete => page,
+            _ => {
+                self.lose(channel);
+                return;
+            }
+        };
+        let mut filled = false;
+        for p in page.publications {
+            if before.is_some_and(|b| p.offset >= b) {
+                break;
+            }
+            filled = true;
+            if let Some(t) = self.channels.get_mut(channel) {
+                t.offset = p.offset;
+            }
+            self.events.publication(channel, p);
+        }
+        if filled {
+            self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn lose(&mut self, channel: &Arc<str>) {
+        self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = self.channels.get_mut(channel) {
+            t.epoch = None;
+            t.offset = 0;
+        }
+        self.events.channel_lost(channel);
+    }
+}
