@@ -525,3 +525,67 @@ async fn drain_spreads_1012_over_the_period() {
     );
     assert!(last < Duration::from_secs(4), "{last:?}");
 }
+
+/// 1,000 clients resume on one channel at once (the clients of a node that died, coming
+/// back to this one): far fewer than 1,000 history reads reach Redis, and each client gets
+/// exactly what it missed from its own position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_reconnect_storm_is_not_a_history_storm() {
+    const CLIENTS: u64 = 1000;
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let mut publisher = client(a.addr).await;
+    publish_range(&mut publisher, "feed", 0..100).await;
+    let mut pushed = Vec::new();
+    let h = request(
+        &mut publisher,
+        json!({"id": 1, "op": "history", "channel": "feed", "limit": 1}),
+        &mut pushed,
+    )
+    .await;
+    let epoch = h["result"]["epoch"].as_str().unwrap().to_owned();
+    let mut conns = Vec::new();
+    for _ in 0..CLIENTS {
+        conns.push(client(a.addr).await);
+    }
+    let evals = |r: &Redis| -> u64 {
+        let info = r.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = evals(&redis);
+    let resumes = conns.into_iter().enumerate().map(|(i, mut ws)| {
+        let epoch = epoch.clone();
+        async move {
+            let since = 50 + (i as u64 % 50);
+            let req = json!({"id": 1, "op": "subscribe", "channel": "feed",
+                             "since": {"offset": since, "epoch": epoch}});
+            let mut pushed = Vec::new();
+            let r = request(&mut ws, req, &mut pushed).await;
+            assert_eq!(r["result"]["recovered"], true, "{r}");
+            let offsets: Vec<u64> = r["result"]["publications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["offset"].as_u64().unwrap())
+                .collect();
+            assert_eq!(offsets, (since + 1..=100).collect::<Vec<_>>());
+            ws
+        }
+    });
+    let conns = futures_util::future::join_all(resumes).await;
+    let reads = evals(&redis) - before;
+    eprintln!("{CLIENTS} resumes at once: {reads} scripts run by Redis");
+    assert!(reads < 50, "{reads} history reads for {CLIENTS} resumes");
+    drop(conns);
+}

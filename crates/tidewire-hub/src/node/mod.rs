@@ -19,6 +19,7 @@
 mod event;
 mod namespaces;
 mod outbox;
+mod resume;
 
 pub use event::{Event, EventKind, Json};
 pub use namespaces::{namespace_of, NamespaceConfig, NamespaceOptions};
@@ -411,6 +412,8 @@ pub struct Node {
     next_id: AtomicU64,
     /// When presence entries were last refreshed.
     refreshed: Mutex<Option<Instant>>,
+    /// History reads of resumes, shared when they come together.
+    resumes: resume::Resumes,
     clock: Arc<dyn Clock>,
 }
 
@@ -448,6 +451,7 @@ impl Node {
             options,
             next_id: AtomicU64::new(1),
             refreshed: Mutex::new(None),
+            resumes: resume::Resumes::default(),
             clock,
         }
     }
@@ -554,12 +558,21 @@ impl Node {
                 self.call("join", self.broker.publish_join(channel, &client))
                     .await?;
             }
-            let query = match &since {
-                Some(p) => HistoryQuery::Since(p.clone()),
-                None => HistoryQuery::Position,
-            };
-            self.call("history", self.broker.history(channel, query, ns.stream()))
-                .await
+            let stream = ns.stream();
+            match &since {
+                Some(p) => {
+                    let read = |after: StreamPosition| {
+                        let query = HistoryQuery::Since(after);
+                        self.call("history", self.broker.history(channel, query, stream))
+                    };
+                    self.resumes.read(&name, p, read).await
+                }
+                None => {
+                    let query = HistoryQuery::Position;
+                    self.call("history", self.broker.history(channel, query, stream))
+                        .await
+                }
+            }
         };
         let page = match started.await {
             Ok(page) => page,
