@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tidewire::reconnect::Backoff;
-use tidewire::Message;
 use tidewire_hub_client::{HubClient, Item, Subscription};
 use tokio::time::{timeout, Instant};
 
