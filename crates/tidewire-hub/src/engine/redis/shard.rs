@@ -40,8 +40,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// A subscriber connection that has seen no probe for this long, while probes are
 /// published, is replaced.
 pub(super) const STALL_AFTER: Duration = Duration::from_secs(5);
-/// Longest a (re)subscribe or a gap repair may take.
+/// Longest a (re)subscribe may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a gap repair may take before the channel's subscribers are told to resume
+/// (issue 16: within 1 s).
+const REPAIR_WITHIN: Duration = Duration::from_millis(900);
 
 /// What the node asks of the subscriber task.
 #[derive(Debug)]
@@ -461,13 +464,26 @@ impl Subscriber {
             return;
         };
         let since = track.offset;
-        let args = HistoryArgs::repair(since, &epoch);
-        let read = history_call(&mut self.conn, channel, args);
-        let page = match tokio::time::timeout(CALL_TIMEOUT / 2, read).await {
-            Ok(Ok(page)) if page.complete => page,
-            _ => {
-                self.lose(channel);
-                return;
+        // The command connection may still be coming back (Redis restarted, or loading its
+        // data): try again until REPAIR_WITHIN, then tell the subscribers.
+        let deadline = tokio::time::Instant::now() + REPAIR_WITHIN;
+        let page = loop {
+            let args = HistoryArgs::repair(since, &epoch);
+            let read = history_call(&mut self.conn, channel, args);
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(page)) if page.complete => break page,
+                Ok(Ok(_)) | Err(_) => {
+                    self.lose(channel);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+                        tracing::warn!("engine: repair from history failed: {e}");
+                        self.lose(channel);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         };
         let mut filled = false;
