@@ -124,7 +124,7 @@ async fn serve_http(
         });
         let Some(slot) = HttpSlot::take(&hub) else {
             hub.metrics.refused(Refusal::HttpConnections);
-            if !last_busy_warning.is_some_and(|t| t.elapsed() < BUSY_WARN_EVERY) {
+            if last_busy_warning.is_none_or(|t| t.elapsed() >= BUSY_WARN_EVERY) {
                 last_busy_warning = Some(std::time::Instant::now());
                 tracing::warn!(
                     "{} connections are in their HTTP phase (limits.max_http_connections): answering new ones 503 (see tidewire_refused_total on /metrics)",

@@ -106,7 +106,7 @@ impl ServerBuilder {
     pub(crate) fn origin_allowed(&self, origin: Option<&str>, req: &http::Request<()>) -> bool {
         self.origin_check
             .as_ref()
-            .map_or(true, |check| check(origin, req))
+            .is_none_or(|check| check(origin, req))
     }
 
     /// The permessage-deflate outcome for a client's offers under our policy, and the
