@@ -17,10 +17,14 @@
 mod clock;
 mod memory_broker;
 mod memory_presence;
+#[cfg(feature = "nats")]
+mod nats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory_broker::{MemoryBroker, DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_STREAMS};
 pub use memory_presence::MemoryPresence;
+#[cfg(feature = "nats")]
+pub use nats::{NatsEngine, NatsOptions};
 
 use bytes::Bytes;
 use serde::Serialize;

@@ -1,0 +1,845 @@
+//! The NATS engine against a real nats-server (`nats-server` on the PATH, with JetStream):
+//! each test starts its own on a spare port with a fresh store directory, and kills it at
+//! the end.
+#![cfg(feature = "nats")]
+
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tidewire_hub::engine::{
+    Broker, BrokerEvents, ClientInfo, HistoryQuery, NatsEngine, PresenceStore, Publication,
+    StreamOptions, StreamPosition,
+};
+
+// --- the server -----------------------------------------------------------------------
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Server {
+    /// A server on a spare port storing in a new directory.
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!(
+            "tw-nats-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Server::start_at(port, dir)
+    }
+
+    fn start_at(port: u16, dir: PathBuf) -> Server {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on the PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would), keeping its store.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    fn restart(&mut self) {
+        self.kill();
+        let s = Server::start_at(self.port, self.dir.clone());
+        let old = std::mem::replace(self, s);
+        std::mem::forget(old); // its child is dead and its directory is ours now
+    }
+
+    fn store(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// --- a node's events -------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ev {
+    Pub(String, u64, String, String),
+    Join(String, String),
+    Leave(String, String),
+    Lost(String),
+    Restored,
+}
+
+#[derive(Default)]
+struct Rec(Mutex<Vec<Ev>>);
+
+impl BrokerEvents for Rec {
+    fn publication(&self, channel: &str, p: Publication) {
+        let data = String::from_utf8(p.data.to_vec()).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push(Ev::Pub(channel.into(), p.offset, p.epoch.to_string(), data));
+    }
+    fn join(&self, channel: &str, c: &ClientInfo) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Ev::Join(channel.into(), c.client_id.clone()));
+    }
+    fn leave(&self, channel: &str, c: &ClientInfo) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Ev::Leave(channel.into(), c.client_id.clone()));
+    }
+    fn link_restored(&self) {
+        self.0.lock().unwrap().push(Ev::Restored);
+    }
+    fn channel_lost(&self, channel: &str) {
+        self.0.lock().unwrap().push(Ev::Lost(channel.into()));
+    }
+}
+
+impl Rec {
+    fn all(&self) -> Vec<Ev> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// (offset, data) of the publications delivered on `channel`, in order.
+    fn pubs(&self, channel: &str) -> Vec<(u64, String)> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match e {
+                Ev::Pub(c, o, _, d) if c == channel => Some((o, d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&[Ev]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f(&self.all()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; events: {:?}", self.all());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Node {
+    engine: Arc<NatsEngine>,
+    rec: Arc<Rec>,
+}
+
+async fn node(server: &Server, name: &str) -> Node {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let engine = loop {
+        // JetStream may still be starting right after the port opens.
+        match NatsEngine::connect(&server.url(), name).await {
+            Ok(e) => break e,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connect: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
+    let rec = Arc::new(Rec::default());
+    engine.start(rec.clone());
+    Node { engine, rec }
+}
+
+const OPTS: StreamOptions = StreamOptions {
+    history_size: 100,
+    history_ttl: Duration::from_secs(300),
+};
+
+fn data(s: &str) -> Bytes {
+    Bytes::from(serde_json::to_string(s).unwrap())
+}
+
+fn json(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Retries `publish` until the server is back (after a restart).
+async fn publish_eventually(n: &Node, channel: &str, d: &str) -> StreamPosition {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match n.engine.publish(channel, data(d), OPTS, None).await {
+            Ok(p) => return p,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.is_temporary(), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("publish: {e}"),
+        }
+    }
+}
+
+// --- the server's compare-and-set, as this engine relies on it -------------------------
+
+#[tokio::test]
+async fn cas_on_this_server() {
+    use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+    let server = Server::start();
+    let client = async_nats::connect(format!("127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "P".into(),
+        subjects: vec!["p.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Ok(seq, duplicate) or the error kind.
+    async fn put(
+        js: &jetstream::Context,
+        subject: &str,
+        expected: u64,
+        id: Option<&str>,
+    ) -> Result<(u64, bool), PublishErrorKind> {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        if let Some(id) = id {
+            h.insert("Nats-Msg-Id", id);
+        }
+        let ack = js
+            .publish_with_headers(subject.to_owned(), h, "x".into())
+            .await
+            .unwrap()
+            .await;
+        ack.map(|a| (a.sequence, a.duplicate)).map_err(|e| e.kind())
+    }
+    use PublishErrorKind::WrongLastSequence as Wrong;
+    // 0 means "no message on the subject yet", and is enforced.
+    assert_eq!(put(&js, "p.a", 0, None).await, Ok((1, false)));
+    assert_eq!(put(&js, "p.a", 0, None).await, Err(Wrong));
+    assert_eq!(put(&js, "p.a", 1, None).await, Ok((2, false)));
+    assert_eq!(put(&js, "p.a", 1, None).await, Err(Wrong));
+    // Per subject: the stream's last sequence (2) is not p.b's.
+    assert_eq!(put(&js, "p.b", 2, None).await, Err(Wrong));
+    // The msg id check comes first: a retry with a stale expectation gets the first ack.
+    assert_eq!(put(&js, "p.c", 0, Some("X")).await, Ok((3, false)));
+    assert_eq!(put(&js, "p.c", 0, Some("X")).await, Ok((3, true)));
+    assert_eq!(put(&js, "p.c", 99, Some("X")).await, Ok((3, true)));
+    // A message refused by the compare-and-set does not record its msg id.
+    assert_eq!(put(&js, "p.c", 0, Some("Y")).await, Err(Wrong));
+    assert_eq!(put(&js, "p.c", 3, Some("Y")).await, Ok((4, false)));
+}
+
+// --- the engine --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn publish_on_a_is_delivered_on_b_in_order() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("chat:room 1.*>");
+    b.engine.subscribe(&ch).await.unwrap();
+    let mut positions = Vec::new();
+    for i in 1..=20 {
+        positions.push(
+            a.engine
+                .publish(&ch, data(&format!("m{i}")), OPTS, None)
+                .await
+                .unwrap(),
+        );
+    }
+    let epoch = positions[0].epoch.clone();
+    assert_eq!(epoch.len(), 16);
+    for (i, p) in positions.iter().enumerate() {
+        assert_eq!((p.offset, p.epoch.as_str()), (i as u64 + 1, epoch.as_str()));
+    }
+    b.rec
+        .wait("20 publications", Duration::from_secs(5), |e| e.len() >= 20)
+        .await;
+    let want: Vec<(u64, String)> = (1..=20).map(|i| (i, json(&format!("m{i}")))).collect();
+    assert_eq!(b.rec.pubs(&ch), want);
+    assert!(b
+        .rec
+        .all()
+        .iter()
+        .all(|e| matches!(e, Ev::Pub(_, _, ep, _) if *ep == epoch)));
+    // History from either node is what was delivered.
+    for n in [&a, &b] {
+        let page = n
+            .engine
+            .history(&ch, HistoryQuery::Newest(100), OPTS)
+            .await
+            .unwrap();
+        let got: Vec<(u64, String)> = page
+            .publications
+            .iter()
+            .map(|p| (p.offset, String::from_utf8(p.data.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(page.position.offset, 20);
+    }
+    // history_size applies per call.
+    let small = StreamOptions {
+        history_size: 3,
+        ..OPTS
+    };
+    let page = a
+        .engine
+        .history(&ch, HistoryQuery::Newest(10), small)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        [18, 19, 20]
+    );
+    // After unsubscribing, nothing more is delivered.
+    b.engine.unsubscribe(&ch).await.unwrap();
+    a.engine
+        .publish(&ch, data("after"), OPTS, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.rec.pubs(&ch).len(), 20);
+    // Health: up, with a probe's latency, and the cluster's nodes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let h = a.engine.health();
+    assert_eq!(h.engine, "nats");
+    assert!(h.is_up(), "{h:?}");
+    assert!(h.shards[0].latency_us > 0);
+    let names: Vec<String> = a
+        .engine
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn concurrent_publishers_get_each_offset_once() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("race");
+    a.engine.subscribe(&ch).await.unwrap();
+    b.engine.subscribe(&ch).await.unwrap();
+    let mut tasks = Vec::new();
+    for (k, n) in [&a, &b].into_iter().enumerate() {
+        for t in 0..4 {
+            let engine = n.engine.clone();
+            let ch = ch.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..10 {
+                    let d = format!("n{k}t{t}i{i}");
+                    out.push(
+                        engine
+                            .publish(&ch, data(&d), OPTS, None)
+                            .await
+                            .unwrap()
+                            .offset,
+                    );
+                }
+                out
+            }));
+        }
+    }
+    let mut offsets = Vec::new();
+    for t in tasks {
+        offsets.extend(t.await.unwrap());
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=80).collect::<Vec<u64>>());
+    for n in [&a, &b] {
+        n.rec
+            .wait("80 publications", Duration::from_secs(10), |e| {
+                e.len() >= 80
+            })
+            .await;
+        let delivered = n.rec.pubs(&ch);
+        assert_eq!(
+            delivered.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (1..=80).collect::<Vec<u64>>()
+        );
+        assert!(!n.rec.all().iter().any(|e| matches!(e, Ev::Lost(_))));
+        let page = n
+            .engine
+            .history(&ch, HistoryQuery::Newest(100), OPTS)
+            .await
+            .unwrap();
+        let history: Vec<(u64, String)> = page
+            .publications
+            .iter()
+            .map(|p| (p.offset, String::from_utf8(p.data.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(history, delivered);
+    }
+    let distinct: HashSet<String> = a.rec.pubs(&ch).into_iter().map(|(_, d)| d).collect();
+    assert_eq!(distinct.len(), 80);
+}
+
+#[tokio::test]
+async fn since_recovery_positions_and_removed_history() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let ch = "news";
+    // Reading the newest of a channel without a stream creates nothing.
+    for _ in 0..2 {
+        let page = a
+            .engine
+            .history(ch, HistoryQuery::Newest(10), OPTS)
+            .await
+            .unwrap();
+        assert_eq!(
+            (page.position.offset, page.position.epoch.as_str()),
+            (0, "")
+        );
+    }
+    // A position read creates it: offset 0 and an epoch that the first publication keeps.
+    let created = a
+        .engine
+        .history(ch, HistoryQuery::Position, OPTS)
+        .await
+        .unwrap()
+        .position;
+    assert_eq!(created.offset, 0);
+    assert_eq!(created.epoch.len(), 16);
+    let mut last = created.clone();
+    for i in 1..=10 {
+        last = a
+            .engine
+            .publish(ch, data(&format!("m{i}")), OPTS, None)
+            .await
+            .unwrap();
+        assert_eq!(last.epoch, created.epoch);
+    }
+    assert_eq!(last.offset, 10);
+    let since = |offset, epoch: &str| {
+        HistoryQuery::Since(StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        })
+    };
+    let page = a
+        .engine
+        .history(ch, since(4, &last.epoch), OPTS)
+        .await
+        .unwrap();
+    assert!(page.complete);
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        (5..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(page.publications[0].data, data("m5"));
+    assert_eq!(page.position, last);
+    let page = a
+        .engine
+        .history(ch, since(10, &last.epoch), OPTS)
+        .await
+        .unwrap();
+    assert!(page.complete && page.publications.is_empty());
+    // Another epoch, a position ahead, or further back than history_size: incomplete.
+    for (q, o) in [
+        (since(4, "0123456789abcdef"), OPTS),
+        (since(11, &last.epoch), OPTS),
+        (
+            since(2, &last.epoch),
+            StreamOptions {
+                history_size: 5,
+                ..OPTS
+            },
+        ),
+    ] {
+        let page = a.engine.history(ch, q, o).await.unwrap();
+        assert!(!page.complete);
+        assert!(page.publications.is_empty());
+        assert_eq!(page.position, last);
+    }
+    // Removed history: the position stays and the next offset follows it.
+    a.engine.remove_history(ch).await.unwrap();
+    let page = a
+        .engine
+        .history(ch, HistoryQuery::Newest(10), OPTS)
+        .await
+        .unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position, last);
+    assert!(
+        !a.engine
+            .history(ch, since(8, &last.epoch), OPTS)
+            .await
+            .unwrap()
+            .complete
+    );
+    let next = a.engine.publish(ch, data("m11"), OPTS, None).await.unwrap();
+    assert_eq!(
+        (next.offset, next.epoch.as_str()),
+        (11, last.epoch.as_str())
+    );
+    let page = a
+        .engine
+        .history(ch, since(10, &last.epoch), OPTS)
+        .await
+        .unwrap();
+    assert!(page.complete);
+    assert_eq!(page.publications.len(), 1);
+    // Bad input is an error, not a panic.
+    assert!(a
+        .engine
+        .publish("", data("x"), OPTS, None)
+        .await
+        .unwrap_err()
+        .is_invalid_channel());
+    let long = "x".repeat(256);
+    assert!(a
+        .engine
+        .history(&long, HistoryQuery::Position, OPTS)
+        .await
+        .unwrap_err()
+        .is_invalid_channel());
+}
+
+#[tokio::test]
+async fn idempotent_publish_is_applied_and_delivered_once() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("orders");
+    b.engine.subscribe(&ch).await.unwrap();
+    let first = a
+        .engine
+        .publish(&ch, data("one"), OPTS, Some("key 1"))
+        .await
+        .unwrap();
+    // Retried (from the other node too): the first one's position, nothing appended.
+    let again = a
+        .engine
+        .publish(&ch, data("one"), OPTS, Some("key 1"))
+        .await
+        .unwrap();
+    let other_node = b
+        .engine
+        .publish(&ch, data("one"), OPTS, Some("key 1"))
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first, other_node);
+    let second = a
+        .engine
+        .publish(&ch, data("two"), OPTS, Some("key 2"))
+        .await
+        .unwrap();
+    assert_eq!(second.offset, 2);
+    // The same key on another channel is another publication.
+    let elsewhere = a
+        .engine
+        .publish("other", data("one"), OPTS, Some("key 1"))
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.offset, 1);
+    b.rec
+        .wait("2 publications", Duration::from_secs(5), |e| e.len() >= 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.rec.pubs(&ch), [(1, json("one")), (2, json("two"))]);
+    assert_eq!(b.rec.all().len(), 2);
+}
+
+#[tokio::test]
+async fn server_restart_keeps_history_and_delivery_resumes() {
+    let mut server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("durable");
+    b.engine.subscribe(&ch).await.unwrap();
+    let mut last = None;
+    for i in 1..=5 {
+        last = Some(
+            a.engine
+                .publish(&ch, data(&format!("m{i}")), OPTS, None)
+                .await
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    b.rec
+        .wait("5 publications", Duration::from_secs(5), |e| e.len() >= 5)
+        .await;
+
+    server.kill();
+    // A hung or gone server shows in health within 5 s, and calls fail in bounded time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.engine.health().is_up() {
+        assert!(Instant::now() < deadline, "health still up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.engine.health().reason().is_some());
+    let t = Instant::now();
+    let e = a
+        .engine
+        .publish(&ch, data("down"), OPTS, None)
+        .await
+        .unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(6));
+
+    server.restart();
+    let p6 = publish_eventually(&a, &ch, "m6").await;
+    assert_eq!((p6.offset, p6.epoch.as_str()), (6, last.epoch.as_str()));
+    let page = b
+        .engine
+        .history(&ch, HistoryQuery::Since(last.clone()), OPTS)
+        .await
+        .unwrap();
+    assert!(page.complete);
+    assert_eq!(
+        page.publications
+            .iter()
+            .map(|p| p.offset)
+            .collect::<Vec<_>>(),
+        [6]
+    );
+    for i in 7..=8 {
+        a.engine
+            .publish(&ch, data(&format!("m{i}")), OPTS, None)
+            .await
+            .unwrap();
+    }
+    b.rec
+        .wait("8 publications", Duration::from_secs(10), |e| {
+            e.iter().filter(|e| matches!(e, Ev::Pub(..))).count() >= 8
+        })
+        .await;
+    let offsets: Vec<u64> = b.rec.pubs(&ch).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(offsets, (1..=8).collect::<Vec<_>>());
+    assert!(!b.rec.all().iter().any(|e| matches!(e, Ev::Lost(_))));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !a.engine.health().is_up() {
+        assert!(Instant::now() < deadline, "health not back up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.engine.health().shards[0].reconnects >= 1);
+}
+
+#[tokio::test]
+async fn wiped_store_gives_a_new_epoch() {
+    let mut server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("fragile");
+    b.engine.subscribe(&ch).await.unwrap();
+    let mut last = None;
+    for i in 1..=3 {
+        last = Some(
+            a.engine
+                .publish(&ch, data(&format!("m{i}")), OPTS, None)
+                .await
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    b.rec
+        .wait("3 publications", Duration::from_secs(5), |e| e.len() >= 3)
+        .await;
+
+    server.kill();
+    std::fs::remove_dir_all(server.store()).unwrap();
+    std::fs::create_dir_all(server.store()).unwrap();
+    server.restart();
+
+    let p = publish_eventually(&a, &ch, "new").await;
+    assert_ne!(p.epoch, last.epoch);
+    assert_eq!(p.offset, 1);
+    let page = a
+        .engine
+        .history(&ch, HistoryQuery::Since(last.clone()), OPTS)
+        .await
+        .unwrap();
+    assert!(!page.complete);
+    assert_eq!(page.position, p);
+    // B's subscribers are told to resume from history.
+    b.rec
+        .wait("channel lost", Duration::from_secs(10), |e| {
+            e.contains(&Ev::Lost("fragile".into()))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn presence_across_nodes() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("lobby");
+    b.engine.subscribe(&ch).await.unwrap();
+    let alice = Arc::new(ClientInfo {
+        client_id: "c1".into(),
+        user_id: Some("alice".into()),
+        info: Some(serde_json::json!({"color": "red"})),
+    });
+    let anon = Arc::new(ClientInfo::new("c2"));
+    a.engine
+        .add(&ch, alice.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    a.engine.publish_join(&ch, &alice).await.unwrap();
+    b.engine
+        .add(&ch, anon.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    b.engine.publish_join(&ch, &anon).await.unwrap();
+    for n in [&a, &b] {
+        assert_eq!(
+            n.engine.list(&ch).await.unwrap(),
+            vec![(*alice).clone(), (*anon).clone()]
+        );
+        let s = n.engine.stats(&ch).await.unwrap();
+        assert_eq!((s.clients, s.users), (2, 1));
+    }
+    a.engine.remove(&ch, "c1").await.unwrap();
+    a.engine.publish_leave(&ch, &alice).await.unwrap();
+    assert_eq!(b.engine.list(&ch).await.unwrap(), vec![(*anon).clone()]);
+    b.rec
+        .wait("join, join, leave", Duration::from_secs(5), |e| {
+            e.len() >= 3
+        })
+        .await;
+    assert_eq!(
+        b.rec.all(),
+        [
+            Ev::Join("lobby".into(), "c1".into()),
+            Ev::Join("lobby".into(), "c2".into()),
+            Ev::Leave("lobby".into(), "c1".into()),
+        ]
+    );
+    // An entry past its TTL is not listed.
+    let brief = Arc::new(ClientInfo::new("c3"));
+    a.engine
+        .add(&ch, brief, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(a.engine.list(&ch).await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(a.engine.list(&ch).await.unwrap(), vec![(*anon).clone()]);
+    assert!(a.engine.list("empty").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn dead_node_presence_is_reaped_once() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let c = node(&server, "c").await;
+    let rooms: [Arc<str>; 2] = [Arc::from("r1"), Arc::from("r2")];
+    for n in [&b, &c] {
+        for r in &rooms {
+            n.engine.subscribe(r).await.unwrap();
+        }
+    }
+    let x = Arc::new(ClientInfo::new("x"));
+    let y = Arc::new(ClientInfo::new("y"));
+    let z = Arc::new(ClientInfo::new("z"));
+    a.engine
+        .add(&rooms[0], x.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    a.engine
+        .add(&rooms[1], y.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    b.engine
+        .add(&rooms[0], z.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(c.engine.list(&rooms[0]).await.unwrap().len(), 2);
+    let names: Vec<String> = c
+        .engine
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    // A dies without cleaning up.
+    let died = Instant::now();
+    drop(a);
+    for n in [&b, &c] {
+        n.rec
+            .wait("two leaves", Duration::from_secs(10), |e| e.len() >= 2)
+            .await;
+    }
+    let elapsed = died.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in [&b, &c] {
+        let mut events = n.rec.all();
+        events.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(
+            events,
+            [
+                Ev::Leave("r1".into(), "x".into()),
+                Ev::Leave("r2".into(), "y".into())
+            ],
+            "each leave once"
+        );
+    }
+    assert_eq!(c.engine.list(&rooms[0]).await.unwrap(), vec![(*z).clone()]);
+    assert!(c.engine.list(&rooms[1]).await.unwrap().is_empty());
+    let names: Vec<String> = c
+        .engine
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+    eprintln!("reaped {elapsed:?} after the node died");
+}
