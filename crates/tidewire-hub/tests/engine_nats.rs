@@ -843,3 +843,90 @@ async fn dead_node_presence_is_reaped_once() {
     assert_eq!(names, ["b", "c"]);
     eprintln!("reaped {elapsed:?} after the node died");
 }
+
+/// Stores a publication on `channel` behind the engine's back, as a node that died between
+/// the store and the live send leaves it: in history, never delivered live.
+async fn store_without_live(server: &Server, channel: &str, offset: u64, epoch: &str) {
+    use async_nats::jetstream;
+    use base64::Engine as _;
+    let client = async_nats::connect(format!("127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    let subject = format!(
+        "tw.h.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(channel)
+    );
+    let stream = js.get_stream("TIDEWIRE").await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Tw-Kind", "p");
+    h.insert("Tw-Offset", offset.to_string().as_str());
+    h.insert("Tw-Epoch", epoch);
+    h.insert("Tw-Prev", last.sequence.to_string().as_str());
+    h.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        last.sequence.to_string().as_str(),
+    );
+    js.publish_with_headers(subject, h, data(&format!("hidden{offset}")))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn gaps_are_repaired_from_history_or_the_channel_is_lost() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let ch: Arc<str> = Arc::from("gappy");
+    b.engine.subscribe(&ch).await.unwrap();
+    let mut epoch = String::new();
+    for i in 1..=3 {
+        epoch = a
+            .engine
+            .publish(&ch, data(&format!("m{i}")), OPTS, None)
+            .await
+            .unwrap()
+            .epoch;
+    }
+    // Offset 4 is only in history; 5 arrives live after a gap: 4 is read back, in order.
+    store_without_live(&server, &ch, 4, &epoch).await;
+    let p5 = a.engine.publish(&ch, data("m5"), OPTS, None).await.unwrap();
+    assert_eq!(p5.offset, 5);
+    b.rec
+        .wait("5 publications", Duration::from_secs(5), |e| e.len() >= 5)
+        .await;
+    assert_eq!(
+        b.rec.pubs(&ch),
+        [
+            (1, json("m1")),
+            (2, json("m2")),
+            (3, json("m3")),
+            (4, json("hidden4")),
+            (5, json("m5")),
+        ]
+    );
+    // Offset 6 only in history and then removed from it: the gap cannot be filled.
+    store_without_live(&server, &ch, 6, &epoch).await;
+    a.engine.remove_history(&ch).await.unwrap();
+    a.engine.publish(&ch, data("m7"), OPTS, None).await.unwrap();
+    b.rec
+        .wait("channel lost", Duration::from_secs(5), |e| {
+            e.contains(&Ev::Lost("gappy".into()))
+        })
+        .await;
+    // Delivery goes on after it, in order.
+    a.engine.publish(&ch, data("m8"), OPTS, None).await.unwrap();
+    b.rec
+        .wait("offset 8", Duration::from_secs(5), |e| {
+            e.iter().any(|e| matches!(e, Ev::Pub(_, 8, _, _)))
+        })
+        .await;
+    let offsets: Vec<u64> = b.rec.pubs(&ch).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5, 8]);
+}

@@ -18,7 +18,7 @@ mod clock;
 mod memory_broker;
 mod memory_presence;
 #[cfg(feature = "nats")]
-mod nats;
+pub mod nats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory_broker::{MemoryBroker, DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_STREAMS};
