@@ -930,3 +930,99 @@ async fn gaps_are_repaired_from_history_or_the_channel_is_lost() {
     let offsets: Vec<u64> = b.rec.pubs(&ch).into_iter().map(|(o, _)| o).collect();
     assert_eq!(offsets, [1, 2, 3, 4, 5, 8]);
 }
+
+#[tokio::test]
+async fn long_history_reads() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let ch = "board:long";
+    let big = StreamOptions {
+        history_size: 10_000,
+        history_ttl: Duration::from_secs(3600),
+    };
+    // Interleaved with another channel's, so that the channel's stream sequences are not
+    // consecutive.
+    let mut epoch = String::new();
+    for i in 1..=150 {
+        epoch = a
+            .engine
+            .publish(ch, data(&format!("m{i}")), big, None)
+            .await
+            .unwrap()
+            .epoch;
+        a.engine
+            .publish("noise", data("n"), big, None)
+            .await
+            .unwrap();
+    }
+    let offsets = |page: &tidewire_hub::engine::HistoryPage| -> Vec<u64> {
+        page.publications.iter().map(|p| p.offset).collect()
+    };
+    let since = |offset| {
+        HistoryQuery::Since(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        })
+    };
+    let h = |q, o| a.engine.history(ch, q, o);
+    // Many (a search and a consumer) and few (walking back).
+    let page = h(HistoryQuery::Newest(150), big).await.unwrap();
+    assert_eq!(offsets(&page), (1..=150).collect::<Vec<_>>());
+    assert!(page
+        .publications
+        .iter()
+        .all(|p| p.data == data(&format!("m{}", p.offset))));
+    let page = h(HistoryQuery::Newest(1000), big).await.unwrap();
+    assert_eq!(offsets(&page), (1..=150).collect::<Vec<_>>());
+    let page = h(HistoryQuery::Newest(100), big).await.unwrap();
+    assert_eq!(offsets(&page), (51..=150).collect::<Vec<_>>());
+    let page = h(HistoryQuery::Newest(10), big).await.unwrap();
+    assert_eq!(offsets(&page), (141..=150).collect::<Vec<_>>());
+    let page = h(since(5), big).await.unwrap();
+    assert!(page.complete);
+    assert_eq!(offsets(&page), (6..=150).collect::<Vec<_>>());
+    let page = h(since(100), big).await.unwrap();
+    assert!(page.complete);
+    assert_eq!(offsets(&page), (101..=150).collect::<Vec<_>>());
+    // A smaller history_size applies.
+    let smaller = StreamOptions {
+        history_size: 120,
+        ..big
+    };
+    assert!(!h(since(5), smaller).await.unwrap().complete);
+    let page = h(HistoryQuery::Newest(150), smaller).await.unwrap();
+    assert_eq!(offsets(&page), (31..=150).collect::<Vec<_>>());
+    // History removed, then more: only what follows the removal.
+    a.engine.remove_history(ch).await.unwrap();
+    for i in 151..=230 {
+        a.engine
+            .publish(ch, data(&format!("m{i}")), big, None)
+            .await
+            .unwrap();
+    }
+    let page = h(HistoryQuery::Newest(200), big).await.unwrap();
+    assert_eq!(offsets(&page), (151..=230).collect::<Vec<_>>());
+    let page = h(since(150), big).await.unwrap();
+    assert!(page.complete);
+    assert_eq!(offsets(&page), (151..=230).collect::<Vec<_>>());
+    assert!(!h(since(149), big).await.unwrap().complete);
+    // A TTL that the older publications are past: only the newer ones.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 231..=300 {
+        a.engine
+            .publish(ch, data(&format!("m{i}")), big, None)
+            .await
+            .unwrap();
+    }
+    let recent = StreamOptions {
+        history_ttl: Duration::from_secs(1),
+        ..big
+    };
+    let page = h(HistoryQuery::Newest(500), recent).await.unwrap();
+    let got = offsets(&page);
+    assert!(
+        !got.is_empty() && got.len() <= 70 && *got.last().unwrap() == 300,
+        "{got:?}"
+    );
+    assert!(!h(since(151), recent).await.unwrap().complete);
+}

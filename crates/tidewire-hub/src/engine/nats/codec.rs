@@ -116,19 +116,35 @@ pub(super) struct Stored {
 
 impl Stored {
     pub fn parse(m: StreamMessage) -> Result<Stored, Error> {
-        let kind = header(&m.headers, H_KIND).unwrap_or("");
-        let offset = number(&m.headers, H_OFFSET)?;
-        let prev = number(&m.headers, H_PREV)?;
-        let epoch =
-            header(&m.headers, H_EPOCH).ok_or_else(|| bad("stored message without epoch"))?;
+        Stored::from_parts(
+            m.sequence,
+            Some(&m.headers),
+            m.payload,
+            m.time.unix_timestamp_nanos(),
+        )
+    }
+
+    /// From a message at stream sequence `seq`, stored at `time_ns` (nanoseconds since the
+    /// Unix epoch).
+    pub fn from_parts(
+        seq: u64,
+        headers: Option<&HeaderMap>,
+        data: bytes::Bytes,
+        time_ns: i128,
+    ) -> Result<Stored, Error> {
+        let headers = headers.ok_or_else(|| bad("stored message without headers"))?;
+        let kind = header(headers, H_KIND).unwrap_or("");
+        let offset = number(headers, H_OFFSET)?;
+        let prev = number(headers, H_PREV)?;
+        let epoch = header(headers, H_EPOCH).ok_or_else(|| bad("stored message without epoch"))?;
         Ok(Stored {
-            seq: m.sequence,
+            seq,
             prev,
             offset,
             epoch: Arc::from(epoch),
             publication: kind == KIND_PUBLICATION,
-            time_ns: m.time.unix_timestamp_nanos(),
-            data: m.payload,
+            time_ns,
+            data,
         })
     }
 

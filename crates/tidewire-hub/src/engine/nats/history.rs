@@ -8,19 +8,26 @@ use super::codec::{
 };
 use super::Inner;
 use crate::engine::{Error, HistoryPage, HistoryQuery, Publication, StreamOptions, StreamPosition};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::ErrorCode;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use std::time::Duration;
 
 /// Compare-and-set attempts of one publish before it gives up (a temporary error): each
 /// failed attempt means another writer appended to the channel meanwhile.
 const MAX_CAS_ATTEMPTS: u32 = 64;
 
-/// Most publications one gap repair or resume reads back (one request each).
-pub(super) const MAX_REPAIR: u64 = 1000;
+/// Most publications one gap repair or resume reads back.
+pub(super) const MAX_REPAIR: u64 = 10_000;
+
+/// Up to this many publications are read by walking back, one request each; more by a
+/// binary search for the first one (`next_by_subj` gets) and a consumer that sends them
+/// all in one batch.
+const WALK_MAX: u64 = 64;
 
 /// What a compare-and-set store did.
 enum Stored2 {
@@ -71,6 +78,149 @@ impl Inner {
                 _ => Err(temporary(e)),
             },
         }
+    }
+
+    /// The first message of `subject` at or after stream sequence `seq`, if any.
+    async fn next_at(&self, subject: &str, seq: u64) -> Result<Option<Stored>, Error> {
+        let r = self
+            .history
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(subject)
+            .send()
+            .await;
+        match r {
+            Ok(m) => Stored::parse(m).map(Some),
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                _ => Err(temporary(e)),
+            },
+        }
+    }
+
+    /// The stream sequence of `subject`'s first message with an offset of `target` or more
+    /// (`last` has one), by binary search.
+    async fn seek(&self, subject: &str, last: &Stored, target: u64) -> Result<u64, Error> {
+        let (mut lo, mut hi, mut found) = (1, last.seq, last.seq);
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.next_at(subject, mid).await? {
+                Some(m) if m.seq <= last.seq && m.offset >= target => {
+                    found = m.seq;
+                    hi = mid - 1;
+                }
+                Some(m) if m.seq <= last.seq => lo = m.seq + 1,
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// `subject`'s messages from stream sequence `start` to `end`, through a short-lived
+    /// consumer.
+    async fn read_forward(
+        &self,
+        subject: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Stored>, Error> {
+        let consumer: PullConsumer = self
+            .history
+            .create_consumer(pull::Config {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(10),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(temporary)?;
+        let name = consumer.cached_info().name.clone();
+        let n = consumer.cached_info().num_pending.min(end + 1 - start) as usize;
+        let read = async {
+            let mut out = Vec::with_capacity(n);
+            if n == 0 {
+                return Ok(out);
+            }
+            let mut batch = consumer
+                .fetch()
+                .max_messages(n)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(temporary)?;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(temporary)?;
+                let seq = m.info().map_err(temporary)?.stream_sequence;
+                if seq > end {
+                    break;
+                }
+                let time_ns = m
+                    .info()
+                    .map_err(temporary)?
+                    .published
+                    .unix_timestamp_nanos();
+                out.push(Stored::from_parts(
+                    seq,
+                    m.headers.as_ref(),
+                    m.payload.clone(),
+                    time_ns,
+                )?);
+                if seq == end {
+                    break;
+                }
+            }
+            Ok(out)
+        };
+        let r: Result<Vec<Stored>, Error> = read.await;
+        // Else it goes after `inactive_threshold`.
+        let _ = self.history.delete_consumer(&name).await;
+        r
+    }
+
+    /// Up to `want` consecutive publications ending at `last`, oldest first (see
+    /// [`Inner::walk`]): by walking back for a few, by [`Inner::seek`] and
+    /// [`Inner::read_forward`] for many.
+    async fn range(
+        &self,
+        subject: &str,
+        last: &Stored,
+        want: u64,
+        cutoff_ns: Option<i128>,
+    ) -> Result<Vec<Publication>, Error> {
+        if want <= WALK_MAX || !last.publication {
+            return self.walk(last, want, cutoff_ns).await;
+        }
+        let target = last.offset.saturating_sub(want - 1).max(1);
+        let start = self.seek(subject, last, target).await?;
+        let mut kept: Vec<Stored> = Vec::new();
+        for m in self.read_forward(subject, start, last.seq).await? {
+            let follows = kept.last().is_none_or(|p| p.offset + 1 == m.offset);
+            if !m.publication || *m.epoch != *last.epoch || !follows {
+                // History starts again after a marker (or a break).
+                kept.clear();
+                if !m.publication || *m.epoch != *last.epoch {
+                    continue;
+                }
+            }
+            kept.push(m);
+        }
+        if kept.last().map(|m| m.seq) != Some(last.seq) {
+            // Not what `last` said (purged meanwhile): nothing rather than a guess.
+            return Ok(Vec::new());
+        }
+        let old = kept
+            .iter()
+            .take_while(|m| cutoff_ns.is_some_and(|c| m.time_ns < c))
+            .count();
+        let extra = (kept.len() - old).saturating_sub(want as usize);
+        Ok(kept[old + extra..]
+            .iter()
+            .map(Stored::to_publication)
+            .collect())
     }
 
     /// Stores `data` on `subject` if the subject's last message is still `prev` (0: none).
@@ -276,7 +426,8 @@ impl Inner {
         let (publications, complete) = match query {
             HistoryQuery::Position => (Vec::new(), true),
             HistoryQuery::Newest(n) => {
-                (self.walk(&last, (n as u64).min(size), cutoff).await?, true)
+                let want = (n as u64).min(size);
+                (self.range(&subject, &last, want, cutoff).await?, true)
             }
             HistoryQuery::Since(since) => {
                 if since.epoch != *last.epoch || since.offset > last.offset {
@@ -288,7 +439,7 @@ impl Inner {
                     } else if missed > size {
                         (Vec::new(), false)
                     } else {
-                        let p = self.walk(&last, missed, cutoff).await?;
+                        let p = self.range(&subject, &last, missed, cutoff).await?;
                         let complete = p.len() as u64 == missed;
                         (if complete { p } else { Vec::new() }, complete)
                     }
@@ -332,7 +483,7 @@ impl Inner {
         if missed > MAX_REPAIR {
             return Ok(Since::Incomplete(Some(position)));
         }
-        let p = self.walk(&last, missed, None).await?;
+        let p = self.range(&subject, &last, missed, None).await?;
         Ok(if p.len() as u64 == missed {
             Since::Complete(p)
         } else {

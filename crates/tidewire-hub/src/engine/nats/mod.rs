@@ -33,10 +33,13 @@
 //! The key is remembered for the stream's duplicate window ([`NatsOptions::duplicate_window`],
 //! 5 minutes by default), not for each namespace's history TTL.
 //!
-//! History is read by walking back from the last message through `Tw-Prev`, one request per
-//! publication, stopping at a marker, at a message that is gone (aged out or purged), at
-//! one older than the call's `history_ttl` or when `history_size` publications were read:
-//! the stream keeps up to [`NatsOptions::max_per_channel`] messages per channel for
+//! History is read from the last message back: up to 64 publications by walking the
+//! `Tw-Prev` links, one request each; more by a binary search over stream sequences for the
+//! first one wanted (`next_by_subj` gets, about log2 of the stream's length) and then a
+//! short-lived pull consumer (filtered on the channel's subject, starting at that sequence,
+//! no acks) that sends them in one batch. Either way history ends at a marker, at a message
+//! that is gone (aged out or purged), at one older than the call's `history_ttl`, or when
+//! `history_size` publications were read: the stream keeps up to [`NatsOptions::max_per_channel`] messages per channel for
 //! [`NatsOptions::max_age`], and each call applies its namespace's `StreamOptions` itself.
 //! A `Position` or `Since` read of a channel without messages stores a marker at offset 0
 //! with a new epoch (by compare-and-set, so all nodes agree on it); `Newest` creates
@@ -136,7 +139,7 @@ pub struct NatsOptions {
     /// after its last publication. Default 24 hours.
     pub max_age: Duration,
     /// Messages the history stream keeps per channel: the largest `history_size` of any
-    /// namespace, at least. Default 1,000.
+    /// namespace, at least. Default 10,000 (the embedded `board` namespace's).
     pub max_per_channel: i64,
     /// How long an idempotency key is remembered (the stream's duplicate window). Default 5
     /// minutes.
@@ -147,7 +150,7 @@ impl Default for NatsOptions {
     fn default() -> Self {
         NatsOptions {
             max_age: Duration::from_secs(24 * 3600),
-            max_per_channel: 1000,
+            max_per_channel: 10_000,
             duplicate_window: Duration::from_secs(300),
         }
     }
