@@ -1026,3 +1026,58 @@ async fn long_history_reads() {
     );
     assert!(!h(since(151), recent).await.unwrap().complete);
 }
+
+#[tokio::test]
+async fn hung_server_shows_in_health_and_calls_are_bounded() {
+    let server = Server::start();
+    let a = node(&server, "a").await;
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    a.engine
+        .publish("ch", data("before"), OPTS, None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.engine.health().shards[0].latency_us == 0 {
+        assert!(Instant::now() < deadline, "no probe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.engine.health().is_up());
+
+    signal("-STOP");
+    let hung = Instant::now();
+    let t = Instant::now();
+    let e = a
+        .engine
+        .publish("ch", data("hung"), OPTS, None)
+        .await
+        .unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_millis(5500),
+        "{:?}",
+        t.elapsed()
+    );
+    while a.engine.health().is_up() {
+        assert!(hung.elapsed() < Duration::from_secs(5), "health still up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("hung server seen after {:?}", hung.elapsed());
+
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !a.engine.health().is_up() {
+        assert!(Instant::now() < deadline, "health not back up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.engine
+        .publish("ch", data("after"), OPTS, None)
+        .await
+        .unwrap();
+}
