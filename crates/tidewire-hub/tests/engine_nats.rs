@@ -1081,3 +1081,44 @@ async fn hung_server_shows_in_health_and_calls_are_bounded() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn stream_options_are_applied() {
+    use tidewire_hub::engine::NatsOptions;
+    let server = Server::start();
+    let _a = node(&server, "a").await;
+    let client = async_nats::connect(format!("127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let config = |js: async_nats::jetstream::Context| async move {
+        let mut s = js.get_stream("TIDEWIRE").await.unwrap();
+        s.info().await.unwrap().config.clone()
+    };
+    let c = config(js.clone()).await;
+    assert_eq!(c.max_messages_per_subject, 10_000);
+    assert_eq!(c.max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(c.storage, async_nats::jetstream::stream::StorageType::File);
+    // A node with other options updates the stream.
+    let options = NatsOptions {
+        max_per_channel: 500,
+        max_age: Duration::from_secs(7200),
+        duplicate_window: Duration::from_secs(60),
+    };
+    let _b = NatsEngine::connect_with(&server.url(), "b", options)
+        .await
+        .unwrap();
+    let c = config(js).await;
+    assert_eq!(c.max_messages_per_subject, 500);
+    assert_eq!(c.max_age, Duration::from_secs(7200));
+    assert_eq!(c.duplicate_window, Duration::from_secs(60));
+    // Options that cannot work are refused.
+    let bad = NatsOptions {
+        max_per_channel: 0,
+        ..NatsOptions::default()
+    };
+    let e = NatsEngine::connect_with(&server.url(), "c", bad)
+        .await
+        .unwrap_err();
+    assert!(!e.is_temporary());
+}

@@ -311,20 +311,37 @@ async fn ensure_all(
     js: &jetstream::Context,
     options: &NatsOptions,
 ) -> Result<(stream::Stream, stream::Stream, stream::Stream), Error> {
+    let config = stream::Config {
+        name: HISTORY_STREAM.into(),
+        subjects: vec![format!("{HISTORY_PREFIX}>")],
+        storage: stream::StorageType::File,
+        max_age: options.max_age,
+        max_messages_per_subject: options.max_per_channel,
+        duplicate_window: options.duplicate_window,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
+    };
     let history = js
-        .get_or_create_stream(stream::Config {
-            name: HISTORY_STREAM.into(),
-            subjects: vec![format!("{HISTORY_PREFIX}>")],
-            storage: stream::StorageType::File,
-            max_age: options.max_age,
-            max_messages_per_subject: options.max_per_channel,
-            duplicate_window: options.duplicate_window,
-            discard: stream::DiscardPolicy::Old,
-            allow_direct: true,
-            ..Default::default()
-        })
+        .get_or_create_stream(config.clone())
         .await
         .map_err(|e| temporary(format!("stream {HISTORY_STREAM}: {e}")))?;
+    let current = &history.cached_info().config;
+    if (
+        current.max_age,
+        current.max_messages_per_subject,
+        current.duplicate_window,
+    ) != (
+        config.max_age,
+        config.max_messages_per_subject,
+        config.duplicate_window,
+    ) {
+        // The options changed since the stream was made (all nodes should give the same).
+        tracing::info!("nats: updating stream {HISTORY_STREAM} to this node's options");
+        if let Err(e) = js.update_stream(&config).await {
+            tracing::warn!("nats: stream {HISTORY_STREAM} keeps its options: {e}");
+        }
+    }
     let presence = js
         .get_or_create_stream(stream::Config {
             name: PRESENCE_STREAM.into(),

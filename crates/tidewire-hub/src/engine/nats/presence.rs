@@ -10,7 +10,7 @@ use crate::engine::{ClientInfo, Error, NodeStatus, PresenceStats};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,14 +135,15 @@ impl Inner {
 
     /// The entries stored on `subjects` (read concurrently), skipping those gone since.
     async fn entries<'s>(&self, subjects: &'s [String]) -> Result<Vec<(&'s str, Entry)>, Error> {
-        let reads = subjects
-            .iter()
-            .map(|s| self.presence.get_last_raw_message_by_subject(s));
+        // At most 64 requests in flight.
+        let presence = &self.presence;
+        let reads: Vec<_> = futures_util::stream::iter(subjects.iter().cloned())
+            .map(|s| async move { presence.get_last_raw_message_by_subject(&s).await })
+            .buffered(64)
+            .collect()
+            .await;
         let mut out = Vec::with_capacity(subjects.len());
-        for (subject, r) in subjects
-            .iter()
-            .zip(futures_util::future::join_all(reads).await)
-        {
+        for (subject, r) in subjects.iter().zip(reads) {
             match r {
                 Ok(m) => match serde_json::from_slice::<Entry>(&m.payload) {
                     Ok(e) => out.push((subject.as_str(), e)),
