@@ -43,7 +43,7 @@ fn invalid_byte_fails_fast_in_a_partial_frame() {
     let mut payload = b"hello ".to_vec();
     let bad = payload.len();
     payload.push(0xff);
-    payload.extend(std::iter::repeat(b'a').take(1000));
+    payload.extend(std::iter::repeat_n(b'a', 1000));
 
     let bytes = client_frame(Opcode::Text, true, &payload);
     let header = bytes.len() - payload.len();

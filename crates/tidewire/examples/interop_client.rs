@@ -47,7 +47,7 @@ fn text_payload(n: usize) -> String {
         s.push(ch);
         rem -= ch.len_utf8();
     }
-    s.extend(std::iter::repeat('.').take(rem));
+    s.extend(std::iter::repeat_n('.', rem));
     assert_eq!(s.len(), n);
     s
 }

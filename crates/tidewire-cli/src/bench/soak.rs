@@ -685,7 +685,7 @@ impl Slot {
             } else {
                 Duration::from_millis(1000 + self.rng.next() % 9000)
             };
-            let kill = self.rng.next() % 2 == 0;
+            let kill = self.rng.next().is_multiple_of(2);
             let ended = self.session(ws, life, is_slow, kill, sh, &mut stop).await;
             sh.open.fetch_sub(1, Ordering::Relaxed);
             if let Err(f) = ended {
