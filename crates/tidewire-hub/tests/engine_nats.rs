@@ -1122,3 +1122,134 @@ async fn stream_options_are_applied() {
         .unwrap_err();
     assert!(!e.is_temporary());
 }
+
+// --- two hubs (as two `tidewire serve`) over one NATS ------------------------------------
+
+type Ws = tidewire::WebSocketStream<tidewire::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn hub_over(server: &Server, name: &str) -> (String, tokio::sync::watch::Sender<bool>) {
+    let engine = NatsEngine::connect(&server.url(), name).await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let hub = tidewire_hub::Hub::with_engine(
+        tidewire_hub::HubConfig::default(),
+        shutdown,
+        engine.clone(),
+        engine,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, tidewire_hub::router(hub)).await;
+    });
+    (format!("ws://{addr}/ws"), stop)
+}
+
+async fn ws(url: &str) -> Ws {
+    let client = tidewire::ClientBuilder::new(url).protocols(["tidewire.v1"]);
+    client.connect().await.unwrap().0
+}
+
+/// The next text message that satisfies `f`, within 5 s.
+async fn next_text(ws: &mut Ws, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let tidewire::Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if f(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+async fn request(ws: &mut Ws, id: u64, body: serde_json::Value) -> serde_json::Value {
+    let mut body = body;
+    body["id"] = id.into();
+    ws.send(tidewire::Message::text(body.to_string()))
+        .await
+        .unwrap();
+    let reply = next_text(ws, |v| v["id"] == id).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    reply["result"].clone()
+}
+
+#[tokio::test]
+async fn two_hubs_share_channels() {
+    use serde_json::json;
+    let server = Server::start();
+    let (url1, _stop1) = hub_over(&server, "hub1").await;
+    let (url2, _stop2) = hub_over(&server, "hub2").await;
+    let mut alice = ws(&url1).await;
+    let mut bob = ws(&url2).await;
+    let sub = request(
+        &mut alice,
+        1,
+        json!({"op": "subscribe", "channel": "chat:x"}),
+    )
+    .await;
+    let epoch = sub["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(sub["offset"], 0);
+    // Bob, on the other hub, joins (alice sees it) and publishes (alice receives it).
+    request(&mut bob, 1, json!({"op": "subscribe", "channel": "chat:x"})).await;
+    next_text(&mut alice, |v| v.to_string().contains("join")).await;
+    for i in 1..=3 {
+        let r = request(
+            &mut bob,
+            1 + i,
+            json!({"op": "publish", "channel": "chat:x", "data": {"n": i}}),
+        )
+        .await;
+        assert_eq!(
+            (r["offset"].as_u64(), r["epoch"].as_str()),
+            (Some(i), Some(epoch.as_str()))
+        );
+    }
+    for i in 1..=3 {
+        let push = next_text(&mut alice, |v| {
+            v.get("id").is_none() && v.to_string().contains("\"n\"")
+        })
+        .await;
+        let text = push.to_string();
+        assert!(text.contains(&format!("{{\"n\":{i}}}")), "{text}");
+    }
+    let presence = request(
+        &mut alice,
+        2,
+        json!({"op": "presence", "channel": "chat:x"}),
+    )
+    .await;
+    assert_eq!(
+        presence["clients"].as_array().unwrap().len(),
+        2,
+        "{presence}"
+    );
+    // A client that resumes on the other hub gets exactly what it missed.
+    drop(alice);
+    request(
+        &mut bob,
+        10,
+        json!({"op": "publish", "channel": "chat:x", "data": {"n": 4}}),
+    )
+    .await;
+    let mut carol = ws(&url2).await;
+    let r = request(
+        &mut carol,
+        1,
+        json!({"op": "subscribe", "channel": "chat:x", "since": {"offset": 3, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(r["publications"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["publications"][0]["offset"], 4, "{r}");
+    let h = request(
+        &mut carol,
+        2,
+        json!({"op": "history", "channel": "chat:x", "limit": 10}),
+    )
+    .await;
+    assert_eq!(h["publications"].as_array().unwrap().len(), 4, "{h}");
+}

@@ -161,13 +161,15 @@ impl Inner {
         let filter = format!("{PRESENCE_PREFIX}{}.*.*", token(channel));
         let subjects = self.presence_subjects(&filter).await?;
         let now = now_ms();
-        let mut by_id: HashMap<String, ClientInfo> = HashMap::new();
-        for (_, e) in self.entries(&subjects).await? {
-            if e.expires_ms > now && e.channel == channel {
-                by_id.insert(e.client.client_id.clone(), e.client);
-            }
-        }
-        let mut list: Vec<ClientInfo> = by_id.into_values().collect();
+        // One entry per (node instance, client): client ids are unique per node, and two
+        // nodes' clients are two clients even if their ids are the same.
+        let mut list: Vec<ClientInfo> = self
+            .entries(&subjects)
+            .await?
+            .into_iter()
+            .filter(|(_, e)| e.expires_ms > now && e.channel == channel)
+            .map(|(_, e)| e.client)
+            .collect();
         list.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         Ok(list)
     }
