@@ -1253,3 +1253,93 @@ async fn two_hubs_share_channels() {
     .await;
     assert_eq!(h["publications"].as_array().unwrap().len(), 4, "{h}");
 }
+
+/// A TCP proxy to the server that can be cut (its connections closed, new ones refused)
+/// and restored: one node's link fails while the others' does not.
+struct Proxy {
+    port: u16,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn start(to: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up = Arc::new(up);
+        let watch = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut = watch.subscribe();
+                if !*cut.borrow() {
+                    continue; // refused: dropped at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test]
+async fn lost_link_is_repaired_from_history() {
+    let server = Server::start();
+    let proxy = Proxy::start(server.port).await;
+    let a = node(&server, "a").await;
+    let b = NatsEngine::connect(&format!("nats://127.0.0.1:{}", proxy.port), "b")
+        .await
+        .unwrap();
+    let rec = Arc::new(Rec::default());
+    b.start(rec.clone());
+    let ch: Arc<str> = Arc::from("flaky");
+    b.subscribe(&ch).await.unwrap();
+    for i in 1..=3 {
+        a.engine
+            .publish(&ch, data(&format!("m{i}")), OPTS, None)
+            .await
+            .unwrap();
+    }
+    rec.wait("3 publications", Duration::from_secs(5), |e| e.len() >= 3)
+        .await;
+    // B's link is cut; A goes on publishing; B's link comes back.
+    proxy.set(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.health().is_up() {
+        assert!(Instant::now() < deadline, "b's health still up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 4..=7 {
+        a.engine
+            .publish(&ch, data(&format!("m{i}")), OPTS, None)
+            .await
+            .unwrap();
+    }
+    proxy.set(true);
+    rec.wait("7 publications", Duration::from_secs(10), |e| e.len() >= 7)
+        .await;
+    let offsets: Vec<u64> = rec.pubs(&ch).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(offsets, (1..=7).collect::<Vec<_>>());
+    assert_eq!(rec.pubs(&ch)[4].1, json("m5"));
+    assert!(!rec.all().iter().any(|e| matches!(e, Ev::Lost(_))));
+    assert!(b.health().shards[0].reconnects >= 1);
+    // And live delivery goes on.
+    a.engine.publish(&ch, data("m8"), OPTS, None).await.unwrap();
+    rec.wait("8 publications", Duration::from_secs(5), |e| e.len() >= 8)
+        .await;
+}
