@@ -1098,12 +1098,14 @@ async fn stream_options_are_applied() {
     let c = config(js.clone()).await;
     assert_eq!(c.max_messages_per_subject, 10_000);
     assert_eq!(c.max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(c.max_bytes, 1 << 30);
     assert_eq!(c.storage, async_nats::jetstream::stream::StorageType::File);
     // A node with other options updates the stream.
     let options = NatsOptions {
         max_per_channel: 500,
         max_age: Duration::from_secs(7200),
         duplicate_window: Duration::from_secs(60),
+        max_bytes: 1 << 20,
     };
     let _b = NatsEngine::connect_with(&server.url(), "b", options)
         .await
@@ -1112,6 +1114,7 @@ async fn stream_options_are_applied() {
     assert_eq!(c.max_messages_per_subject, 500);
     assert_eq!(c.max_age, Duration::from_secs(7200));
     assert_eq!(c.duplicate_window, Duration::from_secs(60));
+    assert_eq!(c.max_bytes, 1 << 20);
     // Options that cannot work are refused.
     let bad = NatsOptions {
         max_per_channel: 0,

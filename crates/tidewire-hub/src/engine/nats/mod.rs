@@ -99,7 +99,10 @@
 //! returns its result, latency and the count of reconnects without waiting. Every engine
 //! call is bounded by a 4 s timeout. Nothing grows without bound on the server: history
 //! subjects keep at most `max_per_channel` messages for `max_age`, presence entries and
-//! registry entries and reaping claims age out of their streams.
+//! registry entries and reaping claims age out of their streams, and the history stream
+//! holds at most [`NatsOptions::max_bytes`]. Unlike the memory broker, a channel's position is
+//! kept by its last message, so it lasts `max_age` after the channel's last publication
+//! whether or not nodes are subscribed.
 
 mod codec;
 mod history;
@@ -144,6 +147,10 @@ pub struct NatsOptions {
     /// How long an idempotency key is remembered (the stream's duplicate window). Default 5
     /// minutes.
     pub duplicate_window: Duration,
+    /// Bytes the history stream holds at most, all channels together; past it the oldest
+    /// messages go first (a channel that loses its last message gets a new epoch on its
+    /// next use, as after `max_age`). Default 1 GiB.
+    pub max_bytes: i64,
 }
 
 impl Default for NatsOptions {
@@ -152,6 +159,7 @@ impl Default for NatsOptions {
             max_age: Duration::from_secs(24 * 3600),
             max_per_channel: 10_000,
             duplicate_window: Duration::from_secs(300),
+            max_bytes: 1 << 30,
         }
     }
 }
@@ -212,9 +220,13 @@ impl NatsEngine {
         if node.is_empty() || node.len() > 255 {
             return Err(Error::backend("node name: 1 to 255 bytes", false));
         }
-        if options.max_per_channel < 1 || options.duplicate_window > options.max_age {
+        if options.max_per_channel < 1
+            || options.max_bytes < 1
+            || options.duplicate_window > options.max_age
+        {
             return Err(Error::backend(
-                "nats options: max_per_channel must be at least 1 and duplicate_window at most max_age",
+                "nats options: max_per_channel and max_bytes must be at least 1, \
+                 duplicate_window at most max_age",
                 false,
             ));
         }
@@ -317,6 +329,7 @@ async fn ensure_all(
         storage: stream::StorageType::File,
         max_age: options.max_age,
         max_messages_per_subject: options.max_per_channel,
+        max_bytes: options.max_bytes,
         duplicate_window: options.duplicate_window,
         discard: stream::DiscardPolicy::Old,
         allow_direct: true,
