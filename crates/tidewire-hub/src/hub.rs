@@ -97,9 +97,20 @@ impl Hub {
                 ));
             }
         }
+        if first.starts_with("nats") {
+            #[cfg(feature = "nats")]
+            {
+                let engine = crate::engine::NatsEngine::connect(first, &node)
+                    .await
+                    .map_err(failed)?;
+                let mut config = config;
+                config.node_name = Some(node);
+                return Ok(Self::with_engine(config, shutdown, engine.clone(), engine));
+            }
+        }
         let _ = failed;
         Err(std::io::Error::other(format!(
-            "engine {first}: not in this build"
+            "engine {first}: not in this build (cargo features `redis`, `nats`)"
         )))
     }
 

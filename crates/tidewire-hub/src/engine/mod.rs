@@ -17,12 +17,16 @@
 mod clock;
 mod memory_broker;
 mod memory_presence;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory_broker::{MemoryBroker, DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_STREAMS};
 pub use memory_presence::MemoryPresence;
+#[cfg(feature = "nats")]
+pub use nats::{NatsEngine, NatsOptions};
 #[cfg(feature = "redis")]
 pub use redis::RedisEngine;
 
@@ -220,6 +224,57 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// included; empty for an engine without a registry (memory: a cluster of one).
     fn nodes(&self) -> EngineFuture<'_, Vec<NodeStatus>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// What a networked engine counts for `/metrics` (see [`EngineHealth`]).
+#[derive(Debug, Default)]
+pub(crate) struct EngineCounters {
+    /// Gaps in a live stream filled from history.
+    pub(crate) repairs: std::sync::atomic::AtomicU64,
+    /// Channels whose subscribers were told to resume.
+    pub(crate) lost: std::sync::atomic::AtomicU64,
+    /// Presence entries of dead nodes removed, each with its leave.
+    pub(crate) reaped: std::sync::atomic::AtomicU64,
+}
+
+impl EngineCounters {
+    /// (repairs, lost, reaped).
+    pub(crate) fn read(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.repairs.load(Relaxed),
+            self.lost.load(Relaxed),
+            self.reaped.load(Relaxed),
+        )
+    }
+}
+
+/// The node's event sink, counting the channels lost ([`EngineCounters::lost`]).
+#[derive(Debug)]
+pub(crate) struct CountingEvents {
+    pub(crate) inner: Arc<dyn BrokerEvents>,
+    pub(crate) counters: Arc<EngineCounters>,
+}
+
+impl BrokerEvents for CountingEvents {
+    fn publication(&self, channel: &str, publication: Publication) {
+        self.inner.publication(channel, publication)
+    }
+    fn join(&self, channel: &str, client: &ClientInfo) {
+        self.inner.join(channel, client)
+    }
+    fn leave(&self, channel: &str, client: &ClientInfo) {
+        self.inner.leave(channel, client)
+    }
+    fn link_restored(&self) {
+        self.inner.link_restored()
+    }
+    fn channel_lost(&self, channel: &str) {
+        self.counters
+            .lost
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.channel_lost(channel)
     }
 }
 

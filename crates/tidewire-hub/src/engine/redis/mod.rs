@@ -34,22 +34,12 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use shard::{Command, Shard, Subscriber};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
-/// Counters of the engine, for `/metrics`.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Gaps in a live stream filled from history.
-    pub(crate) repairs: AtomicU64,
-    /// Channels whose subscribers were told to resume (a gap history could not fill, or a
-    /// new epoch).
-    pub(crate) lost: AtomicU64,
-    /// Presence entries of dead nodes removed (each with its leave).
-    pub(crate) reaped: AtomicU64,
-}
+pub(crate) use super::EngineCounters as Counters;
 
 /// The Redis engine: a [`Broker`] and a [`PresenceStore`] over one or more Redis servers.
 pub struct RedisEngine {
@@ -116,12 +106,7 @@ impl RedisEngine {
 
     /// The counters of gap repairs, lost channels and reaped presence entries.
     pub fn counters(&self) -> (u64, u64, u64) {
-        let c = &self.counters;
-        (
-            c.repairs.load(Ordering::Relaxed),
-            c.lost.load(Ordering::Relaxed),
-            c.reaped.load(Ordering::Relaxed),
-        )
+        self.counters.read()
     }
 
     fn shard(&self, channel: &str) -> &Shard {
