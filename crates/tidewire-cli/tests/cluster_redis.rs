@@ -9,84 +9,19 @@
 
 mod common;
 
-use common::cluster::{signal, Balancer, Redis};
+use common::cluster::{
+    exactly_once_in_order, hub_client, node_on, read_publications, signal, Balancer, Redis, API_KEY,
+};
 use common::hub::{client, http, http_get, metric, next_json, publish_range, request, Serve};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tidewire::reconnect::Backoff;
-use tidewire_hub_client::{HubClient, Item, Subscription};
+use tidewire_hub_client::Item;
 use tokio::time::{timeout, Instant};
-
-const API_KEY: &str = "cluster-test-key-0123456789";
-
-fn config() -> std::path::PathBuf {
-    common::temp_file(
-        "cluster.toml",
-        "[namespaces.default]\nhistory_size = 10000\nhistory_ttl = \"10m\"\npresence = false\n\
-         [namespaces.room]\npresence = true\nhistory_size = 100\nhistory_ttl = \"10m\"\n",
-    )
-}
 
 /// A node on `redis` listening on `listen` (`127.0.0.1:0` for any port).
 fn node(redis: &Redis, listen: &str, name: &str, extra: &[&str]) -> Serve {
-    let config = config();
-    let url = redis.url();
-    let mut args = vec![
-        "--engine",
-        &url,
-        "--node-name",
-        name,
-        "--config",
-        config.to_str().unwrap(),
-        "--publish-rate",
-        "0",
-        "--subscribe-rate",
-        "0",
-        "--no-demo",
-        "--api-key",
-        API_KEY,
-    ];
-    args.extend_from_slice(extra);
-    let (child, addr) = common::spawn_at("serve", listen, &args);
-    Serve { child, addr }
-}
-
-/// Reads `n` publications from `sub`: each (offset, n) in order; panics on an
-/// unrecoverable gap or a stall.
-async fn read_publications(sub: &mut Subscription, n: usize) -> Vec<(u64, u64)> {
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        match timeout(Duration::from_secs(20), sub.next()).await {
-            Ok(Some(Item::Publication(p))) => got.push((p.offset, p.data["n"].as_u64().unwrap())),
-            Ok(Some(Item::Unrecoverable { .. })) => {
-                panic!("reported unrecoverable after {} publications", got.len())
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("subscription ended after {}", got.len()),
-            Err(_) => panic!("stalled after {} publications", got.len()),
-        }
-    }
-    got
-}
-
-fn exactly_once_in_order(got: &[(u64, u64)], first_n: u64) {
-    for (i, (offset, n)) in got.iter().enumerate() {
-        assert_eq!(*offset, i as u64 + 1, "offset at {i}");
-        assert_eq!(*n, first_n + i as u64, "publication at {i}");
-    }
-}
-
-fn hub_client(addr: SocketAddr) -> Arc<HubClient> {
-    Arc::new(
-        HubClient::builder(format!("ws://{addr}/ws"))
-            .backoff(Backoff::new(
-                Duration::from_millis(20),
-                Duration::from_millis(200),
-            ))
-            .connect(),
-    )
+    node_on(&redis.url(), listen, name, extra)
 }
 
 fn api_get(addr: SocketAddr, path: &str) -> String {

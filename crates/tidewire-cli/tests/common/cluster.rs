@@ -164,3 +164,139 @@ impl Balancer {
         Balancer { addr, task }
     }
 }
+
+/// A `nats-server` with JetStream on file storage, of this test, on a spare port; killed
+/// when dropped.
+pub struct Nats {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tidewire-nats-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut n = Nats {
+            port,
+            dir,
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-sd", self.dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(
+            cmd.spawn()
+                .expect("nats-server (Debian's nats-server package)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub const API_KEY: &str = "cluster-test-key-0123456789";
+
+fn config() -> std::path::PathBuf {
+    super::temp_file(
+        "cluster.toml",
+        "[namespaces.default]\nhistory_size = 10000\nhistory_ttl = \"10m\"\npresence = false\n\
+         [namespaces.room]\npresence = true\nhistory_size = 100\nhistory_ttl = \"10m\"\n",
+    )
+}
+
+/// A node on the engine at `url`, listening on `listen` (`127.0.0.1:0` for any port): no
+/// rate limits, history in the default namespace, presence in `room:`, the API key
+/// [`API_KEY`].
+pub fn node_on(url: &str, listen: &str, name: &str, extra: &[&str]) -> super::hub::Serve {
+    let config = config();
+    let mut args = vec![
+        "--engine",
+        url,
+        "--node-name",
+        name,
+        "--config",
+        config.to_str().unwrap(),
+        "--publish-rate",
+        "0",
+        "--subscribe-rate",
+        "0",
+        "--no-demo",
+        "--api-key",
+        API_KEY,
+    ];
+    args.extend_from_slice(extra);
+    let (child, addr) = super::spawn_at("serve", listen, &args);
+    super::hub::Serve { child, addr }
+}
+
+/// Reads `n` publications from `sub`: each (offset, n) in order; panics on an
+/// unrecoverable gap or a stall.
+pub async fn read_publications(
+    sub: &mut tidewire_hub_client::Subscription,
+    n: usize,
+) -> Vec<(u64, u64)> {
+    use tidewire_hub_client::Item;
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(20), sub.next()).await {
+            Ok(Some(Item::Publication(p))) => got.push((p.offset, p.data["n"].as_u64().unwrap())),
+            Ok(Some(Item::Unrecoverable { .. })) => {
+                panic!("reported unrecoverable after {} publications", got.len())
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("subscription ended after {}", got.len()),
+            Err(_) => panic!("stalled after {} publications", got.len()),
+        }
+    }
+    got
+}
+
+/// Offsets 1, 2, 3... carrying `first_n`, `first_n + 1`...
+pub fn exactly_once_in_order(got: &[(u64, u64)], first_n: u64) {
+    for (i, (offset, n)) in got.iter().enumerate() {
+        assert_eq!(*offset, i as u64 + 1, "offset at {i}");
+        assert_eq!(*n, first_n + i as u64, "publication at {i}");
+    }
+}
+
+/// A reconnecting tidewire.v1 client of `addr` with a short backoff.
+pub fn hub_client(addr: SocketAddr) -> Arc<tidewire_hub_client::HubClient> {
+    Arc::new(
+        tidewire_hub_client::HubClient::builder(format!("ws://{addr}/ws"))
+            .backoff(tidewire::reconnect::Backoff::new(
+                Duration::from_millis(20),
+                Duration::from_millis(200),
+            ))
+            .connect(),
+    )
+}
