@@ -653,3 +653,55 @@ async fn one_of_two_shards_lost() {
         assert_eq!(r["result"]["epoch"].as_str().unwrap(), first[i as usize]);
     }
 }
+
+/// A channel with subscribers keeps its position past its history TTL (3 s here) while no
+/// one publishes; once its last subscriber is gone, its keys expire with the TTL (nothing
+/// is left in Redis); a channel whose keys Redis lost (evicted) starts a new epoch and its
+/// subscriber is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn positions_live_with_subscribers_and_expire_without() {
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let reader = hub_client(a.addr);
+    let mut sub = reader.subscribe("short:quiet").await.unwrap();
+    let mut publisher = client(a.addr).await;
+    let mut pushed = Vec::new();
+    let publish =
+        |id: u64, ch: &str| json!({"id": id, "op": "publish", "channel": ch, "data": {"n": id}});
+    let first = request(&mut publisher, publish(0, "short:quiet"), &mut pushed).await;
+    assert_eq!(first["result"]["offset"], 1, "{first}");
+    // Three TTLs of silence; the node's sweep (every 5 s) renews the position.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let second = request(&mut publisher, publish(1, "short:quiet"), &mut pushed).await;
+    assert_eq!(second["result"]["offset"], 2, "{second}");
+    assert_eq!(second["result"]["epoch"], first["result"]["epoch"]);
+    assert_eq!(read_publications(&mut sub, 2).await, vec![(1, 0), (2, 1)]);
+
+    // Evicted: the subscriber is told (a new epoch), never given a wrong offset.
+    redis.cli(&["DEL", "tw:{short:quiet}:m"]);
+    let third = request(&mut publisher, publish(2, "short:quiet"), &mut pushed).await;
+    assert_eq!(third["result"]["offset"], 1, "{third}");
+    assert_ne!(third["result"]["epoch"], first["result"]["epoch"]);
+    match timeout(Duration::from_secs(10), sub.next()).await.unwrap() {
+        Some(Item::Unrecoverable { epoch_changed, .. }) => assert!(epoch_changed),
+        other => panic!("expected Unrecoverable, got {other:?}"),
+    }
+
+    // No subscriber: the keys go with the TTL.
+    let p = request(&mut publisher, publish(3, "short:gone"), &mut pushed).await;
+    assert_eq!(p["result"]["offset"], 1, "{p}");
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", "tw:{short:gone}:m", "tw:{short:gone}:s"])
+            .trim(),
+        "2"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", "tw:{short:gone}:m", "tw:{short:gone}:s"])
+            .trim(),
+        "0"
+    );
+}

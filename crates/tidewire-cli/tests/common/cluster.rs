@@ -230,7 +230,8 @@ fn config() -> std::path::PathBuf {
     super::temp_file(
         "cluster.toml",
         "[namespaces.default]\nhistory_size = 10000\nhistory_ttl = \"10m\"\npresence = false\n\
-         [namespaces.room]\npresence = true\nhistory_size = 100\nhistory_ttl = \"10m\"\n",
+         [namespaces.room]\npresence = true\nhistory_size = 100\nhistory_ttl = \"10m\"\n\
+         [namespaces.short]\npresence = false\nhistory_size = 10\nhistory_ttl = \"3s\"\n",
     )
 }
 

@@ -50,6 +50,16 @@ pub struct RedisEngine {
     counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
     events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// Channels this node is subscribed to, with their history TTL (ms, once a subscribe's
+    /// history read gave it) and when their position's expiry was last renewed.
+    kept: Mutex<HashMap<Arc<str>, Kept>>,
+}
+
+/// A subscribed channel whose position this node keeps alive.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    ttl_ms: u64,
+    renewed: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedisEngine {
@@ -87,6 +97,7 @@ impl RedisEngine {
             counters: Arc::new(Counters::default()),
             runtime: tokio::runtime::Handle::current(),
             events: OnceLock::new(),
+            kept: Mutex::new(HashMap::new()),
         });
         for shard in &engine.shards {
             engine.runtime.spawn(shard::prober(
@@ -96,6 +107,7 @@ impl RedisEngine {
             ));
         }
         engine.runtime.spawn(reaper(Arc::downgrade(&engine)));
+        engine.runtime.spawn(keeper(Arc::downgrade(&engine)));
         Ok(engine)
     }
 
@@ -120,6 +132,36 @@ impl RedisEngine {
     /// The shard holding the node registry.
     fn registry(&self) -> ConnectionManager {
         self.shards[0].conn.clone()
+    }
+
+    /// Renews the expiry of the subscribed channels' positions that are due.
+    async fn renew(&self) -> Result<(), Error> {
+        let now = std::time::Instant::now();
+        let due: Vec<(Arc<str>, u64)> = {
+            let mut kept = lock(&self.kept);
+            kept.iter_mut()
+                .filter(|(_, k)| {
+                    k.ttl_ms > 0 && now.duration_since(k.renewed).as_millis() as u64 >= k.ttl_ms / 3
+                })
+                .map(|(c, k)| {
+                    k.renewed = now;
+                    (c.clone(), k.ttl_ms)
+                })
+                .collect()
+        };
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mine = due.iter().filter(|(c, _)| pick(c, &self.shards) == i);
+            for chunk in mine.collect::<Vec<_>>().chunks(1000) {
+                let mut pipe = redis::pipe();
+                for (c, ttl) in chunk {
+                    pipe.cmd("PEXPIRE").arg(keys::meta(c)).arg(*ttl).ignore();
+                }
+                pipe.query_async::<()>(&mut shard.conn.clone())
+                    .await
+                    .map_err(|e| redis_error(&e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes node `name`'s presence entries (it stopped announcing itself), publishing a
@@ -178,6 +220,23 @@ impl RedisEngine {
     }
 }
 
+/// Every 0.5 s: renews the positions of the channels this node is subscribed to, each every
+/// third of its TTL, so that a channel keeps its epoch and offset while it has subscribers,
+/// however long nobody publishes (as in memory).
+async fn keeper(engine: std::sync::Weak<RedisEngine>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let renew = tokio::time::timeout(Duration::from_secs(3), engine.renew());
+        if let Ok(Err(e)) = renew.await {
+            tracing::debug!("engine: renewing positions failed: {e}");
+        }
+    }
+}
+
 /// Every 2 s: reaps the presence of nodes that stopped announcing themselves.
 async fn reaper(engine: std::sync::Weak<RedisEngine>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -232,6 +291,10 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_ms() -> u64 {
@@ -351,7 +414,7 @@ impl Broker for RedisEngine {
         if self.events.set(events.clone()).is_err() {
             return;
         }
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending = std::mem::take(&mut *lock(&self.pending));
         for (shard, (client, rx)) in self.shards.iter().zip(pending) {
             let subscriber = Subscriber {
                 client,
@@ -419,11 +482,18 @@ impl Broker for RedisEngine {
                 .send(Command::Subscribe(channel.clone(), tx))
                 .map_err(|_| Error::backend("engine stopped", true))?;
             rx.await
-                .map_err(|_| Error::backend("engine stopped", true))?
+                .map_err(|_| Error::backend("engine stopped", true))??;
+            let kept = Kept {
+                ttl_ms: 0,
+                renewed: std::time::Instant::now(),
+            };
+            lock(&self.kept).entry(channel.clone()).or_insert(kept);
+            Ok(())
         })
     }
 
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        lock(&self.kept).remove(channel);
         let sent = self
             .shard(channel)
             .commands
@@ -439,6 +509,13 @@ impl Broker for RedisEngine {
         options: StreamOptions,
     ) -> EngineFuture<'a, HistoryPage> {
         boxed(async move {
+            if !matches!(query, HistoryQuery::Newest(_)) {
+                // A subscribe's read: it renews the position's expiry, with this TTL.
+                if let Some(k) = lock(&self.kept).get_mut(channel) {
+                    k.ttl_ms = ttl_ms(options.history_ttl);
+                    k.renewed = std::time::Instant::now();
+                }
+            }
             let mut conn = self.conn(channel);
             history_call(&mut conn, channel, HistoryArgs::new(&query, options)).await
         })
@@ -456,7 +533,7 @@ impl Broker for RedisEngine {
     }
 
     fn sweep(&self) -> EngineFuture<'_, ()> {
-        // Redis expires keys by itself.
+        // Redis expires keys by itself (and `keeper` renews the subscribed channels').
         Box::pin(std::future::ready(Ok(())))
     }
 
