@@ -15,8 +15,8 @@
 #   deploy/test.sh --no-build   use ${CARGO_TARGET_DIR:-target}/release/tidewire as it is
 # Env: TIDEWIRE_BIN (the binary), DEPLOY_RUN_TIMEOUT (150 s, the browser test),
 #      DEPLOY_LOG_DIR (interop/.logs/deploy), DEPLOY_KEEP=1 (keep the temp dir).
-# Ends with `deploy: N passed, M failed`; exits non-zero on any failure. Screenshot:
-# screenshots/deploy-nginx-resume.png.
+# Ends with `deploy: N passed, M failed`; exits non-zero on any failure. Screenshots:
+# screenshots/deploy-nginx-kill.png, deploy-nginx-resume.png.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,7 +27,7 @@ BUILD=1
 for arg in "$@"; do
   case "$arg" in
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "deploy/test.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
