@@ -192,12 +192,19 @@ test('a node killed, then one drained, under a browser: the page resumes through
     };
     window.draw = draw;
     setInterval(draw, 200);
-    await client.connect();
+    client.connect();
     return url;
   }, { channel, total: TOTAL + DRAIN_N }, { what: 'connecting the page' });
   assert.match(wsUrl, /^wss:\/\/127\.0\.0\.1:\d+\/ws$/, 'the page uses wss:// through nginx');
 
-  await waitFor(page, () => window.rec.subscribed.length === 1, null, { what: 'first subscribe' });
+  try {
+    await waitFor(page, () => window.rec.subscribed.length === 1, null, { what: 'first subscribe', timeout: 15_000 });
+  } catch (e) {
+    // Say why: the client's states (close codes) and what nginx logged for /ws.
+    const states = await evaluate(page, () => window.rec.states.slice(-5)).catch(() => []);
+    const ws = readFileSync(ACCESS_LOG, 'utf8').split('\n').filter((l) => l.includes('"GET /ws ')).slice(-3);
+    throw new Error(`${e.message}\nclient states: ${JSON.stringify(states)}\nnginx /ws lines:\n${ws.join('\n')}`);
+  }
   const first = await evaluate(page, () => ({ sub: window.rec.subscribed[0], socket: window.rec.sockets[0] }));
   assert.equal(first.socket.protocol, 'tidewire.v1', 'subprotocol through nginx');
 
