@@ -72,41 +72,9 @@ fail_setup() { # message [log]
   exit 1
 }
 
-SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
-
-# ---------------------------------------------------------------- setup
-
-if [ -x "$CHROMIUM" ]; then
-  log "chromium: $CHROMIUM present"
-else
-  logf="$LOG_DIR/setup-chromium.log"
-  log "chromium: apt-get install -y chromium (log: $logf)"
-  t0=$(date +%s)
-  {
-    export DEBIAN_FRONTEND=noninteractive
-    timeout "$SETUP_TIMEOUT" "${SUDO[@]}" apt-get update </dev/null &&
-      timeout "$SETUP_TIMEOUT" "${SUDO[@]}" apt-get install -y chromium </dev/null
-  } >"$logf" 2>&1 || fail_setup "apt-get install chromium failed" "$logf"
-  [ -x "$CHROMIUM" ] || fail_setup "$CHROMIUM missing after apt-get install chromium" "$logf"
-  log "chromium: installed in $(( $(date +%s) - t0 )) s"
-fi
-log "chromium: $("$CHROMIUM" --version 2>/dev/null | head -n1)"
-
-command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || fail_setup "node/npm not found"
-stamp="$HERE/node_modules/.browser-stamp"
-want="$(sha256sum "$HERE/package.json" "$HERE/package-lock.json" | sha256sum | cut -c1-64)"
-if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && [ -f "$HERE/node_modules/playwright-core/package.json" ]; then
-  log "npm: node_modules up to date"
-else
-  logf="$LOG_DIR/setup-npm.log"
-  log "npm: npm ci in $HERE (log: $logf)"
-  t0=$(date +%s)
-  (cd "$HERE" && timeout "$SETUP_TIMEOUT" npm ci --no-audit --no-fund </dev/null) >"$logf" 2>&1 \
-    || fail_setup "npm ci failed" "$logf"
-  echo "$want" >"$stamp"
-  log "npm: installed in $(( $(date +%s) - t0 )) s"
-fi
-log "npm: playwright-core $(node -p "require('$HERE/node_modules/playwright-core/package.json').version"), node $(node --version)"
+# Chromium and node_modules (shared with deploy/test.sh).
+BROWSER_SETUP_TIMEOUT="$SETUP_TIMEOUT" BROWSER_LOG_DIR="$LOG_DIR" bash "$HERE/setup.sh" \
+  || { echo "browser: 0 passed, 1 failed"; exit 1; }
 
 if [ "$BUILD" -eq 1 ]; then
   logf="$LOG_DIR/build-cli.log"
