@@ -25,6 +25,8 @@ pub struct Redis {
     pub dir: PathBuf,
     child: Option<Child>,
     persist: bool,
+    /// Addresses it listens on besides 127.0.0.1.
+    pub also_bind: Vec<String>,
 }
 
 impl Redis {
@@ -45,6 +47,7 @@ impl Redis {
             dir,
             child: None,
             persist,
+            also_bind: Vec::new(),
         };
         r.restart();
         r
@@ -57,7 +60,12 @@ impl Redis {
     /// Starts the server (again) on the same port and directory.
     pub fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let bind = std::iter::once("127.0.0.1".to_owned())
+            .chain(self.also_bind.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        cmd.args(["--port", &self.port.to_string(), "--bind", &bind])
+            .args(["--protected-mode", "no"])
             .args(["--dir", self.dir.to_str().unwrap(), "--save", ""])
             .args(["--appendonly", if self.persist { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
@@ -300,4 +308,110 @@ pub fn hub_client(addr: SocketAddr) -> Arc<tidewire_hub_client::HubClient> {
             ))
             .connect(),
     )
+}
+
+/// A network namespace of this test with two veth links to the host: one to reach Redis
+/// (`engine_*`), one for the test's clients (`client_*`). Taking the engine link down
+/// partitions the namespace's node from Redis, with no reset: its connections hang.
+/// Deleted (with its links) when dropped. Needs root (`ip netns`).
+pub struct Netns {
+    pub name: String,
+    host_engine_if: String,
+    /// The host's address on the engine link (Redis listens there).
+    pub engine_host: String,
+    /// The namespace's address on the client link (its node listens there).
+    pub client_ns: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let id = std::process::id() % 100_000;
+        let subnet = (std::process::id() % 200) + 20;
+        let name = format!("twpart{id}");
+        let (he, ne) = (format!("twe{id}h"), format!("twe{id}n"));
+        let (hc, nc) = (format!("twc{id}h"), format!("twc{id}n"));
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        let engine_host = format!("10.251.{subnet}.1");
+        let client_ns = format!("10.252.{subnet}.2");
+        for (h, n, net) in [(&he, &ne, "10.251"), (&hc, &nc, "10.252")] {
+            ip(&["link", "add", h, "type", "veth", "peer", "name", n]);
+            ip(&["link", "set", n, "netns", &name]);
+            ip(&["addr", "add", &format!("{net}.{subnet}.1/30"), "dev", h]);
+            ip(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{net}.{subnet}.2/30"),
+                "dev",
+                n,
+            ]);
+            ip(&["link", "set", h, "up"]);
+            ip(&["-n", &name, "link", "set", n, "up"]);
+        }
+        Netns {
+            name,
+            host_engine_if: he,
+            engine_host,
+            client_ns,
+        }
+    }
+
+    /// Takes the engine link down (true) or up again (false).
+    pub fn partition(&self, cut: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.host_engine_if,
+            if cut { "down" } else { "up" },
+        ]);
+    }
+
+    /// `tidewire serve` inside the namespace, listening on its client address.
+    pub fn node(&self, engine_url: &str, name: &str) -> super::hub::Serve {
+        let port = free_port();
+        let config = config();
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.name,
+            env!("CARGO_BIN_EXE_tidewire"),
+            "serve",
+        ])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .args(["--engine", engine_url, "--node-name", name])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--publish-rate", "0", "--subscribe-rate", "0", "--no-demo"])
+        .args(["--api-key", API_KEY]);
+        let (child, addr) = super::started(cmd);
+        let addr = SocketAddr::new(self.client_ns.parse().unwrap(), addr.port());
+        super::hub::Serve { child, addr }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_engine_if])
+            .output();
+    }
 }

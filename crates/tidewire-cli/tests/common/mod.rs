@@ -112,7 +112,7 @@ impl LogLines {
 
 /// Spawns `cmd` and returns it with the address from the first line it prints; its stderr
 /// goes nowhere.
-fn started(cmd: Command) -> (Child, SocketAddr) {
+pub fn started(cmd: Command) -> (Child, SocketAddr) {
     started_with(cmd, Stdio::null())
 }
 
