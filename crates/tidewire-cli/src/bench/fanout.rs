@@ -80,6 +80,21 @@ pub struct FanoutArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     connect_concurrency: u32,
 
+    /// Another node of the same cluster (repeatable): subscribers are spread over the URL
+    /// and these in turn, and the publisher connects to the last one given, so that
+    /// publications cross nodes.
+    #[arg(long = "node", value_name = "URL", value_parser = super::parse_url)]
+    nodes: Vec<String>,
+
+    /// Process id of another node (repeatable): its CPU time is added to --server-pid's.
+    #[arg(long = "node-pid", value_name = "PID", requires = "server_pid")]
+    node_pids: Vec<u32>,
+
+    /// Process id of the engine (redis-server, nats-server): its CPU time over the window
+    /// is reported apart, per publication.
+    #[arg(long, value_name = "PID")]
+    engine_pid: Option<u32>,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -266,12 +281,17 @@ const BATCH: usize = 64;
 
 pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     nofile.check(args.subscribers as u64 + 1);
-    let builder = ClientBuilder::new(&args.url).protocols(["tidewire.v1"]);
-    let target = Arc::new(Target::new(&args.url, builder)?);
-    // A probe first: a refused connection, or a server that does not speak tidewire.v1,
-    // ends the run here with one line.
-    let probe = target.probe_selecting("tidewire.v1").await?;
-    super::close(probe).await;
+    let mut targets = Vec::new();
+    for url in std::iter::once(&args.url).chain(&args.nodes) {
+        let builder = ClientBuilder::new(url).protocols(["tidewire.v1"]);
+        let target = Arc::new(Target::new(url, builder)?);
+        // A probe first: a refused connection, or a server that does not speak
+        // tidewire.v1, ends the run here with one line.
+        let probe = target.probe_selecting("tidewire.v1").await?;
+        super::close(probe).await;
+        targets.push(target);
+    }
+    let publish_target = targets.last().expect("one URL at least").clone();
     let channel = args.channel.clone();
     let n = args.subscribers as usize;
     let sh = Arc::new(Shared {
@@ -315,7 +335,8 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     .encode(&RequestId::from(1));
     let mut subs = Vec::with_capacity(n);
     for i in 0..n {
-        let (target, sh, limiter) = (target.clone(), sh.clone(), limiter.clone());
+        let target = targets[i % targets.len()].clone();
+        let (sh, limiter) = (sh.clone(), limiter.clone());
         let (subscribe, done) = (subscribe.clone(), done.clone());
         subs.push(tokio::spawn(async move {
             let opened = {
@@ -353,7 +374,7 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
 
     // The publisher connects only now: a connection left unread while thousands of
     // subscribers connect would miss the server's pings and be closed as dead.
-    let publisher = match target.connect(None).await {
+    let publisher = match publish_target.connect(None).await {
         Ok((ws, _)) => ws,
         Err(f) => bail!("the publisher cannot connect: {f}"),
     };
@@ -365,13 +386,22 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
         tokio::spawn(async move { publish(publisher, &sh, &channel, rate, inflight, size).await })
     };
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let cpu = CpuWindow::start(args.common.server_pid.map(|pid| Proc { pid }))?;
+    let servers: Vec<Proc> = args
+        .common
+        .server_pid
+        .into_iter()
+        .chain(args.node_pids.iter().copied())
+        .map(|pid| Proc { pid })
+        .collect();
+    let cpu = CpuWindow::start_all(&servers)?;
+    let engine_cpu = CpuWindow::start(args.engine_pid.map(|pid| Proc { pid }))?;
     let t0 = Instant::now();
     sh.phase.set(Phase::MEASURE);
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     sh.phase.set(Phase::STOP);
     let window = t0.elapsed().as_secs_f64();
     let cpu = cpu.finish()?;
+    let engine_cpu = engine_cpu.finish()?;
     let published = publisher_task.await.context("publisher task")?;
 
     // Drain: until every live subscriber has the last offset, or --drain seconds.
@@ -498,7 +528,32 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     if let Some(pid) = args.common.server_pid {
         r.field("server_pid", pid);
     }
+    if !args.nodes.is_empty() {
+        r.field("nodes", args.nodes.len() + 1);
+        r.row(
+            "cluster",
+            format!(
+                "{} nodes: subscribers spread over them, the publisher on {}",
+                args.nodes.len() + 1,
+                args.nodes.last().unwrap_or(&args.url)
+            ),
+        );
+    }
     cpu.report(&mut r, window, deliveries, "delivery");
+    if let (Some(pid), Some(ns)) = (args.engine_pid, engine_cpu.server_ns) {
+        let per = ns as f64 / 1000.0 / (published.window_sent.max(1)) as f64;
+        r.field("engine_pid", pid);
+        r.field("engine_cpu_util", round(ns as f64 / 1e9 / window, 3));
+        r.field("engine_cpu_us_per_publication", round(per, 3));
+        r.row(
+            "engine CPU",
+            format!(
+                "{:.0}% of a core, {} µs per publication",
+                ns as f64 / 1e7 / window,
+                fmt_f(per, 1)
+            ),
+        );
+    }
     r.field("errors_total", sh.errors.total());
     r.field("errors", sh.errors.json());
     r.field("nofile_limit", nofile.soft);

@@ -342,6 +342,8 @@ pub fn tcp_bytes(fd: std::os::fd::RawFd) -> Option<TcpBytes> {
 /// machine over one window.
 pub struct CpuWindow {
     server: Option<(Proc, u64)>,
+    /// More server processes (the other nodes of a cluster), added to `server`.
+    more: Vec<(Proc, u64)>,
     own: u64,
     machine: Option<u64>,
 }
@@ -363,16 +365,30 @@ impl CpuWindow {
         };
         Ok(CpuWindow {
             server,
+            more: Vec::new(),
             own: Proc::me().cpu_ns().unwrap_or(0),
             machine: machine_busy_ns(),
         })
     }
 
+    /// A window over several server processes (a cluster's nodes): their CPU time added.
+    pub fn start_all(servers: &[Proc]) -> anyhow::Result<CpuWindow> {
+        let mut w = CpuWindow::start(servers.first().copied())?;
+        for &p in servers.iter().skip(1) {
+            w.more.push((p, read_cpu(p)?));
+        }
+        Ok(w)
+    }
+
     pub fn finish(&self) -> anyhow::Result<CpuFigures> {
-        let server_ns = match self.server {
+        let mut server_ns = match self.server {
             Some((p, start)) => Some(read_cpu(p)?.saturating_sub(start)),
             None => None,
         };
+        for &(p, start) in &self.more {
+            let ns = read_cpu(p)?.saturating_sub(start);
+            server_ns = Some(server_ns.unwrap_or(0) + ns);
+        }
         Ok(CpuFigures {
             server_ns,
             own_ns: Proc::me().cpu_ns().unwrap_or(0).saturating_sub(self.own),
