@@ -80,6 +80,13 @@ pub struct FanoutArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     connect_concurrency: u32,
 
+    /// Publisher connections (the hub answers one connection's requests in order, one at
+    /// a time: several connections measure what the engine takes); --rate is shared
+    /// between them, --inflight is per connection.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    publishers: u32,
+
     /// Another node of the same cluster (repeatable): subscribers are spread over the URL
     /// and these in turn, and the publisher connects to the last one given, so that
     /// publications cross nodes.
@@ -374,17 +381,20 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
 
     // The publisher connects only now: a connection left unread while thousands of
     // subscribers connect would miss the server's pings and be closed as dead.
-    let publisher = match publish_target.connect(None).await {
-        Ok((ws, _)) => ws,
-        Err(f) => bail!("the publisher cannot connect: {f}"),
-    };
-    // Publish: warm-up, then the measured window.
-    let publisher_task = {
+    let mut publisher_tasks = Vec::new();
+    for _ in 0..args.publishers {
+        let publisher = match publish_target.connect(None).await {
+            Ok((ws, _)) => ws,
+            Err(f) => bail!("a publisher cannot connect: {f}"),
+        };
         let sh = sh.clone();
-        let (rate, inflight, size) = (args.rate, args.inflight as usize, args.size as usize);
+        let rate = args.rate / f64::from(args.publishers);
+        let (inflight, size) = (args.inflight as usize, args.size as usize);
         let channel = channel.clone();
-        tokio::spawn(async move { publish(publisher, &sh, &channel, rate, inflight, size).await })
-    };
+        publisher_tasks.push(tokio::spawn(async move {
+            publish(publisher, &sh, &channel, rate, inflight, size).await
+        }));
+    }
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let servers: Vec<Proc> = args
         .common
@@ -402,7 +412,18 @@ pub async fn run(args: FanoutArgs, nofile: Nofile) -> Result<()> {
     let window = t0.elapsed().as_secs_f64();
     let cpu = cpu.finish()?;
     let engine_cpu = engine_cpu.finish()?;
-    let published = publisher_task.await.context("publisher task")?;
+    let mut published = PubResult::default();
+    for task in publisher_tasks {
+        let p = task.await.context("publisher task")?;
+        published.window_sent += p.window_sent;
+        published.sent += p.sent;
+        published.acked += p.acked;
+        published.first_offset = match (published.first_offset, p.first_offset) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        published.last_offset = published.last_offset.max(p.last_offset);
+    }
 
     // Drain: until every live subscriber has the last offset, or --drain seconds.
     let drain_start = Instant::now();
