@@ -994,3 +994,40 @@ async fn a_partition_between_a_node_and_redis() {
     assert_eq!(r["ok"], true, "{r}");
     drop(ns);
 }
+
+/// Redis goes back in time (a restart that lost its last writes, a failover to a replica
+/// that had not received them: simulated by rewinding the channel's offset and dropping
+/// its newest entries): the node that delivered the lost publications sees its position
+/// ahead of Redis's when its subscriber connection comes back, and gives the channel a new
+/// epoch, so that the lost offsets are never given to other payloads; the subscriber is
+/// told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_redis_that_lost_delivered_writes_gives_a_new_epoch() {
+    let redis = Redis::start();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let reader = hub_client(a.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let mut publisher = client(a.addr).await;
+    publish_range(&mut publisher, "feed", 0..10).await;
+    assert_eq!(read_publications(&mut sub, 10).await.len(), 10);
+    // Offsets 8, 9 and 10 were delivered; Redis "forgets" them.
+    redis.cli(&["HSET", "tw:{feed}:m", "o", "7"]);
+    redis.cli(&["XDEL", "tw:{feed}:s", "8-0", "9-0", "10-0"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    match timeout(Duration::from_secs(10), sub.next()).await.unwrap() {
+        Some(Item::Unrecoverable { epoch_changed, .. }) => assert!(epoch_changed),
+        other => panic!("expected Unrecoverable, got {other:?}"),
+    }
+    let mut pushed = Vec::new();
+    let r = request(
+        &mut publisher,
+        json!({"id": 1, "op": "publish", "channel": "feed", "data": {"n": 0}}),
+        &mut pushed,
+    )
+    .await;
+    // A new epoch from 1: offset 8 is never given to another payload in the old one.
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    assert_eq!(read_publications(&mut sub, 1).await, vec![(1, 0)]);
+    assert!(metric(a.addr, "tidewire_engine_channels_lost_total") >= 1.0);
+}

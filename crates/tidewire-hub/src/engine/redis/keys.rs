@@ -227,6 +227,20 @@ else
 end
 "#;
 
+/// Drops a channel that went back in time: if it is still in epoch ARGV[1] with an offset
+/// below ARGV[2] (publications up to ARGV[2] were delivered, then lost by Redis), its keys
+/// are deleted so that the next use starts a new epoch. KEYS: meta, stream. Returns 1 if
+/// it was dropped.
+pub(super) const FENCE: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+if epoch == ARGV[1] and offset < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"#;
+
 /// Adds or refreshes a presence entry. KEYS: presence hash, expiry zset. ARGV: client id,
 /// ClientInfo JSON, expiry (ms since the Unix epoch), TTL (ms).
 pub(super) const PRESENCE_ADD: &str = r#"

@@ -472,6 +472,15 @@ impl Subscriber {
             let read = history_call(&mut self.conn, channel, args);
             match tokio::time::timeout_at(deadline, read).await {
                 Ok(Ok(page)) if page.complete => break page,
+                Ok(Ok(page)) if page.position.epoch == *epoch && page.position.offset < since => {
+                    // Redis went back in time (a restart that lost its last writes, a
+                    // failover to a replica that had not got them): publications this node
+                    // delivered are gone, and their offsets would be given again to other
+                    // payloads. The channel takes a new epoch instead.
+                    self.fence(channel, &epoch, since).await;
+                    self.lose(channel);
+                    return;
+                }
                 Ok(Ok(_)) | Err(_) => {
                     self.lose(channel);
                     return;
@@ -499,6 +508,26 @@ impl Subscriber {
         }
         if filled {
             self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives `channel` a new epoch (its keys are dropped; the next use makes them again)
+    /// if it is still in `epoch` below `delivered`.
+    async fn fence(&mut self, channel: &Arc<str>, epoch: &str, delivered: u64) {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(keys::FENCE));
+        let mut call = script.key(keys::meta(channel));
+        call.key(keys::stream(channel)).arg(epoch).arg(delivered);
+        let fenced = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<u8>(&mut self.conn));
+        match fenced.await {
+            Ok(Ok(1)) => tracing::warn!(
+                channel = crate::log_text::peer(channel).to_string(),
+                "engine: Redis lost publications already delivered (offset {delivered}); \
+                 the channel starts a new epoch"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("engine: fencing a rolled-back channel failed: {e}"),
+            Err(_) => tracing::warn!("engine: fencing a rolled-back channel took over 2 s"),
         }
     }
 
