@@ -767,16 +767,16 @@ pub fn check_engine(urls: &[String]) -> Result<(), String> {
     for u in urls {
         let s = scheme(u);
         match s.as_str() {
-            "memory" | "redis" | "rediss" | "nats" => {}
-            "redis+sentinel" | "redis+cluster" => {
+            "memory" | "redis" | "rediss" | "redis+sentinel" | "nats" => {}
+            "redis+cluster" => {
                 return Err(format!(
-                    "{u}: Redis Sentinel and Redis Cluster are not supported yet; \
-                     give the master's redis:// URL, or several redis:// URLs to shard"
+                    "{u}: Redis Cluster is not supported yet; give redis:// URLs of \
+                     independent servers to shard channels over them, or redis+sentinel://"
                 ))
             }
             _ => {
                 return Err(format!(
-                "{u}: unknown engine (expected memory, redis://HOST:PORT[/DB] or nats://HOST:PORT)"
+                "{u}: unknown engine (expected memory, redis://HOST:PORT[/DB], redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] or nats://HOST:PORT)"
             ))
             }
         }

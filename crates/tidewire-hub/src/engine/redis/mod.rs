@@ -46,7 +46,7 @@ pub struct RedisEngine {
     node: String,
     shards: Vec<Shard>,
     /// The subscriber tasks' halves, until [`Broker::start`] gives the node.
-    pending: Mutex<Vec<(redis::Client, mpsc::UnboundedReceiver<Command>)>>,
+    pending: Mutex<Vec<mpsc::UnboundedReceiver<Command>>>,
     counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
     events: OnceLock<Arc<dyn BrokerEvents>>,
@@ -86,9 +86,9 @@ impl RedisEngine {
         let mut shards = Vec::new();
         let mut pending = Vec::new();
         for url in urls {
-            let (shard, client, rx) = Shard::connect(url).await?;
+            let (shard, rx) = Shard::connect(url).await?;
             shards.push(shard);
-            pending.push((client, rx));
+            pending.push(rx);
         }
         let engine = Arc::new(RedisEngine {
             node: node.to_owned(),
@@ -104,6 +104,11 @@ impl RedisEngine {
                 shard.conn.clone(),
                 Arc::downgrade(&shard.state),
                 keys::probe(node),
+            ));
+            engine.runtime.spawn(shard::watch_master(
+                shard.source.clone(),
+                shard.conn.clone(),
+                Arc::downgrade(&shard.state),
             ));
         }
         engine.runtime.spawn(reaper(Arc::downgrade(&engine)));
@@ -126,12 +131,12 @@ impl RedisEngine {
     }
 
     fn conn(&self, channel: &str) -> ConnectionManager {
-        self.shard(channel).conn.clone()
+        self.shard(channel).conn.get()
     }
 
     /// The shard holding the node registry.
     fn registry(&self) -> ConnectionManager {
-        self.shards[0].conn.clone()
+        self.shards[0].conn.get()
     }
 
     /// Renews the expiry of the subscribed channels' positions that are due.
@@ -156,7 +161,7 @@ impl RedisEngine {
                 for (c, ttl) in chunk {
                     pipe.cmd("PEXPIRE").arg(keys::meta(c)).arg(*ttl).ignore();
                 }
-                pipe.query_async::<()>(&mut shard.conn.clone())
+                pipe.query_async::<()>(&mut shard.conn.get())
                     .await
                     .map_err(|e| redis_error(&e))?;
             }
@@ -415,9 +420,9 @@ impl Broker for RedisEngine {
             return;
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
-        for (shard, (client, rx)) in self.shards.iter().zip(pending) {
+        for (shard, rx) in self.shards.iter().zip(pending) {
             let subscriber = Subscriber {
-                client,
+                source: shard.source.clone(),
                 conn: shard.conn.clone(),
                 state: shard.state.clone(),
                 events: events.clone(),

@@ -66,6 +66,10 @@ pub(super) struct State {
     /// A probe reached no subscriber: the subscriber connection is gone.
     probe_unheard: AtomicBool,
     born: OnceInstant,
+    /// The address of the server in use (with Sentinel: the master it named last).
+    master: Mutex<String>,
+    /// Sentinel named a new master: the subscriber connection moves to it.
+    master_changed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -87,32 +91,148 @@ impl State {
     }
 }
 
+/// The command connection of a shard, replaced when Sentinel names a new master.
+pub(super) struct SharedConn(std::sync::RwLock<ConnectionManager>);
+
+impl std::fmt::Debug for SharedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedConn")
+    }
+}
+
+impl SharedConn {
+    /// The connection in force (a cheap clone: it multiplexes).
+    pub(super) fn get(&self) -> ConnectionManager {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, conn: ConnectionManager) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+}
+
+/// Where a shard's server is: one address, or the master Redis Sentinel names.
+pub(super) enum Source {
+    Direct(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Direct(_) => "Direct",
+            Source::Sentinel(_) => "Sentinel",
+        })
+    }
+}
+
+impl Source {
+    /// `redis://...`, or `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]`.
+    fn parse(url: &str) -> Result<(Source, String), Error> {
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+            let client = redis::Client::open(url)
+                .map_err(|e| Error::backend(format!("engine URL {url:?}: {e}"), false))?;
+            let address = address_of(&client);
+            return Ok((Source::Direct(client), address));
+        };
+        let bad = |why: &str| {
+            Error::backend(
+                format!(
+                    "engine URL {url:?}: {why} (expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB])"
+                ),
+                false,
+            )
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
+        let mut path = path.split('/');
+        let master = path
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| bad("no master name"))?;
+        let db: i64 = match path.next() {
+            None | Some("") => 0,
+            Some(d) => d.parse().map_err(|_| bad("the database is not a number"))?,
+        };
+        let sentinels: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{h}"))
+            .collect();
+        if sentinels.is_empty() {
+            return Err(bad("no sentinel address"));
+        }
+        let mut info = redis::RedisConnectionInfo::default().set_db(db);
+        if let Some(auth) = auth {
+            let (user, password) = auth.split_once(':').unwrap_or(("", auth));
+            if !user.is_empty() {
+                info = info.set_username(user);
+            }
+            if !password.is_empty() {
+                info = info.set_password(password);
+            }
+        }
+        let node =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels,
+            master.to_owned(),
+            Some(node),
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| bad(&e.to_string()))?;
+        let address = format!("redis+sentinel://{hosts}/{master}/{db}");
+        Ok((Source::Sentinel(tokio::sync::Mutex::new(client)), address))
+    }
+
+    /// A client of the server to use now (for Sentinel: the master it names now).
+    pub(super) async fn resolve(&self) -> Result<redis::Client, Error> {
+        match self {
+            Source::Direct(c) => Ok(c.clone()),
+            Source::Sentinel(s) => {
+                let ask = async { s.lock().await.async_get_client().await };
+                match tokio::time::timeout(CALL_TIMEOUT, ask).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(Error::backend(format!("Sentinel: {e}"), true)),
+                    Err(_) => Err(Error::backend("Sentinel: no answer in 2 s", true)),
+                }
+            }
+        }
+    }
+}
+
 /// One Redis server.
 #[derive(Debug)]
 pub(super) struct Shard {
     pub(super) address: String,
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Arc<SharedConn>,
+    pub(super) source: Arc<Source>,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     pub(super) state: Arc<State>,
 }
 
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_response_timeout(Some(CALL_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+}
+
 impl Shard {
     /// Connects the command connection; the subscriber task and the prober start with
-    /// [`Shard::start`].
+    /// the engine.
     pub(super) async fn connect(
         url: &str,
-    ) -> Result<(Shard, redis::Client, mpsc::UnboundedReceiver<Command>), Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::backend(format!("engine URL {url:?}: {e}"), false))?;
-        let address = address_of(&client);
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
+    ) -> Result<(Shard, mpsc::UnboundedReceiver<Command>), Error> {
+        let (source, address) = Source::parse(url)?;
+        let client = source.resolve().await?;
         let conn = tokio::time::timeout(
             CALL_TIMEOUT * 2,
-            client.get_connection_manager_with_config(config),
+            client.get_connection_manager_with_config(manager_config()),
         )
         .await
         .map_err(|_| Error::backend(format!("{address}: no answer in 4 s"), true))?
@@ -120,14 +240,15 @@ impl Shard {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State::default());
         state.commands_up.store(true, Ordering::Relaxed);
+        *state.master.lock().unwrap_or_else(|e| e.into_inner()) = address_of(&client);
         Ok((
             Shard {
                 address,
-                conn,
+                conn: Arc::new(SharedConn(std::sync::RwLock::new(conn))),
+                source: Arc::new(source),
                 commands: tx,
                 state,
             },
-            client,
             rx,
         ))
     }
@@ -154,9 +275,49 @@ fn address_of(client: &redis::Client) -> String {
     format!("redis://{}/{db}", info.addr())
 }
 
+/// With Sentinel: every second, asks which server is the master; when it changed, the
+/// command connection is replaced and the subscriber task told to reconnect (to it).
+pub(super) async fn watch_master(
+    source: Arc<Source>,
+    conn: Arc<SharedConn>,
+    state: std::sync::Weak<State>,
+) {
+    if matches!(*source, Source::Direct(_)) {
+        return;
+    }
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let Ok(client) = source.resolve().await else {
+            continue;
+        };
+        let now = address_of(&client);
+        let before = state
+            .master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if now == before {
+            continue;
+        }
+        let made = tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.get_connection_manager_with_config(manager_config()),
+        )
+        .await;
+        if let Ok(Ok(c)) = made {
+            tracing::warn!("engine: Sentinel names a new master: {now} (was {before})");
+            conn.set(c);
+            *state.master.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            state.master_changed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Probes the shard every second until the engine is dropped.
 pub(super) async fn prober(
-    mut conn: ConnectionManager,
+    shared: Arc<SharedConn>,
     state: std::sync::Weak<State>,
     probe_channel: String,
 ) {
@@ -168,6 +329,7 @@ pub(super) async fn prober(
         let Some(state) = state.upgrade() else { return };
         seq += 1;
         let start = Instant::now();
+        let mut conn = shared.get();
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&probe_channel).arg(seq);
         let probe = publish.query_async::<u64>(&mut conn);
@@ -204,12 +366,23 @@ pub(super) struct Track {
     /// Unknown until the first publication since the subscribe.
     epoch: Option<Arc<str>>,
     offset: u64,
+    /// A hash of the data delivered at `offset`: after a reconnect, the publication at
+    /// that offset must still be the same one (a failover may have lost it and given its
+    /// offset to another).
+    last: u64,
+}
+
+/// FNV-1a of a publication's data.
+fn data_hash(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The subscriber task of a shard: see the module's documentation.
 pub(super) struct Subscriber {
-    pub(super) client: redis::Client,
-    pub(super) conn: ConnectionManager,
+    pub(super) source: Arc<Source>,
+    pub(super) conn: Arc<SharedConn>,
     pub(super) state: Arc<State>,
     pub(super) events: Arc<dyn BrokerEvents>,
     pub(super) counters: Arc<Counters>,
@@ -222,7 +395,19 @@ impl Subscriber {
         let mut connected_before = false;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let connect = tokio::time::timeout(CALL_TIMEOUT, self.client.get_async_pubsub());
+            self.state.master_changed.store(false, Ordering::Relaxed);
+            let client = match self.source.resolve().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.down(format!("subscriber connection: {e}"));
+                    if !self.wait_down(&mut commands, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let connect = tokio::time::timeout(CALL_TIMEOUT, client.get_async_pubsub());
             let pubsub = match connect.await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
@@ -317,6 +502,9 @@ impl Subscriber {
                         let commands_up = self.state.commands_up.load(Ordering::Relaxed);
                         if commands_up && self.state.probe_unheard.load(Ordering::Relaxed) {
                             break "the subscriber connection no longer hears probes".to_owned();
+                        }
+                        if self.state.master_changed.load(Ordering::Relaxed) {
+                            break "Sentinel named a new master".to_owned();
                         }
                         if commands_up && unseen > STALL_AFTER.as_millis() as u64 {
                             break format!("no probe heard for {} ms: stalled", unseen);
@@ -435,6 +623,7 @@ impl Subscriber {
         };
         track.epoch = Some(epoch);
         track.offset = offset;
+        track.last = data_hash(&data);
         self.deliver(channel, offset, data);
     }
 
@@ -463,13 +652,15 @@ impl Subscriber {
             self.lose(channel);
             return;
         };
-        let since = track.offset;
+        let (since, last) = (track.offset, track.last);
         // The command connection may still be coming back (Redis restarted, or loading its
-        // data): try again until REPAIR_WITHIN, then tell the subscribers.
+        // data): try again until REPAIR_WITHIN, then tell the subscribers. The read starts
+        // at the last publication delivered, to check that it is still the same one.
         let deadline = tokio::time::Instant::now() + REPAIR_WITHIN;
         let page = loop {
-            let args = HistoryArgs::repair(since, &epoch);
-            let read = history_call(&mut self.conn, channel, args);
+            let args = HistoryArgs::repair(since - 1, &epoch);
+            let mut conn = self.conn.get();
+            let read = history_call(&mut conn, channel, args);
             match tokio::time::timeout_at(deadline, read).await {
                 Ok(Ok(page)) if page.complete => break page,
                 Ok(Ok(page)) if page.position.epoch == *epoch && page.position.offset < since => {
@@ -495,14 +686,27 @@ impl Subscriber {
                 }
             }
         };
+        let mut publications = page.publications.into_iter();
+        match publications.next() {
+            Some(p) if p.offset == since && data_hash(&p.data) == last => {}
+            _ => {
+                // The publication delivered at `since` is gone or another one: Redis lost
+                // writes and gave their offsets again. A new epoch, so that no client
+                // takes the new ones for the old.
+                self.fence(channel, &epoch, u64::MAX).await;
+                self.lose(channel);
+                return;
+            }
+        }
         let mut filled = false;
-        for p in page.publications {
+        for p in publications {
             if before.is_some_and(|b| p.offset >= b) {
                 break;
             }
             filled = true;
             if let Some(t) = self.channels.get_mut(channel) {
                 t.offset = p.offset;
+                t.last = data_hash(&p.data);
             }
             self.events.publication(channel, p);
         }
@@ -518,7 +722,8 @@ impl Subscriber {
         let script = SCRIPT.get_or_init(|| redis::Script::new(keys::FENCE));
         let mut call = script.key(keys::meta(channel));
         call.key(keys::stream(channel)).arg(epoch).arg(delivered);
-        let fenced = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<u8>(&mut self.conn));
+        let mut conn = self.conn.get();
+        let fenced = tokio::time::timeout(CALL_TIMEOUT, call.invoke_async::<u8>(&mut conn));
         match fenced.await {
             Ok(Ok(1)) => tracing::warn!(
                 channel = crate::log_text::peer(channel).to_string(),
