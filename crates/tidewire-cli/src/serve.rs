@@ -318,7 +318,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     rt.block_on(async move {
         tidewire_hub::serve(config, shutdown_signal())
             .await
-            .with_context(|| format!("cannot serve on {listen} (--listen)"))
+            .map_err(|e| {
+                // The engine's failures name it; the others are the listener's.
+                if e.to_string().starts_with("engine ") {
+                    anyhow::anyhow!("cannot start: {e} (--engine, TIDEWIRE_ENGINE)")
+                } else {
+                    anyhow::Error::new(e).context(format!("cannot serve on {listen} (--listen)"))
+                }
+            })
     })
 }
 
@@ -339,8 +346,19 @@ fn summary(args: &ServeArgs, c: &HubConfig) -> String {
     } else {
         c.allowed_origins.join(", ")
     };
+    let engine = match c.engine.as_slice() {
+        [one] if one == "memory" => "memory (one node)".to_owned(),
+        urls => format!(
+            "{} (node {})",
+            urls.iter()
+                .map(|u| tidewire_hub::redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.node_name.as_deref().unwrap_or("named at start")
+        ),
+    };
     format!(
-        "{source}\n  listen: {scheme}://{}/\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  room subprotocols: {}\n  max connections: {}",
+        "{source}\n  listen: {scheme}://{}/\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  room subprotocols: {}\n  max connections: {}",
         c.listen,
         if c.demo { "on" } else { "off" },
         if c.room_protocols.is_empty() { "none".to_owned() } else { c.room_protocols.join(", ") },

@@ -415,13 +415,14 @@ async fn a_crashed_nodes_clients_leave_presence() {
     drop(members);
 }
 
-/// SIGTERM with `--drain 2s`: `/readyz` answers 503 at once, new upgrades are refused,
-/// and the node's 300 WebSockets are closed with 1012 spread over the drain (not all at
-/// once); their clients resume on the other node without losing a publication.
+/// SIGTERM with `--drain 2s`: `/readyz` answers 503 at once, a new upgrade is refused
+/// with 503, and the node's 1,000
+/// WebSockets are closed with 1012 spread over the drain (not all at once). (Clients
+/// resuming on another node after a drain: `deploy/test.sh`, through nginx.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
 async fn drain_spreads_1012_over_the_period() {
-    const CLIENTS: usize = 300;
+    const CLIENTS: usize = 1000;
     let redis = Redis::start();
     let a = node(&redis, "127.0.0.1:0", "node-a", &["--drain", "2s"]);
     let _b = node(&redis, "127.0.0.1:0", "node-b", &[]);
@@ -440,17 +441,24 @@ async fn drain_spreads_1012_over_the_period() {
         let addr = a.addr;
         tokio::task::spawn_blocking(move || {
             std::thread::sleep(Duration::from_millis(300));
-            http_get(addr, "/readyz")
+            let ready = http_get(addr, "/readyz");
+            // The refusal keeps the connection open: this reads until the node exits.
+            let upgrade = http(addr, &common::hub::upgrade_request(addr, "/ws", ""));
+            (ready, upgrade)
         })
     };
     for (code, reason, at) in futures_util::future::join_all(waits).await {
         assert_eq!(code, 1012, "{reason}");
         times.push(at - start);
     }
-    let r = ready.await.unwrap();
+    let (r, upgrade) = ready.await.unwrap();
     assert!(
         r.starts_with("HTTP/1.1 503") && r.contains("draining"),
         "{r}"
+    );
+    assert!(
+        upgrade.starts_with("HTTP/1.1 503") && upgrade.contains("draining"),
+        "{upgrade}"
     );
     times.sort();
     let (first, last) = (times[0], times[CLIENTS - 1]);

@@ -754,6 +754,20 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An engine URL without its password (`redis://:***@host:6379`), for logs and summaries.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, host)) => {
+            let user = auth.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Checks a list of engine URLs (`--engine`, `engine.urls`): one `memory`, one `nats://`,
 /// or one or more `redis://` (sharded); what is wrong, for people.
 pub fn check_engine(urls: &[String]) -> Result<(), String> {

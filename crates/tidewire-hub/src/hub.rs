@@ -76,8 +76,9 @@ impl Hub {
             return Ok(Self::new(config, shutdown));
         }
         let node = config.node_name.clone().unwrap_or_else(generated_node_name);
+        let shown: Vec<String> = config.engine.iter().map(|u| crate::redact_url(u)).collect();
         let failed = |e: crate::engine::Error| {
-            std::io::Error::other(format!("engine {}: {e}", config.engine.join(",")))
+            std::io::Error::other(format!("engine {}: {e}", shown.join(",")))
         };
         if first.starts_with("redis") {
             #[cfg(feature = "redis")]

@@ -37,8 +37,8 @@ mod server;
 
 pub use auth::{AuthConfig, AuthError, Identity};
 pub use config::{
-    check_engine, default_namespaces, parse_duration, ConfigError, HubConfig, LogFormat, TlsFiles,
-    DEFAULT_FILE,
+    check_engine, default_namespaces, parse_duration, redact_url, ConfigError, HubConfig,
+    LogFormat, TlsFiles, DEFAULT_FILE,
 };
 pub use engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 pub use hub::Hub;
