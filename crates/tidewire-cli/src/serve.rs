@@ -193,6 +193,11 @@ pub struct ServeArgs {
     )]
     engine: Vec<String>,
 
+    /// PEM file of the CA that signed the engine's certificate (rediss://), when it is not
+    /// in the system's trust store.
+    #[arg(long, env = "TIDEWIRE_ENGINE_CA_FILE", value_name = "FILE")]
+    engine_ca_file: Option<PathBuf>,
+
     /// This node's name, unique in the cluster (GET /api/cluster). [default: generated]
     #[arg(long, env = "TIDEWIRE_NODE_NAME", value_name = "NAME")]
     node_name: Option<String>,
@@ -271,6 +276,11 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         c.engine = args.engine.clone();
     }
     set!(c.node_name, args.node_name.clone().map(Some));
+    if let Some(ca) = &args.engine_ca_file {
+        std::fs::metadata(ca)
+            .with_context(|| format!("--engine-ca-file: cannot read {}", ca.display()))?;
+        c.engine_ca_file = Some(ca.clone());
+    }
     set!(c.drain, args.drain);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let files = tidewire_hub::TlsFiles {

@@ -1209,3 +1209,34 @@ async fn sentinel_failover() {
     );
     assert!(resumed < Duration::from_secs(15), "{resumed:?}");
 }
+
+/// `rediss://`: a Redis that speaks TLS only. With `--engine-ca-file` naming the CA that
+/// signed its certificate, two nodes share a channel through it; without it, the node
+/// refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn redis_over_tls() {
+    let redis = Redis::start_tls();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let ca = redis.tls_ca.clone().unwrap();
+    let ca = ca.to_str().unwrap();
+    let a = common::cluster::node_on(&url, "127.0.0.1:0", "node-a", &["--engine-ca-file", ca]);
+    let b = common::cluster::node_on(&url, "127.0.0.1:0", "node-b", &["--engine-ca-file", ca]);
+    let reader = hub_client(b.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let mut publisher = client(a.addr).await;
+    publish_range(&mut publisher, "feed", 0..100).await;
+    exactly_once_in_order(&read_publications(&mut sub, 100).await, 0);
+    assert!(http_get(a.addr, "/healthz").starts_with("HTTP/1.1 200"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--engine", &url])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains("--engine") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+}

@@ -135,6 +135,9 @@ pub struct HubConfig {
     pub engine: Vec<String>,
     /// This node's name, unique in the cluster; generated when `None`.
     pub node_name: Option<String>,
+    /// PEM file of the CA that signed the engine's certificate (`rediss://`), when it is
+    /// not in the system's trust store.
+    pub engine_ca_file: Option<PathBuf>,
     /// On SIGTERM or Ctrl-C, how long to spread the closing of WebSockets over (1012,
     /// "service restart": clients reconnect, to another node, and resume). Default 0:
     /// all at once (with 1001). New upgrades are refused from the start of the drain.
@@ -207,6 +210,7 @@ impl Default for HubConfig {
             tls: None,
             engine: vec!["memory".into()],
             node_name: None,
+            engine_ca_file: None,
             drain: Duration::ZERO,
         }
     }
@@ -367,6 +371,7 @@ struct Engine {
     urls: Option<Vec<String>>,
     node_name: Option<String>,
     drain: Option<Secs>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,6 +587,17 @@ impl HubConfig {
         }
         set!(self.node_name, f.engine.node_name.map(Some));
         set!(self.drain, f.engine.drain.map(|s| s.0));
+        if let Some(ca) = f.engine.ca_file {
+            // Relative to the file, as tls.cert_file is.
+            let ca = path.parent().unwrap_or(Path::new(".")).join(ca);
+            std::fs::metadata(&ca).map_err(|e| {
+                invalid(
+                    "engine.ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
+                )
+            })?;
+            self.engine_ca_file = Some(ca);
+        }
         if let Some(t) = f.tls {
             // Relative to the file, as auth.rsa_public_key_file is.
             let dir = path.parent().unwrap_or(Path::new("."));

@@ -83,9 +83,17 @@ impl Hub {
         if first.starts_with("redis") {
             #[cfg(feature = "redis")]
             {
-                let engine = crate::engine::RedisEngine::connect(&config.engine, &node)
-                    .await
-                    .map_err(failed)?;
+                let ca = match &config.engine_ca_file {
+                    Some(f) => Some(std::fs::read(f).map_err(|e| {
+                        std::io::Error::other(format!("engine CA file {}: {e}", f.display()))
+                    })?),
+                    None => None,
+                };
+                let options = crate::engine::RedisOptions { ca_pem: ca };
+                let engine =
+                    crate::engine::RedisEngine::connect_with(&config.engine, &node, options)
+                        .await
+                        .map_err(failed)?;
                 let mut config = config;
                 config.node_name = Some(node);
                 return Ok(Self::with_engine(config, shutdown, engine.clone(), engine));

@@ -27,6 +27,9 @@ pub struct Redis {
     persist: bool,
     /// Addresses it listens on besides 127.0.0.1.
     pub also_bind: Vec<String>,
+    /// Serves TLS only (`rediss://`), with a certificate for 127.0.0.1 signed by a test CA
+    /// made by openssl: the CA's certificate.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Redis {
@@ -48,7 +51,81 @@ impl Redis {
             child: None,
             persist,
             also_bind: Vec::new(),
+            tls_ca: None,
         };
+        r.restart();
+        r
+    }
+
+    /// Starts one that speaks TLS only, with a self-signed certificate for 127.0.0.1.
+    pub fn start_tls() -> Redis {
+        let mut r = Self::start_with(false);
+        r.kill();
+        // A test CA, and a server certificate for 127.0.0.1 signed by it.
+        let d = |f: &str| r.dir.join(f);
+        let ext = d("ext.cnf");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let steps: [Vec<std::ffi::OsString>; 3] = [
+            [
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tidewire test CA",
+                "-keyout",
+            ]
+            .iter()
+            .map(Into::into)
+            .chain([d("ca.key").into(), "-out".into(), d("ca.pem").into()])
+            .collect(),
+            [
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+            ]
+            .iter()
+            .map(Into::into)
+            .chain([d("key.pem").into(), "-out".into(), d("server.csr").into()])
+            .collect(),
+            ["x509", "-req", "-days", "2", "-CAcreateserial", "-in"]
+                .iter()
+                .map(Into::into)
+                .chain([
+                    d("server.csr").into(),
+                    "-CA".into(),
+                    d("ca.pem").into(),
+                    "-CAkey".into(),
+                    d("ca.key").into(),
+                    "-extfile".into(),
+                    ext.clone().into(),
+                    "-out".into(),
+                    d("cert.pem").into(),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let ok = Command::new("openssl")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(ok.success(), "openssl {args:?} failed");
+        }
+        let cert = d("ca.pem");
+        r.tls_ca = Some(cert);
         r.restart();
         r
     }
@@ -64,7 +141,19 @@ impl Redis {
             .chain(self.also_bind.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
-        cmd.args(["--port", &self.port.to_string(), "--bind", &bind])
+        match &self.tls_ca {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(ca) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", &bind])
             .args(["--protected-mode", "no"])
             .args(["--dir", self.dir.to_str().unwrap(), "--save", ""])
             .args(["--appendonly", if self.persist { "yes" } else { "no" }])
@@ -99,11 +188,12 @@ impl Redis {
 
     /// Runs `redis-cli -p PORT ARGS...`; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

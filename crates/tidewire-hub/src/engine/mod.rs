@@ -28,7 +28,7 @@ pub use memory_presence::MemoryPresence;
 #[cfg(feature = "nats")]
 pub use nats::{NatsEngine, NatsOptions};
 #[cfg(feature = "redis")]
-pub use redis::RedisEngine;
+pub use redis::{RedisEngine, RedisOptions};
 
 use bytes::Bytes;
 use serde::Serialize;

@@ -75,18 +75,35 @@ impl std::fmt::Debug for RedisEngine {
 /// announcing itself for [`NODE_TTL`] has its entries reaped by another.
 const NODE_TTL: Duration = Duration::from_secs(6);
 
+/// How the engine connects, besides its URLs.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// PEM of the CA that signed the servers' certificates (`rediss://`), when it is not
+    /// in the system's trust store.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 impl RedisEngine {
     /// Connects to every `redis://` URL (channels are sharded over them) as node `node`
     /// (unique in the cluster). Fails when a server does not answer within 4 s or a URL
     /// is wrong.
     pub async fn connect(urls: &[String], node: &str) -> Result<Arc<RedisEngine>, Error> {
+        Self::connect_with(urls, node, RedisOptions::default()).await
+    }
+
+    /// [`RedisEngine::connect`] with `options`.
+    pub async fn connect_with(
+        urls: &[String],
+        node: &str,
+        options: RedisOptions,
+    ) -> Result<Arc<RedisEngine>, Error> {
         if urls.is_empty() {
             return Err(Error::backend("no redis:// URL given", false));
         }
         let mut shards = Vec::new();
         let mut pending = Vec::new();
         for url in urls {
-            let (shard, rx) = Shard::connect(url).await?;
+            let (shard, rx) = Shard::connect(url, options.ca_pem.as_deref()).await?;
             shards.push(shard);
             pending.push(rx);
         }

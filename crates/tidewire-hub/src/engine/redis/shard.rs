@@ -128,17 +128,28 @@ impl std::fmt::Debug for Source {
 
 impl Source {
     /// `redis://...`, or `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]`.
-    fn parse(url: &str) -> Result<(Source, String), Error> {
+    fn parse(url: &str, ca_pem: Option<&[u8]>) -> Result<(Source, String), Error> {
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {
-            let client = redis::Client::open(url)
-                .map_err(|e| Error::backend(format!("engine URL {url:?}: {e}"), false))?;
+            let shown = crate::redact_url(url);
+            let client = match ca_pem {
+                Some(pem) if url.starts_with("rediss://") => {
+                    let certs = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.to_vec()),
+                    };
+                    redis::Client::build_with_tls(url, certs)
+                }
+                _ => redis::Client::open(url),
+            }
+            .map_err(|e| Error::backend(format!("engine URL {shown}: {e}"), false))?;
             let address = address_of(&client);
             return Ok((Source::Direct(client), address));
         };
+        let shown = crate::redact_url(url);
         let bad = |why: &str| {
             Error::backend(
                 format!(
-                    "engine URL {url:?}: {why} (expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB])"
+                    "engine URL {shown}: {why} (expected redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB])"
                 ),
                 false,
             )
@@ -227,8 +238,9 @@ impl Shard {
     /// the engine.
     pub(super) async fn connect(
         url: &str,
+        ca_pem: Option<&[u8]>,
     ) -> Result<(Shard, mpsc::UnboundedReceiver<Command>), Error> {
-        let (source, address) = Source::parse(url)?;
+        let (source, address) = Source::parse(url, ca_pem)?;
         let client = source.resolve().await?;
         let conn = tokio::time::timeout(
             CALL_TIMEOUT * 2,
