@@ -190,7 +190,7 @@ impl Source {
             redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
         let client = redis::sentinel::SentinelClient::build(
             sentinels,
-            master.to_owned(),
+            master,
             Some(node),
             redis::sentinel::SentinelServerType::Master,
         )
