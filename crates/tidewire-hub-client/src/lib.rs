@@ -405,7 +405,7 @@ impl HubClient {
         self.publish_once(channel, data, None).await
     }
 
-    /// [`Client::publish`] with an idempotency key: a retry with the same key (after
+    /// [`HubClient::publish`] with an idempotency key: a retry with the same key (after
     /// error 112, or a connection lost before the reply) publishes at most once and
     /// returns the first publication's position.
     pub async fn publish_once(
