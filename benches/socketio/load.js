@@ -35,6 +35,12 @@ function cpuUs(pid) {
   const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
   return (Number(f[11]) + Number(f[12])) * TICK_US;
 }
+function machineBusyUs() {
+  // Busy time of every core (all processes), from the first line of /proc/stat.
+  const f = fs.readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((x, y) => x + y, 0);
+  return (total - f[3] - f[4]) * TICK_US;
+}
 function selfCpuUs() {
   const u = process.cpuUsage();
   return u.user + u.system;
@@ -116,6 +122,7 @@ async function fanout() {
     nodes: pids.reduce((s, p) => s + cpuUs(p), 0),
     engine: enginePid ? cpuUs(enginePid) : 0,
     self: selfCpuUs(),
+    machine: machineBusyUs(),
   });
   await publishLoop(rate, total, (seq) => pub.emit("pub", { seq, t: performance.now() }, () => acked++), (el) => {
     if (!cpu0 && el >= warmup) { cpu0 = sample(); tw0 = performance.now(); inWindow = true; }
@@ -140,6 +147,8 @@ async function fanout() {
     server_cpu_share: pids.length ? (cpu1.nodes - cpu0.nodes) / 1e6 / win : null,
     engine_cpu_us_per_publication: enginePid ? (cpu1.engine - cpu0.engine) / (rate * win) : null,
     load_cpu_share: (cpu1.self - cpu0.self) / 1e6 / win,
+    // Everything else on the machine over the window (cores): other processes' CPU.
+    others_cpu_share: (cpu1.machine - cpu0.machine - (cpu1.nodes - cpu0.nodes) - (cpu1.engine - cpu0.engine) - (cpu1.self - cpu0.self)) / 1e6 / win,
     latency_ms: { p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), max: sorted[sorted.length - 1] ?? null, samples: sorted.length },
     missing, duplicates: dups,
   };
