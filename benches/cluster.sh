@@ -39,7 +39,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 CONF="$OUT/fan.toml"
 printf '[namespaces.fan]\npresence = false\nhistory_size = 100\nhistory_ttl = "10m"\n' > "$CONF"
 
-# start_node NAME ENGINE_URL -> prints "PID PORT"
+# start_node NAME ENGINE_URL: sets PID and PORT (in this shell, so that the trap stops it).
 start_node() {
   local name="$1" engine="$2" p
   p=$(port)
@@ -53,15 +53,16 @@ start_node() {
     sleep 0.1
   done
   grep -q listening "$OUT/$name.out" || { echo "node $name did not start:"; cat "$OUT/$name.log"; exit 1; }
-  echo "$pid $p"
+  PID=$pid PORT=$p
 }
 
 start_redis() {
   local p; p=$(port)
   taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
   PIDS+=("$!")
+  local pid=$!
   for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "$! $p"
+  PID=$pid PORT=$p
 }
 
 start_nats() {
@@ -69,8 +70,9 @@ start_nats() {
   rm -rf "$OUT/nats-store"
   taskset -c 0 nats-server -js -a 127.0.0.1 -p "$p" -sd "$OUT/nats-store" >"$OUT/nats.log" 2>&1 &
   PIDS+=("$!")
+  local pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
-  echo "$! $p"
+  PID=$pid PORT=$p
 }
 
 fanout() { # label, then bench fanout args
@@ -92,21 +94,21 @@ EOF
 for engine in $ENGINES; do
   case "$engine" in
     memory)
-      read -r pid p < <(start_node solo memory)
+      start_node solo memory; pid=$PID p=$PORT
       fanout memory "ws://127.0.0.1:$p/ws" --server-pid "$pid"
       ;;
     redis)
-      read -r rpid rport < <(start_redis)
-      read -r a ap < <(start_node node-a "redis://127.0.0.1:$rport")
-      read -r b bp < <(start_node node-b "redis://127.0.0.1:$rport")
+      start_redis; rpid=$PID rport=$PORT
+      start_node node-a "redis://127.0.0.1:$rport"; a=$PID ap=$PORT
+      start_node node-b "redis://127.0.0.1:$rport"; b=$PID bp=$PORT
       fanout redis "ws://127.0.0.1:$ap/ws" --node "ws://127.0.0.1:$bp/ws" \
         --server-pid "$a" --node-pid "$b" --engine-pid "$rpid"
       ;;
     nats)
       command -v nats-server >/dev/null || { echo "--- nats: no nats-server, skipped"; continue; }
-      read -r npid nport < <(start_nats)
-      read -r a ap < <(start_node node-a "nats://127.0.0.1:$nport")
-      read -r b bp < <(start_node node-b "nats://127.0.0.1:$nport")
+      start_nats; npid=$PID nport=$PORT
+      start_node node-a "nats://127.0.0.1:$nport"; a=$PID ap=$PORT
+      start_node node-b "nats://127.0.0.1:$nport"; b=$PID bp=$PORT
       fanout nats "ws://127.0.0.1:$ap/ws" --node "ws://127.0.0.1:$bp/ws" \
         --server-pid "$a" --node-pid "$b" --engine-pid "$npid"
       ;;
@@ -117,8 +119,8 @@ done
 # the same script.
 case " $ENGINES " in *" redis "*)
   echo "--- publish throughput with history through one Redis"
-  read -r rpid rport < <(start_redis)
-  read -r a ap < <(start_node node-a "redis://127.0.0.1:$rport")
+  start_redis; rpid=$PID rport=$PORT
+  start_node node-a "redis://127.0.0.1:$rport"; a=$PID ap=$PORT
   taskset -c 1 "$BIN" bench fanout "ws://127.0.0.1:$ap/ws" --subscribers 1 --rate 0 \
     --inflight "$INFLIGHT" --publishers "$PUBLISHERS" --duration "$PUB_DURATION" --channel fan:p --json \
     --server-pid "$a" --engine-pid "$rpid" > "$OUT/publish-redis.json"

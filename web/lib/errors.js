@@ -13,6 +13,7 @@ export const ErrorCode = {
     UNAUTHORIZED: 109,
     NOT_AVAILABLE: 110,
     LIMIT_REACHED: 111,
+    UNAVAILABLE: 112,
 };
 /**
  * The hub's close codes (docs/protocol.md, "Close codes"); `closePolicy` says what the

@@ -1240,3 +1240,71 @@ async fn redis_over_tls() {
         "{e}"
     );
 }
+
+/// The next push of `ws` that has member `kind` (`join`, `leave`), within 20 s.
+async fn next_event(
+    ws: &mut common::hub::Ws,
+    kind: &str,
+) -> Result<(), tokio::time::error::Elapsed> {
+    let fut = async {
+        loop {
+            if next_json(ws).await.get(kind).is_some() {
+                return;
+            }
+        }
+    };
+    timeout(Duration::from_secs(20), fut).await
+}
+
+/// A node cut off from Redis for longer than its registry TTL is taken for dead: the other
+/// node reaps its presence and sends the leaves. Its clients are still connected to it, so
+/// when the link comes back it adds their presence again, with joins: presence is right
+/// again on both sides. Needs root (`ip netns`, veth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and root (ip netns); .ci/run runs it"]
+async fn a_node_cut_off_long_rejoins_presence() {
+    let ns = common::cluster::Netns::new();
+    let mut redis = Redis::start();
+    redis.also_bind = vec![ns.engine_host.clone()];
+    redis.kill();
+    redis.restart();
+    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let b = ns.node(
+        &format!("redis://{}:{}", ns.engine_host, redis.port),
+        "node-b",
+    );
+    let mut watcher = client(a.addr).await;
+    let mut member = client(b.addr).await;
+    let mut pushed = Vec::new();
+    let sub = json!({"id": 1, "op": "subscribe", "channel": "room:lobby"});
+    assert_eq!(
+        request(&mut watcher, sub.clone(), &mut pushed).await["ok"],
+        true
+    );
+    assert_eq!(request(&mut member, sub, &mut pushed).await["ok"], true);
+    // The watcher sees its own join, then the member's.
+    next_event(&mut watcher, "join").await.expect("join");
+    next_event(&mut watcher, "join").await.expect("join");
+    ns.partition(true);
+    next_event(&mut watcher, "leave")
+        .await
+        .expect("the cut-off node's client was not reaped");
+    ns.partition(false);
+    let healed = Instant::now();
+    next_event(&mut watcher, "join")
+        .await
+        .expect("the client did not join again");
+    eprintln!(
+        "joined again {:?} after the link came back",
+        healed.elapsed()
+    );
+    let p = request(
+        &mut watcher,
+        json!({"id": 2, "op": "presence", "channel": "room:lobby"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(p["result"]["clients"].as_array().unwrap().len(), 2, "{p}");
+    let r = request(&mut member, json!({"id": 3, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true, "{r}");
+}

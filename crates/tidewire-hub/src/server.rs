@@ -302,7 +302,13 @@ async fn announce(hub: std::sync::Weak<Hub>) {
         let status = hub.status();
         let call = hub.node.broker().announce(&status, Duration::from_secs(6));
         match tokio::time::timeout(Duration::from_secs(2), call).await {
-            Ok(Ok(())) => {
+            Ok(Ok(reaped)) => {
+                if reaped {
+                    // Cut off long enough for another node to reap this one's presence
+                    // (with leaves): its clients are still here, so they join again.
+                    tracing::warn!("engine: this node's presence was reaped while it was cut off; adding it again");
+                    hub.node.rejoin_presence().await;
+                }
                 let nodes = tokio::time::timeout(Duration::from_secs(2), hub.node.broker().nodes());
                 if let Ok(Ok(nodes)) = nodes.await {
                     let n = nodes.len().max(1) as u64;

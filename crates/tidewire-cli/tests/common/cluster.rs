@@ -428,8 +428,11 @@ fn ip(args: &[&str]) {
 
 impl Netns {
     pub fn new() -> Netns {
-        let id = std::process::id() % 100_000;
-        let subnet = (std::process::id() % 200) + 20;
+        // Unique per test process and per namespace in it (tests run in parallel).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        let subnet = (std::process::id() * 7 + n * 31) % 200 + 20;
         let name = format!("twpart{id}");
         let (he, ne) = (format!("twe{id}h"), format!("twe{id}n"));
         let (hc, nc) = (format!("twc{id}h"), format!("twc{id}n"));

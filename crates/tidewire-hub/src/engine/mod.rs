@@ -215,9 +215,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Records this node in the cluster's registry, to expire after `ttl` unless
-    /// announced again. Nothing to do in memory (a cluster of one).
-    fn announce<'a>(&'a self, _node: &'a NodeStatus, _ttl: Duration) -> EngineFuture<'a, ()> {
-        Box::pin(std::future::ready(Ok(())))
+    /// announced again. Nothing to do in memory (a cluster of one). True when the registry
+    /// had lost this node since its last announcement (it was cut off long enough for
+    /// another node to reap its presence): the node adds its presence again, with joins.
+    fn announce<'a>(&'a self, _node: &'a NodeStatus, _ttl: Duration) -> EngineFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(false)))
     }
 
     /// The nodes of the cluster that announced themselves and have not expired, this one

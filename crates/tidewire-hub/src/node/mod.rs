@@ -683,6 +683,28 @@ impl Node {
         Ok(())
     }
 
+    /// Adds the presence of every local subscriber again, each with a join event: after
+    /// the cluster reaped this node's presence (it was cut off from the engine for longer
+    /// than its registry TTL) while its clients stayed connected.
+    pub async fn rejoin_presence(&self) {
+        let ttl = self.options.presence_ttl;
+        for (channel, client) in self.registry.present(&self.namespaces) {
+            let again = async {
+                self.call("presence", self.presence.add(&channel, client.clone(), ttl))
+                    .await?;
+                self.call("join", self.broker.publish_join(&channel, &client))
+                    .await
+            };
+            if let Err(e) = again.await {
+                tracing::warn!(
+                    channel = peer(&channel).to_string(),
+                    "presence rejoin failed: {}",
+                    peer(&e)
+                );
+            }
+        }
+    }
+
     /// Housekeeping, every few seconds: the engine's sweeps, and the refresh of this
     /// node's presence entries every third of their TTL.
     pub async fn sweep(&self) {

@@ -588,9 +588,12 @@ impl Broker for NatsEngine {
         }
     }
 
-    fn announce<'a>(&'a self, node: &'a NodeStatus, ttl: Duration) -> EngineFuture<'a, ()> {
+    fn announce<'a>(&'a self, node: &'a NodeStatus, ttl: Duration) -> EngineFuture<'a, bool> {
         *lock(&self.inner.status) = (Some(node.clone()), ttl);
-        Box::pin(bounded("announce", self.inner.heartbeat()))
+        // (This engine's refreshes add its presence again after a reap, without joins.)
+        Box::pin(bounded("announce", async move {
+            self.inner.heartbeat().await.map(|()| false)
+        }))
     }
 
     fn nodes(&self) -> EngineFuture<'_, Vec<NodeStatus>> {

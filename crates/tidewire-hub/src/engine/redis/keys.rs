@@ -17,6 +17,7 @@
 //! | `tw:node:N` | string | node N's status (JSON), expiring unless announced again |
 //! | `tw:node:N:p` | set | `C\0CLIENT` of node N's presence entries, for reaping them |
 //! | `tw:nodes` | sorted set | names of the nodes that announced themselves → last time |
+//! | `tw:node:N:reaped` | string | set when another node reaped N's presence (N rejoins) |
 //! | `tw:probe:N` | pub/sub | node N's liveness probe of its own subscriber connection |
 
 use bytes::Bytes;
@@ -62,6 +63,11 @@ pub(super) fn channel_of_live(live: &str) -> Option<&str> {
 
 pub(super) fn node(name: &str) -> String {
     format!("tw:node:{name}")
+}
+
+/// Set by the node that reaped node `name`'s presence: a random id per reap.
+pub(super) fn node_reaped(name: &str) -> String {
+    format!("tw:node:{name}:reaped")
 }
 
 pub(super) fn node_presence(name: &str) -> String {
@@ -241,11 +247,33 @@ end
 return 0
 "#;
 
-/// Adds or refreshes a presence entry. KEYS: presence hash, expiry zset. ARGV: client id,
-/// ClientInfo JSON, expiry (ms since the Unix epoch), TTL (ms).
+/// Announces a node, timed by Redis's clock (nodes' clocks may differ). KEYS: the node's
+/// key, the registry, the node's reaped marker. ARGV: the node's name, its status JSON, the
+/// TTL (ms). Returns the reaped marker (set by the node that reaped this one's presence), or
+/// nil.
+pub(super) const ANNOUNCE: &str = r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], ms, ARGV[1])
+return redis.call('GET', KEYS[3])
+"#;
+
+/// The nodes that have not announced themselves for ARGV[1] ms, by Redis's clock. KEYS:
+/// the registry.
+pub(super) const SILENT_NODES: &str = r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms - tonumber(ARGV[1]))
+"#;
+
+/// Adds or refreshes a presence entry, its expiry by Redis's clock. KEYS: presence hash,
+/// expiry zset. ARGV: client id, ClientInfo JSON, (unused), TTL (ms).
 pub(super) const PRESENCE_ADD: &str = r#"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[4]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
@@ -265,10 +293,12 @@ end
 return 1
 "#;
 
-/// Lists presence, dropping entries past their expiry from the answer. KEYS: presence
-/// hash, expiry zset. ARGV: now (ms). Returns the ClientInfo JSONs.
+/// Lists presence, dropping entries past their expiry (by Redis's clock) from the answer.
+/// KEYS: presence hash, expiry zset. Returns the ClientInfo JSONs.
 pub(super) const PRESENCE_LIST: &str = r#"
-local live = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf')
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], ms, '+inf')
 if #live == 0 then return {} end
 return redis.call('HMGET', KEYS[1], unpack(live))
 "#;

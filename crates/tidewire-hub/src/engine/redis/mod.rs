@@ -36,7 +36,7 @@ use shard::{Command, Shard, Subscriber};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use super::EngineCounters as Counters;
@@ -50,6 +50,8 @@ pub struct RedisEngine {
     counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
     events: OnceLock<Arc<dyn BrokerEvents>>,
+    /// The last reap of this node's presence it answered (by rejoining).
+    reaped_handled: Mutex<Option<String>>,
     /// Channels this node is subscribed to, with their history TTL (ms, once a subscribe's
     /// history read gave it) and when their position's expiry was last renewed.
     kept: Mutex<HashMap<Arc<str>, Kept>>,
@@ -115,6 +117,7 @@ impl RedisEngine {
             runtime: tokio::runtime::Handle::current(),
             events: OnceLock::new(),
             kept: Mutex::new(HashMap::new()),
+            reaped_handled: Mutex::new(None),
         });
         for shard in &engine.shards {
             engine.runtime.spawn(shard::prober(
@@ -234,6 +237,12 @@ impl RedisEngine {
             .zrem(keys::NODES, name)
             .del(keys::node(name))
             .ignore()
+            .cmd("SET")
+            .arg(keys::node_reaped(name))
+            .arg(new_epoch())
+            .arg("EX")
+            .arg(3600)
+            .ignore()
             .query_async::<()>(&mut reg)
             .await
             .map_err(|e| redis_error(&e))?;
@@ -268,13 +277,13 @@ async fn reaper(engine: std::sync::Weak<RedisEngine>) {
             return;
         };
         let dead = async {
+            static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(keys::SILENT_NODES));
             let mut reg = engine.registry();
-            let cutoff = now_ms().saturating_sub(NODE_TTL.as_millis() as u64);
-            let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(keys::NODES)
-                .arg("-inf")
-                .arg(cutoff)
-                .query_async(&mut reg)
+            let dead: Vec<String> = script
+                .key(keys::NODES)
+                .arg(NODE_TTL.as_millis() as u64)
+                .invoke_async(&mut reg)
                 .await
                 .map_err(|e| redis_error(&e))?;
             Ok::<_, Error>(dead)
@@ -317,12 +326,6 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn new_epoch() -> String {
@@ -574,22 +577,30 @@ impl Broker for RedisEngine {
         }
     }
 
-    fn announce<'a>(&'a self, node: &'a NodeStatus, ttl: Duration) -> EngineFuture<'a, ()> {
+    fn announce<'a>(&'a self, node: &'a NodeStatus, ttl: Duration) -> EngineFuture<'a, bool> {
         boxed(async move {
+            static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+            let script = SCRIPT.get_or_init(|| redis::Script::new(keys::ANNOUNCE));
             let json = serde_json::to_string(node).map_err(|e| Error::backend(e, false))?;
             let mut reg = self.registry();
-            redis::pipe()
-                .cmd("SET")
-                .arg(keys::node(&node.name))
+            let reaped: Option<String> = script
+                .key(keys::node(&node.name))
+                .key(keys::NODES)
+                .key(keys::node_reaped(&node.name))
+                .arg(&node.name)
                 .arg(json)
-                .arg("PX")
                 .arg(ttl_ms(ttl))
-                .ignore()
-                .zadd(keys::NODES, &node.name, now_ms())
-                .ignore()
-                .query_async::<()>(&mut reg)
+                .invoke_async(&mut reg)
                 .await
-                .map_err(|e| redis_error(&e))
+                .map_err(|e| redis_error(&e))?;
+            // A reap this node has not answered yet (every announcement reads the marker,
+            // so an answer lost to a timeout is not lost for good).
+            let mut handled = lock(&self.reaped_handled);
+            let fresh = reaped.is_some() && *handled != reaped;
+            if fresh {
+                *handled = reaped;
+            }
+            Ok(fresh)
         })
     }
 
@@ -662,7 +673,7 @@ impl PresenceStore for RedisEngine {
                 .key(keys::presence_expiry(channel))
                 .arg(&client.client_id)
                 .arg(json)
-                .arg(now_ms() + ttl)
+                .arg(0)
                 .arg(ttl)
                 .invoke_async::<()>(&mut conn)
                 .await
@@ -708,7 +719,6 @@ impl PresenceStore for RedisEngine {
             let all: Vec<Option<String>> = script
                 .key(keys::presence(channel))
                 .key(keys::presence_expiry(channel))
-                .arg(now_ms())
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
