@@ -39,7 +39,9 @@ async fn next_within(ws: &mut Ws, wait: Duration) -> Option<Message> {
 
 #[tokio::test]
 async fn rooms_negotiate_the_tutorials_subprotocols_by_server_preference() {
-    let (_child, addr) = spawn("serve", &[]);
+    let (child, addr) = spawn("serve", &[]);
+    // Killed when the test ends, however it ends.
+    let _server = common::Server { child, addr };
     let url = format!("ws://{addr}/rooms/lobby");
     // The tutorial's page: new WebSocket(url, ["chat", "superchat"]).
     let (_, chosen) = room(&url, &["chat", "superchat"]).await.unwrap();
@@ -68,7 +70,9 @@ async fn room_subprotocols_are_configurable() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("rooms.toml");
     std::fs::write(&file, "[rooms]\nprotocols = [\"v2.game\", \"v1.game\"]\n").unwrap();
-    let (_child, addr) = spawn("serve", &["--config", file.to_str().unwrap()]);
+    let (child, addr) = spawn("serve", &["--config", file.to_str().unwrap()]);
+    // Killed when the test ends, however it ends.
+    let _server = common::Server { child, addr };
     let url = format!("ws://{addr}/rooms/arena");
     let (_, chosen) = room(&url, &["v1.game", "v2.game"]).await.unwrap();
     assert_eq!(chosen.as_deref(), Some("v2.game"));
@@ -79,7 +83,9 @@ async fn room_subprotocols_are_configurable() {
 
 #[tokio::test]
 async fn channels_endpoint_refuses_a_client_without_tidewire_v1() {
-    let (_child, addr) = spawn("serve", &[]);
+    let (child, addr) = spawn("serve", &[]);
+    // Killed when the test ends, however it ends.
+    let _server = common::Server { child, addr };
     let url = format!("ws://{addr}/ws");
     for offered in [&["chat", "superchat"][..], &[][..]] {
         let e = room(&url, offered).await.unwrap_err();
@@ -93,7 +99,9 @@ async fn channels_endpoint_refuses_a_client_without_tidewire_v1() {
 
 #[tokio::test]
 async fn a_room_heartbeat_is_answered_to_its_sender_and_never_broadcast() {
-    let (_child, addr) = spawn("serve", &[]);
+    let (child, addr) = spawn("serve", &[]);
+    // Killed when the test ends, however it ends.
+    let _server = common::Server { child, addr };
     let url = format!("ws://{addr}/rooms/hb");
     let (mut a, _) = room(&url, &["chat", "superchat"]).await.unwrap();
     let (mut b, _) = room(&url, &["chat", "superchat"]).await.unwrap();
