@@ -407,6 +407,7 @@ pub fn hub_client(addr: SocketAddr) -> Arc<tidewire_hub_client::HubClient> {
 pub struct Netns {
     pub name: String,
     host_engine_if: String,
+    host_client_if: String,
     /// The host's address on the engine link (Redis listens there).
     pub engine_host: String,
     /// The namespace's address on the client link (its node listens there).
@@ -436,7 +437,11 @@ impl Netns {
         let name = format!("twpart{id}");
         let (he, ne) = (format!("twe{id}h"), format!("twe{id}n"));
         let (hc, nc) = (format!("twc{id}h"), format!("twc{id}n"));
+        // Left over by a run that died (same pid): gone first.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        for stale in [&he, &hc] {
+            let _ = Command::new("ip").args(["link", "del", stale]).output();
+        }
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         let engine_host = format!("10.251.{subnet}.1");
@@ -460,6 +465,7 @@ impl Netns {
         Netns {
             name,
             host_engine_if: he,
+            host_client_if: hc,
             engine_host,
             client_ns,
         }
@@ -503,8 +509,8 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_engine_if])
-            .output();
+        for link in [&self.host_engine_if, &self.host_client_if] {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
     }
 }
