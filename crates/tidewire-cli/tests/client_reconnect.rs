@@ -15,17 +15,9 @@ use tidewire::Message;
 use tidewire_hub_client::{HubClient, HubEvent, Item, Subscription};
 use tokio::time::{timeout, Instant};
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tidewire-reconnect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// A hub whose default namespace keeps 10,000 publications, without a publish rate limit.
 fn hub_with_history(listen: Option<&str>) -> Serve {
-    let config = temp_file(
+    let config = common::temp_file(
         "history.toml",
         "[namespaces.default]\nhistory_size = 10000\nhistory_ttl = \"10m\"\n",
     );

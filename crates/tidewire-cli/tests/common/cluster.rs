@@ -10,13 +10,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A free loopback port (bound then released).
+/// A free loopback port for a server the test starts (and may restart on the same port):
+/// below the kernel's ephemeral range, so that no outgoing connection takes it while the
+/// server is down, and at random in 20000..32000, checked free by binding it.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) * 7919
+        + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    for i in 0..1000u64 {
+        let port = 20_000 + ((seed + i * 7) % 12_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 /// A `redis-server` process of this test, killed when dropped.
@@ -324,7 +334,14 @@ impl Drop for Nats {
 
 pub const API_KEY: &str = "cluster-test-key-0123456789";
 
+/// The nodes' configuration file: written once per test process (tests run in parallel,
+/// and a node must never read it half-written).
 fn config() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(write_config).clone()
+}
+
+fn write_config() -> std::path::PathBuf {
     super::temp_file(
         "cluster.toml",
         "[namespaces.default]\nhistory_size = 10000\nhistory_ttl = \"10m\"\npresence = false\n\

@@ -10,12 +10,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Writes `text` to `name` in a directory of this test process; returns its path.
+/// Writes `text` to `name` in a directory of this test process; returns its path. The file
+/// is written aside and renamed into place: tests run in parallel, and a server started by
+/// one must never read it half-written by another.
 pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!("tidewire-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let aside = dir.join(format!(".{name}.{n}"));
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
     path
 }
 
