@@ -47,3 +47,9 @@ pub use metrics::Metrics;
 pub use node::{NamespaceConfig, NamespaceOptions, Node, NodeOptions};
 pub use rooms::Rooms;
 pub use server::{router, serve};
+
+/// Locks `m`, taking the data of a poisoned lock as it is (a panic elsewhere must not
+/// take every later caller down with it).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

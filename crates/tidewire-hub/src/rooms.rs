@@ -8,9 +8,10 @@
 //! slow consumer and is disconnected (close 4000, as on `/ws`), so it can never slow the
 //! others or grow the server's memory.
 
+use crate::lock;
 use crate::node::OutboxSender;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tidewire::PreparedMessage;
 
 /// All rooms of a server.
@@ -84,10 +85,6 @@ impl Room {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@
 //! Otherwise it reads for itself. 10,000 resumes at once cost a handful of reads.
 
 use crate::engine::{Error, HistoryPage, Publication, StreamPosition};
+use crate::lock;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// The resumes of every channel that has some in progress.
 #[derive(Debug, Default)]
@@ -41,10 +42,6 @@ struct State {
     /// A position history was found not to reach back to: no read is made for one at or
     /// below it (history only loses its oldest publications).
     trimmed: Option<StreamPosition>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Resumes {

@@ -113,6 +113,7 @@ use super::{
     Broker, BrokerEvents, ClientInfo, EngineFuture, EngineHealth, Error, HistoryPage, HistoryQuery,
     NodeStatus, PresenceStats, PresenceStore, ShardHealth, StreamOptions, StreamPosition,
 };
+use crate::lock;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, Event};
 use bytes::Bytes;
@@ -200,10 +201,6 @@ pub(super) struct Inner {
     status: Mutex<(Option<NodeStatus>, Duration)>,
     /// Repairs, lost channels and reaped entries, for `/metrics`.
     pub(super) counters: Arc<super::EngineCounters>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl NatsEngine {

@@ -30,6 +30,7 @@ use super::{
     Broker, BrokerEvents, ClientInfo, EngineFuture, EngineHealth, Error, HistoryPage, HistoryQuery,
     NodeStatus, PresenceStats, PresenceStore, Publication, StreamOptions, StreamPosition,
 };
+use crate::lock;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use shard::{Command, Shard, Subscriber};
@@ -311,21 +312,20 @@ fn pick(channel: &str, shards: &[Shard]) -> usize {
         .unwrap_or(0)
 }
 
-/// FNV-1a over `a`, a separator and `b`: the same on every node and every build.
+/// FNV-1a (64 bits) of `bytes`: the same on every node and every build.
+pub(super) fn fnv1a_of<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// FNV-1a over `a`, a separator and `b`, mixed: the same on every node and every build.
 fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in a.iter().chain(&[0xff]).chain(b) {
-        h ^= u64::from(byte);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = fnv1a_of(a.iter().chain(&[0xff]).chain(b));
     // Mix, so that close inputs spread over the shards.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn new_epoch() -> String {

@@ -386,9 +386,7 @@ pub(super) struct Track {
 
 /// FNV-1a of a publication's data.
 fn data_hash(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    super::fnv1a_of(data)
 }
 
 /// The subscriber task of a shard: see the module's documentation.
