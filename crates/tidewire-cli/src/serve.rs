@@ -183,8 +183,9 @@ pub struct ServeArgs {
     api_key: Option<String>,
 
     /// The engine: memory (the default: one node), redis://HOST:PORT[/DB] (given several
-    /// times: channels sharded over the servers) or nats://HOST:PORT (JetStream). Nodes on
-    /// the same engine form one cluster (docs/scaling.md).
+    /// times: channels sharded over the servers), redis+sentinel://HOST:PORT[,...]/MASTER,
+    /// redis+cluster://HOST:PORT[,...] or nats://HOST:PORT (JetStream). Nodes on the same
+    /// engine form one cluster (docs/scaling.md).
     #[arg(
         long = "engine",
         env = "TIDEWIRE_ENGINE",
@@ -271,9 +272,10 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
     }
     set!(c.api_key, args.api_key.clone().map(Some));
     if !args.engine.is_empty() {
-        tidewire_hub::check_engine(&args.engine)
+        let urls = engine_urls(&args.engine);
+        tidewire_hub::check_engine(&urls)
             .map_err(|e| anyhow::anyhow!("--engine (TIDEWIRE_ENGINE): {e}"))?;
-        c.engine = args.engine.clone();
+        c.engine = urls;
     }
     set!(c.node_name, args.node_name.clone().map(Some));
     if let Some(ca) = &args.engine_ca_file {
@@ -393,4 +395,43 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The engine URLs of `--engine`/`TIDEWIRE_ENGINE` as split at commas: a piece without a
+/// scheme continues the URL before it (the host lists of `redis+sentinel://` and
+/// `redis+cluster://` hold commas).
+fn engine_urls(pieces: &[String]) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for p in pieces {
+        match urls.last_mut() {
+            Some(last) if !p.contains("://") && p != "memory" => {
+                last.push(',');
+                last.push_str(p);
+            }
+            _ => urls.push(p.clone()),
+        }
+    }
+    urls
+}
+
+#[cfg(test)]
+mod engine_url_tests {
+    use super::engine_urls;
+
+    #[test]
+    fn host_lists_stay_in_their_url() {
+        let split = |s: &str| s.split(',').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            engine_urls(&split("redis://a:1,redis://b:2")),
+            ["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(
+            engine_urls(&split("redis+cluster://a:1,b:2,c:3")),
+            ["redis+cluster://a:1,b:2,c:3"]
+        );
+        assert_eq!(
+            engine_urls(&split("redis+sentinel://a:1,b:2/mymaster,memory")),
+            ["redis+sentinel://a:1,b:2/mymaster", "memory"]
+        );
+    }
 }

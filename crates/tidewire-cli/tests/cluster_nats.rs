@@ -11,7 +11,7 @@ mod common;
 use common::cluster::{
     exactly_once_in_order, free_port, hub_client, node_on, read_publications, Balancer, Nats,
 };
-use common::hub::{client, next_json, publish_range, request, Serve};
+use common::hub::{client, publish_range, request, Serve};
 use serde_json::json;
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
@@ -103,43 +103,7 @@ async fn a_nats_restart_loses_no_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server; .ci/run runs it (cargo test --test cluster_nats -- --ignored)"]
 async fn a_crashed_nodes_clients_leave_presence() {
-    const CLIENTS: usize = 100;
     let nats = Nats::start();
-    let mut a = node(&nats, "127.0.0.1:0", "node-a");
-    let b = node(&nats, "127.0.0.1:0", "node-b");
-    let mut watcher = client(b.addr).await;
-    let mut pushed = Vec::new();
-    let sub = json!({"id": 1, "op": "subscribe", "channel": "room:lobby"});
-    assert_eq!(
-        request(&mut watcher, sub.clone(), &mut pushed).await["ok"],
-        true
-    );
-    let mut members = Vec::new();
-    for _ in 0..CLIENTS {
-        let mut ws = client(a.addr).await;
-        assert_eq!(request(&mut ws, sub.clone(), &mut pushed).await["ok"], true);
-        members.push(ws);
-    }
-    let mut joins = pushed.iter().filter(|v| v.get("join").is_some()).count();
-    while joins < CLIENTS + 1 {
-        if next_json(&mut watcher).await.get("join").is_some() {
-            joins += 1;
-        }
-    }
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let killed = Instant::now();
-    let mut leaves = 0;
-    while leaves < CLIENTS {
-        let v = timeout(Duration::from_secs(12), next_json(&mut watcher))
-            .await
-            .expect("leaves stopped coming");
-        if v.get("leave").is_some() {
-            leaves += 1;
-        }
-    }
-    let took = killed.elapsed();
-    eprintln!("{CLIENTS} leaves within {took:?} of the SIGKILL");
-    assert!(took < Duration::from_secs(10), "leaves took {took:?}");
-    drop(members);
+    let took = common::cluster::crashed_node_leaves(&nats.url(), 100).await;
+    eprintln!("100 leaves within {took:?} of the SIGKILL");
 }

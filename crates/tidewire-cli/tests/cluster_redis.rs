@@ -10,7 +10,8 @@
 mod common;
 
 use common::cluster::{
-    exactly_once_in_order, hub_client, node_on, read_publications, signal, Balancer, Redis, API_KEY,
+    exactly_once_in_order, hub_client, node_on, publish_surely, read_publications, signal,
+    Balancer, Redis, API_KEY,
 };
 use common::hub::{client, http, http_get, metric, next_json, publish_range, request, Serve};
 use serde_json::{json, Value};
@@ -358,61 +359,9 @@ async fn a_hung_redis_is_detected_and_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
 async fn a_crashed_nodes_clients_leave_presence() {
-    const CLIENTS: usize = 200;
     let redis = Redis::start();
-    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
-    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
-    let mut watcher = client(b.addr).await;
-    let mut pushed = Vec::new();
-    let r = request(
-        &mut watcher,
-        json!({"id": 1, "op": "subscribe", "channel": "room:lobby"}),
-        &mut pushed,
-    )
-    .await;
-    assert_eq!(r["ok"], true, "{r}");
-    let mut members = Vec::new();
-    for i in 0..CLIENTS {
-        let mut ws = client(a.addr).await;
-        let r = request(
-            &mut ws,
-            json!({"id": i, "op": "subscribe", "channel": "room:lobby"}),
-            &mut pushed,
-        )
-        .await;
-        assert_eq!(r["ok"], true, "{r}");
-        members.push(ws);
-    }
-    let mut joins = pushed.iter().filter(|v| v.get("join").is_some()).count();
-    while joins < CLIENTS + 1 {
-        if next_json(&mut watcher).await.get("join").is_some() {
-            joins += 1;
-        }
-    }
-    let mut a = a;
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let killed = Instant::now();
-    let mut leaves = 0;
-    while leaves < CLIENTS {
-        let v = timeout(Duration::from_secs(12), next_json(&mut watcher))
-            .await
-            .expect("leaves stopped coming");
-        if v.get("leave").is_some() {
-            leaves += 1;
-        }
-    }
-    let took = killed.elapsed();
-    assert!(took < Duration::from_secs(10), "leaves took {took:?}");
-    let p = request(
-        &mut watcher,
-        json!({"id": 2, "op": "presence", "channel": "room:lobby"}),
-        &mut pushed,
-    )
-    .await;
-    assert_eq!(p["result"]["clients"].as_array().unwrap().len(), 1, "{p}");
-    eprintln!("{CLIENTS} leaves within {took:?} of the SIGKILL");
-    drop(members);
+    let took = common::cluster::crashed_node_leaves(&redis.url(), 200).await;
+    eprintln!("200 leaves within {took:?} of the SIGKILL");
 }
 
 /// SIGTERM with `--drain 2s`: `/readyz` answers 503 at once, a new upgrade is refused
@@ -713,62 +662,6 @@ async fn positions_live_with_subscribers_and_expire_without() {
             .trim(),
         "0"
     );
-}
-
-/// A publisher that survives its node: each publication is sent with its own idempotency
-/// key and sent again (on a new connection through the balancer if need be) until it is
-/// acknowledged. Returns the offset it got.
-async fn publish_surely(
-    ws: &mut Option<common::hub::Ws>,
-    lb: SocketAddr,
-    channel: &str,
-    n: u64,
-) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = json!({"id": n, "op": "publish", "channel": channel, "data": {"n": n},
-                      "idempotency_key": format!("{channel}-{n}")})
-    .to_string();
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "publication {n} on {channel} never acknowledged"
-        );
-        if ws.is_none() {
-            let builder =
-                tidewire::ClientBuilder::new(format!("ws://{lb}/ws")).protocols(["tidewire.v1"]);
-            match timeout(Duration::from_secs(3), builder.connect()).await {
-                Ok(Ok((c, _))) => *ws = Some(c),
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            }
-        }
-        let c = ws.as_mut().unwrap();
-        let attempt = async {
-            c.send(tidewire::Message::text(text.clone())).await.ok()?;
-            loop {
-                match c.recv().await? {
-                    Ok(tidewire::Message::Text(t)) => {
-                        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
-                        if v["id"] == n {
-                            return Some(v);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return None,
-                }
-            }
-        };
-        match timeout(Duration::from_secs(8), attempt).await {
-            Ok(Some(v)) if v["ok"] == true => return v["result"]["offset"].as_u64().unwrap(),
-            Ok(Some(v)) => {
-                assert_eq!(v["error"]["code"], 112, "{v}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            _ => *ws = None,
-        }
-    }
 }
 
 /// Random faults (seeded: `TIDEWIRE_FAULT_SEED` replays a run) while two channels are
@@ -1078,7 +971,6 @@ async fn offsets_given_again_to_other_publications_give_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
 async fn sentinel_failover() {
-    use std::collections::HashMap;
     let mut master = Redis::start();
     let replica = Redis::start();
     replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
@@ -1134,27 +1026,8 @@ async fn sentinel_failover() {
     );
 
     let reader = hub_client(b.addr);
-    let mut sub = reader.subscribe("feed").await.unwrap();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let reading = {
-        let (seen, told) = (seen.clone(), told.clone());
-        tokio::spawn(async move {
-            while let Some(item) = sub.next().await {
-                match item {
-                    Item::Publication(p) => seen.lock().unwrap().push((
-                        p.epoch.clone(),
-                        p.offset,
-                        p.data["n"].as_u64().unwrap(),
-                    )),
-                    Item::Unrecoverable { .. } => {
-                        told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
+    let seen = common::cluster::Seen::default();
+    let reading = seen.record(reader.subscribe("feed").await.unwrap());
     let mut ws = None;
     for n in 0..100 {
         publish_surely(&mut ws, a.addr, "feed", n).await;
@@ -1166,46 +1039,12 @@ async fn sentinel_failover() {
     for n in 101..200 {
         publish_surely(&mut ws, a.addr, "feed", n).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.lock().unwrap().last().map(|s| s.2) != Some(199) {
-        assert!(
-            Instant::now() < deadline,
-            "the last publication did not arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    seen.wait_for(199).await;
     reading.abort();
-    let seen = seen.lock().unwrap().clone();
-    // One payload per (epoch, offset); consecutive offsets within an epoch.
-    let mut by_position: HashMap<(String, u64), u64> = HashMap::new();
-    for w in seen.windows(2) {
-        if w[0].0 == w[1].0 {
-            assert_eq!(
-                w[1].1,
-                w[0].1 + 1,
-                "a gap or a repeat: {:?} then {:?}",
-                w[0],
-                w[1]
-            );
-        }
-    }
-    for (epoch, offset, n) in &seen {
-        let first = by_position.entry((epoch.clone(), *offset)).or_insert(*n);
-        assert_eq!(first, n, "two payloads at {epoch} {offset}");
-    }
-    let told = told.load(std::sync::atomic::Ordering::SeqCst);
-    let epochs: std::collections::HashSet<&String> = seen.iter().map(|s| &s.0).collect();
-    if told == 0 {
-        // Nothing lost: every publication once, in order.
-        let ns: Vec<u64> = seen.iter().map(|s| s.2).collect();
-        assert_eq!(ns, (0..200).collect::<Vec<_>>());
-        assert_eq!(epochs.len(), 1);
-    }
+    let (count, told, epochs) = seen.check(200);
     eprintln!(
         "failover: publishing resumed {resumed:?} after the master was killed; \
-         {} publications seen, {told} loss(es) told, {} epoch(s)",
-        seen.len(),
-        epochs.len()
+         {count} publications seen, {told} loss(es) told, {epochs} epoch(s)"
     );
     assert!(resumed < Duration::from_secs(15), "{resumed:?}");
 }

@@ -177,18 +177,29 @@ fn flags_that_cannot_work_are_refused_at_start() {
     );
     let e = refused_at_start(&["--publish-burst", "0"]);
     assert!(e.contains("--publish-burst"), "{e}");
-    // Engines: a URL that names none, one not supported, one that does not answer (its
-    // password not shown).
+    // Engines: a URL that names none, a cluster given with another URL, a cluster and a
+    // server that do not answer (their passwords not shown).
     let e = refused_at_start(&["--engine", "postgres://db"]);
     assert!(
         e.contains("--engine") && e.contains("unknown engine"),
         "{e}"
     );
-    let e = refused_at_start(&["--engine", "redis+cluster://127.0.0.1:7000"]);
+    let e = refused_at_start(&[
+        "--engine",
+        "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+        "--engine",
+        "redis://127.0.0.1:1",
+    ]);
     assert!(
-        e.contains("--engine") && e.contains("not supported yet"),
+        e.contains("--engine") && e.contains("only engine URL"),
         "{e}"
     );
+    let e = refused_at_start(&[
+        "--engine",
+        "redis+cluster://:hunter2@127.0.0.1:1,127.0.0.1:2",
+    ]);
+    assert!(e.contains("--engine") && e.contains("Redis Cluster"), "{e}");
+    assert!(!e.contains("hunter2"), "the password is shown: {e}");
     let e = refused_at_start(&["--engine", "memory,redis://127.0.0.1:1"]);
     assert!(e.contains("--engine"), "{e}");
     let e = refused_at_start(&["--engine", "redis://:hunter2@127.0.0.1:1"]);

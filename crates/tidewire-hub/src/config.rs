@@ -797,16 +797,11 @@ pub fn check_engine(urls: &[String]) -> Result<(), String> {
     for u in urls {
         let s = scheme(u);
         match s.as_str() {
-            "memory" | "redis" | "rediss" | "redis+sentinel" | "nats" => {}
-            "redis+cluster" => {
-                return Err(format!(
-                    "{u}: Redis Cluster is not supported yet; give redis:// URLs of \
-                     independent servers to shard channels over them, or redis+sentinel://"
-                ))
-            }
+            "memory" | "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+cluster"
+            | "nats" => {}
             _ => {
                 return Err(format!(
-                "{u}: unknown engine (expected memory, redis://HOST:PORT[/DB], redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] or nats://HOST:PORT)"
+                "{u}: unknown engine (expected memory, redis://HOST:PORT[/DB], redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB], redis+cluster://HOST:PORT[,HOST:PORT...] or nats://HOST:PORT)"
             ))
             }
         }
@@ -815,6 +810,13 @@ pub fn check_engine(urls: &[String]) -> Result<(), String> {
     if urls.len() > 1 && !urls.iter().all(|u| scheme(u).starts_with("redis")) {
         return Err(
             "only redis:// URLs can be given several times (channels are sharded over them)".into(),
+        );
+    }
+    if urls.len() > 1 && urls.iter().any(|u| scheme(u).ends_with("+cluster")) {
+        return Err(
+            "a redis+cluster:// URL is the only engine URL: list the cluster's nodes in it, \
+             comma-separated (the cluster shards channels by itself)"
+                .into(),
         );
     }
     if first == "memory" && urls.len() > 1 {

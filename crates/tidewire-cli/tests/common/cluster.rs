@@ -40,6 +40,8 @@ pub struct Redis {
     /// Serves TLS only (`rediss://`), with a certificate for 127.0.0.1 signed by a test CA
     /// made by openssl: the CA's certificate.
     pub tls_ca: Option<PathBuf>,
+    /// A node of a Redis Cluster ([`RedisCluster`]).
+    cluster: bool,
 }
 
 impl Redis {
@@ -51,6 +53,10 @@ impl Redis {
     /// Starts one; with `persist`, an append-only file in its own directory (a restart
     /// comes back with its data).
     pub fn start_with(persist: bool) -> Redis {
+        Self::start_as(persist, false)
+    }
+
+    fn start_as(persist: bool, cluster: bool) -> Redis {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("tidewire-redis-{}-{port}", std::process::id()));
@@ -62,6 +68,7 @@ impl Redis {
             persist,
             also_bind: Vec::new(),
             tls_ca: None,
+            cluster,
         };
         r.restart();
         r
@@ -163,6 +170,11 @@ impl Redis {
                 .arg(ca)
                 .args(["--tls-auth-clients", "no"]),
         };
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"]);
+        }
         cmd.args(["--bind", &bind])
             .args(["--protected-mode", "no"])
             .args(["--dir", self.dir.to_str().unwrap(), "--save", ""])
@@ -218,6 +230,142 @@ impl Drop for Redis {
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of this test: three masters with a replica each (on spare ports,
+/// `cluster-node-timeout` 1 s, so a killed master's replica takes over in a few seconds).
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_as(false, true)).collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        c.wait_ok(Duration::from_secs(20));
+        c
+    }
+
+    /// `redis+cluster://` with every node's address.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Waits until every live node says the cluster is ok and every slot is served, and
+    /// every replica is in sync with its master (else it may not take over).
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = n.cli(&["CLUSTER", "INFO"]);
+                let replication = n.cli(&["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index in `nodes` of the master that serves `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot: u16 = self
+            .any()
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let table = self.any().cli(&["CLUSTER", "NODES"]);
+        for line in table.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let owns = f[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot)
+                }
+                None => r.parse() == Ok(slot),
+            });
+            if owns {
+                let port: u16 = f[1].split([':', '@']).nth(1).unwrap().parse().unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}:\n{table}");
+    }
+
+    /// The cluster's node id of `nodes[i]`.
+    pub fn id(&self, i: usize) -> String {
+        self.nodes[i].cli(&["CLUSTER", "MYID"]).trim().to_owned()
+    }
+
+    fn any(&self) -> &Redis {
+        self.nodes.iter().find(|n| n.child.is_some()).unwrap()
+    }
+
+    /// Moves `key`'s slot, with its keys, from the master serving it to `nodes[to]` (as
+    /// `redis-cli --cluster reshard` does, for one slot).
+    pub fn move_slot_of(&self, key: &str, to: usize) {
+        let from = self.master_of(key);
+        assert_ne!(from, to);
+        let slot = self
+            .any()
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .to_owned();
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        assert_eq!(
+            dst.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])
+                .trim(),
+            "OK"
+        );
+        assert_eq!(
+            src.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])
+                .trim(),
+            "OK"
+        );
+        loop {
+            let keys = src.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = dst.port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let out = src.cli(&args);
+            assert!(out.trim() == "OK", "MIGRATE: {out}");
+        }
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
     }
 }
 
@@ -529,5 +677,200 @@ impl Drop for Netns {
         for link in [&self.host_engine_if, &self.host_client_if] {
             let _ = Command::new("ip").args(["link", "del", link]).output();
         }
+    }
+}
+
+/// A publisher that survives its node: each publication is sent with its own idempotency
+/// key and sent again (on a new connection through the balancer if need be) until it is
+/// acknowledged. Returns the offset it got.
+pub async fn publish_surely(
+    ws: &mut Option<super::hub::Ws>,
+    lb: SocketAddr,
+    channel: &str,
+    n: u64,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = serde_json::json!({"id": n, "op": "publish", "channel": channel, "data": {"n": n},
+                      "idempotency_key": format!("{channel}-{n}")})
+    .to_string();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "publication {n} on {channel} never acknowledged"
+        );
+        if ws.is_none() {
+            let builder =
+                tidewire::ClientBuilder::new(format!("ws://{lb}/ws")).protocols(["tidewire.v1"]);
+            match tokio::time::timeout(Duration::from_secs(3), builder.connect()).await {
+                Ok(Ok((c, _))) => *ws = Some(c),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let c = ws.as_mut().unwrap();
+        let attempt = async {
+            c.send(tidewire::Message::text(text.clone())).await.ok()?;
+            loop {
+                match c.recv().await? {
+                    Ok(tidewire::Message::Text(t)) => {
+                        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+                        if v["id"] == n {
+                            return Some(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(8), attempt).await {
+            Ok(Some(v)) if v["ok"] == true => return v["result"]["offset"].as_u64().unwrap(),
+            Ok(Some(v)) => {
+                assert_eq!(v["error"]["code"], 112, "{v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => *ws = None,
+        }
+    }
+}
+
+/// Two nodes on the engine at `url`; `clients` clients of node A in `room:lobby`, watched
+/// from node B. Node A is killed with SIGKILL: B's watcher gets every leave within 10 s,
+/// and presence is left with the watcher only. How long the leaves took.
+pub async fn crashed_node_leaves(url: &str, clients: usize) -> Duration {
+    use super::hub::{client, next_json, request};
+    use serde_json::json;
+    let mut a = node_on(url, "127.0.0.1:0", "node-a", &[]);
+    let b = node_on(url, "127.0.0.1:0", "node-b", &[]);
+    let mut watcher = client(b.addr).await;
+    let mut pushed = Vec::new();
+    let r = request(
+        &mut watcher,
+        json!({"id": 1, "op": "subscribe", "channel": "room:lobby"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut members = Vec::new();
+    for i in 0..clients {
+        let mut ws = client(a.addr).await;
+        let r = request(
+            &mut ws,
+            json!({"id": i, "op": "subscribe", "channel": "room:lobby"}),
+            &mut pushed,
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+        members.push(ws);
+    }
+    let mut joins = pushed.iter().filter(|v| v.get("join").is_some()).count();
+    while joins < clients + 1 {
+        if next_json(&mut watcher).await.get("join").is_some() {
+            joins += 1;
+        }
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    let mut leaves = 0;
+    while leaves < clients {
+        let v = tokio::time::timeout(Duration::from_secs(12), next_json(&mut watcher))
+            .await
+            .expect("leaves stopped coming");
+        if v.get("leave").is_some() {
+            leaves += 1;
+        }
+    }
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "leaves took {took:?}");
+    let p = request(
+        &mut watcher,
+        json!({"id": 2, "op": "presence", "channel": "room:lobby"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(p["result"]["clients"].as_array().unwrap().len(), 1, "{p}");
+    drop(members);
+    took
+}
+
+/// What a subscriber saw of a stream under failovers: each publication's (epoch, offset,
+/// n), and how many times it was told that publications were lost.
+#[derive(Clone, Default)]
+pub struct Seen {
+    pub publications: Arc<std::sync::Mutex<Vec<(String, u64, u64)>>>,
+    pub told: Arc<AtomicUsize>,
+}
+
+impl Seen {
+    /// Records everything `sub` delivers, until the returned task is aborted.
+    pub fn record(
+        &self,
+        mut sub: tidewire_hub_client::Subscription,
+    ) -> tokio::task::JoinHandle<()> {
+        use tidewire_hub_client::Item;
+        let seen = self.clone();
+        tokio::spawn(async move {
+            while let Some(item) = sub.next().await {
+                match item {
+                    Item::Publication(p) => seen.publications.lock().unwrap().push((
+                        p.epoch.clone(),
+                        p.offset,
+                        p.data["n"].as_u64().unwrap(),
+                    )),
+                    Item::Unrecoverable { .. } => {
+                        seen.told.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    /// Waits until publication `n` arrived (20 s at most).
+    pub async fn wait_for(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.publications.lock().unwrap().last().map(|s| s.2) != Some(n) {
+            assert!(
+                Instant::now() < deadline,
+                "publication {n} did not arrive: last {:?}",
+                self.publications.lock().unwrap().last()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Guarantees 1 and 4 over what was seen of publications `0..total`: one payload per
+    /// (epoch, offset), consecutive offsets within an epoch, and, unless a loss was told,
+    /// every publication once and in order in one epoch. (publications seen, losses told,
+    /// epochs).
+    pub fn check(&self, total: u64) -> (usize, usize, usize) {
+        let seen = self.publications.lock().unwrap().clone();
+        for w in seen.windows(2) {
+            if w[0].0 == w[1].0 {
+                assert_eq!(
+                    w[1].1,
+                    w[0].1 + 1,
+                    "a gap or a repeat: {:?} then {:?}",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
+        let mut by_position = std::collections::HashMap::new();
+        for (epoch, offset, n) in &seen {
+            let first = by_position.entry((epoch.clone(), *offset)).or_insert(*n);
+            assert_eq!(first, n, "two payloads at {epoch} {offset}");
+        }
+        let told = self.told.load(Ordering::SeqCst);
+        let epochs: std::collections::HashSet<&String> = seen.iter().map(|s| &s.0).collect();
+        if told == 0 {
+            let ns: Vec<u64> = seen.iter().map(|s| s.2).collect();
+            assert_eq!(ns, (0..total).collect::<Vec<_>>());
+            assert_eq!(epochs.len(), 1);
+        }
+        (seen.len(), told, epochs.len())
     }
 }

@@ -13,12 +13,16 @@
 //! | `tw:{C}:k:KEY` | string | `OFFSET:EPOCH` of the publication made with idempotency key KEY |
 //! | `tw:{C}:p` | hash | presence: client id → `ClientInfo` JSON |
 //! | `tw:{C}:pz` | sorted set | presence: client id → expiry (ms since the Unix epoch) |
-//! | `tw:{C}:live` | pub/sub | publications, joins and leaves ([`Message`]) |
-//! | `tw:node:N` | string | node N's status (JSON), expiring unless announced again |
-//! | `tw:node:N:p` | set | `C\0CLIENT` of node N's presence entries, for reaping them |
-//! | `tw:nodes` | sorted set | names of the nodes that announced themselves → last time |
-//! | `tw:node:N:reaped` | string | set when another node reaped N's presence (N rejoins) |
+//! | `tw:{C}:live` | pub/sub | publications, joins and leaves ([`Message`]); sharded pub/sub on a cluster |
+//! | `tw:{nodes}:N` | string | node N's status (JSON), expiring unless announced again |
+//! | `tw:{nodes}:N:p` | set | `C\0CLIENT` of node N's presence entries, for reaping them |
+//! | `tw:{nodes}` | sorted set | names of the nodes that announced themselves → last time |
+//! | `tw:{nodes}:N:reaped` | string | set when another node reaped N's presence (N rejoins) |
+//! | `tw:{nodes}:N:reaping` | string | the node reaping N's presence now |
 //! | `tw:probe:N` | pub/sub | node N's liveness probe of its own subscriber connection |
+//! | `tw:probe:{K}:N` | sharded pub/sub | on a cluster: node N's probe of one master (K: a tag in its slots) |
+//!
+//! The registry's keys share the tag `{nodes}`, so that its scripts touch one slot.
 
 use bytes::Bytes;
 
@@ -62,19 +66,19 @@ pub(super) fn channel_of_live(live: &str) -> Option<&str> {
 }
 
 pub(super) fn node(name: &str) -> String {
-    format!("tw:node:{name}")
+    format!("tw:{{nodes}}:{name}")
 }
 
 /// Set by the node that reaped node `name`'s presence: a random id per reap.
 pub(super) fn node_reaped(name: &str) -> String {
-    format!("tw:node:{name}:reaped")
+    format!("tw:{{nodes}}:{name}:reaped")
 }
 
 pub(super) fn node_presence(name: &str) -> String {
-    format!("tw:node:{name}:p")
+    format!("tw:{{nodes}}:{name}:p")
 }
 
-pub(super) const NODES: &str = "tw:nodes";
+pub(super) const NODES: &str = "tw:{nodes}";
 
 pub(super) fn probe(name: &str) -> String {
     format!("tw:probe:{name}")
@@ -122,7 +126,7 @@ impl Message {
 
 /// Publishes with history. KEYS: meta, stream, idempotency key (optional). ARGV: live
 /// channel, data, history size, history TTL (ms), a new epoch (used when the channel has
-/// none). Returns `{offset, epoch}`; for a key already used, the first publication's.
+/// none), the publish command (`PUBLISH`, or `SPUBLISH` on a cluster). Returns `{offset, epoch}`; for a key already used, the first publication's.
 pub(super) const PUBLISH: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
 if idem then
@@ -148,7 +152,7 @@ if size > 0 then
   redis.call('PEXPIRE', stream, ttl)
 end
 redis.call('PEXPIRE', meta, ttl)
-redis.call('PUBLISH', ARGV[1], 'p' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2])
+redis.call(ARGV[6], ARGV[1], 'p' .. offset .. ' ' .. epoch .. ' ' .. ARGV[2])
 if idem then
   redis.call('SET', idem, offset .. ':' .. epoch, 'PX', ttl)
 end
@@ -281,14 +285,15 @@ return 1
 
 /// Removes a presence entry; with a live channel given, publishes its leave (only if the
 /// entry was there: exactly one leave however many nodes try). KEYS: presence hash,
-/// expiry zset. ARGV: client id, live channel or ''. Returns 1 if it was there.
+/// expiry zset. ARGV: client id, live channel or '', the publish command. Returns 1 if it
+/// was there.
 pub(super) const PRESENCE_REMOVE: &str = r#"
 local info = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if not info then return 0 end
 if ARGV[2] ~= '' then
-  redis.call('PUBLISH', ARGV[2], 'l' .. info)
+  redis.call(ARGV[3], ARGV[2], 'l' .. info)
 end
 return 1
 "#;

@@ -23,6 +23,7 @@
 //!   by rendezvous hashing of its name (a fixed hash, so every node agrees; adding a server
 //!   moves only the channels that go to it). The node registry is on the first.
 
+mod cluster;
 mod keys;
 mod shard;
 
@@ -32,8 +33,8 @@ use super::{
 };
 use crate::lock;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
-use shard::{Command, Shard, Subscriber};
+use futures_util::StreamExt;
+use shard::{Command, Conn, Shard, Source, Subscriber};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -56,6 +57,8 @@ pub struct RedisEngine {
     /// Channels this node is subscribed to, with their history TTL (ms, once a subscribe's
     /// history read gave it) and when their position's expiry was last renewed.
     kept: Mutex<HashMap<Arc<str>, Kept>>,
+    /// On Redis Cluster: live delivery by sharded pub/sub.
+    cluster: bool,
 }
 
 /// A subscribed channel whose position this node keeps alive.
@@ -110,7 +113,17 @@ impl RedisEngine {
             shards.push(shard);
             pending.push(rx);
         }
+        let cluster = shards
+            .iter()
+            .any(|s| matches!(*s.source, Source::Cluster(_)));
+        if cluster && shards.len() > 1 {
+            return Err(Error::backend(
+                "a redis+cluster:// URL is the only engine URL (the cluster shards by itself)",
+                false,
+            ));
+        }
         let engine = Arc::new(RedisEngine {
+            cluster,
             node: node.to_owned(),
             shards,
             pending: Mutex::new(pending),
@@ -123,8 +136,9 @@ impl RedisEngine {
         for shard in &engine.shards {
             engine.runtime.spawn(shard::prober(
                 shard.conn.clone(),
+                shard.source.clone(),
                 Arc::downgrade(&shard.state),
-                keys::probe(node),
+                node.to_owned(),
             ));
             engine.runtime.spawn(shard::watch_master(
                 shard.source.clone(),
@@ -151,12 +165,21 @@ impl RedisEngine {
         &self.shards[pick(channel, &self.shards)]
     }
 
-    fn conn(&self, channel: &str) -> ConnectionManager {
+    fn conn(&self, channel: &str) -> Conn {
         self.shard(channel).conn.get()
     }
 
+    /// The publish command: sharded on a cluster (it stays on the slot's master).
+    fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// The shard holding the node registry.
-    fn registry(&self) -> ConnectionManager {
+    fn registry(&self) -> Conn {
         self.shards[0].conn.get()
     }
 
@@ -175,6 +198,28 @@ impl RedisEngine {
                 })
                 .collect()
         };
+        if self.cluster {
+            // One slot per channel: no pipeline spans them (commands still go out together
+            // on the connection).
+            let conn = self.shards[0].conn.get();
+            let calls: Vec<_> = due
+                .into_iter()
+                .map(|(c, ttl)| {
+                    let mut conn = conn.clone();
+                    let mut cmd = redis::cmd("PEXPIRE");
+                    cmd.arg(keys::meta(&c)).arg(ttl);
+                    async move { cmd.query_async::<()>(&mut conn).await }
+                })
+                .collect();
+            let results: Vec<_> = futures_util::stream::iter(calls)
+                .buffer_unordered(256)
+                .collect()
+                .await;
+            return match results.into_iter().find_map(Result::err) {
+                Some(e) => Err(redis_error(&e)),
+                None => Ok(()),
+            };
+        }
         for (i, shard) in self.shards.iter().enumerate() {
             let mine = due.iter().filter(|(c, _)| pick(c, &self.shards) == i);
             for chunk in mine.collect::<Vec<_>>().chunks(1000) {
@@ -228,6 +273,7 @@ impl RedisEngine {
                     .key(keys::presence_expiry(channel))
                     .arg(client)
                     .arg(keys::live(channel))
+                    .arg(self.publish_command())
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| redis_error(&e))?;
@@ -346,7 +392,7 @@ pub(crate) fn redis_error(e: &redis::RedisError) -> Error {
 }
 
 /// The arguments of [`keys::HISTORY`].
-pub(crate) struct HistoryArgs<'a> {
+struct HistoryArgs<'a> {
     mode: &'static str,
     n: u64,
     epoch: &'a str,
@@ -374,7 +420,7 @@ impl<'a> HistoryArgs<'a> {
 
     /// A gap repair: everything after `since`, as far as the stream keeps it, without
     /// touching the channel's expiry.
-    pub(crate) fn repair(since: u64, epoch: &'a str) -> Self {
+    fn repair(since: u64, epoch: &'a str) -> Self {
         HistoryArgs {
             mode: "since",
             n: since,
@@ -387,8 +433,8 @@ impl<'a> HistoryArgs<'a> {
 }
 
 /// Runs [`keys::HISTORY`] on `conn` for `channel`.
-pub(crate) async fn history_call(
-    conn: &mut ConnectionManager,
+async fn history_call(
+    conn: &mut Conn,
     channel: &str,
     args: HistoryArgs<'_>,
 ) -> Result<HistoryPage, Error> {
@@ -476,6 +522,7 @@ impl Broker for RedisEngine {
                 .arg(options.history_size as u64)
                 .arg(ttl_ms(options.history_ttl))
                 .arg(new_epoch())
+                .arg(self.publish_command())
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| redis_error(&e))?;
@@ -645,7 +692,7 @@ impl RedisEngine {
             let mut payload = vec![kind];
             serde_json::to_writer(&mut payload, client).map_err(|e| Error::backend(e, false))?;
             let mut conn = self.conn(channel);
-            redis::cmd("PUBLISH")
+            redis::cmd(self.publish_command())
                 .arg(keys::live(channel))
                 .arg(payload)
                 .query_async::<()>(&mut conn)
@@ -698,6 +745,7 @@ impl PresenceStore for RedisEngine {
                 .key(keys::presence_expiry(channel))
                 .arg(client_id)
                 .arg("")
+                .arg(self.publish_command())
                 .invoke_async::<()>(&mut conn)
                 .await
                 .map_err(|e| redis_error(&e))?;

@@ -22,6 +22,7 @@
 //! that reaches no subscriber, or that the subscriber task has not seen for
 //! [`STALL_AFTER`], means the subscriber connection stalled silently: it is replaced.
 
+use super::cluster::ClusterSource;
 use super::keys::{self, Message};
 use super::{history_call, redis_error, Counters, HistoryArgs};
 use crate::engine::{BrokerEvents, ClientInfo, Error, Publication, ShardHealth};
@@ -36,12 +37,12 @@ use tokio::sync::{mpsc, oneshot};
 /// Longest a probe may take before the shard is marked down.
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the prober probes.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// A subscriber connection that has seen no probe for this long, while probes are
 /// published, is replaced.
 pub(super) const STALL_AFTER: Duration = Duration::from_secs(5);
 /// Longest a (re)subscribe may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a gap repair may take before the channel's subscribers are told to resume
 /// (issue 16: within 1 s).
 const REPAIR_WITHIN: Duration = Duration::from_millis(900);
@@ -56,15 +57,19 @@ pub(super) enum Command {
 /// The health of a shard, kept by its prober and subscriber task.
 #[derive(Debug, Default)]
 pub(super) struct State {
-    commands_up: AtomicBool,
-    subscriber_up: AtomicBool,
+    pub(super) commands_up: AtomicBool,
+    pub(super) subscriber_up: AtomicBool,
     latency_us: AtomicU64,
-    reconnects: AtomicU64,
+    pub(super) reconnects: AtomicU64,
     reason: Mutex<Option<String>>,
     /// When the subscriber task last saw a probe (ms since `born`).
     probe_seen_ms: AtomicU64,
     /// A probe reached no subscriber: the subscriber connection is gone.
-    probe_unheard: AtomicBool,
+    pub(super) probe_unheard: AtomicBool,
+    /// Redis Cluster: the probe channels, one per master, that the prober found...
+    pub(super) probe_targets: Mutex<Vec<String>>,
+    /// ...and those the subscriber task listens on (the prober publishes on these).
+    pub(super) probe_live: Mutex<Vec<String>>,
     born: OnceInstant,
     /// The address of the server in use (with Sentinel: the master it named last).
     master: Mutex<String>,
@@ -82,7 +87,7 @@ impl Default for OnceInstant {
 }
 
 impl State {
-    fn ms(&self) -> u64 {
+    pub(super) fn ms(&self) -> u64 {
         self.born.0.elapsed().as_millis() as u64
     }
 
@@ -91,8 +96,48 @@ impl State {
     }
 }
 
-/// The command connection of a shard, replaced when Sentinel names a new master.
-pub(super) struct SharedConn(std::sync::RwLock<ConnectionManager>);
+/// A command connection: one server's (reconnecting by itself) or a cluster's (following
+/// its slot map).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The command connection of a shard, replaced when Sentinel names a new master (or a
+/// cluster's connection stalled).
+pub(super) struct SharedConn(std::sync::RwLock<Conn>);
 
 impl std::fmt::Debug for SharedConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,11 +147,11 @@ impl std::fmt::Debug for SharedConn {
 
 impl SharedConn {
     /// The connection in force (a cheap clone: it multiplexes).
-    pub(super) fn get(&self) -> ConnectionManager {
+    pub(super) fn get(&self) -> Conn {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set(&self, conn: ConnectionManager) {
+    pub(super) fn set(&self, conn: Conn) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = conn;
     }
 }
@@ -115,6 +160,7 @@ impl SharedConn {
 pub(super) enum Source {
     Direct(redis::Client),
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Cluster(ClusterSource),
 }
 
 impl std::fmt::Debug for Source {
@@ -122,6 +168,7 @@ impl std::fmt::Debug for Source {
         f.write_str(match self {
             Source::Direct(_) => "Direct",
             Source::Sentinel(_) => "Sentinel",
+            Source::Cluster(_) => "Cluster",
         })
     }
 }
@@ -129,6 +176,10 @@ impl std::fmt::Debug for Source {
 impl Source {
     /// `redis://...`, or `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]`.
     fn parse(url: &str, ca_pem: Option<&[u8]>) -> Result<(Source, String), Error> {
+        if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+            let (cluster, address) = ClusterSource::parse(url, ca_pem)?;
+            return Ok((Source::Cluster(cluster), address));
+        }
         let Some(rest) = url.strip_prefix("redis+sentinel://") else {
             let shown = crate::redact_url(url);
             let client = match ca_pem {
@@ -203,6 +254,7 @@ impl Source {
     pub(super) async fn resolve(&self) -> Result<redis::Client, Error> {
         match self {
             Source::Direct(c) => Ok(c.clone()),
+            Source::Cluster(_) => Err(Error::backend("a cluster has no single server", false)),
             Source::Sentinel(s) => {
                 let ask = async { s.lock().await.async_get_client().await };
                 match tokio::time::timeout(CALL_TIMEOUT, ask).await {
@@ -241,18 +293,25 @@ impl Shard {
         ca_pem: Option<&[u8]>,
     ) -> Result<(Shard, mpsc::UnboundedReceiver<Command>), Error> {
         let (source, address) = Source::parse(url, ca_pem)?;
-        let client = source.resolve().await?;
-        let conn = tokio::time::timeout(
-            CALL_TIMEOUT * 2,
-            client.get_connection_manager_with_config(manager_config()),
-        )
-        .await
-        .map_err(|_| Error::backend(format!("{address}: no answer in 4 s"), true))?
-        .map_err(|e| Error::backend(format!("{address}: {e}"), true))?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(State::default());
+        let conn = if let Source::Cluster(cluster) = &source {
+            let (conn, pushes) = cluster.connect().await?;
+            cluster.keep_first(pushes);
+            Conn::Cluster(conn)
+        } else {
+            let client = source.resolve().await?;
+            let conn = tokio::time::timeout(
+                CALL_TIMEOUT * 2,
+                client.get_connection_manager_with_config(manager_config()),
+            )
+            .await
+            .map_err(|_| Error::backend(format!("{address}: no answer in 4 s"), true))?
+            .map_err(|e| Error::backend(format!("{address}: {e}"), true))?;
+            *state.master.lock().unwrap_or_else(|e| e.into_inner()) = address_of(&client);
+            Conn::Single(conn)
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
         state.commands_up.store(true, Ordering::Relaxed);
-        *state.master.lock().unwrap_or_else(|e| e.into_inner()) = address_of(&client);
         Ok((
             Shard {
                 address,
@@ -294,7 +353,7 @@ pub(super) async fn watch_master(
     conn: Arc<SharedConn>,
     state: std::sync::Weak<State>,
 ) {
-    if matches!(*source, Source::Direct(_)) {
+    if !matches!(*source, Source::Sentinel(_)) {
         return;
     }
     let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -320,19 +379,23 @@ pub(super) async fn watch_master(
         .await;
         if let Ok(Ok(c)) = made {
             tracing::warn!("engine: Sentinel names a new master: {now} (was {before})");
-            conn.set(c);
+            conn.set(Conn::Single(c));
             *state.master.lock().unwrap_or_else(|e| e.into_inner()) = now;
             state.master_changed.store(true, Ordering::Relaxed);
         }
     }
 }
 
-/// Probes the shard every second until the engine is dropped.
+/// Probes the shard every second until the engine is dropped: one server's own probe
+/// channel, or on a cluster one per master ([`super::cluster::probe`]).
 pub(super) async fn prober(
     shared: Arc<SharedConn>,
+    source: Arc<Source>,
     state: std::sync::Weak<State>,
-    probe_channel: String,
+    node: String,
 ) {
+    let cluster = matches!(*source, Source::Cluster(_));
+    let probe_channel = keys::probe(&node);
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
@@ -341,34 +404,37 @@ pub(super) async fn prober(
         let Some(state) = state.upgrade() else { return };
         seq += 1;
         let start = Instant::now();
-        let mut conn = shared.get();
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(&probe_channel).arg(seq);
-        let probe = publish.query_async::<u64>(&mut conn);
-        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-            Ok(Ok(heard)) => {
+        let round = async {
+            if cluster {
+                return super::cluster::probe(&shared, &state, &node, seq).await;
+            }
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&probe_channel).arg(seq);
+            let heard: u64 = publish
+                .query_async(&mut shared.get())
+                .await
+                .map_err(|e| e.to_string())?;
+            // Our own subscriber connection listens on the probe channel.
+            state.probe_unheard.store(heard == 0, Ordering::Relaxed);
+            Ok(())
+        };
+        let why = match tokio::time::timeout(PROBE_TIMEOUT, round).await {
+            Ok(Ok(())) => {
                 state
                     .latency_us
                     .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                 if !state.commands_up.swap(true, Ordering::Relaxed) {
                     tracing::info!("engine: Redis answers again");
                 }
-                // Our own subscriber connection listens on the probe channel.
-                state.probe_unheard.store(heard == 0, Ordering::Relaxed);
+                continue;
             }
-            Ok(Err(e)) => {
-                if state.commands_up.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("engine: Redis probe failed: {e}");
-                }
-                state.set_reason(Some(format!("probe failed: {e}")));
-            }
-            Err(_) => {
-                if state.commands_up.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("engine: Redis did not answer a probe in 2 s");
-                }
-                state.set_reason(Some("no answer to a probe in 2 s".into()));
-            }
+            Ok(Err(e)) => format!("probe failed: {e}"),
+            Err(_) => "no answer to a probe in 2 s".to_owned(),
+        };
+        if state.commands_up.swap(false, Ordering::Relaxed) {
+            tracing::warn!("engine: Redis {why}");
         }
+        state.set_reason(Some(why));
     }
 }
 
@@ -382,6 +448,9 @@ pub(super) struct Track {
     /// that offset must still be the same one (a failover may have lost it and given its
     /// offset to another).
     last: u64,
+    /// Redis Cluster: since when (ms, [`State::ms`]) the channel may have missed
+    /// publications, until its subscription is confirmed again ([`super::cluster`]).
+    pub(super) stale_since: Option<u64>,
 }
 
 /// FNV-1a of a publication's data.
@@ -402,6 +471,9 @@ pub(super) struct Subscriber {
 
 impl Subscriber {
     pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        if matches!(*self.source, Source::Cluster(_)) {
+            return self.run_cluster(commands).await;
+        }
         let mut connected_before = false;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -503,7 +575,10 @@ impl Subscriber {
                         }
                     },
                     message = stream.next() => match message {
-                        Some(m) => self.message(m).await,
+                        Some(m) => {
+                            let name = m.get_channel_name().to_owned();
+                            self.message(&name, m.get_payload_bytes()).await;
+                        }
                         None => break "subscriber connection lost".to_owned(),
                     },
                     _ = tick.tick() => {
@@ -527,14 +602,14 @@ impl Subscriber {
         }
     }
 
-    fn down(&self, why: String) {
+    pub(super) fn down(&self, why: String) {
         self.state.subscriber_up.store(false, Ordering::Relaxed);
         self.state.set_reason(Some(why));
     }
 
     /// While disconnected: answers subscribes at once (temporarily unavailable), applies
     /// unsubscribes, for `pause`. False when the engine is gone.
-    async fn wait_down(
+    pub(super) async fn wait_down(
         &mut self,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         pause: Duration,
@@ -557,8 +632,7 @@ impl Subscriber {
         }
     }
 
-    async fn message(&mut self, m: redis::Msg) {
-        let name = m.get_channel_name();
+    pub(super) async fn message(&mut self, name: &str, payload: &[u8]) {
         if name == self.probe_channel {
             self.state
                 .probe_seen_ms
@@ -572,7 +646,7 @@ impl Subscriber {
             return; // unsubscribed meanwhile
         };
         let channel = channel.clone();
-        match Message::parse(m.get_payload_bytes()) {
+        match Message::parse(payload) {
             Some(Message::Publication {
                 offset,
                 epoch,
@@ -654,7 +728,7 @@ impl Subscriber {
     /// Delivers what `channel` missed after its tracked position, read from history (up to
     /// but not including `before`, when given). When history cannot fill the gap, or the
     /// position is unknown, the channel is lost: its subscribers resume by themselves.
-    async fn repair(&mut self, channel: &Arc<str>, before: Option<u64>) {
+    pub(super) async fn repair(&mut self, channel: &Arc<str>, before: Option<u64>) {
         let Some(track) = self.channels.get(channel) else {
             return;
         };
