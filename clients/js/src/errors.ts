@@ -31,6 +31,10 @@ export const CloseCode = {
   UNAUTHORIZED: 4008,
   /** (raw rooms) over the message rate limit: reconnect with backoff. */
   MESSAGE_RATE_LIMITED: 4029,
+  /** Disconnected by the server (its API's `disconnect`, by default): terminal. */
+  DISCONNECTED: 4500,
+  /** The user is blocked (the server API's `block_user`): terminal. */
+  BLOCKED: 4501,
 } as const;
 
 /**

@@ -13,7 +13,10 @@ use common::cluster::{
     exactly_once_in_order, hub_client, node_on, publish_surely, read_publications, signal,
     Balancer, Redis, API_KEY,
 };
-use common::hub::{client, http, http_get, metric, next_json, publish_range, request, Serve};
+use common::hub::{
+    api_call, client, client_q, close_of, http, http_get, metric, next_json, publish_range,
+    request, Serve,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1146,4 +1149,111 @@ async fn a_node_cut_off_long_rejoins_presence() {
     assert_eq!(p["result"]["clients"].as_array().unwrap().len(), 2, "{p}");
     let r = request(&mut member, json!({"id": 3, "op": "ping"}), &mut pushed).await;
     assert_eq!(r["ok"], true, "{r}");
+}
+
+/// The server API called on node A reaches the connections of node B: a server-side
+/// subscription and its publications, `channels` summed over both nodes, a disconnect,
+/// a block (also refused by a node started after it) and its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn the_server_api_reaches_every_node() {
+    const SECRET: &str = "cluster-api-test-secret-of-32-chars-or-more";
+    let token = |sub: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": sub, "exp": now + 3600, "iat": now}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let ok = |addr: SocketAddr, method: &str, body: Value| {
+        let (status, v) = api_call(addr, method, &body.to_string(), Some(API_KEY));
+        assert_eq!(status, 200, "{method} {body}: {v}");
+        v
+    };
+    let redis = Redis::start();
+    let extra = ["--auth-hmac-secret", SECRET, "--auth-anonymous"];
+    let a = node(&redis, "127.0.0.1:0", "node-a", &extra);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &extra);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ok(a.addr, "info", json!({}))["nodes"]
+        .as_array()
+        .map(Vec::len)
+        != Some(2)
+    {
+        assert!(Instant::now() < deadline, "node b never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut watcher = client(a.addr).await;
+    let mut pushed = Vec::new();
+    let r = request(
+        &mut watcher,
+        json!({"id": 1, "op": "subscribe", "channel": "feed"}),
+        &mut pushed,
+    )
+    .await;
+    assert_eq!(r["ok"], true);
+    let mut ann = client_q(b.addr, &format!("?token={}", token("ann"))).await;
+    ok(
+        a.addr,
+        "subscribe",
+        json!({"user": "ann", "channel": "feed"}),
+    );
+    let v = next_json(&mut ann).await;
+    assert_eq!(v["subscribed"]["offset"], 0, "{v}");
+    ok(
+        a.addr,
+        "publish",
+        json!({"channel": "feed", "data": {"n": 1}}),
+    );
+    let mut v = next_json(&mut ann).await;
+    while v.get("offset").is_none() {
+        v = next_json(&mut ann).await;
+    }
+    assert_eq!(v["data"], json!({"n": 1}));
+    let c = ok(a.addr, "channels", json!({"pattern": "fe*"}));
+    assert_eq!(c["channels"]["feed"]["subscribers"], 2, "{c}");
+    ok(a.addr, "disconnect", json!({"user": "ann"}));
+    assert_eq!(close_of(&mut ann).await.0, 4500);
+    // A block reaches node B's connection, and node B's upgrades...
+    let mut bob = client_q(b.addr, &format!("?token={}", token("bob"))).await;
+    ok(a.addr, "block_user", json!({"user": "bob"}));
+    assert_eq!(close_of(&mut bob).await, (4501, "blocked".to_owned()));
+    let upgrade = |addr: SocketAddr| {
+        let url = format!("ws://{addr}/ws?token={}", token("bob"));
+        async move {
+            tidewire::ClientBuilder::new(url)
+                .protocols(["tidewire.v1"])
+                .connect()
+                .await
+                .map(|_| ())
+        }
+    };
+    let refused = upgrade(b.addr).await.unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+    // ...and a node started after it (it reads the blocks from the engine).
+    let c_node = node(&redis, "127.0.0.1:0", "node-c", &extra);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match upgrade(c_node.addr).await {
+            Err(e) if e.to_string().contains("403") => break,
+            other => {
+                assert!(Instant::now() < deadline, "node c let bob in: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    ok(a.addr, "unblock_user", json!({"user": "bob"}));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upgrade(b.addr).await.is_err() || upgrade(c_node.addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "bob still refused after the unblock"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

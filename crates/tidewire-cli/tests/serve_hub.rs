@@ -233,9 +233,10 @@ async fn origin_checked_against_own_host_and_list() {
 #[tokio::test]
 async fn slow_consumer_closed_while_100_fast_subscribers_get_everything() {
     let srv = serve(&["--publish-rate", "0", "--send-buffer", "65536"]);
-    // Enough bytes to fill the kernel's buffers for the slow one (about 1.3 MB on
-    // loopback) and then the server's 64 KiB send buffer.
-    let total = 2000u64;
+    // Enough bytes to fill the kernel's buffers for the slow one and then the server's
+    // 64 KiB send buffer: the server's side alone may take up to tcp_wmem's maximum (4 MiB
+    // on Debian 12), and 2,000 publications (4 MB) did not always fill it.
+    let total = 4000u64;
     let payload = "x".repeat(2000);
 
     // The slow one subscribes over a raw socket with a tiny receive buffer, then never reads.

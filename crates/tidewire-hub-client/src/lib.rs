@@ -254,6 +254,20 @@ pub enum HubEvent {
     Error(Error),
     /// The client stopped for good; no more events.
     GaveUp(GiveUp),
+    /// The server subscribed this connection to `channel` (its API, for the backend):
+    /// the connection receives its publications after `position` until the server ends
+    /// the subscription. Not resubscribed after a reconnection: the backend does that.
+    ServerSubscribed {
+        /// The channel.
+        channel: String,
+        /// Where the subscription started.
+        position: StreamPosition,
+    },
+    /// The server ended this connection's subscription to `channel`.
+    ServerUnsubscribed {
+        /// The channel.
+        channel: String,
+    },
 }
 
 type TokenFn = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
@@ -946,6 +960,14 @@ impl Driver {
             }
             proto::Push::Join { channel, client } => (channel, Item::Join(client)),
             proto::Push::Leave { channel, client } => (channel, Item::Leave(client)),
+            proto::Push::Subscribed { channel, position } => {
+                self.emit(HubEvent::ServerSubscribed { channel, position });
+                return;
+            }
+            proto::Push::Unsubscribed { channel, .. } => {
+                self.emit(HubEvent::ServerUnsubscribed { channel });
+                return;
+            }
         };
         if let Some(sub) = self.subs.get(&channel) {
             if !sub.lagging {

@@ -124,14 +124,20 @@ impl CloseCode {
     pub const UNAUTHORIZED: CloseCode = CloseCode(4008);
     /// 4029: (raw rooms) over the message rate limit: reconnect with backoff, send less.
     pub const MESSAGE_RATE_LIMITED: CloseCode = CloseCode(4029);
+    /// 4500: disconnected by the server (its API's `disconnect`, by default): terminal.
+    pub const DISCONNECTED: CloseCode = CloseCode(4500);
+    /// 4501: the user is blocked (the server API's `block_user`): terminal.
+    pub const BLOCKED: CloseCode = CloseCode(4501);
 
     /// The hub's own codes, in order.
-    pub const HUB: [CloseCode; 5] = [
+    pub const HUB: [CloseCode; 7] = [
         CloseCode::SLOW_CONSUMER,
         CloseCode::TOKEN_EXPIRED,
         CloseCode::UNSUPPORTED_DATA,
         CloseCode::UNAUTHORIZED,
         CloseCode::MESSAGE_RATE_LIMITED,
+        CloseCode::DISCONNECTED,
+        CloseCode::BLOCKED,
     ];
 
     /// What a client does after this code: [`close_action`].
@@ -201,7 +207,9 @@ mod tests {
                 (4001, ReconnectWithNewToken),
                 (4003, Stop),
                 (4008, Stop),
-                (4029, Reconnect)
+                (4029, Reconnect),
+                (4500, Stop),
+                (4501, Stop)
             ]
         );
         for code in [1000, 1009, 4003, 4008, 4500, 4501, 4999] {

@@ -171,6 +171,10 @@ pub(crate) struct Members<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     pub leave: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
+    pub subscribed: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub unsubscribed: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
     pub idempotency_key: Option<&'a RawValue>,
 }
 

@@ -1,14 +1,16 @@
 //! What the server pushes without being asked, and reading anything the server sends.
 //!
-//! A publication `{"channel":C,"offset":O,"epoch":E,"data":ANY}`, or a presence event
-//! `{"channel":C,"join":CLIENT}` / `{"channel":C,"leave":CLIENT}`. The server writes them
+//! A publication `{"channel":C,"offset":O,"epoch":E,"data":ANY}`, a presence event
+//! `{"channel":C,"join":CLIENT}` / `{"channel":C,"leave":CLIENT}`, or a subscription made
+//! or ended by the server (its API, for the backend) `{"channel":C,"subscribed":POSITION}`
+//! / `{"channel":C,"unsubscribed":{}}`. The server writes them
 //! with [`write_publication`] and [`write_presence`], once per event whatever the number of
 //! subscribers; clients read them with [`ServerMessage::parse`], which tells them from
 //! replies (a reply has an `id`, a push never does).
 
-use crate::reply::{ErrorBody, Reply};
+use crate::reply::{Empty, ErrorBody, Reply};
 use crate::request::RequestId;
-use crate::{push_json_str, to_json, ClientInfo, Members};
+use crate::{push_json_str, to_json, ClientInfo, Members, StreamPosition};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -58,6 +60,23 @@ pub enum Push {
         #[serde(rename = "leave")]
         client: ClientInfo,
     },
+    /// The server subscribed this connection to a channel (the server API): its
+    /// publications after `position` follow.
+    Subscribed {
+        /// The channel.
+        channel: String,
+        /// Where the subscription starts.
+        #[serde(rename = "subscribed")]
+        position: StreamPosition,
+    },
+    /// The server ended this connection's subscription to a channel.
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+        /// Always `{}`.
+        #[serde(rename = "unsubscribed")]
+        empty: Empty,
+    },
 }
 
 impl Push {
@@ -65,7 +84,10 @@ impl Push {
     pub fn channel(&self) -> &str {
         match self {
             Push::Publication(p) => &p.channel,
-            Push::Join { channel, .. } | Push::Leave { channel, .. } => channel,
+            Push::Join { channel, .. }
+            | Push::Leave { channel, .. }
+            | Push::Subscribed { channel, .. }
+            | Push::Unsubscribed { channel, .. } => channel,
         }
     }
 
@@ -82,6 +104,7 @@ impl Push {
             Push::Leave { channel, client } => {
                 write_presence(&mut out, channel, Presence::Leave, client)
             }
+            Push::Subscribed { .. } | Push::Unsubscribed { .. } => out = to_json(self),
         }
         out
     }
@@ -166,7 +189,8 @@ impl ServerMessage {
 
     /// Reads one message from the server. A reply is anything with an `id`; it must have
     /// `"ok": true` and a `result`, or an `error`. A push has a `channel` and either an
-    /// `offset` (a publication: `epoch` and `data` too), a `join` or a `leave`.
+    /// `offset` (a publication: `epoch` and `data` too), a `join`, a `leave`, a
+    /// `subscribed` or an `unsubscribed`.
     pub fn parse(text: &str) -> Result<ServerMessage, MessageError> {
         if !text
             .trim_start_matches([' ', '\t', '\n', '\r'])
@@ -206,6 +230,16 @@ impl ServerMessage {
                 channel,
                 client: member(m.leave, "leave")?,
             }
+        } else if m.subscribed.is_some() {
+            Push::Subscribed {
+                channel,
+                position: member(m.subscribed, "subscribed")?,
+            }
+        } else if m.unsubscribed.is_some() {
+            Push::Unsubscribed {
+                channel,
+                empty: Empty {},
+            }
         } else {
             return Err(MessageError("neither a reply nor a push".into()));
         };
@@ -217,6 +251,34 @@ impl ServerMessage {
 mod tests {
     use super::*;
     use crate::read::push;
+
+    #[test]
+    fn server_side_subscriptions_round_trip() {
+        let sub = Push::Subscribed {
+            channel: "news".into(),
+            position: StreamPosition {
+                offset: 7,
+                epoch: "e1".into(),
+            },
+        };
+        let text = sub.to_json();
+        assert_eq!(
+            text,
+            r#"{"channel":"news","subscribed":{"offset":7,"epoch":"e1"}}"#
+        );
+        match push(&text) {
+            Push::Subscribed { channel, position } => {
+                assert_eq!((channel.as_str(), position.offset), ("news", 7));
+            }
+            other => panic!("{other:?}"),
+        }
+        let unsub = Push::Unsubscribed {
+            channel: "news".into(),
+            empty: Empty {},
+        };
+        assert_eq!(unsub.to_json(), r#"{"channel":"news","unsubscribed":{}}"#);
+        assert!(matches!(push(&unsub.to_json()), Push::Unsubscribed { .. }));
+    }
 
     #[test]
     fn publications_round_trip_with_raw_data() {

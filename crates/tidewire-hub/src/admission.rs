@@ -237,6 +237,19 @@ pub(crate) fn admit(
         }
         (Some(_), None) => None,
     };
+    // A blocked user, or a token revoked by the server API.
+    if let Some(why) = identity
+        .as_ref()
+        .and_then(|id| hub.control.refusal(&id.user, id.issued))
+    {
+        return Err(refuse(
+            hub,
+            HandshakeFailure::Auth,
+            StatusCode::FORBIDDEN,
+            format!("forbidden: {why}"),
+            headers,
+        ));
+    }
     Ok(Admitted { slot, identity })
 }
 

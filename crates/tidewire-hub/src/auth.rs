@@ -99,6 +99,7 @@ impl AuthConfig {
                 channels: data.claims.channels,
                 info: data.claims.info,
                 expires: Some(data.claims.exp),
+                issued: data.claims.iat,
             }),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -137,6 +138,11 @@ pub struct Claims {
     /// Any JSON, shown to other subscribers in presence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
+    /// When the token was issued, seconds since the Unix epoch: the server API's
+    /// `revoke_tokens` refuses tokens issued before a time (one without `iat` counts as
+    /// issued before any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -148,6 +154,11 @@ impl Claims {
             exp,
             channels: Vec::new(),
             info: None,
+            iat: Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
         }
     }
 
@@ -204,6 +215,8 @@ pub struct Identity {
     /// `exp`: seconds since the Unix epoch. A connection is closed with 4001 when its
     /// token expires, unless it sent `connect` with a fresh one before.
     pub expires: Option<u64>,
+    /// `iat`: when the token was issued, seconds since the Unix epoch, if it says.
+    pub issued: Option<u64>,
 }
 
 impl Identity {
@@ -338,7 +351,10 @@ mod tests {
             decode::<serde_json::Value>(&bare, &DecodingKey::from_secret(SECRET.as_bytes()), &v)
                 .unwrap()
                 .claims;
-        assert_eq!(raw, json!({"sub": "bob", "exp": 7}));
+        let iat = raw["iat"].as_u64().expect("iat");
+        assert!(iat.abs_diff(now()) <= 5, "{raw}");
+        assert_eq!(raw, json!({"sub": "bob", "exp": 7, "iat": iat}));
+        assert_eq!(auth.verify(&t).unwrap().issued, claims.iat);
         // Expired claims sign, and are refused.
         let old = auth.sign(&Claims::new("ann", now() - 600)).unwrap();
         assert_eq!(auth.verify(&old).unwrap_err(), AuthError::Expired);

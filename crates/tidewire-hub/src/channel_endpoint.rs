@@ -83,18 +83,52 @@ async fn answer(conn: &mut Conn, text: Utf8Bytes) -> bool {
     let Some(outbox) = conn.outbox.as_ref() else {
         return false;
     };
-    let mut guard = outbox.lock().await;
+    let guard = outbox.lock().await;
     let (reply, close) = match conn.handle(&text).await {
         Reply::Send(r) => (r, None),
         Reply::SendAndClose(r, c) => (r, Some(c)),
     };
     drop(text);
-    conn.hub.metrics.sent(1, reply.len() as u64);
-    let queued = guard
-        .socket::<Socket>()
-        .map(|ws| ws.queue(Message::text(reply)));
-    if !matches!(queued, Some(Ok(()))) {
+    send_then(conn, guard, Some(reply), close).await
+}
+
+/// Carries out the server API's orders (`Order`), each under the socket lock as a request
+/// is; false when the connection has ended.
+async fn obey(conn: &mut Conn) -> bool {
+    let Some(outbox) = conn.outbox.as_ref() else {
         return false;
+    };
+    outbox.orders_taken();
+    for order in conn.take_orders() {
+        let Some(outbox) = conn.outbox.as_ref() else {
+            return false;
+        };
+        let guard = outbox.lock().await;
+        let (push, close) = conn.obey(order).await;
+        if !send_then(conn, guard, push, close).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends `text` (a reply or a push) while holding the socket lock `guard`, then the events
+/// it let through, then closes with `close` if given. False when the connection has
+/// ended.
+async fn send_then(
+    conn: &Conn,
+    mut guard: crate::node::OutboxGuard,
+    text: Option<String>,
+    close: Option<tidewire::CloseFrame>,
+) -> bool {
+    if let Some(text) = text {
+        conn.hub.metrics.sent(1, text.len() as u64);
+        let queued = guard
+            .socket::<Socket>()
+            .map(|ws| ws.queue(Message::text(text)));
+        if !matches!(queued, Some(Ok(()))) {
+            return false;
+        }
     }
     let subs = &conn.subs;
     let drained = guard.drain::<Socket>(|id, event| subs.get(event.channel()) == Some(id));
@@ -135,6 +169,8 @@ enum Next {
     Ended,
     /// Close it, as [`close`] says.
     Close(Closing),
+    /// The server API has orders for it.
+    Orders,
 }
 
 enum Closing {
@@ -157,6 +193,7 @@ fn on_step(conn: &Conn, step: Step) -> Next {
             Next::Ended
         }
         Step::Message(None) => Next::Ended,
+        Step::Stop(Stop::Ordered) => Next::Orders,
         Step::Stop(stop) => Next::Close(Closing::Stopped(stop)),
     }
 }
@@ -221,6 +258,7 @@ fn start(start: Start) -> Conn {
             Instant::now(),
         ),
         _slot: slot,
+        listed: false,
         hub,
     }
 }
@@ -228,6 +266,7 @@ fn start(start: Start) -> Conn {
 /// Serves one `/ws` connection until it ends.
 pub(crate) async fn serve_connection(start_: Box<Start>) {
     let mut conn = start(unbox(start_));
+    conn.enlist();
     // Timers exist only while they can fire: an anonymous or authenticated connection
     // holds no connect deadline, one without an expiring token no expiry timer.
     let mut connect_deadline =
@@ -265,6 +304,15 @@ pub(crate) async fn serve_connection(start_: Box<Start>) {
                     connect_deadline = None;
                 }
             }
+            Next::Orders => {
+                if !Box::pin(obey(&mut conn)).await {
+                    break;
+                }
+                if conn.identity_changed {
+                    conn.identity_changed = false;
+                    token_expiry = conn.expiry_timer();
+                }
+            }
             Next::Ended => break,
             Next::Close(why) => {
                 Box::pin(close(&conn, why)).await;
@@ -278,6 +326,7 @@ pub(crate) async fn serve_connection(start_: Box<Start>) {
 /// Nothing more is delivered (the socket goes with the outbox); then each subscription
 /// ends in the engine.
 async fn end(mut conn: Conn) {
+    conn.unlist();
     conn.outbox = None;
     for (channel, id) in conn.subs.take_all() {
         conn.end(Subscription::new(id, channel)).await;

@@ -11,7 +11,7 @@ use crate::engine::{ClientInfo, StreamPosition};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::metrics::{Metrics, Refusal};
-use crate::node::{Event, Json, NamespaceOptions, Outbox, Subscription};
+use crate::node::{Event, Json, NamespaceOptions, Order, Outbox, Subscription};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -44,10 +44,15 @@ fn reply_err(id: &RequestId, code: ErrorCode, message: &str) -> String {
 }
 
 fn engine_error(metrics: &Metrics, id: &RequestId, e: &crate::engine::Error) -> String {
+    reply_err(id, engine_code(metrics, e), &e.to_string())
+}
+
+/// The error code of an engine error (counting a refusal for too many channels).
+pub(crate) fn engine_code(metrics: &Metrics, e: &crate::engine::Error) -> ErrorCode {
     if e.is_too_many_channels() {
         metrics.refused(Refusal::MaxChannels);
     }
-    let code = if e.is_invalid_channel() || e.is_unknown_namespace() {
+    if e.is_invalid_channel() || e.is_unknown_namespace() {
         ErrorCode::UNKNOWN_CHANNEL
     } else if e.is_invalid_data() {
         ErrorCode::BAD_REQUEST
@@ -59,8 +64,7 @@ fn engine_error(metrics: &Metrics, id: &RequestId, e: &crate::engine::Error) -> 
         ErrorCode::UNAVAILABLE
     } else {
         ErrorCode::INTERNAL
-    };
-    reply_err(id, code, &e.to_string())
+    }
 }
 
 /// A publication's wire form as encoded once for every subscriber (its prepared message).
@@ -145,6 +149,8 @@ pub(crate) struct Conn {
     pub(crate) sub_bucket: TokenBucket,
     /// Counted against `limits.max_connections` while it lives.
     pub(crate) _slot: crate::admission::Slot,
+    /// Listed under its identity's user for the server API (`Hub::sessions`).
+    pub(crate) listed: bool,
 }
 
 /// A connection's subscriptions: channel name (the node's copy) and the node's id of the
@@ -374,6 +380,21 @@ impl Conn {
         match (&self.hub.config.auth, token) {
             (Some(auth), Some(token)) => match auth.verify(token) {
                 Ok(identity) => {
+                    if let Some(why) = self.hub.control.refusal(&identity.user, identity.issued) {
+                        self.hub
+                            .metrics
+                            .auth_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        let msg = format!("unauthorized: {why}");
+                        let reply = reply_err(id, ErrorCode::UNAUTHORIZED, &msg);
+                        let code = if why == "blocked" {
+                            wire::CloseCode::BLOCKED
+                        } else {
+                            wire::CloseCode::TOKEN_EXPIRED
+                        };
+                        return Reply::SendAndClose(reply, close_frame(code, msg));
+                    }
+                    self.unlist();
                     self.identity = Some(Box::new(identity));
                     self.client = None;
                     self.authenticated = true;
@@ -405,6 +426,7 @@ impl Conn {
             self.own_info = info.map(Box::new);
             self.client = None;
         }
+        self.enlist();
         let result = ConnectResult {
             client: self.client_id.clone(),
             user: self.identity.as_ref().map(|i| i.user.clone()),
@@ -441,6 +463,25 @@ impl Conn {
             return reply_err(id, ErrorCode::RATE_LIMITED, &msg);
         }
         let asked = since.is_some();
+        let mut sub = match self.join(ch, since).await {
+            Ok(s) => s,
+            Err(e) => return engine_error(&self.hub.metrics, id, &e),
+        };
+        if asked {
+            let recovered = sub.recovered();
+            let publications = sub.take_recovered();
+            publications_reply(id, &sub.position, Some(recovered), &publications)
+        } else {
+            reply_ok(id, &sub.position)
+        }
+    }
+
+    /// Subscribes to `ch` in the node (checks done) and keeps the subscription.
+    async fn join(
+        &mut self,
+        ch: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<crate::node::Subscribed, crate::engine::Error> {
         let hub = self.hub.clone();
         let capacity = self.hub.config.send_queue;
         let outbox = self
@@ -448,21 +489,109 @@ impl Conn {
             .get_or_insert_with(|| Outbox::new(capacity))
             .sender();
         let client = self.client_info();
-        let mut sub = match hub.node.subscribe(ch, client, since, outbox).await {
-            Ok(s) => s,
-            Err(e) => return engine_error(&hub.metrics, id, &e),
-        };
-        let result = if asked {
-            let recovered = sub.recovered();
-            let publications = sub.take_recovered();
-            publications_reply(id, &sub.position, Some(recovered), &publications)
-        } else {
-            reply_ok(id, &sub.position)
-        };
+        let sub = hub.node.subscribe(ch, client, since, outbox).await?;
         self.hub.subscribers.fetch_add(1, Ordering::Relaxed);
         let key = sub.subscription.channel_name().clone();
         self.subs.insert(key, sub.subscription.id());
-        result
+        Ok(sub)
+    }
+
+    /// Lists the connection under its identity's user for the server API (call
+    /// [`Conn::unlist`] before the identity changes).
+    pub(crate) fn enlist(&mut self) {
+        if self.listed {
+            return;
+        }
+        let (Some(identity), Some(outbox)) = (self.identity.as_ref(), self.outbox.as_ref()) else {
+            return;
+        };
+        self.hub
+            .sessions
+            .add(&identity.user, &self.client_id, outbox.sender());
+        self.listed = true;
+    }
+
+    /// Takes the connection off the server API's list.
+    pub(crate) fn unlist(&mut self) {
+        if std::mem::take(&mut self.listed) {
+            if let Some(identity) = &self.identity {
+                self.hub.sessions.remove(&identity.user, &self.client_id);
+            }
+        }
+    }
+
+    /// The server API's orders for this connection, taken.
+    pub(crate) fn take_orders(&self) -> Vec<Order> {
+        match (&self.identity, self.listed) {
+            (Some(identity), true) => self.hub.sessions.take(&identity.user, &self.client_id),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Carries out an order of the server API: the push to send about it, and the close
+    /// to send after it, if any.
+    pub(crate) async fn obey(&mut self, order: Order) -> (Option<String>, Option<CloseFrame>) {
+        match order {
+            Order::Disconnect { code, reason } => {
+                (None, Some(CloseFrame::new(CloseCode::from(code), reason)))
+            }
+            Order::Revoke(before) => {
+                let issued = self.identity.as_ref().and_then(|i| i.issued);
+                if issued.is_some_and(|iat| iat >= before) {
+                    return (None, None);
+                }
+                let frame = close_frame(wire::CloseCode::TOKEN_EXPIRED, "token revoked");
+                (None, Some(frame))
+            }
+            Order::Refresh(expire_at) => {
+                if let Some(identity) = self.identity.as_mut() {
+                    identity.expires = expire_at;
+                    self.identity_changed = true;
+                }
+                (None, None)
+            }
+            Order::Subscribe(channel) => {
+                if self.subs.get(&channel).is_some() {
+                    return (None, None);
+                }
+                if self.subs.len() >= self.hub.config.max_subscriptions {
+                    tracing::info!(
+                        client = %self.client_id,
+                        "server API: not subscribed to {}: limits.max_subscriptions reached",
+                        crate::log_text::peer(&channel)
+                    );
+                    return (None, None);
+                }
+                match self.join(&channel, None).await {
+                    Ok(sub) => {
+                        let push = wire::Push::Subscribed {
+                            channel: channel.to_string(),
+                            position: sub.position.clone(),
+                        };
+                        (Some(push.to_json()), None)
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            client = %self.client_id,
+                            "server API: not subscribed to {}: {e}",
+                            crate::log_text::peer(&channel)
+                        );
+                        (None, None)
+                    }
+                }
+            }
+            Order::Unsubscribe(channel) => match self.subs.remove(&channel) {
+                Some((name, sub_id)) => {
+                    self.end(Subscription::new(sub_id, name)).await;
+                    let push = wire::Push::Unsubscribed {
+                        channel: channel.to_string(),
+                        empty: Empty {},
+                    };
+                    (Some(push.to_json()), None)
+                }
+                None => (None, None),
+            },
+        }
     }
 }
 

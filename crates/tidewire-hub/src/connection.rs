@@ -207,6 +207,8 @@ pub(crate) async fn close_stopped(hub: &Hub, outbox: &Outbox, stop: Stop, who: &
         Stop::Slow(why) => close_slow(hub, outbox, why, who).await,
         Stop::Silent => close_silent(outbox).await,
         Stop::Shutdown => close_going_away(outbox).await,
+        // Not an end: only `/ws` connections get orders, and carry them out themselves.
+        Stop::Ordered => outbox.orders_taken(),
         Stop::Restart => {
             let frame = CloseFrame::new(
                 CloseCode::SERVICE_RESTART,

@@ -47,6 +47,10 @@ pub struct Hub {
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Nodes seen alive in the cluster's registry at the last announcement.
     pub(crate) cluster_nodes: AtomicU64,
+    /// This node's `/ws` connections by user, for the server API.
+    pub(crate) sessions: crate::sessions::Sessions,
+    /// The server API's commands to every node, blocked users, revoked tokens.
+    pub(crate) control: Arc<crate::control::Control>,
 }
 
 impl Hub {
@@ -146,7 +150,9 @@ impl Hub {
         } else {
             String::new()
         };
-        Arc::new_cyclic(|hub| Hub {
+        let hub = Arc::new_cyclic(|hub| Hub {
+            sessions: crate::sessions::Sessions::default(),
+            control: crate::control::Control::new(hub.clone(), networked),
             node_name,
             client_prefix,
             started: unix_now(),
@@ -173,7 +179,16 @@ impl Hub {
             refusal_log: LogBudget::new(20, std::time::Duration::from_secs(10)),
             refused: std::sync::OnceLock::new(),
             deliverers: std::sync::OnceLock::new(),
-        })
+        });
+        hub.node
+            .set_internal(Arc::new(crate::control::Events(hub.control.clone())));
+        if networked {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(hub.control.clone().start())),
+                Err(_) => tracing::warn!("server API: no runtime to follow the cluster's commands"),
+            }
+        }
+        hub
     }
 
     /// Number of open WebSocket connections.

@@ -5,7 +5,8 @@
 //!   tutorial needs (`new WebSocket(url)` and `send(text)`).
 //! - The `tidewire.v1` channel protocol at `ws://HOST/ws` (docs/protocol.md): channels with
 //!   offsets and epochs, history, gap-free resume, presence, namespaces, JWT auth, limits.
-//! - `/healthz`, `/metrics` (Prometheus), `POST /api/publish`, the demo pages.
+//! - `/healthz`, `/metrics` (Prometheus), the server API for backends (`POST /api/METHOD`,
+//!   described at `/api/openapi.json`: docs/api.md), the demo pages.
 //!
 //! The wire format is the `tidewire-hub-proto` crate's; the other side, a `tidewire.v1`
 //! client that reconnects, resubscribes with `since` and reports what could not be
@@ -22,6 +23,7 @@ mod channel_endpoint;
 mod channels;
 mod config;
 mod connection;
+mod control;
 pub mod engine;
 mod http_phase;
 mod hub;
@@ -34,6 +36,7 @@ mod pages;
 mod room_endpoint;
 mod rooms;
 mod server;
+mod sessions;
 
 pub use auth::{AuthConfig, AuthError, Identity};
 pub use config::{

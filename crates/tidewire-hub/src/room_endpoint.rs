@@ -220,6 +220,11 @@ impl Member {
                 Next::Ended
             }
             Step::Message(None) => Next::Ended,
+            // Room members are not listed for the server API: nothing to carry out.
+            Step::Stop(Stop::Ordered) => {
+                self.outbox.orders_taken();
+                Next::Read
+            }
             Step::Stop(stop) => Next::Close(Closing::Stopped(stop)),
         }
     }

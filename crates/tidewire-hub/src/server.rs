@@ -3,7 +3,7 @@
 //! module: `admission`, `room_endpoint`, `channels`, `api`, `pages`; how many connections
 //! may be in their HTTP phase and how large a head may be, in `http_phase`.
 
-use crate::api::api_publish;
+use crate::api::{api_call, api_openapi};
 use crate::channel_endpoint::channel_upgrade;
 use crate::config::{HubConfig, TlsFiles};
 use crate::http_phase::{answer_and_close, read_head, Head, HttpSlot, Prefixed};
@@ -35,7 +35,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/metrics", get(metrics))
         .route("/rooms/{room}", get(room_upgrade))
         .route("/ws", get(channel_upgrade))
-        .route("/api/publish", post(api_publish))
+        .route("/api/openapi.json", get(api_openapi))
+        .route("/api/{method}", post(api_call))
         .fallback(|uri: Uri| async move {
             (
                 StatusCode::NOT_FOUND,

@@ -118,6 +118,22 @@ pub async fn close_of(ws: &mut Ws) -> (u16, String) {
         .expect("no close within 20 s")
 }
 
+/// `POST /api/METHOD` with `body` and, when given, the API key `key`: the status and the
+/// body as JSON (`null` when it is not JSON).
+pub fn api_call(addr: SocketAddr, method: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    let auth = key.map_or(String::new(), |k| format!("Authorization: apikey {k}\r\n"));
+    let r = http(
+        addr,
+        &format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let status: u16 = r.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 /// `GET path` over HTTP/1.1; the whole response.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     http(

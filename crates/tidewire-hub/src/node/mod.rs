@@ -25,11 +25,11 @@ pub use event::{Event, EventKind, Json};
 pub use namespaces::{namespace_of, NamespaceConfig, NamespaceOptions};
 #[cfg(test)]
 pub(crate) use outbox::outbox_size;
-pub use outbox::{Deliverer, Outbox, OutboxGuard, OutboxSender, Slow, Stop, Transmit};
+pub use outbox::{Deliverer, Order, Outbox, OutboxGuard, OutboxSender, Slow, Stop, Transmit};
 
 use crate::engine::{
     Broker, BrokerEvents, ClientInfo, Clock, Error, ErrorKind, HistoryQuery, PresenceStats,
-    PresenceStore, Publication, StreamPosition, SystemClock,
+    PresenceStore, Publication, StreamOptions, StreamPosition, SystemClock,
 };
 use crate::log_text::peer;
 use std::collections::hash_map::RandomState;
@@ -206,6 +206,29 @@ struct Shard {
 struct Registry {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
+    /// Where the events of the hub's own channels go ([`Node::watch`]).
+    internal: std::sync::OnceLock<Arc<dyn InternalEvents>>,
+}
+
+/// Where the node hands what happens on the hub's own channels (names starting with `$`,
+/// which clients cannot use: the cluster's control messages), instead of delivering it to
+/// subscribers.
+pub trait InternalEvents: Send + Sync + 'static {
+    /// A publication on `channel`.
+    fn publication(&self, channel: &str, publication: Publication);
+    /// Publications of `channel` may have been missed (`None`: of every channel).
+    fn lost(&self, channel: Option<&str>);
+}
+
+impl std::fmt::Debug for dyn InternalEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InternalEvents")
+    }
+}
+
+/// Whether `channel` is one of the hub's own (`$...`), which clients cannot use.
+pub fn is_internal(channel: &str) -> bool {
+    channel.starts_with('$')
 }
 
 impl Registry {
@@ -213,6 +236,7 @@ impl Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
+            internal: std::sync::OnceLock::new(),
         }
     }
 
@@ -363,6 +387,12 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 
 impl BrokerEvents for Registry {
     fn publication(&self, channel: &str, publication: Publication) {
+        if is_internal(channel) {
+            if let Some(internal) = self.internal.get() {
+                internal.publication(channel, publication);
+            }
+            return;
+        }
         self.deliver(channel, |name| Event::publication(name, publication));
     }
 
@@ -379,6 +409,9 @@ impl BrokerEvents for Registry {
     }
 
     fn link_restored(&self) {
+        if let Some(internal) = self.internal.get() {
+            internal.lost(None);
+        }
         // Publications may have been missed: every subscriber resumes from history, as a
         // slow consumer does.
         for shard in self.shards.iter() {
@@ -391,6 +424,12 @@ impl BrokerEvents for Registry {
     }
 
     fn channel_lost(&self, channel: &str) {
+        if is_internal(channel) {
+            if let Some(internal) = self.internal.get() {
+                internal.lost(Some(channel));
+            }
+            return;
+        }
         if let Some(local) = self.shard(channel).channels.get(channel) {
             for sub in local.subs.as_slice() {
                 sub.outbox.mark_lagged();
@@ -469,6 +508,58 @@ impl Node {
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
         self.registry.len()
+    }
+
+    /// Hands the events of the hub's own channels (`$...`) to `events` (once; later calls
+    /// do nothing).
+    pub fn set_internal(&self, events: Arc<dyn InternalEvents>) {
+        let _ = self.registry.internal.set(events);
+    }
+
+    /// Subscribes this node to the hub's own channel `channel` (`$...`), whose events go
+    /// to [`Node::set_internal`]'s receiver, for the node's life.
+    pub async fn watch(&self, channel: &str) -> Result<(), Error> {
+        let name: Arc<str> = Arc::from(channel);
+        self.call("subscribe", self.broker.subscribe(&name)).await
+    }
+
+    /// Publishes on the hub's own channel `channel` (`$...`), keeping `history_size`
+    /// publications for `history_ttl`.
+    pub async fn publish_internal(
+        &self,
+        channel: &str,
+        data: bytes::Bytes,
+        stream: StreamOptions,
+    ) -> Result<StreamPosition, Error> {
+        self.call("publish", self.broker.publish(channel, data, stream, None))
+            .await
+    }
+
+    /// The newest `limit` publications of the hub's own channel `channel`.
+    pub async fn history_internal(
+        &self,
+        channel: &str,
+        limit: usize,
+        stream: StreamOptions,
+    ) -> Result<crate::engine::HistoryPage, Error> {
+        let read = self
+            .broker
+            .history(channel, HistoryQuery::Newest(limit), stream);
+        self.call("history", read).await
+    }
+
+    /// The channels with local subscribers whose names `keep` accepts, with their
+    /// numbers of local subscriptions.
+    pub fn local_channels(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in self.registry.shards.iter() {
+            for (name, local) in lock(shard).channels.iter() {
+                if keep(name) {
+                    out.push((name.clone(), local.subs.as_slice().len()));
+                }
+            }
+        }
+        out
     }
 
     /// Local subscriptions to `channel`.
@@ -661,6 +752,25 @@ impl Node {
                 .collect(),
             position: page.position,
         })
+    }
+
+    /// `channel`'s history as `query` asks (the server API's `history`), with its
+    /// position.
+    pub async fn history_page(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<crate::engine::HistoryPage, Error> {
+        let ns = self.namespaces.check(channel)?;
+        let read = self.broker.history(channel, query, ns.stream());
+        self.call("history", read).await
+    }
+
+    /// Removes `channel`'s history (its position stays).
+    pub async fn remove_history(&self, channel: &str) -> Result<(), Error> {
+        self.namespaces.check(channel)?;
+        self.call("history", self.broker.remove_history(channel))
+            .await
     }
 
     /// Who is present in `channel`. Fails with [`Error::is_not_available`] when its

@@ -113,7 +113,8 @@ impl NamespaceConfig {
 
     /// Checks the channel name and finds its options.
     pub fn check(&self, channel: &str) -> Result<&NamespaceOptions, Error> {
-        if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+        // `$...` names are the hub's own (its control messages).
+        if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN || channel.starts_with('$') {
             return Err(Error::new(ErrorKind::InvalidChannel));
         }
         self.for_channel(channel)

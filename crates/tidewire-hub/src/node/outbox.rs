@@ -108,10 +108,35 @@ pub enum Stop {
     Restart,
     /// Nothing arrived from the peer for the heartbeat's timeout.
     Silent,
+    /// The server has orders for the connection ([`OutboxSender::notify_orders`]): the
+    /// connection takes them where they are kept, then calls [`Outbox::orders_taken`].
+    Ordered,
 }
 
-/// Whether a connection is to end because of the server (a bool's size: the outbox's
-/// state is counted in every idle connection).
+/// What the server asks of a connection from outside its task (the server API): the
+/// connection's task carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// Close with `code` and `reason`.
+    Disconnect {
+        /// The close code (4000–4999).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// Subscribe to the channel (a server-side subscription).
+    Subscribe(Arc<str>),
+    /// End the subscription to the channel.
+    Unsubscribe(Arc<str>),
+    /// The connection expires at this time (seconds since the Unix epoch), or never.
+    Refresh(Option<u64>),
+    /// Close the connection if its token was issued before this time (seconds since the
+    /// Unix epoch).
+    Revoke(u64),
+}
+
+/// Whether a connection is to end because of the server, or has orders to take (a byte:
+/// the outbox's state is counted in every idle connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Halt {
     #[default]
@@ -120,6 +145,8 @@ enum Halt {
     Stop,
     /// The server is draining: move to another node (1012).
     Move,
+    /// Not an end: the server API has orders for the connection.
+    Orders,
 }
 
 /// A queued delivery: a channel event for a subscription, or a frame (a room's message).
@@ -335,6 +362,15 @@ impl Outbox {
         .await
     }
 
+    /// The connection has taken its orders: [`Outbox::poll_socket`] waits again (until
+    /// the next [`OutboxSender::notify_orders`]).
+    pub fn orders_taken(&self) {
+        let mut st = self.shared.lock();
+        if st.shutdown == Halt::Orders {
+            st.shutdown = Halt::No;
+        }
+    }
+
     /// Notes that something arrived from the peer (for the deliverer's heartbeat).
     pub fn seen(&self) {
         if let Some(d) = &self.shared.deliverer {
@@ -413,6 +449,7 @@ impl Outbox {
                 Halt::No => {}
                 Halt::Stop => return Poll::Ready(Err(Stop::Shutdown)),
                 Halt::Move => return Poll::Ready(Err(Stop::Restart)),
+                Halt::Orders => return Poll::Ready(Err(Stop::Ordered)),
             }
             if st.silent {
                 return Poll::Ready(Err(Stop::Silent));
@@ -539,6 +576,21 @@ impl OutboxSender {
     /// connection has gone): forget it.
     pub fn push(&self, id: u64, event: Arc<Event>) -> bool {
         self.enqueue(Item::Event(id, event))
+    }
+
+    /// Tells the connection's task that it has orders (kept by whoever gave them): its
+    /// [`Outbox::poll_socket`] returns [`Stop::Ordered`]. False when the outbox is closed.
+    /// A connection told to stop or move stays so.
+    pub fn notify_orders(&self) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut st = self.shared.lock();
+        if st.shutdown == Halt::No {
+            st.shutdown = Halt::Orders;
+        }
+        wake(st);
+        true
     }
 
     /// Queues a prepared frame (a room's message), as [`OutboxSender::push`].
@@ -810,7 +862,7 @@ impl Deliverer {
                 break;
             }
             let mut st = link.lock();
-            if st.shutdown != Halt::No {
+            if matches!(st.shutdown, Halt::Stop | Halt::Move) {
                 continue;
             }
             st.shutdown = Halt::Move;
