@@ -140,6 +140,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_AUTH_RSA_PUBLIC_KEY", value_name = "FILE")]
     auth_rsa_public_key: Option<PathBuf>,
 
+    /// A public key (PEM file: RSA, EC P-256/P-384 or Ed25519) for connection tokens
+    /// (RS*/PS*, ES256/ES384, EdDSA); repeatable. Turns auth on.
+    #[arg(long, value_name = "FILE")]
+    auth_public_key: Vec<PathBuf>,
+
+    /// A JWKS URL whose keys verify connection tokens (an identity provider's), fetched at
+    /// start and kept fresh. Turns auth on.
+    #[arg(long, env = "TIDEWIRE_AUTH_JWKS_URL", value_name = "URL")]
+    auth_jwks_url: Option<String>,
+
     /// With auth on, accept connections without a token too (no private namespaces).
     #[arg(long, env = "TIDEWIRE_AUTH_ANONYMOUS")]
     auth_anonymous: bool,
@@ -245,20 +255,38 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
     if args.no_compression {
         c.compression = None;
     }
-    if args.auth_hmac_secret.is_some() || args.auth_rsa_public_key.is_some() {
-        let pem =
-            match &args.auth_rsa_public_key {
-                Some(p) => Some(std::fs::read(p).with_context(|| {
-                    format!("--auth-rsa-public-key: cannot read {}", p.display())
-                })?),
-                None => None,
-            };
-        let auth = AuthConfig::new(
+    if args.auth_hmac_secret.is_some()
+        || args.auth_rsa_public_key.is_some()
+        || !args.auth_public_key.is_empty()
+        || args.auth_jwks_url.is_some()
+    {
+        let mut pems = Vec::new();
+        let files = args
+            .auth_rsa_public_key
+            .iter()
+            .map(|p| ("--auth-rsa-public-key", p))
+            .chain(
+                args.auth_public_key
+                    .iter()
+                    .map(|p| ("--auth-public-key", p)),
+            );
+        for (flag, p) in files {
+            let pem =
+                std::fs::read(p).with_context(|| format!("{flag}: cannot read {}", p.display()))?;
+            pems.push(pem);
+        }
+        let pems: Vec<&[u8]> = pems.iter().map(Vec::as_slice).collect();
+        let auth = AuthConfig::with_keys(
             args.auth_hmac_secret.as_deref(),
-            pem.as_deref(),
+            &pems,
+            args.auth_jwks_url.as_deref(),
             args.auth_anonymous,
         )
-        .map_err(|e| anyhow::anyhow!("--auth-hmac-secret/--auth-rsa-public-key: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--auth-hmac-secret/--auth-rsa-public-key/--auth-public-key/--auth-jwks-url: {e}"
+            )
+        })?;
         c.auth = Some(auth);
     } else if args.auth_anonymous {
         // Without a key of its own, the flag can only relax the file's [auth].
@@ -266,7 +294,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             Some(auth) => c.auth = Some(auth.with_anonymous(true)),
             None => anyhow::bail!(
                 "--auth-anonymous (TIDEWIRE_AUTH_ANONYMOUS): auth is off, so every connection is anonymous already; \
-                 it applies with --auth-hmac-secret, --auth-rsa-public-key or [auth] in --config"
+                 it applies with --auth-hmac-secret, --auth-public-key, --auth-jwks-url or [auth] in --config"
             ),
         }
     }

@@ -1198,6 +1198,9 @@ async fn the_server_api_reaches_every_node() {
     .await;
     assert_eq!(r["ok"], true);
     let mut ann = client_q(b.addr, &format!("?token={}", token("ann"))).await;
+    // Listed for the API once its task runs: a reply proves it.
+    let r = request(&mut ann, json!({"id": 1, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true);
     ok(
         a.addr,
         "subscribe",
@@ -1221,6 +1224,8 @@ async fn the_server_api_reaches_every_node() {
     assert_eq!(close_of(&mut ann).await.0, 4500);
     // A block reaches node B's connection, and node B's upgrades...
     let mut bob = client_q(b.addr, &format!("?token={}", token("bob"))).await;
+    let r = request(&mut bob, json!({"id": 1, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true);
     ok(a.addr, "block_user", json!({"user": "bob"}));
     assert_eq!(close_of(&mut bob).await, (4501, "blocked".to_owned()));
     let upgrade = |addr: SocketAddr| {

@@ -56,7 +56,16 @@ fn ok(addr: SocketAddr, method: &str, body: Value) -> Value {
 }
 
 async fn user(addr: SocketAddr, sub: &str) -> Ws {
-    client_q(addr, &format!("?token={}", token(sub, 3600, now()))).await
+    with_token(addr, &token(sub, 3600, now())).await
+}
+
+/// A connection with `token` in its URL, once the server has listed it for the API: the
+/// upgrade's answer comes before the connection's task starts, a reply after.
+async fn with_token(addr: SocketAddr, token: &str) -> Ws {
+    let mut ws = client_q(addr, &format!("?token={token}")).await;
+    let r = request(&mut ws, json!({"id": "up", "op": "ping"}), &mut Vec::new()).await;
+    assert_eq!(r["ok"], true);
+    ws
 }
 
 /// The next push on `ws` (not a reply).
@@ -284,7 +293,7 @@ async fn disconnect_refresh_block_and_revoke() {
         (4500, "disconnected by the server".to_owned())
     );
     // refresh: a token that expires in 2 s no longer closes the connection...
-    let mut short = client_q(srv.addr, &format!("?token={}", token("cid", 2, now()))).await;
+    let mut short = with_token(srv.addr, &token("cid", 2, now())).await;
     ok(
         srv.addr,
         "refresh",
@@ -335,7 +344,7 @@ async fn disconnect_refresh_block_and_revoke() {
     let _eve = user(srv.addr, "eve").await;
     // revoke: a connection with a token issued before is closed; newer tokens pass
     let old = now() - 100;
-    let mut dan = client_q(srv.addr, &format!("?token={}", token("dan", 3600, old))).await;
+    let mut dan = with_token(srv.addr, &token("dan", 3600, old)).await;
     ok(
         srv.addr,
         "revoke_tokens",
@@ -351,7 +360,7 @@ async fn disconnect_refresh_block_and_revoke() {
     .connect()
     .await;
     assert!(stale.is_err());
-    let mut dan = client_q(srv.addr, &format!("?token={}", token("dan", 3600, old + 1))).await;
+    let mut dan = with_token(srv.addr, &token("dan", 3600, old + 1)).await;
     assert!(quiet(&mut dan, 200).await);
 }
 

@@ -1,5 +1,7 @@
-//! Connection tokens: JWT signed with HS256 (a shared secret) or RS256 (the application's
-//! private key; the hub holds the public key).
+//! Connection tokens: JWTs signed with HS256 (a secret shared with the application), or
+//! with the application's or an identity provider's private key, the hub holding the public
+//! keys: RS256/384/512 and PS256/384/512 (RSA), ES256 (P-256), ES384 (P-384), EdDSA
+//! (Ed25519), from PEM files or from a JWKS URL (Auth0, Keycloak, a company's issuer).
 //!
 //! Claims read by the hub (others are ignored):
 //! - `sub` (required): the user id, shown in presence.
@@ -7,34 +9,220 @@
 //! - `channels` (optional): channel patterns this token may use in private namespaces:
 //!   an exact name (`private:support-42`) or a prefix ending in `*` (`private:support-*`).
 //! - `info` (optional): any JSON, shown to other subscribers in presence.
+//! - `iat` (optional): when it was issued (the server API's `revoke_tokens`).
 //!
 //! [`Claims`] is that set; [`AuthConfig::sign`] makes an HS256 token of it with the
 //! configured secret (what `tidewire gentoken` prints).
+//!
+//! A token's header picks the key: its `alg`, and its `kid` when it has one. With a JWKS
+//! URL, the keys are fetched when the hub starts and again every 5 minutes (or as the
+//! answer's `Cache-Control: max-age` says, from 1 minute to 1 hour); a token whose `kid` is
+//! not among them makes the hub fetch them again at once (at most every 10 s) before it is
+//! refused as signed with an unknown key.
 
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey};
 use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// A key that verifies tokens.
+#[derive(Clone)]
+struct Key {
+    /// The `kid` it answers to (keys from PEM files have none: they answer to any).
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
 
 /// How the hub checks tokens.
 #[derive(Clone)]
 pub struct AuthConfig {
-    keys: Vec<(Algorithm, DecodingKey)>,
-    /// The HS256 secret as a signing key (none with an RS256 public key only).
+    keys: Vec<Key>,
+    /// The HS256 secret as a signing key (none with public keys only).
     signing: Option<EncodingKey>,
+    jwks: Option<Arc<Jwks>>,
     anonymous: bool,
 }
 
 /// Never shows a key or the secret.
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let algs: Vec<_> = self.keys.iter().map(|(a, _)| a).collect();
+        let algs: Vec<_> = self.keys.iter().map(|k| k.alg).collect();
         f.debug_struct("AuthConfig")
             .field("algorithms", &algs)
+            .field("jwks", &self.jwks.as_ref().map(|j| &j.url))
             .field("can_sign", &self.signing.is_some())
             .field("anonymous", &self.anonymous)
             .finish()
     }
+}
+
+/// The algorithms an RSA key verifies.
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// The keys behind a JWKS URL, as last fetched.
+struct Jwks {
+    url: String,
+    keys: RwLock<Vec<Key>>,
+    /// When the keys were last fetched (or tried), and what went wrong then.
+    fetched: Mutex<(Option<Instant>, Option<String>)>,
+    /// One fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// When a token with an unknown key id last made it fetch.
+    on_demand: Mutex<Option<Instant>>,
+}
+
+/// At most one fetch of a JWKS URL in this long for unknown key ids (besides the regular
+/// ones).
+const JWKS_AGAIN_AFTER: Duration = Duration::from_secs(10);
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+const JWKS_MAX_BYTES: usize = 1 << 20;
+
+impl Jwks {
+    /// Fetches the keys; how long to keep them.
+    async fn fetch(&self) -> Result<Duration, String> {
+        let _one = self.fetching.lock().await;
+        let request = crate::http_client::Request::get(&self.url, JWKS_TIMEOUT, JWKS_MAX_BYTES);
+        let result = async {
+            let r = crate::http_client::send(request).await?;
+            if r.status != 200 {
+                return Err(format!("answered {}", r.status));
+            }
+            let set: JwkSet =
+                serde_json::from_slice(&r.body).map_err(|e| format!("not a JWK set: {e}"))?;
+            let keys = keys_of(&set);
+            if keys.is_empty() {
+                return Err("no key it can use (RSA, EC P-256/P-384, Ed25519)".into());
+            }
+            let max_age = r
+                .headers
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+                })
+                .map_or(Duration::from_secs(300), Duration::from_secs)
+                .clamp(Duration::from_secs(60), Duration::from_secs(3600));
+            Ok((keys, max_age))
+        }
+        .await;
+        let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+        fetched.0 = Some(Instant::now());
+        match result {
+            Ok((keys, max_age)) => {
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                fetched.1 = None;
+                Ok(max_age)
+            }
+            Err(e) => {
+                fetched.1 = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn has(&self, kid: &str) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// Why a token with key id `kid` has no key: for people.
+    fn unknown(&self, kid: &str) -> AuthError {
+        let fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+        let why = match &fetched.1 {
+            Some(e) => format!("the keys of {} could not be fetched: {e}", self.url),
+            None => format!("it is not among the keys of {}", self.url),
+        };
+        AuthError::UnknownKey(format!("{kid}: {why}"))
+    }
+}
+
+/// The keys of `set` the hub can use, each with its `kid` and algorithm.
+fn keys_of(set: &JwkSet) -> Vec<Key> {
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        let declared = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        let algs: Vec<Algorithm> = match (&jwk.algorithm, declared) {
+            (_, Some(a)) => vec![a],
+            (AlgorithmParameters::RSA(_), None) => RSA.to_vec(),
+            (AlgorithmParameters::EllipticCurve(ec), None) => match ec.curve {
+                EllipticCurve::P256 => vec![Algorithm::ES256],
+                EllipticCurve::P384 => vec![Algorithm::ES384],
+                _ => continue,
+            },
+            (AlgorithmParameters::OctetKeyPair(_), None) => vec![Algorithm::EdDSA],
+            _ => continue,
+        };
+        for alg in algs {
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key: key.clone(),
+            });
+        }
+    }
+    keys
+}
+
+/// The keys of a PEM public key: RSA, EC (P-256 or P-384) or Ed25519.
+fn keys_of_pem(pem: &[u8]) -> Result<Vec<Key>, String> {
+    let key = |alg, key| Key {
+        kid: None,
+        alg,
+        key,
+    };
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok(RSA.iter().map(|a| key(*a, k.clone())).collect());
+    }
+    let der = pem_body(pem).ok_or("not a PEM public key")?;
+    // The curve's object identifier in the key's SubjectPublicKeyInfo.
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    if has(ED25519) {
+        let k = DecodingKey::from_ed_pem(pem).map_err(|e| format!("an Ed25519 key: {e}"))?;
+        return Ok(vec![key(Algorithm::EdDSA, k)]);
+    }
+    let alg = if has(P256) {
+        Algorithm::ES256
+    } else if has(P384) {
+        Algorithm::ES384
+    } else {
+        return Err("not an RSA, EC (P-256, P-384) or Ed25519 public key".into());
+    };
+    let k = DecodingKey::from_ec_pem(pem).map_err(|e| format!("an EC key: {e}"))?;
+    Ok(vec![key(alg, k)])
+}
+
+/// The DER bytes of the first PEM block.
+fn pem_body(pem: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).ok()?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
 impl AuthConfig {
@@ -46,31 +234,116 @@ impl AuthConfig {
         rsa_public_key_pem: Option<&[u8]>,
         anonymous: bool,
     ) -> Result<Self, String> {
+        let pems: Vec<&[u8]> = rsa_public_key_pem.into_iter().collect();
+        Self::with_keys(hmac_secret, &pems, None, anonymous)
+    }
+
+    /// Tokens signed with `hmac_secret` (HS256), verified with the PEM public keys
+    /// `public_keys` (RSA, EC P-256/P-384 or Ed25519) and/or the keys behind `jwks_url`; at
+    /// least one is needed. With `anonymous`, connections without a token are accepted too.
+    pub fn with_keys(
+        hmac_secret: Option<&str>,
+        public_keys: &[&[u8]],
+        jwks_url: Option<&str>,
+        anonymous: bool,
+    ) -> Result<Self, String> {
         let mut keys = Vec::new();
         let mut signing = None;
         if let Some(secret) = hmac_secret {
             if secret.len() < 32 {
                 return Err("hmac_secret must be at least 32 characters".into());
             }
-            keys.push((
-                Algorithm::HS256,
-                DecodingKey::from_secret(secret.as_bytes()),
-            ));
+            keys.push(Key {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
             signing = Some(EncodingKey::from_secret(secret.as_bytes()));
         }
-        if let Some(pem) = rsa_public_key_pem {
-            let key = DecodingKey::from_rsa_pem(pem)
-                .map_err(|e| format!("not an RSA public key in PEM format: {e}"))?;
-            keys.push((Algorithm::RS256, key));
+        for pem in public_keys {
+            keys.extend(keys_of_pem(pem)?);
         }
-        if keys.is_empty() {
-            return Err("set hmac_secret (HS256) or rsa_public_key_file (RS256)".into());
+        let jwks = match jwks_url {
+            None => None,
+            Some(url) => {
+                let uri: http::Uri = url.parse().map_err(|e| format!("jwks_url {url}: {e}"))?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    return Err(format!("jwks_url {url}: expected http(s)://HOST/PATH"));
+                }
+                Some(Arc::new(Jwks {
+                    url: url.to_owned(),
+                    keys: RwLock::new(Vec::new()),
+                    fetched: Mutex::new((None, None)),
+                    fetching: tokio::sync::Mutex::new(()),
+                    on_demand: Mutex::new(None),
+                }))
+            }
+        };
+        if keys.is_empty() && jwks.is_none() {
+            return Err(
+                "set hmac_secret (HS256), a public key file (RSA, EC or Ed25519) or jwks_url"
+                    .into(),
+            );
         }
         Ok(AuthConfig {
             keys,
             signing,
+            jwks,
             anonymous,
         })
+    }
+
+    /// With a JWKS URL: fetches its keys now, then keeps them fresh for as long as the
+    /// runtime runs. Call once, from inside a tokio runtime.
+    pub fn start(&self) {
+        let Some(jwks) = self.jwks.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                let wait = match jwks.fetch().await {
+                    Ok(max_age) => max_age,
+                    Err(e) => {
+                        tracing::warn!(
+                            url = jwks.url.as_str(),
+                            "auth: fetching the JWKS failed: {e}"
+                        );
+                        Duration::from_secs(10)
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    /// Before [`AuthConfig::verify`]: when `token` names a key id the JWKS does not hold,
+    /// fetches the keys again (at most every 10 s), so that a key the provider just added
+    /// is known.
+    pub async fn refresh_for(&self, token: &str) {
+        let Some(jwks) = &self.jwks else { return };
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        let Some(kid) = header.kid else { return };
+        if jwks.has(&kid) {
+            return;
+        }
+        let due = {
+            let mut last = jwks.on_demand.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= JWKS_AGAIN_AFTER);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            if let Err(e) = jwks.fetch().await {
+                tracing::warn!(
+                    url = jwks.url.as_str(),
+                    "auth: fetching the JWKS failed: {e}"
+                );
+            }
+        }
     }
 
     /// Whether connections without a token are accepted.
@@ -87,28 +360,56 @@ impl AuthConfig {
     /// Checks a token and returns who it is for.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let Some((alg, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
+        let fetched: Vec<Key> = self.jwks.as_ref().map_or_else(Vec::new, |j| {
+            j.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        });
+        let kid = header.kid.as_deref();
+        // The keys for its algorithm: those named by its key id first, then those without
+        // one.
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .chain(&fetched)
+            .filter(|k| k.alg == header.alg)
+            .filter(|k| k.kid.is_none() || kid.is_none() || k.kid.as_deref() == kid)
+            .collect();
+        if candidates.is_empty() {
+            if let (Some(jwks), Some(kid)) = (&self.jwks, kid) {
+                if !fetched.iter().any(|k| k.kid.as_deref() == Some(kid)) {
+                    return Err(jwks.unknown(kid));
+                }
+            }
             return Err(AuthError::Algorithm);
-        };
-        let mut validation = Validation::new(*alg);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        match decode::<Claims>(token, key, &validation) {
-            Ok(data) => Ok(Identity {
-                user: data.claims.sub,
-                channels: data.claims.channels,
-                info: data.claims.info,
-                expires: Some(data.claims.exp),
-                issued: data.claims.iat,
-            }),
-            Err(e) => Err(match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::Signature,
-                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-                ErrorKind::Json(_) => AuthError::MissingClaim("sub".into()),
-                _ => AuthError::Malformed,
-            }),
         }
+        let mut last = AuthError::Signature;
+        for key in candidates {
+            let mut validation = Validation::new(key.alg);
+            validation.leeway = 5;
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            match decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    return Ok(Identity {
+                        user: data.claims.sub,
+                        channels: data.claims.channels,
+                        info: data.claims.info,
+                        expires: Some(data.claims.exp),
+                        issued: data.claims.iat,
+                    })
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::InvalidSignature => AuthError::Signature,
+                        ErrorKind::MissingRequiredClaim(c) => {
+                            return Err(AuthError::MissingClaim(c.clone()))
+                        }
+                        ErrorKind::Json(_) => return Err(AuthError::MissingClaim("sub".into())),
+                        _ => AuthError::Malformed,
+                    }
+                }
+            }
+        }
+        Err(last)
     }
 }
 
@@ -183,7 +484,7 @@ impl Claims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SignError {
-    /// No `hmac_secret` is configured (RS256 only).
+    /// No `hmac_secret` is configured (public keys only).
     NoSecret,
     /// The token could not be encoded.
     Encode(String),
@@ -193,8 +494,8 @@ impl fmt::Display for SignError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SignError::NoSecret => f.write_str(
-                "no hmac_secret (HS256) is configured: an RS256 configuration holds only the \
-                 public key, and RS256 tokens are signed with the private key",
+                "no hmac_secret (HS256) is configured: with public keys only, tokens are signed \
+                 with the private key, which the hub does not hold",
             ),
             SignError::Encode(e) => write!(f, "cannot encode the token: {e}"),
         }
@@ -256,6 +557,8 @@ pub enum AuthError {
     Expired,
     /// A required claim is absent.
     MissingClaim(String),
+    /// Its `kid` names no key the hub holds (with a JWKS URL); the key id and why.
+    UnknownKey(String),
 }
 
 impl fmt::Display for AuthError {
@@ -267,6 +570,7 @@ impl fmt::Display for AuthError {
             AuthError::Signature => f.write_str("token signature invalid"),
             AuthError::Expired => f.write_str("token expired"),
             AuthError::MissingClaim(c) => write!(f, "token lacks the {c} claim"),
+            AuthError::UnknownKey(why) => write!(f, "token signed with an unknown key id {why}"),
         }
     }
 }

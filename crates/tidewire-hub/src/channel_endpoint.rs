@@ -41,6 +41,13 @@ pub(crate) async fn channel_upgrade(
         Ok(ws) => ws,
         Err(e) => return upgrade_refused(&hub, e, &headers),
     };
+    // A key the JWKS does not hold yet is fetched before the token is checked.
+    if let (Some(auth), Some(token)) = (
+        &hub.config.auth,
+        crate::admission::query_param(query.as_deref(), "token"),
+    ) {
+        auth.refresh_for(&token).await;
+    }
     let admitted = match admit(&hub, Endpoint::Channels, &headers, query.as_deref(), false) {
         Ok(a) => a,
         Err(resp) => return *resp,

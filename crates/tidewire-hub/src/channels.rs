@@ -248,6 +248,17 @@ impl Conn {
                 "unknown namespace",
             ));
         };
+        // `NAME#ann,bob`: only the users listed after the last `#`.
+        if let Some((_, users)) = ch.rsplit_once('#') {
+            let me = self.identity.as_ref().map(|i| i.user.as_str());
+            if !me.is_some_and(|me| users.split(',').any(|u| u == me)) {
+                return Err(reply_err(
+                    id,
+                    ErrorCode::PERMISSION_DENIED,
+                    "only the users listed after # in the channel's name may use it",
+                ));
+            }
+        }
         if ns.private && !self.identity.as_ref().is_some_and(|i| i.may_use(ch)) {
             return Err(reply_err(
                 id,
@@ -277,7 +288,12 @@ impl Conn {
         let now = Instant::now();
         let node = &self.hub.node;
         let reply = match req {
-            Request::Connect { token, info } => return self.connect(&id, token.as_deref(), info),
+            Request::Connect { token, info } => {
+                if let (Some(auth), Some(t)) = (&self.hub.config.auth, token.as_deref()) {
+                    auth.refresh_for(t).await;
+                }
+                return self.connect(&id, token.as_deref(), info);
+            }
             Request::Ping => reply_ok(&id, &Empty {}),
             Request::Subscribe { channel, since } => self.subscribe(&id, &channel, since).await,
             Request::Unsubscribe { channel } => match self.subs.remove(channel.as_str()) {

@@ -426,6 +426,10 @@ struct Compression {
 struct Auth {
     hmac_secret: Option<String>,
     rsa_public_key_file: Option<PathBuf>,
+    /// PEM public keys: RSA, EC (P-256, P-384) or Ed25519.
+    #[serde(default)]
+    public_key_files: Vec<PathBuf>,
+    jwks_url: Option<String>,
     #[serde(default)]
     anonymous: bool,
 }
@@ -564,20 +568,30 @@ impl HubConfig {
             self.compression = HubConfig::default().compression;
         }
         if let Some(a) = f.auth {
-            let rsa = match &a.rsa_public_key_file {
-                Some(file) => {
-                    let file = path.parent().unwrap_or(Path::new(".")).join(file);
-                    Some(std::fs::read(&file).map_err(|e| {
-                        invalid(
-                            "auth.rsa_public_key_file",
-                            format!("cannot read {}: {e}", file.display()),
-                        )
-                    })?)
-                }
-                None => None,
-            };
-            let auth = AuthConfig::new(a.hmac_secret.as_deref(), rsa.as_deref(), a.anonymous)
-                .map_err(|e| invalid("auth", e))?;
+            let mut pems = Vec::new();
+            let files = a
+                .rsa_public_key_file
+                .iter()
+                .map(|f| ("auth.rsa_public_key_file", f))
+                .chain(
+                    a.public_key_files
+                        .iter()
+                        .map(|f| ("auth.public_key_files", f)),
+                );
+            for (key, file) in files {
+                let file = path.parent().unwrap_or(Path::new(".")).join(file);
+                let pem = std::fs::read(&file)
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
+                pems.push(pem);
+            }
+            let pems: Vec<&[u8]> = pems.iter().map(Vec::as_slice).collect();
+            let auth = AuthConfig::with_keys(
+                a.hmac_secret.as_deref(),
+                &pems,
+                a.jwks_url.as_deref(),
+                a.anonymous,
+            )
+            .map_err(|e| invalid("auth", e))?;
             self.auth = Some(auth);
         }
         set!(self.api_key, f.api.key.map(Some));

@@ -182,6 +182,9 @@ impl Hub {
         });
         hub.node
             .set_internal(Arc::new(crate::control::Events(hub.control.clone())));
+        if let (Some(auth), Ok(_)) = (&hub.config.auth, tokio::runtime::Handle::try_current()) {
+            auth.start();
+        }
         if networked {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => drop(rt.spawn(hub.control.clone().start())),

@@ -25,6 +25,7 @@ mod config;
 mod connection;
 mod control;
 pub mod engine;
+mod http_client;
 mod http_phase;
 mod hub;
 mod limits;

@@ -42,6 +42,13 @@ pub(crate) async fn room_upgrade(
             &headers,
         );
     }
+    // A key the JWKS does not hold yet is fetched before the token is checked.
+    if let (Some(auth), Some(token)) = (
+        &hub.config.auth,
+        crate::admission::query_param(query.as_deref(), "token"),
+    ) {
+        auth.refresh_for(&token).await;
+    }
     let admitted = match admit(&hub, Endpoint::Rooms, &headers, query.as_deref(), true) {
         Ok(a) => a,
         Err(resp) => return *resp,
