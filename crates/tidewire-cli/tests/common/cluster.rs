@@ -29,6 +29,22 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000");
 }
 
+/// A free port for a Redis Cluster node, whose cluster bus listens on the port + 10000:
+/// both free, and both below the kernel's ephemeral range (a bus port taken by an outgoing
+/// connection kept a node from starting).
+fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if port >= 22_000 {
+            continue;
+        }
+        if StdListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair in 20000..22000 and 30000..32000");
+}
+
 /// A `redis-server` process of this test, killed when dropped.
 pub struct Redis {
     pub port: u16,
@@ -57,7 +73,11 @@ impl Redis {
     }
 
     fn start_as(persist: bool, cluster: bool) -> Redis {
-        let port = free_port();
+        let port = if cluster {
+            free_cluster_port()
+        } else {
+            free_port()
+        };
         let dir =
             std::env::temp_dir().join(format!("tidewire-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -273,9 +273,12 @@ impl BrokerEvents for CountingEvents {
         self.inner.link_restored()
     }
     fn channel_lost(&self, channel: &str) {
-        self.counters
-            .lost
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The hub's own channels have no subscribers to tell.
+        if !crate::node::is_internal(channel) {
+            self.counters
+                .lost
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.channel_lost(channel)
     }
 }

@@ -696,7 +696,7 @@ impl Subscriber {
             Some(_) => {
                 // A new epoch: Redis lost this channel's data; its subscribers' positions
                 // mean nothing in the new one.
-                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                self.count_lost(channel);
                 self.events.channel_lost(channel);
                 Arc::from(epoch.as_str())
             }
@@ -820,8 +820,16 @@ impl Subscriber {
         }
     }
 
+    /// Counts a lost channel (`tidewire_engine_channels_lost_total`): its subscribers are
+    /// told to resume. The hub's own channels (`$...`) have none.
+    fn count_lost(&self, channel: &str) {
+        if !crate::node::is_internal(channel) {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn lose(&mut self, channel: &Arc<str>) {
-        self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        self.count_lost(channel);
         if let Some(t) = self.channels.get_mut(channel) {
             t.epoch = None;
             t.offset = 0;
