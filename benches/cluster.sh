@@ -130,7 +130,7 @@ case " $ENGINES " in *" redis "*)
   before=$(awk '{print $14+$15}' "/proc/$rpid/stat")
   start=$(date +%s.%N)
   taskset -c 1 redis-benchmark -p "$rport" -c 50 -n 200000 -q --csv \
-    EVALSHA "$SHA" 2 "tw:{fan:q}:m" "tw:{fan:q}:s" "tw:{fan:q}:live" '{"n":"x"}' 100 600000 e0 \
+    EVALSHA "$SHA" 2 "tw:{fan:q}:m" "tw:{fan:q}:s" "tw:{fan:q}:live" '{"n":"x"}' 100 600000 e0 PUBLISH \
     > "$OUT/redis-benchmark.csv"
   end=$(date +%s.%N)
   after=$(awk '{print $14+$15}' "/proc/$rpid/stat")
