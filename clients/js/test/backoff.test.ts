@@ -46,7 +46,7 @@ describe("backoffDelay", () => {
     for (const c of [1002, 1007, 3000, 3999, 4002, 4499]) expect(closePolicy(c)).toBe("retry");
     for (const c of [1000, 1009, 4003, 4008, 4500, 4501, 4999]) expect(closePolicy(c)).toBe("stop");
     expect(closePolicy(4001)).toBe("new-token");
-    expect(Object.values(CloseCode).map((c) => closePolicy(c))).toEqual(["retry", "new-token", "stop", "stop", "retry"]);
+    expect(Object.values(CloseCode).map((c) => closePolicy(c))).toEqual(["retry", "new-token", "stop", "stop", "retry", "stop", "stop"]);
   });
 });
 
