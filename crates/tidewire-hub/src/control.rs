@@ -230,6 +230,21 @@ impl Control {
         }
     }
 
+    /// The users blocked now, sorted, each with the end of its block (seconds since the
+    /// Unix epoch) or `None` for until unblocked (the admin page lists them).
+    pub(crate) fn blocked(&self) -> Vec<(String, Option<u64>)> {
+        let now = now();
+        let mut out: Vec<(String, Option<u64>)> = lock(&self.users)
+            .iter()
+            .filter_map(|(user, s)| match s.blocked {
+                Some(until) if until.is_none_or(|t| t > now) => Some((user.clone(), until)),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The channels of every node whose names match `pattern` (`*` for any run of
     /// characters), with their subscriptions summed over the nodes that answered within
     /// 1 s, sorted by name.
@@ -535,13 +550,19 @@ mod tests {
             until: None,
         });
         assert_eq!(control.refusal("ann", None), Some("blocked"));
+        assert_eq!(control.blocked(), [("ann".to_owned(), None)]);
         control.apply_user(&UserEvent::Unblock { user: "ann".into() });
         assert_eq!(control.refusal("ann", None), None);
+        assert!(control.blocked().is_empty());
         control.apply_user(&UserEvent::Block {
             user: "ann".into(),
             until: Some(now() - 1),
         });
         assert_eq!(control.refusal("ann", None), None);
+        assert!(
+            control.blocked().is_empty(),
+            "an expired block is not listed"
+        );
         control.apply_user(&UserEvent::Revoke {
             user: "bob".into(),
             before: 1000,

@@ -42,6 +42,10 @@ use std::time::{Duration, Instant};
 
 /// Shards of the local registry.
 const SHARDS: usize = 64;
+/// The bit that marks a quiet subscription's id ([`Node::subscribe_quietly`]): ids come
+/// from a counter that never gets near it, and marking the id costs no memory per
+/// subscription.
+const QUIET: u64 = 1 << 63;
 /// Locks that order the broker subscribe and unsubscribe calls of one channel.
 const SUB_LOCKS: usize = 256;
 
@@ -368,7 +372,7 @@ impl Registry {
         for shard in self.shards.iter() {
             for (name, local) in lock(shard).channels.iter() {
                 if namespaces.for_channel(name).is_some_and(|ns| ns.presence) {
-                    let subs = local.subs.as_slice().iter();
+                    let subs = local.subs.as_slice().iter().filter(|s| s.id & QUIET == 0);
                     out.extend(subs.map(|s| (name.clone(), s.client.clone())));
                 }
             }
@@ -549,13 +553,18 @@ impl Node {
     }
 
     /// The channels with local subscribers whose names `keep` accepts, with their
-    /// numbers of local subscriptions.
+    /// numbers of local subscriptions (quiet ones, [`Node::subscribe_quietly`], are not
+    /// counted, and a channel that has only those is not listed).
     pub fn local_channels(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<(Arc<str>, usize)> {
         let mut out = Vec::new();
         for shard in self.registry.shards.iter() {
             for (name, local) in lock(shard).channels.iter() {
                 if keep(name) {
-                    out.push((name.clone(), local.subs.as_slice().len()));
+                    let subs = local.subs.as_slice();
+                    let n = subs.iter().filter(|s| s.id & QUIET == 0).count();
+                    if n > 0 {
+                        out.push((name.clone(), n));
+                    }
                 }
             }
         }
@@ -621,8 +630,36 @@ impl Node {
         since: Option<StreamPosition>,
         outbox: OutboxSender,
     ) -> Result<Subscribed, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !QUIET;
+        self.subscribe_with_id(channel, client, since, outbox, id)
+            .await
+    }
+
+    /// [`Node::subscribe`] for an observer (the admin page's live tail): it receives the
+    /// channel's events like any subscriber, but is never in its presence (no join or
+    /// leave, not refreshed) and is not counted in [`Node::local_channels`]. End it with
+    /// [`Node::unsubscribe`] as any other.
+    pub async fn subscribe_quietly(
+        &self,
+        channel: &str,
+        client: Arc<ClientInfo>,
+        since: Option<StreamPosition>,
+        outbox: OutboxSender,
+    ) -> Result<Subscribed, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) | QUIET;
+        self.subscribe_with_id(channel, client, since, outbox, id)
+            .await
+    }
+
+    async fn subscribe_with_id(
+        &self,
+        channel: &str,
+        client: Arc<ClientInfo>,
+        since: Option<StreamPosition>,
+        outbox: OutboxSender,
+        id: u64,
+    ) -> Result<Subscribed, Error> {
         let ns = self.namespaces.check(channel)?.clone();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = LocalSub {
             id,
             outbox,
@@ -642,7 +679,7 @@ impl Node {
         };
         let subscription = Subscription::new(id, name.clone());
         let started = async {
-            if ns.presence {
+            if ns.presence && id & QUIET == 0 {
                 let ttl = self.options.presence_ttl;
                 self.call("presence", self.presence.add(&name, client.clone(), ttl))
                     .await?;
@@ -712,10 +749,11 @@ impl Node {
             }
             removed
         };
-        let presence = self
-            .namespaces
-            .for_channel(channel)
-            .is_some_and(|ns| ns.presence);
+        let presence = subscription.id() & QUIET == 0
+            && self
+                .namespaces
+                .for_channel(channel)
+                .is_some_and(|ns| ns.presence);
         if removed && presence {
             let left = async {
                 self.call("presence", self.presence.remove(channel, &client.client_id))

@@ -287,6 +287,61 @@ async fn presence_join_leave_events_listing_and_refresh() {
 }
 
 #[tokio::test]
+async fn quiet_subscriptions_see_everything_and_are_seen_nowhere() {
+    let h = harness(10);
+    let member = Outbox::new(64);
+    let sm = h
+        .node
+        .subscribe("chat:lobby", client("c1"), None, member.sender())
+        .await
+        .unwrap();
+    drain(&member).unwrap(); // its own join
+    let watcher = Outbox::new(64);
+    let sw = h
+        .node
+        .subscribe_quietly("chat:lobby", client("admin"), None, watcher.sender())
+        .await
+        .unwrap();
+    assert_ne!(sw.subscription.id(), sm.subscription.id());
+    // No join for the watcher, and it is not present, even after refreshes.
+    assert!(member.try_recv().unwrap().is_none());
+    for _ in 0..5 {
+        h.clock.advance(Duration::from_secs(25));
+        h.node.sweep().await;
+    }
+    assert_eq!(
+        h.node.presence("chat:lobby").await.unwrap(),
+        [ClientInfo::new("c1")]
+    );
+    assert_eq!(h.node.local_channels(|_| true), [("chat:lobby".into(), 1)]);
+    // It receives the publications and the others' presence events.
+    h.node.publish("chat:lobby", json(1)).await.unwrap();
+    h.node.unsubscribe(sm.subscription, &client("c1")).await;
+    let kinds: Vec<EventKind> = drain(&watcher)
+        .unwrap()
+        .into_iter()
+        .map(|(id, e)| {
+            assert_eq!(id, sw.subscription.id());
+            e.kind().clone()
+        })
+        .collect();
+    assert!(matches!(kinds[0], EventKind::Publication { offset: 1, .. }));
+    assert_eq!(kinds[1], EventKind::Leave(ClientInfo::new("c1")));
+    // A channel with only quiet subscribers is not listed; ending one sends no leave.
+    assert!(h.node.local_channels(|_| true).is_empty());
+    let other = Outbox::new(64);
+    let so = h
+        .node
+        .subscribe_quietly("chat:lobby", client("admin2"), None, other.sender())
+        .await
+        .unwrap();
+    h.node.unsubscribe(sw.subscription, &client("admin")).await;
+    assert!(other.try_recv().unwrap().is_none());
+    h.node.unsubscribe(so.subscription, &client("admin2")).await;
+    assert_eq!(h.node.channel_count(), 0);
+}
+
+#[tokio::test]
 async fn idle_channel_keeps_its_epoch_for_a_ttl() {
     let h = harness(10);
     let outbox = Outbox::new(8);
