@@ -192,6 +192,16 @@ pub struct ServeArgs {
     )]
     api_key: Option<String>,
 
+    /// Password of the admin page at /admin (12 characters or more): nodes, connections,
+    /// channels, a live tail, publish, disconnect and block. The page is off without one.
+    #[arg(
+        long,
+        env = "TIDEWIRE_ADMIN_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    admin_password: Option<String>,
+
     /// The engine: memory (the default: one node), redis://HOST:PORT[/DB] (given several
     /// times: channels sharded over the servers), redis+sentinel://HOST:PORT[,...]/MASTER,
     /// redis+cluster://HOST:PORT[,...] or nats://HOST:PORT (JetStream). Nodes on the same
@@ -299,6 +309,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         }
     }
     set!(c.api_key, args.api_key.clone().map(Some));
+    set!(c.admin_password, args.admin_password.clone().map(Some));
     if !args.engine.is_empty() {
         let urls = engine_urls(&args.engine);
         tidewire_hub::check_engine(&urls)
@@ -331,6 +342,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             "limits.max_message_size" => "--max-message-size",
             "rooms.buffer" => "--room-buffer",
             "api.key" => "--api-key",
+            "admin.password" => "--admin-password",
             "allowed_origins" => "--allowed-origins",
             "limits.max_connections" => "--max-connections",
             "limits.max_http_connections" => "--max-http-connections",
@@ -398,9 +410,10 @@ fn summary(args: &ServeArgs, c: &HubConfig) -> String {
         ),
     };
     format!(
-        "{source}\n  listen: {scheme}://{}/\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  room subprotocols: {}\n  max connections: {}",
+        "{source}\n  listen: {scheme}://{}/\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  admin page: {}\n  room subprotocols: {}\n  max connections: {}",
         c.listen,
         if c.demo { "on" } else { "off" },
+        if c.admin_password.is_some() { "on, at /admin" } else { "off (--admin-password)" },
         if c.room_protocols.is_empty() { "none".to_owned() } else { c.room_protocols.join(", ") },
         c.max_connections,
     )

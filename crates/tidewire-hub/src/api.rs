@@ -75,7 +75,7 @@ impl ApiError {
         json!({"error": {"code": self.code.0, "message": self.message}})
     }
 
-    fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let mut r = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
@@ -127,7 +127,7 @@ pub(crate) async fn api_openapi() -> Response {
 }
 
 /// The request body: one JSON object (an empty body counts as `{}`).
-fn parse_object(body: &[u8]) -> Result<&RawValue, ApiError> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<&RawValue, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -145,8 +145,8 @@ fn params<'a, T: Deserialize<'a>>(method: &str, raw: &'a RawValue) -> Result<T, 
     serde_json::from_str(raw.get()).map_err(|e| ApiError::bad(format!("{method}: {e}")))
 }
 
-/// Runs one method.
-async fn call(hub: &Arc<Hub>, method: &str, raw: &RawValue) -> ApiResult {
+/// Runs one method (also the admin page's calls, `admin`).
+pub(crate) async fn call(hub: &Arc<Hub>, method: &str, raw: &RawValue) -> ApiResult {
     match method {
         "publish" => publish(hub, params(method, raw)?).await,
         "broadcast" => broadcast(hub, params(method, raw)?).await,

@@ -124,6 +124,9 @@ pub struct HubConfig {
     pub auth: Option<AuthConfig>,
     /// Key for `POST /api/publish` (`Authorization: apikey KEY`); the API is off without it.
     pub api_key: Option<String>,
+    /// The admin page's password (at least 12 characters): turns the page on at `/admin`
+    /// (docs/admin.md); off (404) without one.
+    pub admin_password: Option<String>,
     /// Namespaces. Default: see [`default_namespaces`].
     pub namespaces: NamespaceConfig,
     /// Serve `https://` and `wss://` with this certificate chain and key (PEM files), read
@@ -206,6 +209,7 @@ impl Default for HubConfig {
             compression: Some(DeflateConfig::default().server_no_context_takeover(true)),
             auth: None,
             api_key: None,
+            admin_password: None,
             namespaces: default_namespaces(),
             tls: None,
             engine: vec!["memory".into()],
@@ -359,6 +363,8 @@ struct File {
     #[serde(default)]
     api: Api,
     #[serde(default)]
+    admin: Admin,
+    #[serde(default)]
     namespaces: BTreeMap<String, Namespace>,
     tls: Option<Tls>,
     #[serde(default)]
@@ -438,6 +444,12 @@ struct Auth {
 #[serde(deny_unknown_fields)]
 struct Api {
     key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Admin {
+    password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -595,6 +607,7 @@ impl HubConfig {
             self.auth = Some(auth);
         }
         set!(self.api_key, f.api.key.map(Some));
+        set!(self.admin_password, f.admin.password.map(Some));
         if let Some(urls) = f.engine.urls {
             check_engine(&urls).map_err(|e| invalid("engine.urls", e))?;
             self.engine = urls;
@@ -694,6 +707,16 @@ impl HubConfig {
         }
         if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
             return fail("api.key", "must be at least 16 characters");
+        }
+        if self
+            .admin_password
+            .as_ref()
+            .is_some_and(|p| p.chars().count() < crate::admin::MIN_PASSWORD)
+        {
+            return Err((
+                "admin.password",
+                format!("must be at least {} characters", crate::admin::MIN_PASSWORD),
+            ));
         }
         if self.max_connections == 0 {
             return fail(
@@ -1014,6 +1037,15 @@ publish = false
             (Some("limits.max_connections"), Some(2)),
             "{e}"
         );
+        let e = load("[admin]\npassword = \"eleven char\"\n").unwrap_err();
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("admin.password"), Some(2)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("at least 12 characters"), "{e}");
+        let c = load("[admin]\npassword = \"twelve chars\"\n").unwrap();
+        assert_eq!(c.admin_password.as_deref(), Some("twelve chars"));
         let e = load("[rooms]\nprotocols = [\"chat room\"]\n").unwrap_err();
         assert_eq!(e.key(), Some("rooms.protocols"), "{e}");
         let e = load("[rooms]\nheartbeat = [\" \"]\n").unwrap_err();

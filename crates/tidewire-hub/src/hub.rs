@@ -51,6 +51,8 @@ pub struct Hub {
     pub(crate) sessions: crate::sessions::Sessions,
     /// The server API's commands to every node, blocked users, revoked tokens.
     pub(crate) control: Arc<crate::control::Control>,
+    /// The admin page's keys, when it is on (`admin_password`).
+    pub(crate) admin: Option<crate::admin::Admin>,
 }
 
 impl Hub {
@@ -150,7 +152,12 @@ impl Hub {
         } else {
             String::new()
         };
+        let admin = config
+            .admin_password
+            .as_deref()
+            .map(crate::admin::Admin::new);
         let hub = Arc::new_cyclic(|hub| Hub {
+            admin,
             sessions: crate::sessions::Sessions::default(),
             control: crate::control::Control::new(hub.clone(), networked),
             node_name,

@@ -6,7 +6,8 @@
 //! - The `tidewire.v1` channel protocol at `ws://HOST/ws` (docs/protocol.md): channels with
 //!   offsets and epochs, history, gap-free resume, presence, namespaces, JWT auth, limits.
 //! - `/healthz`, `/metrics` (Prometheus), the server API for backends (`POST /api/METHOD`,
-//!   described at `/api/openapi.json`: docs/api.md), the demo pages.
+//!   described at `/api/openapi.json`: docs/api.md), the demo pages, and the admin page at
+//!   `/admin` when an admin password is set (docs/admin.md).
 //!
 //! The wire format is the `tidewire-hub-proto` crate's; the other side, a `tidewire.v1`
 //! client that reconnects, resubscribes with `since` and reports what could not be
@@ -16,6 +17,7 @@
 //! presence) over the [`engine`]: a [`Broker`] and a [`PresenceStore`], chosen at run time.
 //! [`HubConfig`] is the configuration, readable from TOML ([`HubConfig::load_file`]).
 
+mod admin;
 mod admission;
 mod api;
 pub mod auth;

@@ -1,6 +1,6 @@
 //! The HTTP side of `tidewire serve`: the routes, the listener (plain or TLS, reloaded on
 //! SIGHUP), request-head timeouts, and graceful shutdown. What each route does is in its own
-//! module: `admission`, `room_endpoint`, `channels`, `api`, `pages`; how many connections
+//! module: `admission`, `room_endpoint`, `channels`, `api`, `pages`, `admin`; how many connections
 //! may be in their HTTP phase and how large a head may be, in `http_phase`.
 
 use crate::api::{api_call, api_openapi};
@@ -28,6 +28,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     if hub.config.demo {
         router = crate::pages::routes(router);
     }
+    router = crate::admin::routes(router, hub.admin.is_some());
     router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -387,8 +388,20 @@ pub async fn serve(
     } else {
         ("http", "ws")
     };
-    println!("tidewire serve listening on {http}://{local}/ (rooms at {ws}://{local}/rooms/NAME, channels at {ws}://{local}/ws)");
+    // One line: tests and scripts read the address from the first line, and may close
+    // the pipe after it.
+    let admin = if hub.admin.is_some() {
+        format!(", admin page at {http}://{local}/admin")
+    } else {
+        String::new()
+    };
+    println!("tidewire serve listening on {http}://{local}/ (rooms at {ws}://{local}/rooms/NAME, channels at {ws}://{local}/ws{admin})");
     tracing::info!(%local, tls = tls.is_some(), auth = hub.config.auth.is_some(), "listening");
+    if hub.admin.is_some() {
+        if tls.is_none() && !local.ip().is_loopback() {
+            tracing::warn!("the admin page is served over plain HTTP on {local}: its password and session cookie cross the network in clear (serve it with --tls-cert, or behind a TLS proxy)");
+        }
+    }
     let sweeper = hub.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
