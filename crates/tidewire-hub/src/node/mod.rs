@@ -455,6 +455,10 @@ pub struct Node {
     next_id: AtomicU64,
     /// When presence entries were last refreshed.
     refreshed: Mutex<Option<Instant>>,
+    /// Quiet subscriptions ([`Node::subscribe_quietly`]) by channel: few (the admin
+    /// page's tails), and not counted in [`Node::channel_count`] where they are all a
+    /// channel has.
+    quiet: Mutex<HashMap<Arc<str>, usize>>,
     /// History reads of resumes, shared when they come together.
     resumes: resume::Resumes,
     clock: Arc<dyn Clock>,
@@ -494,6 +498,7 @@ impl Node {
             options,
             next_id: AtomicU64::new(1),
             refreshed: Mutex::new(None),
+            quiet: Mutex::new(HashMap::new()),
             resumes: resume::Resumes::default(),
             clock,
         }
@@ -509,9 +514,14 @@ impl Node {
         &self.broker
     }
 
-    /// Channels with at least one local subscriber.
+    /// Channels with at least one local subscriber (quiet ones not counted).
     pub fn channel_count(&self) -> usize {
-        self.registry.len()
+        let quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        let only_quiet = quiet
+            .iter()
+            .filter(|(channel, n)| self.subscriber_count(channel) == **n)
+            .count();
+        self.registry.len().saturating_sub(only_quiet)
     }
 
     /// Hands the events of the hub's own channels (`$...`) to `events` (once; later calls
@@ -668,6 +678,10 @@ impl Node {
         let name = {
             let _order = self.sub_lock(channel).lock().await;
             let (name, link) = self.registry.add(channel, sub);
+            if id & QUIET != 0 {
+                let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+                *quiet.entry(name.clone()).or_default() += 1;
+            }
             if link {
                 if let Err(e) = self.call("subscribe", self.broker.subscribe(&name)).await {
                     self.registry.remove(channel, id);
@@ -735,6 +749,15 @@ impl Node {
         let removed = {
             let _order = self.sub_lock(channel).lock().await;
             let (removed, unlink) = self.registry.remove(channel, subscription.id());
+            if removed && subscription.id() & QUIET != 0 {
+                let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = quiet.get_mut(channel) {
+                    *n -= 1;
+                    if *n == 0 {
+                        quiet.remove(channel);
+                    }
+                }
+            }
             if unlink {
                 if let Err(e) = self
                     .call("unsubscribe", self.broker.unsubscribe(channel))

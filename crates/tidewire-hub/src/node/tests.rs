@@ -314,6 +314,7 @@ async fn quiet_subscriptions_see_everything_and_are_seen_nowhere() {
         [ClientInfo::new("c1")]
     );
     assert_eq!(h.node.local_channels(|_| true), [("chat:lobby".into(), 1)]);
+    assert_eq!(h.node.channel_count(), 1);
     // It receives the publications and the others' presence events.
     h.node.publish("chat:lobby", json(1)).await.unwrap();
     h.node.unsubscribe(sm.subscription, &client("c1")).await;
@@ -327,8 +328,10 @@ async fn quiet_subscriptions_see_everything_and_are_seen_nowhere() {
         .collect();
     assert!(matches!(kinds[0], EventKind::Publication { offset: 1, .. }));
     assert_eq!(kinds[1], EventKind::Leave(ClientInfo::new("c1")));
-    // A channel with only quiet subscribers is not listed; ending one sends no leave.
+    // A channel with only quiet subscribers is not listed nor counted; ending one sends
+    // no leave.
     assert!(h.node.local_channels(|_| true).is_empty());
+    assert_eq!(h.node.channel_count(), 0);
     let other = Outbox::new(64);
     let so = h
         .node
