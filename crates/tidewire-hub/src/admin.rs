@@ -657,22 +657,34 @@ async fn api_call(
         Ok(params) => crate::api::call(&hub, &method, params).await,
         Err(e) => Err(e),
     };
+    // What changes something is logged at `info` (the page reads presence every 1.5 s
+    // while a tail is open: reads at `debug`).
+    let changes = !READS.contains(&method.as_str());
+    let shown = peer(&method).to_string();
     match result {
         Ok(v) => {
-            tracing::info!(method = peer(&method).to_string(), "admin page: API call");
+            if changes {
+                tracing::info!(method = shown, "admin page: API call");
+            } else {
+                tracing::debug!(method = shown, "admin page: API call");
+            }
             json_ok(&v)
         }
         Err(e) => {
-            tracing::info!(
-                method = peer(&method).to_string(),
-                "admin page: API call failed"
-            );
+            if changes {
+                tracing::info!(method = shown, "admin page: API call failed");
+            } else {
+                tracing::debug!(method = shown, "admin page: API call failed");
+            }
             let mut r = e.into_response();
             page_headers(&mut r);
             r
         }
     }
 }
+
+/// The server API's methods that change nothing.
+const READS: &[&str] = &["presence", "presence_stats", "history", "channels", "info"];
 
 /// `GET /admin/tail?channel=C[&offset=O&epoch=E]`: a WebSocket that carries the channel's
 /// events as `tidewire.v1` pushes (publications from after the position, when given),
@@ -881,7 +893,7 @@ mod tests {
             ".",
             "x.y",
             "1.",
-            &format!("{exp}"),
+            exp,
             "99999999999999999999999.a",
             "-1.AAAA",
         ] {

@@ -397,10 +397,8 @@ pub async fn serve(
     };
     println!("tidewire serve listening on {http}://{local}/ (rooms at {ws}://{local}/rooms/NAME, channels at {ws}://{local}/ws{admin})");
     tracing::info!(%local, tls = tls.is_some(), auth = hub.config.auth.is_some(), "listening");
-    if hub.admin.is_some() {
-        if tls.is_none() && !local.ip().is_loopback() {
-            tracing::warn!("the admin page is served over plain HTTP on {local}: its password and session cookie cross the network in clear (serve it with --tls-cert, or behind a TLS proxy)");
-        }
+    if hub.admin.is_some() && tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!("the admin page is served over plain HTTP on {local}: its password and session cookie cross the network in clear (serve it with --tls-cert, or behind a TLS proxy)");
     }
     let sweeper = hub.clone();
     tokio::spawn(async move {
