@@ -374,8 +374,12 @@ async function start() {
     if (!(e instanceof SessionEnded)) banner(`Cannot read the session: ${e.message}`);
     return;
   }
-  await refresh();
-  setInterval(refresh, REFRESH_MS);
+  // The next refresh is due REFRESH_MS after the last one ended: a slow engine must not
+  // pile calls up.
+  for (;;) {
+    await refresh();
+    await new Promise((ok) => setTimeout(ok, REFRESH_MS));
+  }
 }
 
 start();

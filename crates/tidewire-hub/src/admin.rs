@@ -344,7 +344,7 @@ fn escape(text: &str) -> String {
 }
 
 /// The login form, with `message` (an error) above it.
-fn login_page(hub: &Hub, status: StatusCode, message: Option<&str>) -> Response {
+fn login_page(status: StatusCode, message: Option<&str>) -> Response {
     let message = match message {
         Some(m) => format!(
             "<p class=\"error\" id=\"login-error\" role=\"alert\">{}</p>",
@@ -352,10 +352,7 @@ fn login_page(hub: &Hub, status: StatusCode, message: Option<&str>) -> Response 
         ),
         None => String::new(),
     };
-    let body = LOGIN
-        .replace("{{MESSAGE}}", &message)
-        .replace("{{NODE}}", &escape(&hub.node_name));
-    html(status, body)
+    html(status, LOGIN.replace("{{MESSAGE}}", &message))
 }
 
 fn redirect(to: &'static str, cookie: Option<String>) -> Response {
@@ -439,7 +436,7 @@ async fn page(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     };
     match admin.session(&headers) {
         Some(_) => html(StatusCode::OK, PAGE.to_owned()),
-        None => login_page(&hub, StatusCode::OK, None),
+        None => login_page(StatusCode::OK, None),
     }
 }
 
@@ -469,23 +466,23 @@ async fn login(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> 
     };
     if !same_origin(&headers) {
         let m = "this form must be sent from the login page of this server (the request's Origin is another site)";
-        return login_page(&hub, StatusCode::FORBIDDEN, Some(m));
+        return login_page(StatusCode::FORBIDDEN, Some(m));
     }
     if body.len() > MAX_LOGIN_BODY {
         let m = format!("the login form is larger than {MAX_LOGIN_BODY} bytes");
-        return login_page(&hub, StatusCode::PAYLOAD_TOO_LARGE, Some(&m));
+        return login_page(StatusCode::PAYLOAD_TOO_LARGE, Some(&m));
     }
     let password = std::str::from_utf8(&body)
         .ok()
         .and_then(|form| query_param(Some(form), "password"));
     let Some(password) = password else {
         let m = "send the password as the form field password (application/x-www-form-urlencoded)";
-        return login_page(&hub, StatusCode::BAD_REQUEST, Some(m));
+        return login_page(StatusCode::BAD_REQUEST, Some(m));
     };
     if let Err(wait) = admin.attempt(Instant::now()) {
         let secs = wait.as_secs() + 1;
         let m = format!("too many failed logins on this node: try again in {secs} s");
-        let mut r = login_page(&hub, StatusCode::TOO_MANY_REQUESTS, Some(&m));
+        let mut r = login_page(StatusCode::TOO_MANY_REQUESTS, Some(&m));
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
@@ -493,7 +490,7 @@ async fn login(State(hub): State<Arc<Hub>>, headers: HeaderMap, body: Bytes) -> 
     if !admin.password_is(&password) {
         tracing::warn!("admin page: a login with a wrong password");
         tokio::time::sleep(FAILED_LOGIN_DELAY).await;
-        return login_page(&hub, StatusCode::UNAUTHORIZED, Some("wrong password"));
+        return login_page(StatusCode::UNAUTHORIZED, Some("wrong password"));
     }
     admin.succeeded();
     tracing::info!("admin page: logged in");
