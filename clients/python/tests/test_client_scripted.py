@@ -549,3 +549,39 @@ async def test_a_503_is_retried_after_retry_after_only_when_safe():
             with pytest.raises(ApiError):
                 await api.batch([("presence", {"channel": "a"}), ("publish", {"channel": "a", "data": 1})])
         assert len(fake.requests) == 1  # an unkeyed publish inside: not retried
+
+
+async def test_close_while_reconnecting_and_while_connected_is_prompt_and_clean():
+    from conftest import free_port
+
+    client = Client(f"ws://127.0.0.1:{free_port()}/ws", initial_delay=5, max_delay=5)
+    stream = client.events()
+    attempt = asyncio.ensure_future(client.connect())
+    first = await stream.get(timeout=5)
+    assert isinstance(first, Reconnecting) and "cannot connect" in first.reason
+    start = asyncio.get_running_loop().time()
+    await client.close()  # during the 5 s backoff
+    assert asyncio.get_running_loop().time() - start < 2
+    with pytest.raises(ClosedError, match="closed"):
+        await asyncio.wait_for(attempt, 5)
+    last = await stream.get(timeout=5)
+    assert isinstance(last, Stopped) and last.error is None
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+    async with ScriptServer() as server:
+        client = Client(server.url, **FAST)
+        conn = await connected(server, client)
+        sub = client.subscribe("c")
+        await conn.reply(await conn.expect("subscribe"), {"offset": 0, "epoch": "e"})
+        await conn.publication("c", 1, "e")
+        await asyncio.wait_for(_until(lambda: sub.position and sub.position.offset == 1), 5)
+        start = asyncio.get_running_loop().time()
+        await client.close()
+        assert asyncio.get_running_loop().time() - start < 2
+        await asyncio.wait_for(conn.ws.wait_closed(), 5)
+        assert conn.ws.close_code == 1000
+        # What was delivered before the close is still read, then the iteration ends.
+        assert [p.offset async for p in sub] == [1]
+        assert client.state == "stopped" and client.stopped.error is None
+        await client.close()  # twice is fine

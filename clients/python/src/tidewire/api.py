@@ -24,7 +24,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._http import HttpPool, HttpResponse
 from ._util import (
@@ -77,6 +77,7 @@ _MAX_USER_CHARS = 256
 _VERSION = "0.1.0"
 
 TimeLike = Union[int, float, datetime]
+_T = TypeVar("_T")
 
 
 class ApiConnectionError(ApiError):
@@ -477,7 +478,7 @@ def _error(method: str, response: HttpResponse) -> ApiError:
     return ApiError(response.status, code, message, retry_after=retry_after)
 
 
-def _parse(method: str, fn: Any) -> Any:
+def _parse(method: str, fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import random as _random
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 __all__ = [
     "PROTOCOL",
@@ -122,7 +122,7 @@ class StreamPosition:
     offset: int
     epoch: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"offset": self.offset, "epoch": self.epoch}
 
     @classmethod
@@ -130,7 +130,7 @@ class StreamPosition:
         if not isinstance(value, Mapping):
             raise ValueError(f"{what}: expected an object with offset and epoch, got {value!r}")
         offset, epoch = value.get("offset"), value.get("epoch")
-        if not _is_offset(offset) or not isinstance(epoch, str):
+        if not isinstance(offset, int) or not _is_offset(offset) or not isinstance(epoch, str):
             raise ValueError(f"{what}: expected an object with offset and epoch, got {value!r}")
         return cls(offset, epoch)
 
@@ -158,7 +158,7 @@ class Publication:
             raise ValueError(f"a publication is an object, got {value!r}")
         ch = value.get("channel", channel)
         offset, epoch = value.get("offset"), value.get("epoch")
-        if not isinstance(ch, str) or not _is_offset(offset) or not isinstance(epoch, str):
+        if not isinstance(ch, str) or not isinstance(offset, int) or not _is_offset(offset) or not isinstance(epoch, str):
             raise ValueError(f"a publication needs channel, offset and epoch: {value!r}")
         return cls(ch, offset, epoch, value.get("data"))
 

@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 from ._util import unix_seconds
 
@@ -61,7 +61,7 @@ def make_token(
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
             raise ValueError("ttl must be a positive number of seconds (or give expires_at)")
         exp = int(now + seconds)
-    claims: dict = {"sub": user, "exp": exp, "iat": iat}
+    claims: Dict[str, Any] = {"sub": user, "exp": exp, "iat": iat}
     if channels is not None:
         chans = [channels] if isinstance(channels, str) else list(channels)
         if not all(isinstance(c, str) and c for c in chans):

@@ -40,6 +40,7 @@ from typing import (
     List,
     Optional,
     Set,
+    TypeVar,
     Union,
 )
 
@@ -188,6 +189,7 @@ class ErrorEvent:
 Event = Union[Connected, Disconnected, Reconnecting, Stopped, ServerSubscribed, ServerUnsubscribed, ErrorEvent]
 
 _DEFAULT: Any = object()
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------- subscription
@@ -240,7 +242,7 @@ class Subscription:
         self._on_error = on_error
         self._buffer = buffer
         self._items: Deque[SubscriptionItem] = collections.deque()
-        self._waiter: Optional[asyncio.Future] = None
+        self._waiter: Optional[asyncio.Future[Any]] = None
         self._lagging = False
         # Per connection: the id of the subscribe in flight, whether live publications
         # are taken, and the live ones that came while the subscribe was in flight.
@@ -255,7 +257,7 @@ class Subscription:
         self._error_raised = False
         #: Why the subscription ended ("" while it lives).
         self.end_reason = ""
-        self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._ready.add_done_callback(_retrieve)
 
     def __repr__(self) -> str:
@@ -392,7 +394,7 @@ class Subscription:
         self._wake()
 
 
-def _retrieve(fut: asyncio.Future) -> None:
+def _retrieve(fut: asyncio.Future[Any]) -> None:
     # An exception nobody awaits is not an "exception was never retrieved" warning.
     if not fut.cancelled():
         fut.exception()
@@ -404,7 +406,7 @@ def _retrieve(fut: asyncio.Future) -> None:
 class _Request:
     __slots__ = ("id", "op", "channel", "text", "future")
 
-    def __init__(self, rid: int, op: str, channel: Optional[str], text: str, future: asyncio.Future) -> None:
+    def __init__(self, rid: int, op: str, channel: Optional[str], text: str, future: asyncio.Future[Any]) -> None:
         self.id = rid
         self.op = op
         self.channel = channel
@@ -442,7 +444,7 @@ class _Conn:
         self.local_reason: Optional[str] = None
         self.connect_timer: Optional[asyncio.TimerHandle] = None
         self.ping_deadline: Optional[asyncio.TimerHandle] = None
-        self.tasks: List[asyncio.Task] = []
+        self.tasks: List[asyncio.Task[None]] = []
 
     def send(self, text: str) -> None:
         self.out.put_nowait(text)
@@ -587,17 +589,17 @@ class Client:
 
         self._phase = "idle"  # idle | connecting | connected | waiting | stopped
         self._closing = False
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task[None]] = None
         self._conn: Optional[_Conn] = None
         self._wakeup: Optional[asyncio.Event] = None
         self._next_id = 1
         self._connections = 0
         self._queue: Deque[_Request] = collections.deque()
         self._subs: Dict[str, Subscription] = {}
-        self._connect_waiters: List[asyncio.Future] = []
+        self._connect_waiters: "List[asyncio.Future[ConnectInfo]]" = []
         self._listeners: List[Callable[[Event], Any]] = []
         self._event_queues: Set["asyncio.Queue[Event]"] = set()
-        self._stopped: Optional[asyncio.Future] = None
+        self._stopped: Optional[asyncio.Future[Any]] = None
         self._stop_event: Optional[Stopped] = None
         self.connection: Optional[ConnectInfo] = None
         """This connection's client id and user while connected, else None."""
@@ -642,7 +644,7 @@ class Client:
             self._wakeup = asyncio.Event()
             self._phase = "connecting"
             self._task = loop.create_task(self._run(), name=f"tidewire.v1 {self.url}")
-        fut: asyncio.Future = loop.create_future()
+        fut: "asyncio.Future[ConnectInfo]" = loop.create_future()
         self._connect_waiters.append(fut)
         try:
             if timeout is None:
@@ -1541,7 +1543,7 @@ async def _quiet_close(ws: Any) -> None:
         pass
 
 
-def _parse(fn: Callable[[], Any]) -> Any:
+def _parse(fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except (ValueError, TypeError, AttributeError) as e:
