@@ -161,7 +161,9 @@ class Redis:
         self.port = free_port()
         self.name = name
         self.proc: Optional[subprocess.Popen] = None
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{name}.log"
+        self.log_path.write_text("")
 
     @property
     def url(self) -> str:

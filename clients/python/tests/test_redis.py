@@ -74,7 +74,7 @@ async def test_resume_across_a_hub_killed_and_restarted_on_redis(own_hub, redis_
     resumed = await eventually(lambda: [e for e in subscribed if e.resubscribed][1:], 10, "2 resubscriptions")
     assert all(e.recovered for e in resumed) and sum(e.recovered_count for e in resumed) > 0
     lost = [e for e in events if isinstance(e, Disconnected)]
-    assert lost[0].code is None and lost[1].code == 4000
+    assert lost[0].code is None and 4000 in [e.code for e in lost[1:]]
     assert len([e for e in events if isinstance(e, Connected)]) >= 3
     await client.close()
     await api.close()
@@ -83,7 +83,7 @@ async def test_resume_across_a_hub_killed_and_restarted_on_redis(own_hub, redis_
 async def test_503_with_retry_after_is_retried_only_when_safe(own_hub, redis_server: Redis):
     h: Hub = own_hub(engine=redis_server.url)
     ch = unique("chat:unavailable-")
-    api = h.api(timeout=15, retries=10, max_retry_delay=1)
+    api = h.api(timeout=15, retries=20, max_retry_delay=1)
     await api.publish(ch, "up")
     redis_server.stop()
     # Without an idempotency key a publish is not retried: it may have been applied.
