@@ -302,6 +302,18 @@ export class TidewireClient {
     };
   }
 
+  /**
+   * Calls `method` of the application's backend through the hub (`op: rpc`; the method's
+   * namespace needs `rpc_proxy`) and resolves to the backend's answer. A refusal rejects with
+   * the backend's code (1000 or more) or 104; 112 when the backend is down or slow.
+   */
+  async rpc<T = unknown>(method: string, data: unknown = null): Promise<T> {
+    if (typeof method !== "string" || method === "") return Promise.reject(new TypeError("method must be a non-empty string"));
+    // The method stands where a channel would in messages; it is sent as `method`.
+    const r = await this.request<any>("rpc", method, { method, data });
+    return r?.data as T;
+  }
+
   /** The clients subscribed to a channel (namespaces with presence on; else error 110). */
   presence(channel: string): Promise<PresenceResult> {
     return this.request("presence", channel, {});
@@ -317,7 +329,7 @@ export class TidewireClient {
     const id = this.nextId++;
     let text: string;
     try {
-      text = JSON.stringify({ id, op, channel, ...fields });
+      text = JSON.stringify(op === "rpc" ? { id, op, ...fields } : { id, op, channel, ...fields });
     } catch (e) {
       return Promise.reject(e);
     }

@@ -209,7 +209,9 @@ async def test_revoke_tokens_closes_with_4001_and_a_fresh_token_gets_in(hub: Hub
 
     def provider():
         made.append(1)
-        return tokens.pop(0) if tokens else hub.token(user)
+        # A token issued after the revocation: `iat` is in whole seconds and the default
+        # `before` revokes this second's tokens too, so the fresh one says the next second.
+        return tokens.pop(0) if tokens else hub.token(user, issued_at=int(time.time()) + 1)
 
     events = []
     async with hub.api() as api:

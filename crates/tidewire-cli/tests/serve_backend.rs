@@ -303,6 +303,34 @@ async fn rpc_round_trip() {
     assert_eq!(r["error"]["code"], 103, "{r}");
     let r = request(&mut ws, json!({"id": 5, "op": "rpc"}), &mut pushed).await;
     assert_eq!(r["error"]["code"], 101, "{r}");
+
+    // The Rust hub client's `rpc`, the backend's refusal with its own code included.
+    let refusing: Handler = Arc::new(|path: &str, body: &Value| match path {
+        "/rpc" if body["method"] == "game:cheat" => Answer::error(Some(1409), "not in this game"),
+        _ => app()(path, body),
+    });
+    let backend = Backend::start(refusing).await;
+    let srv = hub(&backend.url, &[]);
+    let client = tidewire_hub_client::HubClient::builder(format!("ws://{}/ws", srv.addr))
+        .reconnect(|r| {
+            r.client(|c| {
+                c.header(
+                    http::header::COOKIE,
+                    http::HeaderValue::from_static("session=good-kim"),
+                )
+            })
+        })
+        .connect();
+    let answer = client.rpc("game:roll", json!([1, 2])).await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"method": "game:roll", "echo": [1, 2], "user": "kim"})
+    );
+    let e = client.rpc("game:cheat", json!(null)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Some(1409), Some("not in this game"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -759,7 +759,9 @@ impl HubConfig {
             };
         }
         self.namespaces = ns;
-        self.check()
+        // `backend.url` may still come from a flag: its absence is checked once they are in.
+        self.check_values()
+            .and_then(|()| self.check_backend(false))
             .map_err(|(key, message)| invalid(key, message))?;
         Ok(self)
     }
@@ -768,6 +770,11 @@ impl HubConfig {
     /// On error: the configuration key at fault (`heartbeat.idle_timeout`) and what is
     /// wrong with it.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        self.check_values()?;
+        self.check_backend(true)
+    }
+
+    fn check_values(&self) -> Result<(), (&'static str, String)> {
         let fail = |key, message: &str| Err((key, message.to_owned()));
         if self.ping_interval.is_zero() {
             return fail("heartbeat.ping_interval", "must be more than zero");
@@ -843,10 +850,11 @@ impl HubConfig {
         if self.room_heartbeat.iter().any(|h| h.trim().is_empty()) {
             return fail("rooms.heartbeat", "a heartbeat text cannot be empty");
         }
-        self.check_backend()
+        Ok(())
     }
 
-    fn check_backend(&self) -> Result<(), (&'static str, String)> {
+    /// The `[backend]` values; with `complete`, also that what needs `backend.url` has it.
+    fn check_backend(&self, complete: bool) -> Result<(), (&'static str, String)> {
         let b = &self.backend;
         match &b.url {
             Some(url) => {
@@ -860,6 +868,7 @@ impl HubConfig {
                     ));
                 }
             }
+            None if !complete => {}
             None => {
                 let uses =
                     |o: &NamespaceOptions| o.subscribe_proxy || o.publish_proxy || o.rpc_proxy;
@@ -1136,6 +1145,37 @@ publish = false
             docs.contains(body),
             "docs/configuration.md must show crates/tidewire-hub/src/default.toml from `listen =` on"
         );
+    }
+
+    #[test]
+    fn the_backend_section_is_read_and_checked() {
+        let c = load(
+            "[backend]\nurl = \"http://127.0.0.1:3000/hub\"\ntimeout = \"250ms\"\n\
+             headers = [\"Cookie\"]\nconnect = true\nevents = [\"vacated\", \"connect\"]\n\
+             [namespaces.game]\nrpc_proxy = true\n",
+        )
+        .unwrap();
+        let b = &c.backend;
+        assert_eq!(b.url.as_deref(), Some("http://127.0.0.1:3000/hub"));
+        assert_eq!(b.timeout, Duration::from_millis(250));
+        assert_eq!(
+            (b.headers.as_slice(), b.connect),
+            (&["cookie".to_owned()][..], true)
+        );
+        assert_eq!(b.events, ["connect", "vacated"]);
+        assert!(b.sends("vacated") && !b.sends("subscribe"));
+        assert!(c.namespaces.for_channel("game:x").unwrap().rpc_proxy);
+        let e = load("[backend]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("backend.url"), "{e}");
+        let e = load("[backend]\nurl = \"http://x\"\nevents = [\"joined\"]\n").unwrap_err();
+        assert_eq!(e.key(), Some("backend.events"), "{e}");
+        assert!(e.to_string().contains("unknown event \"joined\""), "{e}");
+        // A file may leave the URL to a flag; the whole configuration may not.
+        let c = load("[namespaces.game]\nrpc_proxy = true\n").unwrap();
+        let (key, message) = c.check().unwrap_err();
+        assert_eq!(key, "namespaces");
+        assert!(message.contains("need backend.url"), "{message}");
+        assert_eq!(BackendConfig::parse_events("all").unwrap().len(), 6);
     }
 
     #[test]

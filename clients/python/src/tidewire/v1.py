@@ -823,6 +823,17 @@ class Client:
 
         return _parse(parse)
 
+    async def rpc(self, method: str, data: Any = None, *, timeout: Optional[float] = _DEFAULT) -> Any:
+        """Calls ``method`` of the application's backend through the hub (``op: rpc``; the
+        method's namespace needs ``rpc_proxy``): the backend's answer. A refusal raises
+        :class:`ServerError` with the backend's code (1000 or more) or 104; 112 when the
+        backend is down or slow."""
+        if not isinstance(method, str) or not 1 <= len(method.encode("utf-8")) <= 256:
+            raise ValueError("method must be a string of 1 to 256 bytes")
+        fields: Dict[str, Any] = {"method": method, "data": check_json(data, "data")}
+        result = await self._request("rpc", None, fields, timeout)
+        return result.get("data") if isinstance(result, dict) else None
+
     async def ping(self, *, timeout: Optional[float] = _DEFAULT) -> float:
         """The application heartbeat (``op: ping``); returns the round trip in seconds."""
         start = time.monotonic()
