@@ -1394,3 +1394,149 @@ async fn a_dead_nodes_hook_events_come_from_another_node() {
     assert_eq!(after.len(), all.len());
     drop(keep);
 }
+
+/// The next push that is not a reply, a join or a leave.
+async fn push(ws: &mut common::hub::Ws) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v.get("id").is_none() && v.get("join").is_none() && v.get("leave").is_none() {
+            return v;
+        }
+    }
+}
+
+/// The server API's other methods across two nodes (issue 17): each called on node A about
+/// a connection or a channel of node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn every_server_api_method_works_across_two_nodes() {
+    const SECRET: &str = "cluster-api-test-secret-of-32-chars-or-more";
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let token = |sub: &str, iat: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": sub, "exp": now() + 3600, "iat": iat}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let ok = |addr: SocketAddr, method: &str, body: Value| {
+        let (status, v) = api_call(addr, method, &body.to_string(), Some(API_KEY));
+        assert_eq!(status, 200, "{method} {body}: {v}");
+        v
+    };
+    let redis = Redis::start();
+    let extra = ["--auth-hmac-secret", SECRET, "--auth-anonymous"];
+    let a = node(&redis, "127.0.0.1:0", "node-a", &extra);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &extra);
+    let mut pushed = Vec::new();
+    let mut cal = client_q(b.addr, &format!("?token={}", token("cal", now()))).await;
+    let r = request(&mut cal, json!({"id": 1, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true);
+    // subscribe (server-side), presence, presence_stats.
+    ok(
+        a.addr,
+        "subscribe",
+        json!({"user": "cal", "channel": "room:x"}),
+    );
+    let v = push(&mut cal).await;
+    assert_eq!(v["channel"], "room:x", "{v}");
+    assert!(v.get("subscribed").is_some(), "{v}");
+    let p = ok(a.addr, "presence", json!({"channel": "room:x"}));
+    assert_eq!(p["clients"][0]["user"], "cal", "{p}");
+    let s = ok(a.addr, "presence_stats", json!({"channel": "room:x"}));
+    assert_eq!(s, json!({"clients": 1, "users": 1}));
+    // broadcast: node B's subscriber gets it.
+    let r = ok(
+        a.addr,
+        "broadcast",
+        json!({"channels": ["room:x", "feed2"], "data": {"n": 1}}),
+    );
+    assert_eq!(r["responses"].as_array().unwrap().len(), 2, "{r}");
+    let v = push(&mut cal).await;
+    assert_eq!(
+        (&v["channel"], &v["data"]),
+        (&json!("room:x"), &json!({"n": 1})),
+        "{v}"
+    );
+    // history (newest, and since), history_remove.
+    let h = ok(a.addr, "history", json!({"channel": "room:x"}));
+    assert_eq!(h["publications"].as_array().unwrap().len(), 1, "{h}");
+    let since = json!({"offset": 0, "epoch": h["epoch"]});
+    let h2 = ok(
+        a.addr,
+        "history",
+        json!({"channel": "room:x", "since": since}),
+    );
+    assert_eq!(
+        (
+            h2["complete"].as_bool(),
+            h2["publications"].as_array().map(Vec::len)
+        ),
+        (Some(true), Some(1))
+    );
+    ok(a.addr, "history_remove", json!({"channel": "room:x"}));
+    let h3 = ok(b.addr, "history", json!({"channel": "room:x"}));
+    assert_eq!(
+        (
+            h3["offset"].as_u64(),
+            h3["publications"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0)),
+        "{h3}"
+    );
+    // batch, in order.
+    let r = ok(
+        a.addr,
+        "batch",
+        json!({"commands": [
+            {"method": "publish", "params": {"channel": "room:x", "data": 2}},
+            {"method": "presence_stats", "params": {"channel": "room:x"}},
+        ]}),
+    );
+    assert_eq!(r["replies"][0]["result"]["offset"], 2, "{r}");
+    assert_eq!(r["replies"][1]["result"]["clients"], 1, "{r}");
+    let v = push(&mut cal).await;
+    assert_eq!(v["data"], 2, "{v}");
+    // unsubscribe (server-side).
+    ok(
+        a.addr,
+        "unsubscribe",
+        json!({"user": "cal", "channel": "room:x"}),
+    );
+    let v = push(&mut cal).await;
+    assert_eq!(
+        (&v["channel"], v.get("unsubscribed").is_some()),
+        (&json!("room:x"), true),
+        "{v}"
+    );
+    // revoke_tokens: node B's connection with an older token goes (4001).
+    let mut dan = client_q(b.addr, &format!("?token={}", token("dan", now() - 100))).await;
+    let r = request(&mut dan, json!({"id": 1, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true);
+    ok(
+        a.addr,
+        "revoke_tokens",
+        json!({"user": "dan", "before": now() - 50}),
+    );
+    assert_eq!(close_of(&mut dan).await, (4001, "token revoked".to_owned()));
+    // refresh: node B's connection now expires in 2 s (4001 then).
+    ok(
+        a.addr,
+        "refresh",
+        json!({"user": "cal", "expire_at": now() + 2}),
+    );
+    let started = Instant::now();
+    let (code, _) = close_of(&mut cal).await;
+    assert_eq!(code, 4001);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
