@@ -4,7 +4,11 @@
 //
 // With auth on, `/ws` answers a `connect` without a token (or with a bad one) with error 109
 // and closes with 4008; an expired token closes with 4001. The client stops after either,
-// and the page says why and how to get in.
+// and the page says why and how to get in. The backend may also end a user's connections
+// through the server API (docs/api.md): `disconnect` closes with 4500 by default (any code
+// from 4500 to 4999 means "do not reconnect"), `block_user` with 4501, and a blocked user's
+// next `connect` is refused (error 109, close 4501). The page then says so, with the code
+// and the server's reason, instead of promising a reconnect.
 
 export const params = new URLSearchParams(location.search);
 
@@ -19,6 +23,18 @@ const AUTH_CODES = new Set([4001, 4008]);
 /** Whether a client `state` event means the server refused us for want of a valid token. */
 export function isAuthRefusal(s) {
   return s.state === "disconnected" && AUTH_CODES.has(s.code);
+}
+
+/** Whether a client `state` event is the server ending the connection for good (4500-4999). */
+export function isServerStop(s) {
+  return s.state === "disconnected" && typeof s.code === "number" && s.code >= 4500 && s.code <= 4999;
+}
+
+/** What the banner says after a close of 4500-4999: who closed, the reason, the code. */
+export function serverStopText(s) {
+  const why = s.reason ? ": " + s.reason : "";
+  if (s.code === 4501) return "Blocked by the server" + why + " (close code 4501). Not reconnecting.";
+  return "Disconnected by the server" + why + " (close code " + s.code + "). Not reconnecting: reload the page to connect again.";
 }
 
 /** This page's URL with `changes` applied to its query (null removes a parameter). */
@@ -88,12 +104,17 @@ function code(text) {
 
 /**
  * The state badge and the reconnect banner for a client `state` event; an auth refusal
- * shows the token notice instead of the banner.
+ * shows the token notice instead of the banner, and a close of 4500-4999 (disconnected or
+ * blocked by the server) says so in the banner, with the server's reason.
  */
 export function showState(s, stateEl, bannerEl) {
   const auth = isAuthRefusal(s);
-  stateEl.textContent = auth ? "token needed" : s.state;
-  stateEl.className = "state " + (auth ? "disconnected" : s.state);
+  const stop = isServerStop(s);
+  stateEl.textContent = auth ? "token needed" : stop ? (s.code === 4501 ? "blocked" : "disconnected by the server") : s.state;
+  stateEl.className = "state " + (auth || stop ? "disconnected" : s.state);
+  if (bannerEl.dataset.text === undefined) bannerEl.dataset.text = bannerEl.textContent;
+  bannerEl.textContent = stop ? serverStopText(s) : bannerEl.dataset.text;
+  bannerEl.classList.toggle("stopped", stop);
   bannerEl.classList.toggle("show", !auth && (s.state === "reconnecting" || s.state === "disconnected"));
   showAuthNotice(auth ? s : null);
 }

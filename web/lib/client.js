@@ -32,6 +32,8 @@ export class TidewireClient {
         this.listeners = {
             state: new Set(),
             error: new Set(),
+            serverSubscribed: new Set(),
+            serverUnsubscribed: new Set(),
         };
         this.listening = false;
         this.onOnline = () => this.online();
@@ -113,7 +115,10 @@ export class TidewireClient {
             return;
         this.stop(new TidewireError("closed", "disconnect() was called"), undefined, "disconnect() was called", false);
     }
-    /** Listens to `state` or `error` events; returns a function that removes the listener. */
+    /**
+     * Listens to `state`, `error`, `serverSubscribed` or `serverUnsubscribed` events; returns a
+     * function that removes the listener.
+     */
     on(event, fn) {
         this.listeners[event].add(fn);
         return () => this.off(event, fn);
@@ -129,8 +134,12 @@ export class TidewireClient {
     subscribe(channel, options = {}) {
         if (typeof channel !== "string" || channel.length === 0)
             throw new TypeError("channel must be a non-empty string");
-        if (this.subs.has(channel)) {
-            throw new TidewireError("already_subscribed", `already subscribed to ${JSON.stringify(channel)}: unsubscribe() the existing Subscription first`);
+        const existing = this.subs.get(channel);
+        if (existing) {
+            throw new TidewireError("already_subscribed", existing.origin === "server"
+                ? `already subscribed to ${JSON.stringify(channel)} by the server (its API): use getSubscription(), ` +
+                    `or unsubscribe() that Subscription first`
+                : `already subscribed to ${JSON.stringify(channel)}: unsubscribe() the existing Subscription first`);
         }
         const sub = new Subscription(this.host, channel, options);
         this.subs.set(channel, sub);
@@ -138,9 +147,13 @@ export class TidewireClient {
             this.sendSubscribe(this.conn, sub);
         return sub;
     }
-    /** The subscription to a channel, if any. */
+    /** The subscription to a channel, if any (the application's or the server's). */
     getSubscription(channel) {
         return this.subs.get(channel);
+    }
+    /** Every live subscription of this client, the application's and the server's. */
+    get subscriptions() {
+        return [...this.subs.values()];
     }
     /** Publishes `data` (any JSON value). Queued while reconnecting. */
     publish(channel, data) {
@@ -157,6 +170,18 @@ export class TidewireClient {
             publications: pubs.map((p) => ({ type: "publication", channel: p.channel ?? channel, offset: p.offset, epoch: p.epoch, data: p.data })),
         };
     }
+    /**
+     * Calls `method` of the application's backend through the hub (`op: rpc`; the method's
+     * namespace needs `rpc_proxy`) and resolves to the backend's answer. A refusal rejects with
+     * the backend's code (1000 or more) or 104; 112 when the backend is down or slow.
+     */
+    async rpc(method, data = null) {
+        if (typeof method !== "string" || method === "")
+            return Promise.reject(new TypeError("method must be a non-empty string"));
+        // The method stands where a channel would in messages; it is sent as `method`.
+        const r = await this.request("rpc", method, { method, data });
+        return r?.data;
+    }
     /** The clients subscribed to a channel (namespaces with presence on; else error 110). */
     presence(channel) {
         return this.request("presence", channel, {});
@@ -171,7 +196,7 @@ export class TidewireClient {
         const id = this.nextId++;
         let text;
         try {
-            text = JSON.stringify({ id, op, channel, ...fields });
+            text = JSON.stringify(op === "rpc" ? { id, op, ...fields } : { id, op, channel, ...fields });
         }
         catch (e) {
             return Promise.reject(e);
@@ -386,6 +411,7 @@ export class TidewireClient {
             sub._active = false;
             sub._pendingId = null;
             sub._held = [];
+            sub._serverPush = null;
             if (sub._state === "subscribed")
                 sub._state = "subscribing";
         }
@@ -528,6 +554,14 @@ export class TidewireClient {
             return;
         }
         if (typeof msg.channel === "string") {
+            if ("subscribed" in msg) {
+                this.serverSubscribed(conn, msg.channel, msg.subscribed, data);
+                return;
+            }
+            if ("unsubscribed" in msg) {
+                this.serverUnsubscribed(conn, msg.channel);
+                return;
+            }
             const sub = this.subs.get(msg.channel);
             if (!sub)
                 return; // unsubscribed meanwhile
@@ -620,6 +654,21 @@ export class TidewireClient {
         if (sub._state === "unsubscribed" || this.subs.get(sub.channel) !== sub || sub._pendingId !== id)
             return;
         sub._pendingId = null;
+        const pushed = sub._serverPush;
+        sub._serverPush = null;
+        if (err && pushed) {
+            // The server subscribed this connection to the channel itself (its API, or the backend
+            // at connect) while this subscribe was on its way, so it was refused (106, or 104 for a
+            // channel only the server may subscribe us to): the subscription goes on from the
+            // push's position. Resumed without loss if that is where it stood; otherwise the
+            // publications in between are reported as unrecoverable.
+            err = null;
+            result = { offset: pushed.offset, epoch: pushed.epoch };
+            if (since) {
+                result.recovered = since.epoch === pushed.epoch && since.offset === pushed.offset;
+                result.publications = [];
+            }
+        }
         if (!err && !isPosition(result?.offset, result?.epoch)) {
             err = new TidewireError("protocol", `subscribe reply without offset/epoch: ${JSON.stringify(result)}`);
         }
@@ -738,6 +787,50 @@ export class TidewireClient {
         this.send(conn, JSON.stringify({ id, op: "unsubscribe", channel: sub.channel }));
         this.sendSubscribe(conn, sub);
     }
+    // ------------------------------------------------------------------ server-side subscriptions
+    /** `{"channel": C, "subscribed": POSITION}`: the server subscribed this connection. */
+    serverSubscribed(conn, channel, pos, data) {
+        if (!isPosition(pos?.offset, pos?.epoch)) {
+            this.report(new TidewireError("protocol", `subscribed push without a valid offset/epoch: ${data.slice(0, 100)}`));
+            return;
+        }
+        const position = { offset: pos.offset, epoch: pos.epoch };
+        const existing = this.subs.get(channel);
+        if (existing) {
+            // The server does not push `subscribed` for a channel the connection already has. Ours
+            // is on its way (a first subscribe, or a resubscribe after a reconnect): its reply
+            // will be an error, and the subscription continues from here (subscribeReply).
+            if (!existing._active)
+                existing._serverPush = position;
+            return;
+        }
+        const sub = new Subscription(this.host, channel, {}, "server");
+        sub._position = { ...position };
+        sub._active = conn.open;
+        this.subs.set(channel, sub);
+        sub._subscribed({ channel, position: { ...position }, resubscribed: false, recoveredCount: 0 });
+        this.emit("serverSubscribed", { channel, position: { ...position }, subscription: sub });
+    }
+    /**
+     * `{"channel": C, "unsubscribed": {}}`: the server ended this connection's subscription to
+     * the channel, whoever made it. The subscription ends and is not resubscribed.
+     */
+    serverUnsubscribed(conn, channel) {
+        const sub = this.subs.get(channel);
+        if (!sub)
+            return; // unsubscribed by the application meanwhile
+        const inFlight = sub._pendingId !== null;
+        this.subs.delete(channel);
+        sub._end(undefined, true);
+        if (inFlight && this.conn === conn && conn.open) {
+            // A subscribe of ours is still on its way and would subscribe the connection again
+            // after the server's unsubscribe: take it back (an error reply is as good).
+            const id = this.nextId++;
+            conn.pending.set(id, { kind: "ignore" });
+            this.send(conn, JSON.stringify({ id, op: "unsubscribe", channel }));
+        }
+        this.emit("serverUnsubscribed", { channel, subscription: sub });
+    }
     // ------------------------------------------------------------------ subscriptions
     unsubscribeSub(sub) {
         if (sub._state === "unsubscribed")
@@ -769,6 +862,16 @@ export class TidewireClient {
         for (const fn of [...this.listeners.state]) {
             try {
                 fn(ev);
+            }
+            catch (e) {
+                this.host._report(e);
+            }
+        }
+    }
+    emit(event, arg) {
+        for (const fn of [...this.listeners[event]]) {
+            try {
+                fn(arg);
             }
             catch (e) {
                 this.host._report(e);

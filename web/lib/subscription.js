@@ -76,9 +76,10 @@ class ItemStream {
     }
 }
 /**
- * A subscription to one channel, created by `client.subscribe()`. It lives until
- * `unsubscribe()` (or until the server refuses it): across reconnects it is resubscribed
- * with `since` and continues without gaps or duplicates where the server can recover.
+ * A subscription to one channel, created by `client.subscribe()` (or by the server: see
+ * `origin`). It lives until `unsubscribe()` (or until the server refuses or ends it): across
+ * reconnects it is resubscribed with `since` and continues without gaps or duplicates where
+ * the server can recover.
  *
  * Iterate with `for await (const item of sub)`: items are publications and, when a
  * resubscription could not be recovered, an `{type: "unrecoverable"}` marker. Items are
@@ -86,7 +87,7 @@ class ItemStream {
  */
 export class Subscription {
     /** @internal */
-    constructor(host, channel, options) {
+    constructor(host, channel, options, origin = "client") {
         this.host = host;
         /** @internal */ this._state = "subscribing";
         /** @internal Id of the subscribe request in flight on the current connection. */
@@ -97,8 +98,17 @@ export class Subscription {
         this._held = [];
         /** @internal Successful subscriptions so far. */
         this._subscribedCount = 0;
+        /**
+         * @internal The position of a `subscribed` push for this channel that arrived on the
+         * current connection while this subscription's own subscribe was on its way: the server
+         * subscribed the connection itself, so that subscribe gets an error (106) and the
+         * subscription continues from this position instead.
+         */
+        this._serverPush = null;
         this.streams = new Set();
+        this.listeners = {};
         this.channel = channel;
+        this.origin = origin;
         this._handlers = options;
         this._position = options.since ? { offset: options.since.offset, epoch: options.since.epoch } : null;
         this._historyFirst = !options.since && options.history && options.history > 0 ? Math.min(options.history, 10000) : 0;
@@ -119,6 +129,24 @@ export class Subscription {
     unsubscribe() {
         return this.host._unsubscribe(this);
     }
+    /**
+     * Listens to one of the subscription's events (the handlers of `SubscribeOptions`, as
+     * events: `publication`, `join`, `leave`, `unrecoverable`, `subscribed`, `unsubscribed`,
+     * `error`); returns a function that removes the listener. Handlers given to `subscribe()`
+     * run first. This is how an application follows a subscription the server made.
+     */
+    on(event, fn) {
+        let set = this.listeners[event];
+        if (!set) {
+            set = new Set();
+            this.listeners[event] = set;
+        }
+        set.add(fn);
+        return () => this.off(event, fn);
+    }
+    off(event, fn) {
+        this.listeners[event]?.delete(fn);
+    }
     [Symbol.asyncIterator]() {
         const s = new ItemStream((x) => this.streams.delete(x));
         if (this._state === "unsubscribed")
@@ -129,41 +157,60 @@ export class Subscription {
     }
     /** @internal */
     _deliver(pub) {
-        this.call(this._handlers.onPublication, pub);
+        this.emit("publication", this._handlers.onPublication, pub);
         for (const s of this.streams)
             s.push(pub);
     }
     /** @internal */
     _unrecoverable(event) {
-        this.call(this._handlers.onUnrecoverable, event);
+        this.emit("unrecoverable", this._handlers.onUnrecoverable, event);
         for (const s of this.streams)
             s.push(event);
     }
     /** @internal */
     _presence(kind, client) {
-        this.call(kind === "join" ? this._handlers.onJoin : this._handlers.onLeave, client);
+        if (kind === "join")
+            this.emit("join", this._handlers.onJoin, client);
+        else
+            this.emit("leave", this._handlers.onLeave, client);
     }
     /** @internal */
     _subscribed(event) {
         this._state = "subscribed";
         this._subscribedCount++;
         this.readyResolve(event);
-        this.call(this._handlers.onSubscribed, event);
+        this.emit("subscribed", this._handlers.onSubscribed, event);
     }
-    /** @internal The subscription is over: by unsubscribe() (no error) or a refusal. */
-    _end(error) {
+    /**
+     * @internal The subscription is over: by unsubscribe() or the server's `unsubscribed`
+     * push (no error; `byServer` tells which), or a refusal (error).
+     */
+    _end(error, byServer = false) {
         if (this._state === "unsubscribed")
             return;
         this._state = "unsubscribed";
         this._active = false;
         this._pendingId = null;
         this._held = [];
-        this.readyReject(error ?? new Error(`unsubscribed from ${JSON.stringify(this.channel)} before the subscription completed`));
+        this._serverPush = null;
+        this.readyReject(error ??
+            new Error(`${byServer ? "the server ended the subscription to" : "unsubscribed from"} ${JSON.stringify(this.channel)} ` +
+                `before the subscription completed`));
         if (error)
-            this.call(this._handlers.onError, error);
+            this.emit("error", this._handlers.onError, error);
+        else
+            this.emit("unsubscribed", this._handlers.onUnsubscribed, { channel: this.channel, byServer });
         for (const s of this.streams)
             s.end(error);
         this.streams.clear();
+    }
+    /** The handler given to subscribe(), then the listeners added with on(). */
+    emit(event, handler, arg) {
+        this.call(handler, arg);
+        const set = this.listeners[event];
+        if (set)
+            for (const fn of [...set])
+                this.call(fn, arg);
     }
     call(fn, arg) {
         if (!fn)

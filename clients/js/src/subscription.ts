@@ -5,6 +5,7 @@ import type {
   StreamPosition,
   SubscribedEvent,
   SubscriptionItem,
+  UnsubscribedEvent,
   Unrecoverable,
 } from "./types.js";
 
@@ -22,7 +23,26 @@ export interface SubscriptionHandlers<T = unknown> {
   onSubscribed?: (event: SubscribedEvent) => void;
   /** The server refused the subscription (e.g. 103 unknown namespace, 104 private channel); it has ended. */
   onError?: (error: TidewireError) => void;
+  /** The subscription ended without an error: `unsubscribe()`, or the server ended it (`byServer`). */
+  onUnsubscribed?: (event: UnsubscribedEvent) => void;
 }
+
+/** Events of `subscription.on(...)`: the same as the handlers, for listeners added later. */
+export interface SubscriptionEvents<T = unknown> {
+  publication: Publication<T>;
+  join: ClientInfo;
+  leave: ClientInfo;
+  unrecoverable: Unrecoverable;
+  subscribed: SubscribedEvent;
+  unsubscribed: UnsubscribedEvent;
+  error: TidewireError;
+}
+
+/**
+ * Who made a subscription: the application (`client.subscribe()`), or the server (its API's
+ * `subscribe`, announced by the client's `serverSubscribed` event).
+ */
+export type SubscriptionOrigin = "client" | "server";
 
 export interface SubscribeOptions<T = unknown> extends SubscriptionHandlers<T> {
   /** Resume from a position saved earlier (for example in sessionStorage). */
@@ -126,9 +146,10 @@ class ItemStream<T> implements AsyncIterableIterator<SubscriptionItem<T>> {
 }
 
 /**
- * A subscription to one channel, created by `client.subscribe()`. It lives until
- * `unsubscribe()` (or until the server refuses it): across reconnects it is resubscribed
- * with `since` and continues without gaps or duplicates where the server can recover.
+ * A subscription to one channel, created by `client.subscribe()` (or by the server: see
+ * `origin`). It lives until `unsubscribe()` (or until the server refuses or ends it): across
+ * reconnects it is resubscribed with `since` and continues without gaps or duplicates where
+ * the server can recover.
  *
  * Iterate with `for await (const item of sub)`: items are publications and, when a
  * resubscription could not be recovered, an `{type: "unrecoverable"}` marker. Items are
@@ -136,6 +157,11 @@ class ItemStream<T> implements AsyncIterableIterator<SubscriptionItem<T>> {
  */
 export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem<T>> {
   readonly channel: string;
+  /**
+   * `"client"` for `client.subscribe()`; `"server"` for a subscription the server made
+   * (its API's `subscribe`), which the client keeps and resubscribes like its own.
+   */
+  readonly origin: SubscriptionOrigin;
   /** @internal */ _state: SubscriptionState = "subscribing";
   /** @internal */ _position: StreamPosition | null;
   /** @internal Publications to load with `history` before the first subscribe (0: none). */ _historyFirst: number;
@@ -147,8 +173,16 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
   _held: Publication<T>[] = [];
   /** @internal Successful subscriptions so far. */
   _subscribedCount = 0;
+  /**
+   * @internal The position of a `subscribed` push for this channel that arrived on the
+   * current connection while this subscription's own subscribe was on its way: the server
+   * subscribed the connection itself, so that subscribe gets an error (106) and the
+   * subscription continues from this position instead.
+   */
+  _serverPush: StreamPosition | null = null;
   /** @internal */ readonly _handlers: SubscriptionHandlers<T>;
   private readonly streams = new Set<ItemStream<T>>();
+  private readonly listeners: { [E in keyof SubscriptionEvents<T>]?: Set<(arg: SubscriptionEvents<T>[E]) => void> } = {};
   private readyResolve!: (e: SubscribedEvent) => void;
   private readyReject!: (e: unknown) => void;
   /**
@@ -162,8 +196,10 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
     private readonly host: SubscriptionHost,
     channel: string,
     options: SubscribeOptions<T>,
+    origin: SubscriptionOrigin = "client",
   ) {
     this.channel = channel;
+    this.origin = origin;
     this._handlers = options;
     this._position = options.since ? { offset: options.since.offset, epoch: options.since.epoch } : null;
     this._historyFirst = !options.since && options.history && options.history > 0 ? Math.min(options.history, 10_000) : 0;
@@ -188,6 +224,26 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
     return this.host._unsubscribe(this);
   }
 
+  /**
+   * Listens to one of the subscription's events (the handlers of `SubscribeOptions`, as
+   * events: `publication`, `join`, `leave`, `unrecoverable`, `subscribed`, `unsubscribed`,
+   * `error`); returns a function that removes the listener. Handlers given to `subscribe()`
+   * run first. This is how an application follows a subscription the server made.
+   */
+  on<E extends keyof SubscriptionEvents<T>>(event: E, fn: (arg: SubscriptionEvents<T>[E]) => void): () => void {
+    let set = this.listeners[event] as Set<(a: SubscriptionEvents<T>[E]) => void> | undefined;
+    if (!set) {
+      set = new Set();
+      (this.listeners as Record<string, unknown>)[event] = set;
+    }
+    set.add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off<E extends keyof SubscriptionEvents<T>>(event: E, fn: (arg: SubscriptionEvents<T>[E]) => void): void {
+    (this.listeners[event] as Set<(a: SubscriptionEvents<T>[E]) => void> | undefined)?.delete(fn);
+  }
+
   [Symbol.asyncIterator](): AsyncIterableIterator<SubscriptionItem<T>> {
     const s = new ItemStream<T>((x) => this.streams.delete(x));
     if (this._state === "unsubscribed") s.end();
@@ -197,19 +253,20 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
 
   /** @internal */
   _deliver(pub: Publication<T>): void {
-    this.call(this._handlers.onPublication, pub);
+    this.emit("publication", this._handlers.onPublication, pub);
     for (const s of this.streams) s.push(pub);
   }
 
   /** @internal */
   _unrecoverable(event: Unrecoverable): void {
-    this.call(this._handlers.onUnrecoverable, event);
+    this.emit("unrecoverable", this._handlers.onUnrecoverable, event);
     for (const s of this.streams) s.push(event);
   }
 
   /** @internal */
   _presence(kind: "join" | "leave", client: ClientInfo): void {
-    this.call(kind === "join" ? this._handlers.onJoin : this._handlers.onLeave, client);
+    if (kind === "join") this.emit("join", this._handlers.onJoin, client);
+    else this.emit("leave", this._handlers.onLeave, client);
   }
 
   /** @internal */
@@ -217,22 +274,42 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
     this._state = "subscribed";
     this._subscribedCount++;
     this.readyResolve(event);
-    this.call(this._handlers.onSubscribed, event);
+    this.emit("subscribed", this._handlers.onSubscribed, event);
   }
 
-  /** @internal The subscription is over: by unsubscribe() (no error) or a refusal. */
-  _end(error?: TidewireError): void {
+  /**
+   * @internal The subscription is over: by unsubscribe() or the server's `unsubscribed`
+   * push (no error; `byServer` tells which), or a refusal (error).
+   */
+  _end(error?: TidewireError, byServer = false): void {
     if (this._state === "unsubscribed") return;
     this._state = "unsubscribed";
     this._active = false;
     this._pendingId = null;
     this._held = [];
+    this._serverPush = null;
     this.readyReject(
-      error ?? new Error(`unsubscribed from ${JSON.stringify(this.channel)} before the subscription completed`),
+      error ??
+        new Error(
+          `${byServer ? "the server ended the subscription to" : "unsubscribed from"} ${JSON.stringify(this.channel)} ` +
+            `before the subscription completed`,
+        ),
     );
-    if (error) this.call(this._handlers.onError, error);
+    if (error) this.emit("error", this._handlers.onError, error);
+    else this.emit("unsubscribed", this._handlers.onUnsubscribed, { channel: this.channel, byServer });
     for (const s of this.streams) s.end(error);
     this.streams.clear();
+  }
+
+  /** The handler given to subscribe(), then the listeners added with on(). */
+  private emit<E extends keyof SubscriptionEvents<T>>(
+    event: E,
+    handler: ((a: SubscriptionEvents<T>[E]) => void) | undefined,
+    arg: SubscriptionEvents<T>[E],
+  ): void {
+    this.call(handler, arg);
+    const set = this.listeners[event] as Set<(a: SubscriptionEvents<T>[E]) => void> | undefined;
+    if (set) for (const fn of [...set]) this.call(fn, arg);
   }
 
   private call<A>(fn: ((a: A) => void) | undefined, arg: A): void {

@@ -1,5 +1,7 @@
 /** Types of the `tidewire.v1` channel protocol (docs/protocol.md) as this library exposes them. */
 
+import type { Subscription } from "./subscription.js";
+
 /** A position in a channel's stream: the last offset seen and the channel's epoch. */
 export interface StreamPosition {
   offset: number;
@@ -73,6 +75,46 @@ export interface SubscribedEvent {
   recovered?: boolean;
   /** Number of recovered publications delivered (after dropping duplicates). */
   recoveredCount: number;
+}
+
+/**
+ * How a subscription ended without an error, passed to `onUnsubscribed`: by its own
+ * `unsubscribe()`, or by the server (its API's `unsubscribe`: the push
+ * `{"channel": C, "unsubscribed": {}}`).
+ */
+export interface UnsubscribedEvent {
+  channel: string;
+  /** True when the server ended it, false after `unsubscribe()`. */
+  byServer: boolean;
+}
+
+/**
+ * The server subscribed this connection to a channel (its API's `subscribe`, on behalf of
+ * the backend): `client.on("serverSubscribed", ...)`. The client made a `Subscription` for
+ * it (`origin: "server"`) that delivers the channel's publications after `position`; the
+ * client keeps it across reconnects (resubscribing with `since`) until the server ends it
+ * or the application calls its `unsubscribe()`.
+ */
+export interface ServerSubscribedEvent {
+  channel: string;
+  /** Where the subscription starts: the next publication has `position.offset + 1`. */
+  position: StreamPosition;
+  /**
+   * The subscription, already `subscribed`. Handlers attached in the listener
+   * (`subscription.on("publication", ...)`, or `for await`) miss nothing.
+   */
+  subscription: Subscription<unknown>;
+}
+
+/**
+ * The server ended this client's subscription to a channel (its API's `unsubscribe`):
+ * `client.on("serverUnsubscribed", ...)`. Emitted for a subscription the server made and
+ * for one the application made alike; the subscription has ended (state `unsubscribed`,
+ * iterators finished) and is not resubscribed.
+ */
+export interface ServerUnsubscribedEvent {
+  channel: string;
+  subscription: Subscription<unknown>;
 }
 
 /** Connection states, as reported by `client.on("state", ...)`. */

@@ -8,13 +8,11 @@ import {
   backoffDelay,
   closePolicy,
   CloseCode,
-  type ClientOptions,
   type Publication,
   type StateEvent,
   type SubscriptionItem,
-  type WebSocketConstructor,
 } from "../src/index.js";
-import { makeClient, sleep, waitFor } from "./helpers.js";
+import { fakeServer, makeClient, sleep, waitFor } from "./helpers.js";
 
 describe("backoffDelay", () => {
   test("ceilings double from initialDelay up to maxDelay", () => {
@@ -120,75 +118,6 @@ test("the backoff restarts from attempt 1 after a successful connection", async 
   ]);
   client.disconnect();
 });
-
-// ---------------------------------------------------------------- a scripted WebSocket
-
-class FakeSocket {
-  readyState = 0;
-  protocol = "";
-  sent: any[] = [];
-  closed: { code?: number; reason?: string } | null = null;
-  onopen: ((ev: any) => any) | null = null;
-  onmessage: ((ev: { data: any }) => any) | null = null;
-  onclose: ((ev: { code: number; reason: string }) => any) | null = null;
-  onerror: ((ev: any) => any) | null = null;
-  constructor(
-    readonly url: string,
-    readonly protocols?: string | string[],
-  ) {}
-  send(text: string) {
-    this.sent.push(JSON.parse(text));
-  }
-  close(code?: number, reason?: string) {
-    this.closed = { code, reason };
-    this.readyState = 3;
-  }
-  // -- the test plays the server
-  open(protocol = "tidewire.v1") {
-    this.protocol = protocol;
-    this.readyState = 1;
-    this.onopen?.({});
-  }
-  receive(msg: unknown) {
-    this.onmessage?.({ data: JSON.stringify(msg) });
-  }
-  /** Opens and answers the connect request. */
-  accept(client = "c-fake") {
-    this.open();
-    const c = this.sent.find((m) => m.op === "connect");
-    this.receive({ id: c.id, ok: true, result: { client, user: null, version: "tidewire.v1" } });
-  }
-  /** A failed connection, as browsers report it. */
-  fail() {
-    this.readyState = 3;
-    this.onerror?.({});
-    this.onclose?.({ code: 1006, reason: "" });
-  }
-  serverClose(code: number, reason = "") {
-    this.readyState = 3;
-    this.onclose?.({ code, reason });
-  }
-  ops(op: string) {
-    return this.sent.filter((m) => m.op === op);
-  }
-}
-
-function fakeServer() {
-  const sockets: FakeSocket[] = [];
-  const WS = class extends FakeSocket {
-    constructor(url: string, protocols?: string | string[]) {
-      super(url, protocols);
-      sockets.push(this);
-    }
-  } as unknown as WebSocketConstructor;
-  return {
-    sockets,
-    last: () => sockets[sockets.length - 1]!,
-    client(options: ClientOptions = {}) {
-      return makeClient("ws://fake/ws", { WebSocket: WS, initialDelay: 1, maxDelay: 5, ...options });
-    },
-  };
-}
 
 describe("close codes against a scripted server", () => {
   for (const code of [1000, 1009, 4003, 4008, 4500, 4999]) {

@@ -7,7 +7,7 @@ import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { createHmac } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { TidewireClient, type ClientOptions, type StateEvent } from "../src/index.js";
+import { TidewireClient, type ClientOptions, type StateEvent, type WebSocketConstructor } from "../src/index.js";
 
 /** TIDEWIRE_BIN, else ../../target/release/tidewire from clients/js. */
 export const BIN = process.env.TIDEWIRE_BIN
@@ -220,4 +220,75 @@ export function hs256(secret: string, claims: Record<string, unknown>): string {
   const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
   const sig = createHmac("sha256", secret).update(head).digest("base64url");
   return `${head}.${sig}`;
+}
+
+// ---------------------------------------------------------------- a scripted WebSocket
+
+/** A WebSocket whose server is the test: it sees what the client sends and plays the replies. */
+export class FakeSocket {
+  readyState = 0;
+  protocol = "";
+  sent: any[] = [];
+  closed: { code?: number; reason?: string } | null = null;
+  onopen: ((ev: any) => any) | null = null;
+  onmessage: ((ev: { data: any }) => any) | null = null;
+  onclose: ((ev: { code: number; reason: string }) => any) | null = null;
+  onerror: ((ev: any) => any) | null = null;
+  constructor(
+    readonly url: string,
+    readonly protocols?: string | string[],
+  ) {}
+  send(text: string) {
+    this.sent.push(JSON.parse(text));
+  }
+  close(code?: number, reason?: string) {
+    this.closed = { code, reason };
+    this.readyState = 3;
+  }
+  // -- the test plays the server
+  open(protocol = "tidewire.v1") {
+    this.protocol = protocol;
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  receive(msg: unknown) {
+    this.onmessage?.({ data: JSON.stringify(msg) });
+  }
+  /** Opens and answers the connect request. */
+  accept(client = "c-fake") {
+    this.open();
+    const c = this.sent.find((m) => m.op === "connect");
+    this.receive({ id: c.id, ok: true, result: { client, user: null, version: "tidewire.v1" } });
+  }
+  /** A failed connection, as browsers report it. */
+  fail() {
+    this.readyState = 3;
+    this.onerror?.({});
+    this.onclose?.({ code: 1006, reason: "" });
+  }
+  serverClose(code: number, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  ops(op: string) {
+    return this.sent.filter((m) => m.op === op);
+  }
+}
+
+/** Clients on scripted sockets (fast backoff); `last()` is the newest socket. */
+export function fakeServer() {
+  const sockets: FakeSocket[] = [];
+  const WS = class extends FakeSocket {
+    constructor(url: string, protocols?: string | string[]) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  } as unknown as WebSocketConstructor;
+  return {
+    sockets,
+    last: () => sockets[sockets.length - 1]!,
+    client(options: ClientOptions = {}) {
+      return makeClient("ws://fake/ws", { WebSocket: WS, initialDelay: 1, maxDelay: 5, ...options });
+    },
+  };
 }

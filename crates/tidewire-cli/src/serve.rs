@@ -227,6 +227,26 @@ pub struct ServeArgs {
     /// move to other nodes a few at a time and resume there. [default: 0s, all at once]
     #[arg(long, env = "TIDEWIRE_DRAIN", value_name = "DURATION", value_parser = duration)]
     drain: Option<std::time::Duration>,
+
+    /// The application backend's base URL: the hub POSTs its calls (URL/connect,
+    /// URL/subscribe, URL/publish, URL/rpc) and event hooks (URL/events) there
+    /// (docs/backend.md).
+    #[arg(long, env = "TIDEWIRE_BACKEND_URL", value_name = "URL")]
+    backend_url: Option<String>,
+
+    /// Ask the backend who a connection is (from its cookies and headers) when it sends
+    /// connect without a token.
+    #[arg(long, env = "TIDEWIRE_BACKEND_CONNECT")]
+    backend_connect: bool,
+
+    /// Hook events sent to URL/events: connect, disconnect, subscribe, unsubscribe,
+    /// occupied, vacated (comma-separated), or all.
+    #[arg(long, env = "TIDEWIRE_BACKEND_EVENTS", value_name = "LIST")]
+    backend_events: Option<String>,
+
+    /// How long a backend call may take before the client gets error 112. [default: 3s]
+    #[arg(long, env = "TIDEWIRE_BACKEND_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    backend_timeout: Option<std::time::Duration>,
 }
 
 /// The configuration these arguments describe.
@@ -323,6 +343,15 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
         c.engine_ca_file = Some(ca.clone());
     }
     set!(c.drain, args.drain);
+    set!(c.backend.url, args.backend_url.clone().map(Some));
+    if args.backend_connect {
+        c.backend.connect = true;
+    }
+    if let Some(list) = &args.backend_events {
+        c.backend.events = tidewire_hub::BackendConfig::parse_events(list)
+            .map_err(|e| anyhow::anyhow!("--backend-events (TIDEWIRE_BACKEND_EVENTS): {e}"))?;
+    }
+    set!(c.backend.timeout, args.backend_timeout);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let files = tidewire_hub::TlsFiles {
             cert: cert.clone(),
@@ -350,6 +379,10 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             "limits.subscribe_rate" => "--subscribe-rate",
             "limits.publish_burst" => "--publish-burst",
             "limits.send_buffer" => "--send-buffer",
+            "backend.url" => "--backend-url",
+            "backend.connect" => "--backend-connect",
+            "backend.events" => "--backend-events",
+            "backend.timeout" => "--backend-timeout",
             _ => "--config",
         };
         anyhow::bail!("{flag} ({key}): {message}");
@@ -409,8 +442,44 @@ fn summary(args: &ServeArgs, c: &HubConfig) -> String {
             c.node_name.as_deref().unwrap_or("named at start")
         ),
     };
+    let backend = match &c.backend.url {
+        None => "off".to_owned(),
+        Some(url) => {
+            let mut calls: Vec<&str> = Vec::new();
+            if c.backend.connect {
+                calls.push("connect");
+            }
+            let ns = c.namespaces.all();
+            let (mut sub, mut publ, mut rpc) = (false, false, false);
+            for (_, o) in ns {
+                sub |= o.subscribe_proxy;
+                publ |= o.publish_proxy;
+                rpc |= o.rpc_proxy;
+            }
+            for (on, name) in [(sub, "subscribe"), (publ, "publish"), (rpc, "rpc")] {
+                if on {
+                    calls.push(name);
+                }
+            }
+            let list = |v: &[&str]| {
+                if v.is_empty() {
+                    "none".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let events: Vec<&str> = c.backend.events.iter().map(String::as_str).collect();
+            format!(
+                "{} (calls: {}; events: {}; timeout {:?})",
+                tidewire_hub::redact_url(url),
+                list(&calls),
+                list(&events),
+                c.backend.timeout
+            )
+        }
+    };
     format!(
-        "{source}\n  listen: {scheme}://{}/\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  admin page: {}\n  room subprotocols: {}\n  max connections: {}",
+        "{source}\n  listen: {scheme}://{}/\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  admin page: {}\n  room subprotocols: {}\n  max connections: {}\n  backend: {backend}",
         c.listen,
         if c.demo { "on" } else { "off" },
         if c.admin_password.is_some() { "on, at /admin" } else { "off (--admin-password)" },

@@ -1262,3 +1262,281 @@ async fn the_server_api_reaches_every_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Event hooks across a crash (issue 17): node A holds 500 sessions in 50 channels, node B
+/// 50 sessions in 10 of those channels; A is SIGKILLed. Within 15 s the backend has a
+/// disconnect for each of A's 500 sessions, an unsubscribe for each of their
+/// subscriptions, and `vacated` for the 40 channels only A had, each once after
+/// deduplication by id, and nothing about B's sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_dead_nodes_hook_events_come_from_another_node() {
+    use common::backend::{Answer, Backend};
+    use std::collections::{HashMap, HashSet};
+    let redis = Redis::start();
+    let backend = Backend::start(Arc::new(|_: &str, _: &Value| Answer::result(json!({})))).await;
+    let hooks = ["--backend-url", &backend.url, "--backend-events", "all"];
+    let mut a = node(&redis, "127.0.0.1:0", "node-a", &hooks);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &hooks);
+    let mut pushed = Vec::new();
+    let mut keep = Vec::new();
+    for (addr, n, channels) in [(a.addr, 500, 50), (b.addr, 50, 10)] {
+        for i in 0..n {
+            let mut ws = client(addr).await;
+            let channel = format!("h{}", i % channels);
+            let r = request(
+                &mut ws,
+                json!({"id": i, "op": "subscribe", "channel": channel}),
+                &mut pushed,
+            )
+            .await;
+            assert_eq!(r["ok"], true, "{r}");
+            keep.push(ws);
+        }
+    }
+    // Every session's connect and subscribe delivered: the sessions are registered.
+    let events = |backend: &Backend| -> Vec<Value> {
+        let mut seen = HashSet::new();
+        backend
+            .bodies("/events")
+            .into_iter()
+            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| seen.insert(e["id"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let count = |evs: &[Value], kind: &str, node: &str| {
+        evs.iter()
+            .filter(|e| e["type"] == kind && e["node"] == node)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let evs = events(&backend);
+        if count(&evs, "subscribe", "node-a") == 500 && count(&evs, "subscribe", "node-b") == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions not all registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = events(&backend);
+    let a_clients: HashSet<String> = before
+        .iter()
+        .filter(|e| e["type"] == "connect" && e["node"] == "node-a")
+        .map(|e| e["client"].as_str().unwrap().to_owned())
+        .collect();
+    let b_clients: HashSet<String> = before
+        .iter()
+        .filter(|e| e["type"] == "connect" && e["node"] == "node-b")
+        .map(|e| e["client"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!((a_clients.len(), b_clients.len()), (500, 50));
+    assert_eq!(
+        count(&before, "occupied", "node-a") + count(&before, "occupied", "node-b"),
+        50
+    );
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    let after = loop {
+        let evs = events(&backend);
+        let done = count(&evs, "disconnect", "node-a") >= 500
+            && count(&evs, "unsubscribe", "node-a") >= 500
+            && count(&evs, "vacated", "node-a") >= 40;
+        if done {
+            break evs;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "after 15 s: {} disconnects, {} unsubscribes, {} vacated",
+            count(&evs, "disconnect", "node-a"),
+            count(&evs, "unsubscribe", "node-a"),
+            count(&evs, "vacated", "node-a")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = killed.elapsed();
+    println!("a dead node's 500 disconnects, 500 unsubscribes and 40 vacated in {took:?}");
+    // Nothing more comes (no duplicates under other ids), and nothing about B's sessions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = events(&backend);
+    let mut per: HashMap<(String, String, String), usize> = HashMap::new();
+    for e in all.iter().filter(|e| !before.contains(e)) {
+        let key = (
+            e["type"].as_str().unwrap().to_owned(),
+            e["client"].as_str().unwrap_or("").to_owned(),
+            e["channel"].as_str().unwrap_or("").to_owned(),
+        );
+        *per.entry(key).or_default() += 1;
+    }
+    assert!(per.values().all(|&n| n == 1), "duplicates: {per:?}");
+    let disconnected: HashSet<&str> = per
+        .keys()
+        .filter(|(t, _, _)| t == "disconnect")
+        .map(|(_, c, _)| c.as_str())
+        .collect();
+    assert_eq!(disconnected.len(), 500);
+    assert!(disconnected.iter().all(|c| a_clients.contains(*c)));
+    assert!(disconnected.iter().all(|c| !b_clients.contains(*c)));
+    let vacated: HashSet<&str> = per
+        .keys()
+        .filter(|(t, _, _)| t == "vacated")
+        .map(|(_, _, ch)| ch.as_str())
+        .collect();
+    let expected: HashSet<String> = (10..50).map(|i| format!("h{i}")).collect();
+    assert_eq!(vacated, expected.iter().map(String::as_str).collect());
+    assert_eq!(
+        all.len() - before.len(),
+        1040,
+        "{} new events",
+        all.len() - before.len()
+    );
+    assert_eq!(after.len(), all.len());
+    drop(keep);
+}
+
+/// The next push that is not a reply, a join or a leave.
+async fn push(ws: &mut common::hub::Ws) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v.get("id").is_none() && v.get("join").is_none() && v.get("leave").is_none() {
+            return v;
+        }
+    }
+}
+
+/// The server API's other methods across two nodes (issue 17): each called on node A about
+/// a connection or a channel of node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn every_server_api_method_works_across_two_nodes() {
+    const SECRET: &str = "cluster-api-test-secret-of-32-chars-or-more";
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let token = |sub: &str, iat: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": sub, "exp": now() + 3600, "iat": iat}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let ok = |addr: SocketAddr, method: &str, body: Value| {
+        let (status, v) = api_call(addr, method, &body.to_string(), Some(API_KEY));
+        assert_eq!(status, 200, "{method} {body}: {v}");
+        v
+    };
+    let redis = Redis::start();
+    let extra = ["--auth-hmac-secret", SECRET, "--auth-anonymous"];
+    let a = node(&redis, "127.0.0.1:0", "node-a", &extra);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &extra);
+    let mut pushed = Vec::new();
+    let mut cal = client_q(b.addr, &format!("?token={}", token("cal", now()))).await;
+    let r = request(&mut cal, json!({"id": 1, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true);
+    // subscribe (server-side), presence, presence_stats.
+    ok(
+        a.addr,
+        "subscribe",
+        json!({"user": "cal", "channel": "room:x"}),
+    );
+    let v = push(&mut cal).await;
+    assert_eq!(v["channel"], "room:x", "{v}");
+    assert!(v.get("subscribed").is_some(), "{v}");
+    let p = ok(a.addr, "presence", json!({"channel": "room:x"}));
+    assert_eq!(p["clients"][0]["user"], "cal", "{p}");
+    let s = ok(a.addr, "presence_stats", json!({"channel": "room:x"}));
+    assert_eq!(s, json!({"clients": 1, "users": 1}));
+    // broadcast: node B's subscriber gets it.
+    let r = ok(
+        a.addr,
+        "broadcast",
+        json!({"channels": ["room:x", "feed2"], "data": {"n": 1}}),
+    );
+    assert_eq!(r["responses"].as_array().unwrap().len(), 2, "{r}");
+    let v = push(&mut cal).await;
+    assert_eq!(
+        (&v["channel"], &v["data"]),
+        (&json!("room:x"), &json!({"n": 1})),
+        "{v}"
+    );
+    // history (newest, and since), history_remove.
+    let h = ok(a.addr, "history", json!({"channel": "room:x"}));
+    assert_eq!(h["publications"].as_array().unwrap().len(), 1, "{h}");
+    let since = json!({"offset": 0, "epoch": h["epoch"]});
+    let h2 = ok(
+        a.addr,
+        "history",
+        json!({"channel": "room:x", "since": since}),
+    );
+    assert_eq!(
+        (
+            h2["complete"].as_bool(),
+            h2["publications"].as_array().map(Vec::len)
+        ),
+        (Some(true), Some(1))
+    );
+    ok(a.addr, "history_remove", json!({"channel": "room:x"}));
+    let h3 = ok(b.addr, "history", json!({"channel": "room:x"}));
+    assert_eq!(
+        (
+            h3["offset"].as_u64(),
+            h3["publications"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0)),
+        "{h3}"
+    );
+    // batch, in order.
+    let r = ok(
+        a.addr,
+        "batch",
+        json!({"commands": [
+            {"method": "publish", "params": {"channel": "room:x", "data": 2}},
+            {"method": "presence_stats", "params": {"channel": "room:x"}},
+        ]}),
+    );
+    assert_eq!(r["replies"][0]["result"]["offset"], 2, "{r}");
+    assert_eq!(r["replies"][1]["result"]["clients"], 1, "{r}");
+    let v = push(&mut cal).await;
+    assert_eq!(v["data"], 2, "{v}");
+    // unsubscribe (server-side).
+    ok(
+        a.addr,
+        "unsubscribe",
+        json!({"user": "cal", "channel": "room:x"}),
+    );
+    let v = push(&mut cal).await;
+    assert_eq!(
+        (&v["channel"], v.get("unsubscribed").is_some()),
+        (&json!("room:x"), true),
+        "{v}"
+    );
+    // revoke_tokens: node B's connection with an older token goes (4001).
+    let mut dan = client_q(b.addr, &format!("?token={}", token("dan", now() - 100))).await;
+    let r = request(&mut dan, json!({"id": 1, "op": "ping"}), &mut pushed).await;
+    assert_eq!(r["ok"], true);
+    ok(
+        a.addr,
+        "revoke_tokens",
+        json!({"user": "dan", "before": now() - 50}),
+    );
+    assert_eq!(close_of(&mut dan).await, (4001, "token revoked".to_owned()));
+    // refresh: node B's connection now expires in 2 s (4001 then).
+    ok(
+        a.addr,
+        "refresh",
+        json!({"user": "cal", "expire_at": now() + 2}),
+    );
+    let started = Instant::now();
+    let (code, _) = close_of(&mut cal).await;
+    assert_eq!(code, 4001);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -362,6 +362,14 @@ async fn disconnect_refresh_block_and_revoke() {
     assert!(stale.is_err());
     let mut dan = with_token(srv.addr, &token("dan", 3600, old + 1)).await;
     assert!(quiet(&mut dan, 200).await);
+    // Without `before`: every token issued so far, one issued this very second too.
+    let mut fresh = with_token(srv.addr, &token("dan", 3600, now())).await;
+    ok(srv.addr, "revoke_tokens", json!({"user": "dan"}));
+    assert_eq!(
+        close_of(&mut fresh).await,
+        (4001, "token revoked".to_owned())
+    );
+    assert_eq!(close_of(&mut dan).await, (4001, "token revoked".to_owned()));
 }
 
 #[tokio::test]
@@ -414,4 +422,68 @@ async fn errors_are_json_with_a_status_and_a_code() {
     let off = serve(&[]);
     let (s, v) = api(off.addr, "info", "{}");
     assert_eq!(s, 403, "{v}");
+}
+
+/// The Rust hub client and the server API's subscribe and unsubscribe: the pushes become
+/// events, and an `unsubscribe` ends the client's own subscription (its last item says
+/// so; it is not subscribed again on a reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_follows_server_side_subscriptions() {
+    use tidewire_hub_client::{HubClient, HubEvent, Item};
+    let srv = hub();
+    let client = HubClient::builder(format!("ws://{}/ws", srv.addr))
+        .token(token("kim", 3600, now()))
+        .connect();
+    let mut news = client.subscribe("news").await.unwrap();
+    let next_event = || async {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), client.next_event())
+                .await
+                .expect("no event within 10 s")
+                .expect("client stopped");
+            if matches!(
+                e,
+                HubEvent::ServerSubscribed { .. } | HubEvent::ServerUnsubscribed { .. }
+            ) {
+                return e;
+            }
+        }
+    };
+    ok(
+        srv.addr,
+        "subscribe",
+        json!({"user": "kim", "channel": "alerts"}),
+    );
+    match next_event().await {
+        HubEvent::ServerSubscribed { channel, .. } => assert_eq!(channel, "alerts"),
+        e => panic!("{e:?}"),
+    }
+    ok(
+        srv.addr,
+        "unsubscribe",
+        json!({"user": "kim", "channel": "news"}),
+    );
+    match next_event().await {
+        HubEvent::ServerUnsubscribed { channel } => assert_eq!(channel, "news"),
+        e => panic!("{e:?}"),
+    }
+    // Past the presence items (the default namespace has presence).
+    let last = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match news.next().await {
+                Some(Item::Join(_) | Item::Leave(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the subscription did not end");
+    match last {
+        Some(Item::Failed(e)) => assert_eq!(e.code(), Some(105), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // A publication on news no longer reaches it.
+    ok(srv.addr, "publish", json!({"channel": "news", "data": 1}));
+    let more = tokio::time::timeout(Duration::from_millis(300), news.next()).await;
+    assert!(matches!(more, Ok(None) | Err(_)), "{more:?}");
 }

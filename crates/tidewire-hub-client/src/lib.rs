@@ -205,7 +205,8 @@ pub enum Item {
         position: StreamPosition,
     },
     /// Subscribing again after a reconnect failed (the namespace is gone, permission was
-    /// withdrawn): the last item of this subscription.
+    /// withdrawn), or the server ended the subscription (its API's `unsubscribe`: error
+    /// 105, "unsubscribed by the server"): the last item of this subscription.
     Failed(Error),
 }
 
@@ -436,6 +437,25 @@ impl HubClient {
             idempotency_key: idempotency_key.map(str::to_owned),
         };
         self.typed(request, "publish").await
+    }
+
+    /// Calls `method` of the application's backend through the hub (`op: rpc`, where the
+    /// method's namespace has `rpc_proxy`): the backend's answer. A refusal is an error
+    /// with the backend's code (1000 or more) or 104; 112 when the backend is down or slow.
+    pub async fn rpc(&self, method: &str, data: Value) -> Result<Value, Error> {
+        #[derive(serde::Deserialize)]
+        struct RpcAnswer {
+            #[serde(default)]
+            data: Value,
+        }
+        let data = serde_json::value::to_raw_value(&data)
+            .map_err(|e| Error::protocol(format!("data: {e}")))?;
+        let request = Request::Rpc {
+            method: method.to_owned(),
+            data,
+        };
+        let r: RpcAnswer = self.typed(request, "rpc").await?;
+        Ok(r.data)
     }
 
     /// The newest `limit` publications of `channel` (the server caps `limit` at 10,000).
@@ -965,6 +985,22 @@ impl Driver {
                 return;
             }
             proto::Push::Unsubscribed { channel, .. } => {
+                // The server ended this connection's subscription, whoever made it: the
+                // client's own ends too (not subscribed again after a reconnect).
+                if let Some(sub) = self.subs.remove(&channel) {
+                    let e = Error::new(ErrorKind::Server {
+                        code: ErrorCode::NOT_SUBSCRIBED.0,
+                        message: "unsubscribed by the server".into(),
+                    });
+                    match sub.ready {
+                        Some((done, _)) => {
+                            let _ = done.send(Err(e));
+                        }
+                        None => {
+                            let _ = sub.tx.try_send(Item::Failed(e));
+                        }
+                    }
+                }
                 self.emit(HubEvent::ServerUnsubscribed { channel });
                 return;
             }
@@ -1059,6 +1095,13 @@ impl Driver {
             Ok(r) => r,
             Err(e) if e.is_protocol() => {
                 self.emit(HubEvent::Error(e));
+                return;
+            }
+            // A resubscribe that met the server's own subscribe of the channel (the
+            // backend subscribed this connection at once): once more, from where this
+            // subscription stands, after an unsubscribe.
+            Err(e) if since.is_some() && e.code() == Some(ErrorCode::ALREADY_SUBSCRIBED.0) => {
+                self.resync(channel).await;
                 return;
             }
             Err(e) => {

@@ -51,9 +51,11 @@ pub use push::{
 };
 pub use reply::{
     encode_error, encode_ok, encode_publications_result, ConnectResult, Empty, ErrorBody,
-    HistoryResult, PresenceResult, Reply, SubscribeResult,
+    HistoryResult, PresenceResult, Reply, RpcResult, SubscribeResult,
 };
-pub use request::{parse_request, Request, RequestError, RequestId, MAX_IDEMPOTENCY_KEY};
+pub use request::{
+    parse_request, Request, RequestError, RequestId, MAX_IDEMPOTENCY_KEY, MAX_METHOD,
+};
 pub use serde_json::value::RawValue;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -176,6 +178,8 @@ pub(crate) struct Members<'a> {
     pub unsubscribed: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     pub idempotency_key: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub method: Option<&'a RawValue>,
 }
 
 impl<'a> Members<'a> {

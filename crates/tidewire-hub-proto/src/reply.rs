@@ -57,6 +57,14 @@ pub struct ConnectResult {
     pub version: String,
 }
 
+/// The result of `rpc`: the backend's answer.
+#[derive(Debug, Serialize)]
+pub struct RpcResult<'a> {
+    /// Any one JSON value (`null` when the backend gave none).
+    #[serde(borrow)]
+    pub data: &'a serde_json::value::RawValue,
+}
+
 /// The result of `subscribe`: the channel's position, and with `since` whether the gap
 /// was filled and the publications that fill it.
 #[derive(Debug, Serialize, Deserialize)]

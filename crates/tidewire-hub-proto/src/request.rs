@@ -128,6 +128,14 @@ pub enum Request {
         /// The channel.
         channel: String,
     },
+    /// `rpc`: a call to the application backend (where the namespace of `method` has
+    /// `rpc_proxy`), answered with the backend's `data`.
+    Rpc {
+        /// The backend's method: `NAMESPACE:NAME`, or `NAME` in the default namespace.
+        method: String,
+        /// Any one JSON value, raw as sent (`null` when absent).
+        data: Box<RawValue>,
+    },
     /// `ping`: the application heartbeat.
     Ping,
 }
@@ -142,6 +150,7 @@ impl Request {
             Request::Publish { .. } => "publish",
             Request::History { .. } => "history",
             Request::Presence { .. } => "presence",
+            Request::Rpc { .. } => "rpc",
             Request::Ping => "ping",
         }
     }
@@ -154,7 +163,7 @@ impl Request {
             | Request::Publish { channel, .. }
             | Request::History { channel, .. }
             | Request::Presence { channel } => Some(channel),
-            Request::Connect { .. } | Request::Ping => None,
+            Request::Connect { .. } | Request::Rpc { .. } | Request::Ping => None,
         }
     }
 
@@ -235,6 +244,9 @@ impl std::error::Error for RequestError {}
 fn absent(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
 }
+
+/// Longest `rpc` method name accepted, in bytes.
+pub const MAX_METHOD: usize = 256;
 
 /// Longest `idempotency_key` accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -323,6 +335,21 @@ pub fn parse_request(text: &str) -> Result<(RequestId, Request), RequestError> {
         },
         "presence" => Request::Presence {
             channel: channel()?,
+        },
+        "rpc" => Request::Rpc {
+            method: {
+                let raw = m.method.ok_or_else(|| bad(op, "missing method"))?;
+                let method: String =
+                    typed(raw).ok_or_else(|| bad(op, "method must be a string"))?;
+                if method.is_empty() || method.len() > MAX_METHOD {
+                    return Err(bad(op, "method must be 1 to 256 bytes"));
+                }
+                method
+            },
+            data: match absent(m.data) {
+                Some(raw) => raw.to_owned(),
+                None => RawValue::from_string("null".into()).expect("null is JSON"),
+            },
         },
         "ping" => Request::Ping,
         _ => {
@@ -461,6 +488,35 @@ mod tests {
         assert!(e
             .reply()
             .starts_with(r#"{"id":12345678901234567890123,"error":"#));
+    }
+
+    #[test]
+    fn rpc_takes_a_method_and_any_data() {
+        let (_, r) = ok(r#"{"id":7,"op":"rpc","method":"game:move","data":{"x":1}}"#);
+        match r {
+            Request::Rpc { method, data } => {
+                assert_eq!(method, "game:move");
+                assert_eq!(data.get(), r#"{"x":1}"#);
+            }
+            r => panic!("{r:?}"),
+        }
+        let (_, r) = ok(r#"{"id":7,"op":"rpc","method":"time"}"#);
+        assert!(matches!(r, Request::Rpc { ref data, .. } if data.get() == "null"));
+        assert_eq!(
+            refused(r#"{"id":7,"op":"rpc"}"#).message(),
+            "missing method"
+        );
+        assert_eq!(
+            refused(r#"{"id":7,"op":"rpc","method":3}"#).message(),
+            "method must be a string"
+        );
+        let long = format!(r#"{{"op":"rpc","method":"{}"}}"#, "m".repeat(257));
+        assert_eq!(refused(&long).message(), "method must be 1 to 256 bytes");
+        let (id, r) = ok(r#"{"id":8,"op":"rpc","method":"m","data":[1]}"#);
+        assert_eq!(
+            r.encode(&id),
+            r#"{"id":8,"op":"rpc","method":"m","data":[1]}"#
+        );
     }
 
     #[test]

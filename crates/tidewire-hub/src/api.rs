@@ -543,10 +543,13 @@ struct Revoke {
 /// one (4001: they reconnect with a new token).
 async fn revoke(hub: &Hub, r: Revoke) -> ApiResult {
     check_user(&r.user)?;
+    // By default every token issued up to now, this second included (`iat` is in whole
+    // seconds: a token issued this second would otherwise survive).
     let before = r.before.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+            + 1
     });
     hub.control
         .record(UserEvent::Revoke {

@@ -64,11 +64,18 @@ pub(crate) async fn channel_upgrade(
             &headers,
         );
     }
+    // The headers the backend's connect call is given, kept until the `connect`.
+    let handshake = hub
+        .backend
+        .as_ref()
+        .filter(|b| b.connect && admitted.identity.is_none())
+        .map(|b| Box::new(crate::backend::Handshake(b.forwarded(&headers))));
     let hub2 = hub.clone();
     ws.server(hub.channel_server.clone()).on_upgrade(move |ws| {
         serve_connection(Box::new(Start {
             hub: hub2,
             admitted,
+            handshake,
             ws: ws.map_io(Io::from_upgraded),
         }))
     })
@@ -80,6 +87,7 @@ pub(crate) async fn channel_upgrade(
 pub(crate) struct Start {
     pub(crate) hub: Arc<Hub>,
     pub(crate) admitted: Admitted,
+    pub(crate) handshake: Option<Box<crate::backend::Handshake>>,
     pub(crate) ws: Socket,
 }
 
@@ -149,6 +157,7 @@ async fn send_then(
     }
     if let Some(frame) = close {
         tracing::debug!(client = %conn.client_id, reason = peer(&frame.reason).to_string(), "closing");
+        conn.hook_close(&frame);
         connection::close(outbox, frame).await;
         return false;
     }
@@ -211,7 +220,20 @@ async fn close(conn: &Conn, why: Closing) {
     };
     let frame = match why {
         Closing::Stopped(stop) => {
-            return connection::close_stopped(&conn.hub, outbox, stop, &conn.client_id).await
+            let told = match &stop {
+                Stop::Slow(_) => Some((HubCode::SLOW_CONSUMER.0, "slow consumer")),
+                Stop::Silent => Some((1011, "keepalive timeout")),
+                Stop::Shutdown => Some((1001, "going away")),
+                Stop::Restart => Some((1012, "service restart")),
+                Stop::Ordered => None,
+            };
+            if let Some((code, reason)) = told {
+                conn.hook_close(&tidewire::CloseFrame::new(
+                    tidewire::CloseCode(code),
+                    reason,
+                ));
+            }
+            return connection::close_stopped(&conn.hub, outbox, stop, &conn.client_id).await;
         }
         Closing::Binary => close_frame(
             HubCode::UNSUPPORTED_DATA,
@@ -220,9 +242,10 @@ async fn close(conn: &Conn, why: Closing) {
         Closing::TokenExpired => close_frame(HubCode::TOKEN_EXPIRED, "unauthorized: token expired"),
         Closing::NoConnect => close_frame(
             HubCode::UNAUTHORIZED,
-            "unauthorized: no connect with a token within 10 s",
+            "unauthorized: no connect within 10 s",
         ),
     };
+    conn.hook_close(&frame);
     connection::close(outbox, frame).await;
 }
 
@@ -232,13 +255,17 @@ fn start(start: Start) -> Conn {
     let Start {
         hub,
         admitted: Admitted { slot, identity },
+        handshake,
         ws,
     } = start;
     let n = hub
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous());
+    // With the backend's connect call on, a connection is someone once the backend says
+    // so (or its URL token did).
+    let required = hub.config.auth.as_ref().is_some_and(|a| !a.anonymous())
+        || hub.backend.as_ref().is_some_and(|b| b.connect);
     let outbox = Outbox::for_socket::<Socket>(
         hub.config.send_queue,
         hub.config.send_buffer,
@@ -266,6 +293,8 @@ fn start(start: Start) -> Conn {
         ),
         _slot: slot,
         listed: false,
+        handshake,
+        hooked: false,
         hub,
     }
 }
@@ -274,6 +303,7 @@ fn start(start: Start) -> Conn {
 pub(crate) async fn serve_connection(start_: Box<Start>) {
     let mut conn = start(unbox(start_));
     conn.enlist();
+    conn.hook_connect();
     // Timers exist only while they can fire: an anonymous or authenticated connection
     // holds no connect deadline, one without an expiring token no expiry timer.
     let mut connect_deadline =
@@ -309,6 +339,7 @@ pub(crate) async fn serve_connection(start_: Box<Start>) {
                 }
                 if conn.authenticated {
                     connect_deadline = None;
+                    conn.hook_connect();
                 }
             }
             Next::Orders => {
@@ -337,6 +368,9 @@ async fn end(mut conn: Conn) {
     conn.outbox = None;
     for (channel, id) in conn.subs.take_all() {
         conn.end(Subscription::new(id, channel)).await;
+    }
+    if let Some(hooks) = &conn.hub.hooks {
+        hooks.disconnected(&conn.client_id);
     }
     tracing::debug!(client = %conn.client_id, "disconnected");
 }

@@ -7,6 +7,7 @@
 //! subscriber has gone.
 
 use crate::auth::{AuthError, Identity};
+use crate::backend::{Call, ChannelCall, ConnectAnswer, ConnectCall, DataResult, Failure, RpcCall};
 use crate::engine::{ClientInfo, StreamPosition};
 use crate::hub::Hub;
 use crate::limits::TokenBucket;
@@ -151,6 +152,10 @@ pub(crate) struct Conn {
     pub(crate) _slot: crate::admission::Slot,
     /// Listed under its identity's user for the server API (`Hub::sessions`).
     pub(crate) listed: bool,
+    /// The handshake's headers for the backend's connect call, until the `connect`.
+    pub(crate) handshake: Option<Box<crate::backend::Handshake>>,
+    /// Its connect event was recorded (`hooks`).
+    pub(crate) hooked: bool,
 }
 
 /// A connection's subscriptions: channel name (the node's copy) and the node's id of the
@@ -214,6 +219,9 @@ impl Conn {
     /// has presence.
     pub(crate) async fn end(&self, sub: Subscription) {
         self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(hooks) = &self.hub.hooks {
+            hooks.unsubscribed(&self.client_id, sub.channel_name());
+        }
         let client = match &self.client {
             Some(c) => c.clone(),
             None => Arc::new(ClientInfo::new(self.client_id.clone())),
@@ -292,8 +300,9 @@ impl Conn {
                 if let (Some(auth), Some(t)) = (&self.hub.config.auth, token.as_deref()) {
                     auth.refresh_for(t).await;
                 }
-                return self.connect(&id, token.as_deref(), info);
+                return self.connect(&id, token.as_deref(), info).await;
             }
+            Request::Rpc { method, data } => return self.rpc(&id, &method, &data).await.into(),
             Request::Ping => reply_ok(&id, &Empty {}),
             Request::Subscribe { channel, since } => self.subscribe(&id, &channel, since).await,
             Request::Unsubscribe { channel } => match self.subs.remove(channel.as_str()) {
@@ -332,7 +341,17 @@ impl Conn {
                     );
                     return reply_err(&id, ErrorCode::RATE_LIMITED, &msg).into();
                 }
-                // The raw JSON as the request carried it (checked when it was read).
+                // The raw JSON as the request carried it (checked when it was read), or
+                // what the backend made of it.
+                let data = if ns.publish_proxy {
+                    match self.ask_channel(Call::Publish, ch, Some(&data)).await {
+                        Ok(DataResult { data: Some(new) }) => new,
+                        Ok(DataResult { data: None }) => data,
+                        Err(f) => return self.refused(&id, &f).into(),
+                    }
+                } else {
+                    data
+                };
                 let key = idempotency_key.as_deref();
                 match node.publish_once(ch, Json::from(data), key).await {
                     Ok(p) => {
@@ -371,7 +390,159 @@ impl Conn {
         reply.into()
     }
 
-    fn connect(
+    /// The error reply for a call the backend refused or could not answer.
+    fn refused(&self, id: &RequestId, f: &Failure) -> String {
+        let (code, message) = f.error();
+        reply_err(id, code, &message)
+    }
+
+    /// Asks the backend about `channel` (subscribe or publish).
+    async fn ask_channel(
+        &self,
+        call: Call,
+        channel: &str,
+        data: Option<&RawValue>,
+    ) -> Result<DataResult, Failure> {
+        let Some(backend) = &self.hub.backend else {
+            return Ok(DataResult::default());
+        };
+        let body = ChannelCall {
+            client: &self.client_id,
+            user: self.identity.as_ref().map(|i| i.user.as_str()),
+            channel,
+            data,
+        };
+        backend.ask(call, &body).await
+    }
+
+    /// `rpc`: forwarded to the backend where the method's namespace has `rpc_proxy`.
+    async fn rpc(&mut self, id: &RequestId, method: &str, data: &RawValue) -> String {
+        let Some(ns) = self.hub.node.namespaces().for_channel(method) else {
+            return reply_err(id, ErrorCode::UNKNOWN_CHANNEL, "unknown namespace");
+        };
+        let Some(backend) = self.hub.backend.as_ref().filter(|_| ns.rpc_proxy) else {
+            return reply_err(
+                id,
+                ErrorCode::PERMISSION_DENIED,
+                "rpc is not enabled in this namespace (rpc_proxy)",
+            );
+        };
+        if !self.bucket.take(Instant::now()) {
+            self.hub
+                .metrics
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            let msg = format!(
+                "rate limited: at most {} publications and calls per second (limits.publish_rate)",
+                self.hub.config.publish_rate
+            );
+            return reply_err(id, ErrorCode::RATE_LIMITED, &msg);
+        }
+        let body = RpcCall {
+            client: &self.client_id,
+            user: self.identity.as_ref().map(|i| i.user.as_str()),
+            method,
+            data,
+        };
+        match backend.ask::<DataResult>(Call::Rpc, &body).await {
+            Ok(r) => {
+                let null = RawValue::NULL;
+                let data: &RawValue = r.data.as_deref().unwrap_or(null);
+                reply_ok(id, &wire::RpcResult { data })
+            }
+            Err(f) => self.refused(id, &f),
+        }
+    }
+
+    /// The backend's connect call: who this connection is, from its handshake's cookies
+    /// and headers. `Err` is the reply (and close) to send.
+    async fn connect_by_backend(
+        &mut self,
+        id: &RequestId,
+        info: Option<&Value>,
+    ) -> Result<(), Reply> {
+        let Some(backend) = &self.hub.backend else {
+            return Ok(());
+        };
+        let headers = self.handshake.take().map(|h| h.0).unwrap_or_default();
+        let call = ConnectCall {
+            client: &self.client_id,
+            transport: "websocket",
+            protocol: wire::PROTOCOL,
+            headers: crate::backend::Backend::header_map(&headers),
+            info,
+        };
+        match backend.ask::<ConnectAnswer>(Call::Connect, &call).await {
+            Ok(r) => {
+                let user_ok = !r.user.is_empty() && r.user.len() <= 256;
+                if !user_ok {
+                    let msg =
+                        "backend unavailable: the connect call's user must be 1 to 256 characters";
+                    let reply = reply_err(id, ErrorCode::UNAVAILABLE, msg);
+                    return Err(Reply::SendAndClose(
+                        reply,
+                        CloseFrame::new(CloseCode::TRY_AGAIN_LATER, "backend unavailable"),
+                    ));
+                }
+                if let Some(why) = self.hub.control.refusal(&r.user, None) {
+                    self.hub
+                        .metrics
+                        .auth_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    let msg = format!("unauthorized: {why}");
+                    let reply = reply_err(id, ErrorCode::UNAUTHORIZED, &msg);
+                    let frame = close_frame(wire::CloseCode::BLOCKED, msg);
+                    return Err(Reply::SendAndClose(reply, frame));
+                }
+                self.unlist();
+                self.identity = Some(Box::new(Identity {
+                    user: r.user,
+                    channels: r.allow,
+                    info: r.info,
+                    expires: r.expire_at,
+                    issued: None,
+                }));
+                self.client = None;
+                self.authenticated = true;
+                self.identity_changed = true;
+                self.enlist();
+                // Subscribed after the reply, as the server API's subscribe is.
+                if let Some(user) = self.identity.as_ref().map(|i| i.user.clone()) {
+                    for channel in r.channels {
+                        let order = Order::Subscribe(Arc::from(channel.as_str()));
+                        self.hub
+                            .sessions
+                            .order(&user, Some(&self.client_id), &order);
+                    }
+                }
+                Ok(())
+            }
+            Err(f @ Failure::Denied { .. }) => {
+                self.hub
+                    .metrics
+                    .auth_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let (_, message) = f.error();
+                let msg = format!("unauthorized: {message}");
+                let reply = reply_err(id, ErrorCode::UNAUTHORIZED, &msg);
+                Err(Reply::SendAndClose(
+                    reply,
+                    close_frame(wire::CloseCode::UNAUTHORIZED, msg),
+                ))
+            }
+            Err(f) => {
+                let (code, message) = f.error();
+                let reply = reply_err(id, code, &message);
+                // 1013: try again later (the client reconnects with backoff).
+                Err(Reply::SendAndClose(
+                    reply,
+                    CloseFrame::new(CloseCode::TRY_AGAIN_LATER, "backend unavailable"),
+                ))
+            }
+        }
+    }
+
+    async fn connect(
         &mut self,
         id: &RequestId,
         token: Option<&str>,
@@ -393,7 +564,16 @@ impl Conn {
                 }
             },
         };
+        let by_backend = self.identity.is_none()
+            && self.hub.backend.as_ref().is_some_and(|b| b.connect)
+            && (token.is_none() || self.hub.config.auth.is_none());
+        if by_backend {
+            if let Err(reply) = self.connect_by_backend(id, info.as_ref()).await {
+                return reply;
+            }
+        }
         match (&self.hub.config.auth, token) {
+            _ if by_backend => {}
             (Some(auth), Some(token)) => match auth.verify(token) {
                 Ok(identity) => {
                     if let Some(why) = self.hub.control.refusal(&identity.user, identity.issued) {
@@ -457,9 +637,10 @@ impl Conn {
         ch: &str,
         since: Option<StreamPosition>,
     ) -> String {
-        if let Err(r) = self.namespace(id, ch) {
-            return r;
-        }
+        let ns = match self.namespace(id, ch) {
+            Ok(ns) => ns,
+            Err(r) => return r,
+        };
         if self.subs.get(ch).is_some() {
             return reply_err(id, ErrorCode::ALREADY_SUBSCRIBED, "already subscribed");
         }
@@ -477,6 +658,11 @@ impl Conn {
                 self.hub.config.subscribe_rate
             );
             return reply_err(id, ErrorCode::RATE_LIMITED, &msg);
+        }
+        if ns.subscribe_proxy {
+            if let Err(f) = self.ask_channel(Call::Subscribe, ch, None).await {
+                return self.refused(id, &f);
+            }
         }
         let asked = since.is_some();
         let mut sub = match self.join(ch, since).await {
@@ -508,8 +694,31 @@ impl Conn {
         let sub = hub.node.subscribe(ch, client, since, outbox).await?;
         self.hub.subscribers.fetch_add(1, Ordering::Relaxed);
         let key = sub.subscription.channel_name().clone();
+        if let Some(hooks) = &self.hub.hooks {
+            hooks.subscribed(&self.client_id, &key);
+        }
         self.subs.insert(key, sub.subscription.id());
         Ok(sub)
+    }
+
+    /// Records the session's connect event once it is someone (authenticated, or
+    /// anonymous where that is allowed).
+    pub(crate) fn hook_connect(&mut self) {
+        if self.hooked || !self.authenticated {
+            return;
+        }
+        if let Some(hooks) = &self.hub.hooks {
+            self.hooked = true;
+            let user = self.identity.as_ref().map(|i| i.user.as_str());
+            hooks.connected(&self.client_id, user);
+        }
+    }
+
+    /// Records the close the server sends, for the disconnect event.
+    pub(crate) fn hook_close(&self, frame: &CloseFrame) {
+        if let Some(hooks) = &self.hub.hooks {
+            hooks.closing(&self.client_id, frame.code.0, &frame.reason);
+        }
     }
 
     /// Lists the connection under its identity's user for the server API (call

@@ -145,6 +145,87 @@ pub struct HubConfig {
     /// "service restart": clients reconnect, to another node, and resume). Default 0:
     /// all at once (with 1001). New upgrades are refused from the start of the drain.
     pub drain: Duration,
+    /// The application backend: the calls the hub makes to it (connect, subscribe,
+    /// publish, rpc) and the events it sends it (docs/backend.md). Off by default.
+    pub backend: BackendConfig,
+}
+
+/// Event hooks the hub can send to the backend (`backend.events`).
+pub const HOOK_EVENTS: [&str; 6] = [
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "occupied",
+    "vacated",
+];
+
+/// The application backend (`[backend]`): the hub POSTs JSON to `URL/connect`,
+/// `URL/subscribe`, `URL/publish`, `URL/rpc` (the calls, each enabled on its own) and
+/// `URL/events` (the hooks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The backend's base URL (`http://` or `https://`); `None`: no calls, no hooks.
+    pub url: Option<String>,
+    /// How long a call may take before the client gets error 112. Default 3 s.
+    pub timeout: Duration,
+    /// The handshake's headers forwarded in the connect call (lower case). Default:
+    /// cookie, authorization, user-agent, origin, x-forwarded-for, x-real-ip.
+    pub headers: Vec<String>,
+    /// Ask the backend who a connection is when it sends `connect` without a token (and,
+    /// with auth on, accept the backend's answer in place of a token).
+    pub connect: bool,
+    /// The hook events sent to `URL/events` (of [`HOOK_EVENTS`]); empty: none.
+    pub events: Vec<String>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            url: None,
+            timeout: Duration::from_secs(3),
+            headers: [
+                "cookie",
+                "authorization",
+                "user-agent",
+                "origin",
+                "x-forwarded-for",
+                "x-real-ip",
+            ]
+            .map(String::from)
+            .to_vec(),
+            connect: false,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl BackendConfig {
+    /// Whether hook event `kind` is sent.
+    pub fn sends(&self, kind: &str) -> bool {
+        self.url.is_some() && self.events.iter().any(|e| e == kind)
+    }
+
+    /// Reads a `--backend-events` list: names of [`HOOK_EVENTS`] separated by commas, or
+    /// `all`.
+    pub fn parse_events(list: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if e == "all" {
+                out.extend(HOOK_EVENTS.map(String::from));
+            } else if HOOK_EVENTS.contains(&e) {
+                out.push(e.to_owned());
+            } else {
+                return Err(format!(
+                    "unknown event {e:?}: the events are {} (or all)",
+                    HOOK_EVENTS.join(", ")
+                ));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 /// The PEM files of a TLS server: read at start, and again on each SIGHUP (a renewed
@@ -216,6 +297,7 @@ impl Default for HubConfig {
             node_name: None,
             engine_ca_file: None,
             drain: Duration::ZERO,
+            backend: BackendConfig::default(),
         }
     }
 }
@@ -369,6 +451,18 @@ struct File {
     tls: Option<Tls>,
     #[serde(default)]
     engine: Engine,
+    #[serde(default)]
+    backend: Backend,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Backend {
+    url: Option<String>,
+    timeout: Option<Secs>,
+    headers: Option<Vec<String>>,
+    connect: Option<bool>,
+    events: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -460,6 +554,9 @@ struct Namespace {
     presence: Option<bool>,
     publish: Option<bool>,
     private: Option<bool>,
+    subscribe_proxy: Option<bool>,
+    publish_proxy: Option<bool>,
+    rpc_proxy: Option<bool>,
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -625,6 +722,19 @@ impl HubConfig {
             })?;
             self.engine_ca_file = Some(ca);
         }
+        let b = f.backend;
+        set!(self.backend.url, b.url.map(Some));
+        set!(self.backend.timeout, b.timeout.map(|s| s.0));
+        set!(
+            self.backend.headers,
+            b.headers
+                .map(|h| h.into_iter().map(|h| h.to_ascii_lowercase()).collect())
+        );
+        set!(self.backend.connect, b.connect);
+        if let Some(events) = b.events {
+            self.backend.events = BackendConfig::parse_events(&events.join(","))
+                .map_err(|e| invalid("backend.events", e))?;
+        }
         if let Some(t) = f.tls {
             // Relative to the file, as auth.rsa_public_key_file is.
             let dir = path.parent().unwrap_or(Path::new("."));
@@ -652,6 +762,9 @@ impl HubConfig {
             set!(o.presence, n.presence);
             set!(o.publish, n.publish);
             set!(o.private, n.private);
+            set!(o.subscribe_proxy, n.subscribe_proxy);
+            set!(o.publish_proxy, n.publish_proxy);
+            set!(o.rpc_proxy, n.rpc_proxy);
             ns = if name == "default" {
                 ns.default_namespace(o)
             } else {
@@ -659,7 +772,9 @@ impl HubConfig {
             };
         }
         self.namespaces = ns;
-        self.check()
+        // `backend.url` may still come from a flag: its absence is checked once they are in.
+        self.check_values()
+            .and_then(|()| self.check_backend(false))
             .map_err(|(key, message)| invalid(key, message))?;
         Ok(self)
     }
@@ -668,6 +783,11 @@ impl HubConfig {
     /// On error: the configuration key at fault (`heartbeat.idle_timeout`) and what is
     /// wrong with it.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        self.check_values()?;
+        self.check_backend(true)
+    }
+
+    fn check_values(&self) -> Result<(), (&'static str, String)> {
         let fail = |key, message: &str| Err((key, message.to_owned()));
         if self.ping_interval.is_zero() {
             return fail("heartbeat.ping_interval", "must be more than zero");
@@ -752,6 +872,50 @@ impl HubConfig {
         }
         if self.room_heartbeat.iter().any(|h| h.trim().is_empty()) {
             return fail("rooms.heartbeat", "a heartbeat text cannot be empty");
+        }
+        Ok(())
+    }
+
+    /// The `[backend]` values; with `complete`, also that what needs `backend.url` has it.
+    fn check_backend(&self, complete: bool) -> Result<(), (&'static str, String)> {
+        let b = &self.backend;
+        match &b.url {
+            Some(url) => {
+                let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+                if !ok {
+                    return Err((
+                        "backend.url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            None if !complete => {}
+            None => {
+                let uses =
+                    |o: &NamespaceOptions| o.subscribe_proxy || o.publish_proxy || o.rpc_proxy;
+                if b.connect {
+                    return Err(("backend.connect", "needs backend.url".into()));
+                }
+                if !b.events.is_empty() {
+                    return Err(("backend.events", "needs backend.url".into()));
+                }
+                if self.namespaces.all().any(|(_, o)| uses(o)) {
+                    return Err((
+                        "namespaces",
+                        "subscribe_proxy, publish_proxy and rpc_proxy need backend.url".into(),
+                    ));
+                }
+            }
+        }
+        if b.timeout.is_zero() {
+            return Err(("backend.timeout", "must be more than zero".into()));
+        }
+        for h in &b.headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(("backend.headers", format!("{h:?} is not a header name")));
+            }
         }
         Ok(())
     }
@@ -981,6 +1145,9 @@ publish = false
             presence: false,
             publish: false,
             private: true,
+            subscribe_proxy: true,
+            publish_proxy: true,
+            rpc_proxy: true,
         };
         let mut ns = NamespaceConfig::new().default_namespace(odd.clone());
         for name in ["chat", "typing", "board", "live"] {
@@ -1001,6 +1168,37 @@ publish = false
             docs.contains(body),
             "docs/configuration.md must show crates/tidewire-hub/src/default.toml from `listen =` on"
         );
+    }
+
+    #[test]
+    fn the_backend_section_is_read_and_checked() {
+        let c = load(
+            "[backend]\nurl = \"http://127.0.0.1:3000/hub\"\ntimeout = \"250ms\"\n\
+             headers = [\"Cookie\"]\nconnect = true\nevents = [\"vacated\", \"connect\"]\n\
+             [namespaces.game]\nrpc_proxy = true\n",
+        )
+        .unwrap();
+        let b = &c.backend;
+        assert_eq!(b.url.as_deref(), Some("http://127.0.0.1:3000/hub"));
+        assert_eq!(b.timeout, Duration::from_millis(250));
+        assert_eq!(
+            (b.headers.as_slice(), b.connect),
+            (&["cookie".to_owned()][..], true)
+        );
+        assert_eq!(b.events, ["connect", "vacated"]);
+        assert!(b.sends("vacated") && !b.sends("subscribe"));
+        assert!(c.namespaces.for_channel("game:x").unwrap().rpc_proxy);
+        let e = load("[backend]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("backend.url"), "{e}");
+        let e = load("[backend]\nurl = \"http://x\"\nevents = [\"joined\"]\n").unwrap_err();
+        assert_eq!(e.key(), Some("backend.events"), "{e}");
+        assert!(e.to_string().contains("unknown event \"joined\""), "{e}");
+        // A file may leave the URL to a flag; the whole configuration may not.
+        let c = load("[namespaces.game]\nrpc_proxy = true\n").unwrap();
+        let (key, message) = c.check().unwrap_err();
+        assert_eq!(key, "namespaces");
+        assert!(message.contains("need backend.url"), "{message}");
+        assert_eq!(BackendConfig::parse_events("all").unwrap().len(), 6);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 client for what the hub asks of other services: the keys behind a JWKS
-//! URL (and the application backend's calls and hooks). One connection per request
-//! (`Connection: close`), bounded in time and in the size of the answer; `https://` trusts
-//! the webpki roots.
+//! URL, the application backend's calls and hooks. Bounded in time and in the size of the
+//! answer; `https://` trusts the webpki roots. [`send`] uses one connection per request
+//! (`Connection: close`: a JWKS is fetched rarely); [`Pool::send`] keeps connections
+//! alive for the next call (the backend is called per subscribe, publication or event).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,7 +20,7 @@ pub(crate) struct Response {
 }
 
 /// A request to send.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Request<'a> {
     pub(crate) method: http::Method,
     pub(crate) url: &'a str,
@@ -54,8 +55,87 @@ pub(crate) async fn send(req: Request<'_>) -> Result<Response, String> {
     }
 }
 
-async fn exchange(req: Request<'_>) -> Result<Response, String> {
-    let uri: http::Uri = req.url.parse().map_err(|e| format!("not a URL: {e}"))?;
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Connections kept alive between requests to one service (any URL: a connection is
+/// taken again only for its own scheme and authority).
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    idle: std::sync::Mutex<Vec<(String, Sender)>>,
+}
+
+/// Idle connections a pool keeps at most.
+const POOL_IDLE: usize = 64;
+
+impl Pool {
+    /// Sends `req` over an idle connection to its authority, or a new one, and keeps the
+    /// connection for the next request if the server keeps it open.
+    pub(crate) async fn send(&self, req: Request<'_>) -> Result<Response, String> {
+        let limit = req.timeout;
+        match tokio::time::timeout(limit, self.exchange(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+        }
+    }
+
+    fn take(&self, origin: &str) -> Option<Sender> {
+        let mut idle = crate::lock(&self.idle);
+        while let Some(i) = idle.iter().rposition(|(o, _)| o == origin) {
+            let (_, sender) = idle.swap_remove(i);
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn exchange(&self, req: Request<'_>) -> Result<Response, String> {
+        let uri: http::Uri = req.url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let origin = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        // An idle connection is ready once its task has seen the last answer through;
+        // one the server closed meanwhile fails here and a new one is opened.
+        let reused = match self.take(&origin) {
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let (sender, response) = match reused {
+            Some(mut sender) => match request(&mut sender, &uri, req.clone(), false).await {
+                Ok(r) => (sender, r),
+                // The server closed the idle connection as the request went out: once
+                // more on a new one.
+                Err(e) if e.starts_with("HTTP:") => {
+                    let mut sender = open(&uri).await?;
+                    let r = request(&mut sender, &uri, req, false).await?;
+                    (sender, r)
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                let mut sender = open(&uri).await?;
+                let r = request(&mut sender, &uri, req, false).await?;
+                (sender, r)
+            }
+        };
+        let reusable = !response
+            .headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if reusable && !sender.is_closed() {
+            let mut idle = crate::lock(&self.idle);
+            if idle.len() < POOL_IDLE {
+                idle.push((origin, sender));
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// A new connection to `uri`'s authority (TLS for `https://`).
+async fn open(uri: &http::Uri) -> Result<Sender, String> {
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -72,7 +152,7 @@ async fn exchange(req: Request<'_>) -> Result<Response, String> {
         .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     if !tls {
-        return over(tcp, &uri, req).await;
+        return handshake(tcp).await;
     }
     let name = tidewire::rustls::pki_types::ServerName::try_from(bare)
         .map_err(|e| format!("not a TLS server name: {e}"))?;
@@ -81,30 +161,48 @@ async fn exchange(req: Request<'_>) -> Result<Response, String> {
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    over(stream, &uri, req).await
+    handshake(stream).await
 }
 
-async fn over<S>(stream: S, uri: &http::Uri, req: Request<'_>) -> Result<Response, String>
+async fn handshake<S>(stream: S) -> Result<Sender, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(sender)
+}
+
+async fn exchange(req: Request<'_>) -> Result<Response, String> {
+    let uri: http::Uri = req.url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let mut sender = open(&uri).await?;
+    request(&mut sender, &uri, req, true).await
+}
+
+/// One request on `sender`'s connection; `close` asks the server to close it after.
+async fn request(
+    sender: &mut Sender,
+    uri: &http::Uri,
+    req: Request<'_>,
+    close: bool,
+) -> Result<Response, String> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or("", |a| a.as_str());
     let mut builder = http::Request::builder()
         .method(req.method)
         .uri(path)
         .header(http::header::HOST, authority)
-        .header(http::header::CONNECTION, "close")
         .header(
             http::header::USER_AGENT,
             concat!("tidewire/", env!("CARGO_PKG_VERSION")),
         );
+    if close {
+        builder = builder.header(http::header::CONNECTION, "close");
+    }
     for (name, value) in req.headers {
         builder = builder.header(name, value);
     }

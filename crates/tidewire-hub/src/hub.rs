@@ -53,6 +53,10 @@ pub struct Hub {
     pub(crate) control: Arc<crate::control::Control>,
     /// The admin page's keys, when it is on (`admin_password`).
     pub(crate) admin: Option<crate::admin::Admin>,
+    /// The application backend's calls (`[backend]`), when it has a URL.
+    pub(crate) backend: Option<Arc<crate::backend::Backend>>,
+    /// Event hooks to the backend (`backend.events`), when some are sent.
+    pub(crate) hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 impl Hub {
@@ -102,7 +106,14 @@ impl Hub {
                         .map_err(failed)?;
                 let mut config = config;
                 config.node_name = Some(node);
-                return Ok(Self::with_engine(config, shutdown, engine.clone(), engine));
+                let hooks = crate::engine::RedisHookLog::new(engine.clone());
+                return Ok(Self::with_engine_and_hooks(
+                    config,
+                    shutdown,
+                    engine.clone(),
+                    engine,
+                    Some(hooks),
+                ));
             }
             #[cfg(not(feature = "redis"))]
             {
@@ -136,6 +147,17 @@ impl Hub {
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
     ) -> Arc<Hub> {
+        Self::with_engine_and_hooks(config, shutdown, broker, presence, None)
+    }
+
+    /// [`Hub::with_engine`] with the engine's log of event hooks (`None`: in memory).
+    pub fn with_engine_and_hooks(
+        config: HubConfig,
+        shutdown: watch::Receiver<bool>,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        hook_log: Option<Arc<dyn crate::engine::HookLog>>,
+    ) -> Arc<Hub> {
         let limits = tidewire::Limits::default()
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_message_size);
@@ -156,10 +178,17 @@ impl Hub {
             .admin_password
             .as_deref()
             .map(crate::admin::Admin::new);
+        let backend = crate::backend::Backend::from_config(&config.backend).map(Arc::new);
         let hub = Arc::new_cyclic(|hub| Hub {
             admin,
             sessions: crate::sessions::Sessions::default(),
             control: crate::control::Control::new(hub.clone(), networked),
+            backend: backend.clone(),
+            hooks: backend.and_then(|b| {
+                let log = hook_log
+                    .unwrap_or_else(|| Arc::new(crate::engine::MemoryHookLog::new(&node_name)));
+                crate::hooks::Hooks::start(&config.backend, &node_name, log, b)
+            }),
             node_name,
             client_prefix,
             started: unix_now(),
@@ -320,6 +349,26 @@ impl metrics::Source for Hub {
                 }
             },
             cluster_nodes: self.cluster_nodes.load(Ordering::Relaxed).max(1),
+            backend_calls: self.backend.as_ref().map_or_else(Vec::new, |b| {
+                let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let s = &b.stats;
+                crate::backend::Call::ALL
+                    .iter()
+                    .map(|&call| {
+                        let i = call as usize;
+                        let counts = [c(&s.allowed[i]), c(&s.denied[i]), c(&s.failed[i])];
+                        (call.name(), counts, c(&s.nanos[i]) as f64 / 1e9)
+                    })
+                    .collect()
+            }),
+            hooks: self.hooks.as_ref().map_or((0, 0, 0), |h| {
+                let s = &h.stats;
+                (
+                    s.delivered.load(Ordering::Relaxed),
+                    s.failures.load(Ordering::Relaxed),
+                    s.retrying.load(Ordering::Relaxed),
+                )
+            }),
             delivered: self.deliverers.get().map_or((0, 0), |ds| {
                 ds.iter().fold((0, 0), |(n, b), d| {
                     let (dn, db) = d.sent();

@@ -21,12 +21,14 @@ mod admin;
 mod admission;
 mod api;
 pub mod auth;
+mod backend;
 mod channel_endpoint;
 mod channels;
 mod config;
 mod connection;
 mod control;
 pub mod engine;
+mod hooks;
 mod http_client;
 mod http_phase;
 mod hub;
@@ -43,8 +45,8 @@ mod sessions;
 
 pub use auth::{AuthConfig, AuthError, Identity};
 pub use config::{
-    check_engine, default_namespaces, parse_duration, redact_url, ConfigError, HubConfig,
-    LogFormat, TlsFiles, DEFAULT_FILE,
+    check_engine, default_namespaces, parse_duration, redact_url, BackendConfig, ConfigError,
+    HubConfig, LogFormat, TlsFiles, DEFAULT_FILE, HOOK_EVENTS,
 };
 pub use engine::{Broker, MemoryBroker, MemoryPresence, PresenceStore};
 pub use hub::Hub;

@@ -152,6 +152,10 @@ pub(crate) struct Gauges {
     pub engine: EngineGauges,
     /// Nodes in the cluster's registry.
     pub cluster_nodes: u64,
+    /// Calls to the backend: (call, [allowed, denied, failed], seconds spent in all).
+    pub backend_calls: Vec<(&'static str, [u64; 3], f64)>,
+    /// Hook events delivered, failed deliveries (batches), events waiting for a retry.
+    pub hooks: (u64, u64, u64),
 }
 
 impl Metrics {
@@ -443,7 +447,50 @@ impl<S: Source> Collector for Scrape<S> {
             "cluster_nodes",
             "Nodes of the cluster seen alive in the engine's registry (1 with the memory engine).",
             g.cluster_nodes,
-        )
+        )?;
+        if !g.backend_calls.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "backend_calls",
+                "Calls to the application backend (backend.url), by call and outcome: allowed (a result), denied (the backend's error), failed (unreachable, slow, or an answer outside the protocol: the client got error 112).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (call, counts, _) in &g.backend_calls {
+                for (outcome, v) in ["allowed", "denied", "failed"].iter().zip(counts) {
+                    let labels = [("call", *call), ("outcome", *outcome)];
+                    ConstCounter::new(*v).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = enc.encode_descriptor(
+                "backend_call_seconds",
+                "Time spent in calls to the application backend, by call (divide by tidewire_backend_calls_total for the mean).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (call, _, secs) in &g.backend_calls {
+                let labels = [("call", *call)];
+                ConstCounter::new(*secs).encode(family.encode_family(&labels)?)?;
+            }
+            counter(
+                enc,
+                "hook_events_delivered",
+                "Hook events this node delivered to the backend (URL/events answered 200).",
+                g.hooks.0,
+            )?;
+            counter(
+                enc,
+                "hook_delivery_failures",
+                "POSTs of hook events that failed (retried with backoff).",
+                g.hooks.1,
+            )?;
+            gauge(
+                enc,
+                "hook_events_retrying",
+                "Hook events this node holds for another delivery attempt.",
+                g.hooks.2,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -528,6 +575,8 @@ mod tests {
                     reaped: 4,
                 },
                 cluster_nodes: 2,
+                backend_calls: Vec::new(),
+                hooks: (0, 0, 0),
             }
         }
     }

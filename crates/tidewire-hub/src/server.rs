@@ -310,6 +310,9 @@ async fn announce(hub: std::sync::Weak<Hub>) {
                     // (with leaves): its clients are still here, so they join again.
                     tracing::warn!("engine: this node's presence was reaped while it was cut off; adding it again");
                     hub.node.rejoin_presence().await;
+                    if let Some(hooks) = &hub.hooks {
+                        hooks.rejoin();
+                    }
                 }
                 let nodes = tokio::time::timeout(Duration::from_secs(2), hub.node.broker().nodes());
                 if let Ok(Ok(nodes)) = nodes.await {
@@ -425,6 +428,11 @@ pub async fn serve(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(hooks) = &hub.hooks {
+        // The disconnect events of the connections just closed reach the log (and, on
+        // one node, the backend) before the process ends.
+        hooks.flush(Duration::from_secs(3)).await;
     }
     tracing::info!(remaining = hub.connections(), "stopped");
     Ok(())

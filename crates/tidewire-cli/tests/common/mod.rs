@@ -1,6 +1,7 @@
 //! Helpers shared by the tests that drive a real `tidewire` process over raw sockets.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod cluster;
 pub mod hub;
 pub mod proxy;

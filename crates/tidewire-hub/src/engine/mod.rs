@@ -15,6 +15,7 @@
 //! epoch).
 
 mod clock;
+mod hook_log;
 mod memory_broker;
 mod memory_presence;
 #[cfg(feature = "nats")]
@@ -23,12 +24,14 @@ pub mod nats;
 mod redis;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub(crate) use hook_log::now_ms;
+pub use hook_log::{HookEntry, HookLog, HookOp, MemoryHookLog, ReapEvents, MEMORY_HOOK_CAPACITY};
 pub use memory_broker::{MemoryBroker, DEFAULT_MAX_HISTORY_BYTES, DEFAULT_MAX_STREAMS};
 pub use memory_presence::MemoryPresence;
 #[cfg(feature = "nats")]
 pub use nats::{NatsEngine, NatsOptions};
 #[cfg(feature = "redis")]
-pub use redis::{RedisEngine, RedisOptions};
+pub use redis::{RedisEngine, RedisHookLog, RedisOptions};
 
 use bytes::Bytes;
 use serde::Serialize;

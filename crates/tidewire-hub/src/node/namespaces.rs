@@ -25,6 +25,14 @@ pub struct NamespaceOptions {
     pub publish: bool,
     /// Subscribing needs a channel token. Default false. Checked by the connection layer.
     pub private: bool,
+    /// Ask the backend (`backend.url`) before each client subscribe. Default false.
+    pub subscribe_proxy: bool,
+    /// Ask the backend before each client publication (it may allow, deny or rewrite the
+    /// data). Default false.
+    pub publish_proxy: bool,
+    /// Forward `rpc` requests whose method is in this namespace to the backend. Default
+    /// false (error 104).
+    pub rpc_proxy: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -35,6 +43,9 @@ impl Default for NamespaceOptions {
             presence: false,
             publish: true,
             private: false,
+            subscribe_proxy: false,
+            publish_proxy: false,
+            rpc_proxy: false,
         }
     }
 }
@@ -109,6 +120,12 @@ impl NamespaceConfig {
     /// The options of namespace `name` (not the default one), if configured.
     pub fn namespace_options(&self, name: &str) -> Option<&NamespaceOptions> {
         self.namespaces.get(name)
+    }
+
+    /// Every namespace: `("", default)` first, then the named ones.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &NamespaceOptions)> {
+        std::iter::once(("", &self.default))
+            .chain(self.namespaces.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// Checks the channel name and finds its options.

@@ -24,6 +24,8 @@
 //!   moves only the channels that go to it). The node registry is on the first.
 
 mod cluster;
+mod hooks;
+pub use hooks::RedisHookLog;
 mod keys;
 mod shard;
 
@@ -236,7 +238,8 @@ impl RedisEngine {
     }
 
     /// Removes node `name`'s presence entries (it stopped announcing itself), publishing a
-    /// leave for each that was still there. Claimed first, so one node does it.
+    /// leave for each that was still there, and emits the hook events of its sessions
+    /// (`hooks`). Claimed first, so one node does it.
     async fn reap(&self, name: &str) -> Result<(), Error> {
         let mut reg = self.registry();
         let claim: Option<String> = redis::cmd("SET")
@@ -279,6 +282,21 @@ impl RedisEngine {
                     .map_err(|e| redis_error(&e))?;
                 self.counters.reaped.fetch_add(removed, Ordering::Relaxed);
             }
+        }
+        // The hook events of its sessions and channels (each once: the script forgets what
+        // it emits); every kind, the delivering nodes skip those they do not send.
+        let all = super::ReapEvents {
+            disconnect: true,
+            unsubscribe: true,
+            vacated: true,
+        };
+        let n = hooks::reap(self, name, all).await?;
+        if n > 0 {
+            tracing::info!(
+                node = name,
+                reaped = n,
+                "engine: emitted the hook events of a dead node's sessions"
+            );
         }
         redis::pipe()
             .zrem(keys::NODES, name)
