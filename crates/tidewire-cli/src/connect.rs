@@ -49,6 +49,13 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "ORIGIN")]
     origin: Option<String>,
 
+    /// Go through this proxy: http://[USER:PASSWORD@]HOST[:PORT] (HTTP CONNECT),
+    /// socks5h://... (SOCKS5, the proxy resolves the name) or socks5://...; "none" for no
+    /// proxy. [default: https_proxy for wss://, http_proxy for ws://, else all_proxy, except
+    /// the hosts in no_proxy]
+    #[arg(long, value_name = "URL", value_parser = parse_proxy)]
+    proxy: Option<tidewire::Proxy>,
+
     /// DANGEROUS: accept any TLS certificate (self-signed, expired, another host's) for
     /// wss://. Anyone on the path can read and change the traffic. For tests only.
     #[arg(long)]
@@ -195,6 +202,13 @@ fn stdin_lines() -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
     rx
 }
 
+fn parse_proxy(s: &str) -> std::result::Result<tidewire::Proxy, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(tidewire::Proxy::none());
+    }
+    tidewire::Proxy::parse(s).map_err(|e| e.to_string())
+}
+
 fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder> {
     let mut b = ClientBuilder::new(args.url.clone()).protocols(args.subprotocols.clone());
     for (name, value) in &args.headers {
@@ -205,6 +219,9 @@ fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder> {
     }
     if args.insecure {
         b = b.tls_config(dangerous::accept_any_certificate_config()?);
+    }
+    if let Some(proxy) = &args.proxy {
+        b = b.proxy(proxy.clone());
     }
     if let Some(i) = args.ping_interval {
         b = b.options(Options::default().heartbeat(i, i * 3));

@@ -671,3 +671,105 @@ async fn reconnect_and_heartbeat_through_a_cut() {
     assert!(err.contains("keepalive timed out"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// An HTTP CONNECT proxy on a thread: its port, and the targets it tunnelled to.
+fn connect_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let targets = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let target = String::from_utf8_lossy(&head)
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_owned();
+                seen.lock().unwrap().push(target.clone());
+                let (_, port) = target.rsplit_once(':').unwrap();
+                let server =
+                    TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let mut server = server;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut client, &mut server);
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, targets)
+}
+
+#[test]
+fn through_a_proxy_from_the_flag_or_the_environment() {
+    let echo = common::start(&[]);
+    let url = format!("ws://localhost:{}/", echo.addr.port());
+    let (port, targets) = connect_proxy();
+    let proxy = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = run(&["--once", "--proxy", &proxy, &url], "via the flag\n");
+    assert_eq!((code, out.as_str()), (0, "via the flag\n"), "{err}");
+    // From http_proxy, as curl reads it (for a host that is not loopback: `echo.test`, a
+    // name only this proxy knows).
+    let far = format!("ws://echo.test:{}/", echo.addr.port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewire"))
+        .args(["connect", "--once", &far])
+        .env("http_proxy", &proxy)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"via the environment\n")
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&done.stdout),
+        "via the environment\n"
+    );
+    assert_eq!(
+        *targets.lock().unwrap(),
+        [
+            format!("localhost:{}", echo.addr.port()),
+            format!("echo.test:{}", echo.addr.port())
+        ]
+    );
+    // --proxy none goes straight to the server; a bad proxy names the flag.
+    let (code, out, _) = run(&["--once", "--proxy", "none", &url], "direct\n");
+    assert_eq!((code, out.as_str()), (0, "direct\n"));
+    assert_eq!(targets.lock().unwrap().len(), 2);
+    let (code, _, err) = run(&["--once", "--proxy", "ftp://p:1", &url], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--proxy") && err.contains("unknown proxy scheme"),
+        "{err}"
+    );
+}

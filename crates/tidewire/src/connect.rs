@@ -284,6 +284,7 @@ pub struct ClientBuilder {
     protocols: Vec<String>,
     headers: http::HeaderMap,
     origin: Option<String>,
+    proxy: crate::proxy::Proxy,
     #[cfg(feature = "tls")]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -297,6 +298,7 @@ impl ClientBuilder {
             protocols: Vec::new(),
             headers: http::HeaderMap::new(),
             origin: None,
+            proxy: crate::proxy::Proxy::default(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -355,6 +357,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The proxy to go through: [`Proxy::parse`](crate::Proxy::parse) of an `http://`,
+    /// `socks5://` or `socks5h://` URL, [`Proxy::none`](crate::Proxy::none), or (the
+    /// default) what the environment says for the URL (`https_proxy`, `http_proxy`,
+    /// `all_proxy`, `no_proxy`: the [`proxy`](crate::proxy) module).
+    pub fn proxy(mut self, proxy: crate::proxy::Proxy) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     /// Opens TCP (and TLS for `wss://`) and runs the handshake.
     pub async fn connect(
         &self,
@@ -365,8 +376,7 @@ impl ClientBuilder {
         let url = WsUrl::parse(&self.url)?;
         let timeout = self.options.handshake_timeout;
         let fut = async {
-            let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = crate::proxy::open(&url, &self.proxy).await?;
             let io = if url.tls {
                 #[cfg(feature = "tls")]
                 {

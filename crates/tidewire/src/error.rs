@@ -31,6 +31,10 @@ pub(crate) enum Kind {
     /// The URL given to `connect` is not a usable ws:// or wss:// URL: "URL: what is
     /// wrong".
     Url(String),
+    /// A proxy could not be used (its URL, or it refused the tunnel): what went wrong,
+    /// naming the proxy (without its password), and whether retrying cannot help (a bad
+    /// proxy URL, credentials refused).
+    Proxy(String, bool),
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
@@ -74,6 +78,17 @@ impl Error {
     /// The URL was not a usable `ws://` or `wss://` URL.
     pub fn is_url(&self) -> bool {
         matches!(self.kind, Kind::Url(_))
+    }
+
+    /// The proxy could not be used: its URL is wrong, it is unreachable, or it refused
+    /// the tunnel ([`Proxy`](crate::Proxy)).
+    pub fn is_proxy(&self) -> bool {
+        matches!(self.kind, Kind::Proxy(..))
+    }
+
+    /// A proxy error that retrying cannot mend: a bad proxy URL, credentials refused.
+    pub(crate) fn is_proxy_for_good(&self) -> bool {
+        matches!(self.kind, Kind::Proxy(_, true))
     }
 
     /// The HTTP status of a refused handshake (the server answered something other than
@@ -168,6 +183,7 @@ impl fmt::Display for Error {
             Kind::Timeout(what) => write!(f, "{what} timed out"),
             Kind::NotConnected => f.write_str("not connected (reconnecting)"),
             Kind::Url(msg) => write!(f, "invalid URL {msg}"),
+            Kind::Proxy(msg, _) => write!(f, "proxy: {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
             #[cfg(feature = "tls")]

@@ -581,6 +581,7 @@ struct Driver {
 /// than 408 (timeout), 425 (too early) and 429 (too many requests).
 fn refused_for_good(e: &Error) -> bool {
     e.is_url()
+        || e.is_proxy_for_good()
         || e.http_status()
             .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 408 | 425 | 429))
 }
