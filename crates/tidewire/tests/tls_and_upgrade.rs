@@ -1,40 +1,12 @@
 //! `wss://` with a private CA, and upgrades served from an axum router.
 
-use std::sync::Arc;
-use tidewire::{ClientBuilder, Message, ServerBuilder};
-use tokio::net::TcpListener;
+mod common;
+
+use tidewire::{ClientBuilder, Message};
 
 #[tokio::test]
 async fn wss_with_a_custom_root() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert_pem = cert.cert.pem();
-    let key_pem = cert.key_pair.serialize_pem();
-    let server_config =
-        tidewire::server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-    let acceptor = tidewire::tokio_rustls::TlsAcceptor::from(server_config);
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut ws = ServerBuilder::new().accept(tls).await.unwrap();
-                while let Some(Ok(m)) = ws.recv().await {
-                    if m.is_data() {
-                        ws.send(m).await.unwrap();
-                    }
-                }
-            });
-        }
-    });
-
-    let roots = tidewire::root_store_from_pem(cert_pem.as_bytes()).unwrap();
-    let config = Arc::new(tidewire::client_config_with_roots(roots));
+    let (port, config) = common::proxies::wss_echo().await;
     let url = format!("wss://localhost:{port}/secure");
     let (mut ws, resp) = ClientBuilder::new(&url)
         .tls_config(config)
@@ -57,6 +29,8 @@ async fn wss_with_a_custom_root() {
 async fn served_from_an_axum_router() {
     use axum::{routing::get, Router};
     use tidewire::upgrade::WebSocketUpgrade;
+    use tidewire::ServerBuilder;
+    use tokio::net::TcpListener;
 
     let app: Router = Router::new()
         .route("/", get(|| async { "plain HTTP still works" }))
