@@ -56,6 +56,11 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "URL", value_parser = parse_proxy)]
     proxy: Option<tidewire::Proxy>,
 
+    /// Trust the CA certificates in this PEM file for wss:// (a private CA), instead of the
+    /// built-in roots and the platform's store.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    ca_file: Option<std::path::PathBuf>,
+
     /// DANGEROUS: accept any TLS certificate (self-signed, expired, another host's) for
     /// wss://. Anyone on the path can read and change the traffic. For tests only.
     #[arg(long)]
@@ -219,6 +224,21 @@ fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder> {
     }
     if args.insecure {
         b = b.tls_config(dangerous::accept_any_certificate_config()?);
+    }
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow!("--ca-file: cannot read {}: {e}", path.display()))?;
+        let roots = tidewire::root_store_from_pem(&pem)
+            .map_err(|e| anyhow!("--ca-file {}: {e}", path.display()))?;
+        if roots.is_empty() {
+            return Err(anyhow!(
+                "--ca-file {}: no certificate in it",
+                path.display()
+            ));
+        }
+        b = b.tls_config(std::sync::Arc::new(tidewire::client_config_with_roots(
+            roots,
+        )));
     }
     if let Some(proxy) = &args.proxy {
         b = b.proxy(proxy.clone());

@@ -611,9 +611,22 @@ fn insecure_accepts_a_self_signed_certificate() {
     let (code, _, err) = run(&[&url], "");
     assert_eq!(code, 1);
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(err.contains("self-signed, or a private CA"), "{err}");
     let (code, out, err) = run(&["--insecure", &url], "over tls\n");
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "over tls\n");
+    // --ca-file: this certificate trusted as a root, nothing else.
+    let (code, out, err) = run(
+        &["--ca-file", cert_path.to_str().unwrap(), &url],
+        "trusted\n",
+    );
+    assert_eq!((code, out.as_str()), (0, "trusted\n"), "{err}");
+    let (code, _, err) = run(&["--ca-file", key_path.to_str().unwrap(), &url], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--ca-file") && err.contains("no certificate in it"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

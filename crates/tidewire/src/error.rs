@@ -38,6 +38,9 @@ pub(crate) enum Kind {
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
+    /// The server's certificate was refused: why, for people, and the TLS error.
+    #[cfg(feature = "tls")]
+    Certificate(String, io::Error),
     /// The TLS handshake failed in a way that says the server does not speak TLS at all
     /// (it answered in plain text, or closed): this explanation, and the TLS error.
     #[cfg(feature = "tls")]
@@ -125,7 +128,10 @@ impl Error {
     pub fn is_tls(&self) -> bool {
         #[cfg(feature = "tls")]
         {
-            matches!(self.kind, Kind::Tls(_) | Kind::NotTls(..))
+            matches!(
+                self.kind,
+                Kind::Tls(_) | Kind::NotTls(..) | Kind::Certificate(..)
+            )
         }
         #[cfg(not(feature = "tls"))]
         {
@@ -188,6 +194,8 @@ impl fmt::Display for Error {
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
             #[cfg(feature = "tls")]
             Kind::NotTls(why, _) => write!(f, "TLS handshake failed: {why}"),
+            #[cfg(feature = "tls")]
+            Kind::Certificate(why, _) => write!(f, "TLS: {why}"),
         }
     }
 }
@@ -200,7 +208,7 @@ impl std::error::Error for Error {
             Kind::Handshake(e) | Kind::Refused(e, ..) => Some(e),
             Kind::Usage(e) => Some(e),
             #[cfg(feature = "tls")]
-            Kind::Tls(e) | Kind::NotTls(_, e) => Some(e),
+            Kind::Tls(e) | Kind::NotTls(_, e) | Kind::Certificate(_, e) => Some(e),
             _ => None,
         }
     }

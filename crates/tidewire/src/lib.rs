@@ -47,7 +47,8 @@ pub use stream::{Heartbeat, Options, WebSocketStream};
 pub use transport::MaybeTlsStream;
 #[cfg(feature = "tls")]
 pub use transport::{
-    client_config_with_roots, default_client_config, root_store_from_pem, server_config_from_pem,
+    client_config_with_roots, default_client_config, native_root_store, root_store_from_pem,
+    server_config_from_pem, webpki_client_config,
 };
 
 pub use tidewire_proto as proto;

@@ -66,12 +66,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
     }
 }
 
-/// A rustls client configuration trusting the webpki roots.
+/// The rustls client configuration of `wss://` by default: trusting the webpki roots
+/// (Mozilla's list, built in) and the platform's store ([`native_root_store`]: a company's
+/// own CA installed on the machine). Made once per process.
 #[cfg(feature = "tls")]
 pub fn default_client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = native_root_store();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            std::sync::Arc::new(client_config_with_roots(roots))
+        })
+        .clone()
+}
+
+/// A rustls client configuration trusting only the webpki roots (not the platform's
+/// store).
+#[cfg(feature = "tls")]
+pub fn webpki_client_config() -> std::sync::Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     std::sync::Arc::new(client_config_with_roots(roots))
+}
+
+/// The platform's trusted roots (on Linux the distribution's bundle, or `SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` when set; macOS's and Windows' stores). Certificates it cannot read are
+/// skipped (logged at debug); none at all gives an empty store.
+#[cfg(feature = "tls")]
+pub fn native_root_store() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!("platform trust store: {e}");
+    }
+    let (added, skipped) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, skipped, "platform trust store read");
+    roots
 }
 
 /// A rustls client configuration trusting exactly `roots` (for a private CA in tests).
@@ -129,15 +161,67 @@ pub(crate) async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
         )))
     })?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    let tls =
-        connector
-            .connect(name, io)
-            .await
-            .map_err(|e| match not_tls(&e, &url.authority()) {
-                Some(why) => Error::new(Kind::NotTls(why, e)),
-                None => Error::new(Kind::Tls(e)),
-            })?;
+    let tls = connector.connect(name, io).await.map_err(|e| {
+        if let Some(why) = not_tls(&e, &url.authority()) {
+            return Error::new(Kind::NotTls(why, e));
+        }
+        match bad_certificate(&e, &url.host) {
+            Some(why) => Error::new(Kind::Certificate(why, e)),
+            None => Error::new(Kind::Tls(e)),
+        }
+    })?;
     Ok(MaybeTlsStream::Rustls(Box::new(tls)))
+}
+
+/// Why the server's certificate was refused, for people: expired (and when), not yet
+/// valid, not for this host (and which names it has), or from an authority not trusted
+/// here (self-signed or a private CA), with what to do.
+#[cfg(feature = "tls")]
+fn bad_certificate(e: &io::Error, host: &str) -> Option<String> {
+    use rustls::CertificateError as C;
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let rustls::Error::InvalidCertificate(c) = inner else {
+        return None;
+    };
+    let when = |t: &rustls::pki_types::UnixTime| {
+        let secs = t.as_secs();
+        let days = secs / 86_400;
+        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}")
+    };
+    Some(match c {
+        C::Expired => format!("the certificate of {host} has expired"),
+        C::ExpiredContext { time, not_after } => format!(
+            "the certificate of {host} expired on {} (it is {} here)",
+            when(not_after),
+            when(time)
+        ),
+        C::NotValidYet => format!("the certificate of {host} is not valid yet"),
+        C::NotValidYetContext { time, not_before } => format!(
+            "the certificate of {host} is not valid before {} (it is {} here)",
+            when(not_before),
+            when(time)
+        ),
+        C::NotValidForName => format!("the certificate is not for {host}"),
+        C::NotValidForNameContext { presented, .. } => format!(
+            "the certificate is not for {host}: it names {}",
+            presented.join(", ")
+        ),
+        C::UnknownIssuer => format!(
+            "the certificate of {host} is not signed by an authority trusted here              (self-signed, or a private CA: trust its root with ClientBuilder::tls_config,              `tidewire connect --ca-file`, or the platform's store)"
+        ),
+        C::Revoked => format!("the certificate of {host} is revoked"),
+        other => format!("the certificate of {host} was refused: {other:?}"),
+    })
 }
 
 /// When a failed TLS handshake shows that the server does not speak TLS at all: what it

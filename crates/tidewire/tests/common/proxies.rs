@@ -201,26 +201,7 @@ pub async fn wss_echo() -> (u16, Arc<tidewire::rustls::ClientConfig>) {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "echo.test".into()]).unwrap();
     let cert_pem = cert.cert.pem();
-    let key_pem = cert.key_pair.serialize_pem();
-    let server_config =
-        tidewire::server_config_from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-    let acceptor = tidewire::tokio_rustls::TlsAcceptor::from(server_config);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if let Ok(ws) = ServerBuilder::new().accept(tls).await {
-                    echo(ws);
-                }
-            });
-        }
-    });
+    let port = super::certs::wss_server(&cert_pem, &cert.key_pair.serialize_pem()).await;
     let roots = tidewire::root_store_from_pem(cert_pem.as_bytes()).unwrap();
     (port, Arc::new(tidewire::client_config_with_roots(roots)))
 }
