@@ -1105,16 +1105,52 @@ async fn next_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server and root (ip netns); .ci/run runs it"]
 async fn a_node_cut_off_long_rejoins_presence() {
+    use common::backend::{Answer, Backend};
     let ns = common::cluster::Netns::new();
     let mut redis = Redis::start();
     redis.also_bind = vec![ns.engine_host.clone()];
     redis.kill();
     redis.restart();
-    let a = node(&redis, "127.0.0.1:0", "node-a", &[]);
-    let b = ns.node(
+    // Hooks too: the reap's disconnect, then the rejoin's connect (issue 17). The backend
+    // listens where the namespace reaches the host.
+    let backend = Backend::start_on(
+        "0.0.0.0",
+        Arc::new(|_: &str, _: &Value| Answer::result(json!({}))),
+    )
+    .await;
+    let port = backend.addr.port();
+    let (url_a, url_b) = (
+        format!("http://127.0.0.1:{port}"),
+        format!("http://{}:{port}", ns.client_host()),
+    );
+    let a = node(
+        &redis,
+        "127.0.0.1:0",
+        "node-a",
+        &["--backend-url", &url_a, "--backend-events", "all"],
+    );
+    let b = ns.node_with(
         &format!("redis://{}:{}", ns.engine_host, redis.port),
         "node-b",
+        &["--backend-url", &url_b, "--backend-events", "all"],
     );
+    // The member's session as the backend last heard of it: (type, reason).
+    let member_events = |backend: &Backend| -> Vec<(String, String)> {
+        let mut seen = std::collections::HashSet::new();
+        backend
+            .bodies("/events")
+            .into_iter()
+            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| seen.insert(e["id"].as_str().unwrap().to_owned()))
+            .filter(|e| e["node"] == "node-b" && e["client"].is_string())
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["reason"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
     let mut watcher = client(a.addr).await;
     let mut member = client(b.addr).await;
     let mut pushed = Vec::new();
@@ -1149,6 +1185,36 @@ async fn a_node_cut_off_long_rejoins_presence() {
     assert_eq!(p["result"]["clients"].as_array().unwrap().len(), 2, "{p}");
     let r = request(&mut member, json!({"id": 3, "op": "ping"}), &mut pushed).await;
     assert_eq!(r["ok"], true, "{r}");
+    // The backend heard: connect, subscribe; the reap's unsubscribe and disconnect ("node
+    // lost"); then the rejoin's connect and subscribe: online again, as it is.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        let evs = member_events(&backend);
+        let count = |kind: &str| evs.iter().filter(|(t, _)| t == kind).count();
+        if count("connect") >= 2 && count("subscribe") >= 2 && count("disconnect") >= 1 {
+            eprintln!(
+                "the backend had the six events {:?} after the link came back",
+                healed.elapsed()
+            );
+            break evs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejoin's events did not come: {evs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "disconnect").count(),
+        1,
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("disconnect".into(), "node lost".into())),
+        "{events:?}"
+    );
+    assert_eq!(kinds.len(), 6, "{events:?}");
 }
 
 /// The server API called on node A reaches the connections of node B: a server-side

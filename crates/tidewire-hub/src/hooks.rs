@@ -27,6 +27,9 @@ const BATCH: usize = 100;
 const MAX_RETRYING: usize = 10_000;
 /// Events taken by a node and not done for this long are taken over by another.
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(60);
+/// Events this node took and does not hold, this long after, are taken again (their take's
+/// answer was lost).
+const ORPHANED_AFTER: Duration = Duration::from_secs(2);
 /// How often the delivery task looks for events when it has seen none.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -396,10 +399,15 @@ async fn deliver(hooks: std::sync::Weak<Hooks>, backend: Arc<Backend>) {
             };
             if last_stale.elapsed() >= Duration::from_secs(5) && fresh.len() < BATCH {
                 last_stale = Instant::now();
+                let held: std::collections::HashSet<String> =
+                    retrying.iter().map(|r| r.entry.id.clone()).collect();
+                // Taken by this node but never seen (a take whose answer was lost: nothing
+                // is in flight between two rounds of this loop), then a dead node's.
+                if let Ok(lost) = h.log.take_mine(BATCH - fresh.len(), ORPHANED_AFTER).await {
+                    fresh.extend(lost.into_iter().filter(|e| !held.contains(&e.id)));
+                }
                 if let Ok(stale) = h.log.take_stale(BATCH - fresh.len(), STALE_AFTER).await {
-                    let mine: std::collections::HashSet<&str> =
-                        retrying.iter().map(|r| r.entry.id.as_str()).collect();
-                    fresh.extend(stale.into_iter().filter(|e| !mine.contains(e.id.as_str())));
+                    fresh.extend(stale.into_iter().filter(|e| !held.contains(&e.id)));
                 }
             }
             if !fresh.is_empty() {

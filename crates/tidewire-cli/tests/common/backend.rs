@@ -68,7 +68,12 @@ impl Drop for Backend {
 
 impl Backend {
     pub async fn start(handler: Handler) -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1", handler).await
+    }
+
+    /// [`Backend::start`] listening on `ip` (`0.0.0.0`: reachable from a network namespace).
+    pub async fn start_on(ip: &str, handler: Handler) -> Backend {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let got = requests.clone();

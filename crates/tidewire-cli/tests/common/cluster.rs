@@ -666,8 +666,19 @@ impl Netns {
         ]);
     }
 
+    /// The host's address on the client link (how the namespace reaches the host).
+    pub fn client_host(&self) -> String {
+        let (net, _) = self.client_ns.rsplit_once('.').unwrap();
+        format!("{net}.1")
+    }
+
     /// `tidewire serve` inside the namespace, listening on its client address.
     pub fn node(&self, engine_url: &str, name: &str) -> super::hub::Serve {
+        self.node_with(engine_url, name, &[])
+    }
+
+    /// [`Netns::node`] with more arguments.
+    pub fn node_with(&self, engine_url: &str, name: &str, extra: &[&str]) -> super::hub::Serve {
         let port = free_port();
         let config = config();
         let mut cmd = Command::new("ip");
@@ -682,7 +693,8 @@ impl Netns {
         .args(["--engine", engine_url, "--node-name", name])
         .args(["--config", config.to_str().unwrap()])
         .args(["--publish-rate", "0", "--subscribe-rate", "0", "--no-demo"])
-        .args(["--api-key", API_KEY]);
+        .args(["--api-key", API_KEY])
+        .args(extra);
         let (child, addr) = super::started(cmd);
         let addr = SocketAddr::new(self.client_ns.parse().unwrap(), addr.port());
         super::hub::Serve { child, addr }

@@ -81,6 +81,14 @@ pub trait HookLog: Send + Sync + fmt::Debug + 'static {
     /// died with them, or this node's own retries): this node takes them over.
     fn take_stale<'a>(&'a self, n: usize, idle: Duration) -> EngineFuture<'a, Vec<HookEntry>>;
 
+    /// At most `n` events this node took more than `idle` ago and is not known to hold: a
+    /// take whose answer was lost (the engine's connection dropped after it took them).
+    /// The caller leaves out those it holds for a retry. In memory nothing is lost that
+    /// way: none.
+    fn take_mine<'a>(&'a self, _n: usize, _idle: Duration) -> EngineFuture<'a, Vec<HookEntry>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// This node still works on `ids` (a retry is coming): not stale.
     fn keep<'a>(&'a self, ids: &'a [String]) -> EngineFuture<'a, ()>;
 

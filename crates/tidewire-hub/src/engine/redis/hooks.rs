@@ -297,6 +297,39 @@ impl HookLog for RedisHookLog {
         })
     }
 
+    fn take_mine<'a>(&'a self, n: usize, idle: Duration) -> EngineFuture<'a, Vec<HookEntry>> {
+        Box::pin(async move {
+            self.ensure_group().await?;
+            let node = &self.engine.node;
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(EVENTS)
+                .arg(GROUP)
+                .arg("IDLE")
+                .arg(idle.as_millis() as u64)
+                .arg("-")
+                .arg("+")
+                .arg(n)
+                .arg(node)
+                .query_async(&mut self.engine.registry())
+                .await
+                .map_err(|e| self.failed(e))?;
+            let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let claimed: redis::streams::StreamClaimReply = redis::cmd("XCLAIM")
+                .arg(EVENTS)
+                .arg(GROUP)
+                .arg(node)
+                .arg(0)
+                .arg(&ids)
+                .query_async(&mut self.engine.registry())
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(Self::entries(claimed.ids))
+        })
+    }
+
     fn keep<'a>(&'a self, ids: &'a [String]) -> EngineFuture<'a, ()> {
         Box::pin(async move {
             if ids.is_empty() {
