@@ -1606,3 +1606,109 @@ async fn every_server_api_method_works_across_two_nodes() {
         started.elapsed()
     );
 }
+
+/// What an SSE reader saw: the last event id, the publications' `n` in order, and how many
+/// `subscribed` events.
+type SseSeen = Arc<std::sync::Mutex<(Option<String>, Vec<u64>, usize)>>;
+
+/// `curl -N URL`, with `Last-Event-ID: ID` when given; its stdout piped.
+fn curl_sse(url: &str, last_id: Option<&str>) -> std::process::Child {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-N", "-s", url]);
+    if let Some(id) = last_id {
+        cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("curl")
+}
+
+/// The Server-Sent Events fallback (issue 18) read by `curl -N` across a SIGKILL and a
+/// restart of its node, while another node publishes: every publication once, in order,
+/// resuming from `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn sse_resumes_across_a_restart_with_last_event_id() {
+    use std::io::BufRead;
+    let redis = Redis::start();
+    let listen = format!("127.0.0.1:{}", common::cluster::free_port());
+    let mut a = node(&redis, &listen, "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    let url = format!("http://{}/sse?channel=feed", a.addr);
+    let seen = Arc::new(std::sync::Mutex::new((
+        None::<String>,
+        Vec::<u64>::new(),
+        0usize,
+    )));
+    let read = |child: &mut std::process::Child, seen: SseSeen| {
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut id = None;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(data) = line.strip_prefix("data: ") {
+                    let v: Value = serde_json::from_str(data).unwrap();
+                    let mut s = seen.lock().unwrap();
+                    if let Some(n) = v["data"]["n"].as_u64() {
+                        s.1.push(n);
+                    } else if v.get("recovered").is_some() {
+                        s.2 += 1;
+                        assert_ne!(v["recovered"], false, "a gap: {v}");
+                    }
+                    s.0 = id.clone();
+                }
+            }
+        })
+    };
+    let mut curl = curl_sse(&url, None);
+    let mut reader = read(&mut curl, seen.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().2 == 0 {
+        assert!(Instant::now() < deadline, "no subscribed event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let publisher = tokio::spawn(async move {
+        for n in 1..=60u64 {
+            let body = json!({"channel": "feed", "data": {"n": n}}).to_string();
+            let (status, v) = api_call(b.addr, "publish", &body, Some(API_KEY));
+            assert_eq!(status, 200, "{v}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        b
+    });
+    // After some publications: node A dies, and comes back on the same address.
+    while seen.lock().unwrap().1.len() < 15 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let _ = curl.wait();
+    reader.join().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a = node(&redis, &listen, "node-a", &[]);
+    let last = seen.lock().unwrap().0.clone();
+    assert!(last.is_some());
+    curl = curl_sse(&url, last.as_deref());
+    reader = read(&mut curl, seen.clone());
+    let _b = publisher.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().1.len() < 60 {
+        assert!(
+            Instant::now() < deadline,
+            "got {:?}",
+            seen.lock().unwrap().1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = curl.kill();
+    let _ = curl.wait();
+    let _ = reader.join();
+    let (_, got, subscribed) = seen.lock().unwrap().clone();
+    assert_eq!(got, (1..=60).collect::<Vec<_>>(), "no gap, no duplicate");
+    // Two streams: the first, and the one resumed (recovered) after the restart.
+    assert_eq!(subscribed, 2);
+    drop(a);
+}

@@ -97,6 +97,36 @@ fn publications_reply(
     )
 }
 
+/// Whether `identity` (none: anonymous) may use channel `ch`: its namespace's options, or
+/// the error code and why not (an unknown namespace; `NAME#ann,bob` used by another user;
+/// a private channel the token's `channels` claim does not list).
+pub(crate) fn channel_access(
+    hub: &Hub,
+    identity: Option<&Identity>,
+    ch: &str,
+) -> Result<NamespaceOptions, (ErrorCode, &'static str)> {
+    let Some(ns) = hub.node.namespaces().for_channel(ch) else {
+        return Err((ErrorCode::UNKNOWN_CHANNEL, "unknown namespace"));
+    };
+    // `NAME#ann,bob`: only the users listed after the last `#`.
+    if let Some((_, users)) = ch.rsplit_once('#') {
+        let me = identity.map(|i| i.user.as_str());
+        if !me.is_some_and(|me| users.split(',').any(|u| u == me)) {
+            return Err((
+                ErrorCode::PERMISSION_DENIED,
+                "only the users listed after # in the channel's name may use it",
+            ));
+        }
+    }
+    if ns.private && !identity.is_some_and(|i| i.may_use(ch)) {
+        return Err((
+            ErrorCode::PERMISSION_DENIED,
+            "private channel: the token's channels claim does not allow it",
+        ));
+    }
+    Ok(ns.clone())
+}
+
 /// What to do after a request.
 pub(crate) enum Reply {
     Send(String),
@@ -249,32 +279,8 @@ impl Conn {
 
     /// Checks the channel's namespace and, for a private one, the token's `channels`.
     fn namespace(&self, id: &RequestId, ch: &str) -> Result<NamespaceOptions, String> {
-        let Some(ns) = self.hub.node.namespaces().for_channel(ch) else {
-            return Err(reply_err(
-                id,
-                ErrorCode::UNKNOWN_CHANNEL,
-                "unknown namespace",
-            ));
-        };
-        // `NAME#ann,bob`: only the users listed after the last `#`.
-        if let Some((_, users)) = ch.rsplit_once('#') {
-            let me = self.identity.as_ref().map(|i| i.user.as_str());
-            if !me.is_some_and(|me| users.split(',').any(|u| u == me)) {
-                return Err(reply_err(
-                    id,
-                    ErrorCode::PERMISSION_DENIED,
-                    "only the users listed after # in the channel's name may use it",
-                ));
-            }
-        }
-        if ns.private && !self.identity.as_ref().is_some_and(|i| i.may_use(ch)) {
-            return Err(reply_err(
-                id,
-                ErrorCode::PERMISSION_DENIED,
-                "private channel: the token's channels claim does not allow it",
-            ));
-        }
-        Ok(ns.clone())
+        channel_access(&self.hub, self.identity.as_deref(), ch)
+            .map_err(|(code, why)| reply_err(id, code, why))
     }
 
     pub(crate) async fn handle(&mut self, text: &str) -> Reply {

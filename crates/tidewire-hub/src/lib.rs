@@ -42,6 +42,7 @@ mod room_endpoint;
 mod rooms;
 mod server;
 mod sessions;
+mod sse;
 
 pub use auth::{AuthConfig, AuthError, Identity};
 pub use config::{

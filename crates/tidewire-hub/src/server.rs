@@ -36,6 +36,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/metrics", get(metrics))
         .route("/rooms/{room}", get(room_upgrade))
         .route("/ws", get(channel_upgrade))
+        .route("/sse", get(crate::sse::sse))
+        .route("/publish", post(crate::sse::publish))
         .route("/api/openapi.json", get(api_openapi))
         .route("/api/{method}", post(api_call))
         .fallback(|uri: Uri| async move {

@@ -184,3 +184,21 @@ pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}{extra}\r\n"
     )
 }
+
+/// An HS256 JWT for `sub`, expiring in an hour, with more claims from `extra` (an object).
+pub fn hs256_token(secret: &str, sub: &str, extra: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = serde_json::json!({"sub": sub, "exp": now + 3600, "iat": now});
+    if let (Some(c), Value::Object(more)) = (claims.as_object_mut(), extra) {
+        c.extend(more);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
