@@ -127,6 +127,26 @@ pub(crate) fn channel_access(
     Ok(ns.clone())
 }
 
+/// Takes a token of a connection's publish rate limit `bucket` (publications and `rpc`
+/// calls share it); the error reply, counted, when there is none.
+fn take_publish_token(
+    bucket: &mut TokenBucket,
+    hub: &Hub,
+    id: &RequestId,
+    now: Instant,
+    what: &str,
+) -> Result<(), String> {
+    if bucket.take(now) {
+        return Ok(());
+    }
+    hub.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+    let msg = format!(
+        "rate limited: at most {} {what} per second (limits.publish_rate)",
+        hub.config.publish_rate
+    );
+    Err(reply_err(id, ErrorCode::RATE_LIMITED, &msg))
+}
+
 /// What to do after a request.
 pub(crate) enum Reply {
     Send(String),
@@ -336,16 +356,10 @@ impl Conn {
                     )
                     .into();
                 }
-                if !self.bucket.take(now) {
-                    self.hub
-                        .metrics
-                        .rate_limited
-                        .fetch_add(1, Ordering::Relaxed);
-                    let msg = format!(
-                        "rate limited: at most {} publications per second (limits.publish_rate)",
-                        self.hub.config.publish_rate
-                    );
-                    return reply_err(&id, ErrorCode::RATE_LIMITED, &msg).into();
+                if let Err(r) =
+                    take_publish_token(&mut self.bucket, &self.hub, &id, now, "publications")
+                {
+                    return r.into();
                 }
                 // The raw JSON as the request carried it (checked when it was read), or
                 // what the backend made of it.
@@ -433,16 +447,14 @@ impl Conn {
                 "rpc is not enabled in this namespace (rpc_proxy)",
             );
         };
-        if !self.bucket.take(Instant::now()) {
-            self.hub
-                .metrics
-                .rate_limited
-                .fetch_add(1, Ordering::Relaxed);
-            let msg = format!(
-                "rate limited: at most {} publications and calls per second (limits.publish_rate)",
-                self.hub.config.publish_rate
-            );
-            return reply_err(id, ErrorCode::RATE_LIMITED, &msg);
+        if let Err(r) = take_publish_token(
+            &mut self.bucket,
+            &self.hub,
+            id,
+            Instant::now(),
+            "publications and calls",
+        ) {
+            return r;
         }
         let body = RpcCall {
             client: &self.client_id,

@@ -31,6 +31,20 @@ use tokio::sync::mpsc;
 /// A comment this often keeps a quiet stream open through proxies.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The HTTP status of a refusal with `tidewire.v1` error `code`, as the server API gives
+/// them: 400 for a bad request or a channel that cannot exist, 403 for one not this
+/// client's (or the backend's denial), 503 when the engine or the backend is unavailable
+/// or the server is full, 500 for an engine failure.
+fn status_of(code: tidewire_hub_proto::ErrorCode) -> StatusCode {
+    use tidewire_hub_proto::ErrorCode as E;
+    match code {
+        E::UNKNOWN_CHANNEL | E::BAD_REQUEST | E::NOT_AVAILABLE => StatusCode::BAD_REQUEST,
+        E::UNAVAILABLE | E::LIMIT_REACHED => StatusCode::SERVICE_UNAVAILABLE,
+        E::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
 fn refused(status: StatusCode, why: impl Into<String>) -> Response {
     (status, format!("{}\n", why.into())).into_response()
 }
@@ -61,14 +75,7 @@ pub(crate) async fn sse(
         return refused(StatusCode::BAD_REQUEST, "missing ?channel=NAME");
     };
     if let Err((code, why)) = channel_access(&hub, identity.as_ref(), &channel) {
-        // As the server API: 400 for a channel that cannot exist, 403 for one not this
-        // client's.
-        let status = if code == tidewire_hub_proto::ErrorCode::UNKNOWN_CHANNEL {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::FORBIDDEN
-        };
-        return refused(status, format!("{}: {why}", peer(&channel)));
+        return refused(status_of(code), format!("{}: {why}", peer(&channel)));
     }
     // Where to resume from: the EventSource's Last-Event-ID, or ?since=OFFSET:EPOCH.
     let since_text = headers
@@ -103,12 +110,7 @@ pub(crate) async fn sse(
             .await
         {
             let (code, message) = f.error();
-            let status = if code == tidewire_hub_proto::ErrorCode::UNAVAILABLE {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::FORBIDDEN
-            };
-            return refused(status, message);
+            return refused(status_of(code), message);
         }
     }
     let mut info = ClientInfo::new(client_id.clone());
@@ -125,14 +127,7 @@ pub(crate) async fn sse(
         Ok(s) => s,
         Err(e) => {
             let code = crate::channels::engine_code(&hub.metrics, &e);
-            let status = if code == tidewire_hub_proto::ErrorCode::UNAVAILABLE
-                || code == tidewire_hub_proto::ErrorCode::LIMIT_REACHED
-            {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return refused(status, format!("{}: {e}", peer(&channel)));
+            return refused(status_of(code), format!("{}: {e}", peer(&channel)));
         }
     };
     hub.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -302,14 +297,7 @@ pub(crate) async fn publish(
     }
     let ns = match channel_access(&hub, identity.as_ref(), &p.channel) {
         Ok(ns) => ns,
-        Err((code, why)) => {
-            let status = if code == ErrorCode::UNKNOWN_CHANNEL {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::FORBIDDEN
-            };
-            return error_json(status, code, why);
-        }
+        Err((code, why)) => return error_json(status_of(code), code, why),
     };
     if !ns.publish {
         let message = "publishing is not allowed in this namespace";
@@ -335,12 +323,7 @@ pub(crate) async fn publish(
             }
             Err(f) => {
                 let (code, message) = f.error();
-                let status = if code == ErrorCode::UNAVAILABLE {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::FORBIDDEN
-                };
-                return error_json(status, code, &message);
+                return error_json(status_of(code), code, &message);
             }
         }
     }
@@ -362,14 +345,7 @@ pub(crate) async fn publish(
         }
         Err(e) => {
             let code = crate::channels::engine_code(&hub.metrics, &e);
-            let status = match code {
-                ErrorCode::UNAVAILABLE | ErrorCode::LIMIT_REACHED => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                ErrorCode::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            error_json(status, code, &e.to_string())
+            error_json(status_of(code), code, &e.to_string())
         }
     }
 }
