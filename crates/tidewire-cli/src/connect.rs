@@ -61,6 +61,12 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca_file: Option<std::path::PathBuf>,
 
+    /// WebSocket over HTTP/2 (RFC 8441): auto (wss:// offers h2 and uses it where the
+    /// server allows, HTTP/1.1 otherwise), off (HTTP/1.1 only), only (require it; h2c for
+    /// ws://).
+    #[arg(long, value_name = "auto|off|only", default_value = "auto")]
+    http2: tidewire::Http2,
+
     /// DANGEROUS: accept any TLS certificate (self-signed, expired, another host's) for
     /// wss://. Anyone on the path can read and change the traffic. For tests only.
     #[arg(long)]
@@ -243,6 +249,7 @@ fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder> {
     if let Some(proxy) = &args.proxy {
         b = b.proxy(proxy.clone());
     }
+    b = b.http2(args.http2);
     if let Some(i) = args.ping_interval {
         b = b.options(Options::default().heartbeat(i, i * 3));
     }
@@ -321,7 +328,7 @@ async fn once_connected(
         .map_err(|e| connect_error(&args.url, &e))?;
     let protocol = selected_protocol(&resp);
     check_protocol(args, protocol)?;
-    out.open(&args.url, protocol);
+    out.open(&args.url, protocol, resp.version());
     let mut input_open = true;
     if args.once {
         if let Some(line) = input.recv().await {
@@ -454,7 +461,7 @@ async fn reconnecting(
                         client.close(None).await;
                         return Err(e);
                     }
-                    out.open(&args.url, c.protocol());
+                    out.open(&args.url, c.protocol(), c.response.version());
                 }
                 Some(Event::Message(m)) => out.message(&m),
                 Some(Event::Disconnected(d)) => {
@@ -582,19 +589,25 @@ impl Output {
         }
     }
 
-    fn open(&self, url: &str, protocol: Option<&str>) {
+    fn open(&self, url: &str, protocol: Option<&str>, version: http::Version) {
+        let http = if version == http::Version::HTTP_2 {
+            "2"
+        } else {
+            "1.1"
+        };
         if self.json {
             if !self.quiet {
                 self.json(
                     "open",
-                    serde_json::json!({"url": url, "protocol": protocol}),
+                    serde_json::json!({"url": url, "protocol": protocol, "http": http}),
                 );
             }
             return;
         }
+        let over = if http == "2" { " over HTTP/2" } else { "" };
         match protocol {
-            Some(p) => self.note(&format!("connected to {url} (subprotocol {p})")),
-            None => self.note(&format!("connected to {url}")),
+            Some(p) => self.note(&format!("connected to {url}{over} (subprotocol {p})")),
+            None => self.note(&format!("connected to {url}{over}")),
         }
     }
 

@@ -45,6 +45,11 @@ pub struct EchoArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
 
+    /// Speak HTTP/1.1 only: no HTTP/2 by ALPN over TLS, no h2c, so no WebSocket over
+    /// HTTP/2 (RFC 8441).
+    #[arg(long)]
+    no_http2: bool,
+
     #[command(flatten)]
     compression: CompressionArgs,
 }
@@ -130,7 +135,13 @@ async fn serve(args: EchoArgs) -> Result<()> {
                 .with_context(|| format!("cannot read {} (--tls-key)", key.display()))?;
             let config = tidewire::server_config_from_pem(&cert_pem, &key_pem)
                 .context("invalid certificate or key (--tls-cert, --tls-key)")?;
-            Some(tidewire::tokio_rustls::TlsAcceptor::from(config))
+            let mut config = Arc::unwrap_or_clone(config);
+            config.alpn_protocols = if args.no_http2 {
+                vec![b"http/1.1".to_vec()]
+            } else {
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            };
+            Some(tidewire::tokio_rustls::TlsAcceptor::from(Arc::new(config)))
         }
         _ => None,
     };
@@ -153,7 +164,20 @@ async fn serve(args: EchoArgs) -> Result<()> {
             io: tcp,
             peer,
         });
+        let http2 = !args.no_http2;
         match tls.clone() {
+            None if http2 => {
+                // A task of its own for each outcome, so that an HTTP/1.1 connection's
+                // task stays as small as without HTTP/2.
+                tokio::spawn(async move {
+                    if h2c_preface(&start.io).await {
+                        let Accepting { builder, io, .. } = *start;
+                        tokio::spawn(Box::pin(async move { serve_http2(io, &builder).await }));
+                    } else {
+                        tokio::spawn(echo(start));
+                    }
+                });
+            }
             None => {
                 tokio::spawn(echo(start));
             }
@@ -161,6 +185,9 @@ async fn serve(args: EchoArgs) -> Result<()> {
                 tokio::spawn(Box::pin(async move {
                     let Accepting { builder, io, peer } = *start;
                     match acceptor.accept(io).await {
+                        Ok(io) if io.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            Box::pin(serve_http2(io, &builder)).await
+                        }
                         Ok(io) => echo(Box::new(Accepting { builder, io, peer })).await,
                         Err(e) => {
                             tracing::debug!(%peer, "TLS handshake failed: {}", log_text::peer(&e))
@@ -169,6 +196,39 @@ async fn serve(args: EchoArgs) -> Result<()> {
                 }));
             }
         }
+    }
+}
+
+/// Whether a client in clear opened with the HTTP/2 preface (h2c with prior knowledge),
+/// looking at its first bytes without taking them (at most the handshake timeout).
+async fn h2c_preface(tcp: &tokio::net::TcpStream) -> bool {
+    let preface = tidewire::upgrade::HTTP2_PREFACE;
+    let look = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = tcp.peek(&mut buf).await.ok()?;
+            if n == 0 || !preface.starts_with(&buf[..n.min(preface.len())]) {
+                return Some(false);
+            }
+            if n >= 4 {
+                return Some(true);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), look).await,
+        Ok(Some(true))
+    )
+}
+
+/// Echoes on every WebSocket stream of one HTTP/2 connection (RFC 8441).
+async fn serve_http2<S>(io: S, builder: &ServerBuilder)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if let Err(e) = tidewire::upgrade::serve_http2(io, builder.clone(), echo_loop).await {
+        tracing::debug!("HTTP/2 connection ended: {}", log_text::peer(&e));
     }
 }
 
@@ -189,9 +249,17 @@ where
             tracing::debug!(%peer, "handshake failed: {}", log_text::peer(&e));
         })
     });
-    let Ok(mut ws) = handshake.await else {
+    let Ok(ws) = handshake.await else {
         return;
     };
+    echo_loop(ws).await
+}
+
+/// Sends every data message back, until the connection ends.
+async fn echo_loop<S>(mut ws: tidewire::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         // The await on `ready` sits outside the match so that the received item (and its
         // error) is not kept in the task's state across it.

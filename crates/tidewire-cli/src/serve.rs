@@ -57,6 +57,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_NO_DEMO")]
     no_demo: bool,
 
+    /// Speak HTTP/1.1 only: no HTTP/2 by ALPN over TLS, no h2c, so no WebSocket over
+    /// HTTP/2 (RFC 8441).
+    #[arg(long, env = "TIDEWIRE_NO_HTTP2")]
+    no_http2: bool,
+
     /// Also send each raw-room message back to its sender.
     #[arg(long, env = "TIDEWIRE_ECHO_TO_SENDER")]
     echo_to_sender: bool,
@@ -281,6 +286,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
     set!(c.publish_burst, args.publish_burst);
     set!(c.send_buffer, args.send_buffer);
     c.demo &= !args.no_demo;
+    c.http2 &= !args.no_http2;
     c.echo_to_sender |= args.echo_to_sender;
     if args.no_compression {
         c.compression = None;
@@ -479,8 +485,9 @@ fn summary(args: &ServeArgs, c: &HubConfig) -> String {
         }
     };
     format!(
-        "{source}\n  listen: {scheme}://{}/\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  admin page: {}\n  room subprotocols: {}\n  max connections: {}\n  backend: {backend}",
+        "{source}\n  listen: {scheme}://{}/ ({})\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  admin page: {}\n  room subprotocols: {}\n  max connections: {}\n  backend: {backend}",
         c.listen,
+        if c.http2 { "HTTP/1.1 and HTTP/2" } else { "HTTP/1.1 only" },
         if c.demo { "on" } else { "off" },
         if c.admin_password.is_some() { "on, at /admin" } else { "off (--admin-password)" },
         if c.room_protocols.is_empty() { "none".to_owned() } else { c.room_protocols.join(", ") },

@@ -71,14 +71,19 @@ pub(crate) async fn channel_upgrade(
         .filter(|b| b.connect && admitted.identity.is_none())
         .map(|b| Box::new(crate::backend::Handshake(b.forwarded(&headers))));
     let hub2 = hub.clone();
-    ws.server(hub.channel_server.clone()).on_upgrade(move |ws| {
+    let version = ws.http_version();
+    let response = ws.server(hub.channel_server.clone()).on_upgrade(move |ws| {
         serve_connection(Box::new(Start {
             hub: hub2,
             admitted,
             handshake,
             ws: ws.map_io(Io::from_upgraded),
         }))
-    })
+    });
+    if response.status().is_success() || response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        hub.metrics.handshake(version);
+    }
+    response
 }
 
 /// Serves one `/ws` connection until it ends.

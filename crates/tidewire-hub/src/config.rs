@@ -47,6 +47,11 @@ pub struct HubConfig {
     /// Serve the demo pages at `/` and run the demo ticker (a price tick on `live:ticks`
     /// every 100 ms). Default true.
     pub demo: bool,
+    /// Speak HTTP/2 beside HTTP/1.1: offered by ALPN (`h2`) over TLS, and taken in clear
+    /// from a client that starts with the HTTP/2 preface (h2c, prior knowledge). A
+    /// WebSocket may then be a stream of a shared connection (RFC 8441: the server sends
+    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`). Default true.
+    pub http2: bool,
     /// Send a room message back to its sender too. Default false.
     pub echo_to_sender: bool,
     /// Subprotocols rooms speak, most preferred first: the first of these that a client
@@ -241,6 +246,12 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Reads both files into a TLS acceptor; the error names the file at fault.
     pub fn load(&self) -> std::io::Result<tidewire::tokio_rustls::TlsAcceptor> {
+        self.load_for(false)
+    }
+
+    /// [`load`](Self::load), offering HTTP/2 by ALPN (`h2`, then `http/1.1`) when `http2`
+    /// is set, HTTP/1.1 alone otherwise.
+    pub fn load_for(&self, http2: bool) -> std::io::Result<tidewire::tokio_rustls::TlsAcceptor> {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
@@ -257,7 +268,15 @@ impl TlsFiles {
                 ),
             )
         })?;
-        Ok(tidewire::tokio_rustls::TlsAcceptor::from(config))
+        let mut config = std::sync::Arc::unwrap_or_clone(config);
+        config.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Ok(tidewire::tokio_rustls::TlsAcceptor::from(
+            std::sync::Arc::new(config),
+        ))
     }
 }
 
@@ -268,6 +287,7 @@ impl Default for HubConfig {
             log_format: LogFormat::Human,
             allowed_origins: Vec::new(),
             demo: true,
+            http2: true,
             echo_to_sender: false,
             room_protocols: vec!["chat".into(), "superchat".into()],
             room_heartbeat: vec!["ping".into(), "heartbeat".into()],
@@ -433,6 +453,7 @@ struct File {
     log_format: Option<LogFormat>,
     allowed_origins: Option<Vec<String>>,
     demo: Option<bool>,
+    http2: Option<bool>,
     #[serde(default)]
     heartbeat: Heartbeat,
     #[serde(default)]
@@ -652,6 +673,7 @@ impl HubConfig {
         set!(self.log_format, f.log_format);
         set!(self.allowed_origins, f.allowed_origins);
         set!(self.demo, f.demo);
+        set!(self.http2, f.http2);
         set!(self.ping_interval, f.heartbeat.ping_interval.map(|s| s.0));
         set!(self.idle_timeout, f.heartbeat.idle_timeout.map(|s| s.0));
         set!(self.max_connections, f.limits.max_connections);

@@ -59,6 +59,10 @@ impl HttpSlot {
     pub(crate) fn hub(&self) -> &Hub {
         &self.0
     }
+
+    pub(crate) fn hub_arc(&self) -> Arc<Hub> {
+        self.0.clone()
+    }
 }
 
 impl Drop for HttpSlot {

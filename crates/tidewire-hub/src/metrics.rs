@@ -109,6 +109,12 @@ const BUCKETS_US: [u64; 12] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) connections_total: AtomicU64,
+    /// WebSockets accepted over HTTP/1.1 (an upgraded connection each) and over HTTP/2
+    /// (a stream of a shared connection, RFC 8441).
+    pub(crate) handshakes_http1: AtomicU64,
+    pub(crate) handshakes_http2: AtomicU64,
+    /// HTTP/2 connections open now.
+    pub(crate) http2_connections: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
@@ -171,6 +177,16 @@ impl Metrics {
     pub(crate) fn sent(&self, n: u64, bytes: u64) {
         self.messages_out.fetch_add(n, Relaxed);
         self.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
+    /// Counts a WebSocket accepted over `version`.
+    pub(crate) fn handshake(&self, version: http::Version) {
+        let counter = if version == http::Version::HTTP_2 {
+            &self.handshakes_http2
+        } else {
+            &self.handshakes_http1
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn received(&self, bytes: usize) {
@@ -247,6 +263,22 @@ impl<S: Source> Collector for Scrape<S> {
             "connections",
             "WebSocket connections accepted since start.",
             c(&m.connections_total),
+        )?;
+        labelled(
+            enc,
+            ("websocket_handshakes", MetricType::Counter),
+            "WebSockets accepted, by HTTP version: 1.1 (an upgraded connection each) or 2 (a stream of a shared HTTP/2 connection, RFC 8441).",
+            "http",
+            &[
+                ("1.1", c(&m.handshakes_http1)),
+                ("2", c(&m.handshakes_http2)),
+            ],
+        )?;
+        gauge(
+            enc,
+            "http2_connections",
+            "Open HTTP/2 connections (each may carry many WebSockets and requests).",
+            c(&m.http2_connections),
         )?;
         labelled(
             enc,
@@ -638,9 +670,11 @@ mod tests {
     }
 
     /// Every family the hand-written page had, with its type and help text, in its order.
-    const FAMILIES: [(&str, &str, &str); 29] = [
+    const FAMILIES: [(&str, &str, &str); 31] = [
         ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
         ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
+        ("tidewire_websocket_handshakes_total", "counter", "WebSockets accepted, by HTTP version: 1.1 (an upgraded connection each) or 2 (a stream of a shared HTTP/2 connection, RFC 8441)."),
+        ("tidewire_http2_connections", "gauge", "Open HTTP/2 connections (each may carry many WebSockets and requests)."),
         ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
         ("tidewire_http_connections", "gauge", "Connections in their HTTP phase: accepted, not upgraded to a WebSocket (yet) nor closed (limits.max_http_connections)."),
         ("tidewire_messages_received_total", "counter", "Messages received from clients."),
@@ -676,6 +710,9 @@ mod tests {
         let registry = registry(Arc::downgrade(&hub));
         let m = &hub.0;
         m.connections_total.fetch_add(7, Relaxed);
+        m.handshakes_http1.fetch_add(4, Relaxed);
+        m.handshakes_http2.fetch_add(3, Relaxed);
+        m.http2_connections.fetch_add(1, Relaxed);
         m.handshake_failed(HandshakeFailure::Origin);
         m.handshake_failed(HandshakeFailure::Capacity);
         m.handshake_failed(HandshakeFailure::Capacity);
@@ -711,6 +748,15 @@ mod tests {
             ("tidewire_connections{endpoint=\"rooms\"}".into(), 1.0),
             ("tidewire_connections{endpoint=\"ws\"}".into(), 2.0),
             ("tidewire_connections_total".into(), c(&m.connections_total)),
+            (
+                "tidewire_websocket_handshakes_total{http=\"1.1\"}".into(),
+                4.0,
+            ),
+            (
+                "tidewire_websocket_handshakes_total{http=\"2\"}".into(),
+                3.0,
+            ),
+            ("tidewire_http2_connections".into(), 1.0),
             (
                 "tidewire_connections_refused_total{reason=\"open_files\"}".into(),
                 6.0,

@@ -82,13 +82,18 @@ pub(crate) async fn room_upgrade(
         joined,
         _slot: admitted.slot,
     };
-    ws.server(hub.room_server.clone()).on_upgrade(move |ws| {
+    let version = ws.http_version();
+    let response = ws.server(hub.room_server.clone()).on_upgrade(move |ws| {
         room_member(Box::new(RoomMember {
             membership,
             outbox,
             ws: ws.map_io(Io::from_upgraded),
         }))
-    })
+    });
+    if response.status().is_success() || response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        hub.metrics.handshake(version);
+    }
+    response
 }
 
 /// A room member; leaves the room when dropped.

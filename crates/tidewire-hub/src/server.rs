@@ -34,8 +34,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/cluster", get(crate::api::api_cluster))
         .route("/metrics", get(metrics))
-        .route("/rooms/{room}", get(room_upgrade))
-        .route("/ws", get(channel_upgrade))
+        // CONNECT too: over HTTP/2 a WebSocket is an extended CONNECT (RFC 8441).
+        .route("/rooms/{room}", get(room_upgrade).connect(room_upgrade))
+        .route("/ws", get(channel_upgrade).connect(channel_upgrade))
         .route("/sse", get(crate::sse::sse))
         .route("/publish", post(crate::sse::publish))
         .route("/api/openapi.json", get(api_openapi))
@@ -139,6 +140,7 @@ async fn serve_http(
         .max_header_size(crate::http_phase::MAX_HEAD)
         .max_headers(crate::http_phase::MAX_HEADERS)
         .max_buf_size(crate::http_phase::MAX_HEAD);
+    let h2 = hub.config.http2.then(http2_builder);
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut last_busy_warning: Option<std::time::Instant> = None;
     tokio::pin!(signal);
@@ -163,19 +165,27 @@ async fn serve_http(
             tokio::spawn(refuse_busy(tcp, acceptor));
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let http = Protocols {
+            http1: http.clone(),
+            http2: h2.clone(),
+            app: app.clone(),
+        };
         let closing = closing_rx.clone();
-        let http = http.clone();
         match acceptor {
             None => {
-                tokio::spawn(serve_one(http, tcp, service, closing, peer, slot));
+                tokio::spawn(serve_one(http, tcp, closing, peer, slot));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
                     // The TLS handshake is bounded like a request head: a silent client
                     // must not hold its descriptor.
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => serve_one(http, tls, service, closing, peer, slot).await,
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            if let Some(h2) = http.http2 {
+                                serve_h2(h2, tls, http.app, closing, peer, slot).await
+                            }
+                        }
+                        Ok(Ok(tls)) => serve_one(http, tls, closing, peer, slot).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, "TLS handshake failed: {}", log_text::peer(&e))
                         }
@@ -214,9 +224,8 @@ async fn refuse_busy(tcp: tokio::net::TcpStream, tls: Option<tidewire::tokio_rus
 /// over the limits is answered 431 with the reason. `slot` counts the connection against
 /// `limits.max_http_connections` until this returns.
 async fn serve_one<I>(
-    http: hyper::server::conn::http1::Builder,
+    http: Protocols,
     mut io: I,
-    service: hyper_util::service::TowerToHyperService<Router>,
     mut closing: watch::Receiver<bool>,
     peer: SocketAddr,
     slot: HttpSlot,
@@ -244,7 +253,16 @@ async fn serve_one<I>(
             return;
         }
     };
+    // h2c with prior knowledge: the client opened with the HTTP/2 preface.
+    if prefix.starts_with(tidewire::upgrade::HTTP2_PREFACE) {
+        if let Some(h2) = http.http2 {
+            serve_h2(h2, Prefixed::new(prefix, io), http.app, closing, peer, slot).await;
+            return;
+        }
+    }
+    let service = hyper_util::service::TowerToHyperService::new(http.app);
     let conn = http
+        .http1
         .serve_connection(
             hyper_util::rt::TokioIo::new(Prefixed::new(prefix, io)),
             service,
@@ -268,10 +286,100 @@ async fn serve_one<I>(
     }
 }
 
+/// What a new connection may be served with.
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    /// `None` with `http2 = false`.
+    http2: Option<Http2Builder>,
+    app: Router,
+}
+
+type Http2Builder = hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>;
+
+/// The hub's HTTP/2 server: the library's (extended CONNECT allowed, fixed windows per
+/// stream and per connection, pings), with heads bounded as over HTTP/1.1.
+fn http2_builder() -> Http2Builder {
+    let mut b = tidewire::upgrade::http2_builder();
+    b.max_header_list_size(crate::http_phase::MAX_HEAD as u32);
+    b
+}
+
+/// Counts an open HTTP/2 connection on `/metrics` while it lives.
+struct Http2Open(Arc<Hub>);
+
+impl Drop for Http2Open {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .http2_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves one HTTP/2 connection (TLS with ALPN `h2`, or h2c) until it ends, or gracefully
+/// (GOAWAY) once `closing` turns true. Its WebSockets are streams of it (RFC 8441), so
+/// this task lives as long as the last of them. `slot` counts it against
+/// `limits.max_http_connections` until its first request; a connection without one within
+/// [`HEADER_READ_TIMEOUT`] is closed. HTTP/2 has no `Host` header: the `:authority` is
+/// copied into one, so that origin checks and pages see the same request as over HTTP/1.1.
+async fn serve_h2<I>(
+    h2: Http2Builder,
+    io: I,
+    app: Router,
+    mut closing: watch::Receiver<bool>,
+    peer: SocketAddr,
+    slot: HttpSlot,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let hub = slot.hub_arc();
+    hub.metrics
+        .http2_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = Http2Open(hub);
+    let first = Arc::new(std::sync::Mutex::new(Some(slot)));
+    let waiting = first.clone();
+    let inner = hyper_util::service::TowerToHyperService::new(app);
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            crate::lock(&first).take();
+            if !req.headers().contains_key(header::HOST) {
+                let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+                if let Some(value) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
+                    req.headers_mut().insert(header::HOST, value);
+                }
+            }
+            hyper::service::Service::call(&inner, req)
+        });
+    let conn = h2.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let first_request = async {
+        tokio::time::sleep(HEADER_READ_TIMEOUT).await;
+        if crate::lock(&waiting).is_some() {
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = first_request => {
+            tracing::debug!(%peer, "HTTP/2: no request within {} s", HEADER_READ_TIMEOUT.as_secs());
+            return;
+        }
+        _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "HTTP/2 connection ended: {}", log_text::peer(&e));
+    }
+}
+
 /// Reloads the TLS files into `shared` on every SIGHUP; a file that cannot be used is
 /// logged and the certificate in force kept.
 #[cfg(unix)]
-async fn reload_tls_on_sighup(files: TlsFiles, shared: SharedAcceptor) {
+async fn reload_tls_on_sighup(files: TlsFiles, http2: bool, shared: SharedAcceptor) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -281,7 +389,7 @@ async fn reload_tls_on_sighup(files: TlsFiles, shared: SharedAcceptor) {
         }
     };
     while hup.recv().await.is_some() {
-        match files.load() {
+        match files.load_for(http2) {
             Ok(acceptor) => {
                 match shared.write() {
                     Ok(mut a) => *a = acceptor,
@@ -378,9 +486,14 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let tls = match &config.tls {
         Some(files) => {
-            let shared: SharedAcceptor = Arc::new(std::sync::RwLock::new(files.load()?));
+            let acceptor = files.load_for(config.http2)?;
+            let shared: SharedAcceptor = Arc::new(std::sync::RwLock::new(acceptor));
             #[cfg(unix)]
-            tokio::spawn(reload_tls_on_sighup(files.clone(), shared.clone()));
+            tokio::spawn(reload_tls_on_sighup(
+                files.clone(),
+                config.http2,
+                shared.clone(),
+            ));
             Some(shared)
         }
         None => None,

@@ -287,6 +287,8 @@ pub struct ClientBuilder {
     proxy: crate::proxy::Proxy,
     #[cfg(feature = "tls")]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    #[cfg(feature = "http2")]
+    http2: crate::http2::Http2,
 }
 
 impl ClientBuilder {
@@ -301,6 +303,8 @@ impl ClientBuilder {
             proxy: crate::proxy::Proxy::default(),
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "http2")]
+            http2: crate::http2::Http2::default(),
         }
     }
 
@@ -366,7 +370,19 @@ impl ClientBuilder {
         self
     }
 
-    /// Opens TCP (and TLS for `wss://`) and runs the handshake.
+    /// When to run the WebSocket over HTTP/2 (RFC 8441): [`Http2::Auto`](crate::Http2)
+    /// by default (`wss://` to a server that allows it, sharing one connection between
+    /// WebSockets to the same host; HTTP/1.1 otherwise), `Off` for HTTP/1.1 only, `Only`
+    /// to require it (h2c for `ws://`). The [`http2`](crate::http2) module has the details.
+    #[cfg(feature = "http2")]
+    pub fn http2(mut self, mode: crate::http2::Http2) -> Self {
+        self.http2 = mode;
+        self
+    }
+
+    /// Opens TCP (and TLS for `wss://`) and runs the handshake; over HTTP/2 where
+    /// [`http2`](Self::http2) says so and the server allows it (the response's version
+    /// is then `HTTP_2` and its status 200).
     pub async fn connect(
         &self,
     ) -> Result<(
@@ -376,6 +392,31 @@ impl ClientBuilder {
         let url = WsUrl::parse(&self.url)?;
         let timeout = self.options.handshake_timeout;
         let fut = async {
+            #[cfg(feature = "http2")]
+            {
+                use crate::http2::Opened;
+                let offer = self
+                    .options
+                    .config
+                    .compression
+                    .map(|c| tidewire_proto::deflate::offer(&c));
+                let req = crate::http2::Request {
+                    url: &url,
+                    protocols: &self.protocols,
+                    extensions: offer.as_deref(),
+                    origin: self.origin.as_deref(),
+                    headers: &self.headers,
+                };
+                let proxy = format!("{:?}", self.proxy);
+                let dial = || crate::proxy::open(&url, &self.proxy);
+                match crate::http2::open(self.http2, &req, self.tls.clone(), &proxy, dial).await? {
+                    Opened::WebSocket(stream, response) => {
+                        return self.finish_http2(stream, response);
+                    }
+                    Opened::Http1(io) => return self.handshake(io, &url).await,
+                    Opened::NotHere => {}
+                }
+            }
             let tcp = crate::proxy::open(&url, &self.proxy).await?;
             let io = if url.tls {
                 #[cfg(feature = "tls")]
@@ -398,6 +439,37 @@ impl ClientBuilder {
             Ok(r) => r,
             Err(_) => Err(Error::new(Kind::Timeout("handshake"))),
         }
+    }
+
+    /// The checks of a server's 200 to an extended CONNECT (RFC 8441 §5), then the socket.
+    #[cfg(feature = "http2")]
+    #[allow(clippy::type_complexity)]
+    fn finish_http2(
+        &self,
+        stream: Box<crate::http2::H2Stream>,
+        response: http::Response<()>,
+    ) -> Result<(
+        WebSocketStream<MaybeTlsStream<TcpStream>>,
+        http::Response<()>,
+    )> {
+        let (_protocol, extensions) =
+            tidewire_proto::handshake::client::check_extended_connect_response(
+                response.headers(),
+                &self.protocols,
+            )?;
+        let deflate = match self.options.config.compression {
+            Some(c) => tidewire_proto::deflate::accept_response(&extensions, &c)?,
+            None if extensions.is_empty() => None,
+            None => return Err(HandshakeError::UnofferedExtension.into()),
+        };
+        let ws = WebSocketStream::from_raw_with_deflate(
+            MaybeTlsStream::Http2(stream),
+            Role::Client,
+            self.options,
+            BytesMut::new(),
+            deflate,
+        );
+        Ok((ws, response))
     }
 
     /// Runs the handshake over a transport the caller opened (for tests, proxies, Unix

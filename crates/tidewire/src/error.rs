@@ -35,6 +35,9 @@ pub(crate) enum Kind {
     /// naming the proxy (without its password), and whether retrying cannot help (a bad
     /// proxy URL, credentials refused).
     Proxy(String, bool),
+    /// A WebSocket over HTTP/2 was required ([`Http2::Only`](crate::Http2)) and the
+    /// server does not allow it: "AUTHORITY: why".
+    Http2(String),
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
@@ -190,6 +193,7 @@ impl fmt::Display for Error {
             Kind::NotConnected => f.write_str("not connected (reconnecting)"),
             Kind::Url(msg) => write!(f, "invalid URL {msg}"),
             Kind::Proxy(msg, _) => write!(f, "proxy: {msg}"),
+            Kind::Http2(msg) => write!(f, "WebSocket over HTTP/2 not possible: {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
             #[cfg(feature = "tls")]

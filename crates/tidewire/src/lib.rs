@@ -29,6 +29,8 @@
 mod accept;
 mod connect;
 mod error;
+#[cfg(feature = "http2")]
+pub mod http2;
 pub mod listener;
 pub mod proxy;
 pub mod reconnect;
@@ -40,6 +42,8 @@ pub mod upgrade;
 pub use accept::{accept, Reject, Response, ServerBuilder};
 pub use connect::{connect, ClientBuilder, WsUrl};
 pub use error::{Error, Result};
+#[cfg(feature = "http2")]
+pub use http2::Http2;
 pub use listener::Listener;
 pub use proxy::Proxy;
 pub use reconnect::ReconnectingClient;

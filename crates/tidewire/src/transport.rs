@@ -14,6 +14,10 @@ pub enum MaybeTlsStream<S> {
     /// `wss://`
     #[cfg(feature = "tls")]
     Rustls(Box<tokio_rustls::client::TlsStream<S>>),
+    /// A stream of a shared HTTP/2 connection (RFC 8441): `wss://` by ALPN `h2`, or
+    /// `ws://` in clear with [`Http2::Only`](crate::Http2).
+    #[cfg(feature = "http2")]
+    Http2(Box<crate::http2::H2Stream>),
 }
 
 macro_rules! delegate {
@@ -22,6 +26,8 @@ macro_rules! delegate {
             MaybeTlsStream::Plain($s) => $e,
             #[cfg(feature = "tls")]
             MaybeTlsStream::Rustls($s) => $e,
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::Http2($s) => $e,
         }
     };
 }
@@ -56,6 +62,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
             MaybeTlsStream::Plain(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             MaybeTlsStream::Rustls(s) => s.is_write_vectored(),
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::Http2(_) => false,
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -3,13 +3,21 @@
 //! The request was already parsed by hyper, so only the header checks of RFC 6455 §4.2.1
 //! run here (the same ones as [`accept`](crate::accept)), followed by hyper's upgrade
 //! mechanism. Refusals carry the same statuses and reasons as the standalone server.
+//!
+//! Over HTTP/2 (RFC 8441), a WebSocket is an extended CONNECT with `:protocol websocket`
+//! on a stream of a shared connection, answered `200` without `Sec-WebSocket-Accept`;
+//! the same functions accept it when hyper's HTTP/2 server was built with
+//! `enable_connect_protocol()` (and, with axum, the route takes CONNECT as well as GET:
+//! `get(h).connect(h)`, or `any(h)`). Everything after the handshake is the same.
 
 use crate::accept::ServerBuilder;
 use crate::error::{Error, Result};
 use crate::stream::{Options, WebSocketStream};
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
-use tidewire_proto::handshake::server::{select_subprotocol, validate_headers, write_response};
+use tidewire_proto::handshake::server::{
+    select_subprotocol, validate_extended_connect, validate_headers, write_response, RequestFields,
+};
 use tidewire_proto::handshake::HandshakeError;
 use tidewire_proto::Role;
 
@@ -24,12 +32,19 @@ pub struct PendingUpgrade {
     options: Options,
     protocol: Option<String>,
     deflate: Option<tidewire_proto::DeflateParams>,
+    version: http::Version,
 }
 
 impl PendingUpgrade {
     /// The subprotocol selected, if any.
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
+    }
+
+    /// The HTTP version the WebSocket runs over: `HTTP_11` (an upgraded connection of its
+    /// own) or `HTTP_2` (a stream of a shared connection, RFC 8441).
+    pub fn http_version(&self) -> http::Version {
+        self.version
     }
 
     /// Waits for hyper to hand over the connection.
@@ -55,10 +70,9 @@ pub fn upgrade<B>(
     req: &mut http::Request<B>,
     server: &ServerBuilder,
 ) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
-    let view = http::Request::from_parts(
-        head_of(req.method(), req.uri(), req.version(), req.headers()),
-        (),
-    );
+    let mut head = head_of(req.method(), req.uri(), req.version(), req.headers());
+    copy_protocol(req.extensions(), &mut head.extensions);
+    let view = http::Request::from_parts(head, ());
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     prepare(&view, on_upgrade, server)
 }
@@ -68,10 +82,9 @@ pub fn upgrade_parts(
     parts: &mut http::request::Parts,
     server: &ServerBuilder,
 ) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
-    let view = http::Request::from_parts(
-        head_of(&parts.method, &parts.uri, parts.version, &parts.headers),
-        (),
-    );
+    let mut head = head_of(&parts.method, &parts.uri, parts.version, &parts.headers);
+    copy_protocol(&parts.extensions, &mut head.extensions);
+    let view = http::Request::from_parts(head, ());
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     prepare(&view, on_upgrade, server)
 }
@@ -90,18 +103,50 @@ fn head_of(
     req.into_parts().0
 }
 
+/// Keeps the `:protocol` of an extended CONNECT (hyper's extension) with a copied head.
+fn copy_protocol(from: &http::Extensions, to: &mut http::Extensions) {
+    if let Some(protocol) = from.get::<hyper::ext::Protocol>() {
+        to.insert(protocol.clone());
+    }
+}
+
+/// The checks of the request itself, without the server's policy (origin): §4.2.1 over
+/// HTTP/1.1 (a GET with `Upgrade`), RFC 8441 §4 and §5 over HTTP/2 (an extended CONNECT
+/// with `:protocol websocket`, hyper's [`Protocol`](hyper::ext::Protocol) extension).
+fn check_request(
+    method: &http::Method,
+    version: http::Version,
+    extensions: &http::Extensions,
+    headers: &http::HeaderMap,
+) -> std::result::Result<RequestFields, HandshakeError> {
+    if version == http::Version::HTTP_2 {
+        let protocol = extensions.get::<hyper::ext::Protocol>();
+        if method != http::Method::CONNECT || protocol.map(|p| p.as_str()) != Some("websocket") {
+            return Err(HandshakeError::InvalidConnectProtocol);
+        }
+        return validate_extended_connect(headers);
+    }
+    if method != http::Method::GET {
+        return Err(HandshakeError::MethodNotAllowed);
+    }
+    if version != http::Version::HTTP_11 {
+        return Err(HandshakeError::UnsupportedHttpVersion);
+    }
+    validate_headers(headers)
+}
+
 fn prepare(
     request: &http::Request<()>,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     server: &ServerBuilder,
 ) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
-    if request.method() != http::Method::GET {
-        return Err(HandshakeError::MethodNotAllowed);
-    }
-    if request.version() != http::Version::HTTP_11 {
-        return Err(HandshakeError::UnsupportedHttpVersion);
-    }
-    let fields = validate_headers(request.headers())?;
+    let fields = check_request(
+        request.method(),
+        request.version(),
+        request.extensions(),
+        request.headers(),
+    )?;
+    let version = request.version();
     if !server.origin_allowed(fields.origin.as_deref(), request) {
         return Err(HandshakeError::OriginNotAllowed);
     }
@@ -113,6 +158,29 @@ fn prepare(
     // The same writer as the standalone server, parsed back into an http::Response, so
     // both paths send identical headers.
     let (deflate, ext_header) = server.negotiate_deflate(&fields.extensions);
+    if version == http::Version::HTTP_2 {
+        // RFC 8441 §5: a 2xx, with the subprotocol and extensions, and no Accept.
+        let mut response = http::Response::new(());
+        for (name, value) in [
+            (http::header::SEC_WEBSOCKET_PROTOCOL, protocol.as_deref()),
+            (
+                http::header::SEC_WEBSOCKET_EXTENSIONS,
+                ext_header.as_deref(),
+            ),
+        ] {
+            if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        let pending = PendingUpgrade {
+            on_upgrade,
+            options: server.stream_options(),
+            protocol,
+            deflate,
+            version,
+        };
+        return Ok((response, pending));
+    }
     let mut raw = Vec::new();
     write_response(
         &fields.key,
@@ -139,8 +207,79 @@ fn prepare(
         options: server.stream_options(),
         protocol,
         deflate,
+        version,
     };
     Ok((response, pending))
+}
+
+/// The first bytes of an HTTP/2 connection in clear (RFC 9113 §3.4): a server that reads
+/// these instead of a request line has an h2c client with prior knowledge.
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What one stream may hold unread on the server: a WebSocket whose messages are not read
+/// takes at most this much of its connection's window.
+#[cfg(feature = "http2")]
+pub const HTTP2_STREAM_WINDOW: u32 = 256 << 10;
+
+/// The receive window of a whole HTTP/2 connection on the server: 32 streams' windows.
+#[cfg(feature = "http2")]
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * HTTP2_STREAM_WINDOW;
+
+/// hyper's HTTP/2 server as a WebSocket server wants it: extended CONNECT allowed
+/// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441 §3), fixed windows per stream and per
+/// connection ([`HTTP2_STREAM_WINDOW`], [`HTTP2_CONNECTION_WINDOW`]) so that one stalled
+/// WebSocket cannot take its neighbours' capacity, and keep-alive pings every 20 s.
+#[cfg(feature = "http2")]
+pub fn http2_builder() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(crate::Limits::default().max_handshake_size as u32)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    b
+}
+
+/// Serves one HTTP/2 connection (TLS after ALPN `h2`, or h2c after [`HTTP2_PREFACE`]) whose
+/// streams are WebSockets (RFC 8441): each extended CONNECT that `server` accepts is
+/// answered 200 and handed to `on_socket` in a task of its own; any other request gets
+/// the refusal's status and reason (400 for a plain GET). Returns when the connection
+/// ends.
+#[cfg(feature = "http2")]
+pub async fn serve_http2<I, F, Fut>(io: I, server: ServerBuilder, on_socket: F) -> Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(WebSocketStream<Upgraded>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let answer = match upgrade(&mut req, &server) {
+                Ok((response, pending)) => {
+                    let on_socket = on_socket.clone();
+                    tokio::spawn(async move {
+                        match pending.finish().await {
+                            Ok(ws) => on_socket(ws).await,
+                            Err(e) => tracing::debug!("HTTP/2 WebSocket stream failed: {e}"),
+                        }
+                    });
+                    response.map(|()| String::new())
+                }
+                Err(e) => {
+                    let mut response = http::Response::new(format!("{}\n", e.reason()));
+                    *response.status_mut() = e.status();
+                    response
+                }
+            };
+            std::future::ready(Ok::<_, std::convert::Infallible>(answer))
+        });
+    http2_builder()
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| Error::from(std::io::Error::other(e)))
 }
 
 #[cfg(feature = "axum")]
@@ -195,11 +334,15 @@ mod axum_support {
             parts: &mut http::request::Parts,
             _state: &S,
         ) -> std::result::Result<Self, Self::Rejection> {
-            if parts.method != http::Method::GET {
-                return Err(WebSocketUpgradeRejection(HandshakeError::MethodNotAllowed));
-            }
-            validate_headers(&parts.headers).map_err(WebSocketUpgradeRejection)?;
+            check_request(
+                &parts.method,
+                parts.version,
+                &parts.extensions,
+                &parts.headers,
+            )
+            .map_err(WebSocketUpgradeRejection)?;
             let mut own = head_of(&parts.method, &parts.uri, parts.version, &parts.headers);
+            copy_protocol(&parts.extensions, &mut own.extensions);
             if let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
                 own.extensions.insert(on);
             }
@@ -255,6 +398,12 @@ mod axum_support {
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .collect()
+        }
+
+        /// The HTTP version of the request: `HTTP_11`, or `HTTP_2` for a WebSocket over a
+        /// stream of an HTTP/2 connection (RFC 8441).
+        pub fn http_version(&self) -> http::Version {
+            self.parts.version
         }
 
         /// Uses this server configuration (subprotocols, origin check, options).

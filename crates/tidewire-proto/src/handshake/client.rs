@@ -174,25 +174,7 @@ pub fn parse_response(
         Ok(Some(accept)) if accept == super::accept_key(key.as_bytes()).as_bytes() => {}
         _ => return Err(HandshakeError::InvalidAccept),
     }
-    // §4.1 item 5: extensions "not present in the client's handshake" fail the
-    // connection; the caller knows its offer, so they are returned parsed.
-    let extensions = extensions_in(&headers)?;
-    // §4.1 item 6: "If the response includes a |Sec-WebSocket-Protocol| header field and
-    // this header field indicates the use of a subprotocol that was not present in the
-    // client's handshake (the server has indicated a subprotocol not requested by the
-    // client), the client MUST _Fail the WebSocket Connection_." §4.2.2: the server
-    // answers with "a single value".
-    let protocol = match single_value(&headers, &SEC_WEBSOCKET_PROTOCOL) {
-        Ok(None) => None,
-        Ok(Some(chosen)) => match offered_protocols.iter().find(|o| o.as_bytes() == chosen) {
-            Some(offered) => Some(offered.clone()),
-            None if chosen.contains(&b',') || chosen.is_empty() => {
-                return Err(HandshakeError::InvalidProtocol)
-            }
-            None => return Err(HandshakeError::UnofferedProtocol),
-        },
-        Err(()) => return Err(HandshakeError::InvalidProtocol),
-    };
+    let (protocol, extensions) = selected_fields(&headers, offered_protocols)?;
 
     let mut response = http::Response::new(());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -206,6 +188,45 @@ pub fn parse_response(
         },
         len,
     )))
+}
+
+/// Checks the headers of a server's `200` to an extended CONNECT (RFC 8441 §5: a
+/// WebSocket over HTTP/2, where "the Sec-WebSocket-Key and Sec-WebSocket-Accept header
+/// fields are not used"): the subprotocol and the extensions, as §4.1 items 5 and 6 check
+/// them over HTTP/1.1. The status is the caller's to check (any 2xx is a success, §5).
+pub fn check_extended_connect_response(
+    headers: &HeaderMap,
+    offered_protocols: &[String],
+) -> Result<(Option<String>, Vec<Extension>), HandshakeError> {
+    selected_fields(headers, offered_protocols)
+}
+
+/// The subprotocol and extensions a server selected, the same over HTTP/1.1 and HTTP/2.
+fn selected_fields(
+    headers: &HeaderMap,
+    offered_protocols: &[String],
+) -> Result<(Option<String>, Vec<Extension>), HandshakeError> {
+    // §4.1 item 5: extensions "not present in the client's handshake" fail the
+    // connection; the caller knows its offer, so they are returned parsed.
+    let extensions = extensions_in(headers)?;
+    // §4.1 item 6: "If the response includes a |Sec-WebSocket-Protocol| header field and
+    // this header field indicates the use of a subprotocol that was not present in the
+    // client's handshake (the server has indicated a subprotocol not requested by the
+    // client), the client MUST _Fail the WebSocket Connection_." §4.2.2: the server
+    // answers with "a single value".
+    let protocol = match single_value(headers, &SEC_WEBSOCKET_PROTOCOL) {
+        Ok(None) => None,
+        Ok(Some(chosen)) => match offered_protocols.iter().find(|o| o.as_bytes() == chosen) {
+            Some(offered) => Some(offered.clone()),
+            None if chosen.contains(&b',') || chosen.is_empty() => {
+                return Err(HandshakeError::InvalidProtocol)
+            }
+            None => return Err(HandshakeError::UnofferedProtocol),
+        },
+        Err(()) => return Err(HandshakeError::InvalidProtocol),
+    };
+
+    Ok((protocol, extensions))
 }
 
 #[cfg(test)]

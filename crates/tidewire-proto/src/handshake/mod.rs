@@ -112,6 +112,9 @@ pub enum HandshakeError {
     UnofferedExtension,
     /// The peer closed the connection before the handshake was complete. 400.
     ConnectionClosed,
+    /// Over HTTP/2, a CONNECT without `:protocol` `websocket` (RFC 8441 §4), or a server
+    /// that does not allow extended CONNECT (no `SETTINGS_ENABLE_CONNECT_PROTOCOL`). 400.
+    InvalidConnectProtocol,
     /// The application refused the request with this HTTP status (an auth hook, a
     /// policy). The status is what was answered.
     Rejected(u16),
@@ -143,7 +146,8 @@ impl HandshakeError {
             | InvalidKey
             | InvalidProtocol
             | InvalidExtensions
-            | InvalidOrigin => StatusCode::BAD_REQUEST,
+            | InvalidOrigin
+            | InvalidConnectProtocol => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -167,6 +171,9 @@ impl HandshakeError {
             InvalidExtensions => "invalid Sec-WebSocket-Extensions",
             InvalidOrigin => "invalid Origin header",
             OriginNotAllowed => "origin not allowed",
+            InvalidConnectProtocol => {
+                "over HTTP/2, a WebSocket is a CONNECT with :protocol websocket (RFC 8441)"
+            }
             Status(..) => "server did not switch protocols",
             InvalidAccept => "missing or wrong Sec-WebSocket-Accept",
             UnofferedProtocol => "server selected a subprotocol that was not offered",

@@ -145,6 +145,39 @@ pub fn validate_headers(headers: &HeaderMap) -> Result<RequestFields, HandshakeE
     // Valid base64, so ASCII.
     let key = String::from_utf8_lossy(key).into_owned();
 
+    let (protocols, extensions, origin) = offer_fields(headers)?;
+    Ok(RequestFields {
+        key,
+        protocols,
+        extensions,
+        origin,
+    })
+}
+
+/// The header checks of RFC 8441 §5 for a WebSocket over HTTP/2 (an extended CONNECT with
+/// `:protocol` `websocket`, which the HTTP/2 layer checked): no `Upgrade`, `Connection`
+/// or `Sec-WebSocket-Key` ("the Sec-WebSocket-Key and Sec-WebSocket-Accept header fields
+/// are not used"); `Sec-WebSocket-Version: 13` and the optional subprotocols, extensions
+/// and origin exactly as over HTTP/1.1. The returned `key` is empty.
+pub fn validate_extended_connect(headers: &HeaderMap) -> Result<RequestFields, HandshakeError> {
+    if single_value(headers, &SEC_WEBSOCKET_VERSION) != Ok(Some(b"13")) {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    let (protocols, extensions, origin) = offer_fields(headers)?;
+    Ok(RequestFields {
+        key: String::new(),
+        protocols,
+        extensions,
+        origin,
+    })
+}
+
+/// The optional fields of a request, the same over HTTP/1.1 and HTTP/2: subprotocols,
+/// extensions, origin.
+#[allow(clippy::type_complexity)]
+fn offer_fields(
+    headers: &HeaderMap,
+) -> Result<(Vec<String>, Vec<Extension>, Option<String>), HandshakeError> {
     // §4.2.1 item 8: "Optionally, a |Sec-WebSocket-Protocol| header field, with a list of
     // values indicating which protocols the client would like to speak, ordered by
     // preference." §4.1 item 10: each "MUST ... conform to the requirements for elements
@@ -171,12 +204,7 @@ pub fn validate_headers(headers: &HeaderMap) -> Result<RequestFields, HandshakeE
         _ => return Err(HandshakeError::InvalidOrigin),
     };
 
-    Ok(RequestFields {
-        key,
-        protocols,
-        extensions,
-        origin,
-    })
+    Ok((protocols, extensions, origin))
 }
 
 /// The first subprotocol in the server's preference list (`supported`) that the client
