@@ -380,6 +380,12 @@ impl ClientBuilder {
         self
     }
 
+    /// The HTTP/2 mode set by [`http2`](Self::http2).
+    #[cfg(feature = "http2")]
+    pub fn http2_mode(&self) -> crate::http2::Http2 {
+        self.http2
+    }
+
     /// Opens TCP (and TLS for `wss://`) and runs the handshake; over HTTP/2 where
     /// [`http2`](Self::http2) says so and the server allows it (the response's version
     /// is then `HTTP_2` and its status 200).

@@ -225,6 +225,9 @@ struct Entry {
     /// Its task has ended: the connection is gone.
     dead: AtomicBool,
     key: Key,
+    /// The TLS configuration the key names by address: kept alive with the entry, so that
+    /// no other configuration can take its address meanwhile.
+    _tls: Arc<rustls::ClientConfig>,
 }
 
 /// A WebSocket's share of its connection: while any is held, the connection stays.
@@ -351,10 +354,9 @@ where
     let tcp = dial().await?;
     let io = if url.tls {
         let mut config = (*base).clone();
-        config.alpn_protocols = match mode {
-            Http2::Only => vec![b"h2".to_vec()],
-            _ => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        };
+        // http/1.1 offered even when HTTP/2 is required, so that a server without h2
+        // completes the TLS handshake and the error can say what is missing.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let io = crate::transport::tls_connect(tcp, url, Some(Arc::new(config))).await?;
         let h2 = match &io {
             crate::MaybeTlsStream::Rustls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
@@ -370,7 +372,7 @@ where
     } else {
         crate::MaybeTlsStream::Plain(tcp)
     };
-    let Some(lease) = handshake(io, key).await? else {
+    let Some(lease) = handshake(io, key, base).await? else {
         if mode == Http2::Only {
             return Err(not_allowed(
                 url,
@@ -397,7 +399,7 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 /// The HTTP/2 handshake on `io`, then: does the server allow extended CONNECT? Its first
 /// SETTINGS says; a PING answered tells that they have all arrived. `None`: it does not
 /// (the connection is dropped).
-async fn handshake<S>(io: S, key: Key) -> Result<Option<Lease>>
+async fn handshake<S>(io: S, key: Key, tls: Arc<rustls::ClientConfig>) -> Result<Option<Lease>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -416,6 +418,7 @@ where
         active: AtomicUsize::new(1),
         dead: AtomicBool::new(false),
         key,
+        _tls: tls,
     });
     let weak = Arc::downgrade(&entry);
     tokio::spawn(async move {

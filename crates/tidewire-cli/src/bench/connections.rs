@@ -135,7 +135,9 @@ struct Shared {
 pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     let n = args.conns as u64;
     nofile.check(n);
-    let mut builder = ClientBuilder::new(&args.url).protocols(args.subprotocol.iter().cloned());
+    let mut builder = ClientBuilder::new(&args.url)
+        .protocols(args.subprotocol.iter().cloned())
+        .http2(args.common.http2);
     if args.compression {
         builder = builder.compression(Some(tidewire::DeflateConfig::default()));
     }

@@ -220,7 +220,7 @@ async fn raw_connect(target: &Target) -> Result<TcpStream, Failure> {
 
 pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     nofile.check(args.conns as u64);
-    let mut builder = ClientBuilder::new(&args.url);
+    let mut builder = ClientBuilder::new(&args.url).http2(args.common.http2);
     if args.compression {
         let offer = tidewire::DeflateConfig::default()
             .level(args.deflate_level)
@@ -233,6 +233,7 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     }
     // The permessage-deflate parameters the server answered (Sec-WebSocket-Extensions).
     let mut pmd = None;
+    let mut http = "1.1";
     if args.raw_tcp {
         match raw_connect(&target).await {
             Ok(mut tcp) => probe_raw(&mut tcp, &target).await?,
@@ -240,6 +241,9 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
         }
     } else {
         let (mut probe, response) = target.probe().await?;
+        if response.version() == http::Version::HTTP_2 {
+            http = "2";
+        }
         pmd = response
             .headers()
             .get("sec-websocket-extensions")
@@ -380,6 +384,8 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     let (wire0, _) = sh.tcp_totals();
     let cpu = CpuWindow::start(server)?;
     let t0 = Instant::now();
+    // (connections, WebSockets on them) when over HTTP/2.
+    let h2_pool = tidewire::http2::pooled_connections();
     sh.phase.set(Phase::MEASURE);
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     sh.phase.set(Phase::STOP);
@@ -413,6 +419,8 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     let mut r = Report::new("echo");
     r.field("url", args.url.as_str());
     r.field("transport", if args.raw_tcp { "raw-tcp" } else { "ws" });
+    r.field("http", http);
+    r.field("http2_connections", h2_pool.0);
     r.field("conns", args.conns);
     r.field("connected", connected);
     r.field("inflight", args.inflight);
@@ -448,6 +456,11 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
             format!(
                 "{} (raw TCP: no handshake, masked frames echoed)",
                 target.addr
+            )
+        } else if http == "2" {
+            format!(
+                "{} (WebSockets over HTTP/2: {} on {} TCP connections)",
+                args.url, h2_pool.1, h2_pool.0
             )
         } else {
             args.url.clone()

@@ -81,6 +81,13 @@ pub struct Common {
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+
+    /// WebSocket over HTTP/2 (RFC 8441): off (HTTP/1.1, a TCP connection per WebSocket),
+    /// only (every WebSocket a stream of a shared HTTP/2 connection, up to the server's
+    /// stream limit each; h2c for ws://), or auto (the library's default: HTTP/2 for
+    /// wss:// where the server allows it).
+    #[arg(long, value_name = "off|only|auto", default_value = "off")]
+    pub http2: tidewire::Http2,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -307,8 +314,9 @@ impl Target {
         source: Option<IpAddr>,
         rcvbuf: Option<u32>,
     ) -> Result<(Ws, axum::http::Response<()>), Failure> {
-        if self.tls {
-            // wss://: the library opens TCP and TLS itself (no source address choice).
+        if self.tls || self.builder.http2_mode() == tidewire::Http2::Only {
+            // wss:// or HTTP/2: the library opens TCP (and TLS) itself, or takes a stream
+            // of a connection it has (no source address choice).
             return self.builder.connect().await.map_err(|e| Failure::ws(&e));
         }
         let open = async {
