@@ -51,12 +51,16 @@ export function withTimeout(promise, ms, what) {
   return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
 }
 
-/** Launches headless Chromium (never downloads a browser: Debian's binary only). */
-export async function launch({ args = [], timeout = STEP_TIMEOUT_MS } = {}) {
+/**
+ * Launches headless Chromium (never downloads a browser: Debian's binary only). `args` are
+ * added to CHROMIUM_ARGS; `env` is added to this process's environment for Chromium.
+ */
+export async function launch({ args = [], env, timeout = STEP_TIMEOUT_MS } = {}) {
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: [...CHROMIUM_ARGS, ...args],
+    ...(env ? { env: { ...process.env, ...env } } : {}),
     timeout,
   });
   const pid = browser.process?.()?.pid;
@@ -222,13 +226,18 @@ export async function startEcho(extra = []) {
   return { ...s, url: s.match[1], port: Number(s.match[2]) };
 }
 
-/** Starts `tidewire serve --listen ADDR extra...`; returns { ...server, port, base }. */
-export async function startServe(extra = [], listen = '127.0.0.1:0') {
+/**
+ * Starts `tidewire serve --listen ADDR extra...`; returns { ...server, port, base }. `base`
+ * is `https://...` when the server says so (`--tls-cert`/`--tls-key`). `env` is added to
+ * the server's environment (e.g. `{ TIDEWIRE_LOG: 'debug' }`).
+ */
+export async function startServe(extra = [], listen = '127.0.0.1:0', { env } = {}) {
   const s = await startServer(tidewireBin(), ['serve', '--listen', listen, ...extra], {
-    ready: /listening on http:\/\/127\.0\.0\.1:(\d+)\//,
+    ready: /listening on (https?):\/\/127\.0\.0\.1:(\d+)\//,
+    env,
   });
-  const port = Number(s.match[1]);
-  return { ...s, port, base: `http://127.0.0.1:${port}` };
+  const port = Number(s.match[2]);
+  return { ...s, port, base: `${s.match[1]}://127.0.0.1:${port}` };
 }
 
 /**

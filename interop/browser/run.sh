@@ -3,7 +3,7 @@
 #
 #   interop/browser/run.sh              install Chromium + node_modules if missing, build
 #                                       tidewire-cli (release), run echo.test.mjs, hub.test.mjs,
-#                                       hub-api.test.mjs and admin.test.mjs
+#                                       hub-api.test.mjs, admin.test.mjs and http2.test.mjs
 #   interop/browser/run.sh --no-build   reuse the existing release binary
 # Env: BROWSER_DEFLATE=1|0   force / skip the permessage-deflate test (default: run it iff
 #                            `tidewire echo --help` mentions --compression)
@@ -90,11 +90,11 @@ fi
 # ---------------------------------------------------------------- tests
 
 log "testing $TIDEWIRE_BIN (whole run bounded by ${RUN_TIMEOUT} s)"
-rm -f "$ROOT"/screenshots/browser-echo*.png "$ROOT"/screenshots/hub-*.png "$ROOT"/screenshots/admin-*.png   # only this run's screenshots are listed below
+rm -f "$ROOT"/screenshots/browser-echo*.png "$ROOT"/screenshots/hub-*.png "$ROOT"/screenshots/admin-*.png "$ROOT"/screenshots/http2-*.png   # only this run's screenshots are listed below
 out="$LOG_DIR/echo.test.tap"
 # TAP reporter (the default without a TTY, pinned here so the counts below can be read).
 timeout -k 10 "$RUN_TIMEOUT" node --test --test-reporter=tap --test-concurrency=1 \
-  "$HERE/echo.test.mjs" "$HERE/hub.test.mjs" "$HERE/hub-api.test.mjs" "$HERE/admin.test.mjs" </dev/null > >(tee "$out") 2>&1 &
+  "$HERE/echo.test.mjs" "$HERE/hub.test.mjs" "$HERE/hub-api.test.mjs" "$HERE/admin.test.mjs" "$HERE/http2.test.mjs" </dev/null > >(tee "$out") 2>&1 &
 NODE_PID=$!
 wait "$NODE_PID"
 rc=$?
@@ -108,7 +108,7 @@ pass="${pass:-0}"; fail="$(( ${fail:-0} + ${cancelled:-0} ))"; skip="${skip:-0}"
 if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi   # crashed / timed out before counting
 if [ "$pass" -eq 0 ] && [ "$fail" -eq 0 ]; then fail=1; log "no test ran"; fi
 sed -n 's/^# \(skipped: .*\)$/browser: \1/p' "$out"
-ls "$ROOT"/screenshots/browser-echo*.png "$ROOT"/screenshots/hub-*.png "$ROOT"/screenshots/admin-*.png 2>/dev/null | sed 's/^/browser: screenshot /'
+ls "$ROOT"/screenshots/browser-echo*.png "$ROOT"/screenshots/hub-*.png "$ROOT"/screenshots/admin-*.png "$ROOT"/screenshots/http2-*.png 2>/dev/null | sed 's/^/browser: screenshot /'
 log "logs in $LOG_DIR; total $(( $(date +%s) - START )) s"
 echo "browser: $pass passed, $fail failed, $skip skipped"
 [ "$rc" -eq 0 ] && [ "$fail" -eq 0 ]
