@@ -150,45 +150,50 @@ fn prepare(
     if !server.origin_allowed(fields.origin.as_deref(), request) {
         return Err(HandshakeError::OriginNotAllowed);
     }
-    // Without hyper's upgrade handle the connection cannot be taken over (HTTP/2, or a
-    // server that does not support upgrades).
+    // Without hyper's upgrade handle the connection cannot be taken over (a server that
+    // does not support upgrades, or HTTP/2 without extended CONNECT).
     let on_upgrade = on_upgrade.ok_or(HandshakeError::UnsupportedHttpVersion)?;
     let supported: Vec<&str> = server.protocol_list().iter().map(String::as_str).collect();
     let protocol = select_subprotocol(&fields.protocols, &supported).map(str::to_owned);
-    // The same writer as the standalone server, parsed back into an http::Response, so
-    // both paths send identical headers.
     let (deflate, ext_header) = server.negotiate_deflate(&fields.extensions);
-    if version == http::Version::HTTP_2 {
-        // RFC 8441 §5: a 2xx, with the subprotocol and extensions, and no Accept.
-        let mut response = http::Response::new(());
-        for (name, value) in [
-            (http::header::SEC_WEBSOCKET_PROTOCOL, protocol.as_deref()),
-            (
-                http::header::SEC_WEBSOCKET_EXTENSIONS,
-                ext_header.as_deref(),
-            ),
-        ] {
-            if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
-                response.headers_mut().insert(name, value);
-            }
+    let response = if version == http::Version::HTTP_2 {
+        extended_connect_response(protocol.as_deref(), ext_header.as_deref())
+    } else {
+        switching_protocols(&fields.key, protocol.as_deref(), ext_header.as_deref())
+    };
+    let pending = PendingUpgrade {
+        on_upgrade,
+        options: server.stream_options(),
+        protocol,
+        deflate,
+        version,
+    };
+    Ok((response, pending))
+}
+
+/// RFC 8441 §5: a 2xx, with the subprotocol and extensions, and no `Sec-WebSocket-Accept`.
+fn extended_connect_response(protocol: Option<&str>, extensions: Option<&str>) -> http::Response<()> {
+    let mut response = http::Response::new(());
+    for (name, value) in [
+        (http::header::SEC_WEBSOCKET_PROTOCOL, protocol),
+        (http::header::SEC_WEBSOCKET_EXTENSIONS, extensions),
+    ] {
+        if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            response.headers_mut().insert(name, value);
         }
-        let pending = PendingUpgrade {
-            on_upgrade,
-            options: server.stream_options(),
-            protocol,
-            deflate,
-            version,
-        };
-        return Ok((response, pending));
     }
+    response
+}
+
+/// The 101 of RFC 6455 §4.2.2: the same writer as the standalone server, parsed back into
+/// an `http::Response`, so both paths send identical headers.
+fn switching_protocols(
+    key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> http::Response<()> {
     let mut raw = Vec::new();
-    write_response(
-        &fields.key,
-        protocol.as_deref(),
-        ext_header.as_deref(),
-        &http::HeaderMap::new(),
-        &mut raw,
-    );
+    write_response(key, protocol, extensions, &http::HeaderMap::new(), &mut raw);
     let mut response = http::Response::new(());
     *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -202,14 +207,7 @@ fn prepare(
             response.headers_mut().append(name, value);
         }
     }
-    let pending = PendingUpgrade {
-        on_upgrade,
-        options: server.stream_options(),
-        protocol,
-        deflate,
-        version,
-    };
-    Ok((response, pending))
+    response
 }
 
 /// The first bytes of an HTTP/2 connection in clear (RFC 9113 §3.4): a server that reads

@@ -40,6 +40,19 @@ where
     }
 }
 
+type Ws = tidewire::WebSocketStream<tidewire::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The HTTP/2 connections under `sockets` (panics on one that is not over HTTP/2).
+fn connections_of(sockets: &[Ws]) -> std::collections::BTreeSet<u64> {
+    sockets
+        .iter()
+        .map(|ws| match ws.get_ref() {
+            tidewire::MaybeTlsStream::Http2(s) => s.connection_id(),
+            other => panic!("not over HTTP/2: {other:?}"),
+        })
+        .collect()
+}
+
 fn tls_acceptor(ca: &Ca, alpn: &[&[u8]]) -> tidewire::tokio_rustls::TlsAcceptor {
     let (cert, key) = ca.leaf(&["127.0.0.1", "localhost"], 2020, 2090);
     let config = tidewire::server_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
@@ -133,14 +146,11 @@ async fn websockets_to_one_host_share_one_connection_and_it_closes_after_the_las
         );
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let ids: std::collections::BTreeSet<u64> = sockets
-        .iter()
-        .map(|ws| match ws.get_ref() {
-            tidewire::MaybeTlsStream::Http2(s) => s.connection_id(),
-            other => panic!("not over HTTP/2: {other:?}"),
-        })
-        .collect();
-    assert_eq!(ids.len(), 1, "one connection for 20 WebSockets");
+    assert_eq!(
+        connections_of(&sockets).len(),
+        1,
+        "one connection for 20 WebSockets"
+    );
     // Closing one leaves the others working.
     let mut first = sockets.remove(0);
     first.close(None).await.unwrap();
@@ -345,14 +355,11 @@ async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
                 .unwrap();
             sockets.push(ws);
         }
-        let conns: std::collections::BTreeSet<u64> = sockets
-            .iter()
-            .map(|ws| match ws.get_ref() {
-                tidewire::MaybeTlsStream::Http2(s) => s.connection_id(),
-                _ => panic!("not over HTTP/2"),
-            })
-            .collect();
-        assert_eq!(conns.len(), 1, "100 WebSockets on one connection");
+        assert_eq!(
+            connections_of(&sockets).len(),
+            1,
+            "100 WebSockets on one connection"
+        );
         let mut slow = sockets.remove(0);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let sent_by_slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
