@@ -3,7 +3,7 @@
 #
 #   interop/browser/run.sh              install Chromium + node_modules if missing, build
 #                                       tidewire-cli (release), run echo.test.mjs, hub.test.mjs,
-#                                       hub-api.test.mjs, admin.test.mjs and http2.test.mjs
+#                                       hub-api.test.mjs, admin.test.mjs, http2.test.mjs and sse.test.mjs
 #   interop/browser/run.sh --no-build   reuse the existing release binary
 # Env: BROWSER_DEFLATE=1|0   force / skip the permessage-deflate test (default: run it iff
 #                            `tidewire echo --help` mentions --compression)
@@ -94,7 +94,8 @@ rm -f "$ROOT"/screenshots/browser-echo*.png "$ROOT"/screenshots/hub-*.png "$ROOT
 out="$LOG_DIR/echo.test.tap"
 # TAP reporter (the default without a TTY, pinned here so the counts below can be read).
 timeout -k 10 "$RUN_TIMEOUT" node --test --test-reporter=tap --test-concurrency=1 \
-  "$HERE/echo.test.mjs" "$HERE/hub.test.mjs" "$HERE/hub-api.test.mjs" "$HERE/admin.test.mjs" "$HERE/http2.test.mjs" </dev/null > >(tee "$out") 2>&1 &
+  "$HERE/echo.test.mjs" "$HERE/hub.test.mjs" "$HERE/hub-api.test.mjs" "$HERE/admin.test.mjs" \
+  "$HERE/http2.test.mjs" "$HERE/sse.test.mjs" </dev/null > >(tee "$out") 2>&1 &
 NODE_PID=$!
 wait "$NODE_PID"
 rc=$?

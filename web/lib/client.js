@@ -10,6 +10,31 @@ function describe(e) {
 function isPosition(offset, epoch) {
     return typeof offset === "number" && Number.isInteger(offset) && offset >= 0 && typeof epoch === "string";
 }
+/** `ws://h/p/ws` → `http://h/p`, `wss:` → `https:` (the base of /sse and /publish). */
+function httpBaseOf(wsUrl) {
+    const base = globalThis.location?.href;
+    const u = base ? new URL(wsUrl, base) : new URL(wsUrl);
+    if (u.protocol === "ws:")
+        u.protocol = "http:";
+    else if (u.protocol === "wss:")
+        u.protocol = "https:";
+    u.pathname = u.pathname.replace(/\/ws\/?$/, "");
+    u.search = "";
+    u.hash = "";
+    return u.toString().replace(/\/+$/, "");
+}
+/** The tidewire.v1 error code of an HTTP refusal of /sse (docs/protocol.md). */
+function codeOfStatus(status) {
+    if (status === 401)
+        return ErrorCode.UNAUTHORIZED;
+    if (status === 403)
+        return ErrorCode.PERMISSION_DENIED;
+    if (status === 400 || status === 404)
+        return ErrorCode.BAD_REQUEST;
+    if (status === 503)
+        return ErrorCode.UNAVAILABLE;
+    return ErrorCode.INTERNAL;
+}
 /**
  * A `tidewire.v1` client (docs/protocol.md): one WebSocket, reconnected with backoff,
  * subscriptions resumed with `since`, requests with promises, a heartbeat, and a bounded
@@ -18,6 +43,18 @@ function isPosition(offset, epoch) {
 export class TidewireClient {
     constructor(url, options = {}) {
         this.phase = "idle";
+        /** Consecutive WebSocket attempts that failed before the socket opened. */
+        this.openFailures = 0;
+        /** The SSE fallback: an EventSource per subscription. */
+        this.sse = new Map();
+        this.probeTimer = null;
+        this.probeAttempts = 0;
+        this.transportNow = null;
+        this.httpTokenCache = null;
+        /** POST /publish requests go one after the other, in the order of the publish calls. */
+        this.publishChain = Promise.resolve();
+        /** The SSE fallback could not start (reported once). */
+        this.fallbackRefused = false;
         this.conn = null;
         /** Bumped whenever an attempt in progress must be abandoned (token fetch in flight). */
         this.seq = 0;
@@ -34,6 +71,7 @@ export class TidewireClient {
             error: new Set(),
             serverSubscribed: new Set(),
             serverUnsubscribed: new Set(),
+            transport: new Set(),
         };
         this.listening = false;
         this.onOnline = () => this.online();
@@ -46,6 +84,13 @@ export class TidewireClient {
         this.token = options.token;
         this.presenceInfo = options.info;
         this.WS = options.WebSocket ?? globalThis.WebSocket;
+        if (options.fallback != null && options.fallback !== "sse")
+            throw new RangeError(`option fallback must be "sse" or null`);
+        this.fallback = options.fallback ?? null;
+        this.httpUrlOption = options.httpUrl;
+        this.ES = options.EventSource ?? globalThis.EventSource;
+        const f = options.fetch ?? globalThis.fetch;
+        this.fetchFn = typeof f === "function" ? (options.fetch ?? f.bind(globalThis)) : undefined;
         const win = globalThis.window;
         this.network =
             options.networkEvents !== undefined
@@ -70,6 +115,9 @@ export class TidewireClient {
             queueSize: num(options.queueSize, 1000, "queueSize"),
             maxMessageSize: num(options.maxMessageSize, 1 << 20, "maxMessageSize"),
             random: options.random ?? Math.random,
+            fallbackAfter: num(options.fallbackAfter, 3, "fallbackAfter", 1),
+            fallbackProbeDelay: num(options.fallbackProbeDelay, 5000, "fallbackProbeDelay"),
+            fallbackProbeMaxDelay: num(options.fallbackProbeMaxDelay, 60000, "fallbackProbeMaxDelay"),
         };
     }
     // ------------------------------------------------------------------ public API
@@ -77,9 +125,19 @@ export class TidewireClient {
     get state() {
         return this.lastState.state;
     }
-    /** This connection's client id and user (from the connect reply), while connected. */
+    /**
+     * This connection's client id and user (from the connect reply), while connected; on the
+     * SSE fallback, `{client: "", user: null, transport: "sse"}`.
+     */
     get connection() {
-        return this.phase === "connected" ? this.info : null;
+        return this.phase === "connected" || this.phase === "sse" ? this.info : null;
+    }
+    /**
+     * The transport in use: `"websocket"` while connected over WebSocket, `"sse"` on the SSE
+     * fallback (option `fallback`), null otherwise. Changes are `transport` events.
+     */
+    get transport() {
+        return this.transportNow;
     }
     /** Requests waiting in the send queue for the connection. */
     get queued() {
@@ -91,7 +149,7 @@ export class TidewireClient {
      * promise is safe: failures are also reported as `error` and `state` events.
      */
     connect() {
-        if (this.phase === "connected" && this.info)
+        if ((this.phase === "connected" || this.phase === "sse") && this.info)
             return Promise.resolve(this.info);
         const p = new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
         p.catch(noop);
@@ -101,6 +159,7 @@ export class TidewireClient {
                 return p;
             }
             this.attempts = 0;
+            this.openFailures = 0;
             this.listen(true);
             this.open();
         }
@@ -116,8 +175,8 @@ export class TidewireClient {
         this.stop(new TidewireError("closed", "disconnect() was called"), undefined, "disconnect() was called", false);
     }
     /**
-     * Listens to `state`, `error`, `serverSubscribed` or `serverUnsubscribed` events; returns a
-     * function that removes the listener.
+     * Listens to `state`, `error`, `transport`, `serverSubscribed` or `serverUnsubscribed`
+     * events; returns a function that removes the listener.
      */
     on(event, fn) {
         this.listeners[event].add(fn);
@@ -145,6 +204,8 @@ export class TidewireClient {
         this.subs.set(channel, sub);
         if (this.conn?.open)
             this.sendSubscribe(this.conn, sub);
+        else if (this.phase === "sse")
+            this.sseOpen(sub);
         return sub;
     }
     /** The subscription to a channel, if any (the application's or the server's). */
@@ -155,11 +216,17 @@ export class TidewireClient {
     get subscriptions() {
         return [...this.subs.values()];
     }
-    /** Publishes `data` (any JSON value). Queued while reconnecting. */
+    /**
+     * Publishes `data` (any JSON value). Queued while reconnecting; on the SSE fallback, sent
+     * as `POST /publish` (in order).
+     */
     publish(channel, data) {
         return this.request("publish", channel, { data });
     }
-    /** The newest `limit` publications (default 100, at most 10,000), oldest first. */
+    /**
+     * The newest `limit` publications (default 100, at most 10,000), oldest first. Needs the
+     * WebSocket (code `transport` on the SSE fallback).
+     */
     async history(channel, options = {}) {
         const fields = options.limit === undefined ? {} : { limit: options.limit };
         const r = await this.request("history", channel, fields);
@@ -174,6 +241,7 @@ export class TidewireClient {
      * Calls `method` of the application's backend through the hub (`op: rpc`; the method's
      * namespace needs `rpc_proxy`) and resolves to the backend's answer. A refusal rejects with
      * the backend's code (1000 or more) or 104; 112 when the backend is down or slow.
+     * Needs the WebSocket (code `transport` on the SSE fallback).
      */
     async rpc(method, data = null) {
         if (typeof method !== "string" || method === "")
@@ -182,7 +250,10 @@ export class TidewireClient {
         const r = await this.request("rpc", method, { method, data });
         return r?.data;
     }
-    /** The clients subscribed to a channel (namespaces with presence on; else error 110). */
+    /**
+     * The clients subscribed to a channel (namespaces with presence on; else error 110).
+     * Needs the WebSocket (code `transport` on the SSE fallback).
+     */
     presence(channel) {
         return this.request("presence", channel, {});
     }
@@ -210,8 +281,15 @@ export class TidewireClient {
                     `the server would close the connection with 1009`));
             }
         }
+        if (this.phase === "sse") {
+            if (op === "publish")
+                return this.httpPublish(channel, fields.data);
+            return Promise.reject(this.transportError(op, channel));
+        }
         return new Promise((resolve, reject) => {
             const req = { id, op, channel, text, resolve, reject };
+            if (op === "publish")
+                req.data = fields.data;
             if (this.phase === "connected" && this.conn?.open) {
                 this.sendRequest(this.conn, req);
             }
@@ -237,12 +315,15 @@ export class TidewireClient {
         }
     }
     // ------------------------------------------------------------------ connection
-    open() {
+    /** A connection attempt; `probe`: a silent one in the background of the SSE fallback. */
+    open(probe = false) {
         const seq = ++this.seq;
-        this.phase = "connecting";
-        this.emitState({ state: "connecting", attempt: this.attempts });
-        if (this.seq !== seq || this.phase !== "connecting")
-            return; // a listener stopped us
+        if (!probe) {
+            this.phase = "connecting";
+            this.emitState({ state: "connecting", attempt: this.attempts });
+            if (this.seq !== seq || this.phase !== "connecting")
+                return; // a listener stopped us
+        }
         if (typeof this.token === "function") {
             let got;
             try {
@@ -258,20 +339,23 @@ export class TidewireClient {
                 if (typeof t !== "string")
                     this.tokenFailed(seq, new TypeError("the token function must return a string"));
                 else
-                    this.openSocket(t);
+                    this.openSocket(t, probe);
             }, (e) => this.tokenFailed(seq, e));
         }
         else {
-            this.openSocket(this.token);
+            this.openSocket(this.token, probe);
         }
     }
     tokenFailed(seq, e) {
         if (this.seq !== seq)
             return;
         this.report(new TidewireError("token", `the token function failed: ${describe(e)}`));
-        this.retry(undefined, "the token function failed");
+        if (this.phase === "sse")
+            this.scheduleProbe();
+        else
+            this.retry(undefined, "the token function failed");
     }
-    openSocket(token) {
+    openSocket(token, probe = false) {
         let ws;
         try {
             ws = new this.WS(this.url, [PROTOCOL]);
@@ -291,6 +375,7 @@ export class TidewireClient {
             pingDeadline: null,
             opened: false,
             errorTimer: null,
+            probe,
         };
         this.conn = conn;
         conn.connectTimer = setTimeout(() => this.lost(conn, undefined, `not connected within ${this.o.connectTimeout} ms (connectTimeout)`, true), this.o.connectTimeout);
@@ -298,6 +383,7 @@ export class TidewireClient {
             if (this.conn !== conn)
                 return;
             conn.opened = true;
+            this.openFailures = 0;
             if (ws.protocol !== PROTOCOL) {
                 this.teardown(conn, "close", "not tidewire.v1");
                 this.stop(new TidewireError("protocol", `the server did not select the ${PROTOCOL} subprotocol (got ${JSON.stringify(ws.protocol)}): not a tidewire.v1 endpoint`), undefined, "wrong subprotocol");
@@ -339,6 +425,12 @@ export class TidewireClient {
         if (conn.connectTimer)
             clearTimeout(conn.connectTimer);
         conn.connectTimer = null;
+        if (conn.probe) {
+            // Back from the SSE fallback: the EventSources close, and every subscription is
+            // resubscribed below with `since`, from the position SSE delivered up to.
+            conn.probe = false;
+            this.leaveSse();
+        }
         conn.open = true;
         this.phase = "connected";
         this.attempts = 0;
@@ -346,6 +438,7 @@ export class TidewireClient {
             client: String(result?.client ?? ""),
             user: result?.user ?? null,
             version: String(result?.version ?? PROTOCOL),
+            transport: "websocket",
         };
         for (const sub of this.subs.values())
             this.sendSubscribe(conn, sub);
@@ -358,7 +451,10 @@ export class TidewireClient {
         this.waiters = [];
         for (const w of waiters)
             w.resolve(this.info);
-        this.emitState({ state: "connected", client: this.info.client, user: this.info.user });
+        this.setTransport("websocket", "the WebSocket is connected");
+        if (this.conn !== conn)
+            return; // a listener stopped us
+        this.emitState({ state: "connected", client: this.info.client, user: this.info.user, transport: "websocket" });
     }
     startHeartbeat(conn) {
         if (this.o.pingInterval <= 0)
@@ -407,14 +503,16 @@ export class TidewireClient {
         const pending = [...conn.pending.values()];
         conn.pending.clear();
         conn.open = false;
-        for (const sub of this.subs.values()) {
-            sub._active = false;
-            sub._pendingId = null;
-            sub._held = [];
-            sub._serverPush = null;
-            if (sub._state === "subscribed")
-                sub._state = "subscribing";
-        }
+        // A background attempt of the SSE fallback never carried the subscriptions.
+        if (!conn.probe)
+            for (const sub of this.subs.values()) {
+                sub._active = false;
+                sub._pendingId = null;
+                sub._held = [];
+                sub._serverPush = null;
+                if (sub._state === "subscribed")
+                    sub._state = "subscribing";
+            }
         for (const p of pending) {
             if (p.kind === "request") {
                 p.req.reject(new TidewireError("disconnected", `${p.req.op} on ${JSON.stringify(p.req.channel)}: the connection was lost before the reply ` +
@@ -426,9 +524,20 @@ export class TidewireClient {
     lost(conn, code, reason, abort) {
         if (this.conn !== conn)
             return;
+        const wasConnected = conn.open;
         this.teardown(conn, abort ? "abort" : "none");
+        if (!conn.opened)
+            this.openFailures++;
         const why = reason || (code !== undefined ? `closed with ${code}` : "connection lost");
-        switch (closePolicy(code)) {
+        if (wasConnected)
+            this.setTransport(null, `the WebSocket was lost: ${why}`);
+        const policy = closePolicy(code);
+        if (conn.probe && (policy === "retry" || (policy === "new-token" && typeof this.token === "function"))) {
+            // A background attempt of the SSE fallback failed: stay on SSE, try again later.
+            this.scheduleProbe();
+            return;
+        }
+        switch (policy) {
             case "stop": {
                 const detail = conn.connectError ? ` (${conn.connectError.message})` : "";
                 this.stop(new TidewireError("closed", `connection closed with ${code}${reason ? `: ${reason}` : ""}${detail}; not reconnecting`, code), code, why);
@@ -446,6 +555,8 @@ export class TidewireClient {
         this.retry(code, why);
     }
     retry(code, reason) {
+        if (this.fallback === "sse" && this.openFailures >= this.o.fallbackAfter && this.enterSse(reason))
+            return;
         if (this.attempts >= this.o.maxAttempts) {
             this.stop(new TidewireError("closed", `gave up after ${this.attempts} reconnection attempts (maxAttempts); last: ${reason}`, code), code, `gave up after ${this.attempts} attempts: ${reason}`);
             return;
@@ -474,6 +585,8 @@ export class TidewireClient {
         this.retryTimer = null;
         if (this.conn)
             this.teardown(this.conn, "close", "client stopped");
+        this.leaveSse();
+        this.setTransport(null, reason);
         this.listen(false);
         const queued = this.queue;
         this.queue = [];
@@ -514,6 +627,8 @@ export class TidewireClient {
         this.retryTimer = null;
         if (this.conn)
             this.teardown(this.conn, "close", "offline");
+        this.leaveSse();
+        this.setTransport(null, "the browser is offline");
         this.phase = "offline";
         this.emitState({ state: "disconnected", reason: "the browser is offline", offline: true });
     }
@@ -525,6 +640,7 @@ export class TidewireClient {
             clearTimeout(this.retryTimer);
         this.retryTimer = null;
         this.attempts = 0;
+        this.openFailures = 0;
         this.open();
     }
     // ------------------------------------------------------------------ incoming
@@ -776,16 +892,429 @@ export class TidewireClient {
         sub._deliver(p);
         return "delivered";
     }
-    /** Unsubscribe and subscribe again with `since` on the same connection. */
+    /**
+     * Unsubscribe and subscribe again with `since` on the same connection (`conn` null: on the
+     * SSE fallback, a new EventSource from the position).
+     */
     resync(conn, sub, why) {
         this.report(new TidewireError("protocol", `channel ${JSON.stringify(sub.channel)}: ${why}; resubscribing with since`));
         sub._active = false;
+        if (conn === null) {
+            if (this.phase === "sse" && this.sse.has(sub))
+                this.sseOpen(sub);
+            return;
+        }
         if (this.conn !== conn || !conn.open)
             return; // the next connection resubscribes
         const id = this.nextId++;
         conn.pending.set(id, { kind: "ignore" });
         this.send(conn, JSON.stringify({ id, op: "unsubscribe", channel: sub.channel }));
         this.sendSubscribe(conn, sub);
+    }
+    // ------------------------------------------------------------------ the SSE fallback
+    httpBase() {
+        return this.httpUrlOption !== undefined ? this.httpUrlOption.replace(/\/+$/, "") : httpBaseOf(this.url);
+    }
+    /**
+     * The WebSocket failed to open `fallbackAfter` times in a row: go on over SSE. False when
+     * it cannot (no EventSource or fetch, or no HTTP URL), after saying why once.
+     */
+    enterSse(reason) {
+        let problem = "";
+        if (!this.ES)
+            problem = "no EventSource implementation (pass the EventSource option)";
+        else if (!this.fetchFn)
+            problem = "no fetch implementation (pass the fetch option)";
+        else {
+            try {
+                this.httpBase();
+            }
+            catch (e) {
+                problem = `no HTTP URL for ${this.url}: ${describe(e)} (pass the httpUrl option)`;
+            }
+        }
+        if (problem) {
+            if (!this.fallbackRefused) {
+                this.fallbackRefused = true;
+                this.report(new TidewireError("transport", `cannot fall back to SSE: ${problem}`));
+            }
+            return false;
+        }
+        const failures = this.openFailures;
+        this.seq++;
+        this.phase = "sse";
+        this.probeAttempts = 0;
+        this.httpTokenCache = null;
+        this.info = { client: "", user: null, version: PROTOCOL, transport: "sse" };
+        for (const sub of this.subs.values())
+            this.sseOpen(sub);
+        // What waited for the WebSocket: publishes go over POST /publish, in order; the rest
+        // needs the WebSocket.
+        const queued = this.queue;
+        this.queue = [];
+        for (const req of queued) {
+            if (req.op === "publish")
+                this.httpPublish(req.channel, req.data).then(req.resolve, req.reject);
+            else
+                req.reject(this.transportError(req.op, req.channel));
+        }
+        this.scheduleProbe();
+        const waiters = this.waiters;
+        this.waiters = [];
+        for (const w of waiters)
+            w.resolve(this.info);
+        this.setTransport("sse", `the WebSocket failed to open ${failures} times in a row (last: ${reason})`);
+        if (this.phase !== "sse")
+            return true; // a listener stopped us
+        this.emitState({ state: "connected", client: "", user: null, transport: "sse" });
+        return true;
+    }
+    /** Closes every EventSource and the background attempts (back on WebSocket, or stopped). */
+    leaveSse() {
+        if (this.probeTimer)
+            clearTimeout(this.probeTimer);
+        this.probeTimer = null;
+        for (const [sub, st] of this.sse) {
+            this.closeStream(st);
+            sub._active = false;
+            if (sub._state === "subscribed")
+                sub._state = "subscribing";
+        }
+        this.sse.clear();
+    }
+    closeStream(st) {
+        if (st.timer)
+            clearTimeout(st.timer);
+        st.timer = null;
+        st.until = null;
+        if (st.es) {
+            const es = st.es;
+            st.es = null;
+            try {
+                es.close();
+            }
+            catch {
+                // already closed
+            }
+        }
+    }
+    /** The next background WebSocket attempt, between half and all of the doubling delay. */
+    scheduleProbe() {
+        if (this.phase !== "sse")
+            return;
+        if (this.probeTimer)
+            clearTimeout(this.probeTimer);
+        this.probeAttempts++;
+        const exp = Math.min(this.probeAttempts - 1, 52);
+        const ceiling = Math.min(this.o.fallbackProbeMaxDelay, this.o.fallbackProbeDelay * 2 ** exp);
+        const r = Math.min(Math.max(this.o.random(), 0), 1);
+        const delay = Math.min(Math.floor(ceiling / 2 + (r * ceiling) / 2), 2 ** 31 - 1);
+        this.probeTimer = setTimeout(() => {
+            this.probeTimer = null;
+            if (this.phase === "sse" && !this.conn)
+                this.open(true);
+        }, delay);
+    }
+    setTransport(transport, reason) {
+        if (this.transportNow === transport)
+            return;
+        this.transportNow = transport;
+        for (const fn of [...this.listeners.transport]) {
+            try {
+                fn({ transport, reason });
+            }
+            catch (e) {
+                this.host._report(e);
+            }
+        }
+    }
+    transportError(op, channel) {
+        const what = op === "rpc" ? `rpc ${JSON.stringify(channel)}` : `${op} on ${JSON.stringify(channel)}`;
+        return new TidewireError("transport", `${what} needs the WebSocket, and the client is on its SSE fallback (the WebSocket cannot be opened); ` +
+            `it works again once the client is back on WebSocket`);
+    }
+    /** The token for /sse and POST /publish (the token function's answer is kept until refused). */
+    httpToken() {
+        if (typeof this.token !== "function")
+            return Promise.resolve(this.token);
+        if (!this.httpTokenCache) {
+            const fn = this.token;
+            const p = new Promise((resolve) => resolve(fn())).then((t) => {
+                if (typeof t !== "string")
+                    throw new TypeError("the token function must return a string");
+                return t;
+            });
+            p.catch(() => {
+                if (this.httpTokenCache === p)
+                    this.httpTokenCache = null;
+            });
+            this.httpTokenCache = p;
+        }
+        return this.httpTokenCache.catch((e) => {
+            throw new TidewireError("token", `the token function failed: ${describe(e)}`);
+        });
+    }
+    /** `publish` as `POST /publish`, after the publishes before it (so in order). */
+    httpPublish(channel, data) {
+        const run = async () => {
+            const url = `${this.httpBase()}/publish`;
+            const body = JSON.stringify({ channel, data });
+            let token = await this.httpToken();
+            for (let fresh = false;; fresh = true) {
+                const headers = { "content-type": "application/json" };
+                if (token !== undefined)
+                    headers.authorization = `Bearer ${token}`;
+                let status;
+                let text;
+                try {
+                    const resp = await this.fetchFn(url, { method: "POST", headers, body });
+                    status = resp.status;
+                    text = await resp.text();
+                }
+                catch (e) {
+                    throw new TidewireError("disconnected", `publish on ${JSON.stringify(channel)} (POST /publish): ${describe(e)} (it may or may not have been applied)`);
+                }
+                let json = null;
+                try {
+                    json = JSON.parse(text);
+                }
+                catch {
+                    // not JSON: reported below
+                }
+                if (status >= 200 && status < 300) {
+                    if (!isPosition(json?.offset, json?.epoch)) {
+                        throw new TidewireError("protocol", `POST /publish answered without offset/epoch: ${text.slice(0, 100)}`);
+                    }
+                    return { offset: json.offset, epoch: json.epoch };
+                }
+                if (status === 401 && !fresh && typeof this.token === "function") {
+                    this.httpTokenCache = null;
+                    token = await this.httpToken();
+                    continue;
+                }
+                const err = json?.error;
+                if (err && typeof err.code === "number") {
+                    throw new TidewireError(err.code, typeof err.message === "string" ? err.message : JSON.stringify(err));
+                }
+                throw new TidewireError(codeOfStatus(status), `POST /publish: HTTP ${status}: ${text.trim().slice(0, 200)}`);
+            }
+        };
+        const p = this.publishChain.then(run, run);
+        this.publishChain = p.catch(noop);
+        return p;
+    }
+    /** (Re)opens a subscription's EventSource, from its position when it has one. */
+    sseOpen(sub) {
+        let st = this.sse.get(sub);
+        if (!st) {
+            st = { es: null, attempts: 0, timer: null, until: null, since: null, recoveredCount: 0, retriedToken: false };
+            this.sse.set(sub, st);
+        }
+        this.closeStream(st);
+        sub._active = false;
+        sub._pendingId = null;
+        sub._held = [];
+        if (sub._historyFirst > 0 && !sub._position) {
+            sub._historyFirst = 0;
+            this.report(new TidewireError("transport", `${JSON.stringify(sub.channel)}: history on join needs the WebSocket; over the SSE fallback the subscription starts from now`));
+        }
+        const mine = st;
+        this.httpToken().then((token) => {
+            if (this.sse.get(sub) !== mine || mine.es || mine.timer || this.phase !== "sse")
+                return;
+            let url = `${this.httpBase()}/sse?channel=${encodeURIComponent(sub.channel)}`;
+            if (token !== undefined)
+                url += `&token=${encodeURIComponent(token)}`;
+            if (sub._position)
+                url += `&since=${sub._position.offset}:${encodeURIComponent(sub._position.epoch)}`;
+            let es;
+            try {
+                es = new this.ES(url);
+            }
+            catch (e) {
+                this.report(new TidewireError("transport", `cannot open ${url}: ${describe(e)}`));
+                this.sseRetryLater(sub, mine);
+                return;
+            }
+            mine.es = es;
+            const live = () => this.sse.get(sub) === mine && mine.es === es;
+            es.addEventListener("subscribed", (ev) => {
+                if (live())
+                    this.sseSubscribed(sub, mine, ev.data);
+            });
+            es.addEventListener("message", (ev) => {
+                if (live())
+                    this.sseMessage(sub, mine, ev.data);
+            });
+            for (const kind of ["join", "leave"]) {
+                es.addEventListener(kind, (ev) => {
+                    if (!live() || !sub._active)
+                        return;
+                    let msg;
+                    try {
+                        msg = JSON.parse(ev.data);
+                    }
+                    catch {
+                        return;
+                    }
+                    if (msg?.[kind] && typeof msg[kind] === "object")
+                        sub._presence(kind, msg[kind]);
+                });
+            }
+            es.addEventListener("error", () => {
+                if (live())
+                    this.sseError(sub, mine, url);
+            });
+        }, (e) => {
+            if (this.sse.get(sub) !== mine || this.phase !== "sse")
+                return;
+            this.report(e instanceof Error ? e : new Error(String(e)));
+            this.sseRetryLater(sub, mine);
+        });
+    }
+    sseRetryLater(sub, st) {
+        st.attempts++;
+        const delay = Math.min(backoffDelay(st.attempts, this.o.initialDelay, this.o.maxDelay, this.o.random), 2 ** 31 - 1);
+        st.timer = setTimeout(() => {
+            st.timer = null;
+            if (this.sse.get(sub) === st && this.phase === "sse")
+                this.sseOpen(sub);
+        }, delay);
+    }
+    /** The stream's first event: where it starts, and whether it resumed from our position. */
+    sseSubscribed(sub, st, data) {
+        let msg;
+        try {
+            msg = JSON.parse(data);
+        }
+        catch {
+            msg = null;
+        }
+        if (!isPosition(msg?.offset, msg?.epoch)) {
+            this.report(new TidewireError("protocol", `SSE subscribed event without offset/epoch: ${String(data).slice(0, 100)}`));
+            return;
+        }
+        st.attempts = 0;
+        st.retriedToken = false;
+        const position = { offset: msg.offset, epoch: msg.epoch };
+        const since = sub._position ? { ...sub._position } : null;
+        sub._active = true;
+        st.until = null;
+        if (since && msg.recovered === true && since.epoch === position.epoch) {
+            // The publications after `since` follow as events; `subscribed` once they are in.
+            if (position.offset > since.offset) {
+                st.until = position.offset;
+                st.since = since;
+                st.recoveredCount = 0;
+                return;
+            }
+            this.sseDone(sub, since, position, true, 0);
+            return;
+        }
+        sub._position = { ...position };
+        if (since) {
+            sub._unrecoverable({ type: "unrecoverable", channel: sub.channel, since, position: { ...position } });
+            this.sseDone(sub, since, position, false, 0);
+        }
+        else {
+            this.sseDone(sub, null, position, undefined, 0);
+        }
+    }
+    sseDone(sub, since, position, recovered, recoveredCount) {
+        sub._subscribed({
+            channel: sub.channel,
+            position: { ...(sub._position ?? position) },
+            resubscribed: sub._subscribedCount > 0,
+            recoveredCount,
+            ...(since && recovered !== undefined ? { recovered } : {}),
+        });
+    }
+    sseMessage(sub, st, data) {
+        let msg;
+        try {
+            msg = JSON.parse(data);
+        }
+        catch {
+            this.report(new TidewireError("protocol", `the SSE stream sent something that is not JSON: ${String(data).slice(0, 100)}`));
+            return;
+        }
+        if (!isPosition(msg?.offset, msg?.epoch)) {
+            this.report(new TidewireError("protocol", `publication without a valid offset/epoch: ${String(data).slice(0, 100)}`));
+            return;
+        }
+        const outcome = this.publication(null, sub, {
+            type: "publication",
+            channel: sub.channel,
+            offset: msg.offset,
+            epoch: msg.epoch,
+            data: msg.data,
+        });
+        if (st.until !== null && this.sse.get(sub) === st) {
+            if (outcome === "delivered")
+                st.recoveredCount++;
+            if (sub._position && sub._position.offset >= st.until) {
+                const until = st.until;
+                st.until = null;
+                this.sseDone(sub, st.since, { offset: until, epoch: sub._position.epoch }, true, st.recoveredCount);
+            }
+        }
+    }
+    /**
+     * An EventSource error: while it reconnects by itself (with Last-Event-ID) the
+     * subscription waits for the next `subscribed`; closed for good (the server answered
+     * other than 200), the reason decides: a refusal (400, 401, 403) ends the subscription,
+     * anything else is tried again with backoff.
+     */
+    sseError(sub, st, url) {
+        sub._active = false;
+        st.until = null;
+        if (sub._state === "subscribed")
+            sub._state = "subscribing";
+        if (st.es && st.es.readyState !== 2)
+            return; // CONNECTING: the EventSource retries itself
+        if (st.es) {
+            try {
+                st.es.close();
+            }
+            catch {
+                // closed
+            }
+        }
+        st.es = null;
+        // EventSource does not say why: ask the same URL once, and read only the status.
+        const ctl = typeof AbortController === "function" ? new AbortController() : null;
+        const asked = this.fetchFn(url, { method: "GET", headers: { accept: "text/event-stream" }, ...(ctl ? { signal: ctl.signal } : {}) });
+        asked
+            .then(async (resp) => {
+            let text = "";
+            if (!resp.ok)
+                text = await resp.text().catch(() => "");
+            ctl?.abort();
+            return { status: resp.status, text };
+        }, () => ({ status: 0, text: "" }))
+            .then(({ status, text }) => {
+            if (this.sse.get(sub) !== st || st.es || st.timer || this.phase !== "sse")
+                return;
+            if (status === 401 && typeof this.token === "function" && !st.retriedToken) {
+                st.retriedToken = true;
+                this.httpTokenCache = null;
+                this.sseOpen(sub);
+                return;
+            }
+            if (status === 400 || status === 401 || status === 403 || status === 404) {
+                this.sse.delete(sub);
+                if (this.subs.get(sub.channel) === sub)
+                    this.subs.delete(sub.channel);
+                const e = new TidewireError(codeOfStatus(status), `subscribe to ${JSON.stringify(sub.channel)} refused (GET /sse: HTTP ${status}): ${text.trim().slice(0, 200)}`);
+                sub._end(e);
+                this.report(e);
+                return;
+            }
+            if (status !== 0 && status !== 200) {
+                this.report(new TidewireError(codeOfStatus(status), `GET /sse for ${JSON.stringify(sub.channel)}: HTTP ${status}: ${text.trim().slice(0, 200)}`));
+            }
+            this.sseRetryLater(sub, st);
+        });
     }
     // ------------------------------------------------------------------ server-side subscriptions
     /** `{"channel": C, "subscribed": POSITION}`: the server subscribed this connection. */
@@ -835,6 +1364,12 @@ export class TidewireClient {
     unsubscribeSub(sub) {
         if (sub._state === "unsubscribed")
             return Promise.resolve();
+        const st = this.sse.get(sub);
+        if (st) {
+            // Closing its EventSource ends the subscription on the server.
+            this.closeStream(st);
+            this.sse.delete(sub);
+        }
         const onServer = sub._active || sub._pendingId !== null;
         if (this.subs.get(sub.channel) === sub)
             this.subs.delete(sub.channel);

@@ -4,6 +4,9 @@ import { Subscription, type SubscribeOptions, type SubscriptionHost } from "./su
 import type {
   ConnectResult,
   ConnectionState,
+  EventSourceConstructor,
+  EventSourceLike,
+  FetchLike,
   HistoryResult,
   NetworkEventTarget,
   PresenceResult,
@@ -13,6 +16,8 @@ import type {
   ServerUnsubscribedEvent,
   StateEvent,
   StreamPosition,
+  Transport,
+  TransportEvent,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";
@@ -64,6 +69,35 @@ export interface ClientOptions {
   networkEvents?: NetworkEventTarget | null;
   /** Random number source for the backoff jitter (tests). Default Math.random. */
   random?: () => number;
+  /**
+   * `"sse"`: when the WebSocket fails to open `fallbackAfter` times in a row (a proxy that
+   * breaks the upgrade: the socket errors or closes before it opens, or does not open within
+   * `connectTimeout`), the client goes on over Server-Sent Events by itself: an EventSource
+   * on `/sse` per subscription, resuming from the positions it has (no gap, no duplicate),
+   * and `POST /publish` for `publish`. It keeps trying the WebSocket in the background
+   * (`fallbackProbeDelay`) and moves back to it when it opens. Presence, history and rpc
+   * reject with code `transport` meanwhile. Default null (WebSocket only).
+   */
+  fallback?: "sse" | null;
+  /** Consecutive WebSocket failures to open before the SSE fallback. Default 3. */
+  fallbackAfter?: number;
+  /**
+   * On the SSE fallback, the first background WebSocket attempt starts after between half
+   * and all of this many ms; the delay doubles after each failed attempt up to
+   * `fallbackProbeMaxDelay`. Default 5000.
+   */
+  fallbackProbeDelay?: number;
+  /** Upper bound of the delay between background WebSocket attempts (ms). Default 60000. */
+  fallbackProbeMaxDelay?: number;
+  /**
+   * The HTTP base of `/sse` and `/publish`. Default: `url` with `ws:` → `http:`,
+   * `wss:` → `https:` and a final `/ws` removed (`wss://example.com/ws` → `https://example.com`).
+   */
+  httpUrl?: string;
+  /** EventSource constructor for the SSE fallback; default `globalThis.EventSource`. */
+  EventSource?: EventSourceConstructor;
+  /** fetch for the SSE fallback (`POST /publish`); default `globalThis.fetch`. */
+  fetch?: FetchLike;
 }
 
 export interface ClientEvents {
@@ -73,6 +107,8 @@ export interface ClientEvents {
   serverSubscribed: ServerSubscribedEvent;
   /** The server ended this client's subscription to a channel (its API's `unsubscribe`). */
   serverUnsubscribed: ServerUnsubscribedEvent;
+  /** The transport in use changed: WebSocket, the SSE fallback, or none. */
+  transport: TransportEvent;
 }
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -82,6 +118,8 @@ interface Request {
   op: string;
   channel: string;
   text: string;
+  /** What a publish carries (to send it over POST /publish instead, on the SSE fallback). */
+  data?: unknown;
   resolve: (result: any) => void;
   reject: (error: unknown) => void;
 }
@@ -107,10 +145,36 @@ interface Conn {
   opened: boolean;
   /** Set after an error event, in case no close event follows. */
   errorTimer: Timer | null;
+  /**
+   * A background attempt made on the SSE fallback: silent (no state events), and the
+   * subscriptions stay on SSE until its connect reply.
+   */
+  probe: boolean;
 }
 
-/** idle: never started; waiting: backoff timer running; offline: waiting for `online`. */
-type Phase = "idle" | "connecting" | "connected" | "waiting" | "offline" | "stopped";
+/** One subscription's EventSource on the SSE fallback. */
+interface SseStream {
+  es: EventSourceLike | null;
+  /** Consecutive failures (EventSource closed for good) for the backoff. */
+  attempts: number;
+  timer: Timer | null;
+  /**
+   * After a `subscribed` with `recovered: true`: the offset up to which the recovered
+   * publications follow; the subscription's `subscribed` event waits for them (as over
+   * WebSocket, where they come in the reply).
+   */
+  until: number | null;
+  since: StreamPosition | null;
+  recoveredCount: number;
+  /** A 401 was answered with a fresh token once already. */
+  retriedToken: boolean;
+}
+
+/**
+ * idle: never started; waiting: backoff timer running; offline: waiting for `online`;
+ * sse: on the SSE fallback (a background WebSocket attempt may be in `conn`).
+ */
+type Phase = "idle" | "connecting" | "connected" | "waiting" | "offline" | "stopped" | "sse";
 
 const noop = () => {};
 
@@ -122,6 +186,27 @@ function isPosition(offset: unknown, epoch: unknown): boolean {
   return typeof offset === "number" && Number.isInteger(offset) && offset >= 0 && typeof epoch === "string";
 }
 
+/** `ws://h/p/ws` → `http://h/p`, `wss:` → `https:` (the base of /sse and /publish). */
+function httpBaseOf(wsUrl: string): string {
+  const base = (globalThis as any).location?.href;
+  const u = base ? new URL(wsUrl, base) : new URL(wsUrl);
+  if (u.protocol === "ws:") u.protocol = "http:";
+  else if (u.protocol === "wss:") u.protocol = "https:";
+  u.pathname = u.pathname.replace(/\/ws\/?$/, "");
+  u.search = "";
+  u.hash = "";
+  return u.toString().replace(/\/+$/, "");
+}
+
+/** The tidewire.v1 error code of an HTTP refusal of /sse (docs/protocol.md). */
+function codeOfStatus(status: number): number {
+  if (status === 401) return ErrorCode.UNAUTHORIZED;
+  if (status === 403) return ErrorCode.PERMISSION_DENIED;
+  if (status === 400 || status === 404) return ErrorCode.BAD_REQUEST;
+  if (status === 503) return ErrorCode.UNAVAILABLE;
+  return ErrorCode.INTERNAL;
+}
+
 /**
  * A `tidewire.v1` client (docs/protocol.md): one WebSocket, reconnected with backoff,
  * subscriptions resumed with `since`, requests with promises, a heartbeat, and a bounded
@@ -129,12 +214,30 @@ function isPosition(offset: unknown, epoch: unknown): boolean {
  */
 export class TidewireClient {
   readonly url: string;
-  private readonly o: Required<Omit<ClientOptions, "token" | "networkEvents" | "WebSocket" | "info">>;
+  private readonly o: Required<
+    Omit<ClientOptions, "token" | "networkEvents" | "WebSocket" | "info" | "fallback" | "httpUrl" | "EventSource" | "fetch">
+  >;
   private readonly token: TokenSource | undefined;
   private readonly presenceInfo: unknown;
   private readonly WS: WebSocketConstructor | undefined;
   private readonly network: NetworkEventTarget | null;
+  private readonly fallback: "sse" | null;
+  private readonly httpUrlOption: string | undefined;
+  private readonly ES: EventSourceConstructor | undefined;
+  private readonly fetchFn: FetchLike | undefined;
   private phase: Phase = "idle";
+  /** Consecutive WebSocket attempts that failed before the socket opened. */
+  private openFailures = 0;
+  /** The SSE fallback: an EventSource per subscription. */
+  private readonly sse = new Map<Subscription<any>, SseStream>();
+  private probeTimer: Timer | null = null;
+  private probeAttempts = 0;
+  private transportNow: Transport | null = null;
+  private httpTokenCache: Promise<string | undefined> | null = null;
+  /** POST /publish requests go one after the other, in the order of the publish calls. */
+  private publishChain: Promise<unknown> = Promise.resolve();
+  /** The SSE fallback could not start (reported once). */
+  private fallbackRefused = false;
   private conn: Conn | null = null;
   /** Bumped whenever an attempt in progress must be abandoned (token fetch in flight). */
   private seq = 0;
@@ -151,6 +254,7 @@ export class TidewireClient {
     error: new Set(),
     serverSubscribed: new Set(),
     serverUnsubscribed: new Set(),
+    transport: new Set(),
   };
   private listening = false;
   private readonly onOnline = () => this.online();
@@ -165,6 +269,12 @@ export class TidewireClient {
     this.token = options.token;
     this.presenceInfo = options.info;
     this.WS = options.WebSocket ?? (globalThis as any).WebSocket;
+    if (options.fallback != null && options.fallback !== "sse") throw new RangeError(`option fallback must be "sse" or null`);
+    this.fallback = options.fallback ?? null;
+    this.httpUrlOption = options.httpUrl;
+    this.ES = options.EventSource ?? (globalThis as any).EventSource;
+    const f = options.fetch ?? (globalThis as any).fetch;
+    this.fetchFn = typeof f === "function" ? (options.fetch ?? f.bind(globalThis)) : undefined;
     const win = (globalThis as any).window;
     this.network =
       options.networkEvents !== undefined
@@ -187,6 +297,9 @@ export class TidewireClient {
       queueSize: num(options.queueSize, 1000, "queueSize"),
       maxMessageSize: num(options.maxMessageSize, 1 << 20, "maxMessageSize"),
       random: options.random ?? Math.random,
+      fallbackAfter: num(options.fallbackAfter, 3, "fallbackAfter", 1),
+      fallbackProbeDelay: num(options.fallbackProbeDelay, 5000, "fallbackProbeDelay"),
+      fallbackProbeMaxDelay: num(options.fallbackProbeMaxDelay, 60_000, "fallbackProbeMaxDelay"),
     };
   }
 
@@ -197,9 +310,20 @@ export class TidewireClient {
     return this.lastState.state;
   }
 
-  /** This connection's client id and user (from the connect reply), while connected. */
+  /**
+   * This connection's client id and user (from the connect reply), while connected; on the
+   * SSE fallback, `{client: "", user: null, transport: "sse"}`.
+   */
   get connection(): ConnectResult | null {
-    return this.phase === "connected" ? this.info : null;
+    return this.phase === "connected" || this.phase === "sse" ? this.info : null;
+  }
+
+  /**
+   * The transport in use: `"websocket"` while connected over WebSocket, `"sse"` on the SSE
+   * fallback (option `fallback`), null otherwise. Changes are `transport` events.
+   */
+  get transport(): Transport | null {
+    return this.transportNow;
   }
 
   /** Requests waiting in the send queue for the connection. */
@@ -213,7 +337,7 @@ export class TidewireClient {
    * promise is safe: failures are also reported as `error` and `state` events.
    */
   connect(): Promise<ConnectResult> {
-    if (this.phase === "connected" && this.info) return Promise.resolve(this.info);
+    if ((this.phase === "connected" || this.phase === "sse") && this.info) return Promise.resolve(this.info);
     const p = new Promise<ConnectResult>((resolve, reject) => this.waiters.push({ resolve, reject }));
     p.catch(noop);
     if (this.phase === "idle" || this.phase === "stopped") {
@@ -222,6 +346,7 @@ export class TidewireClient {
         return p;
       }
       this.attempts = 0;
+      this.openFailures = 0;
       this.listen(true);
       this.open();
     }
@@ -238,8 +363,8 @@ export class TidewireClient {
   }
 
   /**
-   * Listens to `state`, `error`, `serverSubscribed` or `serverUnsubscribed` events; returns a
-   * function that removes the listener.
+   * Listens to `state`, `error`, `transport`, `serverSubscribed` or `serverUnsubscribed`
+   * events; returns a function that removes the listener.
    */
   on<E extends keyof ClientEvents>(event: E, fn: (arg: ClientEvents[E]) => void): () => void {
     (this.listeners[event] as Set<(a: ClientEvents[E]) => void>).add(fn);
@@ -270,6 +395,7 @@ export class TidewireClient {
     const sub = new Subscription<T>(this.host, channel, options);
     this.subs.set(channel, sub);
     if (this.conn?.open) this.sendSubscribe(this.conn, sub);
+    else if (this.phase === "sse") this.sseOpen(sub);
     return sub;
   }
 
@@ -283,12 +409,18 @@ export class TidewireClient {
     return [...this.subs.values()];
   }
 
-  /** Publishes `data` (any JSON value). Queued while reconnecting. */
+  /**
+   * Publishes `data` (any JSON value). Queued while reconnecting; on the SSE fallback, sent
+   * as `POST /publish` (in order).
+   */
   publish(channel: string, data: unknown): Promise<PublishResult> {
     return this.request("publish", channel, { data });
   }
 
-  /** The newest `limit` publications (default 100, at most 10,000), oldest first. */
+  /**
+   * The newest `limit` publications (default 100, at most 10,000), oldest first. Needs the
+   * WebSocket (code `transport` on the SSE fallback).
+   */
   async history<T = unknown>(channel: string, options: { limit?: number } = {}): Promise<HistoryResult<T>> {
     const fields = options.limit === undefined ? {} : { limit: options.limit };
     const r = await this.request<any>("history", channel, fields);
@@ -306,6 +438,7 @@ export class TidewireClient {
    * Calls `method` of the application's backend through the hub (`op: rpc`; the method's
    * namespace needs `rpc_proxy`) and resolves to the backend's answer. A refusal rejects with
    * the backend's code (1000 or more) or 104; 112 when the backend is down or slow.
+   * Needs the WebSocket (code `transport` on the SSE fallback).
    */
   async rpc<T = unknown>(method: string, data: unknown = null): Promise<T> {
     if (typeof method !== "string" || method === "") return Promise.reject(new TypeError("method must be a non-empty string"));
@@ -314,7 +447,10 @@ export class TidewireClient {
     return r?.data as T;
   }
 
-  /** The clients subscribed to a channel (namespaces with presence on; else error 110). */
+  /**
+   * The clients subscribed to a channel (namespaces with presence on; else error 110).
+   * Needs the WebSocket (code `transport` on the SSE fallback).
+   */
   presence(channel: string): Promise<PresenceResult> {
     return this.request("presence", channel, {});
   }
@@ -347,8 +483,13 @@ export class TidewireClient {
         );
       }
     }
+    if (this.phase === "sse") {
+      if (op === "publish") return this.httpPublish(channel, fields.data) as Promise<R>;
+      return Promise.reject(this.transportError(op, channel));
+    }
     return new Promise<R>((resolve, reject) => {
       const req: Request = { id, op, channel, text, resolve, reject };
+      if (op === "publish") req.data = fields.data;
       if (this.phase === "connected" && this.conn?.open) {
         this.sendRequest(this.conn, req);
       } else if (this.queue.length >= this.o.queueSize) {
@@ -380,11 +521,14 @@ export class TidewireClient {
 
   // ------------------------------------------------------------------ connection
 
-  private open(): void {
+  /** A connection attempt; `probe`: a silent one in the background of the SSE fallback. */
+  private open(probe = false): void {
     const seq = ++this.seq;
-    this.phase = "connecting";
-    this.emitState({ state: "connecting", attempt: this.attempts });
-    if (this.seq !== seq || this.phase !== "connecting") return; // a listener stopped us
+    if (!probe) {
+      this.phase = "connecting";
+      this.emitState({ state: "connecting", attempt: this.attempts });
+      if (this.seq !== seq || this.phase !== "connecting") return; // a listener stopped us
+    }
     if (typeof this.token === "function") {
       let got: string | Promise<string>;
       try {
@@ -397,22 +541,23 @@ export class TidewireClient {
         (t) => {
           if (this.seq !== seq) return;
           if (typeof t !== "string") this.tokenFailed(seq, new TypeError("the token function must return a string"));
-          else this.openSocket(t);
+          else this.openSocket(t, probe);
         },
         (e) => this.tokenFailed(seq, e),
       );
     } else {
-      this.openSocket(this.token);
+      this.openSocket(this.token, probe);
     }
   }
 
   private tokenFailed(seq: number, e: unknown): void {
     if (this.seq !== seq) return;
     this.report(new TidewireError("token", `the token function failed: ${describe(e)}`));
-    this.retry(undefined, "the token function failed");
+    if (this.phase === "sse") this.scheduleProbe();
+    else this.retry(undefined, "the token function failed");
   }
 
-  private openSocket(token: string | undefined): void {
+  private openSocket(token: string | undefined, probe = false): void {
     let ws: WebSocketLike;
     try {
       ws = new this.WS!(this.url, [PROTOCOL]);
@@ -431,6 +576,7 @@ export class TidewireClient {
       pingDeadline: null,
       opened: false,
       errorTimer: null,
+      probe,
     };
     this.conn = conn;
     conn.connectTimer = setTimeout(
@@ -440,6 +586,7 @@ export class TidewireClient {
     ws.onopen = () => {
       if (this.conn !== conn) return;
       conn.opened = true;
+      this.openFailures = 0;
       if (ws.protocol !== PROTOCOL) {
         this.teardown(conn, "close", "not tidewire.v1");
         this.stop(
@@ -482,6 +629,12 @@ export class TidewireClient {
   private established(conn: Conn, result: any): void {
     if (conn.connectTimer) clearTimeout(conn.connectTimer);
     conn.connectTimer = null;
+    if (conn.probe) {
+      // Back from the SSE fallback: the EventSources close, and every subscription is
+      // resubscribed below with `since`, from the position SSE delivered up to.
+      conn.probe = false;
+      this.leaveSse();
+    }
     conn.open = true;
     this.phase = "connected";
     this.attempts = 0;
@@ -489,6 +642,7 @@ export class TidewireClient {
       client: String(result?.client ?? ""),
       user: result?.user ?? null,
       version: String(result?.version ?? PROTOCOL),
+      transport: "websocket",
     };
     for (const sub of this.subs.values()) this.sendSubscribe(conn, sub);
     const queued = this.queue;
@@ -498,7 +652,9 @@ export class TidewireClient {
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w.resolve(this.info);
-    this.emitState({ state: "connected", client: this.info.client, user: this.info.user });
+    this.setTransport("websocket", "the WebSocket is connected");
+    if (this.conn !== conn) return; // a listener stopped us
+    this.emitState({ state: "connected", client: this.info.client, user: this.info.user, transport: "websocket" });
   }
 
   private startHeartbeat(conn: Conn): void {
@@ -542,7 +698,8 @@ export class TidewireClient {
     const pending = [...conn.pending.values()];
     conn.pending.clear();
     conn.open = false;
-    for (const sub of this.subs.values()) {
+    // A background attempt of the SSE fallback never carried the subscriptions.
+    if (!conn.probe) for (const sub of this.subs.values()) {
       sub._active = false;
       sub._pendingId = null;
       sub._held = [];
@@ -565,9 +722,18 @@ export class TidewireClient {
   /** The connection ended (close event, or dropped by a timeout). */
   private lost(conn: Conn, code: number | undefined, reason: string, abort: boolean): void {
     if (this.conn !== conn) return;
+    const wasConnected = conn.open;
     this.teardown(conn, abort ? "abort" : "none");
+    if (!conn.opened) this.openFailures++;
     const why = reason || (code !== undefined ? `closed with ${code}` : "connection lost");
-    switch (closePolicy(code)) {
+    if (wasConnected) this.setTransport(null, `the WebSocket was lost: ${why}`);
+    const policy = closePolicy(code);
+    if (conn.probe && (policy === "retry" || (policy === "new-token" && typeof this.token === "function"))) {
+      // A background attempt of the SSE fallback failed: stay on SSE, try again later.
+      this.scheduleProbe();
+      return;
+    }
+    switch (policy) {
       case "stop": {
         const detail = conn.connectError ? ` (${conn.connectError.message})` : "";
         this.stop(
@@ -594,6 +760,7 @@ export class TidewireClient {
   }
 
   private retry(code: number | undefined, reason: string): void {
+    if (this.fallback === "sse" && this.openFailures >= this.o.fallbackAfter && this.enterSse(reason)) return;
     if (this.attempts >= this.o.maxAttempts) {
       this.stop(
         new TidewireError("closed", `gave up after ${this.attempts} reconnection attempts (maxAttempts); last: ${reason}`, code),
@@ -623,6 +790,8 @@ export class TidewireClient {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.conn) this.teardown(this.conn, "close", "client stopped");
+    this.leaveSse();
+    this.setTransport(null, reason);
     this.listen(false);
     const queued = this.queue;
     this.queue = [];
@@ -657,6 +826,8 @@ export class TidewireClient {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.conn) this.teardown(this.conn, "close", "offline");
+    this.leaveSse();
+    this.setTransport(null, "the browser is offline");
     this.phase = "offline";
     this.emitState({ state: "disconnected", reason: "the browser is offline", offline: true });
   }
@@ -667,6 +838,7 @@ export class TidewireClient {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.attempts = 0;
+    this.openFailures = 0;
     this.open();
   }
 
@@ -897,7 +1069,7 @@ export class TidewireClient {
 
   /** Delivers a publication once, in order; a gap or a new epoch resubscribes with `since`. */
   private publication(
-    conn: Conn,
+    conn: Conn | null,
     sub: Subscription<any>,
     p: Publication<unknown>,
   ): "delivered" | "duplicate" | "held" | "resync" {
@@ -923,15 +1095,424 @@ export class TidewireClient {
     return "delivered";
   }
 
-  /** Unsubscribe and subscribe again with `since` on the same connection. */
-  private resync(conn: Conn, sub: Subscription<any>, why: string): void {
+  /**
+   * Unsubscribe and subscribe again with `since` on the same connection (`conn` null: on the
+   * SSE fallback, a new EventSource from the position).
+   */
+  private resync(conn: Conn | null, sub: Subscription<any>, why: string): void {
     this.report(new TidewireError("protocol", `channel ${JSON.stringify(sub.channel)}: ${why}; resubscribing with since`));
     sub._active = false;
+    if (conn === null) {
+      if (this.phase === "sse" && this.sse.has(sub)) this.sseOpen(sub);
+      return;
+    }
     if (this.conn !== conn || !conn.open) return; // the next connection resubscribes
     const id = this.nextId++;
     conn.pending.set(id, { kind: "ignore" });
     this.send(conn, JSON.stringify({ id, op: "unsubscribe", channel: sub.channel }));
     this.sendSubscribe(conn, sub);
+  }
+
+  // ------------------------------------------------------------------ the SSE fallback
+
+  private httpBase(): string {
+    return this.httpUrlOption !== undefined ? this.httpUrlOption.replace(/\/+$/, "") : httpBaseOf(this.url);
+  }
+
+  /**
+   * The WebSocket failed to open `fallbackAfter` times in a row: go on over SSE. False when
+   * it cannot (no EventSource or fetch, or no HTTP URL), after saying why once.
+   */
+  private enterSse(reason: string): boolean {
+    let problem = "";
+    if (!this.ES) problem = "no EventSource implementation (pass the EventSource option)";
+    else if (!this.fetchFn) problem = "no fetch implementation (pass the fetch option)";
+    else {
+      try {
+        this.httpBase();
+      } catch (e) {
+        problem = `no HTTP URL for ${this.url}: ${describe(e)} (pass the httpUrl option)`;
+      }
+    }
+    if (problem) {
+      if (!this.fallbackRefused) {
+        this.fallbackRefused = true;
+        this.report(new TidewireError("transport", `cannot fall back to SSE: ${problem}`));
+      }
+      return false;
+    }
+    const failures = this.openFailures;
+    this.seq++;
+    this.phase = "sse";
+    this.probeAttempts = 0;
+    this.httpTokenCache = null;
+    this.info = { client: "", user: null, version: PROTOCOL, transport: "sse" };
+    for (const sub of this.subs.values()) this.sseOpen(sub);
+    // What waited for the WebSocket: publishes go over POST /publish, in order; the rest
+    // needs the WebSocket.
+    const queued = this.queue;
+    this.queue = [];
+    for (const req of queued) {
+      if (req.op === "publish") this.httpPublish(req.channel, req.data).then(req.resolve, req.reject);
+      else req.reject(this.transportError(req.op, req.channel));
+    }
+    this.scheduleProbe();
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.resolve(this.info);
+    this.setTransport("sse", `the WebSocket failed to open ${failures} times in a row (last: ${reason})`);
+    if (this.phase !== "sse") return true; // a listener stopped us
+    this.emitState({ state: "connected", client: "", user: null, transport: "sse" });
+    return true;
+  }
+
+  /** Closes every EventSource and the background attempts (back on WebSocket, or stopped). */
+  private leaveSse(): void {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    for (const [sub, st] of this.sse) {
+      this.closeStream(st);
+      sub._active = false;
+      if (sub._state === "subscribed") sub._state = "subscribing";
+    }
+    this.sse.clear();
+  }
+
+  private closeStream(st: SseStream): void {
+    if (st.timer) clearTimeout(st.timer);
+    st.timer = null;
+    st.until = null;
+    if (st.es) {
+      const es = st.es;
+      st.es = null;
+      try {
+        es.close();
+      } catch {
+        // already closed
+      }
+    }
+  }
+
+  /** The next background WebSocket attempt, between half and all of the doubling delay. */
+  private scheduleProbe(): void {
+    if (this.phase !== "sse") return;
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    this.probeAttempts++;
+    const exp = Math.min(this.probeAttempts - 1, 52);
+    const ceiling = Math.min(this.o.fallbackProbeMaxDelay, this.o.fallbackProbeDelay * 2 ** exp);
+    const r = Math.min(Math.max(this.o.random(), 0), 1);
+    const delay = Math.min(Math.floor(ceiling / 2 + (r * ceiling) / 2), 2 ** 31 - 1);
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      if (this.phase === "sse" && !this.conn) this.open(true);
+    }, delay);
+  }
+
+  private setTransport(transport: Transport | null, reason: string): void {
+    if (this.transportNow === transport) return;
+    this.transportNow = transport;
+    for (const fn of [...this.listeners.transport]) {
+      try {
+        fn({ transport, reason });
+      } catch (e) {
+        this.host._report(e);
+      }
+    }
+  }
+
+  private transportError(op: string, channel: string): TidewireError {
+    const what = op === "rpc" ? `rpc ${JSON.stringify(channel)}` : `${op} on ${JSON.stringify(channel)}`;
+    return new TidewireError(
+      "transport",
+      `${what} needs the WebSocket, and the client is on its SSE fallback (the WebSocket cannot be opened); ` +
+        `it works again once the client is back on WebSocket`,
+    );
+  }
+
+  /** The token for /sse and POST /publish (the token function's answer is kept until refused). */
+  private httpToken(): Promise<string | undefined> {
+    if (typeof this.token !== "function") return Promise.resolve(this.token);
+    if (!this.httpTokenCache) {
+      const fn = this.token;
+      const p = new Promise<string | undefined>((resolve) => resolve(fn())).then((t) => {
+        if (typeof t !== "string") throw new TypeError("the token function must return a string");
+        return t;
+      });
+      p.catch(() => {
+        if (this.httpTokenCache === p) this.httpTokenCache = null;
+      });
+      this.httpTokenCache = p;
+    }
+    return this.httpTokenCache.catch((e) => {
+      throw new TidewireError("token", `the token function failed: ${describe(e)}`);
+    });
+  }
+
+  /** `publish` as `POST /publish`, after the publishes before it (so in order). */
+  private httpPublish(channel: string, data: unknown): Promise<PublishResult> {
+    const run = async (): Promise<PublishResult> => {
+      const url = `${this.httpBase()}/publish`;
+      const body = JSON.stringify({ channel, data });
+      let token = await this.httpToken();
+      for (let fresh = false; ; fresh = true) {
+        const headers: Record<string, string> = { "content-type": "application/json" };
+        if (token !== undefined) headers.authorization = `Bearer ${token}`;
+        let status: number;
+        let text: string;
+        try {
+          const resp = await this.fetchFn!(url, { method: "POST", headers, body });
+          status = resp.status;
+          text = await resp.text();
+        } catch (e) {
+          throw new TidewireError(
+            "disconnected",
+            `publish on ${JSON.stringify(channel)} (POST /publish): ${describe(e)} (it may or may not have been applied)`,
+          );
+        }
+        let json: any = null;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          // not JSON: reported below
+        }
+        if (status >= 200 && status < 300) {
+          if (!isPosition(json?.offset, json?.epoch)) {
+            throw new TidewireError("protocol", `POST /publish answered without offset/epoch: ${text.slice(0, 100)}`);
+          }
+          return { offset: json.offset, epoch: json.epoch };
+        }
+        if (status === 401 && !fresh && typeof this.token === "function") {
+          this.httpTokenCache = null;
+          token = await this.httpToken();
+          continue;
+        }
+        const err = json?.error;
+        if (err && typeof err.code === "number") {
+          throw new TidewireError(err.code, typeof err.message === "string" ? err.message : JSON.stringify(err));
+        }
+        throw new TidewireError(codeOfStatus(status), `POST /publish: HTTP ${status}: ${text.trim().slice(0, 200)}`);
+      }
+    };
+    const p = this.publishChain.then(run, run);
+    this.publishChain = p.catch(noop);
+    return p;
+  }
+
+  /** (Re)opens a subscription's EventSource, from its position when it has one. */
+  private sseOpen(sub: Subscription<any>): void {
+    let st = this.sse.get(sub);
+    if (!st) {
+      st = { es: null, attempts: 0, timer: null, until: null, since: null, recoveredCount: 0, retriedToken: false };
+      this.sse.set(sub, st);
+    }
+    this.closeStream(st);
+    sub._active = false;
+    sub._pendingId = null;
+    sub._held = [];
+    if (sub._historyFirst > 0 && !sub._position) {
+      sub._historyFirst = 0;
+      this.report(
+        new TidewireError(
+          "transport",
+          `${JSON.stringify(sub.channel)}: history on join needs the WebSocket; over the SSE fallback the subscription starts from now`,
+        ),
+      );
+    }
+    const mine = st;
+    this.httpToken().then(
+      (token) => {
+        if (this.sse.get(sub) !== mine || mine.es || mine.timer || this.phase !== "sse") return;
+        let url = `${this.httpBase()}/sse?channel=${encodeURIComponent(sub.channel)}`;
+        if (token !== undefined) url += `&token=${encodeURIComponent(token)}`;
+        if (sub._position) url += `&since=${sub._position.offset}:${encodeURIComponent(sub._position.epoch)}`;
+        let es: EventSourceLike;
+        try {
+          es = new this.ES!(url);
+        } catch (e) {
+          this.report(new TidewireError("transport", `cannot open ${url}: ${describe(e)}`));
+          this.sseRetryLater(sub, mine);
+          return;
+        }
+        mine.es = es;
+        const live = () => this.sse.get(sub) === mine && mine.es === es;
+        es.addEventListener("subscribed", (ev) => {
+          if (live()) this.sseSubscribed(sub, mine, ev.data);
+        });
+        es.addEventListener("message", (ev) => {
+          if (live()) this.sseMessage(sub, mine, ev.data);
+        });
+        for (const kind of ["join", "leave"] as const) {
+          es.addEventListener(kind, (ev) => {
+            if (!live() || !sub._active) return;
+            let msg: any;
+            try {
+              msg = JSON.parse(ev.data);
+            } catch {
+              return;
+            }
+            if (msg?.[kind] && typeof msg[kind] === "object") sub._presence(kind, msg[kind]);
+          });
+        }
+        es.addEventListener("error", () => {
+          if (live()) this.sseError(sub, mine, url);
+        });
+      },
+      (e) => {
+        if (this.sse.get(sub) !== mine || this.phase !== "sse") return;
+        this.report(e instanceof Error ? e : new Error(String(e)));
+        this.sseRetryLater(sub, mine);
+      },
+    );
+  }
+
+  private sseRetryLater(sub: Subscription<any>, st: SseStream): void {
+    st.attempts++;
+    const delay = Math.min(backoffDelay(st.attempts, this.o.initialDelay, this.o.maxDelay, this.o.random), 2 ** 31 - 1);
+    st.timer = setTimeout(() => {
+      st.timer = null;
+      if (this.sse.get(sub) === st && this.phase === "sse") this.sseOpen(sub);
+    }, delay);
+  }
+
+  /** The stream's first event: where it starts, and whether it resumed from our position. */
+  private sseSubscribed(sub: Subscription<any>, st: SseStream, data: string): void {
+    let msg: any;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      msg = null;
+    }
+    if (!isPosition(msg?.offset, msg?.epoch)) {
+      this.report(new TidewireError("protocol", `SSE subscribed event without offset/epoch: ${String(data).slice(0, 100)}`));
+      return;
+    }
+    st.attempts = 0;
+    st.retriedToken = false;
+    const position: StreamPosition = { offset: msg.offset, epoch: msg.epoch };
+    const since = sub._position ? { ...sub._position } : null;
+    sub._active = true;
+    st.until = null;
+    if (since && msg.recovered === true && since.epoch === position.epoch) {
+      // The publications after `since` follow as events; `subscribed` once they are in.
+      if (position.offset > since.offset) {
+        st.until = position.offset;
+        st.since = since;
+        st.recoveredCount = 0;
+        return;
+      }
+      this.sseDone(sub, since, position, true, 0);
+      return;
+    }
+    sub._position = { ...position };
+    if (since) {
+      sub._unrecoverable({ type: "unrecoverable", channel: sub.channel, since, position: { ...position } });
+      this.sseDone(sub, since, position, false, 0);
+    } else {
+      this.sseDone(sub, null, position, undefined, 0);
+    }
+  }
+
+  private sseDone(
+    sub: Subscription<any>,
+    since: StreamPosition | null,
+    position: StreamPosition,
+    recovered: boolean | undefined,
+    recoveredCount: number,
+  ): void {
+    sub._subscribed({
+      channel: sub.channel,
+      position: { ...(sub._position ?? position) },
+      resubscribed: sub._subscribedCount > 0,
+      recoveredCount,
+      ...(since && recovered !== undefined ? { recovered } : {}),
+    });
+  }
+
+  private sseMessage(sub: Subscription<any>, st: SseStream, data: string): void {
+    let msg: any;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      this.report(new TidewireError("protocol", `the SSE stream sent something that is not JSON: ${String(data).slice(0, 100)}`));
+      return;
+    }
+    if (!isPosition(msg?.offset, msg?.epoch)) {
+      this.report(new TidewireError("protocol", `publication without a valid offset/epoch: ${String(data).slice(0, 100)}`));
+      return;
+    }
+    const outcome = this.publication(null, sub, {
+      type: "publication",
+      channel: sub.channel,
+      offset: msg.offset,
+      epoch: msg.epoch,
+      data: msg.data,
+    });
+    if (st.until !== null && this.sse.get(sub) === st) {
+      if (outcome === "delivered") st.recoveredCount++;
+      if (sub._position && sub._position.offset >= st.until) {
+        const until = st.until;
+        st.until = null;
+        this.sseDone(sub, st.since, { offset: until, epoch: sub._position.epoch }, true, st.recoveredCount);
+      }
+    }
+  }
+
+  /**
+   * An EventSource error: while it reconnects by itself (with Last-Event-ID) the
+   * subscription waits for the next `subscribed`; closed for good (the server answered
+   * other than 200), the reason decides: a refusal (400, 401, 403) ends the subscription,
+   * anything else is tried again with backoff.
+   */
+  private sseError(sub: Subscription<any>, st: SseStream, url: string): void {
+    sub._active = false;
+    st.until = null;
+    if (sub._state === "subscribed") sub._state = "subscribing";
+    if (st.es && st.es.readyState !== 2) return; // CONNECTING: the EventSource retries itself
+    if (st.es) {
+      try {
+        st.es.close();
+      } catch {
+        // closed
+      }
+    }
+    st.es = null;
+    // EventSource does not say why: ask the same URL once, and read only the status.
+    const ctl = typeof AbortController === "function" ? new AbortController() : null;
+    const asked = this.fetchFn!(url, { method: "GET", headers: { accept: "text/event-stream" }, ...(ctl ? { signal: ctl.signal } : {}) });
+    asked
+      .then(
+        async (resp) => {
+          let text = "";
+          if (!resp.ok) text = await resp.text().catch(() => "");
+          ctl?.abort();
+          return { status: resp.status, text };
+        },
+        () => ({ status: 0, text: "" }),
+      )
+      .then(({ status, text }) => {
+        if (this.sse.get(sub) !== st || st.es || st.timer || this.phase !== "sse") return;
+        if (status === 401 && typeof this.token === "function" && !st.retriedToken) {
+          st.retriedToken = true;
+          this.httpTokenCache = null;
+          this.sseOpen(sub);
+          return;
+        }
+        if (status === 400 || status === 401 || status === 403 || status === 404) {
+          this.sse.delete(sub);
+          if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+          const e = new TidewireError(
+            codeOfStatus(status),
+            `subscribe to ${JSON.stringify(sub.channel)} refused (GET /sse: HTTP ${status}): ${text.trim().slice(0, 200)}`,
+          );
+          sub._end(e);
+          this.report(e);
+          return;
+        }
+        if (status !== 0 && status !== 200) {
+          this.report(new TidewireError(codeOfStatus(status), `GET /sse for ${JSON.stringify(sub.channel)}: HTTP ${status}: ${text.trim().slice(0, 200)}`));
+        }
+        this.sseRetryLater(sub, st);
+      });
   }
 
   // ------------------------------------------------------------------ server-side subscriptions
@@ -983,6 +1564,12 @@ export class TidewireClient {
 
   private unsubscribeSub(sub: Subscription<any>): Promise<void> {
     if (sub._state === "unsubscribed") return Promise.resolve();
+    const st = this.sse.get(sub);
+    if (st) {
+      // Closing its EventSource ends the subscription on the server.
+      this.closeStream(st);
+      this.sse.delete(sub);
+    }
     const onServer = sub._active || sub._pendingId !== null;
     if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
     sub._end();

@@ -47,7 +47,9 @@ export const CloseCode = {
  * - `too_large`: the request is larger than the `maxMessageSize` option (not sent);
  * - `already_subscribed`: `subscribe()` on a channel this client already subscribes to;
  * - `protocol`: the server does not speak `tidewire.v1` or sent something unexpected;
- * - `token`: the token function failed.
+ * - `token`: the token function failed;
+ * - `transport`: the operation needs the WebSocket (presence, history, rpc) and the client
+ *   is on its SSE fallback (option `fallback`).
  */
 export type ClientErrorCode =
   | "disconnected"
@@ -56,7 +58,8 @@ export type ClientErrorCode =
   | "closed"
   | "already_subscribed"
   | "protocol"
-  | "token";
+  | "token"
+  | "transport";
 
 export class TidewireError extends Error {
   /** A protocol error code (a number, see `ErrorCode`) or a client-side code (a string). */

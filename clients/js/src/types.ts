@@ -42,11 +42,29 @@ export interface ClientInfo {
   info: unknown;
 }
 
+/**
+ * How the client reaches the server: `"websocket"` (`/ws`), or `"sse"`, the fallback of the
+ * `fallback: "sse"` option (an EventSource per subscription on `/sse`, publishing with
+ * `POST /publish`) while the WebSocket cannot be opened.
+ */
+export type Transport = "websocket" | "sse";
+
+/** `client.on("transport", ...)`: the transport in use changed. */
+export interface TransportEvent {
+  /** The transport now in use; null when the client stopped or went offline. */
+  transport: Transport | null;
+  /** Why it changed (the WebSocket failures that led to the fallback, for example). */
+  reason: string;
+}
+
 /** Result of `connect` (also carried by the `connected` state event). */
 export interface ConnectResult {
+  /** The connection's client id; "" on the SSE fallback (each EventSource has its own). */
   client: string;
+  /** The token's user; null when anonymous, and on the SSE fallback. */
   user: string | null;
   version: string;
+  transport: Transport;
 }
 
 export interface PublishResult {
@@ -122,7 +140,14 @@ export type ConnectionState = "connecting" | "connected" | "disconnected" | "rec
 
 export type StateEvent =
   | { state: "connecting"; attempt: number }
-  | { state: "connected"; client: string; user: string | null }
+  | {
+      state: "connected";
+      /** "" on the SSE fallback. */
+      client: string;
+      user: string | null;
+      /** "sse" when connected through the fallback (presence, history and rpc unavailable). */
+      transport: Transport;
+    }
   | {
       state: "reconnecting";
       /** 1 for the first retry after a connection was lost (or failed), then 2, 3, ... */
@@ -160,3 +185,28 @@ export interface NetworkEventTarget {
   addEventListener(type: string, listener: () => void): void;
   removeEventListener(type: string, listener: () => void): void;
 }
+
+/**
+ * The part of the browser's `EventSource` this library uses (the SSE fallback): events
+ * `subscribed`, `message`, `join`, `leave` and `error`, `readyState` (2: closed for good).
+ */
+export interface EventSourceLike {
+  readonly readyState: number;
+  close(): void;
+  addEventListener(type: string, listener: (ev: any) => void): void;
+}
+
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+
+/** The part of a `fetch` response the SSE fallback uses. */
+export interface FetchResponseLike {
+  readonly ok: boolean;
+  readonly status: number;
+  text(): Promise<string>;
+}
+
+/** The part of `fetch` the SSE fallback uses (`POST /publish`, and the reason of a refused `/sse`). */
+export type FetchLike = (
+  url: string,
+  init?: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
+) => Promise<FetchResponseLike>;

@@ -292,3 +292,197 @@ export function fakeServer() {
     },
   };
 }
+
+// ---------------------------------------------------------------- Server-Sent Events
+
+/**
+ * An EventSource for Node (which has none before 22), over fetch, as browsers behave:
+ * `Last-Event-ID` on every reconnect, the server's `retry:`, reconnecting by itself after a
+ * network error or the end of the stream, closed for good (readyState 2) when the answer
+ * is not 200 text/event-stream. `requests` records each connection's URL and Last-Event-ID.
+ */
+export class NodeEventSource {
+  static readonly CONNECTING = 0;
+  static readonly OPEN = 1;
+  static readonly CLOSED = 2;
+  /** Every connection made by any NodeEventSource, in order. */
+  static requests: { url: string; lastEventId: string; status: number }[] = [];
+  readyState = 0;
+  private readonly listeners = new Map<string, Set<(ev: any) => void>>();
+  private lastEventId = "";
+  private retry = 1000;
+  private ctl: AbortController | null = null;
+  private closed = false;
+
+  constructor(readonly url: string) {
+    setTimeout(() => void this.connect(), 0);
+  }
+
+  addEventListener(type: string, fn: (ev: any) => void): void {
+    let set = this.listeners.get(type);
+    if (!set) this.listeners.set(type, (set = new Set()));
+    set.add(fn);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.readyState = 2;
+    this.ctl?.abort();
+  }
+
+  private emit(type: string, ev: Record<string, unknown>): void {
+    for (const fn of [...(this.listeners.get(type) ?? [])]) fn({ type, ...ev });
+  }
+
+  private async connect(): Promise<void> {
+    if (this.closed) return;
+    const ctl = (this.ctl = new AbortController());
+    const headers: Record<string, string> = { accept: "text/event-stream" };
+    if (this.lastEventId) headers["last-event-id"] = this.lastEventId;
+    const record = { url: this.url, lastEventId: this.lastEventId, status: 0 };
+    NodeEventSource.requests.push(record);
+    let resp: Response;
+    try {
+      resp = await fetch(this.url, { headers, signal: ctl.signal });
+    } catch {
+      this.again();
+      return;
+    }
+    record.status = resp.status;
+    if (this.closed) return;
+    if (resp.status !== 200 || !(resp.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
+      await resp.body?.cancel().catch(() => {});
+      this.closed = true;
+      this.readyState = 2;
+      this.emit("error", {});
+      return;
+    }
+    this.readyState = 1;
+    this.emit("open", {});
+    const decoder = new TextDecoder();
+    let buf = "";
+    let data: string[] = [];
+    let type = "";
+    try {
+      for await (const chunk of resp.body as any as AsyncIterable<Uint8Array>) {
+        buf += decoder.decode(chunk, { stream: true });
+        let nl: number;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).replace(/\r$/, "");
+          buf = buf.slice(nl + 1);
+          if (line === "") {
+            if (data.length) this.emit(type || "message", { data: data.join("\n"), lastEventId: this.lastEventId });
+            data = [];
+            type = "";
+            continue;
+          }
+          if (line.startsWith(":")) continue;
+          const i = line.indexOf(":");
+          const field = i < 0 ? line : line.slice(0, i);
+          const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+          if (field === "data") data.push(value);
+          else if (field === "event") type = value;
+          else if (field === "id") this.lastEventId = value;
+          else if (field === "retry" && /^\d+$/.test(value)) this.retry = Number(value);
+        }
+        if (this.closed) return;
+      }
+    } catch {
+      // the connection broke
+    }
+    this.again();
+  }
+
+  private again(): void {
+    if (this.closed) return;
+    this.readyState = 0;
+    this.emit("error", {});
+    setTimeout(() => void this.connect(), this.retry);
+  }
+}
+
+/** A scripted EventSource: the test plays the server's events. */
+export class FakeEventSource {
+  readyState = 0;
+  closed = false;
+  private readonly listeners = new Map<string, Set<(ev: any) => void>>();
+  constructor(readonly url: string) {}
+  addEventListener(type: string, fn: (ev: any) => void): void {
+    let set = this.listeners.get(type);
+    if (!set) this.listeners.set(type, (set = new Set()));
+    set.add(fn);
+  }
+  close(): void {
+    this.closed = true;
+    this.readyState = 2;
+  }
+  /** The query of its URL: channel, token, since. */
+  get query(): URLSearchParams {
+    return new URL(this.url).searchParams;
+  }
+  // -- the test plays the server
+  event(type: string, data: unknown): void {
+    this.readyState = 1;
+    for (const fn of [...(this.listeners.get(type) ?? [])]) fn({ type, data: JSON.stringify(data) });
+  }
+  subscribed(offset: number, epoch: string, recovered: boolean | null = null): void {
+    this.event("subscribed", { channel: this.query.get("channel"), client: "c-sse", offset, epoch, recovered });
+  }
+  publication(offset: number, epoch: string, data: unknown): void {
+    this.event("message", { channel: this.query.get("channel"), offset, epoch, data });
+  }
+  /** A network error (the EventSource reconnects by itself) or, with `closed`, a refusal. */
+  error(closed = false): void {
+    this.readyState = closed ? 2 : 0;
+    for (const fn of [...(this.listeners.get("error") ?? [])]) fn({ type: "error" });
+  }
+}
+
+/** Scripted EventSources and fetch: `sources` in order of creation, `calls` of fetch. */
+export function fakeHttp(answer: (url: string, init: any) => { status: number; body: string } = () => ({ status: 200, body: "{}" })) {
+  const sources: FakeEventSource[] = [];
+  const calls: { url: string; init: any }[] = [];
+  const ES = class extends FakeEventSource {
+    constructor(url: string) {
+      super(url);
+      sources.push(this);
+    }
+  };
+  const fetchFn = async (url: string, init: any = {}) => {
+    calls.push({ url, init });
+    const a = answer(url, init);
+    return { ok: a.status >= 200 && a.status < 300, status: a.status, text: async () => a.body };
+  };
+  return { sources, calls, EventSource: ES, fetch: fetchFn, last: () => sources[sources.length - 1]! };
+}
+
+/** A WebSocket that never opens (as behind a proxy that breaks upgrades), while `broken()`. */
+export function breakableWebSocket(broken: () => boolean): { WS: WebSocketConstructor; attempts: () => number } {
+  let attempts = 0;
+  const Real = (globalThis as any).WebSocket;
+  const WS = function (this: unknown, url: string, protocols?: string | string[]) {
+    attempts++;
+    if (!broken()) return new Real(url, protocols);
+    const ws: any = {
+      readyState: 0,
+      protocol: "",
+      onopen: null,
+      onmessage: null,
+      onclose: null,
+      onerror: null,
+      send() {
+        throw new Error("not open");
+      },
+      close() {
+        ws.readyState = 3;
+      },
+    };
+    setTimeout(() => {
+      ws.readyState = 3;
+      ws.onerror?.({});
+      ws.onclose?.({ code: 1006, reason: "" });
+    }, 1);
+    return ws;
+  } as unknown as WebSocketConstructor;
+  return { WS, attempts: () => attempts };
+}
