@@ -260,6 +260,12 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(Pool::default)
 }
 
+/// A lock per key, held while a new connection for it is being made.
+fn dial_locks() -> &'static Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>> {
+    static LOCKS: OnceLock<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    LOCKS.get_or_init(Default::default)
+}
+
 /// Hosts whose HTTP/2 has no extended CONNECT, and since when.
 fn no_h2() -> &'static Mutex<HashMap<(String, u16), Instant>> {
     static NO_H2: OnceLock<Mutex<HashMap<(String, u16), Instant>>> = OnceLock::new();
@@ -340,6 +346,19 @@ where
     if let Some(lease) = lease_pooled(&key) {
         return open_stream(lease, req).await;
     }
+    // One new connection at a time per key: WebSockets opened together (a client's first
+    // burst) wait for the first one's connection and share it, instead of each dialling
+    // its own.
+    let dialing = {
+        let mut locks = lock(dial_locks());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(key.clone()).or_default().clone()
+    };
+    let guard = dialing.lock().await;
+    if let Some(lease) = lease_pooled(&key) {
+        drop(guard);
+        return open_stream(lease, req).await;
+    }
     if mode == Http2::Auto {
         let mut refused = lock(no_h2());
         let host = (url.host.clone(), url.port);
@@ -382,6 +401,8 @@ where
         lock(no_h2()).insert((url.host.clone(), url.port), Instant::now());
         return Ok(Opened::NotHere);
     };
+    // Pooled now: the WebSockets waiting on the lock take streams of it.
+    drop(guard);
     open_stream(lease, req).await
 }
 

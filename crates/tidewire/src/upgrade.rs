@@ -172,7 +172,10 @@ fn prepare(
 }
 
 /// RFC 8441 §5: a 2xx, with the subprotocol and extensions, and no `Sec-WebSocket-Accept`.
-fn extended_connect_response(protocol: Option<&str>, extensions: Option<&str>) -> http::Response<()> {
+fn extended_connect_response(
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> http::Response<()> {
     let mut response = http::Response::new(());
     for (name, value) in [
         (http::header::SEC_WEBSOCKET_PROTOCOL, protocol),

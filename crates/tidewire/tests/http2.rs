@@ -429,3 +429,32 @@ async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
         "the stalled WebSocket sent {stuck} bytes: flow control did not hold it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_opened_at_once_share_the_first_ones_connection() {
+    let (port, accepted) = h2c_echo(ServerBuilder::new()).await;
+    let url = format!("ws://127.0.0.1:{port}/");
+    let opening: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                ClientBuilder::new(url)
+                    .http2(Http2::Only)
+                    .connect()
+                    .await
+                    .unwrap()
+                    .0
+            })
+        })
+        .collect();
+    let mut sockets = Vec::new();
+    for t in opening {
+        sockets.push(t.await.unwrap());
+    }
+    assert_eq!(connections_of(&sockets).len(), 1);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for ws in &mut sockets {
+        ws.send(Message::text("together")).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("together"));
+    }
+}
