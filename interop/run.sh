@@ -4,8 +4,14 @@
 #   interop/run.sh               build tidewire (release), then run the 4 pairs:
 #                                  python/node client -> `tidewire echo`,
 #                                  tidewire interop_client -> python/node echo server
-#   interop/run.sh --self-test   no Tidewire at all: python client -> node server and
-#                                  node client -> python server (proves the scenario code)
+#                                and over HTTP/2 (RFC 8441 extended CONNECT, h2c):
+#                                  node ws client -> `tidewire echo`,
+#                                  tidewire interop_client --http2 only -> node ws server,
+#                                  node:http2 by hand -> `tidewire echo` (h2c, TLS with a
+#                                  test CA made by openssl) and `tidewire serve`
+#   interop/run.sh --self-test   no Tidewire at all: python client -> node server,
+#                                  node client -> python server and node(h2) -> node(h2)
+#                                  (proves the scenario code)
 # Options: --no-build      use the existing target/release binaries
 #          --compression   permessage-deflate on every side (peers, tidewire echo, interop_client);
 #                          each client checks that it was negotiated
@@ -28,7 +34,7 @@ for arg in "$@"; do
     --self-test) SELF_TEST=1 ;;
     --no-build) BUILD=0 ;;
     --compression) PEER_FLAGS+=(--compression) ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +55,7 @@ PASSED=0
 FAILED=0
 BG_PIDS=()
 declare -A UNAVAILABLE=()   # component -> reason
+TLS_DIR=""                  # the test CA and server certificate (make_test_ca)
 
 cleanup() {
   local pid
@@ -59,6 +66,7 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   BG_PIDS=()
+  if [ -n "$TLS_DIR" ]; then rm -rf "$TLS_DIR"; TLS_DIR=""; fi
 }
 trap cleanup EXIT
 trap 'echo "run.sh: interrupted" >&2; exit 130' INT TERM
@@ -113,6 +121,34 @@ check_prebuilt() {
   [ -x "$INTEROP_CLIENT_BIN" ] || UNAVAILABLE[tidewire-client]="$INTEROP_CLIENT_BIN missing (--no-build)"
 }
 
+# A CA made for this run, and a certificate it signed for localhost and 127.0.0.1, for
+# `tidewire echo --tls-cert/--tls-key` (the Node client trusts the CA with --ca).
+make_test_ca() {
+  local logf="$LOG_DIR/setup-tls.log"
+  if ! command -v openssl >/dev/null 2>&1; then
+    UNAVAILABLE[tls]="openssl not found"; return 1
+  fi
+  TLS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tidewire-interop-tls.XXXXXX")" || { UNAVAILABLE[tls]="mktemp failed"; return 1; }
+  if ! (
+    set -e
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=Tidewire interop test CA" -keyout ca.key -out ca.pem \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=localhost" -keyout server.key -out server.csr
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.pem
+  ) >"$logf" 2>&1; then
+    UNAVAILABLE[tls]="openssl could not make the test CA (see $logf)"
+    show_tail "$logf"
+    return 1
+  fi
+  log "tls: test CA and a certificate for localhost in $TLS_DIR"
+}
+
 # ---------------------------------------------------------------- helpers
 
 free_port() {
@@ -132,18 +168,42 @@ wait_port() { # port pid: 0 once something accepts on 127.0.0.1:port, 1 on timeo
 }
 
 # server_cmd KIND PORT / client_cmd KIND URL fill CMD with the command line.
+# Kinds ending in -h2 speak HTTP/2 (h2c with prior knowledge: `tidewire echo` answers both).
 server_cmd() {
   case "$1" in
     tidewire) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2" "${PEER_FLAGS[@]}") ;;
+    # For the by-hand client: subprotocols to select, and TLS (ALPN h2) with the test CA's certificate.
+    tidewire-chat) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2" --protocols chat,superchat "${PEER_FLAGS[@]}") ;;
+    tidewire-tls) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2" --protocols chat,superchat
+                       --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" "${PEER_FLAGS[@]}") ;;
+    # The hub: permessage-deflate is on unless --no-compression.
+    tidewire-serve)
+      CMD=("$TIDEWIRE_BIN" serve --listen "127.0.0.1:$2")
+      [ "${#PEER_FLAGS[@]}" -eq 0 ] && CMD+=(--no-compression) ;;
     python) CMD=("$VPY" "$HERE/py_server.py" --port "$2" "${PEER_FLAGS[@]}") ;;
     node) CMD=(node "$NODE_DIR/server.mjs" --port "$2" "${PEER_FLAGS[@]}") ;;
+    node-h2) CMD=(node "$NODE_DIR/server.mjs" --port "$2" --http2 "${PEER_FLAGS[@]}") ;;
   esac
 }
 client_cmd() {
   case "$1" in
     tidewire) CMD=("$INTEROP_CLIENT_BIN" "$2" "${PEER_FLAGS[@]}") ;;
+    tidewire-h2) CMD=("$INTEROP_CLIENT_BIN" "$2" --http2 only "${PEER_FLAGS[@]}") ;;
     python) CMD=("$VPY" "$HERE/py_client.py" "$2" "${PEER_FLAGS[@]}") ;;
     node) CMD=(node "$NODE_DIR/client.mjs" "$2" "${PEER_FLAGS[@]}") ;;
+    node-h2) CMD=(node "$NODE_DIR/client.mjs" "$2" --http2 "${PEER_FLAGS[@]}") ;;
+    node-h2-echo) CMD=(node "$NODE_DIR/h2_connect.mjs" "$2" --target echo "${PEER_FLAGS[@]}") ;;
+    node-h2-echo-tls) CMD=(node "$NODE_DIR/h2_connect.mjs" "$2" --target echo --ca "$TLS_DIR/ca.pem" "${PEER_FLAGS[@]}") ;;
+    node-h2-serve) CMD=(node "$NODE_DIR/h2_connect.mjs" "$2" --target serve "${PEER_FLAGS[@]}") ;;
+  esac
+}
+
+# The component a kind of program needs (UNAVAILABLE's keys).
+component_of() { # KIND client|server
+  case "$1" in
+    tidewire*) if [ "$2" = client ]; then echo tidewire-client; else echo tidewire-server; fi ;;
+    node*) echo node ;;
+    *) echo "$1" ;;
   esac
 }
 
@@ -155,11 +215,11 @@ result() { # peer direction PASS|FAIL
 # run_pair PEER DIRECTION CLIENT_KIND SERVER_KIND
 run_pair() {
   local peer="$1" dir="$2" ck="$3" sk="$4"
-  local cneed="$ck" sneed="$sk" tag="${peer}_${dir//[^a-z]/-}"
-  [ "$ck" = tidewire ] && cneed=tidewire-client
-  [ "$sk" = tidewire ] && sneed=tidewire-server
+  local tag="${peer//[^a-z0-9]/-}_${dir//[^a-z]/-}"
+  local needs=("$(component_of "$sk" server)" "$(component_of "$ck" client)")
+  [ "$sk" = tidewire-tls ] && needs+=(tls)
   local need
-  for need in "$sneed" "$cneed"; do
+  for need in "${needs[@]}"; do
     if [ -n "${UNAVAILABLE[$need]:-}" ]; then
       echo "--- $peer $dir: skipped, $need unavailable: ${UNAVAILABLE[$need]}"
       result "$peer" "$dir" FAIL
@@ -191,7 +251,9 @@ run_pair() {
     return
   fi
 
-  client_cmd "$ck" "ws://127.0.0.1:$port"
+  local url="ws://127.0.0.1:$port"
+  [ "$sk" = tidewire-tls ] && url="wss://localhost:$port"
+  client_cmd "$ck" "$url"
   echo "--- $peer $dir: client: ${CMD[*]}"
   local t0 t1 rc
   t0=$(date +%s%N)
@@ -222,12 +284,21 @@ if [ "$SELF_TEST" -eq 1 ]; then
   log "self-test: the Python and Node peers against each other (no Tidewire)"
   run_pair python "client->node" python node
   run_pair node "client->python" node python
+  run_pair "node(h2)" "client->node" node-h2 node-h2
 else
   if [ "$BUILD" -eq 1 ]; then build_tidewire; else check_prebuilt; fi
+  make_test_ca
   run_pair python "client->tidewire" python tidewire
   run_pair node "client->tidewire" node tidewire
   run_pair python "tidewire->server" tidewire python
   run_pair node "tidewire->server" tidewire node
+  # WebSocket over HTTP/2 (RFC 8441): the SCENARIO with Node `ws` over extended CONNECT
+  # streams, both directions, then extended CONNECT and frames by hand (node:http2).
+  run_pair "node(h2)" "client->tidewire" node-h2 tidewire
+  run_pair "node(h2)" "tidewire->server" tidewire-h2 node-h2
+  run_pair "node(h2c,by-hand)" "client->tidewire-echo" node-h2-echo tidewire-chat
+  run_pair "node(h2-tls,by-hand)" "client->tidewire-echo" node-h2-echo-tls tidewire-tls
+  run_pair "node(h2c,by-hand)" "client->tidewire-serve" node-h2-serve tidewire-serve
 fi
 
 log "logs in $LOG_DIR; total $(( $(date +%s) - START )) s"

@@ -1,20 +1,27 @@
 #!/usr/bin/env node
 // Run the interop SCENARIO (../README.md) as a client with Node `ws`.
-// Usage: node client.mjs URL [--compression] [--step-timeout SECONDS]
+// Usage: node client.mjs URL [--compression] [--http2] [--ca FILE] [--step-timeout SECONDS]
 // Prints one line per step; exits 0 on success, 1 with a message otherwise.
+// --http2: the WebSocket is a stream of an HTTP/2 session (RFC 8441 extended CONNECT,
+// h2c with prior knowledge for ws://, TLS with ALPN h2 for wss://; `--ca` a PEM to trust),
+// with ws running over that stream (./h2.mjs).
 
 import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
 import WebSocket from 'ws';
+import * as H2 from './h2.mjs';
 import * as S from './scenario.mjs';
 
 const wsVersion = createRequire(import.meta.url)('ws/package.json').version;
-const args = S.parseArgs(process.argv.slice(2), ['step-timeout']);
+const args = S.parseArgs(process.argv.slice(2), ['step-timeout', 'ca']);
 const url = args._[0];
 if (!url || args.help) {
-  console.error('usage: client.mjs URL [--compression] [--step-timeout SECONDS]');
+  console.error('usage: client.mjs URL [--compression] [--http2] [--ca FILE] [--step-timeout SECONDS]');
   process.exit(2);
 }
 const compression = Boolean(args.compression);
+const http2 = Boolean(args.http2);
+const ca = args.ca ? readFileSync(args.ca) : undefined;
 const stepTimeoutMs = Number(args['step-timeout'] ?? 30) * 1000;
 
 class ScenarioError extends Error {}
@@ -31,13 +38,34 @@ function ok(msg, t0) {
   console.log(`ok   ${msg} (${Math.round(performance.now() - t0)} ms)`);
 }
 
-// Turns ws events into awaitable queues.
+// The HTTP/2 session of the --http2 WebSocket, once open.
+let session = null;
+
+// Turns ws events into awaitable queues. Over HTTP/2 the ws is made once the extended
+// CONNECT was answered, and `attach` runs before it is opened.
 function open(url) {
-  const ws = new WebSocket(url, {
-    perMessageDeflate: compression ? {} : false,
-    maxPayload: S.MAX_MESSAGE_SIZE,
-    handshakeTimeout: stepTimeoutMs,
-  });
+  const c = {};
+  if (!http2) {
+    attach(c, new WebSocket(url, {
+      perMessageDeflate: compression ? {} : false,
+      maxPayload: S.MAX_MESSAGE_SIZE,
+      handshakeTimeout: stepTimeoutMs,
+    }));
+    return c;
+  }
+  c.opened = (async () => {
+    session = await H2.openSession(url, { ca });
+    const { headers } = await H2.connectWebSocket(session, H2.pathOf(url), {
+      compression,
+      maxPayload: S.MAX_MESSAGE_SIZE,
+      beforeOpen: (ws) => attach(c, ws),
+    });
+    c.responseHeaders = headers;
+  })();
+  return c;
+}
+
+function attach(c, ws) {
   const messages = [];
   const pongs = [];
   let waiter = null;
@@ -69,7 +97,8 @@ function open(url) {
       resolve(ev);
     }, { once: true });
   });
-  const opened = new Promise((resolve, reject) => {
+  // Over HTTP/2, `c.opened` is the extended CONNECT (the ws is open once made).
+  const opened = c.opened ?? new Promise((resolve, reject) => {
     ws.once('open', resolve);
     ws.once('error', reject);
   });
@@ -82,14 +111,14 @@ function open(url) {
       }
     })(), what);
   }
-  return {
+  Object.assign(c, {
     ws,
     opened,
     closed,
     nextMessage: (what) => next(messages, what),
     nextPong: (what) => next(pongs, what),
     clearFailure: () => { failure = null; },
-  };
+  });
 }
 
 async function echoStep(c, kind, payload) {
@@ -117,7 +146,10 @@ async function run() {
   const c = open(url);
   await withTimeout(c.opened, `connecting to ${url}`);
   const ext = c.ws.extensions || 'none';
-  ok(`connected to ${url} (ws ${wsVersion}, extensions: ${ext})`, t0);
+  const over = http2
+    ? `HTTP/2 ${session.encrypted ? `TLS ALPN ${session.alpnProtocol}` : 'h2c'}, extended CONNECT :status ${c.responseHeaders[':status']}`
+    : 'HTTP/1.1';
+  ok(`connected to ${url} (ws ${wsVersion}, ${over}, extensions: ${ext})`, t0);
   if (!compression && ext !== 'none') {
     throw new ScenarioError(`server negotiated extensions ${ext} although none were offered`);
   }

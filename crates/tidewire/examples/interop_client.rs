@@ -10,6 +10,11 @@
 //! pong must carry the same payload; a close with 1000 answered by a close with 1000.
 //! The payloads are built exactly like `interop/scenario.py` and `interop/node/scenario.mjs`.
 //!
+//! `--http2 only` (or `INTEROP_HTTP2=only`) runs the WebSocket over HTTP/2 (RFC 8441):
+//! h2c with prior knowledge for `ws://`, ALPN `h2` for `wss://`, and fails unless the
+//! handshake was an extended CONNECT answered over HTTP/2. `auto` and `off` are the
+//! library's other modes (`ClientBuilder::http2`); without the flag, the library default.
+//!
 //! Written against the expected async API of the `tidewire` crate (`ClientBuilder`,
 //! `Config`, `Limits`, `Message`, `CloseFrame`, `CloseCode`); adjust the names here
 //! if the crate ended up spelling them differently.
@@ -108,6 +113,7 @@ struct Run {
     url: String,
     step_timeout: Duration,
     compression: bool,
+    http2: Option<tidewire::Http2>,
 }
 
 impl Run {
@@ -128,16 +134,31 @@ impl Run {
                 .max_message_size(MAX_MESSAGE_SIZE)
                 .max_frame_size(MAX_MESSAGE_SIZE),
         );
-        let (mut ws, _response) = self
+        let (mut ws, response) = self
             .step("connect", async {
-                ClientBuilder::new(self.url.as_str())
+                let mut builder = ClientBuilder::new(self.url.as_str())
                     .config(config)
-                    .compression(self.compression.then(tidewire::DeflateConfig::default))
+                    .compression(self.compression.then(tidewire::DeflateConfig::default));
+                if let Some(mode) = self.http2 {
+                    builder = builder.http2(mode);
+                }
+                builder
                     .connect()
                     .await
                     .map_err(|e| format!("connect to {}: {e}", self.url))
             })
             .await?;
+        let over = match response.version() {
+            http::Version::HTTP_2 => "HTTP/2 extended CONNECT",
+            http::Version::HTTP_11 => "HTTP/1.1",
+            _ => "another HTTP version",
+        };
+        if self.http2 == Some(tidewire::Http2::Only) && response.version() != http::Version::HTTP_2
+        {
+            return Err(format!(
+                "--http2 only: the handshake went over {over}, not HTTP/2"
+            ));
+        }
         let negotiated = ws.compression().is_some();
         if negotiated != self.compression {
             return Err(format!(
@@ -151,7 +172,11 @@ impl Run {
             "no extensions"
         };
         ok(
-            format_args!("connected to {} (tidewire, {ext})", self.url),
+            format_args!(
+                "connected to {} (tidewire, {over}, status {}, {ext})",
+                self.url,
+                response.status().as_u16()
+            ),
             t0,
         );
 
@@ -298,6 +323,16 @@ async fn main() -> ExitCode {
     let mut url = None;
     let mut step_timeout = DEFAULT_STEP_TIMEOUT;
     let mut compression = false;
+    let mut http2 = None;
+    if let Ok(mode) = std::env::var("INTEROP_HTTP2") {
+        match mode.parse() {
+            Ok(mode) => http2 = Some(mode),
+            Err(e) => {
+                eprintln!("interop_client: INTEROP_HTTP2: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--step-timeout" => match args.next().and_then(|s| s.parse().ok()) {
@@ -308,8 +343,19 @@ async fn main() -> ExitCode {
                 }
             },
             "--compression" => compression = true,
+            "--http2" => match args.next().map(|s| s.parse::<tidewire::Http2>()) {
+                Some(Ok(mode)) => http2 = Some(mode),
+                Some(Err(e)) => {
+                    eprintln!("interop_client: --http2: {e}");
+                    return ExitCode::from(2);
+                }
+                None => {
+                    eprintln!("interop_client: --http2 needs auto, off or only");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
-                println!("usage: interop_client URL [--compression] [--step-timeout SECONDS]");
+                println!("usage: interop_client URL [--compression] [--http2 auto|off|only] [--step-timeout SECONDS]");
                 return ExitCode::SUCCESS;
             }
             _ if url.is_none() && !arg.starts_with('-') => url = Some(arg),
@@ -320,7 +366,9 @@ async fn main() -> ExitCode {
         }
     }
     let Some(url) = url else {
-        eprintln!("usage: interop_client URL [--step-timeout SECONDS]");
+        eprintln!(
+            "usage: interop_client URL [--compression] [--http2 auto|off|only] [--step-timeout SECONDS]"
+        );
         return ExitCode::from(2);
     };
 
@@ -329,6 +377,7 @@ async fn main() -> ExitCode {
         url,
         step_timeout,
         compression,
+        http2,
     })
     .run()
     .await

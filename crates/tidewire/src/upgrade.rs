@@ -272,6 +272,14 @@ where
                 Err(e) => {
                     let mut response = http::Response::new(format!("{}\n", e.reason()));
                     *response.status_mut() = e.status();
+                    // RFC 6455 §4.4 (which RFC 8441 §5 keeps): a version the server does
+                    // not speak is answered with the versions it does, as over HTTP/1.1.
+                    if e.status() == http::StatusCode::UPGRADE_REQUIRED {
+                        response.headers_mut().insert(
+                            http::header::SEC_WEBSOCKET_VERSION,
+                            http::HeaderValue::from_static("13"),
+                        );
+                    }
                     response
                 }
             };
