@@ -340,17 +340,27 @@ async fn serve_h2<I>(
     let first = Arc::new(std::sync::Mutex::new(Some(slot)));
     let waiting = first.clone();
     let inner = hyper_util::service::TowerToHyperService::new(app);
-    let service =
-        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(
+        move |mut req: http::Request<hyper::body::Incoming>| {
             crate::lock(&first).take();
+            if req.method() == http::Method::CONNECT
+                && req.extensions().get::<hyper::ext::Protocol>().is_none()
+            {
+                // A plain CONNECT asks for a tunnel: this is not a proxy.
+                let why = "CONNECT without :protocol: this server is not a proxy (a WebSocket over HTTP/2 is a CONNECT with :protocol websocket, RFC 8441)\n";
+                let mut response = axum::body::Body::from(why).into_response();
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                return futures_util::future::Either::Left(std::future::ready(Ok(response)));
+            }
             if !req.headers().contains_key(header::HOST) {
                 let authority = req.uri().authority().map(|a| a.as_str().to_owned());
                 if let Some(value) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
                     req.headers_mut().insert(header::HOST, value);
                 }
             }
-            hyper::service::Service::call(&inner, req)
-        });
+            futures_util::future::Either::Right(hyper::service::Service::call(&inner, req))
+        },
+    );
     let conn = h2.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     let first_request = async {

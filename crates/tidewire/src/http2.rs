@@ -391,7 +391,18 @@ where
     } else {
         crate::MaybeTlsStream::Plain(tcp)
     };
-    let Some(lease) = handshake(io, key, base).await? else {
+    let handshake = handshake(io, key, base).await.map_err(|e| {
+        if url.tls {
+            return e;
+        }
+        // In clear, a server that does not speak HTTP/2 just closes (or answers 400 to
+        // the preface): say so rather than "broken pipe".
+        not_allowed(
+            url,
+            &format!("the server did not answer HTTP/2 with prior knowledge (h2c): {e}"),
+        )
+    })?;
+    let Some(lease) = handshake else {
         if mode == Http2::Only {
             return Err(not_allowed(
                 url,
