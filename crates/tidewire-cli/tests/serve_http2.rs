@@ -199,3 +199,40 @@ async fn wss_rooms_go_over_http2_by_alpn_and_over_http1_with_no_http2() {
     assert!(err.to_string().contains("did not select h2"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_reconnecting_client_comes_back_over_http2_after_a_restart() {
+    use tidewire::reconnect::{Backoff, Event, ReconnectingClient};
+    let mut server = Some(serve(&[]));
+    let addr = server.as_ref().map(|s| s.addr).unwrap();
+    let mut restarted = None;
+    let mut client = ReconnectingClient::builder(format!("ws://{addr}/rooms/h2again"))
+        .client(|c| c.http2(Http2::Only).protocols(["chat"]))
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+        ))
+        .connect();
+    let mut connected = Vec::new();
+    while connected.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(15), client.next_event())
+            .await
+            .expect("an event within 15 s")
+            .expect("the client gave up");
+        if let Event::Connected(c) = event {
+            connected.push((c.connection, c.response.version()));
+            if connected.len() == 1 {
+                // Killed: the HTTP/2 connection (and the WebSocket on it) goes away; the
+                // same address again.
+                server = None;
+                let (child, addr) = common::spawn_at("serve", &addr.to_string(), &[]);
+                restarted = Some(common::hub::Serve { child, addr });
+            }
+        }
+    }
+    assert_eq!(
+        connected,
+        vec![(1, http::Version::HTTP_2), (2, http::Version::HTTP_2)]
+    );
+    drop((server, restarted));
+}
