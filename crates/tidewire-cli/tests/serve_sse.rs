@@ -210,3 +210,42 @@ fn refusals_have_a_status_and_a_reason() {
     let (status, _) = publish(srv.addr, r#"{"channel":"news:x","data":1}"#, Some("forged"));
     assert_eq!(status, 401);
 }
+
+#[test]
+fn post_publish_is_rate_limited_per_user_and_per_address() {
+    let srv = serve(&[
+        "--auth-hmac-secret",
+        SECRET,
+        "--auth-anonymous",
+        "--no-demo",
+        "--publish-rate",
+        "1",
+        "--publish-burst",
+        "3",
+    ]);
+    let ann = token("ann", &[]);
+    let bob = token("bob", &[]);
+    let body = r#"{"channel":"news","data":1}"#;
+    for i in 0..3 {
+        let (status, v) = publish(srv.addr, body, Some(&ann));
+        assert_eq!(status, 200, "publication {i}: {v}");
+    }
+    let (status, v) = publish(srv.addr, body, Some(&ann));
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], 107, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("limits.publish_rate"),
+        "{v}"
+    );
+    // Another user has a bucket of their own; anonymous requests one per address.
+    let (status, v) = publish(srv.addr, body, Some(&bob));
+    assert_eq!(status, 200, "{v}");
+    for _ in 0..3 {
+        assert_eq!(publish(srv.addr, body, None).0, 200);
+    }
+    assert_eq!(publish(srv.addr, body, None).0, 429);
+    assert!(common::hub::metric(srv.addr, "tidewire_rate_limited_total") >= 2.0);
+}

@@ -32,6 +32,8 @@ pub struct Hub {
     registry: prometheus_client::registry::Registry,
     /// Refused handshakes logged at `info`: 20 lines per 10 s, then a count.
     pub(crate) refusal_log: LogBudget,
+    /// `POST /publish`'s rate limit, by user (or client address without a token).
+    pub(crate) http_publish: crate::limits::KeyedBuckets,
     /// The listener's count of clients refused for want of descriptors (set by `serve`).
     pub(crate) refused: std::sync::OnceLock<tidewire::listener::RefusedCounter>,
     /// One deliverer per runtime worker, started with the first connection.
@@ -179,6 +181,8 @@ impl Hub {
             .as_deref()
             .map(crate::admin::Admin::new);
         let backend = crate::backend::Backend::from_config(&config.backend).map(Arc::new);
+        let http_publish =
+            crate::limits::KeyedBuckets::new(config.publish_rate, config.publish_burst, 100_000);
         let hub = Arc::new_cyclic(|hub| Hub {
             admin,
             sessions: crate::sessions::Sessions::default(),
@@ -213,6 +217,7 @@ impl Hub {
             metrics: Metrics::default(),
             registry: metrics::registry(hub.clone()),
             refusal_log: LogBudget::new(20, std::time::Duration::from_secs(10)),
+            http_publish,
             refused: std::sync::OnceLock::new(),
             deliverers: std::sync::OnceLock::new(),
         });

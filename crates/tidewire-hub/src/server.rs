@@ -260,7 +260,13 @@ async fn serve_one<I>(
             return;
         }
     }
-    let service = hyper_util::service::TowerToHyperService::new(http.app);
+    let inner = hyper_util::service::TowerToHyperService::new(http.app);
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            hyper::service::Service::call(&inner, req)
+        });
     let conn = http
         .http1
         .serve_connection(
@@ -352,6 +358,8 @@ async fn serve_h2<I>(
                 *response.status_mut() = StatusCode::BAD_REQUEST;
                 return futures_util::future::Either::Left(std::future::ready(Ok(response)));
             }
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             if !req.headers().contains_key(header::HOST) {
                 let authority = req.uri().authority().map(|a| a.as_str().to_owned());
                 if let Some(value) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {

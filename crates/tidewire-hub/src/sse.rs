@@ -254,6 +254,7 @@ fn error_json(status: StatusCode, code: tidewire_hub_proto::ErrorCode, message: 
 pub(crate) async fn publish(
     State(hub): State<Arc<Hub>>,
     RawQuery(query): RawQuery,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -302,6 +303,31 @@ pub(crate) async fn publish(
     if !ns.publish {
         let message = "publishing is not allowed in this namespace";
         return error_json(StatusCode::FORBIDDEN, ErrorCode::PERMISSION_DENIED, message);
+    }
+    // limits.publish_rate, as on a connection: per user, or per client address for
+    // requests without a token.
+    let who = match (&identity, &peer) {
+        (Some(i), _) => format!("user:{}", i.user),
+        (None, Some(axum::Extension(axum::extract::ConnectInfo(addr)))) => {
+            format!("addr:{}", addr.ip())
+        }
+        (None, None) => "anonymous".to_owned(),
+    };
+    if !hub.http_publish.take(&who, std::time::Instant::now()) {
+        hub.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "rate limited: at most {} publications per second (limits.publish_rate)",
+            hub.config.publish_rate
+        );
+        let mut response = error_json(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RATE_LIMITED,
+            &message,
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        return response;
     }
     let mut data = p.data;
     if let (Some(backend), true) = (&hub.backend, ns.publish_proxy) {
