@@ -344,7 +344,11 @@ where
         proxy: proxy.to_owned(),
     };
     if let Some(lease) = lease_pooled(&key) {
-        return open_stream(lease, req).await;
+        match open_stream(lease, req).await {
+            // Gone meanwhile (the server closed it, or is going away): a new connection.
+            Err(Failed::Stale(e)) => tracing::debug!("pooled HTTP/2 connection unusable: {e}"),
+            done => return done.map_err(Error::from),
+        }
     }
     // One new connection at a time per key: WebSockets opened together (a client's first
     // burst) wait for the first one's connection and share it, instead of each dialling
@@ -357,7 +361,7 @@ where
     let guard = dialing.lock().await;
     if let Some(lease) = lease_pooled(&key) {
         drop(guard);
-        return open_stream(lease, req).await;
+        return open_stream(lease, req).await.map_err(Error::from);
     }
     if mode == Http2::Auto {
         let mut refused = lock(no_h2());
@@ -414,7 +418,7 @@ where
     };
     // Pooled now: the WebSockets waiting on the lock take streams of it.
     drop(guard);
-    open_stream(lease, req).await
+    open_stream(lease, req).await.map_err(Error::from)
 }
 
 fn not_allowed(url: &WsUrl, why: &str) -> Error {
@@ -494,8 +498,24 @@ where
     Ok(Some(lease))
 }
 
+/// Why a stream could not be opened.
+enum Failed {
+    /// The connection could not take it and processed nothing: a new one may.
+    Stale(Error),
+    /// Anything else (a refusal, a bad request).
+    Other(Error),
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Error {
+        match f {
+            Failed::Stale(e) | Failed::Other(e) => e,
+        }
+    }
+}
+
 /// Sends the extended CONNECT on the leased connection and checks the answer.
-async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>> {
+async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>, Failed> {
     let url = req.url;
     let scheme = if url.tls { "https" } else { "http" };
     let uri = format!("{scheme}://{}{}", url.host_header(), url.path_and_query);
@@ -519,7 +539,7 @@ async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>> {
     }
     let mut request = builder
         .body(())
-        .map_err(|e| Error::new(Kind::Url(format!("{}: {e}", url.authority()))))?;
+        .map_err(|e| Failed::Other(Error::new(Kind::Url(format!("{}: {e}", url.authority())))))?;
     for (name, value) in req.headers {
         // HTTP/2 has no connection-specific fields (RFC 9113 §8.2.2), and the host is
         // the :authority.
@@ -540,18 +560,27 @@ async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>> {
         }
         request.headers_mut().append(name.clone(), value.clone());
     }
-    let sender = lease
-        .entry
-        .send
-        .clone()
-        .ready()
-        .await
-        .map_err(|e| Error::from(h2_io_error(e)))?;
-    let mut sender = sender;
-    let (response, send) = sender
-        .send_request(request, false)
-        .map_err(|e| Error::from(h2_io_error(e)))?;
-    let response = response.await.map_err(|e| Error::from(h2_io_error(e)))?;
+    // A connection that cannot take the stream (closed, going away, the stream refused)
+    // processed nothing: it leaves the pool, and the caller may try a new one.
+    let entry = lease.entry.clone();
+    let stale = move |e: h2::Error| {
+        let unprocessed = e.is_go_away()
+            || e.is_io()
+            || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || entry.dead.load(Ordering::Acquire);
+        if unprocessed {
+            entry.dead.store(true, Ordering::Release);
+        }
+        let error = Error::from(h2_io_error(e));
+        if unprocessed {
+            Failed::Stale(error)
+        } else {
+            Failed::Other(error)
+        }
+    };
+    let mut sender = lease.entry.send.clone().ready().await.map_err(&stale)?;
+    let (response, send) = sender.send_request(request, false).map_err(&stale)?;
+    let response = response.await.map_err(&stale)?;
     let (parts, mut recv) = response.into_parts();
     if !parts.status.is_success() {
         let body = refusal_body(&mut recv).await;
@@ -562,11 +591,11 @@ async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>> {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(86_400)));
         let reason = parts.status.canonical_reason().unwrap_or("").to_owned();
-        return Err(Error::new(Kind::Refused(
+        return Err(Failed::Other(Error::new(Kind::Refused(
             tidewire_proto::handshake::HandshakeError::Status(parts.status.as_u16(), reason),
             body,
             retry_after,
-        )));
+        ))));
     }
     let mut response = http::Response::new(());
     *response.status_mut() = parts.status;

@@ -453,3 +453,71 @@ async fn websockets_opened_at_once_share_the_first_ones_connection() {
         assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("together"));
     }
 }
+
+/// An h2c echo server that sends GOAWAY (a graceful shutdown) on each connection right
+/// after its first WebSocket: the connection keeps carrying that one, and refuses others.
+async fn going_away_echo() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(1);
+                let service = hyper::service::service_fn(move |mut req| {
+                    let first = first_tx.clone();
+                    async move {
+                        let (response, pending) =
+                            tidewire::upgrade::upgrade(&mut req, &ServerBuilder::new()).unwrap();
+                        tokio::spawn(async move {
+                            if let Ok(ws) = pending.finish().await {
+                                echo(ws).await;
+                            }
+                        });
+                        let _ = first.try_send(());
+                        Ok::<_, std::convert::Infallible>(response.map(|()| String::new()))
+                    }
+                });
+                let conn = tidewire::upgrade::http2_builder()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = first_rx.recv() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_going_away_is_replaced_for_the_next_websocket() {
+    let (port, accepted) = going_away_echo().await;
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (mut a, _) = ClientBuilder::new(url.clone())
+        .http2(Http2::Only)
+        .connect()
+        .await
+        .unwrap();
+    a.send(Message::text("a")).await.unwrap();
+    assert_eq!(a.recv().await.unwrap().unwrap(), Message::text("a"));
+    // The server said GOAWAY after `a`: the next WebSocket gets a new connection instead
+    // of an error, and `a` still works on the old one.
+    let (mut b, _) = ClientBuilder::new(url)
+        .http2(Http2::Only)
+        .connect()
+        .await
+        .unwrap();
+    b.send(Message::text("b")).await.unwrap();
+    assert_eq!(b.recv().await.unwrap().unwrap(), Message::text("b"));
+    a.send(Message::text("a again")).await.unwrap();
+    assert_eq!(a.recv().await.unwrap().unwrap(), Message::text("a again"));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let sockets = [a, b];
+    assert_eq!(connections_of(&sockets).len(), 2);
+}
