@@ -136,11 +136,7 @@ async fn serve(args: EchoArgs) -> Result<()> {
             let config = tidewire::server_config_from_pem(&cert_pem, &key_pem)
                 .context("invalid certificate or key (--tls-cert, --tls-key)")?;
             let mut config = Arc::unwrap_or_clone(config);
-            config.alpn_protocols = if args.no_http2 {
-                vec![b"http/1.1".to_vec()]
-            } else {
-                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-            };
+            config.alpn_protocols = tidewire::alpn_protocols(!args.no_http2);
             Some(tidewire::tokio_rustls::TlsAcceptor::from(Arc::new(config)))
         }
         _ => None,

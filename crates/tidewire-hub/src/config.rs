@@ -269,11 +269,7 @@ impl TlsFiles {
             )
         })?;
         let mut config = std::sync::Arc::unwrap_or_clone(config);
-        config.alpn_protocols = if http2 {
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
+        config.alpn_protocols = tidewire::alpn_protocols(http2);
         Ok(tidewire::tokio_rustls::TlsAcceptor::from(
             std::sync::Arc::new(config),
         ))

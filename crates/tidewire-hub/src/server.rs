@@ -140,7 +140,10 @@ async fn serve_http(
         .max_header_size(crate::http_phase::MAX_HEAD)
         .max_headers(crate::http_phase::MAX_HEADERS)
         .max_buf_size(crate::http_phase::MAX_HEAD);
-    let h2 = hub.config.http2.then(http2_builder);
+    // The library's HTTP/2 server: extended CONNECT allowed, fixed windows per stream and
+    // per connection, pings, heads bounded as over HTTP/1.1 (`tidewire::Limits`, whose
+    // bounds `http_phase` shares).
+    let h2 = hub.config.http2.then(tidewire::upgrade::http2_builder);
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut last_busy_warning: Option<std::time::Instant> = None;
     tokio::pin!(signal);
@@ -301,14 +304,6 @@ struct Protocols {
 }
 
 type Http2Builder = hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>;
-
-/// The hub's HTTP/2 server: the library's (extended CONNECT allowed, fixed windows per
-/// stream and per connection, pings), with heads bounded as over HTTP/1.1.
-fn http2_builder() -> Http2Builder {
-    let mut b = tidewire::upgrade::http2_builder();
-    b.max_header_list_size(crate::http_phase::MAX_HEAD as u32);
-    b
-}
 
 /// Counts an open HTTP/2 connection on `/metrics` while it lives.
 struct Http2Open(Arc<Hub>);

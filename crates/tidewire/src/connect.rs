@@ -463,11 +463,7 @@ impl ClientBuilder {
                 response.headers(),
                 &self.protocols,
             )?;
-        let deflate = match self.options.config.compression {
-            Some(c) => tidewire_proto::deflate::accept_response(&extensions, &c)?,
-            None if extensions.is_empty() => None,
-            None => return Err(HandshakeError::UnofferedExtension.into()),
-        };
+        let deflate = accepted_deflate(self.options.config.compression, &extensions)?;
         let ws = WebSocketStream::from_raw_with_deflate(
             MaybeTlsStream::Http2(stream),
             Role::Client,
@@ -527,12 +523,7 @@ impl ClientBuilder {
                 return Err(HandshakeError::ConnectionClosed.into());
             }
         };
-        // §9.1: the server may only answer with extensions the client offered.
-        let deflate = match compression {
-            Some(c) => tidewire_proto::deflate::accept_response(&resp.extensions, &c)?,
-            None if resp.extensions.is_empty() => None,
-            None => return Err(HandshakeError::UnofferedExtension.into()),
-        };
+        let deflate = accepted_deflate(compression, &resp.extensions)?;
         buf.advance(consumed);
         let ws =
             WebSocketStream::from_raw_with_deflate(io, Role::Client, self.options, buf, deflate);
@@ -556,9 +547,7 @@ async fn refusal<S: AsyncRead + Unpin>(
         return (String::new(), None);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let retry_after = header(&head, "retry-after")
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|secs| std::time::Duration::from_secs(secs.min(86_400)));
+    let retry_after = header(&head, "retry-after").and_then(retry_after_secs);
     let announced = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok());
     let want = announced.unwrap_or(REFUSAL_BODY_MAX).min(REFUSAL_BODY_MAX);
     let read_rest = async {
@@ -576,14 +565,38 @@ async fn refusal<S: AsyncRead + Unpin>(
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_rest).await;
     let end = buf.len().min(head_end + want);
-    let body = String::from_utf8_lossy(&buf[head_end..end]);
+    (first_line(&buf[head_end..end]), retry_after)
+}
+
+/// §9.1: the server may only answer with extensions the client offered; the
+/// permessage-deflate parameters it accepted, if any (over HTTP/1.1 and HTTP/2 alike).
+fn accepted_deflate(
+    offered: Option<tidewire_proto::DeflateConfig>,
+    extensions: &[tidewire_proto::handshake::Extension],
+) -> Result<Option<tidewire_proto::DeflateParams>> {
+    match offered {
+        Some(c) => Ok(tidewire_proto::deflate::accept_response(extensions, &c)?),
+        None if extensions.is_empty() => Ok(None),
+        None => Err(HandshakeError::UnofferedExtension.into()),
+    }
+}
+
+/// The first non-blank line of a refusal's body, without control characters, at most
+/// 200 characters: servers put their one-line reason there.
+pub(crate) fn first_line(body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body);
     let line = body
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    let line = line.chars().filter(|c| !c.is_control()).take(200).collect();
-    (line, retry_after)
+    line.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// A `Retry-After` in seconds (at most a day; an HTTP date is not followed).
+pub(crate) fn retry_after_secs(value: &str) -> Option<std::time::Duration> {
+    let secs = value.trim().parse::<u64>().ok()?;
+    Some(std::time::Duration::from_secs(secs.min(86_400)))
 }
 
 /// The value of header `name` (lower case) in a lower-cased response head.

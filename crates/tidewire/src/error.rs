@@ -37,6 +37,7 @@ pub(crate) enum Kind {
     Proxy(String, bool),
     /// A WebSocket over HTTP/2 was required ([`Http2::Only`](crate::Http2)) and the
     /// server does not allow it: "AUTHORITY: why".
+    #[cfg(feature = "http2")]
     Http2(String),
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
@@ -193,6 +194,7 @@ impl fmt::Display for Error {
             Kind::NotConnected => f.write_str("not connected (reconnecting)"),
             Kind::Url(msg) => write!(f, "invalid URL {msg}"),
             Kind::Proxy(msg, _) => write!(f, "proxy: {msg}"),
+            #[cfg(feature = "http2")]
             Kind::Http2(msg) => write!(f, "WebSocket over HTTP/2 not possible: {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),

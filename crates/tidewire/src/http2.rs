@@ -379,7 +379,7 @@ where
         let mut config = (*base).clone();
         // http/1.1 offered even when HTTP/2 is required, so that a server without h2
         // completes the TLS handshake and the error can say what is missing.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = crate::transport::alpn_protocols(true);
         let io = crate::transport::tls_connect(tcp, url, Some(Arc::new(config))).await?;
         let h2 = match &io {
             crate::MaybeTlsStream::Rustls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
@@ -588,8 +588,7 @@ async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>, Fa
             .headers
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(86_400)));
+            .and_then(crate::connect::retry_after_secs);
         let reason = parts.status.canonical_reason().unwrap_or("").to_owned();
         return Err(Failed::Other(Error::new(Kind::Refused(
             tidewire_proto::handshake::HandshakeError::Status(parts.status.as_u16(), reason),
@@ -626,11 +625,5 @@ async fn refusal_body(recv: &mut h2::RecvStream) -> String {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
-    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    line.chars().filter(|c| !c.is_control()).take(200).collect()
+    crate::connect::first_line(&body[..body.len().min(1024)])
 }

@@ -48,7 +48,7 @@ pub use listener::Listener;
 pub use proxy::Proxy;
 pub use reconnect::ReconnectingClient;
 pub use stream::{Heartbeat, Options, WebSocketStream};
-pub use transport::MaybeTlsStream;
+pub use transport::{alpn_protocols, MaybeTlsStream};
 #[cfg(feature = "tls")]
 pub use transport::{
     client_config_with_roots, default_client_config, native_root_store, root_store_from_pem,

@@ -74,6 +74,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
     }
 }
 
+/// The ALPN protocols to offer (a client) or accept (a server), most preferred first:
+/// `h2` then `http/1.1` with HTTP/2, `http/1.1` alone without.
+pub fn alpn_protocols(http2: bool) -> Vec<Vec<u8>> {
+    let mut protocols = Vec::with_capacity(2);
+    if http2 {
+        protocols.push(b"h2".to_vec());
+    }
+    protocols.push(b"http/1.1".to_vec());
+    protocols
+}
+
 /// The rustls client configuration of `wss://` by default: trusting the webpki roots
 /// (Mozilla's list, built in) and the platform's store ([`native_root_store`]: a company's
 /// own CA installed on the machine). Made once per process.

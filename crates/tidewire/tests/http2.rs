@@ -14,6 +14,16 @@ use tokio::net::TcpListener;
 /// An echo server speaking HTTP/2 in clear only (h2c, prior knowledge), through
 /// `tidewire::upgrade::serve_http2`: its port, and a counter of TCP connections accepted.
 async fn h2c_echo(server: ServerBuilder) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    listen(move |tcp| tidewire::upgrade::serve_http2(tcp, server.clone(), echo)).await
+}
+
+/// A listener on 127.0.0.1 that runs `serve` in a task for each connection: its port, and
+/// a counter of the TCP connections accepted.
+async fn listen<F, Fut>(serve: F) -> (u16, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -22,8 +32,10 @@ async fn h2c_echo(server: ServerBuilder) -> (u16, Arc<std::sync::atomic::AtomicU
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let server = server.clone();
-            tokio::spawn(tidewire::upgrade::serve_http2(tcp, server, echo));
+            let serving = serve(tcp);
+            tokio::spawn(async move {
+                let _ = serving.await;
+            });
         }
     });
     (port, accepted)
@@ -176,42 +188,33 @@ async fn tls_server(
     acceptor: tidewire::tokio_rustls::TlsAcceptor,
     connect_protocol: bool,
 ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    if let Ok(ws) = ServerBuilder::new().accept(tls).await {
-                        echo(ws).await;
-                    }
-                } else if connect_protocol {
-                    let _ = tidewire::upgrade::serve_http2(tls, ServerBuilder::new(), echo).await;
-                } else {
-                    // A plain HTTP/2 site: no SETTINGS_ENABLE_CONNECT_PROTOCOL.
-                    let service = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(String::from(
-                            "a web page\n",
-                        )))
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+    listen(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                if let Ok(ws) = ServerBuilder::new().accept(tls).await {
+                    echo(ws).await;
                 }
-            });
+            } else if connect_protocol {
+                let _ = tidewire::upgrade::serve_http2(tls, ServerBuilder::new(), echo).await;
+            } else {
+                // A plain HTTP/2 site: no SETTINGS_ENABLE_CONNECT_PROTOCOL.
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(String::from(
+                        "a web page\n",
+                    )))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+            }
         }
-    });
-    (port, accepted)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -457,42 +460,32 @@ async fn websockets_opened_at_once_share_the_first_ones_connection() {
 /// An h2c echo server that sends GOAWAY (a graceful shutdown) on each connection right
 /// after its first WebSocket: the connection keeps carrying that one, and refuses others.
 async fn going_away_echo() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(1);
-                let service = hyper::service::service_fn(move |mut req| {
-                    let first = first_tx.clone();
-                    async move {
-                        let (response, pending) =
-                            tidewire::upgrade::upgrade(&mut req, &ServerBuilder::new()).unwrap();
-                        tokio::spawn(async move {
-                            if let Ok(ws) = pending.finish().await {
-                                echo(ws).await;
-                            }
-                        });
-                        let _ = first.try_send(());
-                        Ok::<_, std::convert::Infallible>(response.map(|()| String::new()))
+    listen(|tcp| async move {
+        let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let service = hyper::service::service_fn(move |mut req| {
+            let first = first_tx.clone();
+            async move {
+                let (response, pending) =
+                    tidewire::upgrade::upgrade(&mut req, &ServerBuilder::new()).unwrap();
+                tokio::spawn(async move {
+                    if let Ok(ws) = pending.finish().await {
+                        echo(ws).await;
                     }
                 });
-                let conn = tidewire::upgrade::http2_builder()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = first_rx.recv() => conn.as_mut().graceful_shutdown(),
-                }
-                let _ = conn.await;
-            });
+                let _ = first.try_send(());
+                Ok::<_, std::convert::Infallible>(response.map(|()| String::new()))
+            }
+        });
+        let conn = tidewire::upgrade::http2_builder()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = first_rx.recv() => conn.as_mut().graceful_shutdown(),
         }
-    });
-    (port, accepted)
+        let _ = conn.await;
+    })
+    .await
 }
 
 #[tokio::test]
