@@ -67,6 +67,12 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "auto|off|only", default_value = "auto")]
     http2: tidewire::Http2,
 
+    /// WebSocket over HTTP/3 (RFC 9220): QUIC to the URL's UDP port, for wss:// URLs;
+    /// no fallback to TCP (the server must run with --http3).
+    #[cfg(feature = "http3")]
+    #[arg(long)]
+    http3: bool,
+
     /// DANGEROUS: accept any TLS certificate (self-signed, expired, another host's) for
     /// wss://. Anyone on the path can read and change the traffic. For tests only.
     #[arg(long)]
@@ -171,11 +177,15 @@ pub fn run(args: ConnectArgs) -> Result<()> {
     let input = stdin_lines();
     let out = Output::new(&args);
     let result = rt.block_on(async {
-        if args.reconnect {
+        let result = if args.reconnect {
             reconnecting(&args, input, out).await
         } else {
             once_connected(&args, input, out).await
-        }
+        };
+        // A QUIC connection's close is a packet the runtime still has to send.
+        #[cfg(feature = "http3")]
+        tidewire::http3::wait_closed(std::time::Duration::from_secs(1)).await;
+        result
     });
     // The stdin thread may be blocked in a read: do not wait for it.
     rt.shutdown_background();
@@ -250,6 +260,16 @@ fn client_builder(args: &ConnectArgs) -> Result<ClientBuilder> {
         b = b.proxy(proxy.clone());
     }
     b = b.http2(args.http2);
+    #[cfg(feature = "http3")]
+    if args.http3 {
+        if !args.url.starts_with("wss://") {
+            bail!(
+                "--http3: {} is not a wss:// URL (QUIC is always encrypted)",
+                args.url
+            );
+        }
+        b = b.http3(true);
+    }
     if let Some(i) = args.ping_interval {
         b = b.options(Options::default().heartbeat(i, i * 3));
     }
@@ -592,6 +612,8 @@ impl Output {
     fn open(&self, url: &str, protocol: Option<&str>, version: http::Version) {
         let http = if version == http::Version::HTTP_2 {
             "2"
+        } else if version == http::Version::HTTP_3 {
+            "3"
         } else {
             "1.1"
         };
@@ -604,7 +626,11 @@ impl Output {
             }
             return;
         }
-        let over = if http == "2" { " over HTTP/2" } else { "" };
+        let over = match http {
+            "2" => " over HTTP/2",
+            "3" => " over HTTP/3",
+            _ => "",
+        };
         match protocol {
             Some(p) => self.note(&format!("connected to {url}{over} (subprotocol {p})")),
             None => self.note(&format!("connected to {url}{over}")),

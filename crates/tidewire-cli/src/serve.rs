@@ -62,6 +62,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDEWIRE_NO_HTTP2")]
     no_http2: bool,
 
+    /// Also serve HTTP/3 on the same port over UDP (needs --tls-cert and --tls-key):
+    /// WebSockets over QUIC (RFC 9220) for clients that ask for them, and the same pages
+    /// and API.
+    #[arg(long, env = "TIDEWIRE_HTTP3")]
+    http3: bool,
+
     /// Also send each raw-room message back to its sender.
     #[arg(long, env = "TIDEWIRE_ECHO_TO_SENDER")]
     echo_to_sender: bool,
@@ -287,6 +293,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
     set!(c.send_buffer, args.send_buffer);
     c.demo &= !args.no_demo;
     c.http2 &= !args.no_http2;
+    c.http3 |= args.http3;
     c.echo_to_sender |= args.echo_to_sender;
     if args.no_compression {
         c.compression = None;
@@ -389,6 +396,7 @@ pub fn config(args: &ServeArgs) -> Result<HubConfig> {
             "backend.connect" => "--backend-connect",
             "backend.events" => "--backend-events",
             "backend.timeout" => "--backend-timeout",
+            "http3" => "--http3",
             _ => "--config",
         };
         anyhow::bail!("{flag} ({key}): {message}");
@@ -487,7 +495,12 @@ fn summary(args: &ServeArgs, c: &HubConfig) -> String {
     format!(
         "{source}\n  listen: {scheme}://{}/ ({})\n  engine: {engine}\n  auth: {auth}\n  allowed origins: {origins}\n  demo pages: {}\n  admin page: {}\n  room subprotocols: {}\n  max connections: {}\n  backend: {backend}",
         c.listen,
-        if c.http2 { "HTTP/1.1 and HTTP/2" } else { "HTTP/1.1 only" },
+        match (c.http2, c.http3) {
+            (true, true) => "HTTP/1.1, HTTP/2 and HTTP/3",
+            (true, false) => "HTTP/1.1 and HTTP/2",
+            (false, true) => "HTTP/1.1 and HTTP/3",
+            (false, false) => "HTTP/1.1 only",
+        },
         if c.demo { "on" } else { "off" },
         if c.admin_password.is_some() { "on, at /admin" } else { "off (--admin-password)" },
         if c.room_protocols.is_empty() { "none".to_owned() } else { c.room_protocols.join(", ") },

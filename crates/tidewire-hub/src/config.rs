@@ -52,6 +52,10 @@ pub struct HubConfig {
     /// WebSocket may then be a stream of a shared connection (RFC 8441: the server sends
     /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`). Default true.
     pub http2: bool,
+    /// Serve HTTP/3 on the listening port's UDP twin (needs `tls`): WebSockets over QUIC
+    /// (RFC 9220) for clients that ask for them, and the same pages and API. Default
+    /// false; the `http3` feature of this crate.
+    pub http3: bool,
     /// Send a room message back to its sender too. Default false.
     pub echo_to_sender: bool,
     /// Subprotocols rooms speak, most preferred first: the first of these that a client
@@ -252,6 +256,16 @@ impl TlsFiles {
     /// [`load`](Self::load), offering HTTP/2 by ALPN (`h2`, then `http/1.1`) when `http2`
     /// is set, HTTP/1.1 alone otherwise.
     pub fn load_for(&self, http2: bool) -> std::io::Result<tidewire::tokio_rustls::TlsAcceptor> {
+        let mut config = self.load_config()?;
+        config.alpn_protocols = tidewire::alpn_protocols(http2);
+        Ok(tidewire::tokio_rustls::TlsAcceptor::from(
+            std::sync::Arc::new(config),
+        ))
+    }
+
+    /// The rustls configuration of both files, without ALPN; the error names the file at
+    /// fault.
+    pub fn load_config(&self) -> std::io::Result<tidewire::rustls::ServerConfig> {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
@@ -268,11 +282,7 @@ impl TlsFiles {
                 ),
             )
         })?;
-        let mut config = std::sync::Arc::unwrap_or_clone(config);
-        config.alpn_protocols = tidewire::alpn_protocols(http2);
-        Ok(tidewire::tokio_rustls::TlsAcceptor::from(
-            std::sync::Arc::new(config),
-        ))
+        Ok(std::sync::Arc::unwrap_or_clone(config))
     }
 }
 
@@ -284,6 +294,7 @@ impl Default for HubConfig {
             allowed_origins: Vec::new(),
             demo: true,
             http2: true,
+            http3: false,
             echo_to_sender: false,
             room_protocols: vec!["chat".into(), "superchat".into()],
             room_heartbeat: vec!["ping".into(), "heartbeat".into()],
@@ -450,6 +461,7 @@ struct File {
     allowed_origins: Option<Vec<String>>,
     demo: Option<bool>,
     http2: Option<bool>,
+    http3: Option<bool>,
     #[serde(default)]
     heartbeat: Heartbeat,
     #[serde(default)]
@@ -670,6 +682,7 @@ impl HubConfig {
         set!(self.allowed_origins, f.allowed_origins);
         set!(self.demo, f.demo);
         set!(self.http2, f.http2);
+        set!(self.http3, f.http3);
         set!(self.ping_interval, f.heartbeat.ping_interval.map(|s| s.0));
         set!(self.idle_timeout, f.heartbeat.idle_timeout.map(|s| s.0));
         set!(self.max_connections, f.limits.max_connections);
@@ -802,6 +815,21 @@ impl HubConfig {
     /// wrong with it.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         self.check_values()?;
+        if self.http3 {
+            if !cfg!(feature = "http3") {
+                return Err((
+                    "http3",
+                    "this build has no HTTP/3 (the http3 feature of tidewire-hub)".into(),
+                ));
+            }
+            if self.tls.is_none() {
+                return Err((
+                    "http3",
+                    "needs tls.cert and tls.key (--tls-cert, --tls-key): QUIC is always encrypted"
+                        .into(),
+                ));
+            }
+        }
         self.check_backend(true)
     }
 

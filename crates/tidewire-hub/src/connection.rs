@@ -44,7 +44,12 @@ impl Io {
     /// is to it, otherwise hyper's upgrade boxed (with the bytes read ahead, if any).
     pub(crate) fn from_upgraded(upgraded: Upgraded) -> Io {
         type Plain = hyper_util::rt::TokioIo<Prefixed<TcpStream>>;
-        match upgraded.into_inner().downcast::<Plain>() {
+        let upgraded = match upgraded.into_hyper() {
+            Ok(hyper) => hyper,
+            // A stream of an HTTP/3 connection.
+            Err(other) => return Io::Other(Box::new(other)),
+        };
+        match upgraded.downcast::<Plain>() {
             Ok(parts) => {
                 let (prefix, tcp) = parts.io.into_inner().into_parts();
                 if parts.read_buf.is_empty() && prefix.is_empty() {

@@ -113,8 +113,11 @@ pub struct Metrics {
     /// (a stream of a shared connection, RFC 8441).
     pub(crate) handshakes_http1: AtomicU64,
     pub(crate) handshakes_http2: AtomicU64,
+    pub(crate) handshakes_http3: AtomicU64,
     /// HTTP/2 connections open now.
     pub(crate) http2_connections: AtomicU64,
+    /// HTTP/3 (QUIC) connections open now.
+    pub(crate) http3_connections: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
@@ -183,6 +186,8 @@ impl Metrics {
     pub(crate) fn handshake(&self, version: http::Version) {
         let counter = if version == http::Version::HTTP_2 {
             &self.handshakes_http2
+        } else if version == http::Version::HTTP_3 {
+            &self.handshakes_http3
         } else {
             &self.handshakes_http1
         };
@@ -267,11 +272,12 @@ impl<S: Source> Collector for Scrape<S> {
         labelled(
             enc,
             ("websocket_handshakes", MetricType::Counter),
-            "WebSockets accepted, by HTTP version: 1.1 (an upgraded connection each) or 2 (a stream of a shared HTTP/2 connection, RFC 8441).",
+            "WebSockets accepted, by HTTP version: 1.1 (an upgraded connection each), 2 (a stream of a shared HTTP/2 connection, RFC 8441) or 3 (a stream of a QUIC connection, RFC 9220).",
             "http",
             &[
                 ("1.1", c(&m.handshakes_http1)),
                 ("2", c(&m.handshakes_http2)),
+                ("3", c(&m.handshakes_http3)),
             ],
         )?;
         gauge(
@@ -279,6 +285,12 @@ impl<S: Source> Collector for Scrape<S> {
             "http2_connections",
             "Open HTTP/2 connections (each may carry many WebSockets and requests).",
             c(&m.http2_connections),
+        )?;
+        gauge(
+            enc,
+            "http3_connections",
+            "Open HTTP/3 connections over QUIC (each may carry many WebSockets and requests).",
+            c(&m.http3_connections),
         )?;
         labelled(
             enc,
@@ -670,11 +682,12 @@ mod tests {
     }
 
     /// Every family the hand-written page had, with its type and help text, in its order.
-    const FAMILIES: [(&str, &str, &str); 31] = [
+    const FAMILIES: [(&str, &str, &str); 32] = [
         ("tidewire_connections", "gauge", "Open WebSocket connections by endpoint."),
         ("tidewire_connections_total", "counter", "WebSocket connections accepted since start."),
-        ("tidewire_websocket_handshakes_total", "counter", "WebSockets accepted, by HTTP version: 1.1 (an upgraded connection each) or 2 (a stream of a shared HTTP/2 connection, RFC 8441)."),
+        ("tidewire_websocket_handshakes_total", "counter", "WebSockets accepted, by HTTP version: 1.1 (an upgraded connection each), 2 (a stream of a shared HTTP/2 connection, RFC 8441) or 3 (a stream of a QUIC connection, RFC 9220)."),
         ("tidewire_http2_connections", "gauge", "Open HTTP/2 connections (each may carry many WebSockets and requests)."),
+        ("tidewire_http3_connections", "gauge", "Open HTTP/3 connections over QUIC (each may carry many WebSockets and requests)."),
         ("tidewire_connections_refused_total", "counter", "Clients answered 503 before any HTTP was served, by reason (open_files: the process was out of file descriptors)."),
         ("tidewire_http_connections", "gauge", "Connections in their HTTP phase: accepted, not upgraded to a WebSocket (yet) nor closed (limits.max_http_connections)."),
         ("tidewire_messages_received_total", "counter", "Messages received from clients."),
@@ -713,6 +726,8 @@ mod tests {
         m.handshakes_http1.fetch_add(4, Relaxed);
         m.handshakes_http2.fetch_add(3, Relaxed);
         m.http2_connections.fetch_add(1, Relaxed);
+        m.handshakes_http3.fetch_add(2, Relaxed);
+        m.http3_connections.fetch_add(5, Relaxed);
         m.handshake_failed(HandshakeFailure::Origin);
         m.handshake_failed(HandshakeFailure::Capacity);
         m.handshake_failed(HandshakeFailure::Capacity);
@@ -756,7 +771,12 @@ mod tests {
                 "tidewire_websocket_handshakes_total{http=\"2\"}".into(),
                 3.0,
             ),
+            (
+                "tidewire_websocket_handshakes_total{http=\"3\"}".into(),
+                2.0,
+            ),
             ("tidewire_http2_connections".into(), 1.0),
+            ("tidewire_http3_connections".into(), 5.0),
             (
                 "tidewire_connections_refused_total{reason=\"open_files\"}".into(),
                 6.0,

@@ -511,6 +511,11 @@ pub async fn serve(
         }
         None => None,
     };
+    #[cfg(feature = "http3")]
+    let http3 = match (&config.tls, config.http3) {
+        (Some(files), true) => Some(http3::bind(local, files)?),
+        _ => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let hub = Hub::connect(config, stop_rx).await?;
     let _ = hub.refused.set(listener.refused());
@@ -525,6 +530,12 @@ pub async fn serve(
         format!(", admin page at {http}://{local}/admin")
     } else {
         String::new()
+    };
+    #[cfg(feature = "http3")]
+    let admin = if http3.is_some() {
+        format!("{admin}; HTTP/3 on udp/{}", local.port())
+    } else {
+        admin
     };
     println!("tidewire serve listening on {http}://{local}/ (rooms at {ws}://{local}/rooms/NAME, channels at {ws}://{local}/ws{admin})");
     tracing::info!(%local, tls = tls.is_some(), auth = hub.config.auth.is_some(), "listening");
@@ -544,6 +555,19 @@ pub async fn serve(
         tokio::spawn(crate::pages::demo_ticker(hub.clone()));
     }
     let app = router(hub.clone());
+    #[cfg(feature = "http3")]
+    if let Some(endpoint) = &http3 {
+        tokio::spawn(http3::accept(
+            endpoint.clone(),
+            hub.clone(),
+            app.clone(),
+            stop_tx.subscribe(),
+        ));
+        #[cfg(unix)]
+        if let Some(files) = hub.config.tls.clone() {
+            tokio::spawn(http3::reload_on_sighup(files, endpoint.clone()));
+        }
+    }
     let closing = hub.clone();
     let signal = async move {
         shutdown.await;
@@ -557,6 +581,12 @@ pub async fn serve(
     while hub.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    #[cfg(feature = "http3")]
+    if let Some(endpoint) = http3 {
+        // The WebSockets over HTTP/3 were closed with 1001 above; now the connections.
+        endpoint.close(quinn_no_error(), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
     if let Some(hooks) = &hub.hooks {
         // The disconnect events of the connections just closed reach the log (and, on
         // one node, the backend) before the process ends.
@@ -564,4 +594,110 @@ pub async fn serve(
     }
     tracing::info!(remaining = hub.connections(), "stopped");
     Ok(())
+}
+
+#[cfg(feature = "http3")]
+fn quinn_no_error() -> tidewire::http3::quinn::VarInt {
+    tidewire::http3::quinn::VarInt::from_u32(0x100)
+}
+
+/// HTTP/3 beside HTTP/1.1 and HTTP/2 (`http3 = true`): the same router on the listening
+/// port's UDP twin, with the same certificate.
+#[cfg(feature = "http3")]
+mod http3 {
+    use super::*;
+    use tidewire::http3::quinn;
+
+    /// The QUIC endpoint on `addr`'s UDP port, with the TLS files' certificate.
+    pub(super) fn bind(addr: SocketAddr, files: &TlsFiles) -> std::io::Result<quinn::Endpoint> {
+        let config = tidewire::http3::server_config(&files.load_config()?)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        quinn::Endpoint::server(config, addr).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("HTTP/3: cannot listen on udp/{addr}: {e}"),
+            )
+        })
+    }
+
+    /// Counts an open HTTP/3 connection on `/metrics` while it lives.
+    struct Open(Arc<Hub>);
+
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0
+                .metrics
+                .http3_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Accepts QUIC connections until the hub stops. Each is served with the hub's
+    /// router; beyond `limits.max_http_connections` open HTTP/3 connections, new ones are
+    /// refused at the QUIC level (the client sees CONNECTION_REFUSED).
+    pub(super) async fn accept(
+        endpoint: quinn::Endpoint,
+        hub: Arc<Hub>,
+        app: Router,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => {
+                    endpoint.set_server_config(None);
+                    return;
+                }
+            };
+            let open = hub
+                .metrics
+                .http3_connections
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if open >= hub.config.max_http_connections as u64 {
+                hub.metrics.refused(Refusal::HttpConnections);
+                incoming.refuse();
+                continue;
+            }
+            let peer = incoming.remote_address();
+            hub.metrics
+                .http3_connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let open = Open(hub.clone());
+            let inner = hyper_util::service::TowerToHyperService::new(app.clone());
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<tidewire::http3::Body>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    hyper::service::Service::call(&inner, req)
+                });
+            tokio::spawn(async move {
+                let _open = open;
+                if let Err(e) = tidewire::http3::serve_connection(incoming, service).await {
+                    tracing::debug!(%peer, "HTTP/3 connection failed: {}", log_text::peer(&e));
+                }
+            });
+        }
+    }
+
+    /// Reloads the certificate of new QUIC connections on SIGHUP, as for TCP.
+    #[cfg(unix)]
+    pub(super) async fn reload_on_sighup(files: TlsFiles, endpoint: quinn::Endpoint) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match files.load_config().and_then(|c| {
+                tidewire::http3::server_config(&c).map_err(|e| std::io::Error::other(e.to_string()))
+            }) {
+                Ok(config) => endpoint.set_server_config(Some(config)),
+                Err(e) => tracing::error!(
+                    "SIGHUP: HTTP/3 TLS reload failed, keeping the certificate in force: {e}"
+                ),
+            }
+        }
+    }
 }

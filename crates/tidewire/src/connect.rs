@@ -266,6 +266,17 @@ fn path_and_query(tail: &str) -> std::result::Result<String, String> {
     Ok(out)
 }
 
+/// What an extended CONNECT (RFC 8441 over HTTP/2, RFC 9220 over HTTP/3) carries besides
+/// `:protocol websocket`.
+#[cfg(any(feature = "http2", feature = "http3"))]
+pub(crate) struct ExtendedConnect<'a> {
+    pub url: &'a WsUrl,
+    pub protocols: &'a [String],
+    pub extensions: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
 /// Connects to a `ws://` or `wss://` URL with default settings.
 pub async fn connect(
     url: &str,
@@ -289,6 +300,8 @@ pub struct ClientBuilder {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     #[cfg(feature = "http2")]
     http2: crate::http2::Http2,
+    #[cfg(feature = "http3")]
+    http3: bool,
 }
 
 impl ClientBuilder {
@@ -305,6 +318,8 @@ impl ClientBuilder {
             tls: None,
             #[cfg(feature = "http2")]
             http2: crate::http2::Http2::default(),
+            #[cfg(feature = "http3")]
+            http3: false,
         }
     }
 
@@ -386,6 +401,22 @@ impl ClientBuilder {
         self.http2
     }
 
+    /// Runs `wss://` WebSockets over HTTP/3 (RFC 9220, QUIC on the URL's UDP port) instead
+    /// of TCP: `true` requires it (a server without HTTP/3 is an error, there is no
+    /// fallback), `false` (the default) never uses it. WebSockets to the same host share
+    /// one QUIC connection. The [`http3`](crate::http3) module has the details.
+    #[cfg(feature = "http3")]
+    pub fn http3(mut self, on: bool) -> Self {
+        self.http3 = on;
+        self
+    }
+
+    /// Whether [`http3`](Self::http3) is on.
+    #[cfg(feature = "http3")]
+    pub fn http3_enabled(&self) -> bool {
+        self.http3
+    }
+
     /// Opens TCP (and TLS for `wss://`) and runs the handshake; over HTTP/2 where
     /// [`http2`](Self::http2) says so and the server allows it (the response's version
     /// is then `HTTP_2` and its status 200).
@@ -398,26 +429,34 @@ impl ClientBuilder {
         let url = WsUrl::parse(&self.url)?;
         let timeout = self.options.handshake_timeout;
         let fut = async {
+            #[cfg(any(feature = "http2", feature = "http3"))]
+            let offer = self
+                .options
+                .config
+                .compression
+                .map(|c| tidewire_proto::deflate::offer(&c));
+            #[cfg(any(feature = "http2", feature = "http3"))]
+            let req = ExtendedConnect {
+                url: &url,
+                protocols: &self.protocols,
+                extensions: offer.as_deref(),
+                origin: self.origin.as_deref(),
+                headers: &self.headers,
+            };
+            #[cfg(feature = "http3")]
+            if self.http3 {
+                let (stream, response) =
+                    crate::http3::open(&req, self.tls.clone(), &self.proxy).await?;
+                return self.finish_extended(MaybeTlsStream::Http3(stream), response);
+            }
             #[cfg(feature = "http2")]
             {
                 use crate::http2::Opened;
-                let offer = self
-                    .options
-                    .config
-                    .compression
-                    .map(|c| tidewire_proto::deflate::offer(&c));
-                let req = crate::http2::Request {
-                    url: &url,
-                    protocols: &self.protocols,
-                    extensions: offer.as_deref(),
-                    origin: self.origin.as_deref(),
-                    headers: &self.headers,
-                };
                 let proxy = format!("{:?}", self.proxy);
                 let dial = || crate::proxy::open(&url, &self.proxy);
                 match crate::http2::open(self.http2, &req, self.tls.clone(), &proxy, dial).await? {
                     Opened::WebSocket(stream, response) => {
-                        return self.finish_http2(stream, response);
+                        return self.finish_extended(MaybeTlsStream::Http2(stream), response);
                     }
                     Opened::Http1(io) => return self.handshake(io, &url).await,
                     Opened::NotHere => {}
@@ -443,16 +482,23 @@ impl ClientBuilder {
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
+            #[cfg(feature = "http3")]
+            Err(_) if self.http3 => Err(Error::new(Kind::Http3(format!(
+                "{}: no answer within {} s (is HTTP/3 served on that UDP port? tidewire serve --http3)",
+                url.authority(),
+                timeout.as_secs_f32()
+            )))),
             Err(_) => Err(Error::new(Kind::Timeout("handshake"))),
         }
     }
 
-    /// The checks of a server's 200 to an extended CONNECT (RFC 8441 §5), then the socket.
-    #[cfg(feature = "http2")]
+    /// The checks of a server's 2xx to an extended CONNECT (RFC 8441 §5, RFC 9220 §3),
+    /// then the socket.
+    #[cfg(any(feature = "http2", feature = "http3"))]
     #[allow(clippy::type_complexity)]
-    fn finish_http2(
+    fn finish_extended(
         &self,
-        stream: Box<crate::http2::H2Stream>,
+        io: MaybeTlsStream<TcpStream>,
         response: http::Response<()>,
     ) -> Result<(
         WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -465,7 +511,7 @@ impl ClientBuilder {
             )?;
         let deflate = accepted_deflate(self.options.config.compression, &extensions)?;
         let ws = WebSocketStream::from_raw_with_deflate(
-            MaybeTlsStream::Http2(stream),
+            io,
             Role::Client,
             self.options,
             BytesMut::new(),

@@ -39,6 +39,10 @@ pub(crate) enum Kind {
     /// server does not allow it: "AUTHORITY: why".
     #[cfg(feature = "http2")]
     Http2(String),
+    /// A WebSocket over HTTP/3 was asked for ([`ClientBuilder::http3`](crate::ClientBuilder::http3))
+    /// and cannot be had: "AUTHORITY: why".
+    #[cfg(feature = "http3")]
+    Http3(String),
     /// The TLS layer failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
@@ -196,6 +200,8 @@ impl fmt::Display for Error {
             Kind::Proxy(msg, _) => write!(f, "proxy: {msg}"),
             #[cfg(feature = "http2")]
             Kind::Http2(msg) => write!(f, "WebSocket over HTTP/2 not possible: {msg}"),
+            #[cfg(feature = "http3")]
+            Kind::Http3(msg) => write!(f, "WebSocket over HTTP/3 not possible: {msg}"),
             #[cfg(feature = "tls")]
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
             #[cfg(feature = "tls")]

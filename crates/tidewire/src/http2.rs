@@ -310,13 +310,7 @@ pub(crate) enum Opened<S> {
 }
 
 /// The request a WebSocket over HTTP/2 is opened with (RFC 8441 §4 and §5).
-pub(crate) struct Request<'a> {
-    pub url: &'a WsUrl,
-    pub protocols: &'a [String],
-    pub extensions: Option<&'a str>,
-    pub origin: Option<&'a str>,
-    pub headers: &'a http::HeaderMap,
-}
+pub(crate) use crate::connect::ExtendedConnect as Request;
 
 /// Opens a WebSocket over HTTP/2 where `mode` says to try: on a pooled connection, or on
 /// a new one from `dial` (TCP, through the proxy) and, for `wss://`, TLS with `h2` offered.

@@ -31,6 +31,8 @@ mod connect;
 mod error;
 #[cfg(feature = "http2")]
 pub mod http2;
+#[cfg(feature = "http3")]
+pub mod http3;
 pub mod listener;
 pub mod proxy;
 pub mod reconnect;

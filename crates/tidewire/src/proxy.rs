@@ -108,6 +108,12 @@ impl Proxy {
         parse_route(url).map(|r| Proxy(Choice::Via(r)))
     }
 
+    /// Whether `url` goes through a proxy.
+    #[cfg(feature = "http3")]
+    pub(crate) fn applies_to(&self, url: &WsUrl) -> Result<bool, Error> {
+        self.route(url).map(|r| r.is_some())
+    }
+
     /// The route for `url`, if it goes through a proxy.
     fn route(&self, url: &WsUrl) -> Result<Option<Route>, Error> {
         match &self.0 {

@@ -18,6 +18,10 @@ pub enum MaybeTlsStream<S> {
     /// `ws://` in clear with [`Http2::Only`](crate::Http2).
     #[cfg(feature = "http2")]
     Http2(Box<crate::http2::H2Stream>),
+    /// A stream of a shared QUIC connection (RFC 9220): `wss://` with
+    /// [`ClientBuilder::http3`](crate::ClientBuilder::http3).
+    #[cfg(feature = "http3")]
+    Http3(Box<crate::http3::H3Stream>),
 }
 
 macro_rules! delegate {
@@ -28,6 +32,8 @@ macro_rules! delegate {
             MaybeTlsStream::Rustls($s) => $e,
             #[cfg(feature = "http2")]
             MaybeTlsStream::Http2($s) => $e,
+            #[cfg(feature = "http3")]
+            MaybeTlsStream::Http3($s) => $e,
         }
     };
 }
@@ -64,6 +70,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
             MaybeTlsStream::Rustls(s) => s.is_write_vectored(),
             #[cfg(feature = "http2")]
             MaybeTlsStream::Http2(_) => false,
+            #[cfg(feature = "http3")]
+            MaybeTlsStream::Http3(_) => false,
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -197,11 +205,33 @@ pub(crate) async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
 /// here (self-signed or a private CA), with what to do.
 #[cfg(feature = "tls")]
 fn bad_certificate(e: &io::Error, host: &str) -> Option<String> {
-    use rustls::CertificateError as C;
     let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     let rustls::Error::InvalidCertificate(c) = inner else {
         return None;
     };
+    Some(certificate_refused(c, host))
+}
+
+/// [`bad_certificate`] from the text QUIC keeps of a TLS alert ("invalid peer
+/// certificate: UnknownIssuer"): the common cases, by name.
+#[cfg(feature = "http3")]
+pub(crate) fn bad_certificate_text(reason: &str, host: &str) -> Option<String> {
+    use rustls::CertificateError as C;
+    let detail = reason.strip_prefix("invalid peer certificate: ")?;
+    let c = match detail.split([' ', '(', '{']).next()? {
+        "UnknownIssuer" => C::UnknownIssuer,
+        "Expired" | "ExpiredContext" => C::Expired,
+        "NotValidYet" | "NotValidYetContext" => C::NotValidYet,
+        "NotValidForName" | "NotValidForNameContext" => C::NotValidForName,
+        "Revoked" => C::Revoked,
+        _ => return Some(format!("the certificate of {host} was refused: {detail}")),
+    };
+    Some(certificate_refused(&c, host))
+}
+
+#[cfg(feature = "tls")]
+fn certificate_refused(c: &rustls::CertificateError, host: &str) -> String {
+    use rustls::CertificateError as C;
     let when = |t: &rustls::pki_types::UnixTime| {
         let secs = t.as_secs();
         let days = secs / 86_400;
@@ -217,7 +247,7 @@ fn bad_certificate(e: &io::Error, host: &str) -> Option<String> {
         let y = yoe + era * 400 + i64::from(m <= 2);
         format!("{y:04}-{m:02}-{d:02}")
     };
-    Some(match c {
+    match c {
         C::Expired => format!("the certificate of {host} has expired"),
         C::ExpiredContext { time, not_after } => format!(
             "the certificate of {host} expired on {} (it is {} here)",
@@ -236,11 +266,13 @@ fn bad_certificate(e: &io::Error, host: &str) -> Option<String> {
             presented.join(", ")
         ),
         C::UnknownIssuer => format!(
-            "the certificate of {host} is not signed by an authority trusted here              (self-signed, or a private CA: trust its root with ClientBuilder::tls_config,              `tidewire connect --ca-file`, or the platform's store)"
+            "the certificate of {host} is not signed by an authority trusted here \
+             (self-signed, or a private CA: trust its root with ClientBuilder::tls_config, \
+             `tidewire connect --ca-file`, or the platform's store)"
         ),
         C::Revoked => format!("the certificate of {host} is revoked"),
         other => format!("the certificate of {host} was refused: {other:?}"),
-    })
+    }
 }
 
 /// When a failed TLS handshake shows that the server does not speak TLS at all: what it

@@ -8,7 +8,9 @@
 //! on a stream of a shared connection, answered `200` without `Sec-WebSocket-Accept`;
 //! the same functions accept it when hyper's HTTP/2 server was built with
 //! `enable_connect_protocol()` (and, with axum, the route takes CONNECT as well as GET:
-//! `get(h).connect(h)`, or `any(h)`). Everything after the handshake is the same.
+//! `get(h).connect(h)`, or `any(h)`). Everything after the handshake is the same. Over
+//! HTTP/3 (RFC 9220, feature `http3`) likewise, with [`crate::http3::serve_connection`]
+//! as the server.
 
 use crate::accept::ServerBuilder;
 use crate::error::{Error, Result};
@@ -21,14 +23,127 @@ use tidewire_proto::handshake::server::{
 use tidewire_proto::handshake::HandshakeError;
 use tidewire_proto::Role;
 
-/// The transport of an upgraded hyper connection.
-pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+/// The transport of an upgraded connection: what hyper hands over (an HTTP/1.1
+/// connection, or a stream of an HTTP/2 one), or a stream of an HTTP/3 connection.
+#[derive(Debug)]
+pub struct Upgraded(UpgradedIo);
+
+#[derive(Debug)]
+enum UpgradedIo {
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+    #[cfg(feature = "http3")]
+    Http3(Box<crate::http3::H3Stream>),
+}
+
+impl Upgraded {
+    /// hyper's upgraded connection, when hyper handed it over (HTTP/1.1 and HTTP/2): to
+    /// take the original transport back out of it with `downcast`.
+    pub fn into_hyper(self) -> std::result::Result<hyper::upgrade::Upgraded, Upgraded> {
+        match self.0 {
+            UpgradedIo::Hyper(io) => Ok(io.into_inner()),
+            #[allow(unreachable_patterns)]
+            other => Err(Upgraded(other)),
+        }
+    }
+}
+
+macro_rules! upgraded_io {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.get_mut().0 {
+            UpgradedIo::Hyper($s) => $e,
+            #[cfg(feature = "http3")]
+            UpgradedIo::Http3($s) => $e,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Upgraded {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        upgraded_io!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Upgraded {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        upgraded_io!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        upgraded_io!(self, s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match &self.0 {
+            UpgradedIo::Hyper(s) => s.is_write_vectored(),
+            #[cfg(feature = "http3")]
+            UpgradedIo::Http3(_) => false,
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        upgraded_io!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        upgraded_io!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Where the connection comes from once the response is sent.
+#[derive(Debug)]
+enum Handover {
+    Hyper(hyper::upgrade::OnUpgrade),
+    #[cfg(feature = "http3")]
+    Http3(crate::http3::OnUpgrade),
+}
+
+impl Handover {
+    /// hyper's upgrade handle, or (over HTTP/3) the stream's.
+    fn take(extensions: &mut http::Extensions) -> Option<Handover> {
+        if let Some(on) = extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            return Some(Handover::Hyper(on));
+        }
+        #[cfg(feature = "http3")]
+        if let Some(on) = extensions.remove::<crate::http3::OnUpgrade>() {
+            return Some(Handover::Http3(on));
+        }
+        None
+    }
+
+    /// Puts it back into (another request's) extensions.
+    #[cfg(feature = "axum")]
+    fn put(self, extensions: &mut http::Extensions) {
+        match self {
+            Handover::Hyper(on) => {
+                extensions.insert(on);
+            }
+            #[cfg(feature = "http3")]
+            Handover::Http3(on) => {
+                extensions.insert(on);
+            }
+        }
+    }
+}
 
 /// An accepted upgrade whose 101 response has not been sent yet. Return the response
 /// to hyper, then await [`PendingUpgrade::finish`] (typically in a spawned task).
 #[derive(Debug)]
 pub struct PendingUpgrade {
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    on_upgrade: Handover,
     options: Options,
     protocol: Option<String>,
     deflate: Option<tidewire_proto::DeflateParams>,
@@ -42,19 +157,24 @@ impl PendingUpgrade {
     }
 
     /// The HTTP version the WebSocket runs over: `HTTP_11` (an upgraded connection of its
-    /// own) or `HTTP_2` (a stream of a shared connection, RFC 8441).
+    /// own), `HTTP_2` (a stream of a shared connection, RFC 8441) or `HTTP_3` (a stream of
+    /// a QUIC connection, RFC 9220, with the `http3` feature).
     pub fn http_version(&self) -> http::Version {
         self.version
     }
 
-    /// Waits for hyper to hand over the connection.
+    /// Waits for hyper (or the HTTP/3 server) to hand over the connection.
     pub async fn finish(self) -> Result<WebSocketStream<Upgraded>> {
-        let upgraded = self
-            .on_upgrade
-            .await
-            .map_err(|e| Error::from(std::io::Error::other(e)))?;
+        let io = match self.on_upgrade {
+            Handover::Hyper(on) => UpgradedIo::Hyper(TokioIo::new(
+                on.await
+                    .map_err(|e| Error::from(std::io::Error::other(e)))?,
+            )),
+            #[cfg(feature = "http3")]
+            Handover::Http3(on) => UpgradedIo::Http3(Box::new(on.wait().await?)),
+        };
         Ok(WebSocketStream::from_raw_with_deflate(
-            TokioIo::new(upgraded),
+            Upgraded(io),
             Role::Server,
             self.options,
             BytesMut::new(),
@@ -73,7 +193,7 @@ pub fn upgrade<B>(
     let mut head = head_of(req.method(), req.uri(), req.version(), req.headers());
     copy_protocol(req.extensions(), &mut head.extensions);
     let view = http::Request::from_parts(head, ());
-    let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let on_upgrade = Handover::take(req.extensions_mut());
     prepare(&view, on_upgrade, server)
 }
 
@@ -85,7 +205,7 @@ pub fn upgrade_parts(
     let mut head = head_of(&parts.method, &parts.uri, parts.version, &parts.headers);
     copy_protocol(&parts.extensions, &mut head.extensions);
     let view = http::Request::from_parts(head, ());
-    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let on_upgrade = Handover::take(&mut parts.extensions);
     prepare(&view, on_upgrade, server)
 }
 
@@ -119,7 +239,7 @@ fn check_request(
     extensions: &http::Extensions,
     headers: &http::HeaderMap,
 ) -> std::result::Result<RequestFields, HandshakeError> {
-    if version == http::Version::HTTP_2 {
+    if version == http::Version::HTTP_2 || version == http::Version::HTTP_3 {
         let protocol = extensions.get::<hyper::ext::Protocol>();
         if method != http::Method::CONNECT || protocol.map(|p| p.as_str()) != Some("websocket") {
             return Err(HandshakeError::InvalidConnectProtocol);
@@ -137,7 +257,7 @@ fn check_request(
 
 fn prepare(
     request: &http::Request<()>,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    on_upgrade: Option<Handover>,
     server: &ServerBuilder,
 ) -> std::result::Result<(http::Response<()>, PendingUpgrade), HandshakeError> {
     let fields = check_request(
@@ -156,7 +276,7 @@ fn prepare(
     let supported: Vec<&str> = server.protocol_list().iter().map(String::as_str).collect();
     let protocol = select_subprotocol(&fields.protocols, &supported).map(str::to_owned);
     let (deflate, ext_header) = server.negotiate_deflate(&fields.extensions);
-    let response = if version == http::Version::HTTP_2 {
+    let response = if version == http::Version::HTTP_2 || version == http::Version::HTTP_3 {
         extended_connect_response(protocol.as_deref(), ext_header.as_deref())
     } else {
         switching_protocols(&fields.key, protocol.as_deref(), ext_header.as_deref())
@@ -352,8 +472,8 @@ mod axum_support {
             .map_err(WebSocketUpgradeRejection)?;
             let mut own = head_of(&parts.method, &parts.uri, parts.version, &parts.headers);
             copy_protocol(&parts.extensions, &mut own.extensions);
-            if let Some(on) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-                own.extensions.insert(on);
+            if let Some(on) = Handover::take(&mut parts.extensions) {
+                on.put(&mut own.extensions);
             }
             Ok(WebSocketUpgrade {
                 parts: own,
@@ -409,8 +529,9 @@ mod axum_support {
                 .collect()
         }
 
-        /// The HTTP version of the request: `HTTP_11`, or `HTTP_2` for a WebSocket over a
-        /// stream of an HTTP/2 connection (RFC 8441).
+        /// The HTTP version of the request: `HTTP_11`, `HTTP_2` for a WebSocket over a
+        /// stream of an HTTP/2 connection (RFC 8441), `HTTP_3` over a stream of a QUIC
+        /// connection (RFC 9220).
         pub fn http_version(&self) -> http::Version {
             self.parts.version
         }
