@@ -29,7 +29,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(frame_header server_connection client_connection inflate server_connection_deflate hub_request hub_node)
+targets=(frame_header server_connection client_connection inflate server_connection_deflate hub_request hub_node http3_head)
 build_args=(--fuzz-dir "$fuzz_dir")
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
     build_args+=(--target-dir "$CARGO_TARGET_DIR/fuzz")
@@ -77,6 +77,11 @@ seed hub_request subscribe '{"id":1,"op":"subscribe","channel":"chat:a","since":
 seed hub_request publish '{"id":"x","op":"publish","channel":"news","data":{"text":"hi","n":[1,2.5e3,null]}}'
 seed hub_request connect '{"id":12345678901234567890123,"op":"connect","token":"t","info":{"name":"Ann"}}'
 seed hub_request history '{"op":"history","channel":"news","limit":10,"id":[1]}'
+# HTTP/3 (first byte even: a request head; odd: a control stream): an extended CONNECT in
+# QPACK (static :method CONNECT, :scheme https, :authority and :path by name reference,
+# :protocol literal), and SETTINGS with ENABLE_CONNECT_PROTOCOL.
+seed http3_head connect '\x00\x00\x00\xcf\xd7\x50\x09localhost\x51\x03/ws\x27\x02:protocol\x09websocket'
+seed http3_head settings '\x01\x04\x06\x01\x00\x07\x00\x08\x01'
 seed hub_node steps '\x00\x00\x00\x01\x01\x05\x00\x00\x07\x02\x02\x00\x03\x03\x04\x00\x01\x09\x01\x00\x08'
 
 cargo fuzz build "${build_args[@]}"

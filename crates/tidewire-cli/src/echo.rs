@@ -50,6 +50,12 @@ pub struct EchoArgs {
     #[arg(long)]
     no_http2: bool,
 
+    /// Also serve WebSockets over HTTP/3 (RFC 9220) on the same port over UDP (needs
+    /// --tls-cert and --tls-key).
+    #[cfg(feature = "http3")]
+    #[arg(long, requires = "tls_cert")]
+    http3: bool,
+
     #[command(flatten)]
     compression: CompressionArgs,
 }
@@ -127,7 +133,7 @@ async fn serve(args: EchoArgs) -> Result<()> {
             .protocols(args.protocols)
             .compression(args.compression.policy()),
     );
-    let tls = match (&args.tls_cert, &args.tls_key) {
+    let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let cert_pem = std::fs::read(cert)
                 .with_context(|| format!("cannot read {} (--tls-cert)", cert.display()))?;
@@ -137,10 +143,13 @@ async fn serve(args: EchoArgs) -> Result<()> {
                 .context("invalid certificate or key (--tls-cert, --tls-key)")?;
             let mut config = Arc::unwrap_or_clone(config);
             config.alpn_protocols = tidewire::alpn_protocols(!args.no_http2);
-            Some(tidewire::tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            Some(config)
         }
         _ => None,
     };
+    let tls = tls_config
+        .clone()
+        .map(|c| tidewire::tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
@@ -148,6 +157,13 @@ async fn serve(args: EchoArgs) -> Result<()> {
     let mut listener = tidewire::Listener::new(listener).nodelay(true);
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
+    #[cfg(feature = "http3")]
+    if args.http3 {
+        if let Some(config) = &tls_config {
+            let endpoint = http3_endpoint(config, local)?;
+            tokio::spawn(serve_http3(endpoint, builder.clone()));
+        }
+    }
     println!("tidewire echo listening on {scheme}://{local}/");
     loop {
         let (tcp, peer) = listener.accept().await;
@@ -192,6 +208,30 @@ async fn serve(args: EchoArgs) -> Result<()> {
                 }));
             }
         }
+    }
+}
+
+/// The QUIC endpoint of `--http3`, on the UDP port of the TCP listener.
+#[cfg(feature = "http3")]
+fn http3_endpoint(
+    tls: &tidewire::rustls::ServerConfig,
+    addr: std::net::SocketAddr,
+) -> Result<tidewire::http3::quinn::Endpoint> {
+    let config = tidewire::http3::server_config(tls).context("--http3")?;
+    tidewire::http3::quinn::Endpoint::server(config, addr)
+        .with_context(|| format!("--http3: cannot listen on udp/{addr}"))
+}
+
+/// Echoes on every WebSocket stream of every HTTP/3 connection (RFC 9220).
+#[cfg(feature = "http3")]
+async fn serve_http3(endpoint: tidewire::http3::quinn::Endpoint, builder: Arc<ServerBuilder>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let server = (*builder).clone();
+        tokio::spawn(async move {
+            if let Err(e) = tidewire::http3::serve_websockets(incoming, server, echo_loop).await {
+                tracing::debug!("HTTP/3 connection ended: {}", log_text::peer(&e));
+            }
+        });
     }
 }
 

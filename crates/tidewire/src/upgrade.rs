@@ -378,37 +378,54 @@ where
 {
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            let answer = match upgrade(&mut req, &server) {
-                Ok((response, pending)) => {
-                    let on_socket = on_socket.clone();
-                    tokio::spawn(async move {
-                        match pending.finish().await {
-                            Ok(ws) => on_socket(ws).await,
-                            Err(e) => tracing::debug!("HTTP/2 WebSocket stream failed: {e}"),
-                        }
-                    });
-                    response.map(|()| String::new())
-                }
-                Err(e) => {
-                    let mut response = http::Response::new(format!("{}\n", e.reason()));
-                    *response.status_mut() = e.status();
-                    // RFC 6455 §4.4 (which RFC 8441 §5 keeps): a version the server does
-                    // not speak is answered with the versions it does, as over HTTP/1.1.
-                    if e.status() == http::StatusCode::UPGRADE_REQUIRED {
-                        response.headers_mut().insert(
-                            http::header::SEC_WEBSOCKET_VERSION,
-                            http::HeaderValue::from_static("13"),
-                        );
-                    }
-                    response
-                }
-            };
-            std::future::ready(Ok::<_, std::convert::Infallible>(answer))
+            std::future::ready(Ok::<_, std::convert::Infallible>(answer_websocket(
+                &mut req, &server, &on_socket,
+            )))
         });
     http2_builder()
         .serve_connection(TokioIo::new(io), service)
         .await
         .map_err(|e| Error::from(std::io::Error::other(e)))
+}
+
+/// The answer of a server whose every request is a WebSocket (HTTP/2 and HTTP/3 streams):
+/// the 2xx of an accepted extended CONNECT, whose socket then goes to `on_socket` in a
+/// task of its own, or the refusal's status and reason.
+#[cfg(any(feature = "http2", feature = "http3"))]
+pub(crate) fn answer_websocket<B, F, Fut>(
+    req: &mut http::Request<B>,
+    server: &ServerBuilder,
+    on_socket: &F,
+) -> http::Response<String>
+where
+    F: Fn(WebSocketStream<Upgraded>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    match upgrade(req, server) {
+        Ok((response, pending)) => {
+            let on_socket = on_socket.clone();
+            tokio::spawn(async move {
+                match pending.finish().await {
+                    Ok(ws) => on_socket(ws).await,
+                    Err(e) => tracing::debug!("WebSocket stream failed: {e}"),
+                }
+            });
+            response.map(|()| String::new())
+        }
+        Err(e) => {
+            let mut response = http::Response::new(format!("{}\n", e.reason()));
+            *response.status_mut() = e.status();
+            // RFC 6455 §4.4 (which RFC 8441 §5 keeps): a version the server does
+            // not speak is answered with the versions it does, as over HTTP/1.1.
+            if e.status() == http::StatusCode::UPGRADE_REQUIRED {
+                response.headers_mut().insert(
+                    http::header::SEC_WEBSOCKET_VERSION,
+                    http::HeaderValue::from_static("13"),
+                );
+            }
+            response
+        }
+    }
 }
 
 #[cfg(feature = "axum")]

@@ -135,9 +135,9 @@ struct Shared {
 pub async fn run(args: ConnectionsArgs, nofile: Nofile) -> Result<()> {
     let n = args.conns as u64;
     nofile.check(n);
-    let mut builder = ClientBuilder::new(&args.url)
-        .protocols(args.subprotocol.iter().cloned())
-        .http2(args.common.http2);
+    let mut builder = args
+        .common
+        .versions(ClientBuilder::new(&args.url).protocols(args.subprotocol.iter().cloned()));
     if args.compression {
         builder = builder.compression(Some(tidewire::DeflateConfig::default()));
     }

@@ -220,7 +220,7 @@ async fn raw_connect(target: &Target) -> Result<TcpStream, Failure> {
 
 pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
     nofile.check(args.conns as u64);
-    let mut builder = ClientBuilder::new(&args.url).http2(args.common.http2);
+    let mut builder = args.common.versions(ClientBuilder::new(&args.url));
     if args.compression {
         let offer = tidewire::DeflateConfig::default()
             .level(args.deflate_level)
@@ -243,6 +243,8 @@ pub async fn run(args: EchoArgs, nofile: Nofile) -> Result<()> {
         let (mut probe, response) = target.probe().await?;
         if response.version() == http::Version::HTTP_2 {
             http = "2";
+        } else if response.version() == http::Version::HTTP_3 {
+            http = "3";
         }
         pmd = response
             .headers()

@@ -88,6 +88,22 @@ pub struct Common {
     /// wss:// where the server allows it).
     #[arg(long, value_name = "off|only|auto", default_value = "off")]
     pub http2: tidewire::Http2,
+
+    /// WebSocket over HTTP/3 (RFC 9220, wss:// only): every WebSocket a stream of a
+    /// shared QUIC connection (the server runs with --http3).
+    #[cfg(feature = "http3")]
+    #[arg(long)]
+    pub http3: bool,
+}
+
+impl Common {
+    /// The HTTP versions asked for, on a client.
+    pub fn versions(&self, builder: ClientBuilder) -> ClientBuilder {
+        let builder = builder.http2(self.http2);
+        #[cfg(feature = "http3")]
+        let builder = builder.http3(self.http3);
+        builder
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -315,6 +331,7 @@ impl Target {
         rcvbuf: Option<u32>,
     ) -> Result<(Ws, axum::http::Response<()>), Failure> {
         if self.tls || self.builder.http2_mode() == tidewire::Http2::Only {
+            // (HTTP/3 is wss:// only.)
             // wss:// or HTTP/2: the library opens TCP (and TLS) itself, or takes a stream
             // of a connection it has (no source address choice).
             return self.builder.connect().await.map_err(|e| Failure::ws(&e));

@@ -1070,6 +1070,27 @@ where
     }
 }
 
+/// Serves one incoming QUIC connection whose requests are all WebSockets (as
+/// [`serve_http2`](crate::upgrade::serve_http2) does for HTTP/2): each extended CONNECT
+/// that `server` accepts is answered 200 and handed to `on_socket` in a task of its own;
+/// any other request gets the refusal's status and reason.
+pub async fn serve_websockets<F, Fut>(
+    incoming: quinn::Incoming,
+    server: crate::ServerBuilder,
+    on_socket: F,
+) -> Result<()>
+where
+    F: Fn(crate::WebSocketStream<crate::upgrade::Upgraded>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: http::Request<Body>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(
+            crate::upgrade::answer_websocket(&mut req, &server, &on_socket),
+        ))
+    });
+    serve_connection(incoming, service).await
+}
+
 /// A request's head as HTTP/3 sends it, made into an `http::Request` (RFC 9114 §4.3.1,
 /// RFC 9220 §3); the error is the reason a 400 gives.
 fn request_head(
@@ -1363,9 +1384,94 @@ async fn respond_text(
     Ok(())
 }
 
+/// What the fuzz targets run: the parsers of what a peer sends, on any bytes.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A request head as a server receives it: QPACK decoding, then the checks of
+    /// RFC 9114 §4.3. Never panics; a decoded section encodes back to the same fields.
+    pub fn request_head(block: &[u8]) {
+        let Ok(fields) = qpack::decode(block, MAX_FIELD_SECTION) else {
+            return;
+        };
+        let mut again = Vec::new();
+        qpack::encode(
+            fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+            &mut again,
+        );
+        assert_eq!(qpack::decode(&again, usize::MAX).as_ref(), Ok(&fields));
+        let _ = super::request_head(fields, SocketAddr::from(([127, 0, 0, 1], 1)));
+        let _ = response_head(block);
+    }
+
+    /// A control stream's bytes: frame headers, then SETTINGS payloads. Never panics.
+    pub fn control(mut data: &[u8]) {
+        while let Some((kind, len, head)) = frame_header(data) {
+            let end = (head as u64).saturating_add(len).min(data.len() as u64) as usize;
+            if kind == SETTINGS {
+                let _ = parse_settings(&data[head..end]);
+            }
+            data = &data[end..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_heads_and_control_streams_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9220);
+        let mut valid = Vec::new();
+        qpack::encode(
+            [
+                (&b":method"[..], &b"CONNECT"[..]),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"https"),
+                (b":authority", b"example.com"),
+                (b":path", b"/ws"),
+                (b"sec-websocket-version", b"13"),
+            ],
+            &mut valid,
+        );
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for round in 0..200_000 {
+            let block: Vec<u8> = if round % 2 == 0 {
+                let len = rng.gen_range(0..64);
+                (0..len).map(|_| rng.gen()).collect()
+            } else {
+                let mut b = valid.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let i = rng.gen_range(0..b.len());
+                    b[i] = rng.gen();
+                }
+                b.truncate(rng.gen_range(0..=b.len()));
+                b
+            };
+            if let Ok(fields) = qpack::decode(&block, MAX_FIELD_SECTION) {
+                let mut again = Vec::new();
+                qpack::encode(
+                    fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+                    &mut again,
+                );
+                assert_eq!(qpack::decode(&again, usize::MAX).unwrap(), fields);
+                let _ = request_head(fields, peer);
+            }
+            let _ = response_head(&block);
+            let mut data = &block[..];
+            while let Some((kind, len, head)) = frame_header(data) {
+                let end = (head as u64).saturating_add(len).min(data.len() as u64) as usize;
+                if kind == SETTINGS {
+                    let _ = parse_settings(&data[head..end]);
+                }
+                data = &data[end..];
+            }
+        }
+    }
 
     #[test]
     fn varints_round_trip_at_every_length() {
