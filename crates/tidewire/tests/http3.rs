@@ -182,6 +182,55 @@ async fn websockets_to_one_host_share_one_quic_connection_until_the_last_closes(
 }
 
 #[tokio::test]
+async fn past_the_servers_stream_limit_a_second_connection_takes_the_rest() {
+    // The server allows 256 streams at once per connection.
+    let (addr, tls) = h3_server(echo_router(ServerBuilder::new())).await;
+    let mut sockets = Vec::new();
+    for _ in 0..300 {
+        sockets.push(client(addr, "/echo", &tls).connect().await.unwrap().0);
+    }
+    let mut per_connection = std::collections::BTreeMap::new();
+    for ws in &sockets {
+        *per_connection.entry(connection_of(ws)).or_insert(0) += 1;
+    }
+    let counts: Vec<i32> = per_connection.values().copied().collect();
+    assert_eq!(counts, vec![256, 44], "{per_connection:?}");
+    for (i, ws) in sockets.iter_mut().enumerate().step_by(37) {
+        ws.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(
+            ws.recv().await.unwrap().unwrap().as_payload(),
+            format!("{i}").as_bytes()
+        );
+    }
+    // Forty of the first connection's WebSockets end: the server returns stream credit
+    // once an eighth of its limit is free (quinn's rule), and new WebSockets go back there.
+    let first = *per_connection.keys().next().unwrap();
+    for _ in 0..40 {
+        let at = sockets
+            .iter()
+            .position(|ws| connection_of(ws) == first)
+            .unwrap();
+        let mut gone = sockets.swap_remove(at);
+        gone.close(None).await.unwrap();
+        while let Some(Ok(_)) = gone.recv().await {}
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ws, _) = client(addr, "/echo", &tls).connect().await.unwrap();
+        let on = connection_of(&ws);
+        sockets.push(ws);
+        if on == first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never back on the first connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn refusals_carry_their_status_and_reason_and_misuse_is_named() {
     let server =
         ServerBuilder::new().origin_check(|origin, _| origin == Some("https://good.example"));

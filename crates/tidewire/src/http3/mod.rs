@@ -622,14 +622,29 @@ struct Conn {
     _control: Mutex<quinn::SendStream>,
     /// The socket the connection runs on.
     _endpoint: quinn::Endpoint,
+    /// The TLS configuration whose address is part of the pool's key: kept alive so that
+    /// the address cannot be reused by another configuration while this connection lives.
+    _tls: Arc<rustls::ClientConfig>,
 }
 
 /// A WebSocket's hold on its pooled connection: the last one out closes it.
 struct Lease(Arc<Conn>);
 
-fn pool() -> &'static Mutex<HashMap<String, Arc<Conn>>> {
-    static POOL: OnceLock<Mutex<HashMap<String, Arc<Conn>>>> = OnceLock::new();
+/// The pooled connections of each host (and TLS configuration): more than one once the
+/// server's stream limit is reached on the first.
+fn pool() -> &'static Mutex<HashMap<String, Vec<Arc<Conn>>>> {
+    static POOL: OnceLock<Mutex<HashMap<String, Vec<Arc<Conn>>>>> = OnceLock::new();
     POOL.get_or_init(Default::default)
+}
+
+/// Takes `conn` out of the pool.
+fn unpool(pool: &mut HashMap<String, Vec<Arc<Conn>>>, conn: &Arc<Conn>) {
+    if let Some(conns) = pool.get_mut(&conn.key) {
+        conns.retain(|c| !Arc::ptr_eq(c, conn));
+        if conns.is_empty() {
+            pool.remove(&conn.key);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -640,12 +655,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         let mut pool = lock(pool());
         if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if pool
-                .get(&self.0.key)
-                .is_some_and(|c| Arc::ptr_eq(c, &self.0))
-            {
-                pool.remove(&self.0.key);
-            }
+            unpool(&mut pool, &self.0);
             self.0.quic.close(code(H3_NO_ERROR), b"");
             lock(closing()).push(self.0._endpoint.clone());
         }
@@ -672,22 +682,39 @@ fn usable(conn: &Conn) -> bool {
     conn.quic.close_reason().is_none() && !conn.going_away.load(Ordering::Acquire)
 }
 
-/// A lease on the pooled connection for `key`, if there is one that can take a stream.
-fn take_pooled(key: &str) -> Option<Lease> {
+/// A stream of a pooled connection for `key`, with its lease, if one of them can open a
+/// stream now: below the server's stream limit (a connection at the limit is passed
+/// over, and taken again once the server returns credit), not closed, not going away
+/// (those leave the pool here).
+fn take_pooled(key: &str) -> Option<(Lease, Streams)> {
     let mut pool = lock(pool());
-    let conn = pool.get(key)?.clone();
-    if !usable(&conn) {
-        pool.remove(key);
-        return None;
+    let conns = pool.get_mut(key)?;
+    conns.retain(|c| usable(c));
+    let mut found = None;
+    for conn in conns.iter() {
+        match futures_util::FutureExt::now_or_never(conn.quic.open_bi()) {
+            Some(Ok(streams)) => {
+                found = Some((conn.clone(), streams));
+                break;
+            }
+            Some(Err(e)) => tracing::debug!("HTTP/3 pooled connection unusable: {e}"),
+            None => {}
+        }
     }
+    if conns.is_empty() {
+        pool.remove(key);
+    }
+    let (conn, streams) = found?;
     conn.streams.fetch_add(1, Ordering::AcqRel);
-    Some(Lease(conn))
+    Some((Lease(conn), streams))
 }
+
+type Streams = (quinn::SendStream, quinn::RecvStream);
 
 /// The number of client QUIC connections pooled in this process (for tests and
 /// diagnostics).
 pub fn pooled_connections() -> usize {
-    lock(pool()).len()
+    lock(pool()).values().map(Vec::len).sum()
 }
 
 /// One dial per key at a time, so that a burst of WebSockets to one host shares the
@@ -730,23 +757,23 @@ pub(crate) async fn open(
     }
     let tls = tls.unwrap_or_else(crate::transport::default_client_config);
     let key = format!("{}:{}|{:p}", url.host, url.port, Arc::as_ptr(&tls));
-    let lease = match take_pooled(&key) {
-        Some(lease) => lease,
-        None => {
-            let dial = dial_lock(&key);
-            let _dialing = dial.lock().await;
-            match take_pooled(&key) {
-                Some(lease) => lease,
-                None => {
-                    let conn = dial_new(url, &tls, key.clone()).await?;
-                    conn.streams.fetch_add(1, Ordering::AcqRel);
-                    lock(pool()).insert(key.clone(), conn.clone());
-                    Lease(conn)
-                }
-            }
-        }
-    };
-    request(req, lease).await
+    if let Some((lease, streams)) = take_pooled(&key) {
+        return request(req, lease, streams).await;
+    }
+    let dial = dial_lock(&key);
+    let dialing = dial.lock().await;
+    if let Some((lease, streams)) = take_pooled(&key) {
+        drop(dialing);
+        return request(req, lease, streams).await;
+    }
+    let conn = dial_new(url, &tls, key.clone()).await?;
+    conn.streams.fetch_add(1, Ordering::AcqRel);
+    let lease = Lease(conn.clone());
+    // A new connection has the server's whole stream limit.
+    let streams = conn.quic.open_bi().await.map_err(|e| failed(url, e))?;
+    lock(pool()).entry(key).or_default().push(conn);
+    drop(dialing);
+    request(req, lease, streams).await
 }
 
 async fn dial_new(url: &WsUrl, tls: &Arc<rustls::ClientConfig>, key: String) -> Result<Arc<Conn>> {
@@ -820,10 +847,15 @@ async fn dial_new(url: &WsUrl, tls: &Arc<rustls::ClientConfig>, key: String) -> 
         key,
         _control: Mutex::new(control),
         _endpoint: endpoint,
+        _tls: tls.clone(),
     }))
 }
 
-async fn request(req: &Request<'_>, lease: Lease) -> Result<(Box<H3Stream>, http::Response<()>)> {
+async fn request(
+    req: &Request<'_>,
+    lease: Lease,
+    (mut send, recv): Streams,
+) -> Result<(Box<H3Stream>, http::Response<()>)> {
     let url = req.url;
     let conn = lease.0.clone();
     let limit = conn
@@ -876,7 +908,6 @@ async fn request(req: &Request<'_>, lease: Lease) -> Result<(Box<H3Stream>, http
     );
     let mut head = Vec::with_capacity(block.len() + 8);
     put_frame(&mut head, HEADERS, &block);
-    let (mut send, recv) = conn.quic.open_bi().await.map_err(|e| failed(url, e))?;
     send.write_all(&head).await.map_err(|e| failed(url, e))?;
     let mut recv = Recv::new(recv);
     let (status, headers) = loop {
