@@ -556,3 +556,112 @@ async fn a_plain_request_with_a_body_is_served_by_the_same_router() {
     let (_, body) = exchange(&conn, &block, &data).await;
     assert_eq!(String::from_utf8(body).unwrap(), "got 100000 bytes\n");
 }
+
+/// 100 WebSockets on one QUIC connection; one of them sends without ever reading its
+/// echoes. The other 99 must all finish their exchanges: the stalled stream holds its own
+/// flow-control window, not the connection's. Prints the 99's throughput with and without
+/// the stalled one (run with `--release --nocapture` for the figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
+    const MESSAGES: usize = 200;
+    const SIZE: usize = 4096;
+    async fn round(
+        addr: SocketAddr,
+        tls: &Arc<tidewire::rustls::ClientConfig>,
+        stalled: bool,
+    ) -> (Duration, u64) {
+        let mut sockets = Vec::new();
+        for _ in 0..100 {
+            sockets.push(client(addr, "/echo", tls).connect().await.unwrap().0);
+        }
+        let ids: std::collections::BTreeSet<u64> = sockets.iter().map(connection_of).collect();
+        assert_eq!(ids.len(), 1, "100 WebSockets on one connection");
+        let mut slow = sockets.remove(0);
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let sent_by_slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent_by_slow.clone();
+        let slow_task = tokio::spawn(async move {
+            if !stalled {
+                return slow;
+            }
+            // Sends until its writes block (the server stopped reading it, since its
+            // echoes are not read), and never reads.
+            let payload = Message::binary(vec![7u8; 64 << 10]);
+            loop {
+                tokio::select! {
+                    r = slow.send(payload.clone()) => {
+                        if r.is_err() { break; }
+                        counter.fetch_add(64 << 10, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            slow
+        });
+        tokio::time::sleep(Duration::from_millis(if stalled { 500 } else { 0 })).await;
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for mut ws in sockets {
+            tasks.push(tokio::spawn(async move {
+                let payload = Message::binary(vec![1u8; SIZE]);
+                for _ in 0..MESSAGES {
+                    ws.send(payload.clone()).await.unwrap();
+                    let back = ws.recv().await.unwrap().unwrap();
+                    assert_eq!(back.as_payload().len(), SIZE);
+                }
+                ws
+            }));
+        }
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), all)
+            .await
+            .expect("the 99 other WebSockets finished while one was stalled");
+        let took = start.elapsed();
+        let _ = stop_tx.send(true);
+        let _slow = slow_task.await.unwrap();
+        (
+            took,
+            sent_by_slow.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+    let (addr, tls) = h3_server(echo_router(ServerBuilder::new())).await;
+    let (base, _) = round(addr, &tls, false).await;
+    let (with_stall, stuck) = round(addr, &tls, true).await;
+    let bytes = (99 * MESSAGES * SIZE * 2) as f64;
+    println!(
+        "fairness: 99 WebSockets x {MESSAGES} echoes of {SIZE} B on one QUIC connection: {:.1} MB/s alone ({base:?}), {:.1} MB/s beside one stalled WebSocket ({with_stall:?}) that got {} KiB into its windows before its writes blocked",
+        bytes / base.as_secs_f64() / 1e6,
+        bytes / with_stall.as_secs_f64() / 1e6,
+        stuck >> 10
+    );
+    assert!(
+        stuck < 64 << 20,
+        "the stalled WebSocket sent {stuck} bytes: flow control did not hold it"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_without_a_request_is_closed_after_10_s() {
+    let (addr, tls) = h3_server(echo_router(ServerBuilder::new())).await;
+    let (_endpoint, conn, _control) = raw_connection(addr, &tls).await;
+    let started = std::time::Instant::now();
+    let why = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("closed by the server");
+    match why {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(0x100), "H3_NO_ERROR");
+            assert_eq!(&c.reason[..], b"no request");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}

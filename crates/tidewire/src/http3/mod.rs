@@ -1076,8 +1076,23 @@ where
         Arc::new(AtomicBool::new(false)),
         true,
     ));
+    // A connection that sends no request at all is closed, as over HTTP/1.1 and HTTP/2.
+    let mut first = true;
     loop {
-        let (send, recv) = match quic.accept_bi().await {
+        let accepted = if first {
+            first = false;
+            match tokio::time::timeout(HEAD_TIMEOUT, quic.accept_bi()).await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tracing::debug!(%peer, "HTTP/3: no request within {} s", HEAD_TIMEOUT.as_secs());
+                    quic.close(code(H3_NO_ERROR), b"no request");
+                    return Ok(());
+                }
+            }
+        } else {
+            quic.accept_bi().await
+        };
+        let (send, recv) = match accepted {
             Ok(s) => s,
             Err(
                 quinn::ConnectionError::ApplicationClosed(_)
@@ -1283,7 +1298,7 @@ where
     } else {
         let mut body = Vec::new();
         loop {
-            match recv.frame(MAX_FIELD_SECTION.max(1 << 20)).await {
+            match recv.frame(MAX_REQUEST_BODY).await {
                 Ok(Some((DATA, data))) => {
                     if body.len() + data.len() > MAX_REQUEST_BODY {
                         let _ = respond_text(
