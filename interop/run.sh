@@ -9,6 +9,10 @@
 #                                  tidewire interop_client --http2 only -> node ws server,
 #                                  node:http2 by hand -> `tidewire echo` (h2c, TLS with a
 #                                  test CA made by openssl) and `tidewire serve`
+#                                and over HTTP/3 (RFC 9220, QUIC; Python aioquic for HTTP/3
+#                                with websockets' Sans-I/O frames, interop/h3_peer.py):
+#                                  aioquic client -> `tidewire echo --http3`,
+#                                  tidewire interop_client --http3 -> aioquic echo server
 #   interop/run.sh --self-test   no Tidewire at all: python client -> node server,
 #                                  node client -> python server and node(h2) -> node(h2)
 #                                  (proves the scenario code)
@@ -108,8 +112,8 @@ build_tidewire() {
   fi
   logf="$LOG_DIR/build-interop-client.log"
   log "building interop_client example (release, log: $logf)"
-  if ! timeout "$BUILD_TIMEOUT" cargo build --release -p tidewire --example interop_client >"$logf" 2>&1; then
-    UNAVAILABLE[tidewire-client]="cargo build --release -p tidewire --example interop_client failed"
+  if ! timeout "$BUILD_TIMEOUT" cargo build --release -p tidewire --example interop_client --features http3 >"$logf" 2>&1; then
+    UNAVAILABLE[tidewire-client]="cargo build --release -p tidewire --example interop_client --features http3 failed"
     show_tail "$logf" 30
   elif [ ! -x "$INTEROP_CLIENT_BIN" ]; then
     UNAVAILABLE[tidewire-client]="$INTEROP_CLIENT_BIN missing after build"
@@ -167,6 +171,16 @@ wait_port() { # port pid: 0 once something accepts on 127.0.0.1:port, 1 on timeo
   return 1
 }
 
+wait_listening() { # log pid: 0 once the server wrote "listening" (a UDP-only server), 1 on timeout, 2 if pid exited
+  local logf="$1" pid="$2" i
+  for ((i = 0; i < PORT_TIMEOUT * 10; i++)); do
+    grep -q listening "$logf" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 2
+    sleep 0.1
+  done
+  return 1
+}
+
 # server_cmd KIND PORT / client_cmd KIND URL fill CMD with the command line.
 # Kinds ending in -h2 speak HTTP/2 (h2c with prior knowledge: `tidewire echo` answers both).
 server_cmd() {
@@ -183,6 +197,11 @@ server_cmd() {
     python) CMD=("$VPY" "$HERE/py_server.py" --port "$2" "${PEER_FLAGS[@]}") ;;
     node) CMD=(node "$NODE_DIR/server.mjs" --port "$2" "${PEER_FLAGS[@]}") ;;
     node-h2) CMD=(node "$NODE_DIR/server.mjs" --port "$2" --http2 "${PEER_FLAGS[@]}") ;;
+    # HTTP/3: QUIC on the UDP port (the echo also listens on TCP, which wait_port sees).
+    tidewire-h3) CMD=("$TIDEWIRE_BIN" echo --listen "127.0.0.1:$2" --protocols chat,superchat --http3
+                      --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" "${PEER_FLAGS[@]}") ;;
+    aioquic-h3) CMD=("$VPY" "$HERE/h3_peer.py" server --port "$2"
+                     --cert "$TLS_DIR/server.pem" --key "$TLS_DIR/server.key" "${PEER_FLAGS[@]}") ;;
   esac
 }
 client_cmd() {
@@ -195,6 +214,9 @@ client_cmd() {
     node-h2-echo) CMD=(node "$NODE_DIR/h2_connect.mjs" "$2" --target echo "${PEER_FLAGS[@]}") ;;
     node-h2-echo-tls) CMD=(node "$NODE_DIR/h2_connect.mjs" "$2" --target echo --ca "$TLS_DIR/ca.pem" "${PEER_FLAGS[@]}") ;;
     node-h2-serve) CMD=(node "$NODE_DIR/h2_connect.mjs" "$2" --target serve "${PEER_FLAGS[@]}") ;;
+    aioquic-h3) CMD=("$VPY" "$HERE/h3_peer.py" client "$2" --ca "$TLS_DIR/ca.pem" "${PEER_FLAGS[@]}") ;;
+    # The library trusts the platform's store, which SSL_CERT_FILE replaces.
+    tidewire-h3) CMD=(env "SSL_CERT_FILE=$TLS_DIR/ca.pem" "$INTEROP_CLIENT_BIN" "$2" --http3 "${PEER_FLAGS[@]}") ;;
   esac
 }
 
@@ -203,6 +225,7 @@ component_of() { # KIND client|server
   case "$1" in
     tidewire*) if [ "$2" = client ]; then echo tidewire-client; else echo tidewire-server; fi ;;
     node*) echo node ;;
+    aioquic*) echo python ;;
     *) echo "$1" ;;
   esac
 }
@@ -217,7 +240,7 @@ run_pair() {
   local peer="$1" dir="$2" ck="$3" sk="$4"
   local tag="${peer//[^a-z0-9]/-}_${dir//[^a-z]/-}"
   local needs=("$(component_of "$sk" server)" "$(component_of "$ck" client)")
-  [ "$sk" = tidewire-tls ] && needs+=(tls)
+  case "$sk" in tidewire-tls | *-h3) needs+=(tls) ;; esac
   local need
   for need in "${needs[@]}"; do
     if [ -n "${UNAVAILABLE[$need]:-}" ]; then
@@ -235,7 +258,11 @@ run_pair() {
   local spid=$!
   BG_PIDS+=("$spid")
   local wrc=0
-  wait_port "$port" "$spid" || wrc=$?
+  if [ "$sk" = aioquic-h3 ]; then
+    wait_listening "$slog" "$spid" || wrc=$?
+  else
+    wait_port "$port" "$spid" || wrc=$?
+  fi
   if [ "$wrc" -ne 0 ]; then
     if [ "$wrc" -eq 2 ]; then
       wait "$spid" 2>/dev/null
@@ -252,7 +279,7 @@ run_pair() {
   fi
 
   local url="ws://127.0.0.1:$port"
-  [ "$sk" = tidewire-tls ] && url="wss://localhost:$port"
+  case "$sk" in tidewire-tls | *-h3) url="wss://localhost:$port" ;; esac
   client_cmd "$ck" "$url"
   echo "--- $peer $dir: client: ${CMD[*]}"
   local t0 t1 rc
@@ -299,6 +326,10 @@ else
   run_pair "node(h2c,by-hand)" "client->tidewire-echo" node-h2-echo tidewire-chat
   run_pair "node(h2-tls,by-hand)" "client->tidewire-echo" node-h2-echo-tls tidewire-tls
   run_pair "node(h2c,by-hand)" "client->tidewire-serve" node-h2-serve tidewire-serve
+  # WebSocket over HTTP/3 (RFC 9220): the SCENARIO over QUIC, both directions, with aioquic
+  # (HTTP/3, QPACK) and websockets' Sans-I/O frames as the peer.
+  run_pair "python(aioquic,h3)" "client->tidewire" aioquic-h3 tidewire-h3
+  run_pair "python(aioquic,h3)" "tidewire->server" tidewire-h3 aioquic-h3
 fi
 
 log "logs in $LOG_DIR; total $(( $(date +%s) - START )) s"

@@ -14,6 +14,8 @@
 //! h2c with prior knowledge for `ws://`, ALPN `h2` for `wss://`, and fails unless the
 //! handshake was an extended CONNECT answered over HTTP/2. `auto` and `off` are the
 //! library's other modes (`ClientBuilder::http2`); without the flag, the library default.
+//! `--http3` (built with `--features http3`) runs it over HTTP/3 (RFC 9220, QUIC, `wss://`
+//! only; the server's CA from `SSL_CERT_FILE`), and fails unless it went over HTTP/3.
 //!
 //! Written against the expected async API of the `tidewire` crate (`ClientBuilder`,
 //! `Config`, `Limits`, `Message`, `CloseFrame`, `CloseCode`); adjust the names here
@@ -114,6 +116,7 @@ struct Run {
     step_timeout: Duration,
     compression: bool,
     http2: Option<tidewire::Http2>,
+    http3: bool,
 }
 
 impl Run {
@@ -142,6 +145,10 @@ impl Run {
                 if let Some(mode) = self.http2 {
                     builder = builder.http2(mode);
                 }
+                #[cfg(feature = "http3")]
+                {
+                    builder = builder.http3(self.http3);
+                }
                 builder
                     .connect()
                     .await
@@ -150,9 +157,15 @@ impl Run {
             .await?;
         let over = match response.version() {
             http::Version::HTTP_2 => "HTTP/2 extended CONNECT",
+            http::Version::HTTP_3 => "HTTP/3 extended CONNECT",
             http::Version::HTTP_11 => "HTTP/1.1",
             _ => "another HTTP version",
         };
+        if self.http3 && response.version() != http::Version::HTTP_3 {
+            return Err(format!(
+                "--http3: the handshake went over {over}, not HTTP/3"
+            ));
+        }
         if self.http2 == Some(tidewire::Http2::Only) && response.version() != http::Version::HTTP_2
         {
             return Err(format!(
@@ -324,6 +337,7 @@ async fn main() -> ExitCode {
     let mut step_timeout = DEFAULT_STEP_TIMEOUT;
     let mut compression = false;
     let mut http2 = None;
+    let mut http3 = false;
     if let Ok(mode) = std::env::var("INTEROP_HTTP2") {
         match mode.parse() {
             Ok(mode) => http2 = Some(mode),
@@ -343,6 +357,8 @@ async fn main() -> ExitCode {
                 }
             },
             "--compression" => compression = true,
+            // WebSocket over HTTP/3 (RFC 9220): needs the `http3` feature of tidewire.
+            "--http3" if cfg!(feature = "http3") => http3 = true,
             "--http2" => match args.next().map(|s| s.parse::<tidewire::Http2>()) {
                 Some(Ok(mode)) => http2 = Some(mode),
                 Some(Err(e)) => {
@@ -355,7 +371,7 @@ async fn main() -> ExitCode {
                 }
             },
             "-h" | "--help" => {
-                println!("usage: interop_client URL [--compression] [--http2 auto|off|only] [--step-timeout SECONDS]");
+                println!("usage: interop_client URL [--compression] [--http2 auto|off|only] [--http3] [--step-timeout SECONDS]");
                 return ExitCode::SUCCESS;
             }
             _ if url.is_none() && !arg.starts_with('-') => url = Some(arg),
@@ -367,7 +383,7 @@ async fn main() -> ExitCode {
     }
     let Some(url) = url else {
         eprintln!(
-            "usage: interop_client URL [--compression] [--http2 auto|off|only] [--step-timeout SECONDS]"
+            "usage: interop_client URL [--compression] [--http2 auto|off|only] [--http3] [--step-timeout SECONDS]"
         );
         return ExitCode::from(2);
     };
@@ -378,6 +394,7 @@ async fn main() -> ExitCode {
         step_timeout,
         compression,
         http2,
+        http3,
     })
     .run()
     .await
