@@ -340,8 +340,6 @@ async fn refusals_over_http2_carry_their_status_and_reason() {
 /// one (run with `--release --nocapture` for the figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
-    const MESSAGES: usize = 200;
-    const SIZE: usize = 4096;
     async fn round(port: u16, stalled: bool) -> (Duration, u64) {
         let url = format!("ws://127.0.0.1:{port}/");
         let mut sockets = Vec::new();
@@ -358,74 +356,12 @@ async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
             1,
             "100 WebSockets on one connection"
         );
-        let mut slow = sockets.remove(0);
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let sent_by_slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = sent_by_slow.clone();
-        let slow_task = tokio::spawn(async move {
-            if !stalled {
-                return slow;
-            }
-            // Sends until its writes block (the server stopped reading it, since its
-            // echoes are not read), and never reads.
-            let payload = Message::binary(vec![7u8; 64 << 10]);
-            loop {
-                tokio::select! {
-                    r = slow.send(payload.clone()) => {
-                        if r.is_err() { break; }
-                        counter.fetch_add(64 << 10, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    _ = stop_rx.changed() => break,
-                }
-            }
-            slow
-        });
-        // Let the stalled one fill its windows first.
-        tokio::time::sleep(Duration::from_millis(if stalled { 500 } else { 0 })).await;
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for mut ws in sockets {
-            tasks.push(tokio::spawn(async move {
-                let payload = Message::binary(vec![1u8; SIZE]);
-                for _ in 0..MESSAGES {
-                    ws.send(payload.clone()).await.unwrap();
-                    let back = ws.recv().await.unwrap().unwrap();
-                    assert_eq!(back.as_payload().len(), SIZE);
-                }
-                ws
-            }));
-        }
-        let all = async {
-            for t in tasks {
-                t.await.unwrap();
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(120), all)
-            .await
-            .expect("the 99 other WebSockets finished while one was stalled");
-        let took = start.elapsed();
-        let _ = stop_tx.send(true);
-        let _slow = slow_task.await.unwrap();
-        (
-            took,
-            sent_by_slow.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        common::fairness::round(sockets, stalled).await
     }
     let (port, _) = h2c_echo(ServerBuilder::new()).await;
     let (base, _) = round(port, false).await;
     let (with_stall, stuck) = round(port, true).await;
-    let bytes = (99 * MESSAGES * SIZE * 2) as f64;
-    println!(
-        "fairness: 99 WebSockets x {MESSAGES} echoes of {SIZE} B on one HTTP/2 connection: {:.1} MB/s alone ({base:?}), {:.1} MB/s beside one stalled WebSocket ({with_stall:?}) that got {} KiB into its windows before its writes blocked",
-        bytes / base.as_secs_f64() / 1e6,
-        bytes / with_stall.as_secs_f64() / 1e6,
-        stuck >> 10
-    );
-    // The stalled one did block: it could not send without bound.
-    assert!(
-        stuck < 64 << 20,
-        "the stalled WebSocket sent {stuck} bytes: flow control did not hold it"
-    );
+    common::fairness::report("HTTP/2", base, with_stall, stuck);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

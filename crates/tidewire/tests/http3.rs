@@ -19,14 +19,25 @@ use tidewire::http3::quinn;
 use tidewire::upgrade::WebSocketUpgrade;
 use tidewire::{ClientBuilder, CloseCode, CloseFrame, Message, ServerBuilder};
 
-/// An HTTP/3 server on 127.0.0.1 serving `router` through `tidewire::http3`: its address,
-/// and a client TLS configuration that trusts it.
-async fn h3_server(router: Router) -> (SocketAddr, Arc<tidewire::rustls::ClientConfig>) {
+/// A QUIC server endpoint on 127.0.0.1 with a certificate from a new CA (ALPN h3), and a
+/// client TLS configuration that trusts that CA.
+fn h3_endpoint() -> (quinn::Endpoint, Arc<tidewire::rustls::ClientConfig>) {
     let ca = Ca::new();
     let (cert, key) = ca.leaf(&["127.0.0.1", "localhost"], 2020, 2090);
     let tls = tidewire::server_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
     let config = tidewire::http3::server_config(&tls).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let roots = tidewire::root_store_from_pem(ca.pem().as_bytes()).unwrap();
+    (
+        endpoint,
+        Arc::new(tidewire::client_config_with_roots(roots)),
+    )
+}
+
+/// An HTTP/3 server on 127.0.0.1 serving `router` through `tidewire::http3`: its address,
+/// and a client TLS configuration that trusts it.
+async fn h3_server(router: Router) -> (SocketAddr, Arc<tidewire::rustls::ClientConfig>) {
+    let (endpoint, tls) = h3_endpoint();
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
@@ -34,8 +45,7 @@ async fn h3_server(router: Router) -> (SocketAddr, Arc<tidewire::rustls::ClientC
             tokio::spawn(tidewire::http3::serve_connection(incoming, service));
         }
     });
-    let roots = tidewire::root_store_from_pem(ca.pem().as_bytes()).unwrap();
-    (addr, Arc::new(tidewire::client_config_with_roots(roots)))
+    (addr, tls)
 }
 
 /// `/echo` sends every data message back; `/who` says which HTTP version it was asked in.
@@ -509,11 +519,7 @@ async fn the_wire_by_hand_settings_a_plain_request_and_an_extended_connect() {
 #[tokio::test]
 async fn a_server_whose_settings_do_not_allow_extended_connect_is_named() {
     // An HTTP/3 server written here: SETTINGS without ENABLE_CONNECT_PROTOCOL.
-    let ca = Ca::new();
-    let (cert, key) = ca.leaf(&["127.0.0.1"], 2020, 2090);
-    let tls = tidewire::server_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
-    let config = tidewire::http3::server_config(&tls).unwrap();
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let (endpoint, tls) = h3_endpoint();
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
@@ -527,10 +533,9 @@ async fn a_server_whose_settings_do_not_allow_extended_connect_is_named() {
             });
         }
     });
-    let roots = tidewire::root_store_from_pem(ca.pem().as_bytes()).unwrap();
     let e = ClientBuilder::new(format!("wss://127.0.0.1:{}/ws", addr.port()))
         .http3(true)
-        .tls_config(Arc::new(tidewire::client_config_with_roots(roots)))
+        .tls_config(tls)
         .connect()
         .await
         .unwrap_err();
@@ -563,8 +568,6 @@ async fn a_plain_request_with_a_body_is_served_by_the_same_router() {
 /// the stalled one (run with `--release --nocapture` for the figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
-    const MESSAGES: usize = 200;
-    const SIZE: usize = 4096;
     async fn round(
         addr: SocketAddr,
         tls: &Arc<tidewire::rustls::ClientConfig>,
@@ -576,72 +579,12 @@ async fn one_stalled_websocket_does_not_stall_the_other_99_on_its_connection() {
         }
         let ids: std::collections::BTreeSet<u64> = sockets.iter().map(connection_of).collect();
         assert_eq!(ids.len(), 1, "100 WebSockets on one connection");
-        let mut slow = sockets.remove(0);
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let sent_by_slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = sent_by_slow.clone();
-        let slow_task = tokio::spawn(async move {
-            if !stalled {
-                return slow;
-            }
-            // Sends until its writes block (the server stopped reading it, since its
-            // echoes are not read), and never reads.
-            let payload = Message::binary(vec![7u8; 64 << 10]);
-            loop {
-                tokio::select! {
-                    r = slow.send(payload.clone()) => {
-                        if r.is_err() { break; }
-                        counter.fetch_add(64 << 10, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    _ = stop_rx.changed() => break,
-                }
-            }
-            slow
-        });
-        tokio::time::sleep(Duration::from_millis(if stalled { 500 } else { 0 })).await;
-        let start = std::time::Instant::now();
-        let mut tasks = Vec::new();
-        for mut ws in sockets {
-            tasks.push(tokio::spawn(async move {
-                let payload = Message::binary(vec![1u8; SIZE]);
-                for _ in 0..MESSAGES {
-                    ws.send(payload.clone()).await.unwrap();
-                    let back = ws.recv().await.unwrap().unwrap();
-                    assert_eq!(back.as_payload().len(), SIZE);
-                }
-                ws
-            }));
-        }
-        let all = async {
-            for t in tasks {
-                t.await.unwrap();
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(120), all)
-            .await
-            .expect("the 99 other WebSockets finished while one was stalled");
-        let took = start.elapsed();
-        let _ = stop_tx.send(true);
-        let _slow = slow_task.await.unwrap();
-        (
-            took,
-            sent_by_slow.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        common::fairness::round(sockets, stalled).await
     }
     let (addr, tls) = h3_server(echo_router(ServerBuilder::new())).await;
     let (base, _) = round(addr, &tls, false).await;
     let (with_stall, stuck) = round(addr, &tls, true).await;
-    let bytes = (99 * MESSAGES * SIZE * 2) as f64;
-    println!(
-        "fairness: 99 WebSockets x {MESSAGES} echoes of {SIZE} B on one QUIC connection: {:.1} MB/s alone ({base:?}), {:.1} MB/s beside one stalled WebSocket ({with_stall:?}) that got {} KiB into its windows before its writes blocked",
-        bytes / base.as_secs_f64() / 1e6,
-        bytes / with_stall.as_secs_f64() / 1e6,
-        stuck >> 10
-    );
-    assert!(
-        stuck < 64 << 20,
-        "the stalled WebSocket sent {stuck} bytes: flow control did not hold it"
-    );
+    common::fairness::report("QUIC", base, with_stall, stuck);
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
 //! Helpers of the integration tests.
 
 pub mod certs;
+pub mod fairness;
 pub mod proxies;
