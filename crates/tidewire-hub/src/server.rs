@@ -305,15 +305,26 @@ struct Protocols {
 
 type Http2Builder = hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>;
 
-/// Counts an open HTTP/2 connection on `/metrics` while it lives.
-struct Http2Open(Arc<Hub>);
+/// Counts an open connection on `/metrics` (one of the gauges of HTTP/2 and HTTP/3
+/// connections) while it lives.
+struct OpenConnection {
+    hub: Arc<Hub>,
+    gauge: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicU64,
+}
 
-impl Drop for Http2Open {
+impl OpenConnection {
+    fn new(
+        hub: Arc<Hub>,
+        gauge: fn(&crate::metrics::Metrics) -> &std::sync::atomic::AtomicU64,
+    ) -> OpenConnection {
+        gauge(&hub.metrics).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection { hub, gauge }
+    }
+}
+
+impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0
-            .metrics
-            .http2_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        (self.gauge)(&self.hub.metrics).fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -333,11 +344,7 @@ async fn serve_h2<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let hub = slot.hub_arc();
-    hub.metrics
-        .http2_connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _open = Http2Open(hub);
+    let _open = OpenConnection::new(slot.hub_arc(), |m| &m.http2_connections);
     let first = Arc::new(std::sync::Mutex::new(Some(slot)));
     let waiting = first.clone();
     let inner = hyper_util::service::TowerToHyperService::new(app);
@@ -620,18 +627,6 @@ mod http3 {
         })
     }
 
-    /// Counts an open HTTP/3 connection on `/metrics` while it lives.
-    struct Open(Arc<Hub>);
-
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0
-                .metrics
-                .http3_connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
     /// Accepts QUIC connections until the hub stops. Each is served with the hub's
     /// router; beyond `limits.max_http_connections` open HTTP/3 connections, new ones are
     /// refused at the QUIC level (the client sees CONNECTION_REFUSED).
@@ -662,10 +657,7 @@ mod http3 {
                 continue;
             }
             let peer = incoming.remote_address();
-            hub.metrics
-                .http3_connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let open = Open(hub.clone());
+            let open = OpenConnection::new(hub.clone(), |m| &m.http3_connections);
             let inner = hyper_util::service::TowerToHyperService::new(app.clone());
             let service =
                 hyper::service::service_fn(move |mut req: http::Request<tidewire::http3::Body>| {

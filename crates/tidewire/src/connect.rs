@@ -639,6 +639,22 @@ pub(crate) fn first_line(body: &[u8]) -> String {
     line.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// A refusal of an extended CONNECT (HTTP/2, HTTP/3): its status, the first line of its
+/// body, and its `Retry-After`, as an HTTP/1.1 refusal reads.
+#[cfg(any(feature = "http2", feature = "http3"))]
+pub(crate) fn refused(status: http::StatusCode, headers: &http::HeaderMap, body: String) -> Error {
+    let retry_after = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry_after_secs);
+    let reason = status.canonical_reason().unwrap_or("").to_owned();
+    Error::new(Kind::Refused(
+        HandshakeError::Status(status.as_u16(), reason),
+        body,
+        retry_after,
+    ))
+}
+
 /// A `Retry-After` in seconds (at most a day; an HTTP date is not followed).
 pub(crate) fn retry_after_secs(value: &str) -> Option<std::time::Duration> {
     let secs = value.trim().parse::<u64>().ok()?;

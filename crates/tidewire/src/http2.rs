@@ -578,17 +578,11 @@ async fn open_stream<S>(lease: Lease, req: &Request<'_>) -> Result<Opened<S>, Fa
     let (parts, mut recv) = response.into_parts();
     if !parts.status.is_success() {
         let body = refusal_body(&mut recv).await;
-        let retry_after = parts
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::connect::retry_after_secs);
-        let reason = parts.status.canonical_reason().unwrap_or("").to_owned();
-        return Err(Failed::Other(Error::new(Kind::Refused(
-            tidewire_proto::handshake::HandshakeError::Status(parts.status.as_u16(), reason),
+        return Err(Failed::Other(crate::connect::refused(
+            parts.status,
+            &parts.headers,
             body,
-            retry_after,
-        ))));
+        )));
     }
     let mut response = http::Response::new(());
     *response.status_mut() = parts.status;

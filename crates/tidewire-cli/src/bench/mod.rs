@@ -331,9 +331,8 @@ impl Target {
         rcvbuf: Option<u32>,
     ) -> Result<(Ws, axum::http::Response<()>), Failure> {
         if self.tls || self.builder.http2_mode() == tidewire::Http2::Only {
-            // (HTTP/3 is wss:// only.)
-            // wss:// or HTTP/2: the library opens TCP (and TLS) itself, or takes a stream
-            // of a connection it has (no source address choice).
+            // wss:// (HTTP/3 included) or HTTP/2: the library opens the connection itself,
+            // or takes a stream of one it has (no source address choice).
             return self.builder.connect().await.map_err(|e| Failure::ws(&e));
         }
         let open = async {

@@ -657,7 +657,10 @@ impl Drop for Lease {
         if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
             unpool(&mut pool, &self.0);
             self.0.quic.close(code(H3_NO_ERROR), b"");
-            lock(closing()).push(self.0._endpoint.clone());
+            let mut closing = lock(closing());
+            // Endpoints whose connections are all gone need no waiting for.
+            closing.retain(|e| e.open_connections() > 0);
+            closing.push(self.0._endpoint.clone());
         }
     }
 }
@@ -929,16 +932,7 @@ async fn request(
     };
     if !status.is_success() {
         let body = refusal_body(&mut recv).await;
-        let retry_after = headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::connect::retry_after_secs);
-        let reason = status.canonical_reason().unwrap_or("").to_owned();
-        return Err(Error::new(Kind::Refused(
-            tidewire_proto::handshake::HandshakeError::Status(status.as_u16(), reason),
-            body,
-            retry_after,
-        )));
+        return Err(crate::connect::refused(status, &headers, body));
     }
     let mut response = http::Response::new(());
     *response.status_mut() = status;
@@ -1288,7 +1282,7 @@ where
     };
     let connect = head.extensions().get::<hyper::ext::Protocol>().is_some();
     let (parts, ()) = head.into_parts();
-    let (mut request, handover) = if connect {
+    let (request, handover) = if connect {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut request = http::Request::from_parts(parts, Body::default());
         request
@@ -1331,7 +1325,6 @@ where
             None,
         )
     };
-    request.extensions_mut().insert(peer);
     let response = match service.call(request).await {
         Ok(r) => r,
         Err(e) => {
@@ -1418,12 +1411,6 @@ async fn respond_text(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if status == http::StatusCode::UPGRADE_REQUIRED {
-        headers.insert(
-            http::header::SEC_WEBSOCKET_VERSION,
-            http::HeaderValue::from_static("13"),
-        );
-    }
     send_head(send, status, &headers).await?;
     send_body(send, Body::new(Bytes::from(format!("{why}\n")))).await;
     let _ = send.finish();
