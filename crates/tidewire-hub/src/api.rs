@@ -339,6 +339,7 @@ async fn disconnect(hub: &Hub, d: Disconnect) -> ApiResult {
         client: d.client,
         code,
         reason,
+        recorded: None,
     };
     send(hub, command).await
 }
@@ -499,18 +500,22 @@ struct Block {
 /// Blocks a user: recorded for every node, and its connections closed with 4501.
 async fn block(hub: &Hub, b: Block) -> ApiResult {
     check_user(&b.user)?;
-    hub.control
+    let recorded = hub
+        .control
         .record(UserEvent::Block {
             user: b.user.clone(),
             until: b.until,
         })
         .await
         .map_err(|e| ApiError::engine(hub, &e))?;
+    // The block goes with the close: a node applies it before it closes (so the user's
+    // next upgrade there is refused even if `$users` reaches it later).
     let command = Command::Disconnect {
         user: b.user,
         client: None,
         code: CloseCode::BLOCKED.0,
         reason: "blocked".to_owned(),
+        recorded: Some(recorded),
     };
     send(hub, command).await
 }
@@ -551,7 +556,8 @@ async fn revoke(hub: &Hub, r: Revoke) -> ApiResult {
             .map_or(0, |d| d.as_secs())
             + 1
     });
-    hub.control
+    let recorded = hub
+        .control
         .record(UserEvent::Revoke {
             user: r.user.clone(),
             before,
@@ -563,6 +569,7 @@ async fn revoke(hub: &Hub, r: Revoke) -> ApiResult {
         Command::Revoke {
             user: r.user,
             before,
+            recorded: Some(recorded),
         },
     )
     .await

@@ -12,8 +12,14 @@
 //! ([`USERS_KEPT`] events for [`USERS_TTL`]). A node reads that history when it starts (and
 //! again whenever it may have missed some of it), then follows it live; the node that
 //! records an event applies it at once, so the API's next call on it sees it.
+//!
+//! The two channels' deliveries are not ordered with respect to each other: a node could
+//! close a blocked user's connections (the command) and admit its next upgrade before the
+//! block (the event) reached it. So a command that follows an event carries it
+//! ([`Recorded`]), with its place in `$users`: the node applies the event first, unless it
+//! has read that place already (then it has the event and whatever came after it).
 
-use crate::engine::{Error, Publication, StreamOptions};
+use crate::engine::{Error, Publication, StreamOptions, StreamPosition};
 use crate::hub::Hub;
 use crate::lock;
 use crate::node::{InternalEvents, Order};
@@ -45,6 +51,9 @@ pub(crate) enum Command {
         client: Option<String>,
         code: u16,
         reason: String,
+        /// The event this close follows from (`block_user`), applied first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recorded: Option<Recorded>,
     },
     /// Subscribe the connections of `user` to `channel`.
     Subscribe {
@@ -66,7 +75,13 @@ pub(crate) enum Command {
         expire_at: Option<u64>,
     },
     /// Close the connections of `user` whose token was issued before `before`.
-    Revoke { user: String, before: u64 },
+    Revoke {
+        user: String,
+        before: u64,
+        /// The revocation's event, applied first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recorded: Option<Recorded>,
+    },
     /// Every node answers with its channels whose names match `pattern`.
     Query {
         id: u64,
@@ -101,6 +116,14 @@ pub(crate) enum UserEvent {
     },
 }
 
+/// A user event as recorded in `$users`, carried by the command that acts on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Recorded {
+    pub(crate) event: UserEvent,
+    /// Its place in `$users`; none on the memory engine.
+    pub(crate) at: Option<StreamPosition>,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct UserState {
     /// `Some(None)`: blocked until unblocked.
@@ -122,6 +145,8 @@ pub(crate) struct Control {
     users_read: Mutex<Option<(Arc<str>, u64)>>,
     /// A reread of `$users` is running.
     rereading: AtomicBool,
+    /// `$users` must be read (again): set by what a running reread may have missed.
+    reread_wanted: AtomicBool,
     /// The `channels` queries of this node waiting for answers, by id.
     queries: Mutex<HashMap<u64, mpsc::UnboundedSender<ChannelCounts>>>,
     next_query: AtomicU64,
@@ -141,6 +166,7 @@ impl Control {
             users: Mutex::new(HashMap::new()),
             users_read: Mutex::new(None),
             rereading: AtomicBool::new(false),
+            reread_wanted: AtomicBool::new(false),
             queries: Mutex::new(HashMap::new()),
             next_query: AtomicU64::new(1),
         })
@@ -190,8 +216,10 @@ impl Control {
             .map(|_| ())
     }
 
-    /// Records `event` for every node, now and later; applied here at once.
-    pub(crate) async fn record(&self, event: UserEvent) -> Result<(), Error> {
+    /// Records `event` for every node, now and later; applied here at once. What it
+    /// returns goes with the command that acts on the event.
+    pub(crate) async fn record(&self, event: UserEvent) -> Result<Recorded, Error> {
+        let mut at = None;
         if self.networked {
             let hub = self.hub()?;
             let data = serde_json::to_vec(&event).map_err(|e| Error::backend(e, false))?;
@@ -199,12 +227,14 @@ impl Control {
                 history_size: USERS_KEPT,
                 history_ttl: USERS_TTL,
             };
-            hub.node
-                .publish_internal(USERS, data.into(), stream)
-                .await?;
+            at = Some(
+                hub.node
+                    .publish_internal(USERS, data.into(), stream)
+                    .await?,
+            );
         }
         self.apply_user(&event);
-        Ok(())
+        Ok(Recorded { event, at })
     }
 
     fn hub(&self) -> Result<Arc<Hub>, Error> {
@@ -309,7 +339,11 @@ impl Control {
                 client,
                 code,
                 reason,
+                recorded,
             } => {
+                if let Some(r) = &recorded {
+                    self.apply_recorded(r);
+                }
                 sessions.order(
                     &user,
                     client.as_deref(),
@@ -338,7 +372,14 @@ impl Control {
             } => {
                 sessions.order(&user, client.as_deref(), &Order::Refresh(expire_at));
             }
-            Command::Revoke { user, before } => {
+            Command::Revoke {
+                user,
+                before,
+                recorded,
+            } => {
+                if let Some(r) = &recorded {
+                    self.apply_recorded(r);
+                }
                 sessions.order(&user, None, &Order::Revoke(before));
             }
             Command::Query { id, from, pattern } => {
@@ -365,6 +406,27 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Applies the event a command carries, unless `$users` was read up to its place
+    /// already. Right after the place read last, it counts as read (its own delivery is
+    /// then skipped); further on, or in another epoch, it is applied now and again in
+    /// its turn (blocks and revocations are idempotent; a reread starts afresh anyway).
+    fn apply_recorded(&self, recorded: &Recorded) {
+        let mut read = lock(&self.users_read);
+        if let Some(at) = &recorded.at {
+            match read.as_mut() {
+                Some((epoch, offset)) if **epoch == *at.epoch && *offset >= at.offset => return,
+                Some((epoch, offset)) if **epoch == *at.epoch && *offset + 1 == at.offset => {
+                    *offset = at.offset;
+                }
+                _ => {}
+            }
+        }
+        // Applied with `users_read` held, so that the event after it cannot come first.
+        self.apply_user(&recorded.event);
+        drop(read);
+        self.read_again_if_rereading();
     }
 
     fn apply_user(&self, event: &UserEvent) {
@@ -406,25 +468,50 @@ impl Control {
         Ok(())
     }
 
+    /// Reads `$users` again soon: now in the background, or after the reread that is
+    /// running (whose snapshot may be older than what asked for it).
     fn reread_later(self: &Arc<Self>) {
+        self.reread_wanted.store(true, Ordering::Release);
         if self.rereading.swap(true, Ordering::AcqRel) {
             return;
         }
         let control = self.clone();
         tokio::spawn(async move {
             loop {
-                let Some(hub) = control.hub.upgrade() else {
-                    break;
-                };
-                match control.reread(&hub).await {
-                    Ok(()) => break,
-                    Err(e) => tracing::warn!("server API: rereading blocked users failed: {e}"),
+                while control.reread_wanted.swap(false, Ordering::AcqRel) {
+                    loop {
+                        let Some(hub) = control.hub.upgrade() else {
+                            control.rereading.store(false, Ordering::Release);
+                            return;
+                        };
+                        match control.reread(&hub).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::warn!("server API: rereading blocked users failed: {e}")
+                            }
+                        }
+                        drop(hub);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
-                drop(hub);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                control.rereading.store(false, Ordering::Release);
+                // Asked for between the last check and the store: go on, unless another
+                // task has taken it up.
+                if !control.reread_wanted.load(Ordering::Acquire)
+                    || control.rereading.swap(true, Ordering::AcqRel)
+                {
+                    break;
+                }
             }
-            control.rereading.store(false, Ordering::Release);
         });
+    }
+
+    /// An event applied while a reread runs may be dropped when the reread's older
+    /// snapshot replaces the users: read once more after it.
+    fn read_again_if_rereading(&self) {
+        if self.rereading.load(Ordering::Acquire) {
+            self.reread_wanted.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -482,10 +569,11 @@ impl InternalEvents for Events {
                 }
                 if in_order {
                     *read = Some((publication.epoch.clone(), publication.offset));
-                    drop(read);
                     if let Ok(event) = serde_json::from_slice::<UserEvent>(&publication.data) {
                         control.apply_user(&event);
                     }
+                    drop(read);
+                    control.read_again_if_rereading();
                 } else {
                     drop(read);
                     control.reread_later();
@@ -526,6 +614,7 @@ mod tests {
             client: None,
             code: 4500,
             reason: "bye".into(),
+            recorded: None,
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(
@@ -533,6 +622,33 @@ mod tests {
             r#"{"op":"disconnect","user":"ann","client":null,"code":4500,"reason":"bye"}"#
         );
         assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
+        // A close that follows a block carries it; a node of an earlier version, which
+        // does not know the field, still reads the command (serde ignores it).
+        let c = Command::Revoke {
+            user: "bob".into(),
+            before: 9,
+            recorded: Some(Recorded {
+                event: UserEvent::Revoke {
+                    user: "bob".into(),
+                    before: 9,
+                },
+                at: Some(StreamPosition {
+                    offset: 3,
+                    epoch: "e".into(),
+                }),
+            }),
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"revoke","user":"bob","before":9,"recorded":{"event":{"op":"revoke","user":"bob","before":9},"at":{"offset":3,"epoch":"e"}}}"#
+        );
+        assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
+        let old = r#"{"op":"revoke","user":"bob","before":9}"#;
+        assert!(matches!(
+            serde_json::from_str::<Command>(old).unwrap(),
+            Command::Revoke { recorded: None, .. }
+        ));
         let e = UserEvent::Block {
             user: "bob".into(),
             until: Some(5),
@@ -540,6 +656,62 @@ mod tests {
         let text = serde_json::to_string(&e).unwrap();
         assert_eq!(text, r#"{"op":"block","user":"bob","until":5}"#);
         assert_eq!(serde_json::from_str::<UserEvent>(&text).unwrap(), e);
+    }
+
+    fn users_publication(offset: u64, event: &UserEvent) -> Publication {
+        Publication {
+            offset,
+            epoch: Arc::from("e"),
+            data: serde_json::to_vec(event).unwrap().into(),
+        }
+    }
+
+    /// The block a close carries is applied before `$users` delivers it, once, and never
+    /// over an unblock read after it.
+    #[test]
+    fn a_carried_event_is_applied_once_and_in_its_place() {
+        let control = Control::new(Weak::new(), true);
+        let events = Events(control.clone());
+        *lock(&control.users_read) = Some((Arc::from("e"), 5));
+        let block = UserEvent::Block {
+            user: "bob".into(),
+            until: None,
+        };
+        let recorded = |offset| Recorded {
+            event: block.clone(),
+            at: Some(StreamPosition {
+                offset,
+                epoch: "e".into(),
+            }),
+        };
+        // The command comes first: bob is blocked at once, and `$users` counts as read.
+        control.apply_recorded(&recorded(6));
+        assert_eq!(control.refusal("bob", None), Some("blocked"));
+        assert_eq!(lock(&control.users_read).as_ref().unwrap().1, 6);
+        // Its own delivery is skipped; the unblock after it applies.
+        events.publication(USERS, users_publication(6, &block));
+        let unblock = UserEvent::Unblock { user: "bob".into() };
+        events.publication(USERS, users_publication(7, &unblock));
+        assert_eq!(control.refusal("bob", None), None);
+        // A command read late does not block bob again.
+        control.apply_recorded(&recorded(6));
+        assert_eq!(control.refusal("bob", None), None);
+        // A command ahead of a gap applies now and leaves the position alone.
+        control.apply_recorded(&recorded(9));
+        assert_eq!(control.refusal("bob", None), Some("blocked"));
+        assert_eq!(lock(&control.users_read).as_ref().unwrap().1, 7);
+        // Another epoch (the stream was lost): applied, the reread will settle it.
+        control.apply_recorded(&Recorded {
+            event: UserEvent::Block {
+                user: "cy".into(),
+                until: None,
+            },
+            at: Some(StreamPosition {
+                offset: 1,
+                epoch: "f".into(),
+            }),
+        });
+        assert_eq!(control.refusal("cy", None), Some("blocked"));
     }
 
     #[test]
