@@ -323,8 +323,15 @@ impl ReconnectBuilder {
     }
 
     /// Changes the underlying [`ClientBuilder`]: `.client(|c| c.protocols(["chat"]))`.
+    /// A heartbeat set there (in the options it is given) becomes this builder's, as if
+    /// given to [`heartbeat`](Self::heartbeat); options without one leave it as it was.
     pub fn client(mut self, f: impl FnOnce(ClientBuilder) -> ClientBuilder) -> Self {
+        let before = self.client.options.heartbeat;
         self.client = f(self.client);
+        let after = self.client.options.heartbeat;
+        if after.is_some() && after != before {
+            self.heartbeat = after;
+        }
         self
     }
 
@@ -856,6 +863,33 @@ fn next_or_flush(ws: &mut Ws, read: bool) -> impl Future<Output = Option<Result<
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn a_heartbeat_set_through_client_is_not_overridden() {
+        let hb = |s| {
+            Some(Heartbeat {
+                interval: Duration::from_secs(s),
+                timeout: Duration::from_secs(3 * s),
+            })
+        };
+        let b = ReconnectingClient::builder("ws://127.0.0.1:9/");
+        assert_eq!(b.heartbeat, Some(DEFAULT_HEARTBEAT));
+        let b = b.client(|c| {
+            c.options(
+                crate::Options::default().heartbeat(Duration::from_secs(1), Duration::from_secs(3)),
+            )
+        });
+        assert_eq!(b.heartbeat, hb(1));
+        // Other settings through `client` leave it alone, as do options without one...
+        let b = b.client(|c| c.protocols(["chat"]));
+        assert_eq!(b.heartbeat, hb(1));
+        let b = b.heartbeat(Duration::from_secs(2), Duration::from_secs(6));
+        let b = b.client(|c| c.options(crate::Options::default()));
+        assert_eq!(b.heartbeat, hb(2));
+        // ...and the builder's own word still counts after it.
+        let b = b.no_heartbeat();
+        assert_eq!(b.heartbeat, None);
+    }
 
     #[test]
     fn backoff_ceilings_double_up_to_the_cap() {
