@@ -98,6 +98,10 @@ export class Subscription {
         this._held = [];
         /** @internal Successful subscriptions so far. */
         this._subscribedCount = 0;
+        /** @internal Resubscribes refused in a row for a while (112, 100, 107). */
+        this._refusals = 0;
+        /** @internal The timer of the next resubscribe after such a refusal. */
+        this._retryTimer = null;
         /**
          * @internal The position of a `subscribed` push for this channel that arrived on the
          * current connection while this subscription's own subscribe was on its way: the server
@@ -193,6 +197,9 @@ export class Subscription {
         this._pendingId = null;
         this._held = [];
         this._serverPush = null;
+        if (this._retryTimer !== null)
+            clearTimeout(this._retryTimer);
+        this._retryTimer = null;
         this.readyReject(error ??
             new Error(`${byServer ? "the server ended the subscription to" : "unsubscribed from"} ${JSON.stringify(this.channel)} ` +
                 `before the subscription completed`));

@@ -113,6 +113,12 @@ export interface ClientEvents {
 
 type Timer = ReturnType<typeof setTimeout>;
 
+/**
+ * Refusals of a subscribe that may pass later with nothing changed on the client's side:
+ * the engine unavailable, the server failing, over the subscribe rate.
+ */
+const TEMPORARY: ReadonlySet<number | string> = new Set([ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED]);
+
 interface Request {
   id: number;
   op: string;
@@ -704,6 +710,9 @@ export class TidewireClient {
       sub._pendingId = null;
       sub._held = [];
       sub._serverPush = null;
+      // The next connection resubscribes it anyway.
+      if (sub._retryTimer !== null) clearTimeout(sub._retryTimer);
+      sub._retryTimer = null;
       if (sub._state === "subscribed") sub._state = "subscribing";
     }
     for (const p of pending) {
@@ -992,6 +1001,26 @@ export class TidewireClient {
     if (!err && !isPosition(result?.offset, result?.epoch)) {
       err = new TidewireError("protocol", `subscribe reply without offset/epoch: ${JSON.stringify(result)}`);
     }
+    if (err && TEMPORARY.has(err.code) && sub._subscribedCount > 0) {
+      // A subscription the application holds, refused for a while (the engine down, say):
+      // kept, and tried again from where it stands after a delay. A first subscribe is
+      // refused for its caller instead (`ready` rejects).
+      sub._refusals++;
+      const delay = backoffDelay(sub._refusals, 100, 5000, this.o.random);
+      this.report(
+        new TidewireError(
+          err.code,
+          `resubscribe to ${JSON.stringify(sub.channel)} refused for now (${err.message}); again in ${Math.round(delay)} ms`,
+        ),
+      );
+      sub._retryTimer = setTimeout(() => {
+        sub._retryTimer = null;
+        if (sub._state === "unsubscribed" || this.subs.get(sub.channel) !== sub || sub._pendingId !== null) return;
+        if (this.conn !== conn || !conn.open) return; // the next connection resubscribes
+        this.sendSubscribe(conn, sub);
+      }, delay);
+      return;
+    }
     if (err) {
       this.subs.delete(sub.channel);
       const e = new TidewireError(err.code, `subscribe to ${JSON.stringify(sub.channel)} refused: ${err.message}`);
@@ -1001,6 +1030,7 @@ export class TidewireClient {
     }
     const position: StreamPosition = { offset: result.offset, epoch: result.epoch };
     sub._active = true;
+    sub._refusals = 0;
     let recoveredCount = 0;
     let recovered: boolean | undefined;
     if (since && result.recovered === true) {

@@ -173,6 +173,10 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
   _held: Publication<T>[] = [];
   /** @internal Successful subscriptions so far. */
   _subscribedCount = 0;
+  /** @internal Resubscribes refused in a row for a while (112, 100, 107). */
+  _refusals = 0;
+  /** @internal The timer of the next resubscribe after such a refusal. */
+  _retryTimer: ReturnType<typeof setTimeout> | null = null;
   /**
    * @internal The position of a `subscribed` push for this channel that arrived on the
    * current connection while this subscription's own subscribe was on its way: the server
@@ -288,6 +292,8 @@ export class Subscription<T = unknown> implements AsyncIterable<SubscriptionItem
     this._pendingId = null;
     this._held = [];
     this._serverPush = null;
+    if (this._retryTimer !== null) clearTimeout(this._retryTimer);
+    this._retryTimer = null;
     this.readyReject(
       error ??
         new Error(

@@ -216,6 +216,54 @@ async def test_duplicates_are_skipped_and_gaps_and_new_epochs_resubscribe_with_s
         await client.close()
 
 
+async def test_resubscribes_refused_for_a_while_are_tried_again_and_lose_nothing():
+    """A resubscribe refused for a while (112 engine down, 107 over the subscribe rate)
+    keeps the subscription and is tried again with the same since; a first subscribe
+    refused that way fails for its caller."""
+    async with ScriptServer() as server:
+        errors = []
+        client = Client(
+            server.url,
+            on_event=lambda e: errors.append(e.error) if type(e).__name__ == "ErrorEvent" else None,
+            **FAST,
+        )
+        conn = await connected(server, client)
+        sub = client.subscribe("c")
+        await conn.reply(await conn.expect("subscribe"), {"offset": 0, "epoch": "e"})
+        await sub.ready(5)
+        await conn.publication("c", 1, "e")
+        first = client.subscribe("d")
+        await conn.error(await conn.expect("subscribe"), 112, "engine down")
+        with pytest.raises(ServerError) as e:
+            await first.ready(5)
+        assert e.value.code == ErrorCode.UNAVAILABLE
+        await conn.close(1012, "restart")
+        conn = await server.next_conn()
+        await conn.accept_connect()
+        resub = await conn.expect("subscribe")
+        assert resub["since"] == {"offset": 1, "epoch": "e"}
+        await conn.error(resub, 112, "engine down")
+        # Published meanwhile: not delivered before a subscribe succeeds.
+        await conn.publication("c", 3, "e")
+        resub = await conn.expect("subscribe")
+        assert resub["since"] == {"offset": 1, "epoch": "e"}
+        await conn.error(resub, 107, "slow down")
+        resub = await conn.expect("subscribe")
+        assert resub["since"] == {"offset": 1, "epoch": "e"}
+        pubs = [{"channel": "c", "offset": o, "epoch": "e", "data": o} for o in (2, 3)]
+        await conn.reply(resub, {"offset": 3, "epoch": "e", "recovered": True, "publications": pubs})
+        await conn.publication("c", 4, "e")
+        got = []
+        while len(got) < 4:
+            item = await sub.get(timeout=5)
+            assert isinstance(item, Publication), item
+            got.append(item.offset)
+        assert got == [1, 2, 3, 4]
+        refused = [x.code for x in errors if isinstance(x, ServerError) and "for now" in str(x)]
+        assert refused == [112, 107]
+        await client.close()
+
+
 async def connected(server: ScriptServer, client: Client, **accept):
     """Starts the client and accepts its connection: the script's side of it."""
     task = asyncio.ensure_future(client.connect(timeout=5))

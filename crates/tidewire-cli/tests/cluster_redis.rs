@@ -727,6 +727,7 @@ async fn random_node_and_engine_faults_keep_every_guarantee() {
                         .unwrap()
                         .push((p.offset, p.data["n"].as_u64().unwrap())),
                     Some(Item::Unrecoverable { .. }) => panic!("told that something was lost"),
+                    Some(Item::Failed(e)) => panic!("the subscription failed: {e}"),
                     Some(_) => {}
                     None => return,
                 }

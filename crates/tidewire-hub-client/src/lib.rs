@@ -206,7 +206,9 @@ pub enum Item {
     },
     /// Subscribing again after a reconnect failed (the namespace is gone, permission was
     /// withdrawn), or the server ended the subscription (its API's `unsubscribe`: error
-    /// 105, "unsubscribed by the server"): the last item of this subscription.
+    /// 105, "unsubscribed by the server"): the last item of this subscription. A
+    /// resubscribe refused for a while (112, 100, 107) does not end it: it is tried again
+    /// after a backoff, each refusal a [`HubEvent::Error`].
     Failed(Error),
 }
 
@@ -664,6 +666,29 @@ struct Sub {
     /// The reader fell behind: publications are dropped until it has room, then the
     /// subscription resumes with `since`.
     lagging: bool,
+    /// A resubscribe refused for a while (112, 100, 107): when to try again on this
+    /// connection.
+    retry: Option<tokio::time::Instant>,
+    /// Resubscribes refused in a row (the backoff's attempt number).
+    refusals: u32,
+}
+
+/// Resubscribes refused for a while are tried again after a delay from this backoff
+/// (full jitter), on the same connection.
+const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Whether a refused subscribe may succeed later without anything changing on the
+/// client's side: the engine unavailable (112), the server failing (100), or over the
+/// subscribe rate (107, as when many subscriptions come back at once).
+fn temporary(e: &Error) -> bool {
+    [
+        ErrorCode::UNAVAILABLE,
+        ErrorCode::INTERNAL,
+        ErrorCode::RATE_LIMITED,
+    ]
+    .iter()
+    .any(|c| e.code() == Some(c.0))
 }
 
 /// What to do with a subscription after a publication.
@@ -696,6 +721,13 @@ impl Driver {
         let mut cmds_open = true;
         loop {
             let lagging = self.subs.values().any(|s| s.lagging);
+            let retry_at = self.subs.values().filter_map(|s| s.retry).min();
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 ev = self.events_in.next_event() => match ev {
                     Some(ev) => self.on_event(ev).await,
@@ -711,6 +743,7 @@ impl Driver {
                     break;
                 }
                 _ = lag_tick.tick(), if lagging => self.check_lagging().await,
+                _ = retry => self.retry_subscribes().await,
             }
         }
         for (_, pending) in self.pending.drain() {
@@ -768,6 +801,8 @@ impl Driver {
                 }
                 for sub in self.subs.values_mut() {
                     sub.subscribing = false;
+                    // The next connection resubscribes them all anyway.
+                    sub.retry = None;
                 }
                 self.emit(HubEvent::Disconnected(d));
             }
@@ -901,6 +936,8 @@ impl Driver {
                     position: None,
                     subscribing: false,
                     lagging: false,
+                    retry: None,
+                    refusals: 0,
                 };
                 self.subs.insert(channel.clone(), sub);
                 if let Some(conn) = self.conn {
@@ -1104,6 +1141,20 @@ impl Driver {
                 self.resync(channel).await;
                 return;
             }
+            // A subscription the application holds, refused for a while (the engine
+            // down, say): kept, and tried again from where it stands after a delay. A
+            // first subscribe gives the error to its caller instead.
+            Err(e) if sub.ready.is_none() && temporary(&e) => {
+                sub.refusals = sub.refusals.saturating_add(1);
+                let (initial, max) = RESUBSCRIBE_BACKOFF;
+                let ceiling = Backoff::new(initial, max).ceiling(sub.refusals);
+                let delay = ceiling.mul_f64(rand::random::<f64>());
+                sub.retry = Some(tokio::time::Instant::now() + delay);
+                // Nothing live is trusted until a subscribe succeeds.
+                sub.subscribing = true;
+                self.emit(HubEvent::Error(e));
+                return;
+            }
             Err(e) => {
                 if let Some(sub) = self.subs.remove(channel) {
                     match sub.ready {
@@ -1118,6 +1169,7 @@ impl Driver {
                 return;
             }
         };
+        sub.refusals = 0;
         let now = StreamPosition {
             offset: r.offset,
             epoch: r.epoch,
@@ -1147,6 +1199,30 @@ impl Driver {
             Err(mpsc::error::TrySendError::Full(_)) => sub.lagging = true,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.unsubscribe(channel.to_owned(), None).await
+            }
+        }
+    }
+
+    /// Subscribes again, on the current connection, the subscriptions whose retry is due.
+    async fn retry_subscribes(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .subs
+            .iter_mut()
+            .filter(|(_, s)| s.retry.is_some_and(|at| at <= now))
+            .map(|(ch, s)| {
+                s.retry = None;
+                ch.clone()
+            })
+            .collect();
+        let Some(conn) = self.conn else {
+            return;
+        };
+        for ch in due {
+            if self.subs.get(&ch).is_some_and(|s| s.tx.is_closed()) {
+                self.unsubscribe(ch, None).await;
+            } else if !self.subscribe(conn, &ch).await {
+                return;
             }
         }
     }
@@ -1215,24 +1291,48 @@ mod tests {
         }
     }
 
+    use tidewire::WebSocketStream;
+    use tokio::net::TcpStream;
+
+    /// The next request a scripted server reads.
+    async fn request(ws: &mut WebSocketStream<TcpStream>) -> (RequestId, Request) {
+        loop {
+            match ws.recv().await.unwrap().unwrap() {
+                Message::Text(t) => return parse_request(&t).unwrap(),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn push(ws: &mut WebSocketStream<TcpStream>, text: String) {
+        ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// A scripted server's side of a new connection, up to its `connect` answered.
+    async fn accept(listener: &tokio::net::TcpListener) -> WebSocketStream<TcpStream> {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tidewire::ServerBuilder::new()
+            .protocols([PROTOCOL])
+            .accept(tcp)
+            .await
+            .unwrap();
+        let (id, connect) = request(&mut ws).await;
+        assert_eq!(connect.op(), "connect");
+        let result = ConnectResult {
+            client: "c-1".into(),
+            user: None,
+            version: PROTOCOL.into(),
+        };
+        push(&mut ws, encode_ok(&id, &result)).await;
+        ws
+    }
+
     /// A scripted tidewire.v1 server: the real hub never sends duplicates or gaps, so this
     /// one does, to check that the client skips the first and resubscribes on the second.
     #[tokio::test]
     async fn duplicates_skipped_gaps_and_epoch_changes_resubscribe() {
-        use tidewire::WebSocketStream;
-        use tokio::net::{TcpListener, TcpStream};
+        use tokio::net::TcpListener;
 
-        async fn request(ws: &mut WebSocketStream<TcpStream>) -> (RequestId, Request) {
-            loop {
-                match ws.recv().await.unwrap().unwrap() {
-                    Message::Text(t) => return parse_request(&t).unwrap(),
-                    _ => continue,
-                }
-            }
-        }
-        async fn push(ws: &mut WebSocketStream<TcpStream>, text: String) {
-            ws.send(Message::text(text)).await.unwrap();
-        }
         fn publication(offset: u64, epoch: &str) -> String {
             let mut out = String::new();
             proto::write_publication(&mut out, "c", offset, epoch, &offset.to_string());
@@ -1256,20 +1356,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tidewire::ServerBuilder::new()
-                .protocols([PROTOCOL])
-                .accept(tcp)
-                .await
-                .unwrap();
-            let (id, connect) = request(&mut ws).await;
-            assert_eq!(connect.op(), "connect");
-            let result = ConnectResult {
-                client: "c-1".into(),
-                user: None,
-                version: PROTOCOL.into(),
-            };
-            push(&mut ws, encode_ok(&id, &result)).await;
+            let mut ws = accept(&listener).await;
             let (id, sub) = request(&mut ws).await;
             assert_eq!(since(&sub), None);
             push(&mut ws, encode_ok(&id, &position(0, "e"))).await;
@@ -1334,6 +1421,116 @@ mod tests {
                 "f11"
             ]
         );
+        client.close().await;
+        server.await.unwrap();
+    }
+
+    /// A resubscribe refused for a while (the engine down: 112; over the subscribe rate:
+    /// 107) keeps the subscription and is tried again with the same `since`, so nothing is
+    /// lost; a first subscribe refused the same way fails for its caller.
+    #[tokio::test]
+    async fn resubscribes_refused_for_a_while_are_tried_again() {
+        use tidewire_hub_proto::encode_error;
+        use tokio::net::TcpListener;
+
+        fn publication(offset: u64) -> String {
+            let mut out = String::new();
+            proto::write_publication(&mut out, "c", offset, "e", &offset.to_string());
+            out
+        }
+        fn subscribe(r: &Request) -> (&str, Option<u64>) {
+            match r {
+                Request::Subscribe { channel, since } => {
+                    (channel.as_str(), since.as_ref().map(|p| p.offset))
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut ws = accept(&listener).await;
+            let (id, sub) = request(&mut ws).await;
+            assert_eq!(subscribe(&sub), ("c", None));
+            let position = StreamPosition {
+                offset: 0,
+                epoch: "e".into(),
+            };
+            push(&mut ws, encode_ok(&id, &position)).await;
+            push(&mut ws, publication(1)).await;
+            // A first subscribe refused for a while: its caller is told.
+            let (id, sub) = request(&mut ws).await;
+            assert_eq!(subscribe(&sub), ("d", None));
+            push(
+                &mut ws,
+                encode_error(&id, ErrorCode::UNAVAILABLE, "engine down"),
+            )
+            .await;
+            drop(ws);
+            // The next connection: the resubscribe is refused twice, then recovers.
+            let mut ws = accept(&listener).await;
+            let (id, sub) = request(&mut ws).await;
+            assert_eq!(subscribe(&sub), ("c", Some(1)));
+            push(
+                &mut ws,
+                encode_error(&id, ErrorCode::UNAVAILABLE, "engine down"),
+            )
+            .await;
+            // Published meanwhile; not trusted (nor delivered) before a subscribe succeeds.
+            push(&mut ws, publication(3)).await;
+            let (id, sub) = request(&mut ws).await;
+            assert_eq!(subscribe(&sub), ("c", Some(1)));
+            push(
+                &mut ws,
+                encode_error(&id, ErrorCode::RATE_LIMITED, "slow down"),
+            )
+            .await;
+            let (id, sub) = request(&mut ws).await;
+            assert_eq!(subscribe(&sub), ("c", Some(1)));
+            let recovered: Vec<String> = (2..=3).map(publication).collect();
+            let reply = encode_publications_result(&id, 3, "e", Some(true), recovered);
+            push(&mut ws, reply).await;
+            push(&mut ws, publication(4)).await;
+            let _ = ws.recv().await;
+        });
+
+        let client = HubClient::builder(format!("ws://{addr}/ws"))
+            .backoff(Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+            ))
+            .connect();
+        let mut sub = client.subscribe("c").await.unwrap();
+        let first = sub.next().await;
+        assert!(
+            matches!(&first, Some(Item::Publication(p)) if p.offset == 1),
+            "{first:?}"
+        );
+        let refused = client.subscribe("d").await.unwrap_err();
+        assert_eq!(refused.code(), Some(112));
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let item = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("no item within 10 s")
+                .expect("subscription ended");
+            match item {
+                Item::Publication(p) => got.push(p.offset),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, [2, 3, 4]);
+        // The refusals were reported as they came.
+        let mut codes = Vec::new();
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(100), client.next_event()).await
+        {
+            if let HubEvent::Error(e) = ev {
+                codes.push(e.code());
+            }
+        }
+        assert_eq!(codes, [Some(112), Some(107)]);
         client.close().await;
         server.await.unwrap();
     }

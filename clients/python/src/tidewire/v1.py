@@ -72,6 +72,10 @@ from .protocol import (
     close_action,
 )
 
+#: Refusals of a subscribe that may pass later with nothing changed on the client's side:
+#: the engine unavailable, the server failing, over the subscribe rate.
+_TEMPORARY = (ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED)
+
 __all__ = [
     "Client",
     "Subscription",
@@ -252,6 +256,10 @@ class Subscription:
         self._pushed: Optional[StreamPosition] = None
         self._retries_106 = 0
         self._subscribed_count = 0
+        # Resubscribes refused in a row for a while (112, 100, 107), and the timer of the
+        # next try.
+        self._refusals = 0
+        self._retry_timer: Optional[asyncio.TimerHandle] = None
         self._ended = False
         self._error: Optional[BaseException] = None
         self._error_raised = False
@@ -383,6 +391,9 @@ class Subscription:
         self._active = False
         self._pending_id = None
         self._held = []
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         self._error = error
         self.end_reason = reason
         if not self._ready.done():
@@ -1140,6 +1151,10 @@ class Client:
             sub._held = []
             sub._pushed = None
             sub._retries_106 = 0
+            if sub._retry_timer is not None:
+                # The next connection resubscribes it anyway.
+                sub._retry_timer.cancel()
+                sub._retry_timer = None
         for p in pending:
             if p.kind == "request" and p.request is not None and not p.request.future.done():
                 p.request.future.set_exception(
@@ -1356,6 +1371,21 @@ class Client:
                     sub._position = sub._pushed
                 self._resync(conn, sub, "the server subscribed this connection meanwhile")
                 return
+            if isinstance(err, ServerError) and err.code in _TEMPORARY and sub._subscribed_count > 0:
+                # A subscription the application holds, refused for a while (the engine
+                # down, say): kept, and tried again from where it stands after a delay. A
+                # first subscribe fails for its caller instead.
+                sub._refusals += 1
+                delay = backoff_delay(sub._refusals, 0.1, 5.0, self._random)
+                self._report(
+                    ServerError(
+                        err.code,
+                        f"resubscribe to {sub.channel!r} refused for now ({err.message}); again in {delay:.2f} s",
+                    )
+                )
+                loop = asyncio.get_running_loop()
+                sub._retry_timer = loop.call_later(delay, self._retry_subscribe, conn, sub)
+                return
             failure = err or ProtocolError("subscribe reply without a position")
             if isinstance(failure, ServerError):
                 failure = ServerError(failure.code, f"subscribe to {sub.channel!r} refused: {failure.message}")
@@ -1364,6 +1394,7 @@ class Client:
             self._report(failure)
             return
         sub._active = True
+        sub._refusals = 0
         recovered: Optional[bool] = None
         count = 0
         if since is not None and result.get("recovered") is True:
@@ -1432,6 +1463,14 @@ class Client:
             return "lagging"
         sub._position = pub.position
         return "delivered"
+
+    def _retry_subscribe(self, conn: _Conn, sub: Subscription) -> None:
+        sub._retry_timer = None
+        if sub._ended or self._subs.get(sub.channel) is not sub or sub._pending_id is not None:
+            return
+        if self._conn is not conn or not conn.open:
+            return  # the next connection resubscribes
+        self._send_subscribe(conn, sub)
 
     def _resync(self, conn: _Conn, sub: Subscription, why: str) -> None:
         """Unsubscribes and subscribes again with ``since`` on the same connection."""
