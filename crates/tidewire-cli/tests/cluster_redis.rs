@@ -163,6 +163,44 @@ async fn resume_on_another_node_after_sigkill() {
     exactly_once_in_order(&got, 0);
 }
 
+/// A client reconnects while the engine is down (its node killed during a Redis stall,
+/// the balancer sends it to the other node): its resubscribe there is refused with 112
+/// until Redis answers again, and the subscription goes on from where it stood; every
+/// publication arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server; .ci/run runs it (cargo test --test cluster_redis -- --ignored)"]
+async fn a_resubscribe_refused_during_an_engine_outage_is_tried_again() {
+    let redis = Redis::start();
+    let mut a = node(&redis, "127.0.0.1:0", "node-a", &[]);
+    let b = node(&redis, "127.0.0.1:0", "node-b", &[]);
+    let lb = Balancer::start(vec![a.addr, b.addr]).await;
+    let reader = hub_client(lb.addr);
+    let mut sub = reader.subscribe("feed").await.unwrap();
+    let mut publisher = client(b.addr).await;
+    publish_range(&mut publisher, "feed", 0..3).await;
+    let mut got = read_publications(&mut sub, 3).await;
+    redis.signal("-STOP");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // The reader is back, on node B, and told that its resubscribe was refused.
+    let refused = async {
+        loop {
+            if let Some(tidewire_hub_client::HubEvent::Error(e)) = reader.next_event().await {
+                if e.code() == Some(112) {
+                    return e;
+                }
+            }
+        }
+    };
+    let refused = timeout(Duration::from_secs(30), refused).await;
+    redis.signal("-CONT");
+    let refused = refused.expect("no resubscribe refused with 112 within 30 s");
+    assert!(refused.to_string().contains("112"), "{refused}");
+    publish_range(&mut publisher, "feed", 3..6).await;
+    got.extend(read_publications(&mut sub, 3).await);
+    exactly_once_in_order(&got, 0);
+}
+
 /// The subscriber connection of a node is killed by Redis (`CLIENT KILL TYPE pubsub`)
 /// in the middle of a stream: the node subscribes again and fills the gap from history;
 /// the client sees every publication once, in order, and nothing unrecoverable.
