@@ -203,6 +203,16 @@ struct Shard {
     /// Subscriptions that are starting, by id: the events that arrived meanwhile, merged
     /// with the history read when they go live ([`Registry::go_live`]). Empty as a rule.
     starting: HashMap<u64, Vec<Arc<Event>>>,
+    /// Subscriptions gone live whose history read may have reached past what the broker
+    /// has delivered to them yet, by id: the position it reached. A publication at or
+    /// below it that arrives later (it was on its way from the engine, on another
+    /// connection than the read) was in the recovered page already, and is not delivered
+    /// again. An entry goes with the first publication past it, or after one to two
+    /// sweeps ([`Registry::age_fresh`]: what was on its way has come by then). Empty as a
+    /// rule.
+    fresh: HashMap<u64, StreamPosition>,
+    /// The entries of `fresh` as the last sweep found them.
+    fresh_old: HashMap<u64, StreamPosition>,
 }
 
 /// The channels with local subscribers; the broker's event sink.
@@ -294,6 +304,8 @@ impl Registry {
         if shard.starting.remove(&id).is_some() && shard.starting.is_empty() {
             shard.starting.shrink_to_fit();
         }
+        shard.fresh.remove(&id);
+        shard.fresh_old.remove(&id);
         let Some(local) = shard.channels.get_mut(channel) else {
             return (false, false);
         };
@@ -332,16 +344,34 @@ impl Registry {
         else {
             return;
         };
+        let mut past = false;
         for event in buffered {
             let covered = match event.kind() {
                 EventKind::Publication { offset, epoch, .. } => {
-                    *offset <= position.offset && **epoch == *position.epoch
+                    let covered = *offset <= position.offset && **epoch == *position.epoch;
+                    past |= !covered;
+                    covered
                 }
                 _ => false,
             };
             if !covered {
                 sub.outbox.push(id, event);
             }
+        }
+        // Offset 0: nothing was ever published, so nothing can be on its way.
+        if !past && position.offset > 0 {
+            shard.fresh.insert(id, position.clone());
+        }
+    }
+
+    /// Forgets the entries of `fresh` older than one sweep.
+    fn age_fresh(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            if shard.fresh.is_empty() && shard.fresh_old.is_empty() {
+                continue;
+            }
+            shard.fresh_old = std::mem::take(&mut shard.fresh);
         }
     }
 
@@ -358,6 +388,18 @@ impl Registry {
                 if let Some(buffer) = shard.starting.get_mut(&sub.id) {
                     buffer.push(event.clone());
                     continue;
+                }
+            }
+            if !shard.fresh.is_empty() || !shard.fresh_old.is_empty() {
+                if let EventKind::Publication { offset, epoch, .. } = event.kind() {
+                    let read = shard.fresh.get(&sub.id);
+                    if let Some(read) = read.or_else(|| shard.fresh_old.get(&sub.id)) {
+                        if *offset <= read.offset && **epoch == *read.epoch {
+                            continue;
+                        }
+                        shard.fresh.remove(&sub.id);
+                        shard.fresh_old.remove(&sub.id);
+                    }
                 }
             }
             // A closed outbox (its connection is ending) is skipped; the connection
@@ -879,6 +921,7 @@ impl Node {
     /// Housekeeping, every few seconds: the engine's sweeps, and the refresh of this
     /// node's presence entries every third of their TTL.
     pub async fn sweep(&self) {
+        self.registry.age_fresh();
         if let Err(e) = self.call("sweep", self.broker.sweep()).await {
             tracing::warn!("broker sweep failed: {}", peer(&e));
         }

@@ -516,3 +516,90 @@ async fn subscribe_floods_leave_no_streams_behind() {
     assert_eq!(h.node.channel_count(), 0);
     assert_eq!(h.broker.inner.history_bytes(), 0);
 }
+
+/// A publication that the history read of a new subscription covered but that reaches
+/// the node only after the subscription went live (the engine's live message travels on
+/// another connection than the read's reply, as with Redis) is not delivered to it again;
+/// the channel's other subscribers get it, and publications past the read go to both.
+#[test]
+fn a_publication_covered_by_the_read_and_arriving_late_is_not_delivered_twice() {
+    let registry = Registry::new();
+    let (old, new) = (Outbox::new(16), Outbox::new(16));
+    let sub = |id, outbox: &Outbox| LocalSub {
+        id,
+        outbox: outbox.sender(),
+        client: client(&id.to_string()),
+    };
+    let read = StreamPosition {
+        offset: 5,
+        epoch: "e".into(),
+    };
+    registry.add("feed", sub(1, &old));
+    registry.set_linked("feed");
+    registry.go_live(
+        "feed",
+        1,
+        &StreamPosition {
+            offset: 3,
+            epoch: "e".into(),
+        },
+    );
+    registry.add("feed", sub(2, &new));
+    // Published at 4 and 5 before the read of subscription 2, which reached 5: only 4 is
+    // in the node yet (buffered while 2 starts).
+    let publication = |offset| Publication {
+        offset,
+        epoch: Arc::from("e"),
+        data: bytes::Bytes::from_static(b"0"),
+    };
+    BrokerEvents::publication(&registry, "feed", publication(4));
+    registry.go_live("feed", 2, &read);
+    for offset in [5, 6, 7] {
+        BrokerEvents::publication(&registry, "feed", publication(offset));
+    }
+    let got = |outbox: &Outbox| {
+        let events: Vec<_> = drain(outbox).unwrap().into_iter().map(|(_, e)| e).collect();
+        offsets(&events)
+    };
+    assert_eq!(got(&old), [4, 5, 6, 7]);
+    assert_eq!(got(&new), [6, 7], "4 and 5 came with the read");
+    let empty = |r: &Registry| {
+        r.shards
+            .iter()
+            .all(|s| lock(s).fresh.is_empty() && lock(s).fresh_old.is_empty())
+    };
+    assert!(
+        empty(&registry),
+        "the entry goes with the first publication past the read"
+    );
+    let at = |offset| StreamPosition {
+        offset,
+        epoch: "e".into(),
+    };
+    // Removed before anything past the read came: the entry goes too.
+    registry.add("feed", sub(3, &Outbox::new(4)));
+    registry.go_live("feed", 3, &at(9));
+    assert!(!empty(&registry));
+    registry.remove("feed", 3);
+    assert!(empty(&registry));
+    // A quiet channel: the entry lasts one to two sweeps, then goes (what was on its way
+    // has come by then).
+    let quiet = Outbox::new(4);
+    registry.add("quiet", sub(4, &quiet));
+    registry.set_linked("quiet");
+    registry.go_live("quiet", 4, &at(2));
+    registry.age_fresh();
+    let late = Publication {
+        offset: 2,
+        epoch: Arc::from("e"),
+        data: bytes::Bytes::from_static(b"0"),
+    };
+    BrokerEvents::publication(&registry, "quiet", late);
+    assert!(got(&quiet).is_empty(), "still skipped after one sweep");
+    registry.age_fresh();
+    assert!(empty(&registry));
+    // A channel never published on (offset 0) needs no entry at all.
+    registry.add("new", sub(5, &Outbox::new(4)));
+    registry.go_live("new", 5, &at(0));
+    assert!(empty(&registry));
+}
