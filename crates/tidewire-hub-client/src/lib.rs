@@ -358,6 +358,7 @@ impl HubClientBuilder {
             pending: HashMap::new(),
             waiting: VecDeque::new(),
             subs: HashMap::new(),
+            retry_at: None,
         };
         tokio::spawn(driver.run());
         HubClient {
@@ -713,6 +714,9 @@ struct Driver {
     /// Requests made between connections.
     waiting: VecDeque<(Outgoing, Reply)>,
     subs: HashMap<String, Sub>,
+    /// The earliest `retry` of the subscriptions (kept here, so that the loop does not
+    /// look through every subscription for each message).
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -721,7 +725,7 @@ impl Driver {
         let mut cmds_open = true;
         loop {
             let lagging = self.subs.values().any(|s| s.lagging);
-            let retry_at = self.subs.values().filter_map(|s| s.retry).min();
+            let retry_at = self.retry_at;
             let retry = async {
                 match retry_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -804,6 +808,7 @@ impl Driver {
                     // The next connection resubscribes them all anyway.
                     sub.retry = None;
                 }
+                self.retry_at = None;
                 self.emit(HubEvent::Disconnected(d));
             }
             E::ConnectFailed { attempt, error } => {
@@ -1148,8 +1153,9 @@ impl Driver {
                 sub.refusals = sub.refusals.saturating_add(1);
                 let (initial, max) = RESUBSCRIBE_BACKOFF;
                 let ceiling = Backoff::new(initial, max).ceiling(sub.refusals);
-                let delay = ceiling.mul_f64(rand::random::<f64>());
-                sub.retry = Some(tokio::time::Instant::now() + delay);
+                let at = tokio::time::Instant::now() + ceiling.mul_f64(rand::random::<f64>());
+                sub.retry = Some(at);
+                self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
                 // Nothing live is trusted until a subscribe succeeds.
                 sub.subscribing = true;
                 self.emit(HubEvent::Error(e));
@@ -1215,6 +1221,7 @@ impl Driver {
                 ch.clone()
             })
             .collect();
+        self.retry_at = self.subs.values().filter_map(|s| s.retry).min();
         let Some(conn) = self.conn else {
             return;
         };

@@ -413,15 +413,13 @@ impl Control {
     /// then skipped); further on, or in another epoch, it is applied now and again in
     /// its turn (blocks and revocations are idempotent; a reread starts afresh anyway).
     fn apply_recorded(&self, recorded: &Recorded) {
+        // The memory engine: `record` applied it already, on this only node.
+        let Some(at) = &recorded.at else {
+            return;
+        };
         let mut read = lock(&self.users_read);
-        if let Some(at) = &recorded.at {
-            match read.as_mut() {
-                Some((epoch, offset)) if **epoch == *at.epoch && *offset >= at.offset => return,
-                Some((epoch, offset)) if **epoch == *at.epoch && *offset + 1 == at.offset => {
-                    *offset = at.offset;
-                }
-                _ => {}
-            }
+        if place(&mut read, &at.epoch, at.offset) == Place::Seen {
+            return;
         }
         // Applied with `users_read` held, so that the event after it cannot come first.
         self.apply_user(&recorded.event);
@@ -544,6 +542,30 @@ pub(crate) fn glob(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// Where a `$users` event stands against the place read up to.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// Read already (with whatever came after it).
+    Seen,
+    /// Right after the place read: now read up to it (`read` advanced).
+    Next,
+    /// Further on, or in another epoch, or nothing read yet.
+    Ahead,
+}
+
+/// Where the event at `offset` of `epoch` stands against `read`; a [`Place::Next`]
+/// advances `read` to it.
+fn place(read: &mut Option<(Arc<str>, u64)>, epoch: &str, offset: u64) -> Place {
+    match read {
+        Some((e, o)) if **e == *epoch && *o >= offset => Place::Seen,
+        Some((e, o)) if **e == *epoch && *o + 1 == offset => {
+            *o = offset;
+            Place::Next
+        }
+        _ => Place::Ahead,
+    }
+}
+
 /// The control sink of a networked hub: `$control` commands and `$users` events.
 #[derive(Debug)]
 pub(crate) struct Events(pub(crate) Arc<Control>);
@@ -558,17 +580,11 @@ impl InternalEvents for Events {
             },
             USERS => {
                 let mut read = lock(&control.users_read);
-                let in_order = read
-                    .as_ref()
-                    .is_some_and(|(e, o)| **e == *publication.epoch && publication.offset == o + 1);
-                let seen = read
-                    .as_ref()
-                    .is_some_and(|(e, o)| **e == *publication.epoch && publication.offset <= *o);
-                if seen {
+                let place = place(&mut read, &publication.epoch, publication.offset);
+                if place == Place::Seen {
                     return;
                 }
-                if in_order {
-                    *read = Some((publication.epoch.clone(), publication.offset));
+                if place == Place::Next {
                     if let Ok(event) = serde_json::from_slice::<UserEvent>(&publication.data) {
                         control.apply_user(&event);
                     }

@@ -346,17 +346,11 @@ impl Registry {
         };
         let mut past = false;
         for event in buffered {
-            let covered = match event.kind() {
-                EventKind::Publication { offset, epoch, .. } => {
-                    let covered = *offset <= position.offset && **epoch == *position.epoch;
-                    past |= !covered;
-                    covered
-                }
-                _ => false,
-            };
-            if !covered {
-                sub.outbox.push(id, event);
+            if covered(&event, position) {
+                continue;
             }
+            past |= event.offset().is_some();
+            sub.outbox.push(id, event);
         }
         // Offset 0: nothing was ever published, so nothing can be on its way.
         if !past && position.offset > 0 {
@@ -390,16 +384,15 @@ impl Registry {
                     continue;
                 }
             }
-            if !shard.fresh.is_empty() || !shard.fresh_old.is_empty() {
-                if let EventKind::Publication { offset, epoch, .. } = event.kind() {
-                    let read = shard.fresh.get(&sub.id);
-                    if let Some(read) = read.or_else(|| shard.fresh_old.get(&sub.id)) {
-                        if *offset <= read.offset && **epoch == *read.epoch {
-                            continue;
-                        }
-                        shard.fresh.remove(&sub.id);
-                        shard.fresh_old.remove(&sub.id);
+            if (!shard.fresh.is_empty() || !shard.fresh_old.is_empty()) && event.offset().is_some()
+            {
+                let read = shard.fresh.get(&sub.id);
+                if let Some(read) = read.or_else(|| shard.fresh_old.get(&sub.id)) {
+                    if covered(&event, read) {
+                        continue;
                     }
+                    shard.fresh.remove(&sub.id);
+                    shard.fresh_old.remove(&sub.id);
                 }
             }
             // A closed outbox (its connection is ending) is skipped; the connection
@@ -424,6 +417,16 @@ impl Registry {
 
     fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).channels.len()).sum()
+    }
+}
+
+/// Whether `event` is a publication that a history read up to `read` returned.
+fn covered(event: &Event, read: &StreamPosition) -> bool {
+    match event.kind() {
+        EventKind::Publication { offset, epoch, .. } => {
+            *offset <= read.offset && **epoch == *read.epoch
+        }
+        _ => false,
     }
 }
 
